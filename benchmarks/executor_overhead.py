@@ -1,0 +1,102 @@
+"""Executor overhead per run: a 4-call-site program against zero-cost, instant backends.
+
+Prints the per-run time of the sandboxed executor and, for scale, of the same program run as
+plain Python with the same backends (no validation, guards or trace). Both are measured in the
+same process, interleaved, so their ratio is meaningful on a noisy machine.
+
+    python benchmarks/executor_overhead.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from fmprog.backends import BackendRegistry, BackendSpec, Detection, Function
+from fmprog.program import Executor, compile_program
+
+PROGRAM = """
+def execute_command(image):
+    image_patch = ImagePatch(image)
+    people = image_patch.find("person")
+    if not people:
+        return "no"
+    people.sort(key=lambda p: p.horizontal_center)
+    if not image_patch.exists("bicycle"):
+        return "no"
+    riding = people[0].verify_property("person", "riding a bicycle")
+    color = people[0].query("What color is the shirt?")
+    return bool_to_yesno(riding and color == "red")
+"""
+
+
+class InstantDetector:
+    def detect(self, image, noun):
+        return [Detection((4.0, 4.0, 20.0, 30.0), 0.9), Detection((30.0, 2.0, 50.0, 40.0), 0.7)]
+
+
+class InstantVQA:
+    def vqa(self, image, question):
+        return "yes" if question.startswith("Is") else "red"
+
+
+def _plain_python(image: np.ndarray, detector: InstantDetector, vqa: InstantVQA) -> str:
+    """The same program as direct calls, for scale."""
+    people = detector.detect(image, "person")
+    people = sorted(people, key=lambda d: (d.box[0] + d.box[2]) / 2)
+    if not people or not detector.detect(image, "bicycle"):
+        return "no"
+    x0, y0, x1, y1 = (round(v) for v in people[0].box)
+    crop = image[y0:y1, x0:x1]
+    riding = "yes" in vqa.vqa(crop, "Is this person riding a bicycle?")
+    color = vqa.vqa(crop, "What color is the shirt?")
+    return "yes" if riding and color == "red" else "no"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5000)
+    args = parser.parse_args()
+
+    specs = [
+        BackendSpec(name="detect-zero", function=Function.detect, cost=1),
+        BackendSpec(name="vqa-zero", function=Function.vqa, cost=1),
+    ]
+    detector, vqa = InstantDetector(), InstantVQA()
+    executor = Executor(BackendRegistry.from_specs(specs, {"detect-zero": detector, "vqa-zero": vqa}))
+    program = compile_program(PROGRAM)
+    decision = {s.id: "detect-zero" if s.function == Function.detect else "vqa-zero" for s in program.call_sites}
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert executor.run(program, image, decision).answer == "yes"
+
+    sandboxed, plain = [], []
+    for _ in range(200):  # warm-up
+        executor.run(program, image, decision)
+        _plain_python(image, detector, vqa)
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        trace = executor.run(program, image, decision)
+        t1 = time.perf_counter()
+        _plain_python(image, detector, vqa)
+        t2 = time.perf_counter()
+        sandboxed.append(t1 - t0)
+        plain.append(t2 - t1)
+    assert len(trace.invocations) == 4 and trace.error is None
+
+    def row(name: str, xs: list[float]) -> str:
+        xs = sorted(xs)
+        p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]
+        return f"{name:<28} mean {statistics.fmean(xs) * 1e3:7.4f} ms  p50 {p50 * 1e3:7.4f} ms  p99 {p99 * 1e3:7.4f} ms"
+
+    print(f"executor overhead, {len(program.call_sites)} call sites, 4 invocations, {args.runs} runs")
+    print(row("sandboxed executor", sandboxed))
+    print(row("plain python (for scale)", plain))
+    print(f"ratio of medians: {sorted(sandboxed)[len(sandboxed) // 2] / sorted(plain)[len(plain) // 2]:.1f}x")
+    print("target: under 0.5 ms per run for the sandboxed executor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The one small interface through which programs reach models.
+
+Each backend is one model serving one function, and implements that function's method:
+
+- ``detect(image, noun) -> list[Detection]``  (text-conditioned detection)
+- ``vqa(image, question) -> str``             (short visual answer)
+- ``llm(prompt) -> str``                      (text only)
+
+``image`` is an ``H x W x 3`` uint8 RGB array (a view of the frame or of a crop).
+Implementations may be in-process models, or clients of remote deployments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from fmprog.backends.config import BackendSpec, Function
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detected object: a pixel box ``(x0, y0, x1, y1)`` in the image it was found in, with
+    ``y`` growing downward as in array rows, and a confidence score."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+@runtime_checkable
+class Detector(Protocol):
+    def detect(self, image: np.ndarray, noun: str) -> list[Detection]: ...
+
+
+@runtime_checkable
+class VisualQA(Protocol):
+    def vqa(self, image: np.ndarray, question: str) -> str: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    def llm(self, prompt: str) -> str: ...
+
+
+PROTOCOL_OF: dict[Function, type] = {
+    Function.detect: Detector,
+    Function.vqa: VisualQA,
+    Function.llm: LanguageModel,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend's declared configuration together with the object that serves it."""
+
+    spec: BackendSpec
+    model: Detector | VisualQA | LanguageModel
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def function(self) -> Function:
+        return self.spec.function
+
+    @property
+    def cost(self) -> float:
+        return self.spec.cost
+
+
+class BackendRegistry(Mapping[str, Backend]):
+    """Backends by name; checks at construction that every model serves its declared function."""
+
+    def __init__(self, backends: list[Backend]):
+        self._backends: dict[str, Backend] = {}
+        for backend in backends:
+            if backend.name in self._backends:
+                raise ValueError(f"backend name {backend.name!r} is used twice")
+            protocol = PROTOCOL_OF[backend.function]
+            if not isinstance(backend.model, protocol):
+                raise TypeError(
+                    f"backend {backend.name!r} serves {backend.function.value} but its model "
+                    f"{type(backend.model).__name__} has no {backend.function.value}() method"
+                )
+            self._backends[backend.name] = backend
+
+    @classmethod
+    def from_specs(cls, specs: list[BackendSpec], models: Mapping[str, object]) -> BackendRegistry:
+        missing = sorted({s.name for s in specs} - set(models))
+        unknown = sorted(set(models) - {s.name for s in specs})
+        if missing or unknown:
+            raise ValueError(f"models do not match the configured backends: missing {missing}, unknown {unknown}")
+        return cls([Backend(spec, models[spec.name]) for spec in specs])  # type: ignore[arg-type]
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def for_function(self, function: Function) -> list[Backend]:
+        return [b for b in self._backends.values() if b.function == function]

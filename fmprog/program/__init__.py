@@ -1,0 +1,26 @@
+"""The program runtime: the program language, validation, call sites and the sandboxed executor."""
+
+from fmprog.program.api import Frame, ImagePatch
+from fmprog.program.callsites import CallSite
+from fmprog.program.compiler import Program, compile_program
+from fmprog.program.errors import InvalidDecision, Problem, ProgramHalt, ProgramRejected
+from fmprog.program.executor import Decision, Executor, Invocation, ProgramError, Trace
+from fmprog.program.sandbox import ExecutionLimits
+
+__all__ = [
+    "CallSite",
+    "Decision",
+    "ExecutionLimits",
+    "Executor",
+    "Frame",
+    "ImagePatch",
+    "InvalidDecision",
+    "Invocation",
+    "Problem",
+    "Program",
+    "ProgramError",
+    "ProgramHalt",
+    "ProgramRejected",
+    "Trace",
+    "compile_program",
+]

@@ -1,0 +1,318 @@
+"""The program API: ``ImagePatch`` and the module functions programs call.
+
+Follows the ViperGPT ImagePatch the authors' programs are written against (../shared/PAPER.md).
+Coordinates follow that API's documentation: ``left``/``right`` are columns, ``lower``/``upper``
+are measured from the *bottom* of the original frame, so a larger ``vertical_center`` is higher in
+the picture. ``crop`` takes coordinates relative to the patch it is called on, as in the authors'
+code. Every model call goes through the run's ``Invoker``, which charges it to the call site being
+executed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Protocol
+
+import numpy as np
+
+from fmprog.backends.base import Detection
+from fmprog.backends.config import Function
+from fmprog.program.callsites import is_numeric_name
+from fmprog.program.errors import UnsupportedFunction
+
+DEFAULT_QUERY = "What is this?"
+NUMBER_QUESTION = "What number is written in the image (in digits)?"
+
+
+class Invoker(Protocol):
+    """What the API needs from a run: model calls charged to the current call site."""
+
+    @property
+    def function(self) -> Function: ...
+
+    def detect(self, image: np.ndarray, noun: str) -> list[Detection]: ...
+
+    def vqa(self, image: np.ndarray, question: str) -> str: ...
+
+    def llm(self, prompt: str) -> str: ...
+
+
+class Frame:
+    """An image handed to a program: opaque pixels plus the run that owns them."""
+
+    __slots__ = ("_invoker", "_pixels")
+
+    def __init__(self, pixels: np.ndarray, invoker: Invoker):
+        self._pixels = pixels
+        self._invoker = invoker
+
+    @property
+    def height(self) -> int:
+        return int(self._pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self._pixels.shape[1])
+
+    def __repr__(self) -> str:
+        return f"Frame({self.width}x{self.height})"
+
+
+def as_pixels(image: object) -> np.ndarray:
+    """Normalise an image (array or PIL image) to a contiguous ``H x W x 3`` uint8 array."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image must be H x W x 3 (RGB), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError("image has no pixels")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image pixels must be uint8, got {array.dtype}")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+class ImagePatch:
+    """A crop of the frame around an object, with its box in frame coordinates."""
+
+    __slots__ = (
+        "_frame",
+        "height",
+        "horizontal_center",
+        "left",
+        "lower",
+        "right",
+        "upper",
+        "vertical_center",
+        "width",
+    )
+
+    def __init__(self, image: Frame, left=None, lower=None, right=None, upper=None):
+        if not isinstance(image, Frame):
+            raise TypeError("ImagePatch() takes the image passed to execute_command (or a patch's cropped_image)")
+        if left is None and lower is None and right is None and upper is None:
+            box = (0, 0, image.width, image.height)
+        else:
+            box = (
+                0 if left is None else left,
+                0 if lower is None else lower,
+                image.width if right is None else right,
+                image.height if upper is None else upper,
+            )
+        self._set_box(image, *box)
+
+    def _set_box(self, frame: Frame, left, lower, right, upper) -> None:
+        left, right = _clip(left, frame.width), _clip(right, frame.width)
+        lower, upper = _clip(lower, frame.height), _clip(upper, frame.height)
+        if right <= left or upper <= lower:
+            raise ValueError("ImagePatch has no area")
+        self._frame = frame
+        self.left, self.lower, self.right, self.upper = left, lower, right, upper
+        self.width = right - left
+        self.height = upper - lower
+        self.horizontal_center = (left + right) / 2
+        self.vertical_center = (lower + upper) / 2
+
+    @classmethod
+    def _at(cls, frame: Frame, left, lower, right, upper) -> ImagePatch:
+        patch = cls.__new__(cls)
+        patch._set_box(frame, left, lower, right, upper)
+        return patch
+
+    @property
+    def _invoker(self) -> Invoker:
+        return self._frame._invoker
+
+    def _pixels(self) -> np.ndarray:
+        rows = self._frame.height
+        return self._frame._pixels[rows - self.upper : rows - self.lower, self.left : self.right]
+
+    @property
+    def cropped_image(self) -> Frame:
+        return Frame(self._pixels(), self._invoker)
+
+    # Routed methods: each runs backend invocations charged to the call site that called it.
+
+    def find(self, object_name: str) -> list[ImagePatch]:
+        """Patches of the objects matching ``object_name`` in this patch, best score first."""
+        detections = self._invoker.detect(self._pixels(), str(object_name))
+        patches = []
+        for det in sorted(detections, key=lambda d: -d.score):
+            x0, y0, x1, y1 = det.box
+            try:
+                patches.append(
+                    ImagePatch._at(
+                        self._frame,
+                        self.left + round(x0),
+                        self.upper - round(y1),
+                        self.left + round(x1),
+                        self.upper - round(y0),
+                    )
+                )
+            except ValueError:  # a box with no area inside this patch
+                continue
+        return patches
+
+    def exists(self, object_name: str) -> bool:
+        """Whether ``object_name`` is in this patch (one detection; see callsites for numbers)."""
+        object_name = str(object_name)
+        if self._invoker.function == Function.vqa and is_numeric_name(object_name):
+            wanted = object_name.lower().replace("number", "").strip()
+            answer = self._invoker.vqa(self._pixels(), NUMBER_QUESTION)
+            try:
+                return word_to_num(answer) == word_to_num(wanted)
+            except ValueError:
+                return False
+        return len(self.find(object_name)) > 0
+
+    def verify_property(self, object_name: str, attribute: str) -> bool:
+        """Whether the object in this patch has the visual property (one VQA question)."""
+        answer = self._invoker.vqa(self._pixels(), f"Is this {object_name} {attribute}?")
+        return "yes" in answer.lower()
+
+    def query(self, question: str | None = None) -> str:
+        """A short answer to a perception question about this patch."""
+        return self._invoker.vqa(self._pixels(), DEFAULT_QUERY if question is None else str(question))
+
+    simple_query = query
+
+    def best_text_match(self, option_list: list[str], prefix: str | None = None) -> str:
+        """The option that best describes this patch (one multiple-choice VQA question)."""
+        options = [str(o) for o in option_list]
+        if not options:
+            raise ValueError("best_text_match needs at least one option")
+        shown = [f"{prefix} {o}" if prefix else o for o in options]
+        answer = self._invoker.vqa(self._pixels(), f"Which of these is it: {', '.join(shown)}?")
+        return _closest_option(answer, options)
+
+    def llm_query(self, question: str, long_answer: bool = True) -> str:
+        """A text-only answer, for knowledge not in the image."""
+        return llm_query(question, long_answer=long_answer, _invoker=self._invoker)
+
+    # Unrouted helpers.
+
+    def compute_depth(self) -> float:
+        raise UnsupportedFunction("compute_depth is not supported by the configured backends")
+
+    def crop(self, left, lower, right, upper) -> ImagePatch:
+        """A patch at coordinates relative to this patch, clipped to it."""
+        return ImagePatch._at(
+            self._frame,
+            self.left + max(0, int(left)),
+            self.lower + max(0, int(lower)),
+            self.left + min(self.width, int(right)),
+            self.lower + min(self.height, int(upper)),
+        )
+
+    def overlaps_with(self, left, lower, right, upper) -> bool:
+        return self.left <= right and self.right >= left and self.lower <= upper and self.upper >= lower
+
+    def __repr__(self) -> str:
+        return f"ImagePatch({self.left}, {self.lower}, {self.right}, {self.upper})"
+
+
+def _clip(value, limit: int) -> int:
+    return min(max(int(value), 0), limit)
+
+
+def llm_query(query: str, context: str | None = None, long_answer: bool = True, *, _invoker: Invoker) -> str:
+    """Module-level form used by ViperGPT-style programs; ``context`` is prepended."""
+    prompt = str(query) if context is None else f"{context}\n{query}"
+    if not long_answer:
+        prompt += "\nAnswer in one or two words."
+    return _invoker.llm(prompt)
+
+
+def distance(patch_a: ImagePatch | float, patch_b: ImagePatch | float) -> float:
+    """Distance between the edges of two patches (minus their IoU if they overlap), or |a - b|."""
+    if isinstance(patch_a, ImagePatch) and isinstance(patch_b, ImagePatch):
+        dx = max(0, patch_a.left - patch_b.right, patch_b.left - patch_a.right)
+        dy = max(0, patch_a.lower - patch_b.upper, patch_b.lower - patch_a.upper)
+        dist = math.hypot(dx, dy)
+        if dist == 0:
+            return -_iou(patch_a, patch_b)
+        return dist
+    return abs(patch_a - patch_b)
+
+
+def _iou(a: ImagePatch, b: ImagePatch) -> float:
+    w = max(0, min(a.right, b.right) - max(a.left, b.left))
+    h = max(0, min(a.upper, b.upper) - max(a.lower, b.lower))
+    inter = w * h
+    union = a.width * a.height + b.width * b.height - inter
+    return inter / union if union else 0.0
+
+
+def bool_to_yesno(bool_answer: bool) -> str:
+    return "yes" if bool_answer else "no"
+
+
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
+
+
+def word_to_num(text: str) -> int | float:
+    """``"twenty-one"`` -> 21, ``"7"`` -> 7; ValueError if the text is not a number."""
+    text = str(text).strip().lower().rstrip(".")
+    if _NUMBER.fullmatch(text):
+        return float(text) if "." in text else int(text)
+    words = [w for w in re.sub(r"(?<=[a-z])-(?=[a-z])|,", " ", text).split() if w != "and"]
+    if not words:
+        raise ValueError(f"not a number: {text!r}")
+    total = current = 0
+    for word in words:
+        if word in _UNITS:
+            current += _UNITS[word]
+        elif word.isdigit():
+            current += int(word)
+        elif word in _TENS:
+            current += _TENS[word]
+        elif word == "hundred":
+            current = max(current, 1) * 100
+        elif word in _SCALES:
+            total += max(current, 1) * _SCALES[word]
+            current = 0
+        else:
+            raise ValueError(f"not a number: {text!r}")
+    return total + current
+
+
+def to_numeric(string, no_string: bool = False):
+    """A number from a model's answer: number words, digits amid text, the first value of a range.
+    Returns the input unchanged if it holds no number (or raises ValueError if ``no_string``)."""
+    if isinstance(string, int | float) and not isinstance(string, bool):
+        return string
+    text = str(string)
+    try:
+        return word_to_num(text)
+    except ValueError:
+        pass
+    cleaned = re.sub(r"[^0-9.\-]", "", text)
+    negative = cleaned.startswith("-")
+    body = cleaned[1:] if negative else cleaned
+    body = body.split("-")[0]  # "10-15" -> 10
+    try:
+        value = float(body) if "." in body else int(body)
+    except ValueError:
+        if no_string:
+            raise ValueError(f"no number in {text!r}") from None
+        return string
+    return -value if negative else value
+
+
+def _closest_option(answer: str, options: list[str]) -> str:
+    answer_l = answer.lower()
+    contained = [o for o in options if o.lower() in answer_l]
+    if contained:
+        return max(contained, key=len)
+    answer_words = set(re.findall(r"\w+", answer_l))
+    return max(options, key=lambda o: len(answer_words & set(re.findall(r"\w+", o.lower()))))

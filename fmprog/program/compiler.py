@@ -1,0 +1,71 @@
+"""Validate and compile a program once; run it many times."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from dataclasses import dataclass, field
+from types import CodeType
+
+from RestrictedPython import compile_restricted_exec
+
+from fmprog.backends.config import Function
+from fmprog.program.callsites import CallSite, find_call_sites
+from fmprog.program.errors import Problem, ProgramRejected
+from fmprog.program.sandbox import PROGRAM_FILENAME, ProgramTransformer
+
+MAX_SOURCE_CHARS = 20_000
+_RP_ERROR = re.compile(r"^Line (\d+|None): (.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A validated program: its source, its call sites and its compiled code."""
+
+    source: str
+    call_sites: tuple[CallSite, ...]
+    code: CodeType = field(repr=False, compare=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    @property
+    def functions(self) -> frozenset[Function]:
+        return frozenset(site.function for site in self.call_sites)
+
+    def site(self, site_id: str) -> CallSite:
+        for site in self.call_sites:
+            if site.id == site_id:
+                return site
+        raise KeyError(site_id)
+
+
+def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) -> Program:
+    """Validate ``source`` and compile it; raise ProgramRejected naming each problem's line."""
+    if not isinstance(source, str):
+        raise ProgramRejected([Problem(None, "program source must be text")])
+    if len(source) > max_source_chars:
+        raise ProgramRejected([Problem(None, f"program source is {len(source)} characters (limit {max_source_chars})")])
+    if "\x00" in source:
+        raise ProgramRejected([Problem(None, "program source contains a NUL character")])
+    try:
+        tree = ast.parse(source, PROGRAM_FILENAME)
+        sites = tuple(find_call_sites(tree, source))
+        result = compile_restricted_exec(source, PROGRAM_FILENAME, policy=ProgramTransformer)
+    except SyntaxError as exc:
+        raise ProgramRejected([Problem(exc.lineno, f"syntax error: {exc.msg}")]) from None
+    except (RecursionError, MemoryError):
+        raise ProgramRejected([Problem(None, "program is nested too deeply")]) from None
+    if result.errors or result.code is None:
+        raise ProgramRejected([_problem(e) for e in result.errors] or [Problem(None, "program did not compile")])
+    return Program(source=source, call_sites=sites, code=result.code)
+
+
+def _problem(message: str) -> Problem:
+    match = _RP_ERROR.match(message)
+    if not match:
+        return Problem(None, message)
+    line = match.group(1)
+    return Problem(int(line) if line.isdigit() else None, match.group(2).strip())

@@ -1,0 +1,246 @@
+"""Run a validated program on one frame under a decision, and trace what it cost.
+
+A *decision* maps every call site of the program to a backend of the site's function. Each
+backend invocation is charged exactly once, to the call site the program wrote (nested
+invocations, such as the detection inside ``exists``, belong to that site). Short-circuited sites
+make no invocation and cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from time import perf_counter
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from fmprog.backends.base import BackendRegistry, Detection
+from fmprog.backends.config import Function
+from fmprog.program import api
+from fmprog.program.callsites import CallSite
+from fmprog.program.compiler import Program
+from fmprog.program.errors import BackendFailure, InvalidDecision, ProgramHalt, SandboxViolation
+from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
+
+Decision = Mapping[str, str]
+ErrorKind = Literal[
+    "runtime_error",
+    "recursion",
+    "step_budget",
+    "timeout",
+    "resource_limit",
+    "sandbox_violation",
+    "unsupported",
+    "backend_error",
+]
+
+
+class Invocation(BaseModel):
+    """One backend invocation: where it came from, what ran, what it cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    site_id: str
+    function: Function
+    backend: str
+    cost: float
+    latency_s: float
+    ok: bool = True
+
+
+class ProgramError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: ErrorKind
+    message: str
+    line: int | None = None
+
+
+class Trace(BaseModel):
+    """What one run answered (or why it failed), and every backend invocation it made."""
+
+    answer: JsonValue = None
+    error: ProgramError | None = None
+    invocations: list[Invocation]
+    executed_sites: list[str]
+    cost: float
+    latency_s: float
+    steps: int
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Executor:
+    """Runs programs against a registry of backends, within per-run limits."""
+
+    def __init__(self, backends: BackendRegistry, limits: ExecutionLimits | None = None):
+        self.backends = backends
+        self.limits = limits or ExecutionLimits()
+
+    def check_decision(self, program: Program, decision: Decision) -> None:
+        problems = []
+        for site in program.call_sites:
+            name = decision.get(site.id)
+            if name is None:
+                problems.append(f"no backend for call site {site.id}")
+            elif name not in self.backends:
+                problems.append(f"unknown backend {name!r} for call site {site.id}")
+            elif self.backends[name].function != site.function:
+                problems.append(
+                    f"backend {name!r} serves {self.backends[name].function.value}, "
+                    f"but call site {site.id} needs {site.function.value}"
+                )
+        unknown = sorted(set(decision) - {s.id for s in program.call_sites})
+        if unknown:
+            problems.append(f"decision names sites the program does not have: {', '.join(unknown)}")
+        if problems:
+            raise InvalidDecision("; ".join(problems))
+
+    def run(self, program: Program, image: Any, decision: Decision) -> Trace:
+        """Run ``program`` on ``image``. Raises ValueError for a bad image or decision; every
+        failure of the program itself is reported in the trace."""
+        self.check_decision(program, decision)
+        pixels = api.as_pixels(image)
+        started = perf_counter()
+        guards = RunGuards(self.limits, started)
+        run = _Run(self.backends, program, decision, guards)
+        answer: JsonValue = None
+        error = None
+        try:
+            namespace = guards.globals(run.routed)
+            exec(program.code, namespace)
+            answer = _to_json(namespace[ENTRY_POINT](api.Frame(pixels, run)), self.limits.max_length)
+        except ProgramHalt as exc:
+            error = ProgramError(kind=exc.kind, message=str(exc), line=_program_line(exc))
+        except RecursionError as exc:
+            error = ProgramError(kind="recursion", message="maximum recursion depth exceeded", line=_program_line(exc))
+        except MemoryError as exc:
+            error = ProgramError(kind="resource_limit", message="out of memory", line=_program_line(exc))
+        except Exception as exc:
+            error = ProgramError(kind="runtime_error", message=f"{type(exc).__name__}: {exc}", line=_program_line(exc))
+        invocations = run.invocations
+        return Trace(
+            answer=answer,
+            error=error,
+            invocations=invocations,
+            executed_sites=list(dict.fromkeys(i.site_id for i in invocations)),
+            cost=math.fsum(i.cost for i in invocations),
+            latency_s=perf_counter() - started,
+            steps=guards.steps,
+            output=guards.output,
+        )
+
+
+class _Run:
+    """One run's state; the ``Invoker`` the program API charges model calls to."""
+
+    def __init__(self, backends: BackendRegistry, program: Program, decision: Decision, guards: RunGuards):
+        self._backends = backends
+        self._sites = {site.id: site for site in program.call_sites}
+        self._decision = decision
+        self._guards = guards
+        self._site: CallSite | None = None
+        self.invocations: list[Invocation] = []
+
+    def routed(self, site_id: str, receiver: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Entry point of every routed call in the program's source."""
+        if receiver is None and method == "llm_query":
+            target = lambda *a, **k: api.llm_query(*a, _invoker=self, **k)  # noqa: E731
+        elif isinstance(receiver, api.ImagePatch):
+            target = getattr(receiver, method)
+        else:  # the same name on another object, e.g. "text".find("x"): an ordinary method call
+            return self._guards.getattr(receiver, method)(*args, **kwargs)
+        self._guards.step()
+        outer, self._site = self._site, self._sites[site_id]
+        try:
+            return target(*args, **kwargs)
+        finally:
+            self._site = outer
+
+    @property
+    def function(self) -> Function:
+        return self._current().function
+
+    def _current(self) -> CallSite:
+        if self._site is None:
+            raise SandboxViolation("models can only be called through a routed call")
+        return self._site
+
+    def _invoke(self, function: Function, method: str, *args: Any) -> Any:
+        site = self._current()
+        if site.function != function:
+            raise SandboxViolation(f"call site {site.id} is routed to {site.function.value}, not {function.value}")
+        backend = self._backends[self._decision[site.id]]
+        self._guards.check_deadline()
+        started = perf_counter()
+        ok = False
+        try:
+            result = getattr(backend.model, method)(*args)
+            ok = True
+        except ProgramHalt:
+            raise
+        except Exception as exc:
+            raise BackendFailure(f"backend {backend.name!r} failed at {site.id}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.invocations.append(
+                Invocation(
+                    site_id=site.id,
+                    function=function,
+                    backend=backend.name,
+                    cost=backend.cost,
+                    latency_s=perf_counter() - started,
+                    ok=ok,
+                )
+            )
+        return result
+
+    def detect(self, image: np.ndarray, noun: str) -> list[Detection]:
+        detections = self._invoke(Function.detect, "detect", image, noun)
+        if not isinstance(detections, list | tuple) or not all(
+            isinstance(d, Detection) and all(math.isfinite(v) for v in (*d.box, d.score)) for d in detections
+        ):
+            raise BackendFailure(f"backend for {self._current().id} returned malformed detections")
+        return list(detections)
+
+    def vqa(self, image: np.ndarray, question: str) -> str:
+        return self._text(self._invoke(Function.vqa, "vqa", image, question))
+
+    def llm(self, prompt: str) -> str:
+        return self._text(self._invoke(Function.llm, "llm", prompt))
+
+    def _text(self, answer: Any) -> str:
+        if not isinstance(answer, str):
+            raise BackendFailure(f"backend for {self._current().id} returned {type(answer).__name__}, not text")
+        return answer
+
+
+def _program_line(exc: BaseException) -> int | None:
+    """The innermost line of the program's own source in the exception's traceback."""
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == PROGRAM_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _to_json(value: Any, max_items: int, depth: int = 0) -> JsonValue:
+    """A program's return value as JSON: patches become boxes, anything else opaque its repr."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, api.ImagePatch):
+        return {"left": value.left, "lower": value.lower, "right": value.right, "upper": value.upper}
+    if depth >= 16:
+        return "..."
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_to_json(v, max_items, depth + 1) for v in list(value)[:max_items]]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, max_items, depth + 1) for k, v in list(value.items())[:max_items]}
+    return repr(value)[:200]

@@ -1,0 +1,1 @@
+"""The router service: registers programs, answers frames, forwards feedback (issue 4)."""

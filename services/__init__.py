@@ -1,0 +1,1 @@
+"""Backend services: one Ray Serve deployment per backend (issue 3)."""

@@ -1,0 +1,56 @@
+"""The installed ``fmprog`` console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FMPROG = str(Path(sys.executable).parent / "fmprog")
+
+
+def fmprog(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FMPROG, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_program_check_prints_call_sites(tmp_path):
+    path = tmp_path / "bike.py"
+    source = 'def execute_command(image):\n    p = ImagePatch(image)\n    return p.exists("bike") and p.query("Who?")\n'
+    path.write_text(source)
+    result = fmprog("program", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    sites = json.loads(result.stdout)
+    assert [(s["id"], s["function"], s["line"]) for s in sites] == [
+        ("exists@3:13", "detect", 3),
+        ("query@3:34", "vqa", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("import os\ndef execute_command(image):\n    return 1\n", "line 1: import of 'os' is not allowed"),
+        ("def execute_command(image):\n    return (\n", "line 2: syntax error"),
+    ],
+)
+def test_program_check_rejects_with_exit_2(tmp_path, source, message):
+    path = tmp_path / "bad.py"
+    path.write_text(source)
+    result = fmprog("program", "check", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{path}: {message}" in result.stderr
+
+
+def test_program_check_missing_file(tmp_path):
+    result = fmprog("program", "check", str(tmp_path / "absent.py"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("examples/programs/*.py")), ids=lambda p: p.name)
+def test_example_programs_validate(path):
+    result = fmprog("program", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)
