@@ -54,3 +54,12 @@ def test_example_programs_validate(path):
     result = fmprog("program", "check", str(path))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)
+
+
+def test_run_program_example():
+    example = Path(__file__).parents[1] / "examples" / "run_program.py"
+    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(result.stdout)
+    assert trace["answer"] == "red" and trace["error"] is None
+    assert trace["executed_sites"] == ["find@3:23", "query@7:19"] and trace["cost"] == 172 + 73400
