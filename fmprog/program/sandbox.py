@@ -294,9 +294,10 @@ _MATH_MEMBERS = (
 ).split()
 MODULES = {
     "math": ModuleProxy("math", {name: getattr(math, name) for name in _MATH_MEMBERS}),
+    # Type hints are stripped before a program runs; importing them only has to succeed.
     "typing": ModuleProxy(
         "typing",
-        {"Any": object, "Dict": dict, "List": list, "Optional": object, "Set": set, "Tuple": tuple, "Union": object},
+        {"Any": None, "Dict": dict, "List": list, "Optional": None, "Set": set, "Tuple": tuple, "Union": None},
     ),
 }
 

@@ -178,16 +178,18 @@ def test_wall_clock_limit_stops_a_busy_program(zoo, frame):
     started = time.perf_counter()
     trace = run(executor, "def execute_command(image):\n    while True:\n        pass", frame)
     assert trace.error.kind == "timeout" and "0.2 s" in trace.error.message
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0
 
 
 def test_wall_clock_limit_counts_backend_time(zoo, frame):
-    executor = Executor(zoo.registry(), ExecutionLimits(timeout_s=0.1))
-    zoo.set_vqa(lambda image, question: time.sleep(0.06) or "no")
+    executor = Executor(zoo.registry(), ExecutionLimits(timeout_s=0.3))
+    zoo.set_vqa(lambda image, question: time.sleep(0.2) or "no")
     source = "def execute_command(image):\n    p = ImagePatch(image)\n    while True:\n        p.query('q?')"
     trace = run(executor, source, frame)
+    # a handful of steps cannot take 0.3 s: the time spent inside the backend is what counted
     assert trace.error.kind == "timeout"
-    assert 2 <= len(trace.invocations) <= 3  # at most one invocation starts after the deadline check
+    assert trace.steps < 10
+    assert 1 <= len(trace.invocations) <= 3
 
 
 def test_process_is_unharmed_after_every_hostile_program(executor, zoo, frame):
