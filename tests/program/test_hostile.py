@@ -178,7 +178,7 @@ def test_wall_clock_limit_stops_a_busy_program(zoo, frame):
     started = time.perf_counter()
     trace = run(executor, "def execute_command(image):\n    while True:\n        pass", frame)
     assert trace.error.kind == "timeout" and "0.2 s" in trace.error.message
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 1.0
 
 
 def test_wall_clock_limit_counts_backend_time(zoo, frame):
@@ -189,7 +189,7 @@ def test_wall_clock_limit_counts_backend_time(zoo, frame):
     # a handful of steps cannot take 0.3 s: the time spent inside the backend is what counted
     assert trace.error.kind == "timeout"
     assert trace.steps < 10
-    assert 1 <= len(trace.invocations) <= 3
+    assert 2 <= len(trace.invocations) <= 3  # the second starts at ~0.2 s, before the deadline
 
 
 def test_process_is_unharmed_after_every_hostile_program(executor, zoo, frame):
