@@ -14,6 +14,8 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from fmprog.backends.engine_config import ENGINE_FUNCTIONS, EngineOptions
+
 
 class Function(StrEnum):
     """The generic neural functions a program's routed calls need."""
@@ -26,8 +28,52 @@ class Function(StrEnum):
 BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 
 
+class Resources(BaseModel):
+    """What one replica of a backend reserves from the Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    num_gpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class Autoscaling(BaseModel):
+    """Ray Serve's replica autoscaling for one backend (a subset of Serve's AutoscalingConfig)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    upscale_delay_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    downscale_delay_s: float = Field(default=600.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class Batching(BaseModel):
+    """Dynamic batching (``@serve.batch``): up to ``max_batch_size`` calls, waiting at most
+    ``batch_wait_timeout_s`` for the batch to fill."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(default=1, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=10, allow_inf_nan=False)
+
+
 class BackendSpec(BaseModel):
-    """One backend as the program runtime sees it: a name, the function it serves, its cost."""
+    """One backend: a name, the function it serves, its cost, and how it is served.
+
+    The program runtime needs only name, function and cost; ``engine`` (which engine and model
+    source) is required to serve a backend, with the replica resources, autoscaling and batching.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,6 +81,20 @@ class BackendSpec(BaseModel):
     function: Function
     cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, millions of parameters.")
     description: str = ""
+    engine: EngineOptions | None = None
+    resources: Resources = Resources()
+    autoscaling_config: Autoscaling = Autoscaling()
+    batching: Batching = Batching()
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    health_check_period_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    health_check_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _engine_serves_function(self) -> BackendSpec:
+        if self.engine is not None and self.function.value not in ENGINE_FUNCTIONS[self.engine.kind]:
+            served = ", ".join(sorted(ENGINE_FUNCTIONS[self.engine.kind]))
+            raise ValueError(f"engine {self.engine.kind!r} cannot serve {self.function.value} (it serves {served})")
+        return self
 
 
 class BackendCatalog(BaseModel):

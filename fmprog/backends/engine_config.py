@@ -1,0 +1,150 @@
+"""Typed engine configuration: which engine serves a backend, and where its model comes from.
+
+These are plain pydantic models so that a configuration validates without importing any engine
+(no torch, llama.cpp, transformers or vLLM at validation time). Each engine module reads its own
+options class from ``BackendSpec.engine``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- model sources ----------------------------------------------------------------------------
+
+
+class ZooSource(_Options):
+    """A model of the project's own zoo, trained by ``scripts/train_zoo.py``; weights ship in the package."""
+
+    zoo: str = Field(description="Zoo model name, e.g. 'detect-small'.")
+
+
+class PathSource(_Options):
+    """A model file or directory on local disk."""
+
+    path: Path
+    sha256: Sha256 | None = Field(default=None, description="Checked at load time when given (files only).")
+
+
+class PackageFileSource(_Options):
+    """A weight file carried inside an installed Python package (no download at run time)."""
+
+    package: PackageName
+    file: str = Field(min_length=1, description="Path of the file relative to the package directory.")
+    sha256: Sha256
+
+
+class PackagePartsSource(_Options):
+    """A weight file split across installed packages: the files of each package's ``data`` folder,
+    in package order and name order, are concatenated once into the model cache and checked."""
+
+    parts: list[PackageName] = Field(min_length=1)
+    filename: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Name of the assembled file.")
+    sha256: Sha256
+
+
+class HubSource(_Options):
+    """A Hugging Face model id (or a local directory in the same layout), resolved by the engine."""
+
+    model_id: str = Field(min_length=1)
+    revision: str | None = None
+
+
+class RandomInitSource(_Options):
+    """A model built from a config with random weights, for exercising an engine's code path on
+    machines without the real weights. Its outputs are meaningless, and it says so."""
+
+    random_init: Literal[True]
+    architecture: str = Field(min_length=1, description="A transformers model type, e.g. 'owlv2'.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Overrides for a deliberately tiny config.")
+    seed: int = 0
+
+
+# -- engines ----------------------------------------------------------------------------------
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TorchEngineOptions(_Options):
+    """The project's own PyTorch models, on CPU or CUDA."""
+
+    kind: Literal["torch"]
+    model: ZooSource | PathSource
+    device: Device = "auto"
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
+
+
+class LlamaCppEngineOptions(_Options):
+    """GGUF language models through llama.cpp (llama-cpp-python)."""
+
+    kind: Literal["llama_cpp"]
+    model: PackageFileSource | PackagePartsSource | PathSource
+    n_ctx: int = Field(default=2048, ge=128)
+    n_threads: int | None = Field(default=None, ge=1)
+    n_gpu_layers: int = Field(default=0, ge=-1, description="-1 offloads every layer (CUDA builds).")
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    system_prompt: str | None = None
+
+
+class OpenAIEngineOptions(_Options):
+    """Any OpenAI-compatible chat-completions server: ``vllm serve``, Ray Serve LLM, llama.cpp's server."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://", description="Up to and including '/v1'.")
+    model: str = Field(min_length=1, description="Model name the server expects.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the bearer key.")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    system_prompt: str | None = None
+
+
+class TransformersEngineOptions(_Options):
+    """Hugging Face transformers models: zero-shot detectors (Grounding DINO, OWLv2), VLMs, LLMs."""
+
+    kind: Literal["transformers"]
+    model: HubSource | PathSource | RandomInitSource
+    device: Device = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_new_tokens: int = Field(default=32, ge=1)
+    box_threshold: float = Field(default=0.3, ge=0, le=1)
+    text_threshold: float = Field(default=0.25, ge=0, le=1)
+
+
+class VLLMEngineOptions(_Options):
+    """vLLM through Ray Serve LLM (``ray.serve.llm``): GPU configurations only."""
+
+    kind: Literal["vllm"]
+    model: HubSource
+    accelerator_type: str | None = Field(default=None, description="Ray accelerator type, e.g. 'H100'.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to vLLM's engine.")
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    system_prompt: str | None = None
+
+
+EngineOptions = Annotated[
+    TorchEngineOptions | LlamaCppEngineOptions | OpenAIEngineOptions | TransformersEngineOptions | VLLMEngineOptions,
+    Field(discriminator="kind"),
+]
+
+# Which functions each engine can serve (checked when a configuration is loaded).
+ENGINE_FUNCTIONS: dict[str, frozenset[str]] = {
+    "torch": frozenset({"detect", "vqa"}),
+    "llama_cpp": frozenset({"llm"}),
+    "openai": frozenset({"vqa", "llm"}),
+    "transformers": frozenset({"detect", "vqa", "llm"}),
+    "vllm": frozenset({"vqa", "llm"}),
+}

@@ -1,0 +1,85 @@
+"""The one interface every engine implements: load a model, answer batches of one function's calls.
+
+Lifecycle: construct (cheap: no I/O, no heavy imports), ``load()`` once, then any number of batch
+calls, ``check_health()`` periodically, ``close()`` at the end. Batch methods take parallel lists
+and return one result per input, in order. Images are ``H x W x 3`` uint8 RGB arrays; boxes are
+pixel ``(x0, y0, x1, y1)`` with ``y`` growing downward (``fmprog.backends.Detection``).
+
+An engine serves exactly the function of its backend; calling another function's method raises
+``EngineError``. ``LocalModel`` adapts an engine to the program runtime's single-call protocols.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fmprog.backends.base import Detection
+from fmprog.backends.config import BackendSpec, Function
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot load, cannot serve a call, or is unhealthy."""
+
+
+class Engine(ABC):
+    """A loaded model serving one backend. Subclasses override ``load`` and their function's batch method."""
+
+    def __init__(self, spec: BackendSpec, dependencies: Mapping[str, Any] | None = None):
+        if spec.engine is None:
+            raise EngineError(f"backend {spec.name!r} has no engine configured")
+        self.spec = spec
+        self.options = spec.engine
+        self.dependencies = dict(dependencies or {})
+
+    @classmethod
+    def serve_dependencies(cls, spec: BackendSpec) -> dict[str, Any]:
+        """Ray Serve applications this engine needs bound beside its backend deployment (their
+        handles arrive as ``dependencies``). Most engines need none; vLLM needs its LLM server."""
+        return {}
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; raise EngineError with a clear reason when it cannot be loaded."""
+
+    def detect_batch(self, images: Sequence[np.ndarray], nouns: Sequence[str]) -> list[list[Detection]]:
+        raise self._wrong_function(Function.detect)
+
+    def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
+        raise self._wrong_function(Function.vqa)
+
+    def llm_batch(self, prompts: Sequence[str]) -> list[str]:
+        raise self._wrong_function(Function.llm)
+
+    def check_health(self) -> None:
+        """Raise EngineError when the engine can no longer serve (default: healthy once loaded)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the loaded model for health and info endpoints (device, parameters...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release the model."""
+        return None
+
+    def _wrong_function(self, function: Function) -> EngineError:
+        return EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
+
+
+class LocalModel:
+    """An engine in this process, seen through the runtime's single-call protocols."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        function = engine.spec.function
+        # Expose only the method of the backend's own function, so BackendRegistry's check is real.
+        if function == Function.detect:
+            self.detect = lambda image, noun: engine.detect_batch([image], [noun])[0]
+        elif function == Function.vqa:
+            self.vqa = lambda image, question: engine.vqa_batch([image], [question])[0]
+        else:
+            self.llm = lambda prompt: engine.llm_batch([prompt])[0]
