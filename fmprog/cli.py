@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,43 @@ def _program_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from services.cluster import ServeSettings, serve_backends
+
+    settings = ServeSettings(
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        backends=args.backends.split(",") if args.backends else None,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serve_backends(settings) as cluster:
+        for name in cluster.handles:
+            spec = cluster.catalog.get(name)
+            print(f"{name:>14}  {spec.function.value:<6} cost {spec.cost:>10g}  {cluster.base_url}/{name}", flush=True)
+        print("serving; Ctrl-C to stop", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+def _serve_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fmprog.backends import load_catalog
+    from services.app import serve_config
+
+    config = serve_config(load_catalog(args.config), host=args.host, port=args.port)
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmprog", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="path to the program's Python source")
     check.set_defaults(handler=_program_check)
+
+    serve = commands.add_parser("serve", help="start Ray Serve with every backend of a configuration; block")
+    serve.add_argument("--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backends", help="comma-separated subset of backends to serve")
+    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    serve.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
+    serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2) of a configuration")
+    config.add_argument("--config", default="deploy/config/gpu.yaml", help="backend configuration (YAML)")
+    config.add_argument("--host", default="0.0.0.0")
+    config.add_argument("--port", type=int, default=8000)
+    config.set_defaults(handler=_serve_config)
     return parser
 
 

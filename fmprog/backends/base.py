@@ -12,9 +12,9 @@ Implementations may be in-process models, or clients of remote deployments.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +50,22 @@ PROTOCOL_OF: dict[Function, type] = {
     Function.vqa: VisualQA,
     Function.llm: LanguageModel,
 }
+
+
+class FunctionModel:
+    """A model object with exactly one method, named after ``function``, that forwards to ``call``.
+
+    Adapters (an engine in this process, a client of a remote deployment) use it so that the
+    registry's check that a backend serves its declared function stays meaningful.
+    """
+
+    def __init__(self, function: Function, call: Callable[..., Any], label: str):
+        self.function = Function(function)
+        self.label = label
+        setattr(self, self.function.value, call)
+
+    def __repr__(self) -> str:
+        return f"<{self.function.value} model {self.label}>"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fmprog.backends.config import BackendSpec
-from fmprog.engines.base import Engine, EngineError, LocalModel
+from fmprog.engines.base import Engine, EngineError, local_model
 
 ENGINES: dict[str, str] = {
     "torch": "fmprog.engines.torch:TorchEngine",
@@ -34,4 +34,4 @@ def build_engine(spec: BackendSpec, dependencies: Mapping[str, Any] | None = Non
     return engine_class(spec.engine.kind)(spec, dependencies)
 
 
-__all__ = ["ENGINES", "Engine", "EngineError", "LocalModel", "build_engine", "engine_class"]
+__all__ = ["ENGINES", "Engine", "EngineError", "build_engine", "engine_class", "local_model"]

@@ -6,7 +6,7 @@ and return one result per input, in order. Images are ``H x W x 3`` uint8 RGB ar
 pixel ``(x0, y0, x1, y1)`` with ``y`` growing downward (``fmprog.backends.Detection``).
 
 An engine serves exactly the function of its backend; calling another function's method raises
-``EngineError``. ``LocalModel`` adapts an engine to the program runtime's single-call protocols.
+``EngineError``. ``local_model`` adapts an engine to the program runtime's single-call protocols.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fmprog.backends.base import Detection
+from fmprog.backends.base import Detection, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
 
 
@@ -70,16 +70,13 @@ class Engine(ABC):
         return EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
 
 
-class LocalModel:
+def local_model(engine: Engine) -> FunctionModel:
     """An engine in this process, seen through the runtime's single-call protocols."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        function = engine.spec.function
-        # Expose only the method of the backend's own function, so BackendRegistry's check is real.
-        if function == Function.detect:
-            self.detect = lambda image, noun: engine.detect_batch([image], [noun])[0]
-        elif function == Function.vqa:
-            self.vqa = lambda image, question: engine.vqa_batch([image], [question])[0]
-        else:
-            self.llm = lambda prompt: engine.llm_batch([prompt])[0]
+    function = engine.spec.function
+    if function == Function.detect:
+        call = lambda image, noun: engine.detect_batch([image], [noun])[0]  # noqa: E731
+    elif function == Function.vqa:
+        call = lambda image, question: engine.vqa_batch([image], [question])[0]  # noqa: E731
+    else:
+        call = lambda prompt: engine.llm_batch([prompt])[0]  # noqa: E731
+    return FunctionModel(function, call, f"{engine.spec.name} (in process)")

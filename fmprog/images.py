@@ -1,0 +1,74 @@
+"""Frames on the wire: PNG or JPEG bytes to ``H x W x 3`` uint8 RGB arrays and back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable frame; the message names the problem."""
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode an ``H x W x 3`` uint8 RGB array as PNG (lossless, so the frame arrives unchanged)."""
+    from PIL import Image
+
+    check_frame(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode PNG or JPEG bytes to an RGB uint8 array; raise ImageError naming what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError("image is empty")
+    if len(data) > max_bytes:
+        raise ImageError(f"image is {len(data)} bytes, more than the limit of {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in {"PNG", "JPEG"}:
+                raise ImageError(f"image format {img.format} is not supported (use PNG or JPEG)")
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"image is {img.width}x{img.height}, more than {max_pixels} pixels")
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise ImageError("image is not a PNG or JPEG file") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"image cannot be decoded: {exc}") from exc
+
+
+def decode_base64_image(text: str, **limits: int) -> np.ndarray:
+    """Decode a base64 string (optionally a ``data:image/...;base64,`` URL) to an RGB array."""
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("image is not valid base64") from exc
+    return decode_image(data, **limits)
+
+
+def encode_base64_png(image: np.ndarray) -> str:
+    return base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def check_frame(image: object) -> np.ndarray:
+    """Return ``image`` if it is an ``H x W x 3`` uint8 array with at least one pixel, else raise ImageError."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ImageError(f"a frame must be an H x W x 3 uint8 array, got {type(image).__name__} {shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"a frame must have at least one pixel, got shape {image.shape}")
+    return image

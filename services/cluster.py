@@ -1,0 +1,69 @@
+"""Start Ray and Serve on this machine (or join a cluster) and deploy a backend configuration."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmprog.backends.config import BackendCatalog, load_catalog
+from services.app import run_backends
+
+
+class ServeSettings(BaseModel):
+    """Where and what to serve; validated once, before anything starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path = Field(description="Backend configuration (YAML), e.g. deploy/config/cpu.yaml.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    backends: list[str] | None = Field(default=None, description="Serve only these backends (default: all).")
+    ray_address: str | None = Field(default=None, description="Join this Ray cluster instead of starting one.")
+    num_cpus: float | None = Field(default=None, gt=0, description="Logical CPUs of a local Ray (default: all).")
+    num_gpus: float | None = Field(default=None, ge=0)
+
+
+@dataclass
+class LocalCluster:
+    catalog: BackendCatalog
+    handles: dict[str, Any]
+    base_url: str
+
+
+@contextlib.contextmanager
+def serve_backends(settings: ServeSettings) -> Iterator[LocalCluster]:
+    """Start (or join) Ray, start Serve's HTTP proxy, deploy the backends and wait until they are
+    healthy; shut Serve and a Ray started here down on exit."""
+    import ray
+    from ray import serve
+
+    catalog = load_catalog(settings.config)
+    if settings.backends:
+        unknown = sorted(set(settings.backends) - {b.name for b in catalog.backends})
+        if unknown:
+            raise ValueError(
+                f"unknown backends {unknown}; {settings.config} defines {[b.name for b in catalog.backends]}"
+            )
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(
+            address=settings.ray_address,
+            num_cpus=settings.num_cpus,
+            num_gpus=settings.num_gpus,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        handles = run_backends(catalog, settings.backends)
+        yield LocalCluster(catalog, handles, f"http://{settings.host}:{settings.port}")
+    finally:
+        serve.shutdown()
+        if started_ray:
+            ray.shutdown()

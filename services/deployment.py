@@ -1,0 +1,186 @@
+"""The Ray Serve deployment that serves one backend: an engine behind dynamic batching.
+
+One class serves every backend; the configuration (a ``BackendSpec``) arrives as a constructor
+argument. The deployment is its application's ingress, so it answers both:
+
+- HTTP through the Serve proxy, under the application's route prefix (``/<backend>``):
+  ``POST /detect``, ``POST /vqa`` or ``POST /llm`` (its function's route), ``GET /healthz``;
+- DeploymentHandle calls: ``detect(image, noun)``, ``vqa(image, question)``, ``llm(prompt)``
+  with numpy frames, and ``health()``.
+
+Both paths enter the same ``@serve.batch`` queue, so HTTP and handle calls batch together.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the request models as classes
+# on Serve's class-based ingress, or it takes them for query parameters.
+
+import asyncio
+import os
+import resource
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from fmprog.backends.config import BackendSpec, Function
+from fmprog.engines import Engine, EngineError, build_engine
+from fmprog.images import ImageError, check_frame, decode_base64_image
+from services.schemas import (
+    BackendHealth,
+    DetectionOut,
+    DetectReply,
+    DetectRequest,
+    ErrorReply,
+    LLMRequest,
+    TextReply,
+    VQARequest,
+)
+
+http = FastAPI(title="fmprog backend", description="One foundation-model backend behind Ray Serve.")
+
+
+@http.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """One readable line per problem, each naming its field: ``body.prompt: Field required``."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorReply, "description": "This backend serves another function."},
+    422: {"model": ErrorReply, "description": "The request is malformed; the detail names the problem."},
+    503: {"model": ErrorReply, "description": "The engine failed to answer."},
+}
+
+
+class Call:
+    """One queued call: a frame (``None`` for llm) and its text (noun, question or prompt)."""
+
+    __slots__ = ("image", "text")
+
+    def __init__(self, image: np.ndarray | None, text: str):
+        self.image = image
+        self.text = text
+
+
+@serve.deployment
+@serve.ingress(http)
+class BackendDeployment:
+    """Serves one backend's engine; see the module docstring for its two interfaces."""
+
+    def __init__(self, spec: dict[str, Any], **dependencies: Any):
+        self.spec = BackendSpec.model_validate(spec)
+        self.engine: Engine = build_engine(self.spec, dependencies)
+        self.engine.load()
+        self._batch.set_max_batch_size(self.spec.batching.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
+        self._lock = threading.Lock()
+        self._batches = 0
+        self._calls = 0
+
+    # -- the batched core ----------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _batch(self, calls: list[Call]) -> list[tuple[Any, int, float]]:
+        return await asyncio.to_thread(self._run_batch, calls)
+
+    def _run_batch(self, calls: list[Call]) -> list[tuple[Any, int, float]]:
+        start = time.perf_counter()
+        with self._lock:  # engines are not required to be re-entrant
+            if self.spec.function == Function.detect:
+                results: list[Any] = self.engine.detect_batch([c.image for c in calls], [c.text for c in calls])
+            elif self.spec.function == Function.vqa:
+                results = self.engine.vqa_batch([c.image for c in calls], [c.text for c in calls])
+            else:
+                results = self.engine.llm_batch([c.text for c in calls])
+            self._batches += 1
+            self._calls += len(calls)
+        if len(results) != len(calls):
+            raise EngineError(f"engine answered {len(results)} of {len(calls)} calls")
+        elapsed = time.perf_counter() - start
+        return [(result, len(calls), elapsed) for result in results]
+
+    async def _serve(self, function: Function, image: np.ndarray | None, text: str) -> DetectReply | TextReply:
+        if function != self.spec.function:
+            raise EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
+        result, batch_size, compute_s = await self._batch(Call(image, text))
+        served = {"backend": self.spec.name, "batch_size": batch_size, "compute_s": compute_s}
+        if function == Function.detect:
+            detections = [DetectionOut(box=d.box, score=d.score) for d in result]
+            return DetectReply(detections=detections, **served)
+        return TextReply(text=result, **served)
+
+    # -- DeploymentHandle interface ------------------------------------------------------------
+
+    async def detect(self, image: np.ndarray, noun: str) -> DetectReply:
+        return await self._serve(Function.detect, check_frame(image), noun)
+
+    async def vqa(self, image: np.ndarray, question: str) -> TextReply:
+        return await self._serve(Function.vqa, check_frame(image), question)
+
+    async def llm(self, prompt: str) -> TextReply:
+        return await self._serve(Function.llm, None, prompt)
+
+    def health(self) -> BackendHealth:
+        detail, healthy = "", True
+        try:
+            self.engine.check_health()
+        except EngineError as exc:
+            detail, healthy = str(exc), False
+        return BackendHealth(
+            backend=self.spec.name,
+            function=self.spec.function,
+            cost=self.spec.cost,
+            engine=self.spec.engine.kind if self.spec.engine else "",
+            healthy=healthy,
+            detail=detail,
+            model=self.engine.describe(),
+            batches=self._batches,
+            calls=self._calls,
+            replica_pid=os.getpid(),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic replica health check: an unhealthy engine gets the replica replaced."""
+        self.engine.check_health()
+
+    # -- HTTP interface (thin: decode, call, map errors) ---------------------------------------
+
+    @http.post("/detect", response_model=DetectReply, responses=ERRORS)
+    async def http_detect(self, request: DetectRequest) -> DetectReply:
+        return await self._http(Function.detect, request.image, request.noun)
+
+    @http.post("/vqa", response_model=TextReply, responses=ERRORS)
+    async def http_vqa(self, request: VQARequest) -> TextReply:
+        return await self._http(Function.vqa, request.image, request.question)
+
+    @http.post("/llm", response_model=TextReply, responses=ERRORS)
+    async def http_llm(self, request: LLMRequest) -> TextReply:
+        return await self._http(Function.llm, None, request.prompt)
+
+    @http.get("/healthz", response_model=BackendHealth, responses={503: {"model": BackendHealth}})
+    async def http_health(self) -> Any:
+        health = self.health()
+        return health if health.healthy else JSONResponse(health.model_dump(mode="json"), status_code=503)
+
+    async def _http(self, function: Function, image_b64: str | None, text: str) -> DetectReply | TextReply:
+        if function != self.spec.function:
+            raise HTTPException(
+                404, f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}"
+            )
+        image = None
+        if image_b64 is not None:
+            try:
+                image = decode_base64_image(image_b64)
+            except ImageError as exc:
+                raise HTTPException(422, f"image: {exc}") from exc
+        try:
+            return await self._serve(function, image, text)
+        except EngineError as exc:
+            raise HTTPException(503, f"backend {self.spec.name!r} failed: {exc}") from exc

@@ -1,0 +1,72 @@
+"""Serve applications and Serve configs come from the typed backend configuration (no Ray started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fmprog.backends import BackendSpec, load_catalog
+from services.app import deployment_options, serve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "deploy" / "config").glob("*.yaml"))
+
+
+def test_deployment_options_follow_the_spec():
+    spec = BackendSpec.model_validate(
+        {
+            "name": "llm-x",
+            "function": "llm",
+            "cost": 10,
+            "engine": {"kind": "openai", "base_url": "http://localhost:1/v1", "model": "m"},
+            "resources": {"num_cpus": 0.5, "num_gpus": 1},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2},
+            "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.01},
+            "max_ongoing_requests": 8,
+        }
+    )
+    options = deployment_options(spec)
+    assert options["name"] == "llm-x"
+    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1}
+    assert options["autoscaling_config"]["max_replicas"] == 4
+    assert options["autoscaling_config"]["initial_replicas"] == 2
+    # a replica must accept at least one full batch of requests at a time
+    assert options["max_ongoing_requests"] == 32
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_serve_config_round_trips_every_backend(path):
+    catalog = load_catalog(path)
+    config = serve_config(catalog)
+    apps = config["applications"]
+    assert [a["name"] for a in apps] == [b.name for b in catalog.backends]
+    for app, spec in zip(apps, catalog.backends, strict=True):
+        assert app["route_prefix"] == f"/{spec.name}"
+        assert app["import_path"] == "services.app:backend_app"
+        assert BackendSpec.model_validate(app["args"]["backend"]) == spec
+
+
+def test_default_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"cpu.yaml", "gpu.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ({"kind": "llama_cpp", "model": {"path": "/m.gguf"}}, "engine 'llama_cpp' cannot serve detect"),
+        ({"kind": "torch", "model": {"zoo": "x"}, "device": "tpu"}, "engine.torch.device"),
+        ({"kind": "openai", "base_url": "ftp://x", "model": "m"}, "engine.openai.base_url"),
+        ({"kind": "magic"}, "does not match any of the expected tags"),
+    ],
+)
+def test_engine_configuration_errors_name_the_field(tmp_path, engine, message):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"backends": [{"name": "a", "function": "detect", "cost": 1, "engine": engine}]}))
+    from fmprog.backends import ConfigError
+
+    with pytest.raises(ConfigError, match="bad.yaml") as excinfo:
+        load_catalog(path)
+    assert message in str(excinfo.value)
