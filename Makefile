@@ -33,14 +33,13 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/executor_overhead.py
+	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 
 check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; $(BIN)/fmprog program check $$f || exit 1; done
 
 demo: check-examples
-	@echo "The serving demo (Ray Serve backends, router, policy, feedback) is not built yet:"
-	@echo "it needs the backend services (issue 3) and the router and policy services (issue 4)."
-	@exit 1
+	$(BIN)/python examples/serve_demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.backends.config import BackendCatalog, load_catalog
 from services.app import run_backends
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for tests, benchmarks and demos on one machine)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 class ServeSettings(BaseModel):

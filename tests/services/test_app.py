@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from fmprog.backends import BackendSpec, load_catalog
+from fmprog.backends import BackendSpec, ConfigError, load_catalog
 from services.app import deployment_options, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,12 +62,8 @@ def test_default_configs_exist():
     ],
 )
 def test_engine_configuration_errors_name_the_field(tmp_path, engine, message):
-    import yaml
-
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"backends": [{"name": "a", "function": "detect", "cost": 1, "engine": engine}]}))
-    from fmprog.backends import ConfigError
-
-    with pytest.raises(ConfigError, match="bad.yaml") as excinfo:
+    with pytest.raises(ConfigError, match=r"bad\.yaml") as excinfo:
         load_catalog(path)
     assert message in str(excinfo.value)

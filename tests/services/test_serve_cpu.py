@@ -1,0 +1,171 @@
+"""Integration: the default configuration (deploy/config/cpu.yaml) served by a real local Ray Serve,
+every backend called over HTTP through the Serve proxy and through a DeploymentHandle, with real
+models answering generated frames."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from fmprog.backends import BackendRegistry, Function
+from fmprog.images import encode_base64_png
+from fmprog.program import Executor, compile_program
+from fmprog.scene import generate_scene
+from services.client import BackendCallError, HandleBackend, HttpBackend
+from services.cluster import ServeSettings, free_port, serve_backends
+
+CPU_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    settings = ServeSettings(config=CPU_CONFIG, port=free_port(), num_cpus=2)
+    with serve_backends(settings) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def http(cluster):
+    clients = {spec.name: HttpBackend(spec, cluster.base_url) for spec in cluster.catalog.backends}
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def handles(cluster):
+    return {spec.name: HandleBackend(spec, cluster.handles[spec.name]) for spec in cluster.catalog.backends}
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _easy_scenes(n: int, start: int = 1000):
+    return [generate_scene(start + i, "easy") for i in range(n)]
+
+
+def test_every_backend_is_deployed_and_healthy(cluster, http):
+    assert set(cluster.handles) == {spec.name for spec in cluster.catalog.backends}
+    for name, client in http.items():
+        health = client.health()
+        assert health["status"] == 200, health
+        assert health["healthy"] is True
+        assert health["engine"] == cluster.catalog.get(name).engine.kind
+        assert health["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("backend", ["detect-small", "detect-large"])
+def test_detectors_find_the_named_object_over_http_and_handle(http, handles, backend):
+    scenes = _easy_scenes(12)
+    hits = 0
+    for scene in scenes:
+        target = max(scene.objects, key=lambda o: o.visibility)
+        noun = f"{target.color} {target.shape}"
+        over_http = http[backend].model().detect(scene.image, noun)
+        through_handle = handles[backend].model().detect(scene.image, noun)
+        assert [d.box for d in over_http] == pytest.approx([d.box for d in through_handle], abs=1e-3)
+        wanted = [o for o in scene.objects if o.color == target.color and o.shape == target.shape]
+        if over_http and any(_iou(over_http[0].box, o.box) >= 0.5 for o in wanted):
+            hits += 1
+    assert hits >= 9, f"{backend}: the top box matched a named object on {hits} of {len(scenes)} easy frames"
+
+
+@pytest.mark.parametrize("backend", ["vqa-small", "vqa-large"])
+def test_vqa_answers_about_crops_and_frames_over_http_and_handle(http, handles, backend):
+    scenes = _easy_scenes(12, start=2000)
+    right = 0
+    for scene in scenes:
+        target = max(scene.objects, key=lambda o: o.visibility)
+        x0, y0, x1, y1 = target.box
+        crop = np.ascontiguousarray(scene.image[y0:y1, x0:x1])
+        answer = http[backend].model().vqa(crop, "What color is this?")
+        assert answer == handles[backend].model().vqa(crop, "What color is this?")
+        right += answer == target.color
+    assert right >= 9, f"{backend}: {right} of {len(scenes)} colours right on easy crops"
+    scene = scenes[0]
+    count = sum(o.shape == scene.objects[0].shape for o in scene.objects)
+    answer = http[backend].model().vqa(scene.image, f"How many {scene.objects[0].shape}s are there?")
+    assert answer.isdigit(), answer
+    assert abs(int(answer) - count) <= 1
+
+
+def test_llms_answer_over_http_and_handle(http, handles):
+    prompt = "What is 2 + 3? Answer with a number only."
+    assert "5" in http["llm-large"].model().llm(prompt)
+    for backend in ("llm-small", "llm-large"):
+        over_http = http[backend].model().llm("Name one primary colour.")
+        assert over_http.strip()
+        assert handles[backend].model().llm("Name one primary colour.") == over_http
+
+
+def test_concurrent_calls_are_batched_and_answered_like_single_calls(http):
+    client = http["detect-small"]
+    scenes = _easy_scenes(24, start=3000)
+    singles = [client.model().detect(s.image, "object") for s in scenes]
+    payloads = [{"image": encode_base64_png(s.image), "noun": "object"} for s in scenes]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        replies = list(pool.map(lambda p: client.reply(Function.detect, p), payloads))
+    assert max(r.batch_size for r in replies) > 1, "no two concurrent calls were batched"
+    for reply, single in zip(replies, singles, strict=True):
+        assert [d.box for d in reply.detections] == pytest.approx([d.box for d in single], abs=1e-3)
+
+
+def test_bad_requests_get_a_clear_4xx(cluster):
+    base = cluster.base_url
+    image = encode_base64_png(np.zeros((8, 8, 3), np.uint8))
+    cases = [
+        ("/detect-small/detect", {"image": "%%%", "noun": "circle"}, 422, "image: image is not valid base64"),
+        ("/detect-small/detect", {"image": image}, 422, "body.noun: Field required"),
+        ("/detect-small/vqa", {"image": image, "question": "What is this?"}, 404, "serves detect, not vqa"),
+        ("/llm-small/llm", {"prompt": ""}, 422, "body.prompt"),
+        ("/vqa-small/vqa", {"image": image, "question": "q", "extra": 1}, 422, "body.extra"),
+    ]
+    for path, body, status, message in cases:
+        response = httpx.post(base + path, json=body, timeout=30)
+        assert response.status_code == status, (path, response.text)
+        assert message in response.json()["detail"], (path, response.text)
+    assert httpx.get(base + "/no-such-backend/healthz", timeout=30).status_code == 404
+
+
+def test_handle_rejects_a_non_frame(handles):
+    with pytest.raises(BackendCallError, match="H x W x 3 uint8"):
+        handles["vqa-small"].reply(Function.vqa, np.zeros((4, 4), np.float32), "What is this?")
+
+
+PROGRAM = """
+def execute_command(image):
+    image_patch = ImagePatch(image)
+    shapes = image_patch.find("object")
+    if not shapes:
+        return "no"
+    leftmost = sorted(shapes, key=lambda s: s.horizontal_center)[0]
+    return leftmost.simple_query("What color is this?")
+"""
+
+
+def test_a_program_runs_against_the_served_backends(cluster, http):
+    registry = BackendRegistry.from_specs(
+        list(cluster.catalog.backends), {name: client.model() for name, client in http.items()}
+    )
+    program = compile_program(PROGRAM)
+    decision = {site.id: f"{site.function.value}-large" for site in program.call_sites}
+    executor = Executor(registry)
+    right = 0
+    scenes = _easy_scenes(6, start=4000)
+    for scene in scenes:
+        trace = executor.run(program, scene.image, decision)
+        assert trace.error is None, trace.error
+        assert {i.backend for i in trace.invocations} == {"detect-large", "vqa-large"}
+        leftmost = min(scene.objects, key=lambda o: o.center[0])
+        right += trace.answer == leftmost.color
+    assert right >= 4, f"{right} of {len(scenes)} programs answered the leftmost object's colour"
