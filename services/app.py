@@ -27,9 +27,12 @@ def deployment_options(spec: BackendSpec) -> dict[str, Any]:
     }
     if auto.initial_replicas is not None:
         autoscaling["initial_replicas"] = auto.initial_replicas
+    # A vLLM backend's GPUs belong to its Ray Serve LLM server (a dependency deployment, which
+    # reserves them in its placement group); the backend deployment in front of it needs none.
+    gpus = 0.0 if spec.engine is not None and spec.engine.kind == "vllm" else spec.resources.num_gpus
     return {
         "name": spec.name,
-        "ray_actor_options": {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+        "ray_actor_options": {"num_cpus": spec.resources.num_cpus, "num_gpus": gpus},
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": max(spec.max_ongoing_requests, spec.batching.max_batch_size),
         "health_check_period_s": spec.health_check_period_s,

@@ -67,3 +67,10 @@ def test_engine_configuration_errors_name_the_field(tmp_path, engine, message):
     with pytest.raises(ConfigError, match=r"bad\.yaml") as excinfo:
         load_catalog(path)
     assert message in str(excinfo.value)
+
+
+def test_a_vllm_backend_leaves_its_gpus_to_the_llm_server():
+    catalog = load_catalog(ROOT / "deploy" / "config" / "gpu.yaml")
+    for spec in catalog.backends:
+        gpus = deployment_options(spec)["ray_actor_options"]["num_gpus"]
+        assert gpus == (0 if spec.engine.kind == "vllm" else spec.resources.num_gpus), spec.name
