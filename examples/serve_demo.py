@@ -1,15 +1,15 @@
 """Serve the default backends on localhost and run one program over a stream of frames.
 
-Starts Ray Serve with every backend of deploy/config/cpu.yaml, then answers "is there a red
-triangle left of a blue circle?" on generated scene frames four ways: the program with all-small
+Starts Ray Serve with every backend of deploy/config/cpu.yaml, then answers "is there a
+triangle left of a circle?" on generated scene frames four ways: the program with all-small
 backends, with all-large backends, with a mixed configuration, and the monolithic baseline
 (vqa-large on the whole frame with the whole question). It prints accuracy and cost per frame of
-each, plus one llm call per LLM backend.
+each (and F1 on the rare "yes" frames, the paper's binary metric), plus one llm call per LLM backend.
 
 What it does not do yet: choose the configuration per frame and learn it from feedback. That is
 the policy service (issue 4).
 
-    python examples/serve_demo.py [--frames 60]
+    python examples/serve_demo.py [--frames 200]
 """
 
 from __future__ import annotations
@@ -25,18 +25,25 @@ from services.client import HttpBackend
 from services.cluster import ServeSettings, free_port, serve_backends
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTION = "Is there a red triangle left of a blue circle?"
+QUESTION = "Is there a triangle left of a circle?"
 
 
 def truth(scene: Scene) -> str:
-    reds = [o for o in scene.objects if o.color == "red" and o.shape == "triangle"]
-    blues = [o for o in scene.objects if o.color == "blue" and o.shape == "circle"]
-    return "yes" if any(r.center[0] < b.center[0] for r in reds for b in blues) else "no"
+    triangles = [o for o in scene.objects if o.shape == "triangle"]
+    circles = [o for o in scene.objects if o.shape == "circle"]
+    return "yes" if any(t.center[0] < c.center[0] for t in triangles for c in circles) else "no"
+
+
+def f1_yes(answers: list[str], truths: list[str]) -> float:
+    tp = sum(a == t == "yes" for a, t in zip(answers, truths, strict=True))
+    fp = sum(a == "yes" != t for a, t in zip(answers, truths, strict=True))
+    fn = sum(t == "yes" != a for a, t in zip(answers, truths, strict=True))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--config", default=str(ROOT / "deploy" / "config" / "cpu.yaml"))
     args = parser.parse_args()
 
@@ -52,7 +59,7 @@ def main() -> None:
         registry = BackendRegistry.from_specs(
             list(cluster.catalog.backends), {name: c.model() for name, c in clients.items()}
         )
-        program = compile_program((ROOT / "examples" / "programs" / "red_left_of_blue.py").read_text())
+        program = compile_program((ROOT / "examples" / "programs" / "triangle_left_of_circle.py").read_text())
         print(f"\nprogram call sites: {[site.id for site in program.call_sites]}")
         configurations = {
             "program, all small": {s.id: f"{s.function.value}-small" for s in program.call_sites},
@@ -62,25 +69,27 @@ def main() -> None:
             "program, all large": {s.id: f"{s.function.value}-large" for s in program.call_sites},
         }
         executor = Executor(registry)
-        scenes = list(scene_stream(seed=7, count=args.frames, mix={"easy": 0.3, "medium": 0.4, "hard": 0.3}))
-        answers = [truth(s) for s in scenes]
-        print(f"\n{len(scenes)} frames, {answers.count('yes')} with a red triangle left of a blue circle\n")
-        print(f"{'configuration':<36} {'accuracy':>8} {'cost/frame':>11} {'ms/frame':>9}")
+        scenes = list(scene_stream(seed=7, count=args.frames, mix={"easy": 0.2, "medium": 0.4, "hard": 0.4}))
+        truths = [truth(s) for s in scenes]
+        print(f"\n{QUESTION} {len(scenes)} frames, {truths.count('yes')} of them 'yes'\n")
+        print(f"{'configuration':<36} {'accuracy':>8} {'F1 yes':>7} {'cost/frame':>11} {'ms/frame':>9}")
+
+        def report(label: str, answers: list[str], cost: float, seconds: float) -> None:
+            accuracy = sum(a == t for a, t in zip(answers, truths, strict=True)) / len(scenes)
+            print(
+                f"{label:<36} {accuracy:>8.3f} {f1_yes(answers, truths):>7.3f} {cost / len(scenes):>11.4f} "
+                f"{1000 * seconds / len(scenes):>9.1f}"
+            )
+
         for label, decision in configurations.items():
-            right, cost, start = 0, 0.0, time.perf_counter()
-            for scene, expected in zip(scenes, answers, strict=True):
-                trace = executor.run(program, scene.image, decision)
-                right += trace.answer == expected
-                cost += trace.cost
-            ms = 1000 * (time.perf_counter() - start) / len(scenes)
-            print(f"{label:<36} {right / len(scenes):>8.3f} {cost / len(scenes):>11.4f} {ms:>9.1f}")
+            start = time.perf_counter()
+            traces = [executor.run(program, scene.image, decision) for scene in scenes]
+            report(label, [t.answer for t in traces], sum(t.cost for t in traces), time.perf_counter() - start)
         monolithic = clients["vqa-large"].model()
-        right, start = 0, time.perf_counter()
-        for scene, expected in zip(scenes, answers, strict=True):
-            right += monolithic.vqa(scene.image, QUESTION) == expected
-        ms = 1000 * (time.perf_counter() - start) / len(scenes)
-        cost = cluster.catalog.get("vqa-large").cost
-        print(f"{'monolithic vqa-large, whole question':<36} {right / len(scenes):>8.3f} {cost:>11.4f} {ms:>9.1f}")
+        start = time.perf_counter()
+        answers = [monolithic.vqa(scene.image, QUESTION) for scene in scenes]
+        cost = cluster.catalog.get("vqa-large").cost * len(scenes)
+        report("monolithic vqa-large, whole question", answers, cost, time.perf_counter() - start)
         print()
         for name in ("llm-small", "llm-large"):
             if name in clients:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fmprog.backends.base import box_iou
 from fmprog.scene import generate_scene
 from fmprog.scene.generator import Difficulty, SceneObject
 from fmprog.scene.vocabulary import (
@@ -67,15 +68,6 @@ class Evaluation:
     @property
     def latency_per_item_s(self) -> float:
         return self.seconds / max(self.items, 1)
-
-
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _as_perceived(obj: SceneObject, frame_side: float, offset: tuple[int, int] = (0, 0)) -> PerceivedObject:
@@ -227,8 +219,8 @@ def detection_counts(predictions: Sequence[Any], expected: Sequence[Sequence[flo
     unmatched = list(expected)
     tp = 0
     for det in ordered:
-        best = max(range(len(unmatched)), key=lambda j: _box_iou(det.box, unmatched[j]), default=None)
-        if best is not None and _box_iou(det.box, unmatched[best]) >= MATCH_IOU:
+        best = max(range(len(unmatched)), key=lambda j: box_iou(det.box, unmatched[j]), default=None)
+        if best is not None and box_iou(det.box, unmatched[best]) >= MATCH_IOU:
             unmatched.pop(best)
             tp += 1
     return tp, len(ordered) - tp, len(unmatched)

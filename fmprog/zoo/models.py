@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmprog.backends.base import Detection
+from fmprog.backends.base import Detection, box_iou
 from fmprog.zoo.catalog import Architecture, zoo_entry
 from fmprog.zoo.language import PerceivedObject, answer_question, matching, parse_noun
 from fmprog.zoo.network import Candidate, PerceptionNet, decode, parameter_count, prepare_inputs
@@ -27,16 +27,6 @@ NMS_IOU = 0.5  # peaks whose boxes overlap more than this are one object
 def weights_path(name: str) -> Path:
     """Where the committed weights of zoo model ``name`` (its perception network) live."""
     return WEIGHTS_DIR / f"{zoo_entry(name).network}.pt"
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _perceived(candidate: Candidate, frame_side: float) -> PerceivedObject:

@@ -15,8 +15,9 @@ from fmprog.program import ExecutionLimits, Executor, compile_program
 from fmprog.scene import generate_scene
 
 torch = pytest.importorskip("torch")
+from fmprog.backends.base import box_iou  # noqa: E402
 from fmprog.engines.torch import TorchEngine  # noqa: E402
-from fmprog.zoo.models import box_iou, weights_path  # noqa: E402
+from fmprog.zoo.models import weights_path  # noqa: E402
 
 
 def spec_for(name: str, model: ZooSource | PathSource | None = None, function: str | None = None) -> BackendSpec:

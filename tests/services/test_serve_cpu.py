@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fmprog.backends import BackendRegistry, Function
+from fmprog.backends.base import box_iou
 from fmprog.images import encode_base64_png
 from fmprog.program import Executor, compile_program
 from fmprog.scene import generate_scene
@@ -40,14 +41,6 @@ def http(cluster):
 @pytest.fixture(scope="module")
 def handles(cluster):
     return {spec.name: HandleBackend(spec, cluster.handles[spec.name]) for spec in cluster.catalog.backends}
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _same_boxes(a, b) -> None:
@@ -80,7 +73,7 @@ def test_detectors_find_the_named_object_over_http_and_handle(http, handles, bac
         through_handle = handles[backend].model().detect(scene.image, noun)
         _same_boxes(over_http, through_handle)
         wanted = [o for o in scene.objects if o.color == target.color and o.shape == target.shape]
-        if over_http and any(_iou(over_http[0].box, o.box) >= 0.5 for o in wanted):
+        if over_http and any(box_iou(over_http[0].box, o.box) >= 0.5 for o in wanted):
             hits += 1
     assert hits >= 9, f"{backend}: the top box matched a named object on {hits} of {len(scenes)} easy frames"
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fmprog.backends import Detection
+from fmprog.backends.base import box_iou
 from fmprog.scene import generate_scene
 from fmprog.zoo import NETWORKS, ZOO, load_model, read_manifest
 from fmprog.zoo.evaluate import evaluate
 from fmprog.zoo.language import UNKNOWN_ANSWER
-from fmprog.zoo.models import box_iou
 
 # Measured easy-frame accuracies are in weights/manifest.json; these floors sit a few points below.
 EASY_DETECT_RECALL_FLOOR = {"detect-small": 0.82, "detect-large": 0.93}
