@@ -90,25 +90,42 @@ class BackendDeployment:
         return await asyncio.to_thread(self._run_batch, calls)
 
     def _run_batch(self, calls: list[Call]) -> list[tuple[Any, int, float]]:
+        """Answer a batch; when it fails, answer its calls one by one so that only the call that
+        fails gets the error (an engine error is returned in place of that call's result)."""
         start = time.perf_counter()
         with self._lock:  # engines are not required to be re-entrant
-            if self.spec.function == Function.detect:
-                results: list[Any] = self.engine.detect_batch([c.image for c in calls], [c.text for c in calls])
-            elif self.spec.function == Function.vqa:
-                results = self.engine.vqa_batch([c.image for c in calls], [c.text for c in calls])
-            else:
-                results = self.engine.llm_batch([c.text for c in calls])
+            try:
+                results: list[Any] = self._engine_batch(calls)
+            except EngineError as exc:
+                results = [exc] if len(calls) == 1 else [self._engine_single(call) for call in calls]
             self._batches += 1
             self._calls += len(calls)
-        if len(results) != len(calls):
-            raise EngineError(f"engine answered {len(results)} of {len(calls)} calls")
         elapsed = time.perf_counter() - start
         return [(result, len(calls), elapsed) for result in results]
+
+    def _engine_batch(self, calls: list[Call]) -> list[Any]:
+        if self.spec.function == Function.detect:
+            results = self.engine.detect_batch([c.image for c in calls], [c.text for c in calls])
+        elif self.spec.function == Function.vqa:
+            results = self.engine.vqa_batch([c.image for c in calls], [c.text for c in calls])
+        else:
+            results = self.engine.llm_batch([c.text for c in calls])
+        if len(results) != len(calls):
+            raise EngineError(f"engine answered {len(results)} of {len(calls)} calls")
+        return results
+
+    def _engine_single(self, call: Call) -> Any:
+        try:
+            return self._engine_batch([call])[0]
+        except EngineError as exc:
+            return exc
 
     async def _serve(self, function: Function, image: np.ndarray | None, text: str) -> DetectReply | TextReply:
         if function != self.spec.function:
             raise EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
         result, batch_size, compute_s = await self._batch(Call(image, text))
+        if isinstance(result, EngineError):
+            raise result
         served = {"backend": self.spec.name, "batch_size": batch_size, "compute_s": compute_s}
         if function == Function.detect:
             detections = [DetectionOut(box=d.box, score=d.score) for d in result]

@@ -167,3 +167,16 @@ def test_a_program_runs_against_the_served_backends(cluster, http):
         leftmost = min(scene.objects, key=lambda o: o.center[0])
         right += trace.answer == leftmost.color
     assert right >= 4, f"{right} of {len(scenes)} programs answered the leftmost object's colour"
+
+
+def test_a_failing_call_fails_alone_within_its_batch(cluster):
+    too_long = "cat " * 4500  # within the request limit, beyond llm-small's 2048-token context
+    bodies = [{"prompt": too_long}, {"prompt": "Say hello."}, {"prompt": "Name a shape."}]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        responses = list(
+            pool.map(lambda b: httpx.post(f"{cluster.base_url}/llm-small/llm", json=b, timeout=120), bodies)
+        )
+    assert responses[0].status_code == 503
+    assert "llm-small" in responses[0].json()["detail"]
+    assert [r.status_code for r in responses[1:]] == [200, 200]
+    assert all(r.json()["text"] for r in responses[1:])
