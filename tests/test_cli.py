@@ -63,3 +63,16 @@ def test_run_program_example():
     trace = json.loads(result.stdout)
     assert trace["answer"] == "red" and trace["error"] is None
     assert trace["executed_sites"] == ["find@3:23", "query@7:19"] and trace["cost"] == 172 + 73400
+
+
+def test_serve_config_prints_one_serve_application_per_backend():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    result = fmprog("serve-config", "--config", str(root / "deploy" / "config" / "gpu.yaml"), "--port", "8080")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8080}
+    names = [app["name"] for app in config["applications"]]
+    assert names == ["detect-small", "detect-large", "vqa-small", "vqa-large", "llm-small", "llm-large"]
+    assert {app["import_path"] for app in config["applications"]} == {"services.app:backend_app"}

@@ -74,3 +74,22 @@ def test_a_vllm_backend_leaves_its_gpus_to_the_llm_server():
     for spec in catalog.backends:
         gpus = deployment_options(spec)["ray_actor_options"]["num_gpus"]
         assert gpus == (0 if spec.engine.kind == "vllm" else spec.resources.num_gpus), spec.name
+
+
+def test_the_serve_config_builds_every_application():
+    """What `serve deploy` does with the generated config: import the builder, call it with args."""
+    from ray.serve import Application
+
+    from services.app import backend_app
+
+    config = serve_config(load_catalog(ROOT / "deploy" / "config" / "cpu.yaml"))
+    for app in config["applications"]:
+        assert isinstance(backend_app(app["args"]), Application), app["name"]
+
+
+def test_serving_an_unknown_backend_is_refused_before_anything_starts():
+    from services.cluster import ServeSettings, serve_backends
+
+    settings = ServeSettings(config=ROOT / "deploy" / "config" / "cpu.yaml", backends=["detect-small", "nope"])
+    with pytest.raises(ValueError, match=r"unknown backends \['nope'\]"), serve_backends(settings):
+        pass
