@@ -1,1 +1,13 @@
-"""The policy service: per-call-site backend decisions learned online from feedback (issue 4)."""
+"""The policy: per-call-site backend decisions learned online from feedback (issue 4).
+
+Domain code only, no HTTP. ``policy.schemas`` holds the data that crosses boundaries
+(``PolicySpec``, ``Decision``/``DecisionOut``, ``Feedback``, ``TrainReport``); ``policy.rewards``
+the task rewards (the authors' binary/open-form values, or the paper's 0/1 loss);
+``policy.algorithms`` the algorithms behind one ABC (``base.Policy``: ``decide``, ``observe``,
+``train``, ``state_dict``/``load_state_dict``), found by name through an import-path registry:
+``structured`` (default; the paper's structured REINFORCE with gradient Thompson sampling, U over
+the last layer), ``fast`` (fixed frame features + per-site Bayesian linear Thompson sampling),
+and the baselines ``static``, ``random``, ``ucb1``, ``whole_query``, ``unstructured``.
+The authors' code variant (``structured_code``, ResNet-18, diagonal U) is not built yet.
+Nothing heavy is imported until an algorithm is used.
+"""

@@ -1,1 +1,17 @@
-"""The router service: registers programs, answers frames, forwards feedback (issue 4)."""
+"""The router service: registers programs, answers frames, forwards feedback (issue 4).
+
+Domain code, knowing nothing of HTTP (the FastAPI routes come later and only map its errors):
+
+- ``schemas``: wire types (``ProgramCreate``/``ProgramPublic``, ``AnswerResult``, ``FeedbackIn``/
+  ``FeedbackResult``) and the stored ``DecisionRecord``/``FeedbackRecord``.
+- ``store.Store``: SQLite (WAL) persistence of programs, decisions and feedback; thread-safe;
+  feedback is resolved once per decision.
+- ``programs.ProgramRegistry``: validate a program with the runtime, resolve each call site's
+  candidate backends and costs from the catalog, store it; delete keeps its decisions answerable
+  for feedback.
+- ``answering.Answerer``: run a program on a frame under the policy's decision (or the configured
+  fallback, all-cheapest by default), record the decision and its trace.
+- ``feedback.FeedbackHandler``: the task reward (``policy.rewards``) of the stored answer against
+  the label, idempotent per decision; returns reward, executed sites and their costs.
+- ``errors``: ``NotFound`` (404), ``Conflict`` (409), the other ``RouterError``s (422).
+"""

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -30,6 +30,7 @@ from ray import serve
 from fmprog.backends.config import BackendSpec, Function
 from fmprog.engines import Engine, EngineError, build_engine
 from fmprog.images import ImageError, check_frame, decode_base64_image
+from fmprog.web import validation_error_handler
 from services.schemas import (
     BackendHealth,
     DetectionOut,
@@ -44,11 +45,7 @@ from services.schemas import (
 http = FastAPI(title="fmprog backend", description="One foundation-model backend behind Ray Serve.")
 
 
-@http.exception_handler(RequestValidationError)
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """One readable line per problem, each naming its field: ``body.prompt: Field required``."""
-    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-    return JSONResponse({"detail": problems}, status_code=422)
+http.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

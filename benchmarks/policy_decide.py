@@ -1,0 +1,49 @@
+"""Decision latency of each policy algorithm on generated 128 x 128 frames (p50, p99, in ms).
+
+Run: ``.venv/bin/python benchmarks/policy_decide.py [--decisions 300]``. A two-site program
+(detect: small/large, vqa: small/large); each policy first learns from 64 feedback events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from fmprog.scene import generate_scene
+from policy.algorithms import ALGORITHMS, build_policy
+from policy.schemas import Feedback, PolicySpec
+
+SITES = [
+    {"id": "find@1:1", "function": "detect", "backends": [{"name": "det-s", "cost": 1}, {"name": "det-l", "cost": 4}]},
+    {"id": "query@2:1", "function": "vqa", "backends": [{"name": "vqa-s", "cost": 1}, {"name": "vqa-l", "cost": 4}]},
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--decisions", type=int, default=300)
+    args = parser.parse_args()
+    frames = [generate_scene(seed, "medium").image for seed in range(64)]
+    print(f"{'algorithm':<14}{'p50 ms':>10}{'p99 ms':>10}")
+    for name in sorted(ALGORITHMS):
+        spec = PolicySpec.model_validate({"sites": SITES, "lambda": 0.01, "algorithm": name, "seed": 0})
+        policy = build_policy(spec)
+        for i, frame in enumerate(frames):
+            decision = policy.decide(frame)
+            costs = {s["id"]: 1.0 for s in SITES}
+            policy.observe(decision, Feedback(loss=float(i % 2), executed_sites=list(costs), costs=costs))
+        policy.train()
+        times = []
+        for i in range(args.decisions):
+            frame = frames[i % len(frames)]
+            start = time.perf_counter()
+            policy.decide(frame)
+            times.append(time.perf_counter() - start)
+        p50, p99 = np.percentile(np.asarray(times) * 1000, [50, 99])
+        print(f"{name:<14}{p50:>10.3f}{p99:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

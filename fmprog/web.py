@@ -1,0 +1,111 @@
+"""Pieces every fmprog HTTP service shares: one error shape, readable validation errors, bearer
+authentication and a request size limit (pure ASGI middlewares, so they never buffer a body)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ErrorResponse(BaseModel):
+    """Every error reply: one line that names the problem."""
+
+    detail: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error codes, all with the shared ErrorResponse shape."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """422 with one readable line per problem, each naming its field: ``body.label: Field required``."""
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _reply(send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """Requires ``Authorization: Bearer <key>`` on every path except ``open_paths``; compares
+    SHA-256 digests in constant time."""
+
+    def __init__(self, app: ASGIApp, key: str, open_paths: Iterable[str] = ()):
+        self.app = app
+        self.digest = hashlib.sha256(key.encode()).digest()
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        given = hashlib.sha256(token.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.digest):
+            challenge = [(b"www-authenticate", b"Bearer")]
+            await _reply(send, 401, "missing or wrong API key (Authorization: Bearer <key>)", challenge)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _reply(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}")
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _reply(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,41 @@
+"""Policy algorithms, one module each behind :class:`policy.algorithms.base.Policy`.
+
+Algorithms are found by import path, so nothing heavy (torch) is imported until one is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policy.algorithms.base import Policy
+    from policy.schemas import PolicySpec
+
+ALGORITHMS: dict[str, str] = {
+    "structured": "policy.algorithms.structured:StructuredPolicy",
+    "fast": "policy.algorithms.fast:FastPolicy",
+    "static": "policy.algorithms.static:StaticPolicy",
+    "random": "policy.algorithms.uniform:RandomPolicy",
+    "ucb1": "policy.algorithms.ucb1:UCB1Policy",
+    "whole_query": "policy.algorithms.whole_query:WholeQueryPolicy",
+    "unstructured": "policy.algorithms.unstructured:UnstructuredPolicy",
+}
+
+
+def algorithm_class(name: str) -> type[Policy]:
+    """The class registered under ``name`` (imports its module)."""
+    try:
+        path = ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(sorted(ALGORITHMS))})") from None
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def build_policy(spec: PolicySpec) -> Policy:
+    """A fresh policy for ``spec``."""
+    return algorithm_class(spec.algorithm)(spec)
+
+
+__all__ = ["ALGORITHMS", "algorithm_class", "build_policy"]

@@ -1,0 +1,139 @@
+"""The one interface every policy algorithm implements.
+
+- ``decide(frame)``: a backend per call site for one frame. Fast, thread-safe, never waits for
+  training (training works on copies and swaps them in under a short lock).
+- ``observe(decision, feedback)``: records one sample (cheap; closed-form updates at most).
+- ``train()``: does pending training work, if any; called from a background thread by the service.
+- ``state_dict()`` / ``load_state_dict()``: everything needed to resume after a restart
+  (parameters, optimizer state, buffers, RNG state, uncertainty matrices), as tensors, numbers
+  and strings, so that ``torch.save`` / ``torch.load(weights_only=True)`` round-trips it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from abc import ABC, abstractmethod
+from typing import IO, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from policy.rewards import program_reward, sub_rewards
+from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
+
+
+class NoParams(BaseModel):
+    """An algorithm without hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(ABC):
+    """A learned (or fixed) choice of one backend per call site."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, spec: PolicySpec):
+        if spec.algorithm != self.name:
+            raise ValueError(f"spec names algorithm {spec.algorithm!r}, not {self.name!r}")
+        self.spec = spec
+        self.params: Any = self.Params.model_validate(spec.hyperparameters)
+        self.rng = np.random.default_rng(spec.seed)
+        self.lock = threading.RLock()
+        self.observed = 0
+
+    # -- the interface --------------------------------------------------------------------------
+
+    @abstractmethod
+    def decide(self, frame: np.ndarray) -> Decision:
+        """A backend per call site for ``frame`` (``H x W x 3`` uint8)."""
+
+    @abstractmethod
+    def observe(self, decision: Decision, feedback: Feedback) -> None:
+        """Record the feedback for a decision this policy made."""
+
+    def train(self) -> TrainReport | None:
+        """Do pending training work; ``None`` when there was none."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume; subclasses extend :meth:`_state` / :meth:`_load_state`."""
+        with self.lock:
+            state = {"rng": json.dumps(self.rng.bit_generator.state), "observed": self.observed}
+            state.update(self._state())
+            return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self.lock:
+            self.rng.bit_generator.state = json.loads(state["rng"])
+            self.observed = int(state["observed"])
+            self._load_state(state)
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    @classmethod
+    def check_spec(cls, spec: PolicySpec) -> None:
+        """Refuse specs the algorithm cannot serve (raise ``ValueError``); called by ``PolicySpec``."""
+        return None
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+
+    def check_feedback(self, decision: Decision, feedback: Feedback) -> None:
+        if decision.algorithm != self.name:
+            raise ValueError(f"decision was made by {decision.algorithm!r}, not {self.name!r}")
+        known = {s.id for s in self.spec.sites}
+        unknown = sorted(set(feedback.executed_sites) - known)
+        if unknown:
+            raise ValueError(f"feedback names unknown call site {unknown[0]!r}")
+
+    def sub_rewards(self, feedback: Feedback) -> dict[str, float]:
+        """The paper's sub-rewards ``r_i = -lambda * C_i + task / N`` of the executed sites."""
+        return sub_rewards(
+            feedback.task_term, feedback.costs, feedback.executed_sites, len(self.spec.sites), self.spec.lam
+        )
+
+    def program_reward(self, feedback: Feedback) -> float:
+        """The paper's program reward ``R = task - lambda * C``."""
+        return program_reward(feedback.task_term, feedback.total_cost, self.spec.lam)
+
+
+def as_frame(frame: np.ndarray) -> np.ndarray:
+    """Check a frame is ``H x W x 3`` (uint8 or float in 0..255) and return it as uint8."""
+    array = np.asarray(frame)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"frame must be H x W x 3 with H, W >= 1, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return array
+
+
+def save_policy(policy: Policy, file: IO[bytes]) -> None:
+    """Write the policy's spec and state to a binary file object (``torch.save``)."""
+    import torch
+
+    torch.save({"spec": policy.spec.model_dump_json(by_alias=True), "state": policy.state_dict()}, file)
+
+
+def load_policy(file: IO[bytes]) -> Policy:
+    """Rebuild a policy written by :func:`save_policy` (``torch.load`` with ``weights_only=True``)."""
+    import torch
+
+    from policy.algorithms import build_policy
+
+    blob = torch.load(file, weights_only=True)
+    policy = build_policy(PolicySpec.model_validate_json(blob["spec"]))
+    policy.load_state_dict(blob["state"])
+    return policy
+
+
+def policy_bytes(policy: Policy) -> bytes:
+    buffer = io.BytesIO()
+    save_policy(policy, buffer)
+    return buffer.getvalue()

@@ -1,0 +1,28 @@
+"""``random``: a uniformly random backend per call site, independently per frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policy.algorithms.base import Policy, as_frame
+from policy.schemas import Decision, Feedback
+
+
+class RandomPolicy(Policy):
+    name = "random"
+
+    def decide(self, frame: np.ndarray) -> Decision:
+        as_frame(frame)
+        backends: dict[str, str] = {}
+        propensities: dict[str, dict[str, float]] = {}
+        with self.lock:
+            for site in self.spec.sites:
+                names = site.backend_names
+                backends[site.id] = names[int(self.rng.integers(len(names)))]
+                propensities[site.id] = dict.fromkeys(names, 1.0 / len(names))
+        return Decision(algorithm=self.name, backends=backends, propensities=propensities)
+
+    def observe(self, decision: Decision, feedback: Feedback) -> None:
+        self.check_feedback(decision, feedback)
+        with self.lock:
+            self.observed += 1

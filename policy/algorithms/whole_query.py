@@ -1,0 +1,71 @@
+"""``whole_query``: the paper's "LLM routing" baseline. For each frame it chooses ONE configuration
+for the whole program, all cheapest ("all small") or all largest ("all large"), with neural
+Thompson sampling on frame features: the fast variant's fixed features and one Bayesian linear
+reward model per configuration (Thompson sampling on a linear last layer over frozen features;
+the authors used a ResNet-18 bandit). It learns from the program reward ``R = task - lambda * C``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.bayes import LinearArms
+from policy.features import FEATURE_DIM, frame_features
+from policy.schemas import Decision, Feedback, PolicySpec
+
+CONFIGURATIONS = ("all_small", "all_large")
+
+
+class WholeQueryParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reg: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    nu: float = Field(default=0.3, ge=0, allow_inf_nan=False)
+    reward_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
+class WholeQueryPolicy(Policy):
+    name = "whole_query"
+    Params = WholeQueryParams
+
+    def __init__(self, spec: PolicySpec):
+        super().__init__(spec)
+        self.model = LinearArms(len(CONFIGURATIONS), FEATURE_DIM, self.params.reg)
+        self.configurations = (
+            {s.id: s.cheapest for s in spec.sites},
+            {s.id: s.largest for s in spec.sites},
+        )
+
+    def decide(self, frame: np.ndarray) -> Decision:
+        x = frame_features(as_frame(frame))
+        with self.lock:
+            mean, sigma = self.model.mean_and_sigma(x)
+            sample = mean + self.params.nu * sigma * self.rng.standard_normal(len(mean))
+        arm = int(np.argmax(sample))
+        scores = {name: float(v) for name, v in zip(CONFIGURATIONS, sample, strict=True)}
+        return Decision.with_context(
+            x,
+            algorithm=self.name,
+            backends=dict(self.configurations[arm]),
+            scores={s.id: {self.configurations[arm][s.id]: scores[CONFIGURATIONS[arm]]} for s in self.spec.sites},
+            arm=arm,
+        )
+
+    def observe(self, decision: Decision, feedback: Feedback) -> None:
+        self.check_feedback(decision, feedback)
+        if decision.arm is None or not 0 <= decision.arm < len(CONFIGURATIONS):
+            raise ValueError("decision carries no whole-query configuration")
+        x = decision.context_array().astype(np.float64)
+        with self.lock:
+            self.model.update(decision.arm, x, self.program_reward(feedback) / self.params.reward_scale)
+            self.observed += 1
+
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load(state["model"])

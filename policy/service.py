@@ -1,0 +1,232 @@
+"""The policy service's domain: one policy per program, decisions, feedback, training, persistence.
+
+No HTTP here. Deciding runs the program's policy on the frame and records the decision as
+pending; feedback is logged durably, then observed by the policy; a background trainer calls each
+policy's ``train()`` and snapshots it. Deciding never waits for training: algorithms train on
+copies and swap parameters in under a short lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel
+
+from policy.algorithms import build_policy
+from policy.algorithms.base import Policy, load_policy, policy_bytes
+from policy.schemas import DecisionOut, Feedback, PolicySpec
+from policy.settings import PolicySettings
+from policy.state import PolicyState
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class UnknownPolicy(LookupError):
+    """No policy is registered for that program."""
+
+
+class UnknownDecision(LookupError):
+    """No pending decision with that id (never made, expired, or its program was deleted)."""
+
+
+class FeedbackConflict(ValueError):
+    """Feedback for a decision that already received different feedback."""
+
+
+class PolicyInfo(BaseModel):
+    program_id: str
+    algorithm: str
+    sites: int
+    observed: int
+    pending: int
+    trained_steps: int
+    train_seconds: float
+    last_feedback_seq: int
+
+
+@dataclass
+class _Slot:
+    policy: Policy
+    seq: int = 0  # the last logged feedback the policy has observed
+    since_snapshot: int = 0
+    trained_steps: int = 0
+    train_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PolicyMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "fmprog_policy_decisions_total", "Decisions made.", ["program", "algorithm"], registry=r
+        )
+        self.decision_latency = Histogram(
+            "fmprog_policy_decide_seconds", "Time to decide one frame.", ["algorithm"], buckets=BUCKETS, registry=r
+        )
+        self.feedback = Counter("fmprog_policy_feedback_total", "Feedback events.", ["program", "outcome"], registry=r)
+        self.training_steps = Counter("fmprog_policy_training_steps_total", "Training steps.", ["program"], registry=r)
+        self.pending = Gauge("fmprog_policy_pending_decisions", "Decisions waiting for feedback.", registry=r)
+        self.expired = Counter("fmprog_policy_expired_total", "Pending decisions expired.", ["resolution"], registry=r)
+
+
+class PolicyService:
+    def __init__(self, settings: PolicySettings, state: PolicyState | None = None):
+        self.settings = settings
+        self.state = state or PolicyState(settings.state_dir)
+        self.metrics = PolicyMetrics()
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Rebuild every stored policy from its snapshot and replay the feedback logged after it."""
+        for program_id, spec in self.state.specs().items():
+            snapshot = self.state.read_snapshot(program_id)
+            if snapshot is None:
+                slot = _Slot(build_policy(spec))
+            else:
+                blob, seq = snapshot
+                slot = _Slot(load_policy(blob), seq=seq)
+            for seq, decision, feedback in self.state.feedback_after(program_id, slot.seq):
+                slot.policy.observe(decision, feedback)
+                slot.seq, slot.since_snapshot = seq, slot.since_snapshot + 1
+            self._slots[program_id] = slot
+        self.metrics.pending.set(self.state.pending_count())
+        return len(self._slots)
+
+    def close(self) -> None:
+        for program_id in list(self._slots):
+            self.snapshot(program_id)
+        self.state.close()
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def put(self, program_id: str, spec: PolicySpec) -> PolicyInfo:
+        """Create the program's policy, or replace it when the spec changed (learning restarts)."""
+        with self._lock:
+            current = self._slots.get(program_id)
+            if current is None or current.policy.spec != spec:
+                if current is not None:
+                    self.state.delete(program_id)
+                self.state.put_spec(program_id, spec)
+                self._slots[program_id] = _Slot(build_policy(spec))
+        self.snapshot(program_id)
+        return self.info(program_id)
+
+    def delete(self, program_id: str) -> None:
+        with self._lock:
+            if self._slots.pop(program_id, None) is None:
+                raise UnknownPolicy(f"no policy for program {program_id}")
+        self.state.delete(program_id)
+
+    def _slot(self, program_id: str) -> _Slot:
+        try:
+            return self._slots[program_id]
+        except KeyError:
+            raise UnknownPolicy(f"no policy for program {program_id}") from None
+
+    def info(self, program_id: str) -> PolicyInfo:
+        slot = self._slot(program_id)
+        return PolicyInfo(
+            program_id=program_id,
+            algorithm=slot.policy.name,
+            sites=len(slot.policy.spec.sites),
+            observed=slot.policy.observed,
+            pending=self.state.pending_count(program_id),
+            trained_steps=slot.trained_steps,
+            train_seconds=slot.train_seconds,
+            last_feedback_seq=slot.seq,
+        )
+
+    def programs(self) -> list[str]:
+        return sorted(self._slots)
+
+    # -- decisions and feedback -------------------------------------------------------------------
+
+    def decide(self, program_id: str, decision_id: str, frame: np.ndarray) -> DecisionOut:
+        slot = self._slot(program_id)
+        start = time.perf_counter()
+        decision = slot.policy.decide(frame)
+        self.metrics.decision_latency.labels(slot.policy.name).observe(time.perf_counter() - start)
+        self.state.add_pending(program_id, decision_id, decision)
+        self.metrics.decisions.labels(program_id, slot.policy.name).inc()
+        self.metrics.pending.inc()
+        return decision.out()
+
+    def feedback(self, program_id: str, feedback: Feedback) -> bool:
+        """Learn from feedback for a pending decision; True when it is a repeat of feedback already
+        taken (nothing happens again). Different feedback for a resolved decision is a conflict."""
+        if feedback.decision_id is None:
+            raise ValueError("feedback needs the decision_id")
+        slot = self._slot(program_id)
+        earlier = self.state.logged(feedback.decision_id)
+        if earlier is not None:
+            if earlier != feedback:
+                raise FeedbackConflict(f"decision {feedback.decision_id} already received different feedback")
+            self.metrics.feedback.labels(program_id, "repeat").inc()
+            return True
+        pending = self.state.pending(feedback.decision_id)
+        if pending is None or pending[0] != program_id:
+            raise UnknownDecision(f"no pending decision {feedback.decision_id} for program {program_id}")
+        decision = pending[1]
+        slot.policy.check_feedback(decision, feedback)
+        with slot.lock:
+            seq = self.state.log_feedback(program_id, feedback.decision_id, decision, feedback)
+            slot.policy.observe(decision, feedback)
+            slot.seq, slot.since_snapshot = seq, slot.since_snapshot + 1
+        self.metrics.feedback.labels(program_id, "new").inc()
+        self.metrics.pending.dec()
+        return False
+
+    def expire(self) -> int:
+        """Resolve decisions that waited longer than ``pending_timeout_s``: drop them, or learn
+        from them with ``default_reward`` (credited to every site the decision covered)."""
+        expired = self.state.expired(self.settings.pending_timeout_s)
+        for decision_id, program_id, decision in expired:
+            if self.settings.pending_expiry == "default_reward" and program_id in self._slots:
+                feedback = Feedback(
+                    decision_id=decision_id, reward=self.settings.default_reward, executed_sites=list(decision.backends)
+                )
+                try:
+                    self.feedback(program_id, feedback)
+                except (UnknownDecision, FeedbackConflict):
+                    continue
+                self.metrics.expired.labels("default_reward").inc()
+            else:
+                self.state.drop_pending(decision_id)
+                self.metrics.pending.dec()
+                self.metrics.expired.labels("dropped").inc()
+        return len(expired)
+
+    # -- training and snapshots -------------------------------------------------------------------
+
+    def train_once(self) -> int:
+        """One pass of the background trainer over every policy; returns the training steps done."""
+        steps = 0
+        for program_id in list(self._slots):
+            slot = self._slots.get(program_id)
+            if slot is None:
+                continue
+            report = slot.policy.train()
+            if report is not None and report.steps:
+                slot.trained_steps += report.steps
+                slot.train_seconds += report.seconds
+                self.metrics.training_steps.labels(program_id).inc(report.steps)
+                steps += report.steps
+            if slot.since_snapshot >= self.settings.snapshot_every or (report is not None and report.steps):
+                self.snapshot(program_id)
+        return steps
+
+    def snapshot(self, program_id: str) -> None:
+        slot = self._slots.get(program_id)
+        if slot is None:
+            return
+        with slot.lock:
+            blob, seq = policy_bytes(slot.policy), slot.seq
+            slot.since_snapshot = 0
+        self.state.write_snapshot(program_id, blob, seq)

@@ -1,0 +1,23 @@
+"""The policy service's settings: one validated class, read from ``FMPROG_POLICY_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PolicySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FMPROG_POLICY_", extra="forbid", frozen=True)
+
+    state_dir: Path = Field(default=Path("state/policy"), description="SQLite log and parameter snapshots.")
+    train_interval_s: float = Field(default=0.5, gt=0, description="How often the trainer looks for work.")
+    snapshot_every: int = Field(default=64, ge=1, description="Snapshot a policy after this many new observations.")
+    pending_timeout_s: float = Field(default=3600.0, gt=0, description="Wait for a decision's feedback.")
+    pending_expiry: Literal["drop", "default_reward"] = "drop"
+    default_reward: float = Field(default=0.0, allow_inf_nan=False, description="Task reward of an expired decision.")
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=1, le=65535)

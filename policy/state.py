@@ -1,0 +1,160 @@
+"""Durable policy state: an SQLite log in the state directory plus parameter snapshots beside it.
+
+- ``policies``: each program's PolicySpec.
+- ``pending``: decisions made and not yet resolved (with the context the policy needs to learn).
+- ``feedback``: every feedback event, in arrival order (``seq``), with its decision.
+- ``<program>.pt``: a snapshot of the policy (parameters, optimizer state, buffers, RNG, U) and the
+  ``seq`` of the last feedback it includes, written atomically (temp file, fsync, rename).
+
+On start a policy is rebuilt from its snapshot (or its spec) and the feedback logged after the
+snapshot is replayed into it, so a ``kill -9`` loses at most the requests in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from policy.schemas import Decision, Feedback, PolicySpec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS policies (program_id TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    decision_id TEXT PRIMARY KEY, program_id TEXT NOT NULL, decision TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_by_age ON pending (created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT NOT NULL UNIQUE, program_id TEXT NOT NULL,
+    decision TEXT NOT NULL, feedback TEXT NOT NULL, received_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS feedback_by_program ON feedback (program_id, seq);
+"""
+
+
+class PolicyState:
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.dir / "policy.sqlite3"), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    # -- specs ------------------------------------------------------------------------------------
+
+    def put_spec(self, program_id: str, spec: PolicySpec) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO policies (program_id, spec, updated_at) VALUES (?, ?, ?)",
+                (program_id, spec.model_dump_json(by_alias=True), time.time()),
+            )
+
+    def specs(self) -> dict[str, PolicySpec]:
+        with self._lock:
+            rows = self._db.execute("SELECT program_id, spec FROM policies").fetchall()
+        return {pid: PolicySpec.model_validate_json(spec) for pid, spec in rows}
+
+    def delete(self, program_id: str) -> None:
+        with self._lock:
+            for table in ("policies", "pending", "feedback"):
+                self._db.execute(f"DELETE FROM {table} WHERE program_id = ?", (program_id,))
+        self.snapshot_path(program_id).unlink(missing_ok=True)
+
+    # -- pending decisions ------------------------------------------------------------------------
+
+    def add_pending(self, program_id: str, decision_id: str, decision: Decision) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO pending (decision_id, program_id, decision, created_at) VALUES (?, ?, ?, ?)",
+                (decision_id, program_id, decision.model_dump_json(), time.time()),
+            )
+
+    def pending(self, decision_id: str) -> tuple[str, Decision] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT program_id, decision FROM pending WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
+        return None if row is None else (row[0], Decision.model_validate_json(row[1]))
+
+    def pending_count(self, program_id: str | None = None) -> int:
+        with self._lock:
+            if program_id is None:
+                return self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM pending WHERE program_id = ?", (program_id,)).fetchone()[0]
+
+    def expired(self, older_than_s: float) -> list[tuple[str, str, Decision]]:
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT decision_id, program_id, decision FROM pending WHERE created_at < ? ORDER BY created_at",
+                (cutoff,),
+            ).fetchall()
+        return [(d, p, Decision.model_validate_json(x)) for d, p, x in rows]
+
+    def drop_pending(self, decision_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE decision_id = ?", (decision_id,))
+
+    # -- feedback log -------------------------------------------------------------------------------
+
+    def logged(self, decision_id: str) -> Feedback | None:
+        with self._lock:
+            row = self._db.execute("SELECT feedback FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone()
+        return None if row is None else Feedback.model_validate_json(row[0])
+
+    def log_feedback(self, program_id: str, decision_id: str, decision: Decision, feedback: Feedback) -> int:
+        """Append the feedback and resolve its pending decision, in one transaction; returns its seq."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO feedback (decision_id, program_id, decision, feedback, received_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (decision_id, program_id, decision.model_dump_json(), feedback.model_dump_json(), time.time()),
+                )
+                self._db.execute("DELETE FROM pending WHERE decision_id = ?", (decision_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(cursor.lastrowid or 0)
+
+    def feedback_after(self, program_id: str, seq: int) -> list[tuple[int, Decision, Feedback]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, decision, feedback FROM feedback WHERE program_id = ? AND seq > ? ORDER BY seq",
+                (program_id, seq),
+            ).fetchall()
+        return [(s, Decision.model_validate_json(d), Feedback.model_validate_json(f)) for s, d, f in rows]
+
+    # -- snapshots ----------------------------------------------------------------------------------
+
+    def snapshot_path(self, program_id: str) -> Path:
+        return self.dir / f"{program_id}.pt"
+
+    def write_snapshot(self, program_id: str, blob: bytes, seq: int) -> None:
+        """Atomically replace the program's snapshot (``blob`` from ``save_policy``) tagged with ``seq``."""
+        path = self.snapshot_path(program_id)
+        temporary = path.with_suffix(".tmp")
+        header = json.dumps({"seq": seq}).encode() + b"\n"
+        with open(temporary, "wb") as file:
+            file.write(header + blob)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    def read_snapshot(self, program_id: str) -> tuple[io.BytesIO, int] | None:
+        path = self.snapshot_path(program_id)
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        header, _, blob = data.partition(b"\n")
+        return io.BytesIO(blob), int(json.loads(header)["seq"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

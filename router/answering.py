@@ -1,0 +1,143 @@
+"""Answering a frame: run the program under a decision, record the decision and its trace.
+
+The decision (a backend for every call site) comes from the policy as a plain mapping. When none
+is available the configured fallback decision is used instead, and the result says so. This is
+synchronous on purpose: the service runs it in a thread pool, since backend calls block.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+
+from fmprog.backends.base import BackendRegistry
+from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Trace
+from router.errors import DecisionRejected, FrameRejected
+from router.programs import ProgramRegistry
+from router.schemas import AnswerResult, DecisionRecord, InvocationPublic, ProgramPublic, ProgramStopped
+from router.store import utc_now
+
+FallbackRule = Literal["cheapest", "largest"]
+
+
+def fallback_decision(program: ProgramPublic, rule: FallbackRule = "cheapest") -> dict[str, str]:
+    """A static decision over the program's candidates: the cheapest (or the most expensive,
+    ``"largest"``) backend at every call site; ties go to the first candidate."""
+    pick = min if rule == "cheapest" else max
+    return {site.id: pick(site.candidates, key=lambda c: c.cost).name for site in program.call_sites}
+
+
+def check_decision(program: ProgramPublic, decision: Mapping[str, str]) -> None:
+    """Every call site has a backend, and it is one of that site's candidates."""
+    problems = []
+    for site in program.call_sites:
+        name = decision.get(site.id)
+        if name is None:
+            problems.append(f"no backend for call site {site.id}")
+        elif name not in {c.name for c in site.candidates}:
+            problems.append(f"backend {name!r} is not a candidate for call site {site.id}")
+    unknown = sorted(set(decision) - {site.id for site in program.call_sites})
+    if unknown:
+        problems.append(f"decision names sites the program does not have: {', '.join(unknown)}")
+    if problems:
+        raise DecisionRejected("; ".join(problems))
+
+
+class Answerer:
+    """Answers frames of registered programs with the given backends and records every decision."""
+
+    def __init__(
+        self,
+        programs: ProgramRegistry,
+        backends: BackendRegistry,
+        *,
+        limits: ExecutionLimits | None = None,
+        fallback: FallbackRule = "cheapest",
+    ):
+        self.programs = programs
+        self.store = programs.store
+        self.executor = Executor(backends, limits)
+        self.fallback = fallback
+
+    def answer(
+        self,
+        program_id: str,
+        frame: np.ndarray,
+        decision: Mapping[str, str] | None,
+        *,
+        frame_id: str | None = None,
+        decision_id: str | None = None,
+    ) -> AnswerResult:
+        """Run the program on ``frame`` under ``decision`` (the fallback decision when None) and
+        record it as ``decision_id`` (a new id when None; the router mints it first when it asks
+        the policy, so both know the decision by the same id).
+
+        Raises NotFound for an unknown program, DecisionRejected for a decision that does not fit
+        the program or the backends, FrameRejected for a frame that is not an RGB uint8 image. A
+        program that stops while running is an answer too: ``error`` says why, and it is recorded.
+        """
+        public, program = self.programs.compiled(program_id)
+        is_fallback = decision is None
+        chosen = dict(fallback_decision(public, self.fallback) if decision is None else decision)
+        check_decision(public, chosen)
+        try:
+            self.executor.check_decision(program, chosen)
+        except InvalidDecision as exc:
+            raise DecisionRejected(str(exc)) from None
+        try:
+            trace = self.executor.run(program, frame, chosen)
+        except ValueError as exc:  # the decision was checked above, so this is the frame
+            raise FrameRejected(str(exc)) from None
+        record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
+        self.store.add_decision(record)
+        return AnswerResult(
+            decision_id=record.id,
+            program_id=record.program_id,
+            frame_id=frame_id,
+            answer=record.answer,
+            decision=record.decision,
+            fallback=record.fallback,
+            trace=record.trace,
+            cost=record.cost,
+            latency_s=record.latency_s,
+            error=record.error,
+        )
+
+
+def _record(
+    program: ProgramPublic,
+    decision: dict[str, str],
+    fallback: bool,
+    trace: Trace,
+    frame_id: str | None,
+    decision_id: str,
+) -> DecisionRecord:
+    site_costs: dict[str, list[float]] = {}
+    for invocation in trace.invocations:
+        site_costs.setdefault(invocation.site_id, []).append(invocation.cost)
+    return DecisionRecord(
+        id=decision_id,
+        program_id=program.id,
+        kind=program.kind,
+        frame_id=frame_id,
+        decision=decision,
+        fallback=fallback,
+        answer=trace.answer,
+        error=ProgramStopped(**trace.error.model_dump()) if trace.error else None,
+        trace=[
+            InvocationPublic(
+                site=i.site_id, function=i.function, backend=i.backend, cost=i.cost, latency_s=i.latency_s, ok=i.ok
+            )
+            for i in trace.invocations
+        ],
+        executed_sites=trace.executed_sites,
+        site_costs={site: math.fsum(costs) for site, costs in site_costs.items()},
+        cost=trace.cost,
+        latency_s=trace.latency_s,
+        status="answered",
+        created_at=utc_now(),
+    )

@@ -1,0 +1,218 @@
+"""The router's HTTP API (FastAPI): thin routes over ``RouterService``.
+
+uvicorn --factory router.app:create_app     # settings from FMPROG_ROUTER_* variables
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fmprog.backends.base import BackendRegistry
+from fmprog.backends.config import BackendCatalog, load_catalog
+from fmprog.web import BearerAuth, BodyLimit, error_responses, validation_error_handler
+from router.errors import Conflict, NotFound, RouterError
+from router.outbox import Outbox
+from router.policy_client import HttpPolicyClient, PolicyPort
+from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.service import RouterService
+from router.settings import RouterSettings
+from router.store import Store
+
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class AnswerRequest(BaseModel):
+    """A frame to answer: base64 PNG or JPEG (a data URL is accepted), with an optional frame id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    program_id: str = Field(min_length=1, max_length=64)
+    image: str = Field(min_length=1)
+    frame_id: str | None = Field(default=None, max_length=200)
+
+
+def _status(exc: RouterError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    return 422
+
+
+def _service(request: Request) -> RouterService:
+    return request.app.state.service
+
+
+def _serve_backends(catalog: BackendCatalog, settings: RouterSettings) -> BackendRegistry:
+    from services.client import HttpBackend
+
+    timeout = settings.backend_timeout_s
+    models = {s.name: HttpBackend(s, settings.serve_url, timeout_s=timeout).model() for s in catalog.backends}
+    return BackendRegistry.from_specs(list(catalog.backends), models)
+
+
+def create_app(
+    settings: RouterSettings | None = None,
+    *,
+    catalog: BackendCatalog | None = None,
+    backends: BackendRegistry | None = None,
+    policy: PolicyPort | None = None,
+) -> FastAPI:
+    """The router app. By default backends are Ray Serve deployments behind ``serve_url`` and the
+    policy is the service at ``policy_url``; tests pass in-process ``backends`` and ``policy``."""
+    settings = settings or RouterSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.database.parent.mkdir(parents=True, exist_ok=True)
+        the_catalog = catalog or load_catalog(settings.backends_config)
+        the_backends = backends or _serve_backends(the_catalog, settings)
+        the_policy = policy
+        if the_policy is None and settings.policy_url:
+            the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s)
+        store, outbox = Store(settings.database), Outbox(settings.database)
+        service = RouterService(
+            store,
+            the_catalog,
+            the_backends,
+            policy=the_policy,
+            outbox=outbox,
+            rewards=settings.rewards,
+            fallback=settings.fallback,
+        )
+        app.state.service = service
+        stop = threading.Event()
+
+        def deliver_forever() -> None:
+            while not stop.wait(settings.outbox_retry_s):
+                service.deliver()
+
+        courier = threading.Thread(target=deliver_forever, name="policy-outbox", daemon=True)
+        courier.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            courier.join(timeout=5)
+            outbox.close()
+            store.close()
+
+    description = "Register programs, answer frames, take feedback."
+    app = FastAPI(title="fmprog router", description=description, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+
+    @app.exception_handler(RouterError)
+    async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
+        status = _status(exc)
+        request.app.state.service.metrics.errors.labels(request.url.path.split("/")[1] or "/", str(status)).inc()
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.post("/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(401, 413, 422))
+    async def register(request: Request, body: ProgramCreate) -> ProgramPublic:
+        return await run_in_threadpool(_service(request).register, body)
+
+    @app.get("/programs", response_model=list[ProgramPublic], responses=error_responses(401))
+    async def list_programs(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[ProgramPublic]:
+        return _service(request).programs.list_programs(limit=limit, offset=offset)
+
+    @app.get("/programs/{program_id}", response_model=ProgramPublic, responses=error_responses(401, 404))
+    async def get_program(request: Request, program_id: str) -> ProgramPublic:
+        return _service(request).programs.get(program_id)
+
+    @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
+    async def delete_program(request: Request, program_id: str) -> Response:
+        await run_in_threadpool(_service(request).delete, program_id)
+        return Response(status_code=204)
+
+    @app.post(
+        "/answer",
+        response_model=AnswerResult,
+        responses=error_responses(401, 404, 413, 422),
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": AnswerRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["program_id", "image"],
+                            "properties": {
+                                "program_id": {"type": "string"},
+                                "frame_id": {"type": "string"},
+                                "image": {"type": "string", "format": "binary"},
+                            },
+                        }
+                    },
+                },
+                "required": True,
+            }
+        },
+    )
+    async def answer(request: Request) -> AnswerResult:
+        program_id, image, frame_id = await _read_answer_request(request)
+        return await run_in_threadpool(_service(request).answer, program_id, image, frame_id=frame_id)
+
+    @app.post("/feedback", response_model=FeedbackResult, responses=error_responses(401, 404, 409, 422))
+    async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
+        return await run_in_threadpool(_service(request).feedback, body)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=error_responses(503))
+    async def readyz(request: Request) -> Any:
+        service: RouterService | None = getattr(request.app.state, "service", None)
+        if service is None:
+            return JSONResponse({"detail": "starting"}, status_code=503)
+        return {"status": "ready", "policy_outbox": service.outbox.pending()}
+
+    return app
+
+
+async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None]:
+    """The program id, the image bytes and the frame id, from JSON or a multipart upload."""
+    from router.errors import FrameRejected
+
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        program_id, upload, frame_id = form.get("program_id"), form.get("image"), form.get("frame_id")
+        if not isinstance(program_id, str) or not program_id:
+            raise FrameRejected("form field program_id is required")
+        if upload is None or isinstance(upload, str):
+            raise FrameRejected("form field image must be an uploaded file")
+        return program_id, await upload.read(), frame_id if isinstance(frame_id, str) else None
+    try:
+        body = AnswerRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    text = body.image.partition(",")[2] if body.image.startswith("data:") else body.image
+    try:
+        image = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FrameRejected("image: image is not valid base64") from None
+    return body.program_id, image, body.frame_id

@@ -1,0 +1,99 @@
+"""The router's Prometheus metrics, in a registry of its own (one per app, so tests stay apart).
+
+Cost is in the paper's unit (millions of parameters per invocation), labelled by program,
+function and backend, so a dashboard can sum cost per program or per backend over time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from policy.rewards import is_yes
+from router.schemas import AnswerResult
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class _Running:
+    """Running accuracy and F1 of one program, from feedback."""
+
+    right: int = 0
+    total: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.answers = Counter("fmprog_answers_total", "Frames answered.", ["program", "fallback"], registry=r)
+        self.answer_latency = Histogram(
+            "fmprog_answer_latency_seconds",
+            "End-to-end /answer latency.",
+            ["program"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_calls = Counter(
+            "fmprog_backend_calls_total", "Backend invocations.", ["program", "function", "backend", "ok"], registry=r
+        )
+        self.cost = Counter(
+            "fmprog_cost_total",
+            "Cost units (millions of parameters) charged.",
+            ["program", "function", "backend"],
+            registry=r,
+        )
+        self.backend_seconds = Histogram(
+            "fmprog_backend_latency_seconds",
+            "Measured backend call latency.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.feedback = Counter("fmprog_feedback_total", "Feedback received.", ["program", "outcome"], registry=r)
+        self.accuracy = Gauge("fmprog_program_accuracy", "Running accuracy from feedback.", ["program"], registry=r)
+        self.f1 = Gauge("fmprog_program_f1", "Running F1 on positives (binary tasks).", ["program"], registry=r)
+        self.policy_latency = Histogram(
+            "fmprog_policy_decision_latency_seconds",
+            "Time to get a decision from the policy.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter("fmprog_fallbacks_total", "Fallback decisions or backends.", ["reason"], registry=r)
+        self.errors = Counter(
+            "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
+        )
+        self.outbox = Gauge("fmprog_policy_outbox", "Policy messages waiting for delivery.", registry=r)
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+
+    def answered(self, result: AnswerResult) -> None:
+        self.answers.labels(result.program_id, str(result.fallback).lower()).inc()
+        self.answer_latency.labels(result.program_id).observe(result.latency_s)
+        for call in result.trace:
+            self.backend_calls.labels(result.program_id, call.function, call.backend, str(call.ok).lower()).inc()
+            self.cost.labels(result.program_id, call.function, call.backend).inc(call.cost)
+            self.backend_seconds.labels(call.backend).observe(call.latency_s)
+
+    def labelled(self, program_id: str, kind: str, answer: object, label: str, right: bool) -> None:
+        """Update running accuracy (and F1 for binary tasks) with one new label."""
+        with self._lock:
+            running = self._running.setdefault(program_id, _Running())
+        with running.lock:
+            running.total += 1
+            running.right += right
+            if kind == "binary":
+                said, truth = is_yes(answer), is_yes(label)
+                running.tp += said and truth
+                running.fp += said and not truth
+                running.fn += truth and not said
+                denominator = 2 * running.tp + running.fp + running.fn
+                self.f1.labels(program_id).set(2 * running.tp / denominator if denominator else 1.0)
+            self.accuracy.labels(program_id).set(running.right / running.total)

@@ -1,0 +1,77 @@
+"""Messages for the policy that could not be delivered yet, kept in SQLite until they are.
+
+Registration and feedback must reach the policy eventually and in order; when the policy is down
+they wait here and a background thread retries them (``deliver``), oldest first, stopping at the
+first failure so that order per program is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
+from router.schemas import ProgramPublic
+
+
+class Outbox:
+    def __init__(self, path: str | Path):
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS policy_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "kind TEXT NOT NULL, program_id TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)"
+        )
+        self._lock = threading.Lock()
+        self.dropped = 0  # messages the policy refused
+
+    def put(self, kind: str, program_id: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO policy_outbox (kind, program_id, payload) VALUES (?, ?, ?)",
+                (kind, program_id, json.dumps(payload)),
+            )
+
+    def pending(self, program_id: str | None = None) -> int:
+        with self._lock:
+            if program_id is None:
+                return self._db.execute("SELECT COUNT(*) FROM policy_outbox").fetchone()[0]
+            query = "SELECT COUNT(*) FROM policy_outbox WHERE program_id = ?"
+            return self._db.execute(query, (program_id,)).fetchone()[0]
+
+    def deliver(self, policy: PolicyPort) -> int:
+        """Send waiting messages oldest first; stop at the first failure. A message the policy
+        refuses (``PolicyRejected``) is dropped, since resending cannot help. Returns how many went."""
+        delivered = 0
+        while True:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT id, kind, program_id, payload FROM policy_outbox ORDER BY id LIMIT 1"
+                ).fetchone()
+            if row is None:
+                return delivered
+            message_id, kind, program_id, payload = row
+            try:
+                if kind == "register":
+                    policy.register(ProgramPublic.model_validate_json(payload))
+                elif kind == "feedback":
+                    policy.feedback(program_id, json.loads(payload))
+                elif kind == "delete":
+                    policy.delete(program_id)
+            except PolicyRejected:
+                self.dropped += 1
+            except PolicyUnavailable:
+                with self._lock:
+                    self._db.execute("UPDATE policy_outbox SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+                return delivered
+            else:
+                delivered += 1
+            with self._lock:
+                self._db.execute("DELETE FROM policy_outbox WHERE id = ?", (message_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

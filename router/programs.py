@@ -1,0 +1,113 @@
+"""Registering programs: validate with the runtime, resolve each call site's candidate backends
+from the catalog, store, and keep the compiled program for answering."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from fmprog.backends.config import BackendCatalog, Function
+from fmprog.program import CallSite, Program, ProgramRejected, compile_program
+from router.errors import BackendsRejected, ProgramInvalid, SynthesisUnavailable
+from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic
+from router.store import Store, utc_now
+
+
+def candidate_backends(
+    catalog: BackendCatalog, allowed: dict[Function, list[str]] | None, functions: set[Function]
+) -> dict[Function, list[CandidateBackend]]:
+    """The backends the policy may choose for each function a program uses.
+
+    ``allowed`` restricts a function to the named backends (in the order given); a function it
+    leaves out may use every backend of that function in the catalog, in catalog order. Raises
+    BackendsRejected for an unknown name, a backend of another function, or a used function left
+    with no backend.
+    """
+    allowed = allowed or {}
+    problems = []
+    for function, names in allowed.items():
+        for name in names:
+            try:
+                spec = catalog.get(name)
+            except KeyError:
+                problems.append(f"unknown backend {name!r} allowed for {function.value}")
+                continue
+            if spec.function != function:
+                problems.append(f"backend {name!r} serves {spec.function.value}, not {function.value}")
+    if problems:
+        raise BackendsRejected("; ".join(problems))
+    candidates = {}
+    for function in sorted(functions):
+        if function in allowed:
+            specs = [catalog.get(name) for name in dict.fromkeys(allowed[function])]
+        else:
+            specs = catalog.for_function(function)
+        if not specs:
+            raise BackendsRejected(f"no backend is allowed for {function.value}, which the program calls")
+        candidates[function] = [CandidateBackend(name=spec.name, cost=spec.cost) for spec in specs]
+    return candidates
+
+
+def public_call_site(site: CallSite, candidates: list[CandidateBackend]) -> CallSitePublic:
+    return CallSitePublic(**site.model_dump(), candidates=candidates)
+
+
+class ProgramRegistry:
+    """Registered programs: stored in a ``Store``, compiled once per process for answering."""
+
+    def __init__(self, store: Store, catalog: BackendCatalog):
+        self.store = store
+        self.catalog = catalog
+        self._compiled: dict[str, Program] = {}
+        self._lock = threading.Lock()
+
+    def register(self, request: ProgramCreate) -> ProgramPublic:
+        """Validate, resolve candidates, store; raise ProgramInvalid, SynthesisUnavailable or
+        BackendsRejected without storing anything."""
+        if request.source is None:
+            raise SynthesisUnavailable(
+                "registering a program from a natural-language query needs program synthesis, "
+                "which is not available yet (issue 6); send the program's source instead"
+            )
+        try:
+            program = compile_program(request.source)
+        except ProgramRejected as exc:
+            raise ProgramInvalid(exc.problems) from None
+        candidates = candidate_backends(self.catalog, request.backends, set(program.functions))
+        public = ProgramPublic(
+            id=uuid.uuid4().hex,
+            source=program.source,
+            kind=request.kind,
+            lambda_=request.lambda_,
+            algorithm=request.algorithm,
+            call_sites=[public_call_site(site, candidates[site.function]) for site in program.call_sites],
+            created_at=utc_now(),
+            digest=program.digest,
+        )
+        self.store.add_program(public)
+        with self._lock:
+            self._compiled[public.id] = program
+        return public
+
+    def get(self, program_id: str) -> ProgramPublic:
+        return self.store.get_program(program_id)
+
+    def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
+        return self.store.list_programs(limit=limit, offset=offset)
+
+    def delete(self, program_id: str) -> None:
+        """Remove the program; its decisions stay in the store and still accept feedback."""
+        self.store.delete_program(program_id)
+        with self._lock:
+            self._compiled.pop(program_id, None)
+
+    def compiled(self, program_id: str) -> tuple[ProgramPublic, Program]:
+        """The stored program with its compiled form (compiled on first use in this process)."""
+        public = self.store.get_program(program_id)
+        with self._lock:
+            program = self._compiled.get(program_id)
+        if program is None or program.digest != public.digest:
+            program = compile_program(public.source)
+            with self._lock:
+                self._compiled[program_id] = program
+        return public, program

@@ -1,0 +1,179 @@
+"""Wire types of the router: what crosses its boundary (clients, the store, the policy).
+
+Families follow the usual split: ``ProgramCreate`` in, ``ProgramPublic`` out; ``AnswerResult`` for
+one answered frame; ``FeedbackIn`` and ``FeedbackResult`` for a label and the reward it earned.
+The cost weight is called ``lambda`` on the wire (the paper's name) and ``lambda_`` in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+from fmprog.backends.config import BackendName, Function
+
+TaskKind = Literal["binary", "open"]
+DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+_WIRE = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+
+class ProgramCreate(BaseModel):
+    """A task to register: its program (``source``) or a question to synthesise one from (``query``)."""
+
+    model_config = _WIRE
+
+    source: str | None = Field(default=None, description="Program source defining execute_command(image).")
+    query: str | None = Field(default=None, description="Natural-language task; needs synthesis (issue 6).")
+    kind: TaskKind = Field(description="binary (yes/no, F1 on rare positives) or open (free-form answers).")
+    lambda_: float = Field(alias="lambda", ge=0, allow_inf_nan=False, description="Weight of cost in the reward.")
+    algorithm: str = Field(default="structured", min_length=1, max_length=64, description="Policy algorithm name.")
+    backends: dict[Function, list[BackendName]] | None = Field(
+        default=None,
+        description="Allowed backends per function; a function left out may use all of its backends in the catalog.",
+    )
+
+    @model_validator(mode="after")
+    def _source_xor_query(self) -> ProgramCreate:
+        if (self.source is None) == (self.query is None):
+            raise ValueError("give exactly one of 'source' (a program) or 'query' (a task to synthesise)")
+        return self
+
+
+class CandidateBackend(BaseModel):
+    """A backend the policy may choose at a call site, with its cost per invocation."""
+
+    model_config = _WIRE
+
+    name: str
+    cost: float
+
+
+class CallSitePublic(BaseModel):
+    """A routed call of the program and the backends the policy may choose for it."""
+
+    model_config = _WIRE
+
+    id: str
+    method: str
+    function: Function
+    line: int
+    col: int
+    source: str
+    candidates: list[CandidateBackend] = Field(min_length=1)
+
+
+class ProgramPublic(BaseModel):
+    """A registered program as the router stores and returns it."""
+
+    model_config = _WIRE
+
+    id: Id
+    source: str
+    kind: TaskKind
+    lambda_: float = Field(alias="lambda")
+    algorithm: str
+    call_sites: list[CallSitePublic]
+    created_at: datetime
+    digest: str = Field(description="sha256 of the source.")
+
+
+class InvocationPublic(BaseModel):
+    """One backend invocation of a run: the site it was charged to, what ran, its cost and latency."""
+
+    model_config = _WIRE
+
+    site: str
+    function: Function
+    backend: str
+    cost: float
+    latency_s: float
+    ok: bool
+
+
+class ProgramStopped(BaseModel):
+    """Why a run stopped before answering (the runtime's error kind, message and program line)."""
+
+    model_config = _WIRE
+
+    kind: str
+    message: str
+    line: int | None = None
+
+
+class AnswerResult(BaseModel):
+    """The answer to one frame, the decision that produced it and what it cost."""
+
+    model_config = _WIRE
+
+    decision_id: Id
+    program_id: Id
+    frame_id: str | None = None
+    answer: JsonValue = None
+    decision: dict[str, str] = Field(description="The backend chosen for every call site.")
+    fallback: bool = Field(description="True when the decision was the configured fallback, not the policy's.")
+    trace: list[InvocationPublic]
+    cost: float
+    latency_s: float
+    error: ProgramStopped | None = None
+
+
+class FeedbackIn(BaseModel):
+    """The ground-truth label for an answered frame."""
+
+    model_config = _WIRE
+
+    decision_id: Id
+    label: Label
+
+
+class FeedbackResult(BaseModel):
+    """The task reward a label earned, with the credit the policy needs: which sites ran and their cost."""
+
+    model_config = _WIRE
+
+    decision_id: Id
+    program_id: Id
+    label: str
+    reward: float = Field(description="Task reward (the negated loss), before any cost term.")
+    executed_sites: list[str]
+    site_costs: dict[str, float] = Field(description="Cost charged to each executed site.")
+    cost: float
+    repeat: bool = Field(description="True when this label had already been received for the decision.")
+
+
+class DecisionRecord(BaseModel):
+    """A stored decision: what was chosen, what ran and what was answered (storage, not wire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    program_id: Id
+    kind: TaskKind
+    frame_id: str | None
+    decision: dict[str, str]
+    fallback: bool
+    answer: JsonValue
+    error: ProgramStopped | None
+    trace: list[InvocationPublic]
+    executed_sites: list[str]
+    site_costs: dict[str, float]
+    cost: float
+    latency_s: float
+    status: DecisionStatus
+    created_at: datetime
+
+
+class FeedbackRecord(BaseModel):
+    """A stored label and the reward it earned (storage, not wire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: Id
+    label: str
+    reward: float
+    created_at: datetime

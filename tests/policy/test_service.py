@@ -1,0 +1,99 @@
+"""The policy service's domain: decisions, idempotent feedback, expiry, and state that survives a restart."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from policy.schemas import Feedback, PolicySpec
+from policy.service import FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
+from policy.settings import PolicySettings
+
+SPEC = PolicySpec.model_validate(
+    {
+        "sites": [
+            {
+                "id": "find@3:4",
+                "function": "detect",
+                "backends": [{"name": "ds", "cost": 1}, {"name": "dl", "cost": 5}],
+            },
+            {"id": "query@4:8", "function": "vqa", "backends": [{"name": "vs", "cost": 2}, {"name": "vl", "cost": 9}]},
+        ],
+        "lambda": 0.01,
+        "algorithm": "fast",
+    }
+)
+
+
+def frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+
+
+def feedback(decision_id: str, reward: float = 1.0) -> Feedback:
+    return Feedback(decision_id=decision_id, reward=reward, executed_sites=["find@3:4"], costs={"find@3:4": 1.0})
+
+
+def service(tmp_path, **settings) -> PolicyService:
+    result = PolicyService(PolicySettings(state_dir=tmp_path / "state", **settings))
+    result.restore()
+    return result
+
+
+def test_decide_then_feedback_once(tmp_path):
+    svc = service(tmp_path)
+    svc.put("p1", SPEC)
+    out = svc.decide("p1", "d1", frame(0))
+    assert set(out.backends) == {"find@3:4", "query@4:8"}
+    assert svc.info("p1").pending == 1
+    assert svc.feedback("p1", feedback("d1")) is False
+    assert svc.feedback("p1", feedback("d1")) is True  # the same feedback again: a repeat
+    with pytest.raises(FeedbackConflict):
+        svc.feedback("p1", feedback("d1", reward=-5))
+    with pytest.raises(UnknownDecision):
+        svc.feedback("p1", feedback("never-made"))
+    with pytest.raises(UnknownPolicy):
+        svc.decide("p2", "d2", frame(0))
+    info = svc.info("p1")
+    assert (info.observed, info.pending, info.last_feedback_seq) == (1, 0, 1)
+    svc.decide("p1", "d3", frame(1))
+    with pytest.raises(ValueError, match="unknown call site"):
+        svc.feedback("p1", Feedback(decision_id="d3", reward=1, executed_sites=["nope"]))
+
+
+def test_state_survives_a_crash_without_close(tmp_path):
+    svc = service(tmp_path, snapshot_every=1000)
+    svc.put("p1", SPEC)
+    for i in range(5):
+        svc.decide("p1", f"d{i}", frame(i))
+    for i in range(4):
+        svc.feedback("p1", feedback(f"d{i}", reward=float(i)))
+    # no close(): the snapshot predates the feedback, which must be replayed from the log
+    again = service(tmp_path)
+    assert again.info("p1").observed == 4
+    assert again.info("p1").pending == 1
+    assert again.feedback("p1", feedback("d4")) is False  # a decision made before the crash still learns
+    assert again.feedback("p1", feedback("d0", reward=0.0)) is True
+    assert again.info("p1").observed == 5
+
+
+def test_changing_the_spec_restarts_learning_and_same_spec_keeps_it(tmp_path):
+    svc = service(tmp_path)
+    svc.put("p1", SPEC)
+    svc.decide("p1", "d1", frame(0))
+    svc.feedback("p1", feedback("d1"))
+    assert svc.put("p1", SPEC).observed == 1
+    changed = SPEC.model_copy(update={"lam": 0.5})
+    assert svc.put("p1", changed).observed == 0
+
+
+@pytest.mark.parametrize(("mode", "observed"), [("drop", 0), ("default_reward", 1)])
+def test_expired_decisions_are_dropped_or_default_rewarded(tmp_path, mode, observed):
+    svc = service(tmp_path, pending_timeout_s=0.001, pending_expiry=mode, default_reward=-1.0)
+    svc.put("p1", SPEC)
+    svc.decide("p1", "d1", frame(0))
+    time.sleep(0.01)
+    assert svc.expire() == 1
+    assert svc.info("p1").pending == 0
+    assert svc.info("p1").observed == observed

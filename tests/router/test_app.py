@@ -1,0 +1,187 @@
+"""The router's HTTP API over in-process fake backends and a recording fake policy.
+
+The real policy service over real HTTP is exercised in tests/test_services_http.py."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fmprog.backends import BackendCatalog
+from fmprog.images import encode_png
+from router.app import create_app
+from router.policy_client import PolicyUnavailable
+from router.settings import RouterSettings
+from tests.fakes import box
+from tests.router.conftest import example
+
+KEY = "k" * 24
+HOSTILE = "def execute_command(image):\n    import os\n"
+
+
+class RecordingPolicy:
+    """Chooses the largest backend everywhere and records what it is sent; can be switched off."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.programs: dict[str, Any] = {}
+        self.decisions: list[str] = []
+        self.received: list[dict[str, Any]] = []
+
+    def _check(self) -> None:
+        if not self.up:
+            raise PolicyUnavailable("policy down (test)")
+
+    def register(self, program) -> None:
+        self._check()
+        self.programs[program.id] = program
+
+    def decide(self, program_id: str, decision_id: str, image_b64: str) -> dict[str, str]:
+        self._check()
+        self.decisions.append(decision_id)
+        program = self.programs[program_id]
+        return {s.id: max(s.candidates, key=lambda c: c.cost).name for s in program.call_sites}
+
+    def feedback(self, program_id: str, message: dict[str, Any]) -> None:
+        self._check()
+        self.received.append(message)
+
+    def delete(self, program_id: str) -> None:
+        self._check()
+        self.programs.pop(program_id, None)
+
+
+@pytest.fixture
+def policy() -> RecordingPolicy:
+    return RecordingPolicy()
+
+
+@pytest.fixture
+def client(tmp_path, zoo, policy):
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    settings = RouterSettings(database=tmp_path / "router.db", api_key=KEY, max_request_bytes=200_000)
+    app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry(), policy=policy)
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as test_client:
+        yield test_client
+
+
+def _png_b64() -> str:
+    return base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()
+
+
+def _register(client: TestClient) -> dict[str, Any]:
+    response = client.post("/programs", json={"source": example("person_on_bike"), "kind": "binary", "lambda": 0.001})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_register_answer_feedback_round_trip(client, policy):
+    program = _register(client)
+    assert program["call_sites"] and all(site["candidates"] for site in program["call_sites"])
+    assert program["id"] in policy.programs
+    assert client.get(f"/programs/{program['id']}").json()["source"] == program["source"]
+    assert [p["id"] for p in client.get("/programs").json()] == [program["id"]]
+
+    answer = client.post("/answer", json={"program_id": program["id"], "image": _png_b64(), "frame_id": "f1"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["fallback"] is False
+    assert policy.decisions == [result["decision_id"]]
+    assert result["trace"] and result["cost"] == pytest.approx(sum(c["cost"] for c in result["trace"]))
+    assert {c["backend"] for c in result["trace"]} <= {"detect-large", "vqa-large"}
+
+    label = "yes" if "yes" in str(result["answer"]).lower() else "no"
+    first = client.post("/feedback", json={"decision_id": result["decision_id"], "label": label})
+    assert first.status_code == 200, first.text
+    assert first.json()["repeat"] is False
+    assert first.json()["reward"] in {1000.0, 1.0}
+    assert policy.received[-1]["decision_id"] == result["decision_id"]
+    assert policy.received[-1]["executed_sites"] == first.json()["executed_sites"]
+    again = client.post("/feedback", json={"decision_id": result["decision_id"], "label": label})
+    assert again.json()["repeat"] is True
+    assert len(policy.received) == 1
+    other = "no" if label == "yes" else "yes"
+    assert client.post("/feedback", json={"decision_id": result["decision_id"], "label": other}).status_code == 409
+    assert client.post("/feedback", json={"decision_id": "0" * 32, "label": "yes"}).status_code == 404
+
+    metrics = client.get("/metrics", headers={"Authorization": ""}).text
+    assert f'fmprog_answers_total{{fallback="false",program="{program["id"]}"}} 1.0' in metrics
+    assert "fmprog_cost_total" in metrics
+    assert f'fmprog_program_accuracy{{program="{program["id"]}"}} 1.0' in metrics
+
+    assert client.delete(f"/programs/{program['id']}").status_code == 204
+    assert client.get(f"/programs/{program['id']}").status_code == 404
+
+
+def test_multipart_upload_is_answered(client):
+    program = _register(client)
+    files = {"image": ("frame.png", encode_png(np.zeros((80, 100, 3), np.uint8)), "image/png")}
+    response = client.post("/answer", data={"program_id": program["id"], "frame_id": "up"}, files=files)
+    assert response.status_code == 200, response.text
+    assert response.json()["frame_id"] == "up"
+
+
+def test_an_unreachable_policy_means_fallback_and_queued_feedback(client, policy):
+    program = _register(client)
+    decided = client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).json()
+    assert decided["fallback"] is False
+    policy.up = False
+    fallback = client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).json()
+    assert fallback["fallback"] is True
+    assert {c["backend"] for c in fallback["trace"]} <= {"detect-small", "vqa-small"}
+    for result in (decided, fallback):
+        response = client.post("/feedback", json={"decision_id": result["decision_id"], "label": "no"})
+        assert response.status_code == 200
+    assert policy.received == []
+    # only the policy's own decision waits for it: a fallback decision teaches it nothing
+    assert client.get("/readyz").json()["policy_outbox"] == 1
+    policy.up = True
+    assert client.app.state.service.deliver() == 1
+    assert [m["decision_id"] for m in policy.received] == [decided["decision_id"]]
+    assert client.get("/readyz").json()["policy_outbox"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/programs", {"query": "is there a cat?", "kind": "binary", "lambda": 0}, 422, "synthesis"),
+        ("/programs", {"source": HOSTILE, "kind": "open", "lambda": 0}, 422, "line 2"),
+        ("/programs", {"source": "x", "kind": "maybe", "lambda": 0}, 422, "body.kind"),
+        ("/answer", {"program_id": "0" * 32, "image": "AAAA"}, 404, ""),
+        ("/feedback", {"decision_id": "nope", "label": "yes"}, 422, "body.decision_id"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(client, path, body, status, message):
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_bad_images_are_422(client):
+    program = _register(client)
+    for image, message in [("%%%", "not valid base64"), (base64.b64encode(b"hello").decode(), "not a PNG or JPEG")]:
+        response = client.post("/answer", json={"program_id": program["id"], "image": image})
+        assert response.status_code == 422
+        assert message in response.json()["detail"]
+
+
+def test_auth_and_size_limits(client):
+    assert client.get("/programs", headers={"Authorization": "Bearer wrong-key-wrong-key"}).status_code == 401
+    assert client.get("/programs", headers={"Authorization": ""}).status_code == 401
+    assert client.get("/healthz", headers={"Authorization": ""}).status_code == 200
+    big = {"program_id": "0" * 32, "image": "A" * 300_000}
+    response = client.post("/answer", json=big)
+    assert response.status_code == 413
+    assert "exceeds the limit" in response.json()["detail"]
+
+
+def test_settings_refuse_unsafe_defaults():
+    with pytest.raises(ValueError, match="without an api_key"):
+        RouterSettings(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 16"):
+        RouterSettings(api_key="short")
