@@ -9,9 +9,10 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 Scope = MutableMapping[str, Any]
@@ -19,6 +20,28 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def add_operations_routes(app: FastAPI, readiness: Callable[[Any], dict[str, Any]]) -> None:
+    """``GET /metrics`` (the registry at ``app.state.service.metrics.registry``), ``GET /healthz``
+    (the process answers) and ``GET /readyz`` (503 until ``app.state.service`` exists, then
+    ``readiness(service)``)."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        registry = request.app.state.service.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=error_responses(503))
+    async def readyz(request: Request) -> Any:
+        service = getattr(request.app.state, "service", None)
+        if service is None:
+            return JSONResponse({"detail": "starting"}, status_code=503)
+        return {"status": "ready", **readiness(service)}
 
 
 class ErrorResponse(BaseModel):

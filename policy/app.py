@@ -8,17 +8,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.images import ImageError, decode_base64_image
-from fmprog.web import BodyLimit, error_responses, validation_error_handler
+from fmprog.web import BodyLimit, add_operations_routes, error_responses, validation_error_handler
 from policy.schemas import DecisionOut, Feedback, PolicySpec
 from policy.service import FeedbackConflict, PolicyInfo, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
@@ -114,19 +112,5 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         repeat = await run_in_threadpool(_service(request).feedback, program_id, body)
         return FeedbackAccepted(decision_id=body.decision_id or "", repeat=repeat)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses=error_responses(503))
-    async def readyz(request: Request) -> Any:
-        service: PolicyService | None = getattr(request.app.state, "service", None)
-        if service is None:
-            return JSONResponse({"detail": "starting"}, status_code=503)
-        return {"status": "ready", "policies": len(service.programs())}
-
+    add_operations_routes(app, lambda service: {"policies": len(service.programs())})
     return app

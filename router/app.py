@@ -10,18 +10,17 @@ import binascii
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, load_catalog
-from fmprog.web import BearerAuth, BodyLimit, error_responses, validation_error_handler
+from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, validation_error_handler
 from router.errors import Conflict, NotFound, RouterError
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
@@ -175,21 +174,7 @@ def create_app(
     async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
         return await run_in_threadpool(_service(request).feedback, body)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses=error_responses(503))
-    async def readyz(request: Request) -> Any:
-        service: RouterService | None = getattr(request.app.state, "service", None)
-        if service is None:
-            return JSONResponse({"detail": "starting"}, status_code=503)
-        return {"status": "ready", "policy_outbox": service.outbox.pending()}
-
+    add_operations_routes(app, lambda service: {"policy_outbox": service.outbox.pending()})
     return app
 
 

@@ -30,13 +30,12 @@ from ray import serve
 from fmprog.backends.config import BackendSpec, Function
 from fmprog.engines import Engine, EngineError, build_engine
 from fmprog.images import ImageError, check_frame, decode_base64_image
-from fmprog.web import validation_error_handler
+from fmprog.web import error_responses, validation_error_handler
 from services.schemas import (
     BackendHealth,
     DetectionOut,
     DetectReply,
     DetectRequest,
-    ErrorReply,
     LLMRequest,
     TextReply,
     VQARequest,
@@ -48,11 +47,7 @@ http = FastAPI(title="fmprog backend", description="One foundation-model backend
 http.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorReply, "description": "This backend serves another function."},
-    422: {"model": ErrorReply, "description": "The request is malformed; the detail names the problem."},
-    503: {"model": ErrorReply, "description": "The engine failed to answer."},
-}
+ERRORS = error_responses(404, 422, 503)  # another function's route; malformed request; engine failure
 
 
 class Call:

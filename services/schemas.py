@@ -62,7 +62,3 @@ class BackendHealth(_Wire):
     calls: int = Field(description="Calls answered by this replica.")
     replica_pid: int
     peak_rss_mb: float = Field(description="Peak resident memory of this replica's process.")
-
-
-class ErrorReply(_Wire):
-    detail: str
