@@ -40,7 +40,7 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: i
                 raise ImageError(f"image format {img.format} is not supported (use PNG or JPEG)")
             if img.width * img.height > max_pixels:
                 raise ImageError(f"image is {img.width}x{img.height}, more than {max_pixels} pixels")
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
     except UnidentifiedImageError as exc:
         raise ImageError("image is not a PNG or JPEG file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
