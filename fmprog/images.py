@@ -49,15 +49,19 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: i
         raise ImageError(f"image cannot be decoded: {exc}") from exc
 
 
-def decode_base64_image(text: str, **limits: int) -> np.ndarray:
-    """Decode a base64 string (optionally a ``data:image/...;base64,`` URL) to an RGB array."""
+def base64_bytes(text: str) -> bytes:
+    """The bytes of a base64 string (optionally a ``data:image/...;base64,`` URL); ImageError if invalid."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageError("image is not valid base64") from exc
-    return decode_image(data, **limits)
+
+
+def decode_base64_image(text: str, **limits: int) -> np.ndarray:
+    """Decode a base64 string (optionally a ``data:image/...;base64,`` URL) to an RGB array."""
+    return decode_image(base64_bytes(text), **limits)
 
 
 def encode_base64_png(image: np.ndarray) -> str:

@@ -3,10 +3,12 @@ authentication and a request size limit (pure ASGI middlewares, so they never bu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -20,6 +22,25 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def every(interval_s: float, work: Callable[[], object], *, name: str, join_timeout_s: float = 30) -> Iterator[None]:
+    """Run ``work`` every ``interval_s`` in a daemon thread while the block runs (an app's
+    background trainer or courier); stop it and wait for the round in progress on exit."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            work()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_timeout_s)
 
 
 def add_operations_routes(app: FastAPI, readiness: Callable[[Any], dict[str, Any]]) -> None:

@@ -6,7 +6,6 @@ uvicorn --factory policy.app:create_app     # settings from FMPROG_POLICY_* vari
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
@@ -16,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.images import ImageError, decode_base64_image
-from fmprog.web import BodyLimit, add_operations_routes, error_responses, validation_error_handler
+from fmprog.web import BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
 from policy.schemas import DecisionOut, Feedback, PolicySpec
 from policy.service import FeedbackConflict, PolicyInfo, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
@@ -46,20 +45,15 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         service = PolicyService(settings)
         service.restore()
         app.state.service = service
-        stop = threading.Event()
 
-        def train_forever() -> None:
-            while not stop.wait(settings.train_interval_s):
-                service.train_once()
-                service.expire()
+        def train_and_expire() -> None:
+            service.train_once()
+            service.expire()
 
-        trainer = threading.Thread(target=train_forever, name="policy-trainer", daemon=True)
-        trainer.start()
         try:
-            yield
+            with every(settings.train_interval_s, train_and_expire, name="policy-trainer"):
+                yield
         finally:
-            stop.set()
-            trainer.join(timeout=30)
             service.close()
 
     app = FastAPI(title="fmprog policy", description="Per-program backend choice, learned online.", lifespan=lifespan)

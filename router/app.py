@@ -5,10 +5,7 @@ uvicorn --factory router.app:create_app     # settings from FMPROG_ROUTER_* vari
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, load_catalog
-from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, validation_error_handler
+from fmprog.images import ImageError, base64_bytes
+from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
 from router.errors import Conflict, NotFound, RouterError
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
@@ -92,19 +90,12 @@ def create_app(
             fallback=settings.fallback,
         )
         app.state.service = service
-        stop = threading.Event()
-
-        def deliver_forever() -> None:
-            while not stop.wait(settings.outbox_retry_s):
-                service.deliver()
-
-        courier = threading.Thread(target=deliver_forever, name="policy-outbox", daemon=True)
-        courier.start()
         try:
-            yield
+            with every(settings.outbox_retry_s, service.deliver, name="policy-outbox", join_timeout_s=5):
+                yield
         finally:
-            stop.set()
-            courier.join(timeout=5)
+            if isinstance(the_policy, HttpPolicyClient) and the_policy is not policy:
+                the_policy.close()
             outbox.close()
             store.close()
 
@@ -195,9 +186,8 @@ async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None
         body = AnswerRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    text = body.image.partition(",")[2] if body.image.startswith("data:") else body.image
     try:
-        image = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise FrameRejected("image: image is not valid base64") from None
+        image = base64_bytes(body.image)
+    except ImageError as exc:
+        raise FrameRejected(f"image: {exc}") from None
     return body.program_id, image, body.frame_id

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 from fmprog.backends.config import BackendName, Function
+from fmprog.program import CallSite
 
 TaskKind = Literal["binary", "open"]
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
@@ -53,17 +54,11 @@ class CandidateBackend(BaseModel):
     cost: float
 
 
-class CallSitePublic(BaseModel):
-    """A routed call of the program and the backends the policy may choose for it."""
+class CallSitePublic(CallSite):
+    """A routed call of the program (the runtime's CallSite) and the backends the policy may choose for it."""
 
     model_config = _WIRE
 
-    id: str
-    method: str
-    function: Function
-    line: int
-    col: int
-    source: str
     candidates: list[CandidateBackend] = Field(min_length=1)
 
 

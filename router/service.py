@@ -65,18 +65,18 @@ class RouterService:
 
     def answer(self, program_id: str, image: bytes, *, frame_id: str | None = None) -> AnswerResult:
         """Answer one frame (PNG or JPEG bytes) of a registered program."""
-        self.programs.get(program_id)  # NotFound before any work
+        program = self.programs.get(program_id)  # NotFound before any work
         try:
             frame = decode_image(image)
         except ImageError as exc:
             raise FrameRejected(f"image: {exc}") from None
         decision_id = uuid.uuid4().hex
-        decision = self._decide(program_id, decision_id, image)
+        decision = self._decide(program, decision_id, image)
         result = self.answerer.answer(program_id, frame, decision, frame_id=frame_id, decision_id=decision_id)
         self.metrics.answered(result)
         return result
 
-    def _decide(self, program_id: str, decision_id: str, image: bytes) -> dict[str, str] | None:
+    def _decide(self, program: ProgramPublic, decision_id: str, image: bytes) -> dict[str, str] | None:
         """The policy's decision, or None (the fallback) when the policy is absent, unreachable,
         refuses (e.g. its registration of the program is still in the outbox), or answers with a
         decision that does not fit the program."""
@@ -85,8 +85,8 @@ class RouterService:
             return None
         start = time.perf_counter()
         try:
-            decision = self.policy.decide(program_id, decision_id, base64.b64encode(image).decode("ascii"))
-            check_decision(self.programs.get(program_id), decision)
+            decision = self.policy.decide(program.id, decision_id, base64.b64encode(image).decode("ascii"))
+            check_decision(program, decision)
         except PolicyRejected:
             self.metrics.fallbacks.labels("policy_rejected").inc()
             return None
