@@ -1,15 +1,17 @@
 """Answering a frame: run the program under a decision, record the decision and its trace.
 
 The decision (a backend for every call site) comes from the policy as a plain mapping. When none
-is available the configured fallback decision is used instead, and the result says so. This is
-synchronous on purpose: the service runs it in a thread pool, since backend calls block.
+is available the configured fallback decision is used instead, and the result says so. A backend
+call that fails is retried (``retries`` times), then tried on the site's other candidates, nearest
+in cost first; the trace records every attempt. This is synchronous on purpose: the service runs
+it in a thread pool, since backend calls block.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 import numpy as np
@@ -29,6 +31,19 @@ def fallback_decision(program: ProgramPublic, rule: FallbackRule = "cheapest") -
     ``"largest"``) backend at every call site; ties go to the first candidate."""
     pick = min if rule == "cheapest" else max
     return {site.id: pick(site.candidates, key=lambda c: c.cost).name for site in program.call_sites}
+
+
+def alternates(program: ProgramPublic, decision: Mapping[str, str], available: Collection[str]) -> dict[str, list[str]]:
+    """Per call site, the other candidates that are available, nearest in cost to the decided
+    backend first (a failed large model is best replaced by the next largest, a small one by the
+    next smallest)."""
+    order = {}
+    for site in program.call_sites:
+        costs = {c.name: c.cost for c in site.candidates}
+        decided = math.log(costs[decision[site.id]])
+        others = [name for name in costs if name != decision[site.id] and name in available]
+        order[site.id] = sorted(others, key=lambda name: abs(math.log(costs[name]) - decided))
+    return order
 
 
 def check_decision(program: ProgramPublic, decision: Mapping[str, str]) -> None:
@@ -57,10 +72,12 @@ class Answerer:
         *,
         limits: ExecutionLimits | None = None,
         fallback: FallbackRule = "cheapest",
+        retries: int = 1,
     ):
         self.programs = programs
         self.store = programs.store
-        self.executor = Executor(backends, limits)
+        self.backends = backends
+        self.executor = Executor(backends, limits, retries=retries)
         self.fallback = fallback
 
     def answer(
@@ -89,7 +106,7 @@ class Answerer:
         except InvalidDecision as exc:
             raise DecisionRejected(str(exc)) from None
         try:
-            trace = self.executor.run(program, frame, chosen)
+            trace = self.executor.run(program, frame, chosen, alternates(public, chosen, self.backends))
         except ValueError as exc:  # the decision was checked above, so this is the frame
             raise FrameRejected(str(exc)) from None
         record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
@@ -130,7 +147,15 @@ def _record(
         error=ProgramStopped(**trace.error.model_dump()) if trace.error else None,
         trace=[
             InvocationPublic(
-                site=i.site_id, function=i.function, backend=i.backend, cost=i.cost, latency_s=i.latency_s, ok=i.ok
+                site=i.site_id,
+                function=i.function,
+                backend=i.backend,
+                cost=i.cost,
+                latency_s=i.latency_s,
+                ok=i.ok,
+                attempt=i.attempt,
+                fallback_from=i.fallback_from,
+                error=i.error,
             )
             for i in trace.invocations
         ],

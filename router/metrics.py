@@ -36,7 +36,7 @@ class RouterMetrics:
         self.answers = Counter("fmprog_answers_total", "Frames answered.", ["program", "fallback"], registry=r)
         self.answer_latency = Histogram(
             "fmprog_answer_latency_seconds",
-            "End-to-end /answer latency.",
+            "End-to-end answer latency: decoding, the policy's decision and the program run.",
             ["program"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -50,11 +50,17 @@ class RouterMetrics:
             ["program", "function", "backend"],
             registry=r,
         )
-        self.backend_seconds = Histogram(
+        self.backend_latency = Histogram(
             "fmprog_backend_latency_seconds",
-            "Measured backend call latency.",
+            "Measured backend call latency, as the router sees it.",
             ["backend"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_seconds = Counter(
+            "fmprog_backend_seconds_total",
+            "Measured backend seconds (wall clock of backend calls, as the router sees them).",
+            ["program", "function", "backend"],
             registry=r,
         )
         self.feedback = Counter("fmprog_feedback_total", "Feedback received.", ["program", "outcome"], registry=r)
@@ -66,7 +72,12 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.fallbacks = Counter("fmprog_fallbacks_total", "Fallback decisions or backends.", ["reason"], registry=r)
+        self.fallbacks = Counter(
+            "fmprog_fallbacks_total",
+            "Fallback decisions (the policy could not decide) and backend retries and replacements.",
+            ["program", "reason"],
+            registry=r,
+        )
         self.errors = Counter(
             "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
         )
@@ -74,13 +85,20 @@ class RouterMetrics:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 
-    def answered(self, result: AnswerResult) -> None:
-        self.answers.labels(result.program_id, str(result.fallback).lower()).inc()
-        self.answer_latency.labels(result.program_id).observe(result.latency_s)
+    def answered(self, result: AnswerResult, latency_s: float) -> None:
+        """Count one answer that took ``latency_s`` end to end, and every backend call it made."""
+        program = result.program_id
+        self.answers.labels(program, str(result.fallback).lower()).inc()
+        self.answer_latency.labels(program).observe(latency_s)
         for call in result.trace:
-            self.backend_calls.labels(result.program_id, call.function, call.backend, str(call.ok).lower()).inc()
-            self.cost.labels(result.program_id, call.function, call.backend).inc(call.cost)
-            self.backend_seconds.labels(call.backend).observe(call.latency_s)
+            self.backend_calls.labels(program, call.function, call.backend, str(call.ok).lower()).inc()
+            self.cost.labels(program, call.function, call.backend).inc(call.cost)
+            self.backend_latency.labels(call.backend).observe(call.latency_s)
+            self.backend_seconds.labels(program, call.function, call.backend).inc(call.latency_s)
+            if call.attempt > 1:
+                self.fallbacks.labels(program, "backend_retry").inc()
+            elif call.fallback_from is not None:
+                self.fallbacks.labels(program, "backend_replaced").inc()
 
     def labelled(self, program_id: str, kind: str, answer: object, label: str, right: bool) -> None:
         """Update running accuracy (and F1 for binary tasks) with one new label."""

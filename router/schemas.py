@@ -78,7 +78,11 @@ class ProgramPublic(BaseModel):
 
 
 class InvocationPublic(BaseModel):
-    """One backend invocation of a run: the site it was charged to, what ran, its cost and latency."""
+    """One backend invocation of a run: the site it was charged to, what ran, its cost and latency.
+
+    A failed call is retried, then handed to another backend of the same function: each try is an
+    invocation, ``attempt`` counts the tries of one backend, and ``fallback_from`` names the
+    decided backend when this one ran in its place."""
 
     model_config = _WIRE
 
@@ -88,6 +92,9 @@ class InvocationPublic(BaseModel):
     cost: float
     latency_s: float
     ok: bool
+    attempt: int = 1
+    fallback_from: str | None = None
+    error: str | None = None
 
 
 class ProgramStopped(BaseModel):

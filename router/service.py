@@ -39,11 +39,12 @@ class RouterService:
         outbox: Outbox,
         rewards: RewardConfig | None = None,
         fallback: FallbackRule = "cheapest",
+        retries: int = 1,
         metrics: RouterMetrics | None = None,
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog)
-        self.answerer = Answerer(self.programs, backends, fallback=fallback)
+        self.answerer = Answerer(self.programs, backends, fallback=fallback, retries=retries)
         self.feedback_handler = FeedbackHandler(store, rewards)
         self.policy = policy
         self.outbox = outbox
@@ -65,6 +66,7 @@ class RouterService:
 
     def answer(self, program_id: str, image: bytes, *, frame_id: str | None = None) -> AnswerResult:
         """Answer one frame (PNG or JPEG bytes) of a registered program."""
+        started = time.perf_counter()
         program = self.programs.get(program_id)  # NotFound before any work
         try:
             frame = decode_image(image)
@@ -73,7 +75,7 @@ class RouterService:
         decision_id = uuid.uuid4().hex
         decision = self._decide(program, decision_id, image)
         result = self.answerer.answer(program_id, frame, decision, frame_id=frame_id, decision_id=decision_id)
-        self.metrics.answered(result)
+        self.metrics.answered(result, time.perf_counter() - started)
         return result
 
     def _decide(self, program: ProgramPublic, decision_id: str, image: bytes) -> dict[str, str] | None:
@@ -81,20 +83,20 @@ class RouterService:
         refuses (e.g. its registration of the program is still in the outbox), or answers with a
         decision that does not fit the program."""
         if self.policy is None:
-            self.metrics.fallbacks.labels("no_policy").inc()
+            self.metrics.fallbacks.labels(program.id, "no_policy").inc()
             return None
         start = time.perf_counter()
         try:
             decision = self.policy.decide(program.id, decision_id, base64.b64encode(image).decode("ascii"))
             check_decision(program, decision)
         except PolicyRejected:
-            self.metrics.fallbacks.labels("policy_rejected").inc()
+            self.metrics.fallbacks.labels(program.id, "policy_rejected").inc()
             return None
         except PolicyUnavailable:
-            self.metrics.fallbacks.labels("policy_unavailable").inc()
+            self.metrics.fallbacks.labels(program.id, "policy_unavailable").inc()
             return None
         except DecisionRejected:
-            self.metrics.fallbacks.labels("policy_decision_rejected").inc()
+            self.metrics.fallbacks.labels(program.id, "policy_decision_rejected").inc()
             return None
         finally:
             self.metrics.policy_latency.observe(time.perf_counter() - start)

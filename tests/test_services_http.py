@@ -125,4 +125,4 @@ def test_learn_online_over_http_and_survive_a_policy_kill(stack):
     assert httpx.get(f"{policy}/policies/{program['id']}").json()["observed"] == 31  # the pending decision learned
     assert answer_and_label(scenes[32])["fallback"] is False
     metrics = httpx.get(f"{router}/metrics").text
-    assert 'fmprog_fallbacks_total{reason="policy_unavailable"} 1.0' in metrics
+    assert f'fmprog_fallbacks_total{{program="{program["id"]}",reason="policy_unavailable"}} 1.0' in metrics

@@ -4,17 +4,24 @@ A *decision* maps every call site of the program to a backend of the site's func
 backend invocation is charged exactly once, to the call site the program wrote (nested
 invocations, such as the detection inside ``exists``, belong to that site). Short-circuited sites
 make no invocation and cost nothing.
+
+A backend that fails (raises, or answers with something malformed) can be retried and then
+replaced: with ``retries`` the decided backend is tried that many more times, then each of the
+site's ``alternates`` (other backends of the same function) once, in order. Every attempt is an
+invocation in the trace and is charged; ``attempt`` numbers the tries of one call and
+``fallback_from`` names the decided backend when another one ran instead. The run stops with a
+``backend_error`` only when every attempt failed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry, Detection
 from fmprog.backends.config import Function
@@ -48,6 +55,9 @@ class Invocation(BaseModel):
     cost: float
     latency_s: float
     ok: bool = True
+    attempt: int = Field(default=1, ge=1, description="1 for the first try of a call, 2 for its retry, ...")
+    fallback_from: str | None = Field(default=None, description="The decided backend, when another one ran.")
+    error: str | None = None
 
 
 class ProgramError(BaseModel):
@@ -74,13 +84,22 @@ class Trace(BaseModel):
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def fallback_sites(self) -> list[str]:
+        """Sites where a backend other than the decided one answered."""
+        return list(dict.fromkeys(i.site_id for i in self.invocations if i.ok and i.fallback_from is not None))
+
 
 class Executor:
-    """Runs programs against a registry of backends, within per-run limits."""
+    """Runs programs against a registry of backends, within per-run limits; a failed backend
+    call is retried ``retries`` times before the site's alternates are tried."""
 
-    def __init__(self, backends: BackendRegistry, limits: ExecutionLimits | None = None):
+    def __init__(self, backends: BackendRegistry, limits: ExecutionLimits | None = None, *, retries: int = 0):
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
         self.backends = backends
         self.limits = limits or ExecutionLimits()
+        self.retries = retries
 
     def check_decision(self, program: Program, decision: Decision) -> None:
         problems = []
@@ -101,14 +120,20 @@ class Executor:
         if problems:
             raise InvalidDecision("; ".join(problems))
 
-    def run(self, program: Program, image: Any, decision: Decision) -> Trace:
-        """Run ``program`` on ``image``. Raises ValueError for a bad image or decision; every
-        failure of the program itself is reported in the trace."""
+    def run(
+        self, program: Program, image: Any, decision: Decision, alternates: Mapping[str, Sequence[str]] | None = None
+    ) -> Trace:
+        """Run ``program`` on ``image``; ``alternates`` lists, per call site, the backends to try
+        in order when the decided one keeps failing. Raises ValueError for a bad image, decision
+        or alternate; every failure of the program itself is reported in the trace."""
         self.check_decision(program, decision)
+        alternates = alternates or {}
+        self._check_alternates(program, alternates)
         pixels = api.as_pixels(image)
         started = perf_counter()
         guards = RunGuards(self.limits, started)
-        run = _Run(self.backends, program, decision, guards)
+        plans = {site.id: self._attempts(decision[site.id], alternates.get(site.id, ())) for site in program.call_sites}
+        run = _Run(self.backends, program, plans, guards)
         answer: JsonValue = None
         error = None
         try:
@@ -135,14 +160,32 @@ class Executor:
             output=guards.output,
         )
 
+    def _check_alternates(self, program: Program, alternates: Mapping[str, Sequence[str]]) -> None:
+        sites = {site.id: site for site in program.call_sites}
+        for site_id, names in alternates.items():
+            if site_id not in sites:
+                raise InvalidDecision(f"alternates name a site the program does not have: {site_id}")
+            for name in names:
+                if name not in self.backends or self.backends[name].function != sites[site_id].function:
+                    raise InvalidDecision(f"alternate {name!r} is not a {sites[site_id].function.value} backend")
+
+    def _attempts(self, decided: str, alternates: Sequence[str]) -> list[tuple[str, int]]:
+        """The (backend, attempt) tries of one call: the decided backend 1 + retries times, then
+        each alternate once."""
+        tries = [(decided, n) for n in range(1, self.retries + 2)]
+        others = [name for name in dict.fromkeys(alternates) if name != decided]
+        return tries + [(name, 1) for name in others]
+
 
 class _Run:
     """One run's state; the ``Invoker`` the program API charges model calls to."""
 
-    def __init__(self, backends: BackendRegistry, program: Program, decision: Decision, guards: RunGuards):
+    def __init__(
+        self, backends: BackendRegistry, program: Program, plans: Mapping[str, list[tuple[str, int]]], guards: RunGuards
+    ):
         self._backends = backends
         self._sites = {site.id: site for site in program.call_sites}
-        self._decision = decision
+        self._plans = plans
         self._guards = guards
         self._site: CallSite | None = None
         self.invocations: list[Invocation] = []
@@ -171,52 +214,70 @@ class _Run:
             raise SandboxViolation("models can only be called through a routed call")
         return self._site
 
-    def _invoke(self, function: Function, method: str, *args: Any) -> Any:
+    def _invoke(self, function: Function, method: str, *args: Any, check: Callable[[Any], Any]) -> Any:
+        """Call the site's backend (``check`` validates and converts its answer), retrying and
+        falling back as planned; raise BackendFailure when every attempt failed."""
         site = self._current()
         if site.function != function:
             raise SandboxViolation(f"call site {site.id} is routed to {site.function.value}, not {function.value}")
-        backend = self._backends[self._decision[site.id]]
-        self._guards.check_deadline()
-        started = perf_counter()
-        ok = False
-        try:
-            result = getattr(backend.model, method)(*args)
-            ok = True
-        except ProgramHalt:
-            raise
-        except Exception as exc:
-            raise BackendFailure(f"backend {backend.name!r} failed at {site.id}: {type(exc).__name__}: {exc}") from exc
-        finally:
+        plan = self._plans[site.id]
+        decided = plan[0][0]
+        error = None
+        for name, attempt in plan:
+            backend = self._backends[name]
+            self._guards.check_deadline()
+            started = perf_counter()
+            error = None
+            try:
+                result = check(getattr(backend.model, method)(*args))
+            except ProgramHalt:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Malformed) else str(exc)
             self.invocations.append(
                 Invocation(
                     site_id=site.id,
                     function=function,
-                    backend=backend.name,
+                    backend=name,
                     cost=backend.cost,
                     latency_s=perf_counter() - started,
-                    ok=ok,
+                    ok=error is None,
+                    attempt=attempt,
+                    fallback_from=decided if name != decided else None,
+                    error=error,
                 )
             )
-        return result
+            if error is None:
+                return result
+        tries = f" (after {len(plan)} attempts)" if len(plan) > 1 else ""
+        raise BackendFailure(f"backend {plan[-1][0]!r} failed at {site.id}{tries}: {error}")
 
     def detect(self, image: np.ndarray, noun: str) -> list[Detection]:
-        detections = self._invoke(Function.detect, "detect", image, noun)
-        if not isinstance(detections, list | tuple) or not all(
-            isinstance(d, Detection) and all(math.isfinite(v) for v in (*d.box, d.score)) for d in detections
-        ):
-            raise BackendFailure(f"backend for {self._current().id} returned malformed detections")
-        return list(detections)
+        return self._invoke(Function.detect, "detect", image, noun, check=_detections)
 
     def vqa(self, image: np.ndarray, question: str) -> str:
-        return self._text(self._invoke(Function.vqa, "vqa", image, question))
+        return self._invoke(Function.vqa, "vqa", image, question, check=_text)
 
     def llm(self, prompt: str) -> str:
-        return self._text(self._invoke(Function.llm, "llm", prompt))
+        return self._invoke(Function.llm, "llm", prompt, check=_text)
 
-    def _text(self, answer: Any) -> str:
-        if not isinstance(answer, str):
-            raise BackendFailure(f"backend for {self._current().id} returned {type(answer).__name__}, not text")
-        return answer
+
+class _Malformed(Exception):
+    """A backend answered with something that is not a valid answer of its function."""
+
+
+def _detections(detections: Any) -> list[Detection]:
+    if not isinstance(detections, list | tuple) or not all(
+        isinstance(d, Detection) and all(math.isfinite(v) for v in (*d.box, d.score)) for d in detections
+    ):
+        raise _Malformed("returned malformed detections")
+    return list(detections)
+
+
+def _text(answer: Any) -> str:
+    if not isinstance(answer, str):
+        raise _Malformed(f"returned {type(answer).__name__}, not text")
+    return answer
 
 
 def _program_line(exc: BaseException) -> int | None:

@@ -168,3 +168,78 @@ def execute_command(image):
 def test_steps_are_counted(executor, frame):
     program = compile_program("def execute_command(image):\n    for i in range(10):\n        pass\n    return 1")
     assert executor.run(program, frame, {}).steps == 11  # one function entry, ten iterations
+
+
+def test_a_failed_call_is_retried_then_answered_by_an_alternate(zoo, frame, two_stage):
+    from fmprog.program import Executor
+
+    calls = []
+
+    def flaky(image, noun):
+        calls.append(noun)
+        raise TimeoutError("read timed out")
+
+    zoo.models["detect-small"].detect = flaky
+    executor = Executor(zoo.registry(), retries=1)
+    trace = executor.run(two_stage, frame, mixed(two_stage), {"exists@4:13": ["detect-small", "detect-large"]})
+    assert trace.error is None and trace.answer == "no"
+    assert calls == ["bicycle", "bicycle"]  # the decided backend twice: the call and its one retry
+    assert [(i.backend, i.attempt, i.ok, i.fallback_from) for i in trace.invocations] == [
+        ("detect-small", 1, False, None),
+        ("detect-small", 2, False, None),
+        ("detect-large", 1, True, "detect-small"),
+    ]
+    assert "read timed out" in trace.invocations[0].error and trace.invocations[2].error is None
+    assert trace.fallback_sites == ["exists@4:13"]
+    assert trace.cost == 2 * COSTS["detect-small"] + COSTS["detect-large"]  # every attempt is charged
+
+
+def test_a_retry_that_succeeds_needs_no_alternate(zoo, frame, two_stage):
+    from fmprog.program import Executor
+
+    outcomes = iter([ConnectionError("reset"), []])
+
+    def once_broken(image, noun):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    zoo.models["detect-small"].detect = once_broken
+    trace = Executor(zoo.registry(), retries=1).run(
+        two_stage, frame, mixed(two_stage), {"exists@4:13": ["detect-large"]}
+    )
+    assert trace.error is None and trace.fallback_sites == []
+    assert [(i.backend, i.attempt, i.ok) for i in trace.invocations] == [
+        ("detect-small", 1, False),
+        ("detect-small", 2, True),
+    ]
+    assert zoo.models["detect-large"].calls == []
+
+
+def test_when_every_attempt_fails_the_run_stops_with_the_last_error(zoo, frame, two_stage):
+    from fmprog.program import Executor
+
+    zoo.models["detect-small"].detect = lambda image, noun: "not detections"
+    zoo.models["detect-large"].detect = lambda image, noun: 1 / 0
+    trace = Executor(zoo.registry(), retries=1).run(
+        two_stage, frame, mixed(two_stage), {"exists@4:13": ["detect-large"]}
+    )
+    assert trace.error.kind == "backend_error"
+    assert "'detect-large' failed at exists@4:13 (after 3 attempts): ZeroDivisionError" in trace.error.message
+    assert [(i.backend, i.ok) for i in trace.invocations] == [
+        ("detect-small", False),
+        ("detect-small", False),
+        ("detect-large", False),
+    ]
+    assert "malformed" in trace.invocations[0].error
+
+
+def test_alternates_must_serve_the_sites_function(zoo, frame, two_stage):
+    from fmprog.program import Executor
+
+    executor = Executor(zoo.registry(), retries=1)
+    with pytest.raises(InvalidDecision, match="alternate 'vqa-large' is not a detect backend"):
+        executor.run(two_stage, frame, mixed(two_stage), {"exists@4:13": ["vqa-large"]})
+    with pytest.raises(InvalidDecision, match="site the program does not have"):
+        executor.run(two_stage, frame, mixed(two_stage), {"query@9:9": ["vqa-large"]})

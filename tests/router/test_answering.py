@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fmprog.program import ExecutionLimits
-from router.answering import Answerer, fallback_decision
+from router.answering import Answerer, alternates, fallback_decision
 from router.errors import DecisionRejected, FrameRejected, NotFound
 from router.programs import ProgramRegistry
 from router.store import Store
@@ -124,8 +124,48 @@ def test_a_program_that_stops_is_answered_with_its_error_and_recorded(
     result = answerer.answer(person_on_bike, frame, None)
     assert result.answer is None
     assert result.error is not None and result.error.kind == "backend_error" and "GPU on fire" in result.error.message
-    assert [i.ok for i in result.trace] == [True, True, False]
+    # the decided vqa backend (the fallback rule's cheapest) failed, its retry too, then the other vqa candidate
+    assert [(i.backend, i.ok, i.attempt, i.fallback_from) for i in result.trace[2:]] == [
+        ("vqa-small", False, 1, None),
+        ("vqa-small", False, 2, None),
+        ("vqa-large", False, 1, "vqa-small"),
+    ]
+    assert [i.ok for i in result.trace[:2]] == [True, True]
+    assert "after 3 attempts" in result.error.message
     assert store.get_decision(result.decision_id).error == result.error
+
+
+def test_a_failing_backend_is_retried_then_replaced_by_the_nearest_in_cost(
+    programs: ProgramRegistry, zoo: Zoo, store: Store, frame: np.ndarray, person_on_bike: str
+):
+    def broken(image: np.ndarray, question: str) -> str:
+        raise TimeoutError("read timed out")
+
+    zoo.set_boxes({"bicycle": [box(10, 10, 50, 50)], "person": [box(20, 5, 40, 45)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    zoo.models["vqa-large"].answer = broken
+    answerer = Answerer(programs, zoo.registry(), retries=1)
+    result = answerer.answer(person_on_bike, frame, {EXISTS: "detect-small", FIND: "detect-small", VERIFY: "vqa-large"})
+    assert result.answer == "yes" and result.error is None
+    assert result.decision[VERIFY] == "vqa-large"  # the decision stays what the policy chose
+    assert [(i.backend, i.ok, i.attempt, i.fallback_from) for i in result.trace[2:]] == [
+        ("vqa-large", False, 1, None),
+        ("vqa-large", False, 2, None),
+        ("vqa-small", True, 1, "vqa-large"),
+    ]
+    assert "read timed out" in result.trace[2].error
+    assert result.cost == 2 * COSTS["detect-small"] + 2 * COSTS["vqa-large"] + COSTS["vqa-small"]
+    assert store.get_decision(result.decision_id).trace == result.trace
+
+
+def test_alternates_are_the_available_candidates_nearest_in_cost_first(programs: ProgramRegistry, person_on_bike: str):
+
+    program = programs.get(person_on_bike)
+    decision = {EXISTS: "detect-large", FIND: "detect-small", VERIFY: "vqa-large"}
+    order = alternates(program, decision, {"detect-small", "detect-large", "vqa-small", "vqa-large"})
+    assert order == {EXISTS: ["detect-small"], FIND: ["detect-large"], VERIFY: ["vqa-small"]}
+    assert alternates(program, decision, {"detect-large", "vqa-large"})[FIND] == ["detect-large"]
+    assert alternates(program, decision, {"detect-large", "vqa-large"})[VERIFY] == []
 
 
 def test_answering_an_unknown_or_deleted_program_is_not_found(

@@ -1,0 +1,63 @@
+"""The router's metrics: cost, backend seconds, retries and replacements, running accuracy and F1."""
+
+from __future__ import annotations
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.metrics import RouterMetrics
+from router.schemas import AnswerResult, InvocationPublic
+
+PROGRAM = "a" * 32
+
+
+def samples(metrics: RouterMetrics) -> dict[tuple[str, tuple], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def call(backend: str, cost: float, latency_s: float, ok: bool = True, **extra) -> InvocationPublic:
+    return InvocationPublic(
+        site="query@1:1", function="vqa", backend=backend, cost=cost, latency_s=latency_s, ok=ok, **extra
+    )
+
+
+def test_an_answer_counts_cost_seconds_retries_and_replacements():
+    metrics = RouterMetrics()
+    trace = [
+        call("vqa-large", 10.0, 0.5, ok=False, error="timeout"),
+        call("vqa-large", 10.0, 0.25, ok=False, attempt=2, error="timeout"),
+        call("vqa-small", 1.0, 0.125, fallback_from="vqa-large"),
+    ]
+    result = AnswerResult(
+        decision_id="b" * 32,
+        program_id=PROGRAM,
+        answer="yes",
+        decision={"query@1:1": "vqa-large"},
+        fallback=False,
+        trace=trace,
+        cost=21.0,
+        latency_s=0.9,
+    )
+    metrics.answered(result, latency_s=1.0)
+    got = samples(metrics)
+    key = (("backend", "vqa-large"), ("function", "vqa"), ("program", PROGRAM))
+    assert got[("fmprog_cost_total", key)] == 20.0
+    assert got[("fmprog_backend_seconds_total", key)] == 0.75
+    assert got[("fmprog_backend_calls_total", (*key[:2], ("ok", "false"), key[2]))] == 2
+    assert got[("fmprog_fallbacks_total", (("program", PROGRAM), ("reason", "backend_retry")))] == 1
+    assert got[("fmprog_fallbacks_total", (("program", PROGRAM), ("reason", "backend_replaced")))] == 1
+    assert got[("fmprog_answer_latency_seconds_sum", (("program", PROGRAM),))] == 1.0
+
+
+def test_running_accuracy_and_f1_follow_the_labels():
+    metrics = RouterMetrics()
+    for answer, label in [("yes", "yes"), ("no", "yes"), ("yes", "no"), ("no", "no")]:
+        metrics.labelled(PROGRAM, "binary", answer, label, right=answer == label)
+    got = samples(metrics)
+    assert got[("fmprog_program_accuracy", (("program", PROGRAM),))] == 0.5
+    assert got[("fmprog_program_f1", (("program", PROGRAM),))] == 0.5  # tp 1, fp 1, fn 1
