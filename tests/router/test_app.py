@@ -185,3 +185,31 @@ def test_settings_refuse_unsafe_defaults():
         RouterSettings(host="0.0.0.0")
     with pytest.raises(ValueError, match="at least 16"):
         RouterSettings(api_key="short")
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "message"),
+    [
+        (b'{"source": "def execute_command(image', "application/json", "JSON"),
+        (b"[1, 2", "application/json", "JSON"),
+        (b"\xff\xfe\x00garbage", "application/json", "JSON"),
+    ],
+)
+def test_malformed_json_is_422_and_the_router_keeps_serving(client, content, content_type, message):
+    for path in ("/programs", "/answer", "/feedback"):
+        response = client.post(path, content=content, headers={"content-type": content_type})
+        assert response.status_code == 422, (path, response.text)
+        assert message in response.json()["detail"]
+    program = _register(client)
+    assert client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).status_code == 200
+
+
+def test_multipart_without_a_file_or_program_is_422(client):
+    program = _register(client)
+    no_file = client.post("/answer", data={"program_id": program["id"], "image": "just text"}, files={"x": ("a", b"")})
+    assert no_file.status_code == 422 and "image must be an uploaded file" in no_file.json()["detail"]
+    files = {"image": ("frame.png", b"not an image at all", "image/png")}
+    no_program = client.post("/answer", files=files)
+    assert no_program.status_code == 422 and "program_id is required" in no_program.json()["detail"]
+    not_image = client.post("/answer", data={"program_id": program["id"]}, files=files)
+    assert not_image.status_code == 422 and "not a PNG or JPEG" in not_image.json()["detail"]

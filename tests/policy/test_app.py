@@ -1,0 +1,108 @@
+"""The policy service's HTTP API (in process, through FastAPI's test client): create, decide, feed
+back, stats, metrics; and bad input answered with a clear 4xx while the service keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from fmprog.images import encode_png
+from policy.app import create_app
+from policy.settings import PolicySettings
+
+PROGRAM = "c" * 32
+SPEC = {
+    "sites": [
+        {"id": "find@3:4", "function": "detect", "backends": [{"name": "ds", "cost": 1}, {"name": "dl", "cost": 5}]},
+        {"id": "query@4:8", "function": "vqa", "backends": [{"name": "vs", "cost": 2}, {"name": "vl", "cost": 9}]},
+    ],
+    "lambda": 0.01,
+    "algorithm": "fast",
+}
+
+
+@pytest.fixture
+def client(tmp_path):
+    settings = PolicySettings(state_dir=tmp_path / "policy", max_request_bytes=100_000, train_interval_s=3600)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def image(seed: int = 0) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    return base64.b64encode(encode_png(pixels)).decode()
+
+
+def decide(client: TestClient, seed: int = 0) -> tuple[str, dict]:
+    decision_id = uuid.uuid4().hex
+    response = client.post(f"/policies/{PROGRAM}/decisions", json={"decision_id": decision_id, "image": image(seed)})
+    assert response.status_code == 200, response.text
+    return decision_id, response.json()
+
+
+def test_create_decide_feed_back_and_scrape(client):
+    created = client.put(f"/policies/{PROGRAM}", json=SPEC)
+    assert created.status_code == 200, created.text
+    decision_id, decision = decide(client)
+    assert set(decision["backends"]) == {"find@3:4", "query@4:8"}
+    feedback = {
+        "decision_id": decision_id,
+        "reward": -1.0,
+        "executed_sites": ["find@3:4"],
+        "costs": {"find@3:4": 1.0},
+    }
+    first = client.post(f"/policies/{PROGRAM}/feedback", json=feedback)
+    again = client.post(f"/policies/{PROGRAM}/feedback", json=feedback)
+    assert (first.json()["repeat"], again.json()["repeat"]) == (False, True)
+    conflict = client.post(f"/policies/{PROGRAM}/feedback", json={**feedback, "reward": 1.0})
+    assert conflict.status_code == 409 and "different feedback" in conflict.json()["detail"]
+    info = client.get(f"/policies/{PROGRAM}").json()
+    assert info["observed"] == 1 and info["pending"] == 0
+    samples = {
+        (s.name, s.labels.get("outcome")): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.name == "fmprog_policy_feedback_total"
+    }
+    assert samples == {("fmprog_policy_feedback_total", "new"): 1.0, ("fmprog_policy_feedback_total", "repeat"): 1.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("put", f"/policies/{PROGRAM}", {**SPEC, "algorithm": "oracle"}, 422, "unknown algorithm 'oracle'"),
+        ("put", f"/policies/{PROGRAM}", {**SPEC, "lambda": -1}, 422, "lambda"),
+        ("put", f"/policies/{PROGRAM}", {**SPEC, "sites": []}, 422, "sites"),
+        ("post", f"/policies/{'d' * 32}/decisions", {"decision_id": "x", "image": image()}, 404, "d" * 32),
+        ("post", f"/policies/{PROGRAM}/decisions", {"decision_id": "x", "image": "%%%"}, 422, "base64"),
+        ("post", f"/policies/{PROGRAM}/decisions", {"decision_id": "x", "image": "aGVsbG8="}, 422, "PNG or JPEG"),
+        ("post", f"/policies/{PROGRAM}/decisions", {"image": image()}, 422, "decision_id"),
+        ("post", f"/policies/{PROGRAM}/feedback", {"decision_id": "nope", "reward": 1.0}, 404, "nope"),
+        ("post", f"/policies/{PROGRAM}/feedback", {"decision_id": "x", "reward": "high"}, 422, "reward"),
+        ("delete", f"/policies/{'d' * 32}", None, 404, "d" * 32),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx_and_the_service_keeps_serving(client, method, path, body, status, message):
+    assert client.put(f"/policies/{PROGRAM}", json=SPEC).status_code == 200
+    response = client.request(method.upper(), path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    decide(client)  # still serving
+
+
+def test_malformed_and_oversized_bodies(client):
+    assert client.put(f"/policies/{PROGRAM}", json=SPEC).status_code == 200
+    truncated = client.post(
+        f"/policies/{PROGRAM}/decisions",
+        content=b'{"decision_id": "x", "ima',
+        headers={"content-type": "application/json"},
+    )
+    assert truncated.status_code == 422 and "JSON" in truncated.json()["detail"]
+    huge = client.post(f"/policies/{PROGRAM}/decisions", json={"decision_id": "x", "image": "A" * 200_000})
+    assert huge.status_code == 413 and "exceeds the limit" in huge.json()["detail"]
+    decide(client)
