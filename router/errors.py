@@ -35,6 +35,10 @@ class BackendsRejected(RouterError):
     call site's function with no backend at all."""
 
 
+class PolicyInvalid(RouterError):
+    """The policy asked for (algorithm, hyper-parameters) cannot be built for this program."""
+
+
 class DecisionRejected(RouterError):
     """A decision that does not fit the program: a missing site, or a backend that is not a candidate."""
 

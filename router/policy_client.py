@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import httpx
 
 from router.errors import RouterError
+from router.programs import policy_spec
 from router.schemas import ProgramPublic
 
 
@@ -25,23 +26,6 @@ class PolicyPort(Protocol):
     def decide(self, program_id: str, decision_id: str, image_b64: str) -> dict[str, str]: ...
     def feedback(self, program_id: str, message: dict[str, Any]) -> None: ...
     def delete(self, program_id: str) -> None: ...
-
-
-def policy_spec(program: ProgramPublic) -> dict[str, Any]:
-    """The policy service's specification of a program: its call sites with candidate backends and
-    costs, lambda, and the algorithm."""
-    return {
-        "sites": [
-            {
-                "id": site.id,
-                "function": site.function.value,
-                "backends": [{"name": c.name, "cost": c.cost} for c in site.candidates],
-            }
-            for site in program.call_sites
-        ],
-        "lambda": program.lambda_,
-        "algorithm": program.algorithm,
-    }
 
 
 class HttpPolicyClient:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
+
+from pydantic import ValidationError
 
 from fmprog.backends.config import BackendCatalog, Function
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
-from router.errors import BackendsRejected, ProgramInvalid, SynthesisUnavailable
+from policy.schemas import PolicySpec
+from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisUnavailable
 from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic
 from router.store import Store, utc_now
 
@@ -48,6 +52,35 @@ def candidate_backends(
     return candidates
 
 
+def policy_spec(program: ProgramPublic) -> dict[str, Any]:
+    """The policy service's specification of a program: its call sites with candidate backends and
+    costs, lambda, the algorithm and its hyper-parameters."""
+    return {
+        "sites": [
+            {
+                "id": site.id,
+                "function": site.function.value,
+                "backends": [{"name": c.name, "cost": c.cost} for c in site.candidates],
+            }
+            for site in program.call_sites
+        ],
+        "lambda": program.lambda_,
+        "algorithm": program.algorithm,
+        "hyperparameters": program.hyperparameters,
+    }
+
+
+def check_policy(program: ProgramPublic) -> None:
+    """Refuse (PolicyInvalid) a program whose policy the policy service would refuse: an unknown
+    algorithm, hyper-parameters it does not take, a call-site layout it cannot serve. Checked here,
+    before storing, so that a mistake is a 422 now and not a program answered by fallback forever."""
+    try:
+        PolicySpec.model_validate(policy_spec(program))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}" for e in exc.errors())
+        raise PolicyInvalid(f"policy rejected: {problems}") from None
+
+
 def public_call_site(site: CallSite, candidates: list[CandidateBackend]) -> CallSitePublic:
     return CallSitePublic(**site.model_dump(), candidates=candidates)
 
@@ -62,8 +95,8 @@ class ProgramRegistry:
         self._lock = threading.Lock()
 
     def register(self, request: ProgramCreate) -> ProgramPublic:
-        """Validate, resolve candidates, store; raise ProgramInvalid, SynthesisUnavailable or
-        BackendsRejected without storing anything."""
+        """Validate, resolve candidates, check the policy, store; raise ProgramInvalid,
+        SynthesisUnavailable, BackendsRejected or PolicyInvalid without storing anything."""
         if request.source is None:
             raise SynthesisUnavailable(
                 "registering a program from a natural-language query needs program synthesis, "
@@ -80,10 +113,12 @@ class ProgramRegistry:
             kind=request.kind,
             lambda_=request.lambda_,
             algorithm=request.algorithm,
+            hyperparameters=request.hyperparameters,
             call_sites=[public_call_site(site, candidates[site.function]) for site in program.call_sites],
             created_at=utc_now(),
             digest=program.digest,
         )
+        check_policy(public)
         self.store.add_program(public)
         with self._lock:
             self._compiled[public.id] = program

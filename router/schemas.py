@@ -33,6 +33,9 @@ class ProgramCreate(BaseModel):
     kind: TaskKind = Field(description="binary (yes/no, F1 on rare positives) or open (free-form answers).")
     lambda_: float = Field(alias="lambda", ge=0, allow_inf_nan=False, description="Weight of cost in the reward.")
     algorithm: str = Field(default="structured", min_length=1, max_length=64, description="Policy algorithm name.")
+    hyperparameters: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The algorithm's hyper-parameters; unknown keys are refused."
+    )
     backends: dict[Function, list[BackendName]] | None = Field(
         default=None,
         description="Allowed backends per function; a function left out may use all of its backends in the catalog.",
@@ -72,6 +75,7 @@ class ProgramPublic(BaseModel):
     kind: TaskKind
     lambda_: float = Field(alias="lambda")
     algorithm: str
+    hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
     call_sites: list[CallSitePublic]
     created_at: datetime
     digest: str = Field(description="sha256 of the source.")

@@ -23,7 +23,7 @@ from typing import Any
 from router.errors import Conflict, NotFound, RouterError
 from router.schemas import CallSitePublic, DecisionRecord, FeedbackRecord, ProgramPublic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS programs (
     kind        TEXT NOT NULL CHECK (kind IN ('binary', 'open')),
     lambda      REAL NOT NULL CHECK (lambda >= 0),
     algorithm   TEXT NOT NULL,
+    hyperparameters TEXT NOT NULL DEFAULT '{}',  -- JSON: the algorithm's hyper-parameters
     call_sites  TEXT NOT NULL,  -- JSON: [CallSitePublic], each with its candidate backends and costs
     created_at  TEXT NOT NULL   -- ISO 8601, UTC
 );
@@ -96,6 +97,9 @@ class Store:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row["version"] == 1:  # version 2 added programs.hyperparameters
+                db.execute("ALTER TABLE programs ADD COLUMN hyperparameters TEXT NOT NULL DEFAULT '{}'")
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif row["version"] != SCHEMA_VERSION:
                 raise StoreVersionError(
                     f"{self.path}: store schema version {row['version']}, this router reads version {SCHEMA_VERSION}"
@@ -119,8 +123,9 @@ class Store:
     def add_program(self, program: ProgramPublic) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO programs (id, source, digest, kind, lambda, algorithm, call_sites, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO programs"
+                " (id, source, digest, kind, lambda, algorithm, hyperparameters, call_sites, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     program.id,
                     program.source,
@@ -128,6 +133,7 @@ class Store:
                     program.kind,
                     program.lambda_,
                     program.algorithm,
+                    json.dumps(program.hyperparameters),
                     json.dumps([site.model_dump(mode="json") for site in program.call_sites]),
                     program.created_at.isoformat(),
                 ),
@@ -270,6 +276,7 @@ def _program(row: sqlite3.Row) -> ProgramPublic:
         kind=row["kind"],
         lambda_=row["lambda"],
         algorithm=row["algorithm"],
+        hyperparameters=json.loads(row["hyperparameters"]),
         call_sites=[CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])],
         created_at=datetime.fromisoformat(row["created_at"]),
         digest=row["digest"],

@@ -118,6 +118,24 @@ def test_register_answer_feedback_round_trip(client, policy):
     assert client.get(f"/programs/{program['id']}").status_code == 404
 
 
+def test_the_policy_is_checked_before_the_program_is_stored(client, policy):
+    source = example("person_on_bike")
+    cases = [
+        ({"algorithm": "oracle"}, "unknown algorithm 'oracle'"),
+        ({"algorithm": "fast", "hyperparameters": {"nu": -1}}, "nu"),
+        ({"algorithm": "fast", "hyperparameters": {"learning_rate": 0.1}}, "learning_rate"),
+    ]
+    for fields, message in cases:
+        response = client.post("/programs", json={"source": source, "kind": "binary", "lambda": 0.1, **fields})
+        assert response.status_code == 422, response.text
+        assert "policy rejected" in response.json()["detail"] and message in response.json()["detail"]
+    assert client.get("/programs").json() == [] and policy.programs == {}
+    body = {"source": source, "kind": "binary", "lambda": 0.1, "algorithm": "fast", "hyperparameters": {"nu": 0.5}}
+    created = client.post("/programs", json=body)
+    assert created.status_code == 201 and created.json()["hyperparameters"] == {"nu": 0.5}
+    assert policy.programs[created.json()["id"]].hyperparameters == {"nu": 0.5}
+
+
 def test_multipart_upload_is_answered(client):
     program = _register(client)
     files = {"image": ("frame.png", encode_png(np.zeros((80, 100, 3), np.uint8)), "image/png")}
