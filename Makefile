@@ -39,7 +39,7 @@ check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; $(BIN)/fmprog program check $$f || exit 1; done
 
 demo: check-examples
-	$(BIN)/python examples/serve_demo.py
+	$(BIN)/python examples/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,8 +6,8 @@ backends, with all-large backends, with a mixed configuration, and the monolithi
 (vqa-large on the whole frame with the whole question). It prints accuracy and cost per frame of
 each (and F1 on the rare "yes" frames, the paper's binary metric), plus one llm call per LLM backend.
 
-What it does not do yet: choose the configuration per frame and learn it from feedback. That is
-the policy service (issue 4).
+It calls the backends directly, without the router and the policy; examples/demo.py (``make
+demo``) runs the whole cluster and learns the configuration per frame from feedback.
 
     python examples/serve_demo.py [--frames 200]
 """
@@ -95,7 +95,7 @@ def main() -> None:
             if name in clients:
                 prompt = "How many sides does a hexagon have? Answer with a number only."
                 print(f"{name}: {prompt!r} -> {clients[name].model().llm(prompt)!r}")
-        print("\nPer-frame backend choice learned from feedback arrives with the policy service (issue 4).")
+        print("\nexamples/demo.py learns the configuration per frame from feedback, through the router and the policy.")
 
 
 if __name__ == "__main__":

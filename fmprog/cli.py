@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,32 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from fmprog.stack import StackSettings, up
+
+    try:
+        settings = StackSettings(
+            config=args.config,
+            backends=args.backends.split(",") if args.backends else None,
+            host=args.host,
+            router_port=args.router_port,
+            policy_port=args.policy_port,
+            serve_port=args.serve_port,
+            state_dir=args.state_dir,
+            num_cpus=args.num_cpus,
+            api_key=args.api_key or None,
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
+    return up(settings)
+
+
 def _serve_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -83,6 +110,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     serve.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
     serve.set_defaults(handler=_serve)
+
+    stack = commands.add_parser(
+        "up",
+        help="start the whole cluster on this machine (Ray Serve with the backends, the policy, the router); "
+        "block until Ctrl-C or SIGTERM, then stop it all",
+    )
+    stack.add_argument("--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML)")
+    stack.add_argument("--backends", help="comma-separated subset of backends to serve and offer (default: all)")
+    stack.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the router's address; off loopback it needs an API key (default: %(default)s)",
+    )
+    stack.add_argument("--router-port", type=int, default=8080, help="(default: %(default)s)")
+    stack.add_argument("--policy-port", type=int, default=8081, help="the policy, on 127.0.0.1 (default: %(default)s)")
+    stack.add_argument(
+        "--serve-port", type=int, default=8000, help="Ray Serve's proxy, on 127.0.0.1 (default: %(default)s)"
+    )
+    stack.add_argument(
+        "--state-dir", default="state", help="router database, policy state and logs (default: %(default)s)"
+    )
+    stack.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
+    stack.add_argument(
+        "--api-key",
+        default=os.environ.get("FMPROG_ROUTER_API_KEY"),
+        help="the router's bearer key, at least 16 characters (default: $FMPROG_ROUTER_API_KEY)",
+    )
+    stack.set_defaults(handler=_up)
 
     config = commands.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2) of a configuration")
     config.add_argument("--config", default="deploy/config/gpu.yaml", help="backend configuration (YAML)")

@@ -20,4 +20,4 @@ class PolicySettings(BaseSettings):
     default_reward: float = Field(default=0.0, allow_inf_nan=False, description="Task reward of an expired decision.")
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     host: str = "127.0.0.1"
-    port: int = Field(default=8090, ge=1, le=65535)
+    port: int = Field(default=8081, ge=1, le=65535)

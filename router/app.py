@@ -6,9 +6,11 @@ uvicorn --factory router.app:create_app     # settings from FMPROG_ROUTER_* vari
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmprog.backends.base import BackendRegistry
-from fmprog.backends.config import BackendCatalog, load_catalog
+from fmprog.backends.config import BackendCatalog
 from fmprog.images import ImageError, base64_bytes
 from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
 from router.errors import Conflict, NotFound, RouterError
@@ -74,7 +76,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.database.parent.mkdir(parents=True, exist_ok=True)
-        the_catalog = catalog or load_catalog(settings.backends_config)
+        the_catalog = catalog or settings.load_catalog()  # the configuration, restricted to settings.backends
         the_backends = backends or _serve_backends(the_catalog, settings)
         the_policy = policy
         if the_policy is None and settings.policy_url:
@@ -88,7 +90,9 @@ def create_app(
             outbox=outbox,
             rewards=settings.rewards,
             fallback=settings.fallback,
+            retries=settings.backend_retries,
         )
+        app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
         try:
             with every(settings.outbox_retry_s, service.deliver, name="policy-outbox", join_timeout_s=5):
@@ -159,7 +163,8 @@ def create_app(
     )
     async def answer(request: Request) -> AnswerResult:
         program_id, image, frame_id = await _read_answer_request(request)
-        return await run_in_threadpool(_service(request).answer, program_id, image, frame_id=frame_id)
+        answer = functools.partial(_service(request).answer, program_id, image, frame_id=frame_id)
+        return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
 
     @app.post("/feedback", response_model=FeedbackResult, responses=error_responses(401, 404, 409, 422))
     async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:

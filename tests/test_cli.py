@@ -76,3 +76,37 @@ def test_serve_config_prints_one_serve_application_per_backend():
     names = [app["name"] for app in config["applications"]]
     assert names == ["detect-small", "detect-large", "vqa-small", "vqa-large", "llm-small", "llm-large"]
     assert {app["import_path"] for app in config["applications"]} == {"services.app:backend_app"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "detect-small,nope"], "error: unknown backends ['nope']"),
+        (["--host", "0.0.0.0"], "error: router settings: refusing to listen on 0.0.0.0 without an api_key"),
+        (["--router-port", "0"], "error: router_port: Input should be greater than or equal to 1"),
+        (["--router-port", "9100", "--serve-port", "9100"], "error: the router and serve ports are both 9100"),
+    ],
+)
+def test_up_refuses_bad_settings_before_starting_anything(args, message):
+    result = fmprog("up", "--config", str(Path(__file__).parents[1] / "deploy" / "config" / "cpu.yaml"), *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr
+
+
+def test_up_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    from services.cluster import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = ["--router-port", str(free_port()), "--policy-port", str(port), "--serve-port", str(free_port())]
+        config = str(Path(__file__).parents[1] / "deploy" / "config" / "cpu.yaml")
+        result = fmprog("up", "--config", config, *ports, "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 2
+    assert f"error: port {port} (policy) on 127.0.0.1 is already in use; choose another with --policy-port" in (
+        result.stderr
+    )
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written

@@ -1,0 +1,572 @@
+"""The whole cluster on one machine (``fmprog up``): Ray Serve with the backends, the policy
+service and the router, started in that order, watched, and stopped in reverse order.
+
+Ray and Serve run in this process (:func:`services.cluster.serve_backends`); the policy and the
+router are child processes (``python -m uvicorn --factory ...``) configured through their
+``FMPROG_POLICY_*`` and ``FMPROG_ROUTER_*`` variables, their logs in ``<state_dir>/logs``. Other
+variables with those prefixes pass through to them (rewards, fallback, training interval, ...)
+and are validated here before anything starts.
+
+:class:`StackProcess` runs ``fmprog up`` itself as a child process, for demos, tests and
+benchmarks that need the real cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from fmprog.backends.config import BackendCatalog, BackendName
+from policy.settings import PolicySettings
+from router.settings import RouterSettings
+from services.cluster import ServeSettings
+
+LOCALHOST = "127.0.0.1"
+READY = "ready"  # ``fmprog up`` prints a line starting with this once everything answers
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class StackError(RuntimeError):
+    """A part of the cluster could not start, or stopped on its own."""
+
+
+def _problems(exc: ValidationError, service: str) -> str:
+    """One line naming each problem of a service's settings: ``router settings: fallback: ...``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{service} settings: {where + ': ' if where else ''}{message}")
+    return "; ".join(problems)
+
+
+def http_url(host: str, port: int) -> str:
+    try:
+        bracketed = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    return f"http://[{host}]:{port}" if bracketed else f"http://{host}:{port}"
+
+
+class StackSettings(BaseModel):
+    """What ``fmprog up`` starts, where it listens and where it keeps state; validated, with the
+    router's and the policy's own settings, before anything starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="Backend configuration (YAML).")
+    backends: list[BackendName] | None = Field(
+        default=None, min_length=1, description="Serve and offer only these backends of the configuration."
+    )
+    host: str = Field(
+        default=LOCALHOST,
+        description="The router's address. The policy and the Serve proxy, which have no authentication, "
+        "always listen on 127.0.0.1.",
+    )
+    router_port: Port = 8080
+    policy_port: Port = 8081
+    serve_port: Port = 8000
+    state_dir: Path = Field(default=Path("state"), description="Router database, policy state and logs.")
+    num_cpus: float | None = Field(default=None, gt=0, description="Logical CPUs of the local Ray (default: all).")
+    api_key: SecretStr | None = Field(default=None, description="The router's bearer key; required off loopback.")
+    ready_timeout_s: float = Field(default=180.0, gt=0, description="Wait this long for the services to answer.")
+    stop_timeout_s: float = Field(default=15.0, gt=0, description="Wait this long for a service to stop, then kill.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StackSettings:
+        ports = {"router": self.router_port, "policy": self.policy_port, "serve": self.serve_port}
+        for name, port in ports.items():
+            others = [other for other, p in ports.items() if p == port and other != name]
+            if others:
+                raise ValueError(f"the {name} and {others[0]} ports are both {port}")
+        try:
+            router = self.router_settings()  # its own rules: no open router off loopback, key length, ...
+        except ValidationError as exc:
+            raise ValueError(_problems(exc, "router")) from None
+        try:
+            self.policy_settings()
+        except ValidationError as exc:
+            raise ValueError(_problems(exc, "policy")) from None
+        router.load_catalog()  # ConfigError (a ValueError): unreadable configuration, unknown backends
+        return self
+
+    @property
+    def router_url(self) -> str:
+        return http_url(self.host, self.router_port)
+
+    @property
+    def policy_url(self) -> str:
+        return http_url(LOCALHOST, self.policy_port)
+
+    @property
+    def serve_url(self) -> str:
+        return http_url(LOCALHOST, self.serve_port)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def router_settings(self) -> RouterSettings:
+        return RouterSettings(
+            database=self.state_dir.resolve() / "router.sqlite3",
+            backends_config=self.config.resolve(),
+            backends=self.backends,
+            serve_url=self.serve_url,
+            policy_url=self.policy_url,
+            api_key=self.api_key,
+            host=self.host,
+            port=self.router_port,
+        )
+
+    def policy_settings(self) -> PolicySettings:
+        return PolicySettings(state_dir=self.state_dir.resolve() / "policy", host=LOCALHOST, port=self.policy_port)
+
+    def serve_settings(self) -> ServeSettings:
+        return ServeSettings(
+            config=self.config, host=LOCALHOST, port=self.serve_port, backends=self.backends, num_cpus=self.num_cpus
+        )
+
+    def catalog(self) -> BackendCatalog:
+        """The backends served and offered."""
+        return self.router_settings().load_catalog()
+
+
+# -- child processes --------------------------------------------------------------------------
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def child_env(prefix: str, values: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with ``{prefix}{NAME}`` set to each value,
+    or removed where the value is None, so a variable left in the environment cannot override it."""
+    env = dict(os.environ if base is None else base)
+    for name, value in values.items():
+        key = f"{prefix}{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = _env_value(value)
+    return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when nothing could listen on ``host:port`` now (the check servers make, SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(settings: StackSettings) -> None:
+    """Raise StackError naming the first port of the stack something else listens on."""
+    wanted = [
+        ("router", settings.host, settings.router_port, "--router-port"),
+        ("policy", LOCALHOST, settings.policy_port, "--policy-port"),
+        ("Serve proxy", LOCALHOST, settings.serve_port, "--serve-port"),
+    ]
+    for name, host, port, option in wanted:
+        if port_in_use(host, port):
+            raise StackError(f"port {port} ({name}) on {host} is already in use; choose another with {option}")
+
+
+@dataclass
+class Service:
+    """An HTTP service running as a child process (uvicorn), with its log file."""
+
+    name: str
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log}: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, deadline: float) -> None:
+        """Return once ``/readyz`` answers 200; StackError if the process exits or the deadline passes."""
+        while True:
+            if self.process.poll() is not None:
+                raise StackError(self.died())
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the {self.name} did not become ready at {self.url}; last lines of {self.log}:\n{self.tail()}"
+                )
+            time.sleep(0.2)
+
+    def died(self) -> str:
+        return (
+            f"the {self.name} (pid {self.process.pid}) exited on its own with code {self.process.returncode}; "
+            f"last lines of {self.log}:\n{self.tail()}"
+        )
+
+    def stop(self, timeout_s: float) -> str:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL; say how it ended."""
+        if self.process.poll() is not None:
+            return f"{self.name} had exited (code {self.process.returncode})"
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return f"{self.name} did not stop within {timeout_s:g} s and was killed"
+        # uvicorn shuts down gracefully, then re-raises the signal
+        return f"{self.name} stopped" if code in (0, -signal.SIGTERM) else f"{self.name} stopped with code {code}"
+
+
+@contextlib.contextmanager
+def run_service(
+    name: str,
+    app: str,
+    *,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    stop_timeout_s: float,
+    echo: Callable[[str], None],
+    deferring: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> Iterator[Service]:
+    """Start ``uvicorn --factory app`` as a child process in a session of its own (a Ctrl-C at the
+    terminal reaches only ``fmprog up``, which stops the children in order); stop it on exit."""
+    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", host, "--port", str(port)]
+    command += ["--timeout-graceful-shutdown", str(max(1, int(stop_timeout_s) - 2))]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # A stop signal must not interrupt us between the fork and keeping the handle (an orphan); and
+    # not by blocking it, since the child would inherit the blocked mask across exec.
+    service = None
+    try:
+        with deferring():
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            service = Service(name, http_url(host, port), process, log)
+        yield service
+    finally:
+        if service is not None:
+            echo(service.stop(stop_timeout_s))
+
+
+# -- fmprog up --------------------------------------------------------------------------------
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: unwind and stop everything (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+class _SignalStop:
+    """While active, the first SIGINT or SIGTERM raises Stopped in the main thread. Once shutdown
+    has begun (``stopping``), signals only say so: every part still stops, each with its timeout."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._deferred: int | None = None
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block no stop signal interrupts; one that arrived meanwhile raises Stopped after it."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._deferred is not None:
+            self._handle(self._deferred, None)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._deferring:
+            self._deferred = signum
+            return
+        if self.stopping:
+            os.write(2, f"{name}: already stopping\n".encode())
+            return
+        self.stopping = True
+        os.write(1, f"{name}: stopping\n".encode())  # print() is not safe in a signal handler
+        raise Stopped(signum)
+
+    def install(self) -> None:
+        """(Re)install the handlers: ``ray.init`` replaces SIGTERM's with one that exits with code 15."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
+
+    def __enter__(self) -> _SignalStop:
+        self.install()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _error(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+ROUTER_FIELDS = {"database", "backends_config", "backends", "serve_url", "policy_url", "api_key", "host", "port"}
+POLICY_FIELDS = {"state_dir", "host", "port"}
+
+
+def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: Callable[[str], None] = _error) -> int:
+    """Start the cluster and block until SIGINT or SIGTERM (then stop everything and return 0) or
+    until a part of it fails (stop the rest, return 1). A port in use: 2, before anything starts."""
+    from services.cluster import serve_backends
+
+    try:
+        check_ports(settings)
+    except StackError as exc:
+        error(str(exc))
+        return 2
+    catalog = settings.catalog()
+    if os.environ.pop("RAY_ADDRESS", None):
+        echo("note: ignoring RAY_ADDRESS; fmprog up starts a Ray of its own")
+    started = time.monotonic()
+    signals = _SignalStop()
+    try:
+        with signals, contextlib.ExitStack() as stack:
+            stack.callback(echo, "Serve and Ray stopped")
+            # Serve's shutdown waits on Ray's own processes; if a signal to the whole process group
+            # killed those already, it would hang for a minute. Give it stop_timeout_s * 2, then exit.
+            watchdog = threading.Timer(2 * settings.stop_timeout_s, _give_up, (2 * settings.stop_timeout_s, error))
+            watchdog.daemon = True
+            stack.callback(watchdog.cancel)
+            echo(f"state in {settings.state_dir}/, logs in {settings.log_dir}/")
+            echo(f"starting Ray and Serve with {len(catalog.backends)} backends ...")
+            cluster = stack.enter_context(serve_backends(settings.serve_settings()))
+            stack.callback(watchdog.start)
+            signals.install()
+            for spec in catalog.backends:
+                echo(f"  {spec.name:<14} {spec.function.value:<6} cost {spec.cost:>9g}  {cluster.base_url}/{spec.name}")
+            options = {"stop_timeout_s": settings.stop_timeout_s, "echo": echo, "deferring": signals.deferred}
+            policy_env = child_env("FMPROG_POLICY_", settings.policy_settings().model_dump(include=POLICY_FIELDS))
+            policy = stack.enter_context(
+                run_service(
+                    "policy",
+                    "policy.app:create_app",
+                    host=LOCALHOST,
+                    port=settings.policy_port,
+                    env=policy_env,
+                    log=settings.log_dir / "policy.log",
+                    **options,
+                )
+            )
+            router_env = child_env("FMPROG_ROUTER_", settings.router_settings().model_dump(include=ROUTER_FIELDS))
+            router = stack.enter_context(
+                run_service(
+                    "router",
+                    "router.app:create_app",
+                    host=settings.host,
+                    port=settings.router_port,
+                    env=router_env,
+                    log=settings.log_dir / "router.log",
+                    **options,
+                )
+            )
+            try:
+                deadline = time.monotonic() + settings.ready_timeout_s
+                for service in (policy, router):
+                    service.wait_ready(deadline)
+            except StackError as exc:
+                signals.stopping = True
+                error(str(exc))
+                return 1
+            for service in (router, policy):
+                echo(f"{service.name:<7} {service.url}   (log {service.log})")
+            echo(f"{'serve':<7} {cluster.base_url}")
+            echo(f"{READY} after {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops everything")
+            dead = _first_to_exit((policy, router))
+            signals.stopping = True
+            error(dead.died())
+            return 1
+    except Stopped as stop:
+        echo(f"{stop}: everything stopped")
+        return 0
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        # SIGTERM while ray.init had its own handler installed (it exits with the signal's number)
+        echo("SIGTERM: everything stopped")
+        return 0
+
+
+def _give_up(timeout_s: float, error: Callable[[str], None]) -> None:
+    error(f"Serve and Ray did not stop within {timeout_s:g} s (were Ray's processes killed already?); exiting")
+    os._exit(1)
+
+
+def _first_to_exit(services: tuple[Service, ...], poll_s: float = 0.2) -> Service:
+    """Block until one of the services exits; return it."""
+    while True:
+        for service in services:
+            if service.process.poll() is not None:
+                return service
+        time.sleep(poll_s)
+
+
+# -- fmprog up as a child process -------------------------------------------------------------
+
+
+def fmprog_command() -> list[str]:
+    """The ``fmprog`` console script beside this interpreter, else ``python -m fmprog.cli``."""
+    script = Path(sys.executable).parent / "fmprog"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fmprog.cli"]
+
+
+def up_arguments(settings: StackSettings) -> list[str]:
+    """The ``fmprog up`` command line for ``settings`` (the API key goes in the environment instead)."""
+    arguments = ["--config", str(settings.config), "--host", settings.host, "--state-dir", str(settings.state_dir)]
+    arguments += ["--router-port", str(settings.router_port), "--policy-port", str(settings.policy_port)]
+    arguments += ["--serve-port", str(settings.serve_port)]
+    if settings.backends:
+        arguments += ["--backends", ",".join(settings.backends)]
+    if settings.num_cpus is not None:
+        arguments += ["--num-cpus", f"{settings.num_cpus:g}"]
+    return arguments
+
+
+class StackProcess:
+    """``fmprog up`` run as a child process, for demos, tests and benchmarks that need the real cluster.
+
+    ``with StackProcess(settings) as stack:`` returns once it printed that it is ready (StackError
+    with its output if it exits or times out first); leaving the block sends SIGTERM and waits.
+    Its output is kept in ``lines`` and, with ``echo``, passed on line by line.
+    """
+
+    def __init__(
+        self,
+        settings: StackSettings,
+        *,
+        echo: Callable[[str], None] | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 300.0,
+    ):
+        self.settings = settings
+        self.echo = echo
+        self.env = env
+        self.ready_timeout_s = ready_timeout_s
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        env.pop("FMPROG_ROUTER_API_KEY", None)
+        if self.settings.api_key is not None:
+            env["FMPROG_ROUTER_API_KEY"] = self.settings.api_key.get_secret_value()
+        env["PYTHONUNBUFFERED"] = "1"
+        self.process = subprocess.Popen(
+            [*fmprog_command(), "up", *up_arguments(self.settings)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # a Ctrl-C reaches only our process, which stops this one in order
+        )
+        ready = threading.Event()
+
+        def read(stream: Any) -> None:
+            for raw in stream:
+                line = raw.rstrip("\n")
+                self.lines.append(line)
+                if self.echo is not None:
+                    self.echo(line)
+                if line.startswith(READY):
+                    ready.set()
+
+        self._reader = threading.Thread(target=read, args=(self.process.stdout,), name="fmprog-up-output", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        try:
+            while not ready.wait(0.2):
+                if self.process.poll() is not None:
+                    self._reader.join(timeout=5)
+                    raise StackError(f"fmprog up exited with code {self.process.returncode}:\n{self.output(40)}")
+                if time.monotonic() > deadline:
+                    raise StackError(f"fmprog up was not ready after {self.ready_timeout_s:g} s:\n{self.output(40)}")
+        except BaseException:  # not ready, or interrupted (Ctrl-C): never leave it running
+            if self.process.poll() is None:
+                self.stop()
+            raise
+
+    def output(self, last: int | None = None) -> str:
+        return "\n".join(self.lines[-last:] if last else self.lines)
+
+    def stop(self, timeout_s: float = 120.0) -> int:
+        """SIGTERM, then wait for the exit code; after ``timeout_s`` SIGKILL its process group and raise."""
+        if self.process is None:
+            raise StackError("fmprog up was never started")
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+                raise StackError(f"fmprog up did not stop within {timeout_s:g} s and was killed") from None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self.process.returncode
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def __enter__(self) -> StackProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
