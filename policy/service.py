@@ -56,6 +56,7 @@ class _Slot:
     trained_steps: int = 0
     train_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    writing: threading.Lock = field(default_factory=threading.Lock)  # one snapshot at a time, in seq order
 
 
 class PolicyMetrics:
@@ -164,18 +165,20 @@ class PolicyService:
         if feedback.decision_id is None:
             raise ValueError("feedback needs the decision_id")
         slot = self._slot(program_id)
-        earlier = self.state.logged(feedback.decision_id)
-        if earlier is not None:
-            if earlier != feedback:
-                raise FeedbackConflict(f"decision {feedback.decision_id} already received different feedback")
-            self.metrics.feedback.labels(program_id, "repeat").inc()
-            return True
-        pending = self.state.pending(feedback.decision_id)
-        if pending is None or pending[0] != program_id:
-            raise UnknownDecision(f"no pending decision {feedback.decision_id} for program {program_id}")
-        decision = pending[1]
-        slot.policy.check_feedback(decision, feedback)
+        # check, log and observe as one step per program: two copies of the same feedback racing
+        # must not both find the decision unresolved (the second would then fail to log it)
         with slot.lock:
+            earlier = self.state.logged(feedback.decision_id)
+            if earlier is not None:
+                if earlier != feedback:
+                    raise FeedbackConflict(f"decision {feedback.decision_id} already received different feedback")
+                self.metrics.feedback.labels(program_id, "repeat").inc()
+                return True
+            pending = self.state.pending(feedback.decision_id)
+            if pending is None or pending[0] != program_id:
+                raise UnknownDecision(f"no pending decision {feedback.decision_id} for program {program_id}")
+            decision = pending[1]
+            slot.policy.check_feedback(decision, feedback)
             seq = self.state.log_feedback(program_id, feedback.decision_id, decision, feedback)
             slot.policy.observe(decision, feedback)
             slot.seq, slot.since_snapshot = seq, slot.since_snapshot + 1
@@ -226,7 +229,8 @@ class PolicyService:
         slot = self._slots.get(program_id)
         if slot is None:
             return
-        with slot.lock:
-            blob, seq = policy_bytes(slot.policy), slot.seq
-            slot.since_snapshot = 0
-        self.state.write_snapshot(program_id, blob, seq)
+        with slot.writing:
+            with slot.lock:  # a consistent state and seq; serialising it (large networks) waits for nothing
+                state, seq = slot.policy.state_dict(), slot.seq
+                slot.since_snapshot = 0
+            self.state.write_snapshot(program_id, policy_bytes(slot.policy, state), seq)

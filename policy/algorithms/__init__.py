@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS: dict[str, str] = {
     "structured": "policy.algorithms.structured:StructuredPolicy",
+    "structured_code": "policy.algorithms.structured_code:StructuredCodePolicy",
     "fast": "policy.algorithms.fast:FastPolicy",
     "static": "policy.algorithms.static:StaticPolicy",
     "random": "policy.algorithms.uniform:RandomPolicy",

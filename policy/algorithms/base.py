@@ -6,7 +6,9 @@
 - ``train()``: does pending training work, if any; called from a background thread by the service.
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume after a restart
   (parameters, optimizer state, buffers, RNG state, uncertainty matrices), as tensors, numbers
-  and strings, so that ``torch.save`` / ``torch.load(weights_only=True)`` round-trips it.
+  and strings, so that ``torch.save`` / ``torch.load(weights_only=True)`` round-trips it. The
+  state is a snapshot: later ``observe``/``train`` calls must not change it (copy what is updated
+  in place), so it can be serialised after the lock is released.
 """
 
 from __future__ import annotations
@@ -114,11 +116,13 @@ def as_frame(frame: np.ndarray) -> np.ndarray:
     return array
 
 
-def save_policy(policy: Policy, file: IO[bytes]) -> None:
-    """Write the policy's spec and state to a binary file object (``torch.save``)."""
+def save_policy(policy: Policy, file: IO[bytes], state: dict[str, Any] | None = None) -> None:
+    """Write the policy's spec and state (``state`` if given, taken earlier with ``state_dict()``)
+    to a binary file object (``torch.save``)."""
     import torch
 
-    torch.save({"spec": policy.spec.model_dump_json(by_alias=True), "state": policy.state_dict()}, file)
+    state = policy.state_dict() if state is None else state
+    torch.save({"spec": policy.spec.model_dump_json(by_alias=True), "state": state}, file)
 
 
 def load_policy(file: IO[bytes]) -> Policy:
@@ -133,7 +137,7 @@ def load_policy(file: IO[bytes]) -> Policy:
     return policy
 
 
-def policy_bytes(policy: Policy) -> bytes:
+def policy_bytes(policy: Policy, state: dict[str, Any] | None = None) -> bytes:
     buffer = io.BytesIO()
-    save_policy(policy, buffer)
+    save_policy(policy, buffer, state)
     return buffer.getvalue()

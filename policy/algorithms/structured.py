@@ -1,7 +1,11 @@
 """``structured`` (default): the paper's structured REINFORCE with gradient Thompson sampling.
 
 One sub-policy per call site: a small CNN on the frame downsampled to ``input_size`` (default
-32 x 32, area averaging) that outputs one score ``r'`` per backend. Deciding is gradient Thompson
+32 x 32, area averaging) with one output per backend and one more, a baseline (below). The
+sub-policy's score for backend ``a`` is its predicted sub-reward ``r'_a = f_a(x) - lambda * C_a /
+reward_scale``: the network predicts the part of the sub-reward that depends on the frame (the
+task term) and the known cost term is added to it, so a new policy starts out preferring the
+cheaper backend in proportion to ``lambda`` instead of at random. Deciding is gradient Thompson
 sampling: per backend ``a`` draw from ``N(r'_a, (nu * sigma_a)^2)``, ``sigma_a^2 = reg * g_a^T U^-1 g_a``,
 and take the argmax.
 
@@ -13,18 +17,30 @@ activation ``h`` (with a 1 for the bias) in row ``a`` and zero elsewhere, so
 ``h`` stored with a sample is the one computed when deciding.
 
 Training is REINFORCE on the paper's sub-rewards ``r_i = -lambda * C_i - L / N`` of executed
-sites: loss ``-(r_i - b) / s * log softmax(r')[a]``, with ``b`` and ``s`` running mean and standard
-deviation of the site's sub-rewards (a baseline for variance reduction; ``baseline: false``
-disables it). Every ``train_every`` feedback samples, ``train()`` runs ``epochs`` passes at
-``batch_size`` with Adam on a copy of the networks over the samples gathered since the last
-training, then swaps the copy in; deciding meanwhile uses the current networks.
+sites: loss ``-A * log softmax(r')[a]``. The advantage ``A = (r_i - m) / s - v(x)`` uses a baseline
+for variance reduction: ``m`` and ``s`` are the running mean and standard deviation of the site's
+sub-rewards and ``v(x)``, the extra output, is trained (squared error, weight ``value_weight``) to
+predict ``(r_i - m) / s`` for the frame. The baseline must depend on the frame: Thompson sampling
+mostly picks the backend with the highest score, not one drawn from ``softmax(r')``, so with a
+frame-independent baseline a backend whose reward beats the average keeps being pushed up on
+every frame it is chosen for (the right backend on hard frames is pushed down once the policy
+does well on easy ones, and logits run away); with ``v(x)`` the chosen backend's advantage
+settles at zero where it is the right one. ``baseline: "mean"`` (frame-independent) and
+``"none"`` remain selectable for comparison. Every ``train_every`` feedback samples, ``train()``
+runs ``epochs`` passes at ``batch_size`` with Adam on a copy of the networks over the samples
+gathered since the last training, then swaps the copy in; deciding meanwhile uses the current
+networks, and the samples stay in the persisted buffer until the swap.
+
+``reward_scale`` is the unit of the task reward (1 for the 0/1 loss, ~100 for the authors'
+rewards, as ``fast``'s): it sets how strongly the cost term shapes a new policy's scores.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,11 +60,15 @@ class StructuredParams(BaseModel):
     train_every: int = Field(default=32, ge=1)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)
-    baseline: bool = True
+    baseline: Literal["value", "mean", "none"] = Field(
+        default="value", description="Frame-dependent learned baseline, running mean only, or none."
+    )
+    value_weight: float = Field(default=0.5, ge=0, allow_inf_nan=False, description="Weight of the baseline's loss.")
+    reward_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Unit of the task reward.")
 
 
-def build_subpolicy(n_backends: int, hidden: int):
-    """A small CNN: three stride-2 convolutions, global average pooling, a hidden layer, scores."""
+def build_subpolicy(n_outputs: int, hidden: int):
+    """A small CNN: three stride-2 convolutions, global average pooling, a hidden layer, outputs."""
     from torch import nn
 
     return nn.Sequential(
@@ -62,7 +82,7 @@ def build_subpolicy(n_backends: int, hidden: int):
         nn.Flatten(),
         nn.Linear(32, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, n_backends),
+        nn.Linear(hidden, n_outputs),
     )
 
 
@@ -88,20 +108,27 @@ class StructuredPolicy(Policy):
         self.generator = torch.Generator().manual_seed(spec.seed)
         with torch.random.fork_rng():
             torch.manual_seed(spec.seed)
-            self.nets = {s.id: build_subpolicy(len(s.backends), p.hidden) for s in spec.sites}
+            # one output per backend and the baseline v(x) last
+            self.nets = {s.id: build_subpolicy(len(s.backends) + 1, p.hidden) for s in spec.sites}
         self.optimizers = {s: torch.optim.Adam(net.parameters(), lr=p.lr) for s, net in self.nets.items()}
         dim = p.hidden + 1
         self.u_inv = {s.id: np.repeat(np.eye(dim)[None] / p.reg, len(s.backends), axis=0) for s in spec.sites}
         self.buffer: list[tuple[str, np.ndarray, int, float]] = []  # site, input, backend index, sub-reward
         self.stats = {s.id: [0, 0.0, 0.0] for s in spec.sites}  # count, mean, M2 of sub-rewards
+        self.cost_terms = {s.id: spec.lam * np.asarray(s.costs) / p.reward_scale for s in spec.sites}
         self.trained_steps = 0
+        self._training = threading.Lock()  # one train() at a time
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def _forward(self, net, x):
-        """Scores and the penultimate activation (the last layer's input) for a batch."""
+    def _forward(self, net, x, site_id: str):
+        """Scores ``r'``, baseline and the penultimate activation (the last layer's input) for a batch."""
+        import torch
+
         hidden = net[:-1](x)
-        return net[-1](hidden), hidden
+        out = net[-1](hidden)
+        scores = out[:, :-1] - torch.from_numpy(self.cost_terms[site_id]).to(out.dtype)
+        return scores, out[:, -1], hidden
 
     def decide(self, frame: np.ndarray) -> Decision:
         import torch
@@ -113,7 +140,7 @@ class StructuredPolicy(Policy):
         with self.lock, torch.no_grad():
             batch = torch.from_numpy(x)[None]
             for site in self.spec.sites:
-                logits, hidden = self._forward(self.nets[site.id], batch)
+                logits, _, hidden = self._forward(self.nets[site.id], batch, site.id)
                 g = np.append(hidden[0].numpy().astype(np.float64), 1.0)
                 sigma = np.sqrt(np.maximum(self.params.reg * np.einsum("i,kij,j->k", g, self.u_inv[site.id], g), 0))
                 noise = self.rng.standard_normal(len(sigma))
@@ -155,49 +182,62 @@ class StructuredPolicy(Policy):
     def train(self) -> TrainReport | None:
         import torch
 
-        with self.lock:
-            if len(self.buffer) < self.params.train_every:
-                return None
-            samples, self.buffer = self.buffer, []
-            nets = {s: copy.deepcopy(net) for s, net in self.nets.items()}
-            optimizer_states = {s: copy.deepcopy(opt.state_dict()) for s, opt in self.optimizers.items()}
-            stats = {s: tuple(v) for s, v in self.stats.items()}
-            order = torch.randperm(len(samples), generator=self.generator).tolist()
-        start = time.perf_counter()
-        optimizers = {}
-        for s, net in nets.items():
-            optimizers[s] = torch.optim.Adam(net.parameters(), lr=self.params.lr)
-            optimizers[s].load_state_dict(optimizer_states[s])
-        steps, losses = 0, []
-        p = self.params
-        for _ in range(p.epochs):
-            for begin in range(0, len(order), p.batch_size):
-                chunk = [samples[i] for i in order[begin : begin + p.batch_size]]
-                for site_id in {c[0] for c in chunk}:
-                    mine = [c for c in chunk if c[0] == site_id]
-                    x = torch.from_numpy(np.stack([c[1] for c in mine]))
-                    arms = torch.tensor([c[2] for c in mine])
-                    rewards = torch.tensor([c[3] for c in mine], dtype=torch.float32)
-                    count, mean, m2 = stats[site_id]
-                    if p.baseline:
-                        std = float(np.sqrt(m2 / count)) if count > 1 else 1.0
-                        rewards = (rewards - mean) / max(std, 1e-6)
-                    logp = torch.log_softmax(nets[site_id](x), dim=1).gather(1, arms[:, None])[:, 0]
-                    loss = -(rewards * logp).mean()
-                    optimizers[site_id].zero_grad()
-                    loss.backward()
-                    optimizers[site_id].step()
-                    steps += 1
-                    losses.append(float(loss.detach()))
-        with self.lock:
-            self.nets, self.optimizers = nets, optimizers
-            self.trained_steps += steps
+        with self._training:
+            with self.lock:
+                if len(self.buffer) < self.params.train_every:
+                    return None
+                samples = list(self.buffer)
+                current = dict(self.nets), dict(self.optimizers)
+                stats = {s: tuple(v) for s, v in self.stats.items()}
+                order = torch.randperm(len(samples), generator=self.generator).tolist()
+            start = time.perf_counter()
+            # the current networks and optimizers are never changed in place (training swaps in
+            # new ones), so they can be copied outside the lock
+            nets = {s: copy.deepcopy(net) for s, net in current[0].items()}
+            optimizers = {}
+            for s, net in nets.items():
+                optimizers[s] = torch.optim.Adam(net.parameters(), lr=self.params.lr)
+                optimizers[s].load_state_dict(copy.deepcopy(current[1][s].state_dict()))
+            steps, losses = 0, []
+            p = self.params
+            for _ in range(p.epochs):
+                for begin in range(0, len(order), p.batch_size):
+                    chunk = [samples[i] for i in order[begin : begin + p.batch_size]]
+                    for site_id in sorted({c[0] for c in chunk}):
+                        mine = [c for c in chunk if c[0] == site_id]
+                        x = torch.from_numpy(np.stack([c[1] for c in mine]))
+                        arms = torch.tensor([c[2] for c in mine])
+                        rewards = torch.tensor([c[3] for c in mine], dtype=torch.float32)
+                        logits, value, _ = self._forward(nets[site_id], x, site_id)
+                        advantage, value_loss = self._advantage(rewards, value, stats[site_id])
+                        logp = torch.log_softmax(logits, dim=1).gather(1, arms[:, None])[:, 0]
+                        loss = -(advantage * logp).mean() + p.value_weight * value_loss
+                        optimizers[site_id].zero_grad()
+                        loss.backward()
+                        optimizers[site_id].step()
+                        steps += 1
+                        losses.append(float(loss.detach()))
+            with self.lock:
+                self.nets, self.optimizers = nets, optimizers
+                del self.buffer[: len(samples)]  # observe only appends
+                self.trained_steps += steps
         return TrainReport(
             samples=len(samples),
             steps=steps,
             seconds=time.perf_counter() - start,
             loss=float(np.mean(losses)) if losses else None,
         )
+
+    def _advantage(self, rewards, value, stats: tuple[int, float, float]):
+        """REINFORCE's advantage for the sub-rewards and the baseline's squared error."""
+        count, mean, m2 = stats
+        if self.params.baseline == "none":
+            return rewards, value.new_zeros(())
+        std = max(float(np.sqrt(m2 / count)) if count > 1 else 1.0, 1e-6)
+        normalised = (rewards - mean) / std
+        if self.params.baseline == "mean":
+            return normalised, value.new_zeros(())
+        return normalised - value.detach(), ((value - normalised) ** 2).mean()
 
     # -- persistence ----------------------------------------------------------------------------
 

@@ -29,6 +29,18 @@ def make_spec(algorithm: str, sites: list[dict] | None = None, seed: int = 0, **
     )
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The policy tests' networks are tiny: one intra-op thread is faster than two and does not
+    stall when other processes hold the cores (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def frames() -> list[np.ndarray]:
     return [generate_scene(seed, "hard" if seed % 2 else "easy").image for seed in range(8)]

@@ -28,10 +28,15 @@ def feed(policy, frames, rounds: int = 3) -> None:
             policy.train()
 
 
+CHEAP = {
+    "structured": {"train_every": 4},
+    "structured_code": {"input_size": 64, "width": 4, "train_every": 4, "epochs": 2, "batch_size": 2},
+}
+
+
 def small_hyper(algorithm: str) -> dict:
-    return {"structured": {"train_every": 4}, "structured_code": {"input_size": 32, "train_every": 4}}.get(
-        algorithm, {}
-    )
+    """Hyper-parameters that make training happen within a few events and keep the networks small."""
+    return CHEAP.get(algorithm, {})
 
 
 @pytest.mark.parametrize("algorithm", IMPLEMENTED)
@@ -138,15 +143,22 @@ def test_unknown_algorithm_class():
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "events", "margin"),
-    [("fast", 200, 0.5), ("structured", 300, 0.15), ("whole_query", 200, 0.5), ("unstructured", 300, 0.4)],
+    ("algorithm", "events", "margin", "hyper", "seeds"),
+    [
+        ("fast", 200, 0.5, {}, 3),
+        ("structured", 300, 0.5, {}, 3),
+        ("whole_query", 200, 0.5, {}, 3),
+        ("unstructured", 300, 0.4, {}, 3),
+        # a narrow ResNet-18 on 64 x 64 inputs, a round every 32 events: about 4 s for one seed
+        ("structured_code", 160, 0.5, {"input_size": 64, "width": 8, "train_every": 32}, 1),
+    ],
 )
-def test_learns_large_on_hard_frames(algorithm, events, margin):
-    """Averaged over three seeds, the policy picks the large backend clearly more often on hard
-    frames (where small is wrong) than on easy frames (where small is right and cheaper)."""
+def test_learns_large_on_hard_frames(algorithm, events, margin, hyper, seeds):
+    """Averaged over seeds, the policy picks the large backend clearly more often on hard frames
+    (where small is wrong) than on easy frames (where small is right and cheaper)."""
     gaps = []
-    for seed in range(3):
-        share = contextual_run(one_site_policy(algorithm, seed), events, seed)
+    for seed in range(seeds):
+        share = contextual_run(one_site_policy(algorithm, seed, **hyper), events, seed)
         gaps.append(share["hard"] - share["easy"])
     assert np.mean(gaps) > margin, gaps
     assert min(gaps) > 0, gaps

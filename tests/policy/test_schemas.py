@@ -71,3 +71,15 @@ def test_decision_json_round_trip_keeps_context():
     assert np.array_equal(again.context_array(), context)
     assert again.arm == 1
     assert "context" not in decision.out().model_dump()
+
+
+def test_decision_context_keeps_its_dtype_and_is_checked():
+    import numpy as np
+
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    decision = Decision.with_context(pixels, dtype="uint8", algorithm="structured_code", backends={"a": "b"})
+    again = Decision.model_validate_json(decision.model_dump_json())
+    assert again.context_dtype == "uint8" and again.context_array().dtype == np.uint8
+    assert np.array_equal(again.context_array(), pixels)
+    with pytest.raises(ValidationError, match="context has 24 bytes"):
+        Decision(algorithm="x", backends={}, context=pixels.tobytes(), context_shape=[2, 3, 4])  # float32 needs 96

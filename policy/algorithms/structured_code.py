@@ -1,0 +1,305 @@
+"""``structured_code``: the structured policy as the authors' research code runs it.
+
+Where the paper and the authors' code differ, ``structured`` follows the paper and this module
+the code (see PAPER.md, "What the authors' code does"):
+
+- **Sub-policy**: per call site a randomly initialised ResNet-18 (:mod:`.resnet`) on the raw
+  frame resized to ``input_size`` x ``input_size`` (default 256; bilinear, antialiased) in
+  [0, 1], one logit per backend. ``width`` (default 64, ResNet-18 proper) and ``input_size`` can
+  be lowered for tests and CPUs.
+- **Deciding**: per backend ``a`` the score ``logit_a + Normal(0, nu * sigma_a) - lambda * cost_a``
+  (cost in the spec's unit, millions of parameters), argmax. ``sigma_a^2 = reg * sum(g_a^2 / U)``
+  with ``g_a`` the gradient of ``logit_a`` with respect to **all** the sub-policy's parameters
+  and ``U`` **diagonal**, one entry per parameter, initialised to ``reg`` (default 1e-4; ``nu``
+  0.1). ``sigma_a^2`` is clamped below at 1e-6 as in that code. Cost enters only here.
+- **Feedback**: only sites that executed get the sample ``(input, chosen backend, task reward)``
+  and the update ``U += g_chosen^2``. The task reward is the raw one (``Feedback.task_term``: the
+  authors' +100 / -100, or ``-L``): no cost term, no ``1/N`` split, no baseline.
+- **Training**: every ``train_every`` (64) feedback events, executed or not, each site's buffer
+  of the samples since the last round is closed; ``train()`` then runs, per site and per closed
+  round, ``epochs`` (5) passes of REINFORCE in order (no shuffling, as the authors' loop) at
+  ``batch_size`` (16, the last batch partial), loss ``-mean(r * log(softmax(logits)[a] + 1e-6))``,
+  with one AdamW (``lr`` 1e-3, ``weight_decay`` 0.01, kept across rounds) per site. Rounds are
+  closed in ``observe``, so how often ``train()`` is called does not change what is learned.
+  The authors train synchronously; here a round of full ResNet-18s on a CPU can take longer than
+  64 feedback events take to arrive, so at most ``max_pending_rounds`` closed rounds wait for
+  training and the oldest is dropped beyond that (counted in ``dropped_rounds``).
+
+Choices this project makes where the code is silent or cannot serve as is:
+
+- The gradient ``g_chosen`` for the ``U`` update is recomputed in ``observe`` from the stored
+  input with the current network (the authors keep it from deciding, a 45 MB vector per site for
+  ResNet-18, and nothing trains between their select and update; here a training round may swap
+  the network in between). ``observe`` therefore costs a forward and a backward pass per executed
+  site.
+- The decision's context is the network input itself, ``3 x input_size x input_size`` **uint8**
+  (192 KiB at 256; base64 in the pending and feedback logs). The frame is resized and rounded to
+  uint8 before deciding, the same as resizing a PIL image, so deciding, the ``U`` update and
+  training see exactly the same input and nothing is lost by storing it.
+- Batch norm uses running statistics (eval mode) to decide and for ``g``, batch statistics
+  (train mode) while training, the usual split; ``input_size >= 64`` keeps the last stage at
+  least 2 x 2 so a partial batch of one still trains.
+- Deciding computes outside the policy's lock on the current network and ``U`` (neither is ever
+  changed in place: training swaps in new networks, ``observe`` replaces ``U``), so concurrent
+  decisions, feedback and training do not wait for one another; only the noise draw is locked.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from policy.algorithms.base import Policy, as_frame
+from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
+
+Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
+LOG_EPSILON = 1e-6  # the authors' log(p + 1e-6)
+MIN_SIGMA2 = 1e-6  # the authors' clamp of sigma^2
+
+
+class StructuredCodeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_size: int = Field(default=256, ge=64, le=512, description="Side of the network input, pixels.")
+    width: int = Field(default=64, ge=2, le=128, description="Channels of ResNet-18's first stage (64 = ResNet-18).")
+    reg: float = Field(default=1e-4, gt=0, allow_inf_nan=False, description="Initial U and scale of sigma^2.")
+    nu: float = Field(default=0.1, ge=0, allow_inf_nan=False, description="Exploration scale.")
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.01, ge=0, allow_inf_nan=False, description="AdamW's decoupled decay.")
+    train_every: int = Field(default=64, ge=1, description="Feedback events per training round.")
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    max_pending_rounds: int = Field(default=4, ge=1, description="Closed rounds kept while training lags.")
+
+
+def network_input(frame: np.ndarray, size: int) -> np.ndarray:
+    """The frame resized to ``3 x size x size`` uint8 (bilinear, antialiased when shrinking)."""
+    import torch
+    from torch.nn import functional
+
+    pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+    if pixels.shape[-2:] != (size, size):
+        pixels = functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return pixels[0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def as_batch(inputs: list[np.ndarray]):
+    """uint8 inputs as one float batch in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.stack(inputs)).float().div_(255.0)
+
+
+class StructuredCodePolicy(Policy):
+    name = "structured_code"
+    Params = StructuredCodeParams
+
+    def __init__(self, spec: PolicySpec):
+        import torch
+
+        from policy.algorithms.resnet import ResNet18
+
+        super().__init__(spec)
+        p = self.params
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed)
+            self.nets = {s.id: ResNet18(len(s.backends), p.width).eval() for s in spec.sites}
+        self.optimizers = {s: self._optimizer(net) for s, net in self.nets.items()}
+        self.u = {s: [torch.full_like(w, p.reg) for w in net.parameters()] for s, net in self.nets.items()}
+        self.cost_terms = {s.id: spec.lam * np.asarray(s.costs, dtype=np.float64) for s in spec.sites}
+        self.buffers: dict[str, list[Sample]] = {s.id: [] for s in spec.sites}  # the open round
+        self.rounds: list[tuple[int, dict[str, list[Sample]]]] = []  # closed rounds (number, buffers) to train
+        self.dropped_rounds = 0
+        self.trained_steps = 0
+        self._training = threading.Lock()  # one train() at a time
+
+    def _optimizer(self, net):
+        import torch
+
+        return torch.optim.AdamW(net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def _logits_and_sigma(self, net, u, x) -> tuple[np.ndarray, np.ndarray]:
+        """The logits at ``x`` and ``sigma_a = sqrt(reg * sum(g_a^2 / U))`` for every backend."""
+        import torch
+
+        weights = list(net.parameters())
+        with torch.enable_grad():
+            logits = net(x)[0]
+        n = logits.shape[0]
+        sigma2 = np.empty(n)
+        for a in range(n):
+            grads = torch.autograd.grad(logits[a], weights, retain_graph=a < n - 1)
+            sigma2[a] = self.params.reg * sum(float((g * g / d).sum()) for g, d in zip(grads, u, strict=True))
+        return logits.detach().numpy().astype(np.float64), np.sqrt(np.maximum(sigma2, MIN_SIGMA2))
+
+    def decide(self, frame: np.ndarray) -> Decision:
+        pixels = network_input(as_frame(frame), self.params.input_size)
+        x = as_batch([pixels])
+        with self.lock:
+            nets, u = dict(self.nets), dict(self.u)
+        estimates = {s.id: self._logits_and_sigma(nets[s.id], u[s.id], x) for s in self.spec.sites}
+        backends: dict[str, str] = {}
+        scores: dict[str, dict[str, float]] = {}
+        with self.lock:
+            noise = {s.id: self.rng.standard_normal(len(s.backends)) for s in self.spec.sites}
+        for site in self.spec.sites:
+            logits, sigma = estimates[site.id]
+            sample = logits + self.params.nu * sigma * noise[site.id] - self.cost_terms[site.id]
+            names = site.backend_names
+            backends[site.id] = names[int(np.argmax(sample))]
+            scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
+        return Decision.with_context(pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores)
+
+    # -- feedback -------------------------------------------------------------------------------
+
+    def _squared_gradient(self, net, x, arm: int) -> list:
+        import torch
+
+        weights = list(net.parameters())
+        with torch.enable_grad():
+            logit = net(x)[0, arm]
+        return [g * g for g in torch.autograd.grad(logit, weights)]
+
+    def observe(self, decision: Decision, feedback: Feedback) -> None:
+        self.check_feedback(decision, feedback)
+        size = self.params.input_size
+        pixels = decision.context_array()
+        if pixels.dtype != np.uint8 or pixels.shape != (3, size, size):
+            raise ValueError("decision context does not match this policy's input size")
+        arms = {
+            site_id: self.spec.site(site_id).backend_names.index(decision.backends[site_id])
+            for site_id in feedback.executed_sites
+        }
+        reward = feedback.task_term
+        with self.lock:
+            nets = dict(self.nets)
+        x = as_batch([pixels])
+        squares = {site_id: self._squared_gradient(nets[site_id], x, arm) for site_id, arm in arms.items()}
+        with self.lock:
+            for site_id, arm in arms.items():
+                self.u[site_id] = [d + s for d, s in zip(self.u[site_id], squares[site_id], strict=True)]
+                self.buffers[site_id].append((pixels, arm, reward))
+            self.observed += 1
+            if self.observed % self.params.train_every == 0:
+                self.rounds.append((self.observed // self.params.train_every, self.buffers))
+                if len(self.rounds) > self.params.max_pending_rounds:
+                    del self.rounds[0]
+                    self.dropped_rounds += 1
+                self.buffers = {s.id: [] for s in self.spec.sites}
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train(self) -> TrainReport | None:
+        import torch
+
+        with self._training:
+            with self.lock:
+                if not self.rounds:
+                    return None
+                rounds = list(self.rounds)
+                current = dict(self.nets), dict(self.optimizers)
+            start = time.perf_counter()
+            # the current networks and optimizers are never changed in place, so copying them
+            # outside the lock is safe and keeps deciding from waiting on the copy
+            nets = {s: copy.deepcopy(net).train() for s, net in current[0].items()}
+            optimizers = {}
+            for s, net in nets.items():
+                optimizers[s] = self._optimizer(net)
+                optimizers[s].load_state_dict(copy.deepcopy(current[1][s].state_dict()))
+            p = self.params
+            steps, losses, samples = 0, [], 0
+            for _, closed in rounds:
+                for site_id, buffer in closed.items():
+                    samples += len(buffer)
+                    for _ in range(p.epochs):
+                        for begin in range(0, len(buffer), p.batch_size):
+                            chunk = buffer[begin : begin + p.batch_size]
+                            x = as_batch([c[0] for c in chunk])
+                            arms = torch.tensor([c[1] for c in chunk])
+                            rewards = torch.tensor([c[2] for c in chunk], dtype=torch.float32)
+                            probs = torch.softmax(nets[site_id](x), dim=1)
+                            logp = torch.log(probs[torch.arange(len(chunk)), arms] + LOG_EPSILON)
+                            loss = -(rewards * logp).mean()
+                            optimizers[site_id].zero_grad()
+                            loss.backward()
+                            optimizers[site_id].step()
+                            steps += 1
+                            losses.append(float(loss.detach()))
+            for net in nets.values():
+                net.eval()
+                net.zero_grad(set_to_none=True)
+            with self.lock:
+                self.nets, self.optimizers = nets, optimizers
+                last = rounds[-1][0]  # observe may have dropped some meanwhile: remove by number
+                self.rounds = [r for r in self.rounds if r[0] > last]
+                self.trained_steps += steps
+        return TrainReport(
+            samples=samples,
+            steps=steps,
+            seconds=time.perf_counter() - start,
+            loss=float(np.mean(losses)) if losses else None,
+        )
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "nets": {s: net.state_dict() for s, net in self.nets.items()},
+            "optimizers": {s: opt.state_dict() for s, opt in self.optimizers.items()},
+            "u": {s: list(u) for s, u in self.u.items()},
+            "buffers": _pack_round(self.buffers),
+            "rounds": [_pack_round(r) for _, r in self.rounds],
+            "round_numbers": [n for n, _ in self.rounds],
+            "dropped_rounds": self.dropped_rounds,
+            "trained_steps": self.trained_steps,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        for s, net in self.nets.items():
+            net.load_state_dict(state["nets"][s])
+            net.eval()
+            self.optimizers[s] = self._optimizer(net)
+            self.optimizers[s].load_state_dict(state["optimizers"][s])
+            u = [t.clone() for t in state["u"][s]]
+            if [t.shape for t in u] != [w.shape for w in net.parameters()]:
+                raise ValueError(f"state's U for site {s!r} does not match the network")
+            self.u[s] = u
+        self.buffers = _unpack_round(state["buffers"], self.nets)
+        self.rounds = [
+            (int(n), _unpack_round(r, self.nets)) for n, r in zip(state["round_numbers"], state["rounds"], strict=True)
+        ]
+        self.dropped_rounds = int(state["dropped_rounds"])
+        self.trained_steps = int(state["trained_steps"])
+
+
+def _pack_round(buffers: dict[str, list[Sample]]) -> dict[str, Any]:
+    import torch
+
+    packed: dict[str, Any] = {}
+    for site_id, samples in buffers.items():
+        inputs = torch.from_numpy(np.stack([s[0] for s in samples])) if samples else torch.zeros(0, dtype=torch.uint8)
+        packed[site_id] = {
+            "inputs": inputs,
+            "arms": [s[1] for s in samples],
+            "rewards": [s[2] for s in samples],
+        }
+    return packed
+
+
+def _unpack_round(packed: dict[str, Any], sites) -> dict[str, list[Sample]]:
+    buffers: dict[str, list[Sample]] = {}
+    for site_id in sites:
+        entry = packed[site_id]
+        inputs = entry["inputs"].numpy()
+        buffers[site_id] = [
+            (inputs[i].copy(), int(arm), float(reward))
+            for i, (arm, reward) in enumerate(zip(entry["arms"], entry["rewards"], strict=True))
+        ]
+    return buffers
