@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmprog.images import ImageError, decode_base64_image
 from fmprog.web import BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
 from policy.schemas import DecisionOut, Feedback, PolicySpec
-from policy.service import FeedbackConflict, PolicyInfo, PolicyService, UnknownDecision, UnknownPolicy
+from policy.service import (
+    DuplicateDecision,
+    FeedbackConflict,
+    PolicyInfo,
+    PolicyService,
+    UnknownDecision,
+    UnknownPolicy,
+)
 from policy.settings import PolicySettings
 
 
@@ -66,6 +73,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(FeedbackConflict)
+    @app.exception_handler(DuplicateDecision)
     async def _conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
@@ -91,7 +99,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         await run_in_threadpool(_service(request).delete, program_id)
         return Response(status_code=204)
 
-    @app.post("/policies/{program_id}/decisions", response_model=DecisionOut, responses=error_responses(404, 422))
+    @app.post("/policies/{program_id}/decisions", response_model=DecisionOut, responses=error_responses(404, 409, 422))
     async def decide(request: Request, program_id: str, body: DecideRequest) -> DecisionOut:
         try:
             frame = decode_base64_image(body.image)

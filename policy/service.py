@@ -33,6 +33,10 @@ class UnknownDecision(LookupError):
     """No pending decision with that id (never made, expired, or its program was deleted)."""
 
 
+class DuplicateDecision(ValueError):
+    """A decision id that was used before: every decision needs an id of its own."""
+
+
 class FeedbackConflict(ValueError):
     """Feedback for a decision that already received different feedback."""
 
@@ -154,7 +158,8 @@ class PolicyService:
         start = time.perf_counter()
         decision = slot.policy.decide(frame)
         self.metrics.decision_latency.labels(slot.policy.name).observe(time.perf_counter() - start)
-        self.state.add_pending(program_id, decision_id, decision)
+        if not self.state.add_pending(program_id, decision_id, decision):
+            raise DuplicateDecision(f"decision id {decision_id} was used before; send a new id per decision")
         self.metrics.decisions.labels(program_id, slot.policy.name).inc()
         self.metrics.pending.inc()
         return decision.out()

@@ -40,7 +40,9 @@ class PolicyState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.dir / "policy.sqlite3"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: a commit survives the process being killed (kill -9), which is the
+        # promise; only an OS crash or power loss may lose the last commits.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
@@ -66,12 +68,20 @@ class PolicyState:
 
     # -- pending decisions ------------------------------------------------------------------------
 
-    def add_pending(self, program_id: str, decision_id: str, decision: Decision) -> None:
+    def add_pending(self, program_id: str, decision_id: str, decision: Decision) -> bool:
+        """Record a pending decision; False (nothing written) when the id is already pending or resolved."""
         with self._lock:
+            taken = self._db.execute(
+                "SELECT 1 FROM pending WHERE decision_id = ? UNION ALL SELECT 1 FROM feedback WHERE decision_id = ?",
+                (decision_id, decision_id),
+            ).fetchone()
+            if taken:
+                return False
             self._db.execute(
                 "INSERT INTO pending (decision_id, program_id, decision, created_at) VALUES (?, ?, ?, ?)",
                 (decision_id, program_id, decision.model_dump_json(), time.time()),
             )
+            return True
 
     def pending(self, decision_id: str) -> tuple[str, Decision] | None:
         with self._lock:

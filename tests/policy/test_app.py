@@ -106,3 +106,11 @@ def test_malformed_and_oversized_bodies(client):
     huge = client.post(f"/policies/{PROGRAM}/decisions", json={"decision_id": "x", "image": "A" * 200_000})
     assert huge.status_code == 413 and "exceeds the limit" in huge.json()["detail"]
     decide(client)
+
+
+def test_a_decision_id_used_twice_is_409(client):
+    assert client.put(f"/policies/{PROGRAM}", json=SPEC).status_code == 200
+    decision_id, _ = decide(client)
+    again = client.post(f"/policies/{PROGRAM}/decisions", json={"decision_id": decision_id, "image": image(1)})
+    assert again.status_code == 409 and "was used before" in again.json()["detail"]
+    assert client.get(f"/policies/{PROGRAM}").json()["pending"] == 1
