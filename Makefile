@@ -34,6 +34,8 @@ test: lint
 bench: install
 	$(BIN)/python benchmarks/executor_overhead.py
 	$(BIN)/python benchmarks/backends.py --out bench/backends.json
+	$(BIN)/python benchmarks/policy_decide.py
+	$(BIN)/python benchmarks/router_http.py --out bench/router_http.json
 
 check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; $(BIN)/fmprog program check $$f || exit 1; done
