@@ -15,7 +15,7 @@ Everything shares this machine's cores, so throughput is bounded by the backends
 is the router's own number. In-process decision latency per algorithm is
 ``benchmarks/policy_decide.py``.
 
-    .venv/bin/python benchmarks/router_http.py [--frames 200] [--out bench/router_http.json]
+    .venv/bin/python benchmarks/router_http.py [--frames 100] [--out bench/router_http.json]
 """
 
 from __future__ import annotations
@@ -80,21 +80,23 @@ def measure_policy(client: httpx.Client, policy: str, program_id: str, images: l
 
 def measure_throughput(router: str, program_id: str, images: list[str], concurrency: int) -> dict[str, float]:
     """Answers per second with ``concurrency`` clients sharing ``images`` between them."""
-    lock, next_index, latencies, failures = threading.Lock(), [0], [], [0]
+    lock, frames = threading.Lock(), iter(images)
+    latencies: list[float] = []
+    failures: list[int] = []
 
     def client_loop() -> None:
         with httpx.Client(timeout=120) as client:
             while True:
                 with lock:
-                    if next_index[0] >= len(images):
-                        return
-                    image = images[next_index[0]]
-                    next_index[0] += 1
+                    image = next(frames, None)
+                if image is None:
+                    return
                 started = time.perf_counter()
                 response = client.post(f"{router}/answer", json={"program_id": program_id, "image": image})
                 with lock:
                     latencies.append(time.perf_counter() - started)
-                    failures[0] += response.status_code != 200
+                    if response.status_code != 200:
+                        failures.append(response.status_code)
 
     threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
     started = time.perf_counter()
@@ -106,7 +108,7 @@ def measure_throughput(router: str, program_id: str, images: list[str], concurre
     return {
         "concurrency": concurrency,
         "answers": len(latencies),
-        "failures": failures[0],
+        "failures": len(failures),
         "answers_per_s": round(len(latencies) / elapsed, 2),
         **percentiles(latencies),
     }
@@ -114,7 +116,7 @@ def measure_throughput(router: str, program_id: str, images: list[str], concurre
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=200, help="frames per measurement")
+    parser.add_argument("--frames", type=int, default=100, help="frames per measurement")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 

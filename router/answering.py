@@ -76,7 +76,6 @@ class Answerer:
     ):
         self.programs = programs
         self.store = programs.store
-        self.backends = backends
         self.executor = Executor(backends, limits, retries=retries)
         self.fallback = fallback
 
@@ -106,7 +105,7 @@ class Answerer:
         except InvalidDecision as exc:
             raise DecisionRejected(str(exc)) from None
         try:
-            trace = self.executor.run(program, frame, chosen, alternates(public, chosen, self.backends))
+            trace = self.executor.run(program, frame, chosen, alternates(public, chosen, self.executor.backends))
         except ValueError as exc:  # the decision was checked above, so this is the frame
             raise FrameRejected(str(exc)) from None
         record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
@@ -145,20 +144,7 @@ def _record(
         fallback=fallback,
         answer=trace.answer,
         error=ProgramStopped(**trace.error.model_dump()) if trace.error else None,
-        trace=[
-            InvocationPublic(
-                site=i.site_id,
-                function=i.function,
-                backend=i.backend,
-                cost=i.cost,
-                latency_s=i.latency_s,
-                ok=i.ok,
-                attempt=i.attempt,
-                fallback_from=i.fallback_from,
-                error=i.error,
-            )
-            for i in trace.invocations
-        ],
+        trace=[InvocationPublic(site=i.site_id, **i.model_dump(exclude={"site_id"})) for i in trace.invocations],
         executed_sites=trace.executed_sites,
         site_costs={site: math.fsum(costs) for site, costs in site_costs.items()},
         cost=trace.cost,

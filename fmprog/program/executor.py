@@ -222,7 +222,6 @@ class _Run:
             raise SandboxViolation(f"call site {site.id} is routed to {site.function.value}, not {function.value}")
         plan = self._plans[site.id]
         decided = plan[0][0]
-        error = None
         for name, attempt in plan:
             backend = self._backends[name]
             self._guards.check_deadline()
@@ -232,8 +231,10 @@ class _Run:
                 result = check(getattr(backend.model, method)(*args))
             except ProgramHalt:
                 raise
+            except _Malformed as exc:
+                error = str(exc)
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Malformed) else str(exc)
+                error = f"{type(exc).__name__}: {exc}"
             self.invocations.append(
                 Invocation(
                     site_id=site.id,

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import IO, Any, ClassVar
 
 import numpy as np
@@ -104,6 +106,20 @@ class Policy(ABC):
     def program_reward(self, feedback: Feedback) -> float:
         """The paper's program reward ``R = task - lambda * C``."""
         return program_reward(feedback.task_term, feedback.total_cost, self.spec.lam)
+
+
+def training_copies(
+    nets: dict[str, Any], optimizers: dict[str, Any], make_optimizer: Callable[[Any], Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of per-site networks, each with a new optimizer (``make_optimizer(net)``) that carries
+    the current optimizer's state: training updates these and swaps them in, so deciding never
+    waits for it. The originals are never changed in place, so copying needs no lock."""
+    copies = {site: copy.deepcopy(net) for site, net in nets.items()}
+    fresh = {}
+    for site, net in copies.items():
+        fresh[site] = make_optimizer(net)
+        fresh[site].load_state_dict(copy.deepcopy(optimizers[site].state_dict()))
+    return copies, fresh
 
 
 def as_frame(frame: np.ndarray) -> np.ndarray:

@@ -37,7 +37,6 @@ rewards, as ``fast``'s): it sets how strongly the cost term shapes a new policy'
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from typing import Any, Literal
@@ -45,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy, as_frame, training_copies
 from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
 
 
@@ -110,7 +109,7 @@ class StructuredPolicy(Policy):
             torch.manual_seed(spec.seed)
             # one output per backend and the baseline v(x) last
             self.nets = {s.id: build_subpolicy(len(s.backends) + 1, p.hidden) for s in spec.sites}
-        self.optimizers = {s: torch.optim.Adam(net.parameters(), lr=p.lr) for s, net in self.nets.items()}
+        self.optimizers = {s: self._optimizer(net) for s, net in self.nets.items()}
         dim = p.hidden + 1
         self.u_inv = {s.id: np.repeat(np.eye(dim)[None] / p.reg, len(s.backends), axis=0) for s in spec.sites}
         self.buffer: list[tuple[str, np.ndarray, int, float]] = []  # site, input, backend index, sub-reward
@@ -120,6 +119,11 @@ class StructuredPolicy(Policy):
         self._training = threading.Lock()  # one train() at a time
 
     # -- deciding -------------------------------------------------------------------------------
+
+    def _optimizer(self, net):
+        import torch
+
+        return torch.optim.Adam(net.parameters(), lr=self.params.lr)
 
     def _forward(self, net, x, site_id: str):
         """Scores ``r'``, baseline and the penultimate activation (the last layer's input) for a batch."""
@@ -191,13 +195,7 @@ class StructuredPolicy(Policy):
                 stats = {s: tuple(v) for s, v in self.stats.items()}
                 order = torch.randperm(len(samples), generator=self.generator).tolist()
             start = time.perf_counter()
-            # the current networks and optimizers are never changed in place (training swaps in
-            # new ones), so they can be copied outside the lock
-            nets = {s: copy.deepcopy(net) for s, net in current[0].items()}
-            optimizers = {}
-            for s, net in nets.items():
-                optimizers[s] = torch.optim.Adam(net.parameters(), lr=self.params.lr)
-                optimizers[s].load_state_dict(copy.deepcopy(current[1][s].state_dict()))
+            nets, optimizers = training_copies(*current, self._optimizer)
             steps, losses = 0, []
             p = self.params
             for _ in range(p.epochs):

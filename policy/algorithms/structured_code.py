@@ -46,7 +46,6 @@ Choices this project makes where the code is silent or cannot serve as is:
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from typing import Any
@@ -54,7 +53,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy, as_frame, training_copies
 from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
 
 Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
@@ -206,13 +205,9 @@ class StructuredCodePolicy(Policy):
                 rounds = list(self.rounds)
                 current = dict(self.nets), dict(self.optimizers)
             start = time.perf_counter()
-            # the current networks and optimizers are never changed in place, so copying them
-            # outside the lock is safe and keeps deciding from waiting on the copy
-            nets = {s: copy.deepcopy(net).train() for s, net in current[0].items()}
-            optimizers = {}
-            for s, net in nets.items():
-                optimizers[s] = self._optimizer(net)
-                optimizers[s].load_state_dict(copy.deepcopy(current[1][s].state_dict()))
+            nets, optimizers = training_copies(*current, self._optimizer)
+            for net in nets.values():
+                net.train()
             p = self.params
             steps, losses, samples = 0, [], 0
             for _, closed in rounds:
