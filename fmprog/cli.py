@@ -91,6 +91,12 @@ def _serve_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from fmprog.bench.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmprog", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the router's bearer key, at least 16 characters (default: $FMPROG_ROUTER_API_KEY)",
     )
     stack.set_defaults(handler=_up)
+
+    from fmprog.bench.cli import add_arguments as bench_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="the streaming VQA benchmark: every policy and baseline on both tracks; report under --out",
+    )
+    bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     config = commands.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2) of a configuration")
     config.add_argument("--config", default="deploy/config/gpu.yaml", help="backend configuration (YAML)")

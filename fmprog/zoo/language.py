@@ -11,8 +11,11 @@ every difference in answers between them comes from the learned perception.
 - ``answer_question(question, objects, focus)`` answers the questions the program API emits
   ("What is this?", "Is this circle red?", "Which of these is it: a, b?") about ``focus``, and
   whole-frame questions ("Is there a star?", "How many circles are there?", "What color is the
-  square?", "Is there a red triangle left of a blue circle?") over ``objects``. A question it cannot
-  parse is answered ``UNKNOWN_ANSWER``.
+  square?", "Is there a red triangle left of a blue circle?", and the benchmark tracks' compound
+  forms: "Is there a red circle and a blue star?", "Are there at least 3 red objects?", "What color
+  is the leftmost star?", "What color is the circle that is not striped?", "Which is larger, the red
+  circle or the blue square?") over ``objects``. A question it cannot parse is answered
+  ``UNKNOWN_ANSWER``; one about an object that is not there, ``NONE_ANSWER`` ("n/a").
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fmprog.scene.vocabulary import (
 )
 
 UNKNOWN_ANSWER = "unknown"
-NONE_ANSWER = "none"
+NONE_ANSWER = "n/a"  # the referent is not in the image (the benchmarks' label for it)
 _ARTICLES = frozenset({"a", "an", "the", "any", "some", "this", "that"})
 
 
@@ -198,6 +201,8 @@ def answer_question(question: str, objects: Sequence[PerceivedObject], focus: Pe
         return _verify(match[2], bool(match[1]), focus)
 
     # Questions about the whole image.
+    if answer := _compound_question(text, objects):
+        return answer
     if match := re.fullmatch(
         rf"(?:is|are) there (?:an?|any|some) ([a-z ]+?) ({_RELATION_PATTERN}) (?:an?|any|the|some) ([a-z ]+?){_WHERE}",
         text,
@@ -226,6 +231,68 @@ def answer_question(question: str, objects: Sequence[PerceivedObject], focus: Pe
         found = matching(objects, query)
         return found[0].label(_ATTRIBUTE_QUESTION[match[1]]) if found else NONE_ANSWER
     return UNKNOWN_ANSWER
+
+
+_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+_EXTREMES = {
+    "leftmost": (0, 1),
+    "rightmost": (0, -1),
+    "topmost": (1, 1),
+    "highest": (1, 1),
+    "bottommost": (1, -1),
+    "lowest": (1, -1),
+}
+_A = r"(?:an?|any|some)"
+
+
+def _side(o: PerceivedObject) -> float:
+    x0, y0, x1, y1 = o.box
+    return max(x1 - x0, y1 - y0)
+
+
+def _compound_question(text: str, objects: Sequence[PerceivedObject]) -> str | None:
+    """Whole-image questions that combine nouns: conjunction, counts, extremes, negation and
+    comparison (the benchmark tracks' forms); None when ``text`` is none of them."""
+    if match := re.fullmatch(rf"(?:is|are) there {_A} ([a-z ]+?) and {_A} ([a-z ]+?){_WHERE}", text):
+        first, second = parse_noun(match[1]), parse_noun(match[2])
+        if first is None or second is None:
+            return UNKNOWN_ANSWER
+        return _yes_no(bool(matching(objects, first)) and bool(matching(objects, second)))
+    if match := re.fullmatch(rf"(?:is|are) there at least (\w+) ([a-z ]+?){_WHERE}", text):
+        query = parse_noun(match[2])
+        count = int(match[1]) if match[1].isdigit() else _COUNT_WORDS.get(match[1])
+        if query is None or count is None:
+            return UNKNOWN_ANSWER
+        return _yes_no(len(matching(objects, query)) >= count)
+    extremes = "|".join(_EXTREMES)
+    if match := re.fullmatch(rf"what (color|shape|size|texture|pattern) is the ({extremes}) ([a-z ]+?){_WHERE}", text):
+        query = parse_noun(match[3])
+        if query is None:
+            return UNKNOWN_ANSWER
+        found = matching(objects, query)
+        if not found:
+            return NONE_ANSWER
+        axis, sign = _EXTREMES[match[2]]
+        extreme = min(found, key=lambda o: sign * o.center[axis])
+        return extreme.label(_ATTRIBUTE_QUESTION[match[1]])
+    if match := re.fullmatch(
+        rf"what (color|shape|size|texture|pattern) is the ([a-z ]+?) that is not ([a-z]+){_WHERE}", text
+    ):
+        query, excluded = parse_noun(match[2]), parse_noun(match[3])
+        if query is None or excluded is None or len(excluded.constraints()) != 1:
+            return UNKNOWN_ANSWER
+        found = [o for o in matching(objects, query) if not o.matches(excluded)]
+        return found[0].label(_ATTRIBUTE_QUESTION[match[1]]) if found else NONE_ANSWER
+    if match := re.fullmatch(r"which is (larger|bigger|smaller),? the ([a-z ]+?),? or the ([a-z ]+?)", text):
+        first, second = parse_noun(match[2]), parse_noun(match[3])
+        if first is None or second is None:
+            return UNKNOWN_ANSWER
+        a, b = matching(objects, first), matching(objects, second)
+        if not a or not b:
+            return NONE_ANSWER
+        larger = _side(a[0]) >= _side(b[0])
+        return match[2] if larger == (match[1] != "smaller") else match[3]
+    return None
 
 
 def _verify(phrase: str, with_article: bool, focus: PerceivedObject | None) -> str:

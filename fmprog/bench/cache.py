@@ -1,0 +1,119 @@
+"""Backend outputs cached per (backend, frame, call input), so a sweep costs one pass of each backend.
+
+The key is the backend's name, a digest of the exact pixels the call received (the frame or a
+crop of it) and the call's text (noun, question or prompt). Outputs live in memory and in an
+SQLite file, so a second run (another lambda, another policy, a rerun) calls no model at all for
+what the first one saw. Each process opens its own connection; writes are batched by ``flush``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmprog.backends.base import Backend, BackendRegistry, Detection, FunctionModel
+from fmprog.backends.config import Function
+
+
+def image_digest(image: np.ndarray) -> str:
+    array = np.ascontiguousarray(image)
+    return hashlib.blake2b(array.tobytes() + repr(array.shape).encode(), digest_size=16).hexdigest()
+
+
+def _encode(function: Function, output: Any) -> str:
+    if function == Function.detect:
+        return json.dumps([[*d.box, d.score] for d in output])
+    return json.dumps(output)
+
+
+def _decode(function: Function, text: str) -> Any:
+    value = json.loads(text)
+    if function == Function.detect:
+        return [Detection(box=tuple(v[:4]), score=v[4]) for v in value]  # type: ignore[arg-type]
+    return value
+
+
+@dataclass
+class CallStats:
+    """Calls a backend served from the cache and from its model, and the model's seconds."""
+
+    hits: int = 0
+    misses: int = 0
+    model_s: float = 0.0
+
+
+@dataclass
+class OutputCache:
+    """Backend outputs by key, in memory and (with ``path``) in SQLite."""
+
+    path: Path | None = None
+    _outputs: dict[str, str] = field(default_factory=dict)
+    _new: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, CallStats] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS outputs (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                self._outputs.update(db.execute("SELECT key, value FROM outputs"))
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=120)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def call(self, backend: Backend, compute: Callable[..., Any], image: np.ndarray | None, text: str) -> Any:
+        """The cached output of ``backend`` for this call, computing and storing it on a miss."""
+        key = f"{backend.name}\x00{'' if image is None else image_digest(image)}\x00{text}"
+        stats = self.stats.setdefault(backend.name, CallStats())
+        with self._lock:
+            stored = self._outputs.get(key)
+        if stored is not None:
+            stats.hits += 1
+            return _decode(backend.function, stored)
+        start = time.perf_counter()
+        output = compute(text) if image is None else compute(image, text)
+        stats.model_s += time.perf_counter() - start
+        stats.misses += 1
+        encoded = _encode(backend.function, output)
+        with self._lock:
+            self._outputs[key] = encoded
+            self._new[key] = encoded
+        return _decode(backend.function, encoded)  # what a later hit returns, exactly
+
+    def flush(self) -> int:
+        """Write outputs computed since the last flush to the SQLite file; returns how many."""
+        with self._lock:
+            new, self._new = self._new, {}
+        if self.path is not None and new:
+            with self._connect() as db:
+                db.executemany("INSERT OR REPLACE INTO outputs (key, value) VALUES (?, ?)", new.items())
+        return len(new)
+
+
+def cached_registry(backends: BackendRegistry, cache: OutputCache) -> BackendRegistry:
+    """The same backends, each answering through ``cache``."""
+    wrapped = []
+    for backend in backends.values():
+        method = getattr(backend.model, backend.function.value)
+
+        def call(*args: Any, _backend: Backend = backend, _method: Callable[..., Any] = method) -> Any:
+            image, text = (None, args[0]) if len(args) == 1 else args
+            return cache.call(_backend, _method, image, text)
+
+        wrapped.append(Backend(backend.spec, FunctionModel(backend.function, call, f"{backend.name} (cached)")))
+    return BackendRegistry(wrapped)

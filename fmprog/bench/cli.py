@@ -1,0 +1,93 @@
+"""``fmprog bench``: run the streaming benchmark and write its report under ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="report folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="one query per type, 400 frames, one lambda: minutes")
+    parser.add_argument("--binary", type=Path, help="binary track, authors' JSON (default: bench/tracks/binary.json)")
+    parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: bench/tracks/open)")
+    parser.add_argument("--only", choices=("binary", "open"), help="run one track only")
+    parser.add_argument("--config", type=Path, help="backends that answer (default: deploy/config/cpu.yaml)")
+    parser.add_argument(
+        "--costs",
+        help="price backends as the same names in this configuration, or 'own' (default: deploy/config/gpu.yaml)",
+    )
+    parser.add_argument("--lambdas", help="comma-separated lambdas to sweep (default: 0.0001,0.001,0.01)")
+    parser.add_argument("--policies", help="learned policies on the program (default: structured,fast)")
+    parser.add_argument("--no-whole-query", action="store_true", help="leave out whole-query routing")
+    parser.add_argument("--queries-per-type", type=int)
+    parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
+    parser.add_argument("--workers", type=int, help="worker processes (default: CPUs, at most 8)")
+    parser.add_argument("--cache", type=Path, help="output cache file (default: <out>/cache.sqlite3)")
+    parser.add_argument("--coco-root", type=Path, help="COCO root (train2017/...), for the authors' tracks")
+    parser.add_argument("--images-root", type=Path, help="folder that image paths in a track are relative to")
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    from fmprog.bench.runner import BenchSettings
+
+    values: dict[str, Any] = {"out": args.out}
+    for name in (
+        "binary",
+        "open",
+        "config",
+        "queries_per_type",
+        "frames",
+        "workers",
+        "cache",
+        "coco_root",
+        "images_root",
+    ):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.only:
+        values["open" if args.only == "binary" else "binary"] = None
+    if args.costs is not None:
+        values["costs"] = None if args.costs == "own" else Path(args.costs)
+    if args.lambdas:
+        values["lambdas"] = tuple(float(v) for v in args.lambdas.split(","))
+    if args.policies:
+        values["policies"] = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    if args.no_whole_query:
+        values["whole_query"] = False
+    return BenchSettings.quick(**values) if args.quick else BenchSettings(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from fmprog.bench.report import write_report
+    from fmprog.bench.runner import load_tracks, run_benchmark
+
+    try:
+        settings = settings_from(args)
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+        for error in errors:
+            where = ".".join(str(p) for p in error["loc"])
+            print(
+                f"error: {where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr
+            )
+        return 2
+    total = sum(len(t.queries) for t in load_tracks(settings))
+    bar = tqdm(total=total, unit="query", desc="fmprog bench", file=sys.stderr)
+    done: dict[str, int] = {}
+
+    def progress(track: str, finished: int) -> None:
+        done[track] = finished
+        bar.n = sum(done.values())
+        bar.set_postfix_str(f"{track} {finished}")
+
+    results = run_benchmark(settings, progress)
+    bar.close()
+    for path in write_report(results, settings.out):
+        print(path)
+    return 0

@@ -1,0 +1,305 @@
+"""The benchmark's replay: each query's stream through the runtime's executor and the policy code,
+with the label fed back after every answer, for every policy, baseline and lambda.
+
+Per query, the executor first runs the program on every frame under **every configuration** (a
+backend per call site), through the output cache, so each backend sees each distinct call once.
+That table gives the static programs (all cheapest, all largest) and the oracle (per frame, the
+cheapest configuration that answers correctly). The monolithic baselines are programs too: one
+VQA call on the whole frame with the whole question, under each VQA backend.
+
+Learned policies then replay the stream online: ``decide`` on the frame, the program's outcome
+under that decision (the executor's run, read back from the table), the authors' task reward as
+feedback (``observe``), and ``train`` after every event, as the policy service's trainer would.
+``whole_query`` (the paper's whole-query routing) learns on the monolithic program, choosing the
+small or large VQA model per frame; the fmprog policies learn on the program.
+
+Cost is the sum of the backends' costs over the invocations that ran, in the cost table's unit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmprog.backends.base import BackendRegistry
+from fmprog.bench.cache import OutputCache, cached_registry
+from fmprog.bench.queries import TrackKind, monolithic_program
+from fmprog.bench.tracks import ImageResolver, TrackQuery
+from fmprog.program import Executor, Program, compile_program
+from policy.algorithms import build_policy
+from policy.rewards import is_yes, task_loss, task_reward
+from policy.schemas import CallSiteSpec, Feedback, PolicySpec
+
+BASELINES = ("static-small", "static-large", "monolithic-small", "monolithic-large", "oracle")
+LEARNED_ON_PROGRAM = ("structured", "fast")
+REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one run of a program on one frame under one configuration gave."""
+
+    answer: str
+    correct: bool
+    positive: bool
+    cost: float
+    executed_sites: tuple[str, ...]
+    site_costs: tuple[tuple[str, float], ...]
+    backends: tuple[str, ...]  # one entry per invocation
+
+
+@dataclass
+class RunStats:
+    """One policy's (or baseline's) outcomes along one query's stream."""
+
+    correct: np.ndarray
+    cost: np.ndarray
+    task: np.ndarray  # the authors' task reward per frame
+    predicted_positive: np.ndarray
+    invocations: Counter = field(default_factory=Counter)
+
+    @staticmethod
+    def of(outcomes: Sequence[Outcome], kind: TrackKind, labels: Sequence[str]) -> RunStats:
+        invocations: Counter = Counter()
+        for o in outcomes:
+            invocations.update(o.backends)
+        return RunStats(
+            correct=np.array([o.correct for o in outcomes], bool),
+            cost=np.array([o.cost for o in outcomes], float),
+            task=np.array([task_reward(kind, o.answer, y) for o, y in zip(outcomes, labels, strict=True)], float),
+            predicted_positive=np.array([o.positive for o in outcomes], bool),
+            invocations=invocations,
+        )
+
+
+@dataclass
+class QueryResult:
+    """Every run on one query: ``runs[(policy, lambda or None)]``."""
+
+    query: str
+    type: str
+    kind: TrackKind
+    labels: list[str]
+    runs: dict[tuple[str, float | None], RunStats]
+    configurations: int
+    sites: list[str]
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What every query's replay needs: the backends (already cached), lambdas and policies."""
+
+    backends: BackendRegistry
+    images: ImageResolver
+    lambdas: tuple[float, ...]
+    policies: tuple[str, ...] = LEARNED_ON_PROGRAM
+    whole_query: bool = True
+    random: bool = True
+    seed: int = 42
+
+
+def configurations(program: Program, backends: BackendRegistry) -> list[dict[str, str]]:
+    """Every assignment of a backend (of the site's function) to each routed call site."""
+    choices = [[b.name for b in backends.for_function(site.function)] for site in program.call_sites]
+    return [
+        {site.id: name for site, name in zip(program.call_sites, combo, strict=True)}
+        for combo in itertools.product(*choices)
+    ]
+
+
+def run_all(
+    executor: Executor,
+    program: Program,
+    frames: Sequence[np.ndarray],
+    labels: Sequence[str],
+    kind: TrackKind,
+    configs: Sequence[dict[str, str]],
+) -> list[list[Outcome]]:
+    """``table[frame][configuration]``: the executor's run of ``program`` under each configuration."""
+    table = []
+    for frame, label in zip(frames, labels, strict=True):
+        row = []
+        for config in configs:
+            trace = executor.run(program, frame, config)
+            answer = "" if trace.answer is None else str(trace.answer)
+            site_costs: dict[str, float] = {}
+            for invocation in trace.invocations:
+                site_costs[invocation.site_id] = site_costs.get(invocation.site_id, 0.0) + invocation.cost
+            row.append(
+                Outcome(
+                    answer=answer,
+                    correct=task_loss(kind, answer, label) == 0,
+                    positive=is_yes(answer),
+                    cost=trace.cost,
+                    executed_sites=tuple(trace.executed_sites),
+                    site_costs=tuple(site_costs.items()),
+                    backends=tuple(i.backend for i in trace.invocations),
+                )
+            )
+        table.append(row)
+    return table
+
+
+def policy_spec(program: Program, backends: BackendRegistry, lam: float, algorithm: str, seed: int) -> PolicySpec:
+    sites = [
+        CallSiteSpec(
+            id=site.id,
+            function=site.function,
+            backends=[{"name": b.name, "cost": b.cost} for b in backends.for_function(site.function)],
+        )
+        for site in program.call_sites
+    ]
+    hyperparameters = {} if algorithm in ("random", "static") else {"reward_scale": REWARD_SCALE}
+    return PolicySpec(sites=sites, lam=lam, algorithm=algorithm, hyperparameters=hyperparameters, seed=seed)
+
+
+def replay(
+    spec: PolicySpec,
+    frames: Sequence[np.ndarray],
+    labels: Sequence[str],
+    kind: TrackKind,
+    table: list[list[Outcome]],
+    configs: Sequence[dict[str, str]],
+) -> list[Outcome]:
+    """Stream the frames through a fresh policy: decide, answer, feed the reward back, train."""
+    policy = build_policy(spec)
+    index = {tuple(sorted(c.items())): i for i, c in enumerate(configs)}
+    chosen = []
+    for frame, label, row in zip(frames, labels, table, strict=True):
+        decision = policy.decide(frame)
+        outcome = row[index[tuple(sorted(decision.backends.items()))]]
+        feedback = Feedback(
+            reward=task_reward(kind, outcome.answer, label),
+            executed_sites=list(outcome.executed_sites),
+            costs=dict(outcome.site_costs),
+        )
+        policy.observe(decision, feedback)
+        policy.train()
+        chosen.append(outcome)
+    return chosen
+
+
+def oracle(table: list[list[Outcome]]) -> list[Outcome]:
+    """Per frame, the cheapest configuration that answers correctly (the cheapest one if none does)."""
+    picks = []
+    for row in table:
+        right = [o for o in row if o.correct]
+        picks.append(min(right or row, key=lambda o: o.cost))
+    return picks
+
+
+def replay_query(query: TrackQuery, kind: TrackKind, setup: ReplaySetup) -> QueryResult:
+    """Every baseline and policy on one query's stream, summed up per run."""
+    program, runs, configs = query_outcomes(query, kind, setup)
+    return QueryResult(
+        query=query.query,
+        type=query.type,
+        kind=kind,
+        labels=list(query.labels),
+        runs={key: RunStats.of(outcomes, kind, query.labels) for key, outcomes in runs.items()},
+        configurations=configs,
+        sites=[s.id for s in program.call_sites],
+    )
+
+
+def query_outcomes(
+    query: TrackQuery, kind: TrackKind, setup: ReplaySetup
+) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int]:
+    """Every baseline's and policy's outcome on each frame of one query's stream; also the
+    compiled program and its number of configurations."""
+    backends = setup.backends
+    executor = Executor(backends)
+    program = compile_program(query.program)
+    monolithic = compile_program(monolithic_program(query.query))
+    frames = [setup.images(ref) for ref in query.frames]
+    labels = list(query.labels)
+
+    configs = configurations(program, backends)
+    table = run_all(executor, program, frames, labels, kind, configs)
+    mono_configs = configurations(monolithic, backends)
+    mono_table = run_all(executor, monolithic, frames, labels, kind, mono_configs)
+
+    def column(configs_: Sequence[dict[str, str]], table_: list[list[Outcome]], pick: str) -> list[Outcome]:
+        costs = {b.name: b.cost for b in backends.values()}
+        totals = [sum(costs[name] for name in c.values()) for c in configs_]
+        i = (min if pick == "small" else max)(range(len(configs_)), key=totals.__getitem__)
+        return [row[i] for row in table_]
+
+    runs: dict[tuple[str, float | None], list[Outcome]] = {
+        ("static-small", None): column(configs, table, "small"),
+        ("static-large", None): column(configs, table, "large"),
+        ("monolithic-small", None): column(mono_configs, mono_table, "small"),
+        ("monolithic-large", None): column(mono_configs, mono_table, "large"),
+        ("oracle", None): oracle(table),
+    }
+    if setup.random:
+        spec = policy_spec(program, backends, 0.0, "random", setup.seed)
+        runs[("random", None)] = replay(spec, frames, labels, kind, table, configs)
+    for lam in setup.lambdas:
+        for algorithm in setup.policies:
+            spec = policy_spec(program, backends, lam, algorithm, setup.seed)
+            runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
+        if setup.whole_query:
+            spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)
+            runs[("whole_query", lam)] = replay(spec, frames, labels, kind, mono_table, mono_configs)
+    return program, runs, len(configs)
+
+
+# -- worker processes -------------------------------------------------------------------------------
+
+_WORKER: dict[str, object] = {}
+
+
+def load_backends(config: Path, costs: Path | None, functions: set[str] | None = None) -> BackendRegistry:
+    """The configuration's backends, loaded in this process, priced by ``costs`` (a backend
+    configuration whose backends of the same names give the cost) when given."""
+    from fmprog.backends import load_catalog
+    from fmprog.backends.base import Backend
+    from fmprog.engines import build_engine
+    from fmprog.engines.base import local_model
+
+    catalog = load_catalog(config)
+    prices = {s.name: s.cost for s in load_catalog(costs).backends} if costs else {}
+    missing = sorted(s.name for s in catalog.backends if costs and s.name not in prices)
+    if missing:
+        raise ValueError(f"the cost table {costs} has no price for backend(s) {', '.join(missing)}")
+    backends = []
+    for spec in catalog.backends:
+        if functions is not None and spec.function.value not in functions:
+            continue
+        engine = build_engine(spec)
+        engine.load()
+        priced = spec.model_copy(update={"cost": prices.get(spec.name, spec.cost)})
+        backends.append(Backend(priced, local_model(engine)))
+    return BackendRegistry(backends)
+
+
+def worker_init(
+    config: Path, costs: Path | None, cache_path: Path | None, images: ImageResolver, **setup: object
+) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    cache = OutputCache(cache_path)
+    backends = cached_registry(load_backends(config, costs), cache)
+    _WORKER["cache"] = cache
+    _WORKER["setup"] = ReplaySetup(backends=backends, images=images, **setup)  # type: ignore[arg-type]
+
+
+def worker_replay(query: TrackQuery, kind: TrackKind) -> tuple[QueryResult, dict[str, tuple[int, int, float]]]:
+    cache: OutputCache = _WORKER["cache"]  # type: ignore[assignment]
+    result = replay_query(query, kind, _WORKER["setup"])  # type: ignore[arg-type]
+    cache.flush()
+    stats = {name: (s.hits, s.misses, s.model_s) for name, s in cache.stats.items()}
+    cache.stats.clear()
+    return result, stats
+
+
+def total_cost(stats: RunStats) -> float:
+    return math.fsum(stats.cost)

@@ -1,0 +1,134 @@
+"""The benchmark's report: ``results.json`` (every number), ``results.md`` (tables) and PNG plots
+(the Pareto view of metric against cost per track, and cumulative cost and running accuracy
+along the stream)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+BASELINE_ORDER = ("monolithic-small", "monolithic-large", "static-small", "static-large", "random", "oracle")
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write every file of the report under ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json", out / "results.md"]
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    for name, track in results["tracks"].items():
+        written.append(plot_pareto(name, track, out / f"{name}_pareto.png"))
+        written.append(plot_stream(name, track, out / f"{name}_stream.png"))
+    return written
+
+
+def _name(entry: dict[str, Any]) -> str:
+    return entry["policy"] if entry["lambda"] is None else f"{entry['policy']} λ={entry['lambda']:g}"
+
+
+def _ordered(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def rank(e: dict[str, Any]) -> tuple:
+        base = BASELINE_ORDER.index(e["policy"]) if e["policy"] in BASELINE_ORDER else len(BASELINE_ORDER)
+        return (base, e["policy"], e["lambda"] or 0.0)
+
+    return sorted(entries, key=rank)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Tables: per track, every run with metric, accuracy, cost, saving and regret; then the
+    standalone accuracy of each backend."""
+    lines = [f"# Streaming VQA benchmark ({results['seconds']:.0f} s, {results['machine']['cpus']} CPUs)", ""]
+    costs = results["settings"]["costs"] or results["settings"]["config"]
+    lines.append(f"Cost per frame: backend costs from `{costs}`, summed over the calls that ran.")
+    lines.append("")
+    for name, track in results["tracks"].items():
+        metric = "F1" if track["metric"] == "f1" else "Accuracy"
+        frames = sum(q["frames"] for q in track["queries"])
+        lines += [f"## {name} track: {len(track['queries'])} queries, {frames} frames", ""]
+        lines.append(
+            f"| Policy | {metric} | Δ vs mono-large | Accuracy | Cost/frame | Saving vs mono-large | Regret/frame |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for e in _ordered(track["entries"]):
+            regret = f"{e['regret_per_frame']:.1f}" if "regret_per_frame" in e else ""
+            lines.append(
+                f"| {_name(e)} | {e['metric']:.3f} | {100 * e['metric_delta_vs_monolithic_large']:+.1f} pts "
+                f"| {e['accuracy']:.3f} | {e['cost_per_frame']:.0f} "
+                f"| {100 * e['saving_vs_monolithic_large']:.1f}% | {regret} |"
+            )
+        types = list(track["entries"][0]["by_type"])
+        lines += ["", f"{metric} (cost/frame) by query type:", ""]
+        lines.append("| Policy | " + " | ".join(types) + " |")
+        lines.append("|---|" + "---|" * len(types))
+        for e in _ordered(track["entries"]):
+            cells = [f"{v['metric']:.2f} ({v['cost_per_frame']:.0f})" for v in e["by_type"].values()]
+            lines.append(f"| {_name(e)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Each backend alone", ""]
+    lines.append("| Backend | Function | Cost | Accuracy (easy / medium / hard, or knowledge) |")
+    lines.append("|---|---|---|---|")
+    for name, b in results["standalone"].items():
+        if "accuracy" in b:
+            acc = " / ".join(f"{b['accuracy'][d]:.3f}" for d in ("easy", "medium", "hard"))
+        else:
+            acc = f"{b['knowledge_accuracy']:.3f} (knowledge)"
+        lines.append(f"| {name} | {b['function']} | {b['cost']:g} | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(name: str, track: dict[str, Any], path: Path) -> Path:
+    """Metric against cost per frame (log scale): baselines as points, learned policies as lines over lambda."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_policy: dict[str, list[dict[str, Any]]] = {}
+    for e in track["entries"]:
+        by_policy.setdefault(e["policy"], []).append(e)
+    for policy, entries in by_policy.items():
+        entries.sort(key=lambda e: e["cost_per_frame"])
+        xs = [e["cost_per_frame"] for e in entries]
+        ys = [e["metric"] for e in entries]
+        style = "o-" if len(entries) > 1 else ("*" if policy == "oracle" else "s")
+        ax.plot(xs, ys, style, label=policy, markersize=8 if len(entries) == 1 else 5)
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per frame (log)")
+    ax.set_ylabel("F1 on positives" if track["metric"] == "f1" else "accuracy")
+    ax.set_title(f"{name} track: quality against cost")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_stream(name: str, track: dict[str, Any], path: Path) -> Path:
+    """Cumulative cost per query and running accuracy along the stream (learned policies at the middle lambda)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in track["curves"].items():
+        left.plot(curve["frame"], curve["cumulative_cost"], label=label)
+        right.plot(curve["frame"], curve["running_accuracy"], label=label)
+    left.set_yscale("log")
+    left.set_xlabel("frame")
+    left.set_ylabel("cumulative cost (mean over queries, log)")
+    right.set_xlabel("frame")
+    right.set_ylabel("running accuracy")
+    left.set_title(f"{name}: cumulative cost")
+    right.set_title(f"{name}: running accuracy (λ={track['curve_lambda']:g})")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

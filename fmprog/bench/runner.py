@@ -1,0 +1,274 @@
+"""Running the whole benchmark: settings, worker processes, and the numbers of every run.
+
+``run_benchmark(settings)`` loads the tracks, replays every query in worker processes (each with
+the backends loaded in process behind the shared output cache), and returns a JSON-ready dict:
+one entry per (track, policy, lambda) with cost, accuracy or F1, regret to the oracle and the
+backend mix, plus per-type breakdowns, curves along the stream and each backend's standalone
+accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fmprog.bench.harness import LEARNED_ON_PROGRAM, QueryResult, RunStats, worker_init, worker_replay
+from fmprog.bench.queries import FRENCH_COLORS, POLYGON_SIDES
+from fmprog.bench.tracks import ImageResolver, Track, load_binary, load_open
+
+RunKey = tuple[str, float | None]
+CURVE_POINTS = 100
+
+
+class BenchSettings(BaseModel):
+    """What ``fmprog bench`` runs; validated before anything loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: Path = Path("bench/results")
+    binary: Path | None = Field(default=Path("bench/tracks/binary.json"), description="Binary track (authors' JSON).")
+    open: Path | None = Field(default=Path("bench/tracks/open"), description="Open-form track (authors' layout).")
+    config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="The backends that answer.")
+    costs: Path | None = Field(
+        default=Path("deploy/config/gpu.yaml"),
+        description="Price each backend as the backend of the same name in this configuration; None: its own cost.",
+    )
+    lambdas: tuple[float, ...] = Field(default=(1e-4, 1e-3, 1e-2), min_length=1)
+    policies: tuple[str, ...] = LEARNED_ON_PROGRAM
+    whole_query: bool = True
+    queries_per_type: int | None = Field(default=None, ge=1)
+    frames: int | None = Field(default=None, ge=10, description="Cut every stream to its first N frames.")
+    workers: int = Field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)), ge=1, le=64)
+    cache: Path | None = Field(default=None, description="Output cache (SQLite); default <out>/cache.sqlite3.")
+    coco_root: Path | None = None
+    images_root: Path | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchSettings:
+        if self.binary is None and self.open is None:
+            raise ValueError("give at least one track (binary or open)")
+        for lam in self.lambdas:
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"lambda must be finite and >= 0, got {lam}")
+        from policy.algorithms import ALGORITHMS
+
+        unknown = sorted(set(self.policies) - set(ALGORITHMS))
+        if unknown:
+            raise ValueError(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(ALGORITHMS))})")
+        for path in (self.binary, self.open, self.config, self.costs):
+            if path is not None and not path.exists():
+                raise ValueError(f"{path} does not exist")
+        return self
+
+    @staticmethod
+    def quick(**overrides: Any) -> BenchSettings:
+        """A few minutes on 2 cores: one query per type, short streams, one lambda."""
+        values: dict[str, Any] = {"queries_per_type": 1, "frames": 400, "lambdas": (1e-3,)}
+        return BenchSettings(**{**values, **overrides})
+
+    def cache_path(self) -> Path:
+        return self.cache or self.out / "cache.sqlite3"
+
+
+def load_tracks(settings: BenchSettings) -> list[Track]:
+    tracks = []
+    if settings.binary is not None:
+        tracks.append(load_binary(settings.binary))
+    if settings.open is not None:
+        tracks.append(load_open(settings.open))
+    return [t.subset(settings.queries_per_type, settings.frames) for t in tracks]
+
+
+def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Replay every track; ``progress(track, queries_done)`` is called as queries finish."""
+    started = time.perf_counter()
+    tracks = load_tracks(settings)
+    images = ImageResolver(settings.coco_root, settings.images_root)
+    setup = {
+        "lambdas": settings.lambdas,
+        "policies": settings.policies,
+        "whole_query": settings.whole_query,
+        "seed": settings.seed,
+    }
+    calls: dict[str, Counter] = {}
+    results: dict[str, list[QueryResult]] = {}
+    context = get_context("spawn")  # torch and llama.cpp do not survive fork
+    initargs = (settings.config, settings.costs, settings.cache_path(), images)
+    with ProcessPoolExecutor(
+        settings.workers, mp_context=context, initializer=_init, initargs=(initargs, setup)
+    ) as pool:
+        for track in tracks:
+            futures = [pool.submit(worker_replay, q, track.kind) for q in track.queries]
+            done = []
+            for i, future in enumerate(futures):
+                result, stats = future.result()
+                done.append(result)
+                for name, (hits, misses, seconds) in stats.items():
+                    calls.setdefault(name, Counter()).update({"hits": hits, "misses": misses, "model_s": seconds})
+                if progress:
+                    progress(track.name, i + 1)
+            results[track.name] = done
+        standalone = pool.submit(_standalone).result()
+    return {
+        "settings": settings.model_dump(mode="json"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "tracks": {track.name: summarize_track(track, results[track.name], settings.lambdas) for track in tracks},
+        "backend_calls": {name: dict(c) for name, c in sorted(calls.items())},
+        "standalone": standalone,
+    }
+
+
+def _init(initargs: tuple, setup: dict[str, Any]) -> None:
+    worker_init(*initargs, **setup)
+
+
+# -- numbers -------------------------------------------------------------------------------------------
+
+
+def f1_score(predicted: np.ndarray, actual: np.ndarray) -> float:
+    tp = int(np.sum(predicted & actual))
+    fp = int(np.sum(predicted & ~actual))
+    fn = int(np.sum(~predicted & actual))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _metric(kind: str, runs: Sequence[tuple[RunStats, Sequence[str]]]) -> float:
+    """F1 on the positives averaged over queries (binary), or accuracy over all frames (open)."""
+    if kind == "binary":
+        return float(
+            np.mean([f1_score(r.predicted_positive, np.array([y == "yes" for y in labels])) for r, labels in runs])
+        )
+    return float(np.sum([r.correct.sum() for r, _ in runs]) / np.sum([len(r.correct) for r, _ in runs]))
+
+
+def _numbers(kind: str, key: RunKey, results: Sequence[QueryResult]) -> dict[str, Any]:
+    runs = [(q.runs[key], q.labels) for q in results]
+    frames = sum(len(r.cost) for r, _ in runs)
+    cost = math.fsum(math.fsum(r.cost) for r, _ in runs)
+    invocations: Counter = Counter()
+    for r, _ in runs:
+        invocations.update(r.invocations)
+    numbers: dict[str, Any] = {
+        "metric": _metric(kind, runs),
+        "accuracy": float(sum(int(r.correct.sum()) for r, _ in runs) / frames),
+        "cost_per_frame": cost / frames,
+        "frames": frames,
+        "backend_mix": {name: n / frames for name, n in sorted(invocations.items())},
+    }
+    lam = key[1]
+    if lam is not None:
+        oracle = [q.runs[("oracle", None)] for q in results]
+        reward = sum(math.fsum(r.task) - lam * math.fsum(r.cost) for r, _ in runs)
+        best = sum(math.fsum(o.task) - lam * math.fsum(o.cost) for o in oracle)
+        numbers["regret_per_frame"] = (best - reward) / frames
+    return numbers
+
+
+def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[float]) -> dict[str, Any]:
+    """Every run's numbers on a track, its per-type breakdown, and curves along the stream."""
+    keys = list(dict.fromkeys(key for q in results for key in q.runs))
+    entries = []
+    reference = _numbers(track.kind, ("monolithic-large", None), results)
+    for key in keys:
+        numbers = _numbers(track.kind, key, results)
+        types = {}
+        for type_ in dict.fromkeys(q.type for q in results):
+            members = [q for q in results if q.type == type_]
+            part = _numbers(track.kind, key, members)
+            types[type_] = {"metric": part["metric"], "cost_per_frame": part["cost_per_frame"]}
+        entries.append(
+            {
+                "track": track.name,
+                "policy": key[0],
+                "lambda": key[1],
+                **numbers,
+                "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],
+                "metric_delta_vs_monolithic_large": numbers["metric"] - reference["metric"],
+                "by_type": types,
+            }
+        )
+    curve_lambda = sorted(lambdas)[len(lambdas) // 2]
+    curves = {
+        _label(key): _curve([q.runs[key] for q in results]) for key in keys if key[1] is None or key[1] == curve_lambda
+    }
+    return {
+        "kind": track.kind,
+        "metric": "f1" if track.kind == "binary" else "accuracy",
+        "queries": [
+            {
+                "query": q.query,
+                "type": q.type,
+                "frames": len(q.labels),
+                "sites": q.sites,
+                "configurations": q.configurations,
+            }
+            for q in results
+        ],
+        "entries": entries,
+        "curve_lambda": curve_lambda,
+        "curves": curves,
+    }
+
+
+def _label(key: RunKey) -> str:
+    return key[0] if key[1] is None else f"{key[0]} (lambda {key[1]:g})"
+
+
+def _curve(runs: Sequence[RunStats]) -> dict[str, list[float]]:
+    """Mean over queries, by stream position: cumulative cost per query and running accuracy."""
+    length = min(len(r.cost) for r in runs)
+    cost = np.mean([r.cost[:length] for r in runs], axis=0)
+    correct = np.mean([r.correct[:length] for r in runs], axis=0)
+    positions = np.unique(np.linspace(0, length - 1, min(CURVE_POINTS, length)).round().astype(int))
+    cumulative = np.cumsum(cost)
+    running = np.cumsum(correct) / np.arange(1, length + 1)
+    return {
+        "frame": [int(p) + 1 for p in positions],
+        "cumulative_cost": [float(cumulative[p]) for p in positions],
+        "running_accuracy": [float(running[p]) for p in positions],
+    }
+
+
+# -- standalone accuracy of each backend -------------------------------------------------------------------
+
+
+def _standalone() -> dict[str, Any]:
+    """Each backend alone: detect and VQA on the zoo's held-out evaluation sets (per difficulty),
+    LLMs on the knowledge the open-form track asks for (polygon sides, French colour names)."""
+    from fmprog.bench.harness import _WORKER
+    from fmprog.zoo.evaluate import evaluate
+
+    backends = _WORKER["setup"].backends  # type: ignore[attr-defined]
+    report: dict[str, Any] = {}
+    knowledge = [(f"How many sides does a {s} have? Answer with a number.", str(n)) for s, n in POLYGON_SIDES.items()]
+    knowledge += [
+        (f"What is the French word for the color {c}? Answer with one word.", f) for c, f in FRENCH_COLORS.items()
+    ]
+    for backend in backends.values():
+        function = backend.function.value
+        call = getattr(backend.model, function)
+        if function == "llm":
+            right = sum(expected in str(call(prompt)).lower() for prompt, expected in knowledge)
+            report[backend.name] = {
+                "function": function,
+                "cost": backend.cost,
+                "knowledge_accuracy": right / len(knowledge),
+            }
+            continue
+        runner = lambda images, texts, _call=call: [_call(i, t) for i, t in zip(images, texts, strict=True)]  # noqa: E731
+        scores = {d: evaluate(runner, function, d, n=150).score for d in ("easy", "medium", "hard")}
+        report[backend.name] = {"function": function, "cost": backend.cost, "accuracy": scores}
+    return report

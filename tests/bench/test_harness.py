@@ -1,0 +1,99 @@
+"""The replay with real zoo backends (detect and VQA, in process) on a short binary stream, and
+``fmprog bench`` end to end in a worker process, writing its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmprog.bench.cache import OutputCache, cached_registry
+from fmprog.bench.harness import ReplaySetup, load_backends, replay_query
+from fmprog.bench.queries import binary_queries
+from fmprog.bench.tracks import ImageResolver, build_streams, save_binary
+from fmprog.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG, PRICES = ROOT / "deploy" / "config" / "cpu.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def vision_config(tmp_path_factory):
+    """The CPU configuration without its LLMs (the binary track needs none)."""
+    import yaml
+
+    config = yaml.safe_load(CONFIG.read_text())
+    config["backends"] = [b for b in config["backends"] if b["function"] != "llm"]
+    path = tmp_path_factory.mktemp("config") / "vision.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return build_streams([binary_queries()[14]], binary_frames=120, binary_positives=6)[0]
+
+
+def test_replay_runs_every_baseline_and_policy(vision_config, stream):
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    setup = ReplaySetup(backends=backends, images=ImageResolver(), lambdas=(1e-3, 1e-2))
+    result = replay_query(stream, "binary", setup)
+    assert result.configurations == 16 and len(result.sites) == 4
+    runs = result.runs
+    assert set(runs) == {
+        ("static-small", None), ("static-large", None), ("monolithic-small", None),
+        ("monolithic-large", None), ("oracle", None), ("random", None),
+        ("structured", 1e-3), ("fast", 1e-3), ("whole_query", 1e-3),
+        ("structured", 1e-2), ("fast", 1e-2), ("whole_query", 1e-2),
+    }  # fmt: skip
+    for stats in runs.values():
+        assert len(stats.cost) == len(stream.frames)
+    # priced as the production backends of the same names
+    assert np.all(runs[("monolithic-large", None)].cost == 73400)
+    assert set(runs[("whole_query", 1e-3)].invocations) <= {"vqa-small", "vqa-large"}
+    assert set(runs[("static-small", None)].invocations) <= {"detect-small", "vqa-small"}
+    # the oracle is right whenever any configuration is, at no more cost than a right static program
+    oracle = runs[("oracle", None)]
+    for name in ("static-small", "static-large", "structured", "fast", "random"):
+        key = (name, None) if name.startswith("static") or name == "random" else (name, 1e-3)
+        assert np.all(oracle.correct >= runs[key].correct)
+        right = runs[key].correct
+        assert np.all(oracle.cost[right] <= runs[key].cost[right] + 1e-9)
+    # the program's detector short-circuits: far cheaper than one large VQA call per frame
+    assert runs[("static-large", None)].cost.mean() < 0.2 * 73400
+
+
+def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys):
+    save_binary([stream], tmp_path / "tracks" / "binary.json")
+    out = tmp_path / "report"
+    code = main(
+        ["bench", "--out", str(out), "--only", "binary", "--binary", str(tmp_path / "tracks" / "binary.json"),
+         "--config", str(vision_config), "--lambdas", "0.001", "--workers", "1", "--frames", "60"]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    track = results["tracks"]["binary"]
+    policies = {(e["policy"], e["lambda"]) for e in track["entries"]}
+    assert ("structured", 0.001) in policies and ("oracle", None) in policies
+    mono = next(e for e in track["entries"] if e["policy"] == "monolithic-large")
+    assert mono["cost_per_frame"] == 73400 and mono["saving_vs_monolithic_large"] == 0
+    learned = next(e for e in track["entries"] if e["policy"] == "fast")
+    assert learned["regret_per_frame"] >= 0 and learned["frames"] == 60
+    assert learned["backend_mix"]["detect-small"] + learned["backend_mix"].get("detect-large", 0) >= 1
+    assert set(results["standalone"]) == {"detect-small", "detect-large", "vqa-small", "vqa-large"}
+    assert results["backend_calls"]["detect-small"]["misses"] > 0
+    for name in ("results.md", "binary_pareto.png", "binary_stream.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "binary_pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| oracle |" in (out / "results.md").read_text()
+
+
+def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path), "--lambdas", "-1"]) == 2
+    assert "lambda must be finite and >= 0" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--policies", "nope"]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--binary", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err

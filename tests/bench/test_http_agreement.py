@@ -1,0 +1,45 @@
+"""The benchmark's in-process replay and the deployed system (``fmprog up``: Ray Serve backends,
+the policy service and the router over HTTP) agree frame by frame on a binary query: the same
+answers, the same backends invoked, the same costs, for static programs and for ``fast``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import yaml
+
+from fmprog.bench.cache import OutputCache, cached_registry
+from fmprog.bench.harness import ReplaySetup, load_backends
+from fmprog.bench.http import agreement
+from fmprog.bench.queries import binary_queries
+from fmprog.bench.tracks import ImageResolver, build_streams
+from fmprog.stack import StackProcess, StackSettings
+from services.cluster import free_port
+
+CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+VISION = {"detect-small", "detect-large", "vqa-small", "vqa-large"}
+
+
+def test_in_process_replay_and_http_services_agree(tmp_path):
+    catalog = yaml.safe_load(CPU.read_text())
+    catalog["backends"] = [b for b in catalog["backends"] if b["name"] in VISION]
+    config = tmp_path / "vision.yaml"
+    config.write_text(yaml.safe_dump(catalog))
+    query = build_streams([binary_queries()[0]], binary_frames=40, binary_positives=4)[0]
+    setup = ReplaySetup(
+        backends=cached_registry(load_backends(config, None), OutputCache()), images=ImageResolver(), lambdas=()
+    )
+    settings = StackSettings(
+        config=config,
+        router_port=free_port(),
+        policy_port=free_port(),
+        serve_port=free_port(),
+        state_dir=tmp_path / "stack",
+    )
+    with StackProcess(settings), httpx.Client(base_url=settings.router_url, timeout=60) as client:
+        rows = agreement(client, query, "binary", setup, 1e-3)
+    assert [r["policy"] for r in rows] == ["static all-cheapest", "static all-largest", "fast lambda 0.001"]
+    for row in rows:
+        assert row["frames"] == 40 and row["fallbacks"] == 0, row
+        assert row["same_answer"] == row["same_backends"] == row["same_cost"] == 1.0, row
