@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="path to the program's Python source")
     check.set_defaults(handler=_program_check)
 
+    from router.synthesis_cli import add_synth_command
+
+    add_synth_command(program_commands)
+
     serve = commands.add_parser("serve", help="start Ray Serve with every backend of a configuration; block")
     serve.add_argument("--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -18,17 +19,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmprog.backends.base import BackendRegistry
-from fmprog.backends.config import BackendCatalog
+from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
 from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
-from router.errors import Conflict, NotFound, RouterError
+from router.errors import Conflict, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
 from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.service import RouterService
 from router.settings import RouterSettings
 from router.store import Store
+from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, synthesis_model
 
+logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
@@ -47,6 +50,8 @@ def _status(exc: RouterError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
+    if isinstance(exc, Unavailable):
+        return 503
     return 422
 
 
@@ -62,15 +67,51 @@ def _serve_backends(catalog: BackendCatalog, settings: RouterSettings) -> Backen
     return BackendRegistry.from_specs(list(catalog.backends), models)
 
 
+def _synthesizer(
+    settings: RouterSettings, catalog: BackendCatalog, backends: BackendRegistry, store: Store, model: ChatModel | None
+) -> tuple[ProgramSynthesizer | None, str, EngineChatModel | None]:
+    """The program synthesizer (None when off, with the reason), and the model it owns (to close).
+
+    A synthesizer configured on purpose that cannot work is a ConfigError; the default one
+    (``synthesis_backend`` left at ``llm-large``) that the backend configuration cannot serve, e.g.
+    a vLLM backend in a GPU configuration, only turns synthesis off, with a warning."""
+    owned = None
+    if model is None:
+        try:
+            spec = settings.synthesis_spec()
+        except ConfigError as exc:
+            if settings.synthesis_engine is not None or "synthesis_backend" in settings.model_fields_set:
+                raise
+            logger.warning("program synthesis is off: %s", exc)
+            return None, str(exc), None
+        if spec is None:
+            return None, "synthesis_backend is empty and synthesis_engine is unset", None
+        model = owned = synthesis_model(spec)
+    synthesizer = ProgramSynthesizer(
+        model,
+        catalog,
+        backends,
+        store=store,
+        attempts=settings.synthesis_attempts,
+        max_tokens=settings.synthesis_max_tokens,
+        dry_run_frames=settings.synthesis_dry_run_frames,
+        retries=settings.backend_retries,
+    )
+    return synthesizer, "", owned
+
+
 def create_app(
     settings: RouterSettings | None = None,
     *,
     catalog: BackendCatalog | None = None,
     backends: BackendRegistry | None = None,
     policy: PolicyPort | None = None,
+    synthesis: ChatModel | None = None,
 ) -> FastAPI:
-    """The router app. By default backends are Ray Serve deployments behind ``serve_url`` and the
-    policy is the service at ``policy_url``; tests pass in-process ``backends`` and ``policy``."""
+    """The router app. By default backends are Ray Serve deployments behind ``serve_url``, the
+    policy is the service at ``policy_url`` and the synthesizer's model is built from the settings
+    (loaded on first use, or at start-up with ``synthesis_preload``); tests pass in-process
+    ``backends``, ``policy`` and ``synthesis`` model."""
     settings = settings or RouterSettings()
 
     @contextlib.asynccontextmanager
@@ -82,6 +123,9 @@ def create_app(
         if the_policy is None and settings.policy_url:
             the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s)
         store, outbox = Store(settings.database), Outbox(settings.database)
+        synthesizer, synthesis_off, owned_model = _synthesizer(settings, the_catalog, the_backends, store, synthesis)
+        if owned_model is not None and settings.synthesis_preload:
+            await anyio.to_thread.run_sync(owned_model.load)
         service = RouterService(
             store,
             the_catalog,
@@ -92,6 +136,8 @@ def create_app(
             fallback=settings.fallback,
             retries=settings.backend_retries,
             decide_threads=settings.answer_threads,
+            synthesizer=synthesizer,
+            synthesis_off=synthesis_off,
         )
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
@@ -100,6 +146,8 @@ def create_app(
                 yield
         finally:
             service.close()
+            if owned_model is not None:
+                owned_model.close()
             if isinstance(the_policy, HttpPolicyClient) and the_policy is not policy:
                 the_policy.close()
             outbox.close()
@@ -118,7 +166,7 @@ def create_app(
         request.app.state.service.metrics.errors.labels(request.url.path.split("/")[1] or "/", str(status)).inc()
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    @app.post("/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(401, 413, 422))
+    @app.post("/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(401, 413, 422, 503))
     async def register(request: Request, body: ProgramCreate) -> ProgramPublic:
         return await run_in_threadpool(_service(request).register, body)
 

@@ -1,5 +1,6 @@
 """The router's domain errors. Each says what went wrong in the paper's terms; the HTTP layer maps
-them to status codes (``NotFound`` 404, ``Conflict`` 409, the rest 422) without knowing more."""
+them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Unavailable`` 503, the rest 422) without
+knowing more."""
 
 from __future__ import annotations
 
@@ -26,8 +27,25 @@ class ProgramInvalid(RouterError):
         super().__init__("program rejected: " + "; ".join(str(p) for p in problems))
 
 
+class Unavailable(RouterError):
+    """Something the request needs is down: the synthesizer's model cannot be loaded or reached, or
+    the backends failed during a synthesised program's dry run. Trying again later may succeed."""
+
+
 class SynthesisUnavailable(RouterError):
-    """A program was asked for by natural-language query, which needs synthesis (issue 6)."""
+    """A program was asked for by query, but this router has no synthesizer configured."""
+
+
+class SynthesisFailed(RouterError):
+    """No program the synthesizer wrote for a query passed validation and the dry run within the
+    allowed attempts; the message names the last error."""
+
+    def __init__(self, query: str, attempts: int, last_error: str):
+        self.query = query
+        self.attempts = attempts
+        self.last_error = last_error
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        super().__init__(f"could not synthesise a program for {query!r} in {tries}; last error: {last_error}")
 
 
 class BackendsRejected(RouterError):

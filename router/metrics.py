@@ -82,6 +82,21 @@ class RouterMetrics:
             "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
         )
         self.outbox = Gauge("fmprog_policy_outbox", "Policy messages waiting for delivery.", registry=r)
+        self.syntheses = Counter(
+            "fmprog_syntheses_total",
+            "Programs synthesised from queries, by outcome (synthesised, cached, failed, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.synthesis_latency = Histogram(
+            "fmprog_synthesis_seconds",
+            "Time to synthesise a program from a query (model calls, validation, dry runs).",
+            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320),
+            registry=r,
+        )
+        self.synthesis_attempts = Counter(
+            "fmprog_synthesis_attempts_total", "Programs asked of the synthesizer's model.", registry=r
+        )
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 
@@ -99,6 +114,12 @@ class RouterMetrics:
                 self.fallbacks.labels(program, "backend_retry").inc()
             elif call.fallback_from is not None:
                 self.fallbacks.labels(program, "backend_replaced").inc()
+
+    def synthesised(self, outcome: str, attempts: int, latency_s: float) -> None:
+        """Count one synthesis from a query: its outcome, the model calls it made and its time."""
+        self.syntheses.labels(outcome).inc()
+        self.synthesis_attempts.inc(attempts)
+        self.synthesis_latency.observe(latency_s)
 
     def labelled(self, program_id: str, kind: str, answer: object, label: str, right: bool) -> None:
         """Update running accuracy (and F1 for binary tasks) with one new label."""

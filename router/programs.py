@@ -1,20 +1,24 @@
-"""Registering programs: validate with the runtime, resolve each call site's candidate backends
-from the catalog, store, and keep the compiled program for answering."""
+"""Registering programs: synthesise one when a task comes in words, validate with the runtime,
+resolve each call site's candidate backends from the catalog, store, and keep the compiled program
+for answering."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from fmprog.backends.config import BackendCatalog, Function
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
 from policy.schemas import PolicySpec
-from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisUnavailable
-from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic
+from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
+from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
 from router.store import Store, utc_now
+
+if TYPE_CHECKING:
+    from router.synthesis import ProgramSynthesizer
 
 
 def candidate_backends(
@@ -86,24 +90,35 @@ def public_call_site(site: CallSite, candidates: list[CandidateBackend]) -> Call
 
 
 class ProgramRegistry:
-    """Registered programs: stored in a ``Store``, compiled once per process for answering."""
+    """Registered programs: stored in a ``Store``, compiled once per process for answering. With a
+    ``synthesizer``, a program can be registered by its task in words (``query``).
 
-    def __init__(self, store: Store, catalog: BackendCatalog):
+    ``synthesis_off`` says why there is no synthesizer, for the error a query then gets."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: BackendCatalog,
+        synthesizer: ProgramSynthesizer | None = None,
+        *,
+        synthesis_off: str = "no synthesizer is configured",
+    ):
         self.store = store
         self.catalog = catalog
+        self.synthesizer = synthesizer
+        self.synthesis_off = synthesis_off
         self._compiled: dict[str, Program] = {}
         self._lock = threading.Lock()
 
     def register(self, request: ProgramCreate) -> ProgramPublic:
-        """Validate, resolve candidates, check the policy, store; raise ProgramInvalid,
-        SynthesisUnavailable, BackendsRejected or PolicyInvalid without storing anything."""
-        if request.source is None:
-            raise SynthesisUnavailable(
-                "registering a program from a natural-language query needs program synthesis, "
-                "which is not available yet (issue 6); send the program's source instead"
-            )
+        """Synthesise (for a query), validate, resolve candidates, check the policy, store; raise
+        SynthesisUnavailable, SynthesisFailed, Unavailable, ProgramInvalid, BackendsRejected or
+        PolicyInvalid without storing a program."""
+        source, synthesis = request.source, None
+        if source is None:
+            source, synthesis = self._synthesize(request)
         try:
-            program = compile_program(request.source)
+            program = compile_program(source)
         except ProgramRejected as exc:
             raise ProgramInvalid(exc.problems) from None
         candidates = candidate_backends(self.catalog, request.backends, set(program.functions))
@@ -117,12 +132,25 @@ class ProgramRegistry:
             call_sites=[public_call_site(site, candidates[site.function]) for site in program.call_sites],
             created_at=utc_now(),
             digest=program.digest,
+            query=request.query,
+            synthesis=synthesis,
         )
         check_policy(public)
         self.store.add_program(public)
         with self._lock:
             self._compiled[public.id] = program
         return public
+
+    def _synthesize(self, request: ProgramCreate) -> tuple[str, SynthesisPublic]:
+        assert request.query is not None  # ProgramCreate holds a source or a query
+        if self.synthesizer is None:
+            raise SynthesisUnavailable(
+                f"this router cannot synthesise programs ({self.synthesis_off}); send the program's source instead"
+            )
+        result = self.synthesizer.synthesize(request.query, request.kind, allowed=request.backends)
+        if result.source is None:
+            raise SynthesisFailed(request.query, result.attempts, result.last_error or "no program")
+        return result.source, result.public()
 
     def get(self, program_id: str) -> ProgramPublic:
         return self.store.get_program(program_id)

@@ -1,7 +1,9 @@
 """Wire types of the router: what crosses its boundary (clients, the store, the policy).
 
-Families follow the usual split: ``ProgramCreate`` in, ``ProgramPublic`` out; ``AnswerResult`` for
-one answered frame; ``FeedbackIn`` and ``FeedbackResult`` for a label and the reward it earned.
+Families follow the usual split: ``ProgramCreate`` in (a program's source, or a task in words to
+synthesise one from), ``ProgramPublic`` out (with ``SynthesisPublic`` when it was synthesised);
+``AnswerResult`` for one answered frame; ``FeedbackIn`` and ``FeedbackResult`` for a label and the
+reward it earned.
 The cost weight is called ``lambda`` on the wire (the paper's name) and ``lambda_`` in Python.
 """
 
@@ -19,6 +21,7 @@ TaskKind = Literal["binary", "open"]
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 
 _WIRE = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
@@ -29,7 +32,9 @@ class ProgramCreate(BaseModel):
     model_config = _WIRE
 
     source: str | None = Field(default=None, description="Program source defining execute_command(image).")
-    query: str | None = Field(default=None, description="Natural-language task; needs synthesis (issue 6).")
+    query: Query | None = Field(
+        default=None, description="A task in words; the router synthesises its program (at most 1000 characters)."
+    )
     kind: TaskKind = Field(description="binary (yes/no, F1 on rare positives) or open (free-form answers).")
     lambda_: float = Field(alias="lambda", ge=0, allow_inf_nan=False, description="Weight of cost in the reward.")
     algorithm: str = Field(default="structured", min_length=1, max_length=64, description="Policy algorithm name.")
@@ -65,6 +70,36 @@ class CallSitePublic(CallSite):
     candidates: list[CandidateBackend] = Field(min_length=1)
 
 
+class SynthesisPublic(BaseModel):
+    """How a program was synthesised from its query: the attempts it took (1 when the model's first
+    program passed validation and the dry run), the time it took, whether it came from the cache
+    (then ``attempts`` and ``latency_s`` are those of the original synthesis), and why the refused
+    attempts were refused."""
+
+    model_config = _WIRE
+
+    attempts: int = Field(ge=1)
+    latency_s: float = Field(ge=0, description="Wall-clock time of this registration's synthesis (0 when cached).")
+    cached: bool
+    errors: list[str] = Field(default_factory=list, description="Why each refused attempt was refused, in order.")
+    dry_run_frames: int = Field(
+        ge=0, description="Generated frames the accepted program ran on before registration (0 when cached)."
+    )
+    synthesizer: str = Field(description="The model that wrote the program.")
+    api_version: str = Field(description="Version (hash) of the synthesis prompt and the API it documents.")
+
+
+class CachedProgram(BaseModel):
+    """A program synthesised before for the same task, prompt and model (storage, not wire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    attempts: int
+    latency_s: float
+    created_at: datetime
+
+
 class ProgramPublic(BaseModel):
     """A registered program as the router stores and returns it."""
 
@@ -79,6 +114,8 @@ class ProgramPublic(BaseModel):
     call_sites: list[CallSitePublic]
     created_at: datetime
     digest: str = Field(description="sha256 of the source.")
+    query: str | None = Field(default=None, description="The task in words, when the program was synthesised.")
+    synthesis: SynthesisPublic | None = Field(default=None, description="How it was synthesised; None for source.")
 
 
 class InvocationPublic(BaseModel):

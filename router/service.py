@@ -19,7 +19,7 @@ from fmprog.backends.config import BackendCatalog
 from fmprog.images import ImageError, decode_image
 from policy.rewards import RewardConfig, task_loss
 from router.answering import Answerer, FallbackRule, check_decision
-from router.errors import DecisionRejected, FrameRejected
+from router.errors import DecisionRejected, FrameRejected, SynthesisFailed, Unavailable
 from router.feedback import FeedbackHandler
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
@@ -27,6 +27,7 @@ from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry
 from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.store import Store
+from router.synthesis import ProgramSynthesizer
 
 
 class RouterService:
@@ -43,9 +44,11 @@ class RouterService:
         retries: int = 1,
         decide_threads: int = 32,
         metrics: RouterMetrics | None = None,
+        synthesizer: ProgramSynthesizer | None = None,
+        synthesis_off: str = "no synthesizer is configured",
     ):
         self.store = store
-        self.programs = ProgramRegistry(store, catalog)
+        self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
         self.answerer = Answerer(self.programs, backends, fallback=fallback, retries=retries)
         self.feedback_handler = FeedbackHandler(store, rewards)
         self.policy = policy
@@ -57,7 +60,19 @@ class RouterService:
     # -- programs -------------------------------------------------------------------------------
 
     def register(self, request: ProgramCreate) -> ProgramPublic:
-        program = self.programs.register(request)
+        started = time.perf_counter()
+        try:
+            program = self.programs.register(request)
+        except SynthesisFailed as exc:
+            self.metrics.synthesised("failed", exc.attempts, time.perf_counter() - started)
+            raise
+        except Unavailable:
+            self.metrics.synthesised("unavailable", 0, time.perf_counter() - started)
+            raise
+        if program.synthesis is not None:
+            cached = program.synthesis.cached
+            attempts = 0 if cached else program.synthesis.attempts
+            self.metrics.synthesised("cached" if cached else "synthesised", attempts, time.perf_counter() - started)
         self._to_policy("register", program.id, program.model_dump(mode="json", by_alias=True))
         return program
 

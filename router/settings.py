@@ -8,8 +8,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fmprog.backends.config import BackendCatalog, BackendName, ConfigError, load_catalog
+from fmprog.backends.config import BackendCatalog, BackendName, BackendSpec, ConfigError, Function, load_catalog
+from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
 from policy.rewards import RewardConfig
+
+SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
 
 
 class RouterSettings(BaseSettings):
@@ -43,6 +46,39 @@ class RouterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
 
+    # Program synthesis (POST /programs with a query).
+    synthesis_backend: BackendName | None = Field(
+        default="llm-large",
+        description="The backend of backends_config whose model writes programs, run inside the router "
+        "(a llama_cpp or openai engine); unset (empty) disables synthesis unless synthesis_engine is set.",
+    )
+    synthesis_engine: LlamaCppEngineOptions | OpenAIEngineOptions | None = Field(
+        default=None,
+        description="The synthesizer's engine given in full (JSON), instead of synthesis_backend's: e.g. "
+        '{"kind": "openai", "base_url": "http://vllm:8000/v1", "model": "Qwen/Qwen2.5-Coder-32B-Instruct"}.',
+    )
+    synthesis_attempts: int = Field(
+        default=3, ge=1, le=10, description="Programs asked of the model per query before the query is refused."
+    )
+    synthesis_max_tokens: int = Field(default=512, ge=64, le=8192, description="Longest reply of the model.")
+    synthesis_context: int = Field(
+        default=4096, ge=1024, le=131072, description="Context window (tokens) of a llama.cpp synthesis_backend."
+    )
+    synthesis_threads: int | None = Field(
+        default=None, ge=1, le=256, description="Threads of a llama.cpp synthesis_backend; None: every core."
+    )
+    synthesis_dry_run_frames: int = Field(
+        default=3, ge=0, le=32, description="Generated frames each candidate program is run on before it is accepted."
+    )
+    synthesis_preload: bool = Field(
+        default=False, description="Load the synthesizer's model at start-up rather than on first use."
+    )
+
+    @field_validator("synthesis_backend", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("backends", mode="before")
     @classmethod
     def _names_from_text(cls, value: object) -> object:
@@ -73,6 +109,47 @@ class RouterSettings(BaseSettings):
         """The backends this router offers: ``backends_config``, restricted to ``backends`` when
         given. Raises ConfigError (a ValueError) for an unreadable configuration or unknown names."""
         return select_backends(load_catalog(self.backends_config), self.backends, source=self.backends_config)
+
+    def synthesis_spec(self) -> BackendSpec | None:
+        """The synthesizer's model as a backend specification (its engine not built), or None when
+        synthesis is disabled. ``synthesis_engine`` is used as given; otherwise ``synthesis_backend``'s
+        engine from the full ``backends_config`` (not restricted by ``backends``), with the synthesis
+        context and threads for llama.cpp. Temperature is 0 either way (a repair must not depend on
+        luck) and ``synthesis_max_tokens`` bounds each reply. Raises ConfigError for an unknown
+        backend or one whose engine cannot run inside the router."""
+        if self.synthesis_engine is not None:
+            engine = self.synthesis_engine
+            name = "synthesizer"
+        elif self.synthesis_backend is not None:
+            catalog = load_catalog(self.backends_config)
+            try:
+                backend = catalog.get(self.synthesis_backend)
+            except KeyError:
+                known = [spec.name for spec in catalog.backends if spec.function == Function.llm]
+                raise ConfigError(
+                    f"synthesis_backend {self.synthesis_backend!r} is not in {self.backends_config} "
+                    f"(its llm backends: {known})"
+                ) from None
+            engine = backend.engine
+            if backend.function != Function.llm or not isinstance(engine, LlamaCppEngineOptions | OpenAIEngineOptions):
+                served = f"{backend.function.value} backend, {engine.kind if engine else 'no'} engine"
+                raise ConfigError(
+                    f"synthesis_backend {self.synthesis_backend!r} ({served}) cannot write programs in the router: "
+                    "it needs an llm backend served by llama_cpp or openai; or set synthesis_engine (e.g. an "
+                    "OpenAI-compatible endpoint such as vLLM)"
+                )
+            if isinstance(engine, LlamaCppEngineOptions):
+                from fmprog.engines.llama_cpp import available_cpus
+
+                threads = self.synthesis_threads or available_cpus()
+                # Small prompt batches: a conversation reuses all but the last few tokens of a cached prefix.
+                update = {"n_ctx": self.synthesis_context, "n_threads": threads, "n_batch": SYNTHESIS_N_BATCH}
+                engine = engine.model_copy(update=update)
+            name = f"{backend.name}-synthesizer"
+        else:
+            return None
+        engine = engine.model_copy(update={"temperature": 0.0, "max_tokens": self.synthesis_max_tokens})
+        return BackendSpec(name=name, function=Function.llm, cost=1, engine=engine)
 
 
 def select_backends(

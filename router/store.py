@@ -7,6 +7,9 @@ changes that must be atomic (a label for a decision) run in one ``BEGIN IMMEDIAT
 so two stores over the same file cannot both resolve a decision. The schema is created on open;
 ``schema_version`` records its version and a file of another version is refused.
 
+A cache of synthesised programs (``synthesized_programs``) is keyed by the normalised task, its
+kind, the synthesis prompt's version and the model, so registering a task again costs no model call.
+
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.
 """
@@ -21,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import Conflict, NotFound, RouterError
-from router.schemas import CallSitePublic, DecisionRecord, FeedbackRecord, ProgramPublic
+from router.schemas import (
+    CachedProgram,
+    CallSitePublic,
+    DecisionRecord,
+    FeedbackRecord,
+    ProgramPublic,
+    SynthesisPublic,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -38,7 +48,9 @@ CREATE TABLE IF NOT EXISTS programs (
     algorithm   TEXT NOT NULL,
     hyperparameters TEXT NOT NULL DEFAULT '{}',  -- JSON: the algorithm's hyper-parameters
     call_sites  TEXT NOT NULL,  -- JSON: [CallSitePublic], each with its candidate backends and costs
-    created_at  TEXT NOT NULL   -- ISO 8601, UTC
+    created_at  TEXT NOT NULL,  -- ISO 8601, UTC
+    query       TEXT,           -- the natural-language task the program was synthesised from, or NULL
+    synthesis   TEXT            -- JSON: SynthesisPublic, or NULL for a program sent as source
 );
 CREATE TABLE IF NOT EXISTS decisions (
     id              TEXT PRIMARY KEY,
@@ -59,6 +71,17 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_by_program ON decisions (program_id, created_at);
 CREATE INDEX IF NOT EXISTS decisions_by_status ON decisions (status, created_at);
+CREATE TABLE IF NOT EXISTS synthesized_programs (
+    query        TEXT NOT NULL,  -- normalised: lower case, single spaces, no trailing punctuation
+    kind         TEXT NOT NULL CHECK (kind IN ('binary', 'open')),
+    api_version  TEXT NOT NULL,  -- hash of the synthesis prompt (the program API it documents)
+    synthesizer  TEXT NOT NULL,  -- the model that wrote it
+    source       TEXT NOT NULL,
+    attempts     INTEGER NOT NULL,
+    latency_s    REAL NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (query, kind, api_version, synthesizer)
+);
 CREATE TABLE IF NOT EXISTS feedback (
     decision_id  TEXT PRIMARY KEY REFERENCES decisions (id),
     label        TEXT NOT NULL,
@@ -66,6 +89,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at   TEXT NOT NULL
 );
 """
+
+
+# Statements that take a store of version N (the key) to version N + 1.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE programs ADD COLUMN hyperparameters TEXT NOT NULL DEFAULT '{}'",),
+    2: ("ALTER TABLE programs ADD COLUMN query TEXT", "ALTER TABLE programs ADD COLUMN synthesis TEXT"),
+}
 
 
 class StoreVersionError(RouterError):
@@ -97,13 +127,17 @@ class Store:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row["version"] == 1:  # version 2 added programs.hyperparameters
-                db.execute("ALTER TABLE programs ADD COLUMN hyperparameters TEXT NOT NULL DEFAULT '{}'")
-                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            elif row["version"] != SCHEMA_VERSION:
+                return
+            version = row["version"]
+            if version not in _MIGRATIONS and version != SCHEMA_VERSION:
                 raise StoreVersionError(
-                    f"{self.path}: store schema version {row['version']}, this router reads version {SCHEMA_VERSION}"
+                    f"{self.path}: store schema version {version}, this router reads version {SCHEMA_VERSION}"
                 )
+            while version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+            db.execute("UPDATE schema_version SET version = ?", (version,))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
@@ -123,9 +157,8 @@ class Store:
     def add_program(self, program: ProgramPublic) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO programs"
-                " (id, source, digest, kind, lambda, algorithm, hyperparameters, call_sites, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO programs (id, source, digest, kind, lambda, algorithm, hyperparameters, call_sites,"
+                " created_at, query, synthesis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     program.id,
                     program.source,
@@ -136,6 +169,8 @@ class Store:
                     json.dumps(program.hyperparameters),
                     json.dumps([site.model_dump(mode="json") for site in program.call_sites]),
                     program.created_at.isoformat(),
+                    program.query,
+                    program.synthesis.model_dump_json() if program.synthesis else None,
                 ),
             )
 
@@ -158,6 +193,41 @@ class Store:
         with self._transaction() as db:
             if db.execute("DELETE FROM programs WHERE id = ?", (program_id,)).rowcount == 0:
                 raise NotFound(f"no program with id {program_id!r}")
+
+    # Synthesised programs, by task (the synthesis cache)
+
+    def get_synthesized(self, query: str, kind: str, api_version: str, synthesizer: str) -> CachedProgram | None:
+        """The program synthesised before for this normalised query, task kind, prompt and model."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM synthesized_programs"
+                " WHERE query = ? AND kind = ? AND api_version = ? AND synthesizer = ?",
+                (query, kind, api_version, synthesizer),
+            ).fetchone()
+        if row is None:
+            return None
+        return CachedProgram(
+            source=row["source"],
+            attempts=row["attempts"],
+            latency_s=row["latency_s"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+        )
+
+    def put_synthesized(
+        self, query: str, kind: str, api_version: str, synthesizer: str, *, source: str, attempts: int, latency_s: float
+    ) -> None:
+        """Remember a validated synthesised program (replacing an older one for the same key)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO synthesized_programs"
+                " (query, kind, api_version, synthesizer, source, attempts, latency_s, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (query, kind, api_version, synthesizer, source, attempts, latency_s, utc_now().isoformat()),
+            )
+
+    def count_synthesized(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM synthesized_programs").fetchone()[0]
 
     # Decisions
 
@@ -280,6 +350,8 @@ def _program(row: sqlite3.Row) -> ProgramPublic:
         call_sites=[CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])],
         created_at=datetime.fromisoformat(row["created_at"]),
         digest=row["digest"],
+        query=row["query"],
+        synthesis=SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None,
     )
 
 

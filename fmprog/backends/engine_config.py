@@ -92,6 +92,9 @@ class LlamaCppEngineOptions(_Options):
     n_ctx: int = Field(default=2048, ge=128)
     n_threads: int | None = Field(default=None, ge=1)
     n_gpu_layers: int = Field(default=0, ge=-1, description="-1 offloads every layer (CUDA builds).")
+    n_batch: int = Field(
+        default=512, ge=8, description="Prompt tokens evaluated at once (a conversation reuses whole batches)."
+    )
     max_tokens: int = Field(default=64, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from fmprog.backends.base import Detection, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.engines.chat import Message
 
 
 class EngineError(RuntimeError):
@@ -53,6 +54,12 @@ class Engine(ABC):
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
         raise self._wrong_function(Function.llm)
+
+    def chat(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> str:
+        """The model's reply to a whole conversation (system, user and assistant turns), for callers
+        that need more than one prompt, such as the router's program synthesizer. ``max_tokens``
+        overrides the configured limit. Engines of chat language models implement it."""
+        raise EngineError(f"backend {self.spec.name!r}: the {self.options.kind} engine does not hold conversations")
 
     def check_health(self) -> None:
         """Raise EngineError when the engine can no longer serve (default: healthy once loaded)."""

@@ -4,6 +4,14 @@ The binding holds one sequence's KV cache and has no batched generation across s
 batch is answered sequentially, one prompt after another under one lock (the engine is thread
 safe; concurrent callers queue). The KV cache is reset before each prompt: prompts are unrelated,
 and evaluating each from scratch makes an answer independent of the prompt served before it.
+``chat`` (whole conversations, for the router's program synthesizer) keeps the cache instead: a
+conversation that begins like the previous one (the synthesizer's fixed instructions and examples,
+or the same conversation one repair turn shorter) is evaluated only from where the two differ, and
+its answer is still the one a fresh evaluation gives. llama.cpp evaluates a prompt in batches of
+``n_batch`` tokens and the numbers depend (slightly, but enough to flip a greedy choice) on where the
+batches start; so a conversation reuses only whole batches of the previous prompt, counted from its
+first token, never the tokens generated after it, and the rest is evaluated in batches that start
+where a fresh evaluation's would.
 
 Sampling uses the binding's defaults besides ``temperature`` (no repeat penalty); llama.cpp's
 OpenAI-compatible server defaults its repeat penalty to 1.1, so the two answer a prompt alike only
@@ -21,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fmprog.backends.config import BackendSpec
 from fmprog.backends.engine_config import LlamaCppEngineOptions
 from fmprog.engines.base import Engine, EngineError
-from fmprog.engines.chat import text_messages
+from fmprog.engines.chat import Message, text_messages
 from fmprog.engines.sources import resolve_source
 
 if TYPE_CHECKING:
@@ -59,6 +67,7 @@ class LlamaCppEngine(Engine):
         self._llm: Llama | None = None
         self._model_path: Path | None = None
         self._n_threads = self.options.n_threads or default_threads(spec)
+        self._prompt_tokens = 0  # the previous prompt's length: the KV cache holds it, evaluated in whole batches
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -78,6 +87,7 @@ class LlamaCppEngine(Engine):
                 n_ctx=self.options.n_ctx,
                 n_threads=self._n_threads,
                 n_gpu_layers=self.options.n_gpu_layers,
+                n_batch=self.options.n_batch,
                 seed=self.options.seed,
                 verbose=False,
             )
@@ -91,17 +101,34 @@ class LlamaCppEngine(Engine):
             llm = self._loaded()
             return [self._answer(llm, prompt) for prompt in prompts]
 
+    def chat(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> str:
+        with self._lock:
+            llm = self._loaded()
+            batch = self.options.n_batch
+            reusable = min(self._prompt_tokens, llm.n_tokens) // batch * batch
+            if reusable:
+                llm.n_tokens = reusable  # the binding reuses at most this much of the matching prefix
+            else:
+                llm.reset()
+            return self._complete(llm, list(messages), max_tokens or self.options.max_tokens)
+
     def _answer(self, llm: Llama, prompt: str) -> str:
         llm.reset()
+        return self._complete(llm, text_messages(prompt, self.options.system_prompt), self.options.max_tokens)
+
+    def _complete(self, llm: Llama, messages: list[Message], max_tokens: int) -> str:
         try:
             response = llm.create_chat_completion(
-                messages=text_messages(prompt, self.options.system_prompt),  # type: ignore[arg-type]
-                max_tokens=self.options.max_tokens,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
                 temperature=self.options.temperature,
                 seed=self.options.seed,
             )
         except (ValueError, RuntimeError) as exc:  # e.g. a prompt longer than the context window
+            self._prompt_tokens = 0
+            llm.reset()
             raise EngineError(f"backend {self.spec.name!r}: llama.cpp failed on a prompt: {exc}") from exc
+        self._prompt_tokens = response.get("usage", {}).get("prompt_tokens", 0)  # type: ignore[union-attr]
         content = response["choices"][0]["message"]["content"]  # type: ignore[index]
         return (content or "").strip()
 

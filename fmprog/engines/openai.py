@@ -73,6 +73,11 @@ class OpenAIEngine(Engine):
             [image_messages(url, q, self.options.system_prompt) for url, q in zip(urls, questions, strict=True)]
         )
 
+    def chat(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> str:
+        if self.spec.function != Function.llm:
+            raise self._wrong_function(Function.llm)
+        return self._complete(list(messages), max_tokens)
+
     def check_health(self) -> None:
         """The server answers ``GET /models`` and lists the configured model."""
         body = self._request("GET", "models")
@@ -111,11 +116,11 @@ class OpenAIEngine(Engine):
             return [self._complete(messages) for messages in conversations]
         return list(self._pool.map(self._complete, conversations))
 
-    def _complete(self, messages: list[Message]) -> str:
+    def _complete(self, messages: list[Message], max_tokens: int | None = None) -> str:
         payload = {
             "model": self.options.model,
             "messages": messages,
-            "max_tokens": self.options.max_tokens,
+            "max_tokens": max_tokens or self.options.max_tokens,
             "temperature": self.options.temperature,
         }
         body = self._request("POST", "chat/completions", json=payload)

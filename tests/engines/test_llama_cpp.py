@@ -45,6 +45,38 @@ def test_concurrent_callers_are_served_one_at_a_time(smollm2_engine: LlamaCppEng
     assert answers == expected * 2
 
 
+def test_chat_answers_a_conversation_and_reuses_its_prefix(smollm2_engine: LlamaCppEngine) -> None:
+    conversation = [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": PROMPTS[1]},
+    ]
+    first = smollm2_engine.chat(conversation, max_tokens=4)
+    assert first.strip()
+    longer = [*conversation, {"role": "assistant", "content": first}, {"role": "user", "content": PROMPTS[0]}]
+    assert smollm2_engine.chat(longer, max_tokens=4).strip()  # evaluated from where it differs
+    assert smollm2_engine.chat(conversation, max_tokens=4) == first  # deterministic at temperature 0
+    assert smollm2_engine.llm_batch([PROMPTS[2]])  # and single prompts still work after it
+
+
+def test_chat_reuses_whole_batches_of_the_previous_prompt_and_answers_as_if_fresh(llama_cpp_module: Any) -> None:
+    engines = [LlamaCppEngine(llama_spec(f"llm-chat-{i}", SMOLLM2, n_batch=16)) for i in range(2)]
+    for engine in engines:
+        engine.load()
+    cached, fresh = engines
+    system = {"role": "system", "content": "You are a geography teacher. You answer with one word, a city. " * 3}
+    conversations = [[system, {"role": "user", "content": question}] for question in PROMPTS[1:2] * 2]
+    conversations[1][1] = {"role": "user", "content": "What is the capital of Italy?"}
+    evaluated: list[int] = []
+    original_eval = cached._llm.eval
+    cached._llm.eval = lambda tokens: (evaluated.append(len(tokens)), original_eval(tokens))[1]
+    answers = [cached.chat(c, max_tokens=6) for c in [*conversations, *conversations]]
+    assert answers[:2] == answers[2:] == [fresh.chat(c, max_tokens=6) for c in conversations]
+    prompt_evals = [n for n in evaluated if n > 1]  # generated tokens are evaluated one at a time
+    assert prompt_evals[0] > 48 and all(n < 32 for n in prompt_evals[1:])  # the shared prefix is not evaluated again
+    for engine in engines:
+        engine.close()
+
+
 def test_describe_and_health(smollm2_engine: LlamaCppEngine) -> None:
     smollm2_engine.check_health()
     facts = smollm2_engine.describe()

@@ -227,6 +227,24 @@ def test_bearer_key_comes_from_the_named_variable(
     assert recorder.chats()[0].body["messages"] == [{"role": "user", "content": "hi"}]
 
 
+def test_chat_sends_the_whole_conversation(recorder: RecordingServer, connect: Connect) -> None:
+    engine = connect(openai_spec(recorder.base_url, "vlm"))
+    conversation = [
+        {"role": "system", "content": "Write code."},
+        {"role": "user", "content": "Task 1"},
+        {"role": "assistant", "content": "```python\npass\n```"},
+        {"role": "user", "content": "That program is wrong."},
+    ]
+    assert engine.chat(conversation, max_tokens=300) == "ok"
+    assert engine.chat(conversation) == "ok"
+    first, second = recorder.chats()
+    assert first.body["messages"] == conversation and first.body["max_tokens"] == 300
+    assert second.body["max_tokens"] == MAX_TOKENS  # the configured limit unless overridden
+    vqa = connect(openai_spec(recorder.base_url, "vlm", function="vqa"))
+    with pytest.raises(EngineError, match="serves vqa, not llm"):
+        vqa.chat(conversation)
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [

@@ -64,7 +64,9 @@ def policy() -> RecordingPolicy:
 def client(tmp_path, zoo, policy):
     zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
     zoo.set_vqa(lambda image, question: "yes")
-    settings = RouterSettings(database=tmp_path / "router.db", api_key=KEY, max_request_bytes=200_000)
+    settings = RouterSettings(
+        database=tmp_path / "router.db", api_key=KEY, max_request_bytes=200_000, synthesis_backend=None
+    )
     app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry(), policy=policy)
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as test_client:
         yield test_client

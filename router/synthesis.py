@@ -1,0 +1,452 @@
+"""Program synthesis: a task in words becomes a validated program (issue 6).
+
+The paper compiles each task into a program with an LLM once, offline. The router does it when a
+task is registered (``POST /programs {query, kind}``), and must do it reliably with whatever model
+it is given, down to a 0.5B one on a CPU:
+
+1. ask the model for a program (``router.prompt``: the program API, rules, few-shot examples);
+2. extract the code from the reply (a fenced block, or bare code; a body without
+   ``def execute_command`` is wrapped in one, usage lines after it are dropped);
+3. validate it with the runtime (``compile_program``: the sandbox's rules);
+4. check that this router has a backend for every function it calls;
+5. dry-run it on generated scene frames with the router's backends under the cheapest decision:
+   at least ``dry_run_frames`` of them, and more (up to ``DRY_RUN_POOL``) until every call site
+   has run once, so that the branch that handles a found object runs too; check each answer's
+   type (binary: "yes" or "no"; open: text or a number);
+6. on any error, show the model its program and the error and ask again, up to ``attempts`` times.
+
+The model's program is untrusted source: nothing but the sandbox ever runs it. A program that
+passes every frame of the dry run is remembered in the store under the normalised query, the task
+kind, the prompt's version (``prompt.API_VERSION``) and the model's name, so registering the same
+task again costs no model call.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from time import perf_counter
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from fmprog.backends.base import BackendRegistry
+from fmprog.backends.config import BackendCatalog, BackendSpec, Function
+from fmprog.backends.engine_config import (
+    LlamaCppEngineOptions,
+    OpenAIEngineOptions,
+    PackageFileSource,
+    PackagePartsSource,
+)
+from fmprog.engines.base import Engine, EngineError
+from fmprog.engines.chat import Message
+from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
+from fmprog.program.callsites import ROUTED_METHODS
+from router import prompt
+from router.errors import BackendsRejected, Unavailable
+from router.programs import candidate_backends
+from router.schemas import CandidateBackend, SynthesisPublic, TaskKind
+from router.store import Store
+
+DRY_RUN_POOL = 16  # frames a dry run may use while some call site has not run yet
+DIFFICULTIES = ("easy", "medium", "hard")
+_REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
+
+
+class ChatModel(Protocol):
+    """What the synthesizer needs of a model: a reply to a conversation, and a name for the cache."""
+
+    @property
+    def name(self) -> str: ...
+
+    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str: ...
+
+
+class EngineChatModel:
+    """An engine (llama.cpp in process, or an OpenAI-compatible server) as the synthesizer's model.
+
+    The model is loaded on first use (or by ``load()`` at start-up); any failure to load or to answer
+    is ``Unavailable``, which the router reports as 503."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return model_name(self.engine.spec)
+
+    def load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            try:
+                self.engine.load()
+            except EngineError as exc:
+                raise Unavailable(f"the program synthesizer cannot be loaded: {exc}") from None
+            self._loaded = True
+
+    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str:
+        self.load()
+        try:
+            return self.engine.chat(messages, max_tokens=max_tokens)
+        except EngineError as exc:
+            raise Unavailable(f"the program synthesizer failed: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loaded:
+                self.engine.close()
+                self._loaded = False
+
+
+def model_name(spec: BackendSpec) -> str:
+    """A model's identity for the cache: the GGUF file, or the served model name and its server."""
+    engine = spec.engine
+    if isinstance(engine, OpenAIEngineOptions):
+        return f"{engine.model}@{engine.base_url}"
+    if isinstance(engine, LlamaCppEngineOptions):
+        source = engine.model
+        if isinstance(source, PackagePartsSource):
+            return source.filename
+        if isinstance(source, PackageFileSource):
+            return source.file
+        return source.path.name
+    return spec.name
+
+
+def synthesis_model(spec: BackendSpec) -> EngineChatModel:
+    """The synthesizer's model from its specification (``RouterSettings.synthesis_spec``); not loaded."""
+    from fmprog.engines import build_engine
+
+    return EngineChatModel(build_engine(spec))
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+class SynthesisAttempt(BaseModel):
+    """One program asked of the model: what it wrote, why it was refused (None: accepted), and how
+    long the model and the checks took."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempt: int = Field(ge=1)
+    source: str
+    error: str | None = None
+    llm_s: float
+    check_s: float
+
+
+class SynthesisResult(BaseModel):
+    """The outcome of synthesising one task: the program (None when every attempt was refused),
+    the attempts it took, the time, and the errors of the refused attempts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str
+    kind: TaskKind
+    source: str | None
+    attempts: int = Field(ge=0, description="Programs asked of the model; for a cached program, the original count.")
+    latency_s: float
+    cached: bool = False
+    errors: list[str] = Field(default_factory=list)
+    log: list[SynthesisAttempt] = Field(default_factory=list, description="Every attempt of this synthesis.")
+    dry_run_frames: int = Field(default=0, description="Frames the accepted program ran on.")
+    unreached_sites: list[str] = Field(
+        default_factory=list, description="Call sites of the accepted program that no dry-run frame reached."
+    )
+    synthesizer: str
+    api_version: str
+
+    @property
+    def ok(self) -> bool:
+        return self.source is not None
+
+    @property
+    def last_error(self) -> str | None:
+        return self.errors[-1] if self.errors else None
+
+    def public(self) -> SynthesisPublic:
+        return SynthesisPublic(
+            attempts=self.attempts,
+            latency_s=self.latency_s,
+            cached=self.cached,
+            errors=self.errors,
+            dry_run_frames=self.dry_run_frames,
+            synthesizer=self.synthesizer,
+            api_version=self.api_version,
+        )
+
+
+# -- text handling ----------------------------------------------------------------------------------
+
+
+def normalize_query(query: str) -> str:
+    """The cache's form of a task: lower case, single spaces, no trailing punctuation."""
+    return " ".join(query.lower().split()).rstrip(" ?.!,;:")
+
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_program(reply: str) -> str:
+    """The program in a model's reply: the fenced block that defines ``execute_command`` (else the
+    first Python block, else the first block, else the whole reply), with usage lines after the
+    function dropped, a lone function of another name renamed, and a bare body wrapped in
+    ``def execute_command(image):``. Anything else is left to the validator to refuse."""
+    blocks = _FENCE.findall(reply)
+    if blocks:
+        code = next(
+            (body for _, body in blocks if "def execute_command" in body),
+            next((body for lang, body in blocks if lang.lower() in ("python", "py", "python3")), blocks[0][1]),
+        )
+    else:
+        code = reply
+    code = textwrap.dedent(code.expandtabs(4)).strip("\n")
+    return _entry_point(code).rstrip() + "\n"
+
+
+def _entry_point(code: str) -> str:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return code  # the validator names the problem
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    lines = code.splitlines()
+    usage = [node for node in tree.body if functions and _is_usage(node)]
+    for node in sorted(usage, key=lambda n: n.lineno, reverse=True):
+        del lines[node.lineno - 1 : node.end_lineno]
+    if not any(f.name == "execute_command" for f in functions):
+        if len(functions) == 1:
+            line = functions[0].lineno - 1
+            lines[line] = lines[line].replace(f"def {functions[0].name}(", "def execute_command(", 1)
+        elif not functions and tree.body:
+            lines = ["def execute_command(image):", *(f"    {line}" if line else line for line in lines)]
+    return "\n".join(lines)
+
+
+def _is_usage(node: ast.stmt) -> bool:
+    """A top-level statement that runs something (a call, ``if __name__ == ...``): an example of
+    use the model added after the program, which the sandbox would refuse at module level."""
+    if isinstance(node, ast.Expr):
+        return not isinstance(node.value, ast.Constant)
+    if isinstance(node, ast.If):
+        return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))
+    if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+        return node.value is not None and any(isinstance(n, ast.Call) for n in ast.walk(node.value))
+    return False
+
+
+def answer_problem(kind: TaskKind, answer: JsonValue) -> str | None:
+    """Why a dry-run answer does not fit the task kind, or None."""
+    shown = _shown(answer)
+    if kind == "binary":
+        if isinstance(answer, str) and answer.strip().lower() in ("yes", "no"):
+            return None
+        hint = " (bool_to_yesno turns a bool into one)" if isinstance(answer, bool) else ""
+        return f'it returned {shown}, but a binary task must return "yes" or "no"{hint}'
+    if answer is None:
+        return "it returned None: every path of the program must return an answer"
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        return f"it returned {shown}, but an open task must return a short answer (text or a number)"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_METHODS_OF: dict[Function, list[str]] = {
+    function: [method for method, f in ROUTED_METHODS.items() if f == function] for function in Function
+}
+
+
+# -- the synthesizer --------------------------------------------------------------------------------
+
+
+class ProgramSynthesizer:
+    """Writes programs for tasks with a model, validates them with the runtime, dry-runs them on
+    generated frames with ``backends``, and repairs them with the model's help."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        catalog: BackendCatalog,
+        backends: BackendRegistry,
+        *,
+        store: Store | None = None,
+        attempts: int = 3,
+        max_tokens: int = 512,
+        dry_run_frames: int = 3,
+        limits: ExecutionLimits | None = None,
+        retries: int = 0,
+    ):
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        if dry_run_frames < 0:
+            raise ValueError("dry_run_frames must be >= 0")
+        self.model = model
+        self.catalog = catalog
+        self.store = store
+        self.attempts = attempts
+        self.max_tokens = max_tokens
+        self.dry_run_frames = dry_run_frames
+        self.executor = Executor(backends, limits, retries=retries)
+
+    @cached_property
+    def frames(self) -> list[np.ndarray]:
+        """The dry run's frames: generated scenes of every difficulty in turn (seeded, so always the
+        same), ``DRY_RUN_POOL`` of them (more if ``dry_run_frames`` asks for more; none for 0)."""
+        from fmprog.scene import generate_scene
+
+        count = max(self.dry_run_frames, DRY_RUN_POOL) if self.dry_run_frames else 0
+        return [generate_scene(seed, DIFFICULTIES[seed % 3]).image for seed in range(count)]
+
+    def synthesize(
+        self, query: str, kind: TaskKind, *, allowed: Mapping[Function, list[str]] | None = None
+    ) -> SynthesisResult:
+        """A program for ``query`` (from the cache, or written and checked now), or the errors of
+        every refused attempt (``result.ok`` is False). ``allowed`` restricts the backends a function
+        may use, as in registration. Raises Unavailable when the model or the backends are down,
+        BackendsRejected when ``allowed`` names unknown backends."""
+        started = perf_counter()
+        allowed = {Function(function): list(names) for function, names in (allowed or {}).items()}
+        candidate_backends(self.catalog, allowed, set())  # unknown names are refused before any work
+        available = self._available(allowed)
+        key = (normalize_query(query), kind, prompt.API_VERSION, self.model.name)
+        cached = self.store.get_synthesized(*key) if self.store is not None else None
+        if cached is not None and self._fits(cached.source, available):
+            return self._result(query, kind, cached.source, cached.attempts, started, cached=True)
+        conversation = prompt.messages(query, kind)
+        log: list[SynthesisAttempt] = []
+        for attempt in range(1, self.attempts + 1):
+            asked = perf_counter()
+            reply = self.model.chat(conversation, max_tokens=self.max_tokens)
+            answered = perf_counter()
+            source = extract_program(reply)
+            check = self._check(source, kind, available)
+            log.append(
+                SynthesisAttempt(
+                    attempt=attempt,
+                    source=source,
+                    error=check.error,
+                    llm_s=answered - asked,
+                    check_s=perf_counter() - answered,
+                )
+            )
+            if check.error is None:
+                result = self._result(query, kind, source, attempt, started, log=log, check=check)
+                if self.store is not None:
+                    self.store.put_synthesized(*key, source=source, attempts=attempt, latency_s=result.latency_s)
+                return result
+            shown = prompt.fenced(source) if source.strip() else reply[:_REPLY_SHOWN]
+            conversation = [*conversation, *prompt.repair_turns(shown, check.error, query, kind, source)]
+        return self._result(query, kind, None, self.attempts, started, log=log)
+
+    def _result(
+        self,
+        query: str,
+        kind: TaskKind,
+        source: str | None,
+        attempts: int,
+        started: float,
+        *,
+        cached: bool = False,
+        log: list[SynthesisAttempt] | None = None,
+        check: _Check | None = None,
+    ) -> SynthesisResult:
+        log = log or []
+        check = check or _Check()
+        return SynthesisResult(
+            query=query,
+            kind=kind,
+            source=source,
+            attempts=attempts,
+            latency_s=perf_counter() - started,
+            cached=cached,
+            errors=[a.error for a in log if a.error is not None],
+            log=log,
+            dry_run_frames=check.frames,
+            unreached_sites=check.unreached,
+            synthesizer=self.model.name,
+            api_version=prompt.API_VERSION,
+        )
+
+    # -- checks -------------------------------------------------------------------------------------
+
+    def _available(self, allowed: dict[Function, list[str]]) -> dict[Function, list[CandidateBackend]]:
+        """The candidate backends of every function this router can serve under ``allowed``."""
+        available = {}
+        for function in Function:
+            try:
+                available.update(candidate_backends(self.catalog, allowed, {function}))
+            except BackendsRejected:
+                continue
+        return available
+
+    def _fits(self, source: str, available: Mapping[Function, list[CandidateBackend]]) -> bool:
+        """A cached program is used only if it still compiles and its functions have backends here."""
+        try:
+            return compile_program(source).functions <= available.keys()
+        except ProgramRejected:
+            return False
+
+    def _check(self, source: str, kind: TaskKind, available: Mapping[Function, list[CandidateBackend]]) -> _Check:
+        """Why the program is refused (validation, missing backends, the dry run), if it is."""
+        try:
+            program = compile_program(source)
+        except ProgramRejected as exc:
+            return _Check("; ".join(str(problem) for problem in exc.problems))
+        missing = sorted(program.functions - available.keys())
+        if missing:
+            methods = ", ".join(m for f in missing for m in _METHODS_OF[f])
+            return _Check(f"this router has no {' or '.join(missing)} backend, so the program cannot call {methods}")
+        return self._dry_run(program, kind, available)
+
+    def _dry_run(
+        self, program: Program, kind: TaskKind, available: Mapping[Function, list[CandidateBackend]]
+    ) -> _Check:
+        """Run the program on frames until ``dry_run_frames`` have run and every call site has run
+        (or the pool is spent); the first runtime error or wrongly typed answer refuses it."""
+        decision, alternates = {}, {}
+        for site in program.call_sites:
+            by_cost = sorted(available[site.function], key=lambda c: c.cost)
+            decision[site.id] = by_cost[0].name
+            alternates[site.id] = [c.name for c in by_cost[1:]]
+        unreached = [site.id for site in program.call_sites]
+        number = 0
+        for frame in self.frames:
+            if number >= self.dry_run_frames and not unreached:
+                break
+            number += 1
+            trace = self.executor.run(program, frame, decision, alternates)
+            unreached = [site for site in unreached if site not in trace.executed_sites]
+            if trace.error is not None:
+                where = f"line {trace.error.line}: " if trace.error.line else ""
+                if trace.error.kind == "backend_error":
+                    message = trace.error.message
+                    raise Unavailable(f"a synthesised program's dry run could not reach the backends: {message}")
+                return _Check(f"on test image {number}, {where}{trace.error.message} ({trace.error.kind})", number)
+            problem = answer_problem(kind, trace.answer)
+            if problem is not None:
+                return _Check(f"on test image {number}, {problem}", number)
+        return _Check(None, number, unreached)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """What checking one program found: the error that refuses it (None: accepted), the dry-run
+    frames it ran on, and the call sites none of them reached."""
+
+    error: str | None = None
+    frames: int = 0
+    unreached: list[str] = field(default_factory=list)
