@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import httpx
-import yaml
 
 from fmprog.bench.cache import OutputCache, cached_registry
 from fmprog.bench.harness import ReplaySetup, load_backends
@@ -44,18 +43,15 @@ def main() -> None:
     images = ImageResolver()
 
     with tempfile.TemporaryDirectory() as state:
-        config = Path(state) / "vision.yaml"
-        catalog = yaml.safe_load(CONFIG.read_text())
-        catalog["backends"] = [b for b in catalog["backends"] if b["name"] in VISION]
-        config.write_text(yaml.safe_dump(catalog))
-        backends = cached_registry(load_backends(config, None), OutputCache())
+        backends = cached_registry(load_backends(CONFIG, None, functions={"detect", "vqa"}), OutputCache())
         setup = ReplaySetup(backends=backends, images=images, lambdas=(LAMBDA,))
         settings = StackSettings(
-            config=config,
+            config=CONFIG,
+            backends=VISION,
             router_port=free_port(),
             policy_port=free_port(),
             serve_port=free_port(),
-            state_dir=Path(state) / "stack",
+            state_dir=Path(state),
         )
         report = []
         with StackProcess(settings), httpx.Client(base_url=settings.router_url, timeout=60) as client:

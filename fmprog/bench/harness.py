@@ -19,7 +19,6 @@ Cost is the sum of the backends' costs over the invocations that ran, in the cos
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from policy.algorithms import build_policy
 from policy.rewards import is_yes, task_loss, task_reward
 from policy.schemas import CallSiteSpec, Feedback, PolicySpec
 
-BASELINES = ("static-small", "static-large", "monolithic-small", "monolithic-large", "oracle")
 LEARNED_ON_PROGRAM = ("structured", "fast")
 REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
 
@@ -299,7 +297,3 @@ def worker_replay(query: TrackQuery, kind: TrackKind) -> tuple[QueryResult, dict
     stats = {name: (s.hits, s.misses, s.model_s) for name, s in cache.stats.items()}
     cache.stats.clear()
     return result, stats
-
-
-def total_cost(stats: RunStats) -> float:
-    return math.fsum(stats.cost)

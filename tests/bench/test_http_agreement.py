@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import yaml
 
 from fmprog.bench.cache import OutputCache, cached_registry
 from fmprog.bench.harness import ReplaySetup, load_backends
@@ -18,20 +17,19 @@ from fmprog.stack import StackProcess, StackSettings
 from services.cluster import free_port
 
 CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
-VISION = {"detect-small", "detect-large", "vqa-small", "vqa-large"}
+VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 
 
 def test_in_process_replay_and_http_services_agree(tmp_path):
-    catalog = yaml.safe_load(CPU.read_text())
-    catalog["backends"] = [b for b in catalog["backends"] if b["name"] in VISION]
-    config = tmp_path / "vision.yaml"
-    config.write_text(yaml.safe_dump(catalog))
     query = build_streams([binary_queries()[0]], binary_frames=40, binary_positives=4)[0]
     setup = ReplaySetup(
-        backends=cached_registry(load_backends(config, None), OutputCache()), images=ImageResolver(), lambdas=()
+        backends=cached_registry(load_backends(CPU, None, functions={"detect", "vqa"}), OutputCache()),
+        images=ImageResolver(),
+        lambdas=(),
     )
     settings = StackSettings(
-        config=config,
+        config=CPU,
+        backends=VISION,
         router_port=free_port(),
         policy_port=free_port(),
         serve_port=free_port(),

@@ -123,7 +123,8 @@ def test_the_committed_tracks_are_the_queries_streams():
     positive per 100 frames (binary) or 200 "N/A" frames in 500 (open), labels that match the
     ground truth of the frames they name, and every program right on its positives."""
     images = ImageResolver()
-    model, executor = PerfectPerception(), None
+    model = PerfectPerception()
+    executor = _perfect_executor(model)
     for track, specs, frames in (
         (load_binary(TRACKS / "binary.json"), binary_queries(), 2000),
         (load_open(TRACKS / "open"), open_queries(), 500),
@@ -146,7 +147,6 @@ def test_the_committed_tracks_are_the_queries_streams():
             )
             model.scene = generate_scene(int(positive.split("/")[2]), positive.split("/")[1])
             assert np.array_equal(images(positive), model.scene.image)
-            executor = executor or _perfect_executor(model)
             program = compile_program(q.program)
             answer = executor.run(
                 program, model.scene.image, {s.id: s.function.value for s in program.call_sites}
