@@ -19,6 +19,10 @@ Cost is the sum of the backends' costs over the invocations that ran, in the cos
 from __future__ import annotations
 
 import itertools
+import math
+import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +91,7 @@ class QueryResult:
     runs: dict[tuple[str, float | None], RunStats]
     configurations: int
     sites: list[str]
+    best_reward: dict[float, float] = field(default_factory=dict)  # per lambda: see hindsight_reward
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,17 @@ def replay(
     return chosen
 
 
+def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TrackKind, lam: float) -> float:
+    """The most program reward ``R = task - lambda * cost`` any policy over these configurations
+    could have had on these frames: per frame, the best configuration in hindsight. Regret is
+    measured against it (the ``oracle`` run, the cheapest right answer, can score less when lambda
+    prices a right answer above its reward)."""
+    return math.fsum(
+        max(task_reward(kind, o.answer, label) - lam * o.cost for o in row)
+        for row, label in zip(table, labels, strict=True)
+    )
+
+
 def oracle(table: list[list[Outcome]]) -> list[Outcome]:
     """Per frame, the cheapest configuration that answers correctly (the cheapest one if none does)."""
     picks = []
@@ -194,7 +210,7 @@ def oracle(table: list[list[Outcome]]) -> list[Outcome]:
 
 def replay_query(query: TrackQuery, kind: TrackKind, setup: ReplaySetup) -> QueryResult:
     """Every baseline and policy on one query's stream, summed up per run."""
-    program, runs, configs = query_outcomes(query, kind, setup)
+    program, runs, configs, best = query_outcomes(query, kind, setup)
     return QueryResult(
         query=query.query,
         type=query.type,
@@ -203,14 +219,15 @@ def replay_query(query: TrackQuery, kind: TrackKind, setup: ReplaySetup) -> Quer
         runs={key: RunStats.of(outcomes, kind, query.labels) for key, outcomes in runs.items()},
         configurations=configs,
         sites=[s.id for s in program.call_sites],
+        best_reward=best,
     )
 
 
 def query_outcomes(
     query: TrackQuery, kind: TrackKind, setup: ReplaySetup
-) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int]:
+) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, float]]:
     """Every baseline's and policy's outcome on each frame of one query's stream; also the
-    compiled program and its number of configurations."""
+    compiled program, its number of configurations and, per lambda, the hindsight reward."""
     backends = setup.backends
     executor = Executor(backends)
     program = compile_program(query.program)
@@ -246,7 +263,8 @@ def query_outcomes(
         if setup.whole_query:
             spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)
             runs[("whole_query", lam)] = replay(spec, frames, labels, kind, mono_table, mono_configs)
-    return program, runs, len(configs)
+    best = {lam: hindsight_reward(table, labels, kind, lam) for lam in setup.lambdas}
+    return program, runs, len(configs), best
 
 
 # -- worker processes -------------------------------------------------------------------------------
@@ -284,10 +302,24 @@ def worker_init(
     import torch
 
     torch.set_num_threads(1)
+    _exit_with_parent()
     cache = OutputCache(cache_path)
     backends = cached_registry(load_backends(config, costs), cache)
     _WORKER["cache"] = cache
     _WORKER["setup"] = ReplaySetup(backends=backends, images=images, **setup)  # type: ignore[arg-type]
+
+
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """End this worker when the process that started it is gone: a pool's workers outlive a
+    parent killed by a signal (SIGTERM, SIGKILL) and would replay on for nobody."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def worker_replay(query: TrackQuery, kind: TrackKind) -> tuple[QueryResult, dict[str, tuple[int, int, float]]]:

@@ -170,9 +170,8 @@ def _numbers(kind: str, key: RunKey, results: Sequence[QueryResult]) -> dict[str
     }
     lam = key[1]
     if lam is not None:
-        oracle = [q.runs[("oracle", None)] for q in results]
         reward = sum(math.fsum(r.task) - lam * math.fsum(r.cost) for r, _ in runs)
-        best = sum(math.fsum(o.task) - lam * math.fsum(o.cost) for o in oracle)
+        best = math.fsum(q.best_reward[lam] for q in results)
         numbers["regret_per_frame"] = (best - reward) / frames
     return numbers
 

@@ -61,6 +61,12 @@ def test_replay_runs_every_baseline_and_policy(vision_config, stream):
         assert np.all(oracle.correct >= runs[key].correct)
         right = runs[key].correct
         assert np.all(oracle.cost[right] <= runs[key].cost[right] + 1e-9)
+    # no policy over the program's configurations beats the hindsight-best reward, at any lambda;
+    # the oracle's cheapest right answer is that best only where lambda makes right answers pay
+    for lam in (1e-3, 1e-2):
+        best = result.best_reward[lam]
+        for key in (("structured", lam), ("fast", lam), ("random", None), ("oracle", None), ("static-large", None)):
+            assert runs[key].task.sum() - lam * runs[key].cost.sum() <= best + 1e-6
     # the program's detector short-circuits: far cheaper than one large VQA call per frame
     assert runs[("static-large", None)].cost.mean() < 0.2 * 73400
 
@@ -97,3 +103,47 @@ def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--binary", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+POOL_SCRIPT = """
+import os, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from fmprog.bench.harness import _exit_with_parent
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(0.1,))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_replay_workers_exit_when_their_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        worker = int(parent.stdout.readline())
+        assert _running(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(worker), "the pool's worker outlived its parent"
+    finally:
+        parent.kill()
