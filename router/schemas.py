@@ -85,6 +85,10 @@ class SynthesisPublic(BaseModel):
     dry_run_frames: int = Field(
         ge=0, description="Generated frames the accepted program ran on before registration (0 when cached)."
     )
+    unreached_sites: list[str] = Field(
+        default_factory=list,
+        description="Call sites of the program that no dry-run frame reached: code that has never run.",
+    )
     synthesizer: str = Field(description="The model that wrote the program.")
     api_version: str = Field(description="Version (hash) of the synthesis prompt and the API it documents.")
 

@@ -119,6 +119,10 @@ class RouterSettings(BaseSettings):
         backend or one whose engine cannot run inside the router."""
         if self.synthesis_engine is not None:
             engine = self.synthesis_engine
+            if isinstance(engine, LlamaCppEngineOptions) and engine.n_threads is None:
+                from fmprog.engines.llama_cpp import available_cpus
+
+                engine = engine.model_copy(update={"n_threads": self.synthesis_threads or available_cpus()})
             name = "synthesizer"
         elif self.synthesis_backend is not None:
             catalog = load_catalog(self.backends_config)

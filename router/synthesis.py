@@ -10,9 +10,11 @@ it is given, down to a 0.5B one on a CPU:
 3. validate it with the runtime (``compile_program``: the sandbox's rules);
 4. check that this router has a backend for every function it calls;
 5. dry-run it on generated scene frames with the router's backends under the cheapest decision:
-   at least ``dry_run_frames`` of them, and more (up to ``DRY_RUN_POOL``) until every call site
-   has run once, so that the branch that handles a found object runs too; check each answer's
-   type (binary: "yes" or "no"; open: text or a number);
+   first on scenes that hold every object the program looks for (``find("purple hexagon")`` and
+   ``find("orange circle")``: a scene with both), so that the code that handles found objects
+   runs; then on at least ``dry_run_frames`` ordinary scenes, where objects are often missing, and
+   more (up to ``DRY_RUN_POOL``) until every call site has run once; check each answer's type
+   (binary: "yes" or "no"; open: text or a number);
 6. on any error, show the model its program and the error and ask again, up to ``attempts`` times.
 
 The model's program is untrusted source: nothing but the sandbox ever runs it. A program that
@@ -28,8 +30,8 @@ import re
 import textwrap
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -48,6 +50,8 @@ from fmprog.engines.base import Engine, EngineError
 from fmprog.engines.chat import Message
 from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
+from fmprog.scene.generator import KNOBS, Scene, generate_scene
+from fmprog.scene.vocabulary import COLORS, SHAPES, SIZES, TEXTURES
 from router import prompt
 from router.errors import BackendsRejected, Unavailable
 from router.programs import candidate_backends
@@ -55,6 +59,14 @@ from router.schemas import CandidateBackend, SynthesisPublic, TaskKind
 from router.store import Store
 
 DRY_RUN_POOL = 16  # frames a dry run may use while some call site has not run yet
+TARGETED_FRAMES = 3  # dry-run scenes holding every object the program looks for, run first
+TARGET_POOL = 3000  # generated scenes searched for them (about 1.5 s, once per process)
+TARGET_SEED = 1_000_000_000  # their seeds, apart from the benchmark tracks' (which count from 0)
+# Easy scenes (clean, no occlusion) with more objects and none small, so that two named objects
+# often share a scene and the cheapest detector finds them (a dry run must reach the code after
+# the finds, not test perception).
+TARGET_KNOBS = replace(KNOBS["easy"], n_objects=(4, 6), size_weights=(0.0, 0.6, 0.4))
+SCENE_WORDS = frozenset((*COLORS, *SHAPES, *TEXTURES, *SIZES))
 DIFFICULTIES = ("easy", "medium", "hard")
 _REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
 
@@ -181,6 +193,7 @@ class SynthesisResult(BaseModel):
             cached=self.cached,
             errors=self.errors,
             dry_run_frames=self.dry_run_frames,
+            unreached_sites=self.unreached_sites,
             synthesizer=self.synthesizer,
             api_version=self.api_version,
         )
@@ -306,8 +319,6 @@ class ProgramSynthesizer:
     def frames(self) -> list[np.ndarray]:
         """The dry run's frames: generated scenes of every difficulty in turn (seeded, so always the
         same), ``DRY_RUN_POOL`` of them (more if ``dry_run_frames`` asks for more; none for 0)."""
-        from fmprog.scene import generate_scene
-
         count = max(self.dry_run_frames, DRY_RUN_POOL) if self.dry_run_frames else 0
         return [generate_scene(seed, DIFFICULTIES[seed % 3]).image for seed in range(count)]
 
@@ -424,8 +435,10 @@ class ProgramSynthesizer:
             alternates[site.id] = [c.name for c in by_cost[1:]]
         unreached = [site.id for site in program.call_sites]
         number = 0
-        for frame in self.frames:
-            if number >= self.dry_run_frames and not unreached:
+        targeted = targeted_frames(program.source, TARGETED_FRAMES) if self.dry_run_frames else []
+        enough = len(targeted) + self.dry_run_frames  # the targeted scenes do not replace the others
+        for frame in [*targeted, *self.frames]:
+            if number >= enough and not unreached:
                 break
             number += 1
             trace = self.executor.run(program, frame, decision, alternates)
@@ -440,6 +453,60 @@ class ProgramSynthesizer:
             if problem is not None:
                 return _Check(f"on test image {number}, {problem}", number)
         return _Check(None, number, unreached)
+
+
+def looked_for(source: str) -> list[frozenset[str]]:
+    """The scene words (colours, shapes, textures, sizes) of each literal noun the program passes
+    to ``find`` or ``exists``: ``find("striped red squares")`` gives {"striped", "red", "square"}.
+    Nouns without such words ("dog", "object") are left out."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    nouns = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("find", "exists")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            words = {_scene_word(word) for word in node.args[0].value.lower().split()} - {None}
+            if words:
+                nouns.append(frozenset(words))
+    return nouns  # type: ignore[return-value]
+
+
+def _scene_word(word: str) -> str | None:
+    for form in (word, word[:-1], word[:-2]):  # "circles", "crosses"
+        if form in SCENE_WORDS:
+            return form
+    return None
+
+
+@lru_cache(maxsize=1)
+def _scene_pool() -> list[tuple[int, list[frozenset[str]]]]:
+    """The searched scenes' seeds, each with the scene words of its objects."""
+    return [
+        (seed, [frozenset((o.color, o.shape, o.texture, o.size)) for o in _target_scene(seed).objects])
+        for seed in range(TARGET_SEED, TARGET_SEED + TARGET_POOL)
+    ]
+
+
+def targeted_frames(source: str, count: int) -> list[np.ndarray]:
+    """Up to ``count`` generated frames, each holding an object for every noun the program looks
+    for (``looked_for``); none when it looks for nothing the scenes are made of."""
+    nouns = looked_for(source)
+    if not nouns or count < 1:
+        return []
+    seeds = [seed for seed, objects in _scene_pool() if all(any(n <= o for o in objects) for n in nouns)]
+    return [_target_scene(seed).image for seed in seeds[:count]]
+
+
+def _target_scene(seed: int) -> Scene:
+    return generate_scene(seed, "easy", knobs=TARGET_KNOBS)
 
 
 @dataclass(frozen=True)

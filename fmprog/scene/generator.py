@@ -287,12 +287,20 @@ def _resolve(difficulty: Difficulty | float) -> tuple[Difficulty, float, SceneKn
     return label, level, SceneKnobs.at_level(level)
 
 
-def generate_scene(seed: int, difficulty: Difficulty | float = "medium", size: int = DEFAULT_FRAME_SIZE) -> Scene:
+def generate_scene(
+    seed: int,
+    difficulty: Difficulty | float = "medium",
+    size: int = DEFAULT_FRAME_SIZE,
+    *,
+    knobs: SceneKnobs | None = None,
+) -> Scene:
     """The scene of ``seed`` at ``difficulty`` ("easy" | "medium" | "hard", or a level in [0, 1]),
-    on a ``size x size`` frame."""
+    on a ``size x size`` frame. ``knobs`` replaces the difficulty's knobs (the scene keeps the
+    difficulty's label and level)."""
     if size < 32:
         raise ValueError(f"frame size must be at least 32 pixels, got {size}")
-    label, level, knobs = _resolve(difficulty)
+    label, level, preset = _resolve(difficulty)
+    knobs = knobs or preset
     rng = np.random.default_rng(seed)
     draw = _Draws(rng)
 

@@ -83,6 +83,10 @@ def test_repair_turns_show_the_program_the_error_advice_and_the_task_again():
         "stars[0].query(...) or a loop.\nWrite the whole corrected program for the task (open): What is it?\n"
         "Reply with one ```python block."
     )
+    attribute = source.replace('stars.query("Why?")', "stars.width > 3")
+    assert prompt.hint(error.replace("query", "width"), attribute) == (
+        "stars is a list of patches (find returns a list): use stars[0].width or a loop."
+    )
     assert prompt.hint("line 1: import of 'os' is not allowed (programs may import: math, typing)") == (
         "Use only the API above."
     )

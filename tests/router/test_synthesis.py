@@ -32,7 +32,9 @@ from router.synthesis import (
     ProgramSynthesizer,
     answer_problem,
     extract_program,
+    looked_for,
     normalize_query,
+    targeted_frames,
 )
 from tests.fakes import Zoo, box
 
@@ -233,6 +235,7 @@ def test_the_dry_run_goes_on_until_every_call_site_has_run(synthesizer_for, zoo:
     _found_on_call(zoo, 99)  # never: the pool is spent, and the result says which site never ran
     result = synthesizer_for(ScriptedModel(OPEN), dry_run_frames=2).synthesize("What colour is the dog?", "open")
     assert result.ok and result.dry_run_frames == 16 and result.unreached_sites == ["query@6:19"]
+    assert result.public().unreached_sites == ["query@6:19"]  # the registration's reply says so too
 
 
 def test_an_error_on_the_branch_that_finds_the_object_is_caught(synthesizer_for, zoo: Zoo):
@@ -494,6 +497,13 @@ def test_synthesis_settings_are_validated():
     assert (engine.kind, engine.max_tokens, engine.temperature) == ("openai", 512, 0.0)
     local = RouterSettings(backends_config=CPU, synthesis_threads=1, synthesis_max_tokens=300).synthesis_spec().engine
     assert (local.kind, local.n_threads, local.n_ctx, local.max_tokens) == ("llama_cpp", 1, 4096, 300)
+    # a llama.cpp engine given in full (the shipped 1.5B one) keeps its options, with threads filled in
+    given = json.loads((CPU.parent / "synthesizer-qwen1.5b.json").read_text())
+    full = RouterSettings(synthesis_engine=given, synthesis_threads=2).synthesis_spec().engine
+    assert (full.kind, full.n_threads, full.n_ctx, full.n_batch, full.temperature) == ("llama_cpp", 2, 4096, 64, 0.0)
+    assert full.model.filename == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" and len(full.model.parts) == 22
+    pinned = RouterSettings(synthesis_engine={**given, "n_threads": 1}, synthesis_threads=2).synthesis_spec().engine
+    assert pinned.n_threads == 1
     with pytest.raises(ConfigError, match="'vqa-small' \\(vqa backend, torch engine\\)"):
         RouterSettings(backends_config=CPU, synthesis_backend="vqa-small").synthesis_spec()
     with pytest.raises(ConfigError, match="'llm-huge' is not in"):
@@ -509,3 +519,67 @@ def _png_b64() -> str:
     from fmprog.images import encode_png
 
     return base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()
+
+
+# -- targeted dry-run frames ---------------------------------------------------------------------------
+
+LIST_BUG = """def execute_command(image):
+    image_patch = ImagePatch(image)
+    hexagons = image_patch.find("purple hexagon")
+    circles = image_patch.find("orange circle")
+    if not hexagons or not circles:
+        return "N/A"
+    if hexagons.width > circles.width:
+        return "purple hexagon"
+    return "orange circle"
+"""
+
+
+def test_looked_for_reads_the_scene_words_of_literal_nouns():
+    source = LIST_BUG.replace('"orange circle"', '"striped orange circles"') + '\n# image_patch.find("dog")\n'
+    assert looked_for(source) == [frozenset({"purple", "hexagon"}), frozenset({"striped", "orange", "circle"})]
+    assert looked_for(GOOD) == [] and looked_for("def (") == []
+    assert targeted_frames(GOOD, 2) == []
+
+
+def test_targeted_frames_hold_every_object_the_program_looks_for():
+    from fmprog.scene import generate_scene
+    from router.synthesis import TARGET_KNOBS, TARGET_POOL, TARGET_SEED
+
+    frames = targeted_frames(LIST_BUG, 2)
+    assert len(frames) == 2
+    matching = []
+    for seed in range(TARGET_SEED, TARGET_SEED + TARGET_POOL):
+        scene = generate_scene(seed, "easy", knobs=TARGET_KNOBS)
+        kinds = {(o.color, o.shape) for o in scene.objects}
+        if {("purple", "hexagon"), ("orange", "circle")} <= kinds:
+            matching.append(scene.image)
+        if len(matching) == 2:
+            break
+    assert all((a == b).all() for a, b in zip(frames, matching, strict=True))
+
+
+def test_a_bug_that_only_found_objects_reach_is_caught_with_real_backends():
+    """With the zoo's detector, the targeted scenes reach the comparison that a list cannot make."""
+    from fmprog.backends import load_catalog
+    from fmprog.bench.harness import load_backends
+    from router.settings import select_backends
+
+    catalog = select_backends(load_catalog(CPU), ["detect-small", "vqa-small"])
+    backends = load_backends(CPU, None, functions={"detect", "vqa"})
+    fixed = LIST_BUG.replace("hexagons.width > circles.width", "hexagons[0].width > circles[0].width")
+    model = ScriptedModel(LIST_BUG, fixed)
+    result = ProgramSynthesizer(model, catalog, backends, attempts=2, dry_run_frames=3).synthesize(
+        "Which is wider, the purple hexagon or the orange circle?", "open"
+    )
+    assert result.ok and result.attempts == 2 and result.source == fixed
+    assert "on test image 1" in result.errors[0] and "width" in result.errors[0]
+    assert result.dry_run_frames == 3 + 3  # the targeted scenes, then the ordinary ones
+
+    # and a program that only works when the objects are there is still caught by the others
+    unchecked = fixed.replace('    if not hexagons or not circles:\n        return "N/A"\n', "")
+    model = ScriptedModel(unchecked, fixed)
+    result = ProgramSynthesizer(model, catalog, backends, attempts=2, dry_run_frames=3).synthesize(
+        "Which is wider, the purple hexagon or the orange circle?", "open"
+    )
+    assert result.ok and result.attempts == 2 and "IndexError" in result.errors[0]

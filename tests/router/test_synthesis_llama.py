@@ -20,6 +20,7 @@ from fmprog.images import encode_png
 from fmprog.scene import generate_scene
 from router.app import create_app
 from router.settings import RouterSettings
+from router.synthesis import TARGETED_FRAMES
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 pytest.importorskip("torch", reason="the zoo's vision models need torch")
@@ -61,7 +62,8 @@ def test_the_default_synthesizer_registers_a_query_end_to_end(tmp_path, vision):
         print(f"\nsynthesised in {elapsed:.1f} s, {synthesis['attempts']} attempt(s):\n{program['source']}")
         assert synthesis["synthesizer"] == "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
         assert 1 <= synthesis["attempts"] <= settings.synthesis_attempts and synthesis["cached"] is False
-        assert synthesis["dry_run_frames"] == settings.synthesis_dry_run_frames
+        # the scenes that hold a purple hexagon, then the ordinary ones
+        assert synthesis["dry_run_frames"] == TARGETED_FRAMES + settings.synthesis_dry_run_frames
         assert "purple hexagon" in program["source"]  # the task's object, as the task names it
         assert {site["function"] for site in program["call_sites"]} <= {"detect", "vqa"}
 
