@@ -248,6 +248,11 @@ HINTS: tuple[tuple[str, str], ...] = (
         'Return "yes" or "no" on every path: bool_to_yesno(condition), or "no" for a missing object.',
     ),
     (r"every path of the program must return", 'End the program with a return, e.g. return "N/A".'),
+    (
+        r"IndexError: list index out of range",
+        "find returned an empty list on this image: check it before you index it "
+        '(if not patches: return "N/A" for an open task, "no" for a binary one).',
+    ),
     (r"is not available to programs|is not allowed|invalid (variable|attribute) name", "Use only the API above."),
 )
 

@@ -83,7 +83,7 @@ def measured():
 def test_the_reference_program_agrees_with_itself(measured):
     stream, measure = measured
     result = measure(f"```python\n{stream.program}```")
-    assert result.ok and result.attempts == 1 and result.within and result.agreement == 1.0
+    assert result.ok and result.attempts == 1 and result.within and result.not_worse and result.agreement == 1.0
     assert result.synthesized is not None and result.synthesized.answers == result.reference.answers
     assert 0 < result.frames <= 30 and result.reference.errors == 0
     assert result.reference.f1 is not None and result.reference.f1 > 0.5  # the zoo finds most positives
@@ -92,7 +92,8 @@ def test_the_reference_program_agrees_with_itself(measured):
 def test_a_wrong_program_and_no_program_are_not_within_two_points(measured):
     _, measure = measured
     wrong = measure(ALWAYS_NO)
-    assert wrong.ok and not wrong.within and wrong.synthesized is not None and wrong.synthesized.f1 == 0.0
+    assert wrong.ok and not wrong.within and not wrong.not_worse
+    assert wrong.synthesized is not None and wrong.synthesized.f1 == 0.0
     assert wrong.agreement is not None and wrong.agreement < 1.0
     failed = measure("I cannot write that.")
     assert not failed.ok and failed.attempts == 2 and failed.synthesized is None and not failed.within
@@ -100,5 +101,17 @@ def test_a_wrong_program_and_no_program_are_not_within_two_points(measured):
 
     summary = summarize([wrong, failed])
     assert summary["queries"] == 2 and summary["valid"] == 0.5 and summary["within_2_points"] == 0.0
+    assert summary["not_2_points_worse"] == 0.0
     assert summary["first_attempt"] == 0.5 and summary["mean_attempts"] == 1.0
     assert summarize([]) == {}
+
+
+def test_a_program_better_than_the_reference_is_not_within_but_not_worse():
+    labels = ["yes"] * 5 + ["no"] * 5
+    reference, synthesized = score("binary", ["no"] * 10, labels), score("binary", labels, labels)
+    measure = QueryMeasure(
+        query="q?", kind="binary", type="t", in_examples=False, ok=True, attempts=1, latency_s=1.0, errors=[],
+        source="s", frames=10, reference=reference, synthesized=synthesized, agreement=0.5,
+    )  # fmt: skip
+    assert measure.not_worse and not measure.within
+    assert summarize([measure])["within_2_points"] == 0.0 and summarize([measure])["not_2_points_worse"] == 1.0

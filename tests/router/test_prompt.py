@@ -91,6 +91,10 @@ def test_repair_turns_show_the_program_the_error_advice_and_the_task_again():
         "Use only the API above."
     )
     assert prompt.hint("on test image 1, line 2: NameError: name 'foo' is not defined (runtime_error)") is None
+    assert prompt.hint("on test image 4, line 3: IndexError: list index out of range (runtime_error)") == (
+        'find returned an empty list on this image: check it before you index it (if not patches: return "N/A" '
+        'for an open task, "no" for a binary one).'
+    )
 
 
 def test_the_api_version_is_a_hash_of_the_prompt(monkeypatch):
