@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,12 +15,35 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmprog.backends.config import BackendCatalog, load_catalog
 from services.app import run_backends
 
+FREE_PORTS_FROM = 20000  # above Ray's default worker ports (10002-19999)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for tests, benchmarks and demos on one machine)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free a moment ago (for tests, benchmarks and demos on one machine).
+
+    It is drawn below the kernel's ephemeral range: a port from that range can be taken, between
+    this check and the server's bind, as the local end of any outgoing connection (Ray opens many
+    while it starts), and the server then fails to bind."""
+    low = _ephemeral_ports()[0]
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(FREE_PORTS_FROM, low) if low > FREE_PORTS_FROM + 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError(f"no free TCP port on {host}")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; the usual default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 class ServeSettings(BaseModel):
