@@ -23,7 +23,6 @@ from fmprog.bench.harness import ReplaySetup, load_backends
 from fmprog.bench.http import agreement
 from fmprog.bench.tracks import ImageResolver, load_binary
 from fmprog.stack import StackProcess, StackSettings
-from services.cluster import free_port
 
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 CONFIG = Path("deploy/config/cpu.yaml")
@@ -45,14 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as state:
         backends = cached_registry(load_backends(CONFIG, None, functions={"detect", "vqa"}), OutputCache())
         setup = ReplaySetup(backends=backends, images=images, lambdas=(LAMBDA,))
-        settings = StackSettings(
-            config=CONFIG,
-            backends=VISION,
-            router_port=free_port(),
-            policy_port=free_port(),
-            serve_port=free_port(),
-            state_dir=Path(state),
-        )
+        settings = StackSettings.on_free_ports(config=CONFIG, backends=VISION, state_dir=Path(state))
         report = []
         with StackProcess(settings), httpx.Client(base_url=settings.router_url, timeout=60) as client:
             for query in queries:

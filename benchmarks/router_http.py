@@ -36,7 +36,6 @@ import numpy as np
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
 from fmprog.stack import StackProcess, StackSettings
-from services.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
@@ -123,13 +122,7 @@ def main() -> None:
     scenes = scene_stream(seed=11, count=args.frames, mix={"easy": 0.3, "medium": 0.4, "hard": 0.3})
     images = [base64.b64encode(encode_png(scene.image)).decode("ascii") for scene in scenes]
     with tempfile.TemporaryDirectory(prefix="fmprog-bench-") as state:
-        settings = StackSettings(
-            backends=VISION,
-            router_port=free_port(),
-            policy_port=free_port(),
-            serve_port=free_port(),
-            state_dir=Path(state),
-        )
+        settings = StackSettings.on_free_ports(backends=VISION, state_dir=Path(state))
         router, policy = settings.router_url, settings.policy_url
         started = time.perf_counter()
         with StackProcess(settings) as stack:

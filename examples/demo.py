@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from fmprog.images import encode_png
 from fmprog.scene import Scene, scene_stream
 from fmprog.stack import StackError, StackProcess, StackSettings
-from services.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
@@ -187,12 +186,9 @@ def main() -> int:
         parser.error("--frames must be at least 30")
 
     state_dir = Path(tempfile.mkdtemp(prefix="fmprog-demo-"))
-    settings = StackSettings(
+    settings = StackSettings.on_free_ports(
         config=args.config,
         backends=None if args.backends == "all" else args.backends.split(","),
-        router_port=free_port(),
-        policy_port=free_port(),
-        serve_port=free_port(),
         state_dir=state_dir,
     )
     print(f"fmprog up, state in {state_dir}", flush=True)

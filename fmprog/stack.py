@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from fmprog.backends.config import BackendCatalog, BackendName
 from policy.settings import PolicySettings
 from router.settings import RouterSettings
-from services.cluster import ServeSettings
+from services.cluster import ServeSettings, free_port
 
 LOCALHOST = "127.0.0.1"
 READY = "ready"  # ``fmprog up`` prints a line starting with this once everything answers
@@ -86,6 +86,17 @@ class StackSettings(BaseModel):
     api_key: SecretStr | None = Field(default=None, description="The router's bearer key; required off loopback.")
     ready_timeout_s: float = Field(default=180.0, gt=0, description="Wait this long for the services to answer.")
     stop_timeout_s: float = Field(default=15.0, gt=0, description="Wait this long for a service to stop, then kill.")
+
+    @classmethod
+    def on_free_ports(cls, **values: Any) -> StackSettings:
+        """Settings whose three services listen on distinct ports that were free a moment ago (tests,
+        benchmarks and demos on one machine)."""
+        ports: list[int] = []
+        while len(ports) < 3:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        router, policy, serve = ports
+        return cls(router_port=router, policy_port=policy, serve_port=serve, **values)
 
     @model_validator(mode="after")
     def _check(self) -> StackSettings:

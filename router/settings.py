@@ -120,9 +120,7 @@ class RouterSettings(BaseSettings):
         if self.synthesis_engine is not None:
             engine = self.synthesis_engine
             if isinstance(engine, LlamaCppEngineOptions) and engine.n_threads is None:
-                from fmprog.engines.llama_cpp import available_cpus
-
-                engine = engine.model_copy(update={"n_threads": self.synthesis_threads or available_cpus()})
+                engine = engine.model_copy(update={"n_threads": self._synthesis_threads()})
             name = "synthesizer"
         elif self.synthesis_backend is not None:
             catalog = load_catalog(self.backends_config)
@@ -143,10 +141,8 @@ class RouterSettings(BaseSettings):
                     "OpenAI-compatible endpoint such as vLLM)"
                 )
             if isinstance(engine, LlamaCppEngineOptions):
-                from fmprog.engines.llama_cpp import available_cpus
-
-                threads = self.synthesis_threads or available_cpus()
                 # Small prompt batches: a conversation reuses all but the last few tokens of a cached prefix.
+                threads = self._synthesis_threads()
                 update = {"n_ctx": self.synthesis_context, "n_threads": threads, "n_batch": SYNTHESIS_N_BATCH}
                 engine = engine.model_copy(update=update)
             name = f"{backend.name}-synthesizer"
@@ -154,6 +150,12 @@ class RouterSettings(BaseSettings):
             return None
         engine = engine.model_copy(update={"temperature": 0.0, "max_tokens": self.synthesis_max_tokens})
         return BackendSpec(name=name, function=Function.llm, cost=1, engine=engine)
+
+    def _synthesis_threads(self) -> int:
+        """Threads of a llama.cpp synthesizer: ``synthesis_threads``, else every core."""
+        from fmprog.engines.llama_cpp import available_cpus
+
+        return self.synthesis_threads or available_cpus()
 
 
 def select_backends(

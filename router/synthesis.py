@@ -50,7 +50,7 @@ from fmprog.engines.base import Engine, EngineError
 from fmprog.engines.chat import Message
 from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
-from fmprog.scene.generator import KNOBS, Scene, generate_scene
+from fmprog.scene.generator import DIFFICULTIES, KNOBS, Scene, generate_scene
 from fmprog.scene.vocabulary import COLORS, SHAPES, SIZES, TEXTURES
 from router import prompt
 from router.errors import BackendsRejected, Unavailable
@@ -67,7 +67,6 @@ TARGET_SEED = 1_000_000_000  # their seeds, apart from the benchmark tracks' (wh
 # the finds, not test perception).
 TARGET_KNOBS = replace(KNOBS["easy"], n_objects=(4, 6), size_weights=(0.0, 0.6, 0.4))
 SCENE_WORDS = frozenset((*COLORS, *SHAPES, *TEXTURES, *SIZES))
-DIFFICULTIES = ("easy", "medium", "hard")
 _REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
 
 
@@ -317,10 +316,16 @@ class ProgramSynthesizer:
 
     @cached_property
     def frames(self) -> list[np.ndarray]:
-        """The dry run's frames: generated scenes of every difficulty in turn (seeded, so always the
-        same), ``DRY_RUN_POOL`` of them (more if ``dry_run_frames`` asks for more; none for 0)."""
+        """The dry run's ordinary frames: the images of ``scenes``."""
+        return [generate_scene(seed, difficulty).image for seed, difficulty in self.scenes]
+
+    @property
+    def scenes(self) -> list[tuple[int, str]]:
+        """The seeds and difficulties of the dry run's ordinary scenes: every difficulty in turn
+        (seeded, so always the same), ``DRY_RUN_POOL`` of them (more if ``dry_run_frames`` asks for
+        more; none for 0)."""
         count = max(self.dry_run_frames, DRY_RUN_POOL) if self.dry_run_frames else 0
-        return [generate_scene(seed, DIFFICULTIES[seed % 3]).image for seed in range(count)]
+        return [(seed, DIFFICULTIES[seed % len(DIFFICULTIES)]) for seed in range(count)]
 
     def synthesize(
         self, query: str, kind: TaskKind, *, allowed: Mapping[Function, list[str]] | None = None

@@ -25,7 +25,6 @@ from fmprog.images import encode_png
 from fmprog.scene import scene_stream
 from fmprog.stack import StackProcess, StackSettings, child_env, up_arguments
 from router.settings import RouterSettings
-from services.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "deploy" / "config" / "cpu.yaml"
@@ -35,14 +34,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _settings(state_dir: Path, backends: list[str]) -> StackSettings:
-    return StackSettings(
-        config=CPU,
-        backends=backends,
-        router_port=free_port(),
-        policy_port=free_port(),
-        serve_port=free_port(),
-        state_dir=state_dir,
-    )
+    return StackSettings.on_free_ports(config=CPU, backends=backends, state_dir=state_dir)
 
 
 def _truth(scene) -> str:
@@ -249,6 +241,16 @@ def test_a_service_that_dies_stops_the_rest_with_exit_1(tmp_path):
 def test_stack_settings_refuse(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         StackSettings(**{"config": CPU, **fields})
+
+
+def test_stack_settings_on_free_ports_are_distinct_and_free(monkeypatch, tmp_path):
+    import fmprog.stack
+
+    draws = iter([21000, 21000, 21001, 21000, 21002])  # a port drawn twice is drawn again
+    monkeypatch.setattr(fmprog.stack, "free_port", lambda: next(draws))
+    settings = StackSettings.on_free_ports(config=CPU, state_dir=tmp_path)
+    assert (settings.router_port, settings.policy_port, settings.serve_port) == (21000, 21001, 21002)
+    assert settings.state_dir == tmp_path
 
 
 def test_stack_settings_wire_the_services_together(tmp_path):

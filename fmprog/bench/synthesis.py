@@ -29,7 +29,7 @@ from fmprog.bench.tracks import ImageResolver, TrackQuery
 from fmprog.program import Executor, Program, compile_program
 from policy.rewards import is_yes, task_loss
 from router.prompt import EXAMPLES
-from router.synthesis import DIFFICULTIES, ProgramSynthesizer, normalize_query
+from router.synthesis import ProgramSynthesizer, normalize_query
 
 WITHIN = 0.02  # the target: the synthesized program's accuracy within 2 points of the reference's
 
@@ -80,7 +80,7 @@ class QueryMeasure(BaseModel):
 
 def dry_run_refs(synthesizer: ProgramSynthesizer) -> set[str]:
     """The track references of the scenes the synthesizer's dry run runs programs on."""
-    return {f"scene/{DIFFICULTIES[seed % len(DIFFICULTIES)]}/{seed}" for seed in range(len(synthesizer.frames))}
+    return {f"scene/{difficulty}/{seed}" for seed, difficulty in synthesizer.scenes}
 
 
 def held_out(query: TrackQuery, kind: TrackKind, frames: int, exclude: set[str]) -> TrackQuery:

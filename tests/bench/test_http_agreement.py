@@ -14,7 +14,6 @@ from fmprog.bench.http import agreement
 from fmprog.bench.queries import binary_queries
 from fmprog.bench.tracks import ImageResolver, build_streams
 from fmprog.stack import StackProcess, StackSettings
-from services.cluster import free_port
 
 CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
@@ -27,14 +26,7 @@ def test_in_process_replay_and_http_services_agree(tmp_path):
         images=ImageResolver(),
         lambdas=(),
     )
-    settings = StackSettings(
-        config=CPU,
-        backends=VISION,
-        router_port=free_port(),
-        policy_port=free_port(),
-        serve_port=free_port(),
-        state_dir=tmp_path / "stack",
-    )
+    settings = StackSettings.on_free_ports(config=CPU, backends=VISION, state_dir=tmp_path / "stack")
     with StackProcess(settings), httpx.Client(base_url=settings.router_url, timeout=60) as client:
         rows = agreement(client, query, "binary", setup, 1e-3)
     assert [r["policy"] for r in rows] == ["static all-cheapest", "static all-largest", "fast lambda 0.001"]

@@ -115,3 +115,12 @@ def test_a_program_better_than_the_reference_is_not_within_but_not_worse():
     )  # fmt: skip
     assert measure.not_worse and not measure.within
     assert summarize([measure])["within_2_points"] == 0.0 and summarize([measure])["not_2_points_worse"] == 1.0
+
+
+def test_dry_run_refs_name_the_synthesizers_own_scenes():
+    backends = load_backends(CONFIG, None, functions={"detect"})
+    synthesizer = ProgramSynthesizer(ScriptedModel(ALWAYS_NO), load_catalog(CONFIG), backends, dry_run_frames=2)
+    refs = sorted(dry_run_refs(synthesizer), key=lambda ref: int(ref.rsplit("/", 1)[1]))
+    images = [ImageResolver()(ref) for ref in refs]
+    assert len(images) == len(synthesizer.frames) == 16
+    assert all((a == b).all() for a, b in zip(images, synthesizer.frames, strict=True))

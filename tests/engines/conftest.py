@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from fmprog.backends.config import BackendSpec
 from fmprog.backends.engine_config import PackageFileSource, PackagePartsSource
 from fmprog.engines.sources import CACHE_ENV, resolve_source
+from services.cluster import free_port
 
 MAX_TOKENS = 16  # answers in these tests stay short: it keeps the suite fast
 SMOLLM2 = PackageFileSource(
@@ -41,12 +41,6 @@ def llama_spec(name: str, model: PackageFileSource | PackagePartsSource, **optio
     """A backend served by the llama.cpp engine (two threads, a small context, short answers)."""
     engine = {"kind": "llama_cpp", "model": model.model_dump(), "n_ctx": 1024, "n_threads": 2, "max_tokens": MAX_TOKENS}
     return BackendSpec.model_validate({"name": name, "function": "llm", "cost": 135, "engine": engine | options})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,8 @@ from fmprog.engines import build_engine
 from fmprog.engines.base import EngineError
 from fmprog.engines.llama_cpp import LlamaCppEngine
 from fmprog.engines.openai import OpenAIEngine
-from tests.engines.conftest import MAX_TOKENS, LlamaServer, free_port
+from services.cluster import free_port
+from tests.engines.conftest import MAX_TOKENS, LlamaServer
 
 
 def openai_spec(base_url: str, model: str, function: str = "llm", **options: Any) -> BackendSpec:
