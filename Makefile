@@ -38,28 +38,28 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/executor_overhead.py
-	$(BIN)/python benchmarks/backends.py --out bench/backends.json
-	$(BIN)/python benchmarks/policy_decide.py
-	$(BIN)/python benchmarks/router_http.py --out bench/router_http.json
+	$(BIN)/python -m benchmarks.executor_overhead
+	$(BIN)/python -m benchmarks.backends --out benchmarks/results/backends.json
+	$(BIN)/python -m benchmarks.policy_decide
+	$(BIN)/python -m benchmarks.router_http --out benchmarks/results/router_http.json
 
-# The streaming VQA benchmark (issue 5): every policy and baseline on both tracks; the report
-# (results.json, results.md, PNG plots) goes to bench/results. About 20 minutes on 2 cores.
+# The streaming VQA benchmark: every policy and baseline on both tracks; the report
+# (results.json, results.md, PNG plots) goes to benchmarks/results/vqa. About 20 minutes on 2 cores.
 bench-vqa: install
-	$(BIN)/fmprog bench --out bench/results
-	$(BIN)/python benchmarks/http_agreement.py --out bench/results/http_agreement.json
+	$(BIN)/fmprog bench --out benchmarks/results/vqa
+	$(BIN)/python -m benchmarks.http_agreement --out benchmarks/results/vqa/http_agreement.json
 
 bench-vqa-quick: install
-	$(BIN)/fmprog bench --quick --out bench/quick
+	$(BIN)/fmprog bench --quick --out benchmarks/results/vqa-quick
 
-# Program synthesis (issue 6) on every benchmark query against the reference programs; about
-# 5 minutes on 2 cores with the default synthesizer (uses bench/results/cache.sqlite3 if there).
+# Program synthesis on every benchmark query against the reference programs; about
+# 5 minutes on 2 cores with the default synthesizer (uses benchmarks/results/vqa/cache.sqlite3 if there).
 bench-synthesis: install
-	$(BIN)/python benchmarks/synthesis.py --out bench/synthesis.json
+	$(BIN)/python -m benchmarks.synthesis --out benchmarks/results/synthesis.json
 
-# Rebuild the tracks' files in bench/tracks from the scene generator (deterministic).
+# Rebuild the tracks' files in benchmarks/tracks from the scene generator (deterministic).
 tracks: install
-	$(BIN)/python scripts/make_tracks.py --out bench/tracks
+	$(BIN)/python -m benchmarks.make_tracks --out benchmarks/tracks
 
 check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; $(BIN)/fmprog program check $$f || exit 1; done

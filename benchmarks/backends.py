@@ -8,7 +8,7 @@ Per backend it measures, through the Serve HTTP proxy:
   engine saw, and the throughput gain of dynamic batching;
 - the peak resident memory of the backend's replica process.
 
-    python benchmarks/backends.py [--config deploy/config/cpu.yaml] [--items 150] [--out bench/backends.json]
+    python -m benchmarks.backends [--config deploy/config/cpu.yaml] [--items 150] [--out benchmarks/results/backends.json]
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--backends", help="comma-separated subset")
     parser.add_argument("--items", type=int, default=150, help="evaluation items per difficulty (vision)")
     parser.add_argument("--calls", type=int, default=64, help="timed calls per mode (a quarter for LLMs)")
-    parser.add_argument("--out", default="bench/backends.json")
+    parser.add_argument("--out", default="benchmarks/results/backends.json")
     args = parser.parse_args()
 
     settings = ServeSettings(

@@ -4,7 +4,7 @@ Prints the per-run time of the sandboxed executor and, for scale, of the same pr
 plain Python with the same backends (no validation, guards or trace). Both are measured in the
 same process, interleaved, so their ratio is meaningful on a noisy machine.
 
-    python benchmarks/executor_overhead.py [--runs N]
+    python -m benchmarks.executor_overhead [--runs N]
 """
 
 from __future__ import annotations

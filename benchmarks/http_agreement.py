@@ -1,7 +1,7 @@
 """The in-process benchmark replay against the deployed system: queries of the binary track through
 ``fmprog up`` (Ray Serve backends, the policy service, the router, all over HTTP), answer by answer.
 
-    python benchmarks/http_agreement.py [--queries 3] [--frames 200] [--out bench/results/http_agreement.json]
+    python -m benchmarks.http_agreement [--queries 3] [--frames 200] [--out benchmarks/results/vqa/http_agreement.json]
 
 For each query, three policies run both ways: static all-cheapest, static all-largest, and
 ``fast`` (lambda 0.001), each with the label sent back after every answer. Prices are the CPU
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import httpx
 
-from fmprog.bench.cache import OutputCache, cached_registry
-from fmprog.bench.harness import ReplaySetup, load_backends
-from fmprog.bench.http import agreement
-from fmprog.bench.tracks import ImageResolver, load_binary
-from fmprog.stack import StackProcess, StackSettings
+from benchmarks.vqa.cache import OutputCache, cached_registry
+from benchmarks.vqa.harness import ReplaySetup, load_backends
+from benchmarks.vqa.http import agreement
+from benchmarks.vqa.tracks import ImageResolver, load_binary
+from launcher.process import StackProcess
+from launcher.settings import StackSettings
 
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 CONFIG = Path("deploy/config/cpu.yaml")
@@ -31,10 +32,10 @@ LAMBDA = 1e-3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--track", type=Path, default=Path("bench/tracks/binary.json"))
+    parser.add_argument("--track", type=Path, default=Path("benchmarks/tracks/binary.json"))
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/http_agreement.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vqa/http_agreement.json"))
     args = parser.parse_args()
 
     track = load_binary(args.track).subset(frames=args.frames)

@@ -1,6 +1,6 @@
 """Decision latency of each policy algorithm on generated 128 x 128 frames (p50, p99, in ms).
 
-Run: ``.venv/bin/python benchmarks/policy_decide.py [--decisions 300] [--algorithms fast structured]``.
+Run: ``.venv/bin/python -m benchmarks.policy_decide [--decisions 300] [--algorithms fast structured]``.
 A two-site program (detect: small/large, vqa: small/large); each policy first learns from 64
 feedback events and trains once, all with default hyper-parameters. ``structured_code`` (a
 ResNet-18 per site on 256 x 256 inputs, a forward and one backward pass per backend per site) is

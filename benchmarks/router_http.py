@@ -15,7 +15,7 @@ Everything shares this machine's cores, so throughput is bounded by the backends
 is the router's own number. In-process decision latency per algorithm is
 ``benchmarks/policy_decide.py``.
 
-    .venv/bin/python benchmarks/router_http.py [--frames 100] [--out bench/router_http.json]
+    .venv/bin/python -m benchmarks.router_http [--frames 100] [--out benchmarks/results/router_http.json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import numpy as np
 
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
-from fmprog.stack import StackProcess, StackSettings
+from launcher.process import StackProcess
+from launcher.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]

@@ -1,7 +1,7 @@
 """Program synthesis on every benchmark query: valid programs, attempts, latency, and agreement
-with the reference programs on held-out frames (issue 6; ``fmprog.bench.synthesis``).
+with the reference programs on held-out frames (``benchmarks.vqa.synthesis``).
 
-    python benchmarks/synthesis.py [--frames 100] [--only TEXT] [--out bench/synthesis.json]
+    python -m benchmarks.synthesis [--frames 100] [--only TEXT] [--out benchmarks/results/synthesis.json]
 
 The synthesizer is the router's default (``FMPROG_ROUTER_SYNTHESIS_*``: llm-large through
 llama.cpp unless configured otherwise), without its program cache, so every query is synthesised
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from fmprog.backends import load_catalog
-from fmprog.bench.cache import OutputCache, cached_registry
-from fmprog.bench.harness import load_backends
-from fmprog.bench.synthesis import WITHIN, QueryMeasure, dry_run_refs, held_out, measure_query, summarize
-from fmprog.bench.tracks import ImageResolver, load_binary, load_open
+from benchmarks.vqa.cache import OutputCache, cached_registry
+from benchmarks.vqa.harness import load_backends
+from benchmarks.vqa.synthesis import WITHIN, QueryMeasure, dry_run_refs, held_out, measure_query, summarize
+from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
 from fmprog.program import Executor
 from router.settings import RouterSettings
 from router.synthesis import ProgramSynthesizer, synthesis_model
@@ -31,13 +31,13 @@ from router.synthesis import ProgramSynthesizer, synthesis_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", type=Path, default=Path("bench/tracks/binary.json"))
-    parser.add_argument("--open", type=Path, default=Path("bench/tracks/open"))
+    parser.add_argument("--binary", type=Path, default=Path("benchmarks/tracks/binary.json"))
+    parser.add_argument("--open", type=Path, default=Path("benchmarks/tracks/open"))
     parser.add_argument("--config", type=Path, default=Path("deploy/config/cpu.yaml"))
     parser.add_argument("--frames", type=int, default=100, help="held-out frames per query (default: %(default)s)")
     parser.add_argument("--only", help="only the queries whose text contains this")
-    parser.add_argument("--cache", type=Path, default=Path("bench/results/cache.sqlite3"), help="output cache")
-    parser.add_argument("--out", type=Path, default=Path("bench/synthesis.json"))
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/vqa/cache.sqlite3"), help="output cache")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthesis.json"))
     parser.add_argument("--summarize", action="store_true", help="only summarise --out again (no synthesis)")
     args = parser.parse_args()
     if args.summarize:

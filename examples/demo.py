@@ -33,7 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fmprog.images import encode_png
 from fmprog.scene import Scene, scene_stream
-from fmprog.stack import StackError, StackProcess, StackSettings
+from launcher.process import StackProcess
+from launcher.settings import StackError, StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"

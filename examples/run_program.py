@@ -1,6 +1,6 @@
 """Run one program on one frame under a decision, with two toy in-process backends.
 
-The toy backends stand in for real models (which arrive with the backend services, issue 3):
+The toy backends stand in for real models (the backend services serve real ones):
 the detector reports one fixed box, the VQA model always answers "red".
 
     python examples/run_program.py

@@ -1,4 +1,4 @@
-"""The policy: per-call-site backend decisions learned online from feedback (issue 4).
+"""The policy: per-call-site backend decisions learned online from feedback.
 
 Domain code only, no HTTP. ``policy.schemas`` holds the data that crosses boundaries
 (``PolicySpec``, ``Decision``/``DecisionOut``, ``Feedback``, ``TrainReport``); ``policy.rewards``

@@ -1,4 +1,4 @@
-"""The router service: registers programs, answers frames, forwards feedback (issue 4).
+"""The router service: registers programs, answers frames, forwards feedback.
 
 Domain code, knowing nothing of HTTP (the FastAPI routes come later and only map its errors):
 
@@ -9,7 +9,7 @@ Domain code, knowing nothing of HTTP (the FastAPI routes come later and only map
 - ``programs.ProgramRegistry``: validate a program with the runtime (or synthesise it first, for
   a task in words), resolve each call site's candidate backends and costs from the catalog, store
   it; delete keeps its decisions answerable for feedback.
-- ``synthesis.ProgramSynthesizer``: a task in words to a program (issue 6): the model's program,
+- ``synthesis.ProgramSynthesizer``: a task in words to a program: the model's program,
   validated, dry-run on generated frames, repaired with the model's help, cached by task;
   ``prompt``: what the model is told (the program API rendered from the runtime, rules, examples);
   ``synthesis_cli``: ``fmprog program synth``.

@@ -1,4 +1,4 @@
-"""Program synthesis: a task in words becomes a validated program (issue 6).
+"""Program synthesis: a task in words becomes a validated program.
 
 The paper compiles each task into a program with an LLM once, offline. The router does it when a
 task is registered (``POST /programs {query, kind}``), and must do it reliably with whatever model

@@ -1,6 +1,6 @@
 """Fake backends for unit tests, and small helpers to run programs against them.
 
-The backend services (issue 3) test the same interface against real models."""
+The backend services test the same interface against real models."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         assert ignore.excluded(path), path
     for path in (
         "pyproject.toml",
-        "fmprog/cli.py",
+        "launcher/cli.py",
         "router/app.py",
         "deploy/config/gpu.yaml",
         "deploy/docker/serve.sh",

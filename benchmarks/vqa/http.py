@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from fmprog.bench.harness import Outcome, ReplaySetup
-from fmprog.bench.tracks import ImageResolver, TrackQuery
+from benchmarks.vqa.harness import Outcome, ReplaySetup
+from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.images import encode_base64_png
 
 
@@ -94,7 +94,7 @@ def agreement(
     """One query both ways, for static all-cheapest, static all-largest and ``fast`` at ``lam``:
     a row per policy with :func:`compare`'s fractions. ``setup`` holds the backends the deployed
     system serves, priced as the router prices them."""
-    from fmprog.bench.harness import REWARD_SCALE, query_outcomes
+    from benchmarks.vqa.harness import REWARD_SCALE, query_outcomes
 
     local_setup = replace(setup, lambdas=(lam,), policies=("fast",), whole_query=False, random=False)
     _, local, _, _ = query_outcomes(query, kind, local_setup)  # type: ignore[arg-type]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmprog.bench.cache import OutputCache, cached_registry
-from fmprog.bench.harness import ReplaySetup, load_backends, replay_query
-from fmprog.bench.queries import binary_queries
-from fmprog.bench.tracks import ImageResolver, build_streams, save_binary
-from fmprog.cli import main
+from benchmarks.vqa.cache import OutputCache, cached_registry
+from benchmarks.vqa.harness import ReplaySetup, load_backends, replay_query
+from benchmarks.vqa.queries import binary_queries
+from benchmarks.vqa.tracks import ImageResolver, build_streams, save_binary
+from launcher.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG, PRICES = ROOT / "deploy" / "config" / "cpu.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
@@ -109,7 +109,7 @@ POOL_SCRIPT = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from fmprog.bench.harness import _exit_with_parent
+from benchmarks.vqa.harness import _exit_with_parent
 
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(0.1,))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fmprog.backends import BackendRegistry, BackendSpec, Detection
-from fmprog.bench.queries import (
+from benchmarks.vqa.queries import (
     FRENCH_COLORS,
     NOT_APPLICABLE,
     OPEN_TYPES,
@@ -21,7 +21,7 @@ from fmprog.bench.queries import (
     monolithic_program,
     open_queries,
 )
-from fmprog.bench.tracks import ImageResolver, load_binary, load_open
+from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
 from fmprog.program import Executor, compile_program
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun
@@ -119,7 +119,7 @@ TRACKS = Path(__file__).resolve().parents[2] / "bench" / "tracks"
 
 
 def test_the_committed_tracks_are_the_queries_streams():
-    """bench/tracks holds what scripts/make_tracks.py writes: the same queries and programs, 1
+    """benchmarks/tracks holds what benchmarks/make_tracks.py writes: the same queries and programs, 1
     positive per 100 frames (binary) or 200 "N/A" frames in 500 (open), labels that match the
     ground truth of the frames they name, and every program right on its positives."""
     images = ImageResolver()

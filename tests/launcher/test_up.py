@@ -23,7 +23,9 @@ from pydantic import SecretStr, ValidationError
 from fmprog.backends.config import ConfigError, load_catalog
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
-from fmprog.stack import StackProcess, StackSettings, child_env, up_arguments
+from launcher.process import StackProcess, up_arguments
+from launcher.settings import StackSettings
+from launcher.supervisor import child_env
 from router.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +246,10 @@ def test_stack_settings_refuse(fields, message):
 
 
 def test_stack_settings_on_free_ports_are_distinct_and_free(monkeypatch, tmp_path):
-    import fmprog.stack
+    import launcher.settings
 
     draws = iter([21000, 21000, 21001, 21000, 21002])  # a port drawn twice is drawn again
-    monkeypatch.setattr(fmprog.stack, "free_port", lambda: next(draws))
+    monkeypatch.setattr(launcher.settings, "free_port", lambda: next(draws))
     settings = StackSettings.on_free_ports(config=CPU, state_dir=tmp_path)
     assert (settings.router_port, settings.policy_port, settings.serve_port) == (21000, 21001, 21002)
     assert settings.state_dir == tmp_path

@@ -1,4 +1,4 @@
-"""Program synthesis measured on the benchmark's queries (issue 6).
+"""Program synthesis measured on the benchmark's queries.
 
 For every query of both tracks, the router's synthesizer writes a program from the query's words
 alone, and the synthesized program and the track's reference program then answer the same held-out
@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fmprog.backends.base import BackendRegistry
-from fmprog.bench.queries import TrackKind
-from fmprog.bench.runner import f1_score
-from fmprog.bench.tracks import ImageResolver, TrackQuery
+from benchmarks.vqa.queries import TrackKind
+from benchmarks.vqa.runner import f1_score
+from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.program import Executor, Program, compile_program
 from policy.rewards import is_yes, task_loss
 from router.prompt import EXAMPLES

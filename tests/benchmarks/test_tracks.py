@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmprog.bench.queries import NOT_APPLICABLE, binary_queries, open_queries
-from fmprog.bench.tracks import (
+from benchmarks.vqa.queries import NOT_APPLICABLE, binary_queries, open_queries
+from benchmarks.vqa.tracks import (
     ImageResolver,
     TrackFormatError,
     build_streams,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmprog.bench.cache import OutputCache, cached_registry
-from fmprog.bench.harness import load_backends
+from benchmarks.vqa.cache import OutputCache, cached_registry
+from benchmarks.vqa.harness import load_backends
 from fmprog.scene.generator import generate_scene
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"

@@ -1,4 +1,4 @@
-"""Measuring synthesis against the reference programs (``fmprog.bench.synthesis``): held-out
+"""Measuring synthesis against the reference programs (``benchmarks.vqa.synthesis``): held-out
 frames, scores, and whole measurements with real zoo backends and a scripted model in place of the
 LLM (the real synthesizer is tested in tests/router/test_synthesis_llama.py)."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from fmprog.backends import load_catalog
-from fmprog.bench.harness import load_backends
-from fmprog.bench.queries import binary_queries
-from fmprog.bench.synthesis import (
+from benchmarks.vqa.harness import load_backends
+from benchmarks.vqa.queries import binary_queries
+from benchmarks.vqa.synthesis import (
     QueryMeasure,
     agreement,
     dry_run_refs,
@@ -22,7 +22,7 @@ from fmprog.bench.synthesis import (
     score,
     summarize,
 )
-from fmprog.bench.tracks import ImageResolver, TrackQuery, build_streams
+from benchmarks.vqa.tracks import ImageResolver, TrackQuery, build_streams
 from fmprog.program import Executor
 from router.synthesis import ProgramSynthesizer
 

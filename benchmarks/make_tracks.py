@@ -1,8 +1,8 @@
 """Build the benchmark's two tracks from the scene generator and write them in the authors' formats.
 
-    python scripts/make_tracks.py [--out bench/tracks]
+    python -m benchmarks.make_tracks [--out benchmarks/tracks]
 
-Deterministic: the same code gives the same files (the committed ones in bench/tracks). Writes
+Deterministic: the same code gives the same files (the committed ones in benchmarks/tracks). Writes
 ``binary.json`` (33 queries x 2,000 frames, 20 positives each) and ``open/<type>/...`` (40 queries
 x 500 frames, 200 of them "N/A"). Takes about two minutes on one core.
 """
@@ -13,13 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
-from fmprog.bench.queries import binary_queries, open_queries
-from fmprog.bench.tracks import build_streams, save_binary, save_open
+from benchmarks.vqa.queries import binary_queries, open_queries
+from benchmarks.vqa.tracks import build_streams, save_binary, save_open
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/tracks"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/tracks"))
     args = parser.parse_args()
     start = time.perf_counter()
     binary = build_streams(binary_queries())

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fmprog.bench.harness import LEARNED_ON_PROGRAM, QueryResult, RunStats, worker_init, worker_replay
-from fmprog.bench.queries import FRENCH_COLORS, POLYGON_SIDES
-from fmprog.bench.tracks import ImageResolver, Track, load_binary, load_open
+from benchmarks.vqa.harness import LEARNED_ON_PROGRAM, QueryResult, RunStats, worker_init, worker_replay
+from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
+from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 
 RunKey = tuple[str, float | None]
 CURVE_POINTS = 100
@@ -36,9 +36,9 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    out: Path = Path("bench/results")
-    binary: Path | None = Field(default=Path("bench/tracks/binary.json"), description="Binary track (authors' JSON).")
-    open: Path | None = Field(default=Path("bench/tracks/open"), description="Open-form track (authors' layout).")
+    out: Path = Path("benchmarks/results/vqa")
+    binary: Path | None = Field(default=Path("benchmarks/tracks/binary.json"), description="Binary track (authors' JSON).")
+    open: Path | None = Field(default=Path("benchmarks/tracks/open"), description="Open-form track (authors' layout).")
     config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="The backends that answer.")
     costs: Path | None = Field(
         default=Path("deploy/config/gpu.yaml"),
@@ -247,7 +247,7 @@ def _curve(runs: Sequence[RunStats]) -> dict[str, list[float]]:
 def _standalone() -> dict[str, Any]:
     """Each backend alone: detect and VQA on the zoo's held-out evaluation sets (per difficulty),
     LLMs on the knowledge the open-form track asks for (polygon sides, French colour names)."""
-    from fmprog.bench.harness import _WORKER
+    from benchmarks.vqa.harness import _WORKER
     from fmprog.zoo.evaluate import evaluate
 
     backends = _WORKER["setup"].backends  # type: ignore[attr-defined]

@@ -9,10 +9,10 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="report folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vqa"), help="report folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one query per type, 400 frames, one lambda: minutes")
-    parser.add_argument("--binary", type=Path, help="binary track, authors' JSON (default: bench/tracks/binary.json)")
-    parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: bench/tracks/open)")
+    parser.add_argument("--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/binary.json)")
+    parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: benchmarks/tracks/open)")
     parser.add_argument("--only", choices=("binary", "open"), help="run one track only")
     parser.add_argument("--config", type=Path, help="backends that answer (default: deploy/config/cpu.yaml)")
     parser.add_argument(
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Any:
-    from fmprog.bench.runner import BenchSettings
+    from benchmarks.vqa.runner import BenchSettings
 
     values: dict[str, Any] = {"out": args.out}
     for name in (
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
-    from fmprog.bench.report import write_report
-    from fmprog.bench.runner import load_tracks, run_benchmark
+    from benchmarks.vqa.report import write_report
+    from benchmarks.vqa.runner import load_tracks, run_benchmark
 
     try:
         settings = settings_from(args)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmprog.bench.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec, TrackKind
+from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec, TrackKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
 
 STREAM_SEED = 42

@@ -57,7 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from fmprog.stack import StackSettings, up
+    from launcher.settings import StackSettings
+    from launcher.supervisor import up
 
     try:
         settings = StackSettings(
@@ -92,7 +93,7 @@ def _serve_config(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from fmprog.bench.cli import run
+    from benchmarks.vqa.cli import run
 
     return run(args)
 
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.set_defaults(handler=_up)
 
-    from fmprog.bench.cli import add_arguments as bench_arguments
+    from benchmarks.vqa.cli import add_arguments as bench_arguments
 
     bench = commands.add_parser(
         "bench",

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import httpx
 
-from fmprog.bench.cache import OutputCache, cached_registry
-from fmprog.bench.harness import ReplaySetup, load_backends
-from fmprog.bench.http import agreement
-from fmprog.bench.queries import binary_queries
-from fmprog.bench.tracks import ImageResolver, build_streams
-from fmprog.stack import StackProcess, StackSettings
+from benchmarks.vqa.cache import OutputCache, cached_registry
+from benchmarks.vqa.harness import ReplaySetup, load_backends
+from benchmarks.vqa.http import agreement
+from benchmarks.vqa.queries import binary_queries
+from benchmarks.vqa.tracks import ImageResolver, build_streams
+from launcher.process import StackProcess
+from launcher.settings import StackSettings
 
 CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
