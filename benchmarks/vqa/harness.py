@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fmprog.backends.base import BackendRegistry
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.queries import TrackKind, monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
+from fmprog.backends.base import BackendRegistry
 from fmprog.program import Executor, Program, compile_program
 from policy.algorithms import build_policy
 from policy.rewards import is_yes, task_loss, task_reward

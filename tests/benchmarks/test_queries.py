@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmprog.backends import BackendRegistry, BackendSpec, Detection
 from benchmarks.vqa.queries import (
     FRENCH_COLORS,
     NOT_APPLICABLE,
@@ -22,6 +21,7 @@ from benchmarks.vqa.queries import (
     open_queries,
 )
 from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
+from fmprog.backends import BackendRegistry, BackendSpec, Detection
 from fmprog.program import Executor, compile_program
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun

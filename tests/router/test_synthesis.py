@@ -561,8 +561,8 @@ def test_targeted_frames_hold_every_object_the_program_looks_for():
 
 def test_a_bug_that_only_found_objects_reach_is_caught_with_real_backends():
     """With the zoo's detector, the targeted scenes reach the comparison that a list cannot make."""
-    from fmprog.backends import load_catalog
     from benchmarks.vqa.harness import load_backends
+    from fmprog.backends import load_catalog
     from router.settings import select_backends
 
     catalog = select_backends(load_catalog(CPU), ["detect-small", "vqa-small"])
