@@ -115,7 +115,7 @@ def test_programs_answer_the_ground_truth_under_perfect_perception(spec: QuerySp
     assert checked >= 30
 
 
-TRACKS = Path(__file__).resolve().parents[2] / "bench" / "tracks"
+TRACKS = Path(__file__).resolve().parents[2] / "benchmarks" / "tracks"
 
 
 def test_the_committed_tracks_are_the_queries_streams():

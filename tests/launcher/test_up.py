@@ -28,7 +28,7 @@ from launcher.settings import StackSettings
 from launcher.supervisor import child_env
 from router.settings import RouterSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CPU = ROOT / "deploy" / "config" / "cpu.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = (ROOT / "examples" / "programs" / "triangle_left_of_circle.py").read_text()
