@@ -142,8 +142,6 @@ class TransformersEngine(Engine):
     # -- functions ----------------------------------------------------------------------------
 
     def detect_batch(self, images: Sequence[np.ndarray], nouns: Sequence[str]) -> list[list[Detection]]:
-        if self.spec.function != Function.detect:
-            raise self._wrong_function(Function.detect)
         _check_parallel(images, nouns)
         if not images:
             return []
@@ -184,8 +182,6 @@ class TransformersEngine(Engine):
         return [_detections(result, size) for result, size in zip(results, sizes, strict=True)]
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.vqa:
-            raise self._wrong_function(Function.vqa)
         _check_parallel(images, questions)
         if not images:
             return []
@@ -208,8 +204,6 @@ class TransformersEngine(Engine):
             return self._generate(model, _tokenizer_of(processor), inputs)
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.llm:
-            raise self._wrong_function(Function.llm)
         if not prompts:
             return []
         import torch
