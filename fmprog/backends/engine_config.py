@@ -60,16 +60,6 @@ class HubSource(_Options):
     revision: str | None = None
 
 
-class RandomInitSource(_Options):
-    """A model built from a config with random weights, for exercising an engine's code path on
-    machines without the real weights. Its outputs are meaningless, and it says so."""
-
-    random_init: Literal[True]
-    architecture: str = Field(min_length=1, description="A transformers model type, e.g. 'owlv2'.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Overrides for a deliberately tiny config.")
-    seed: int = 0
-
-
 # -- engines ----------------------------------------------------------------------------------
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -118,7 +108,7 @@ class TransformersEngineOptions(_Options):
     """Hugging Face transformers models: zero-shot detectors (Grounding DINO, OWLv2), VLMs, LLMs."""
 
     kind: Literal["transformers"]
-    model: HubSource | PathSource | RandomInitSource
+    model: HubSource | PathSource
     device: Device = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=32, ge=1)
