@@ -177,7 +177,8 @@ def _handle_method(record: NeuralFunction) -> Any:
     async def method(self: BackendDeployment, *arguments: Any) -> Served:
         return await self.call(record.name, *arguments)
 
-    method.__name__ = method.__qualname__ = record.method
+    method.__name__ = record.method
+    method.__qualname__ = f"{BackendDeployment.__qualname__}.{record.method}"
     method.__doc__ = f"The {record.method} call ({record.request.__name__} without the wire encoding)."
     return method
 
