@@ -58,16 +58,16 @@ class Engine(ABC):
         """Load the model; raise EngineError with a clear reason when it cannot be loaded."""
 
     def detect_batch(self, images: Sequence[np.ndarray], nouns: Sequence[str]) -> list[list[Detection]]:
-        raise self._wrong_function(Function.detect)
+        raise self._unserved(Function.detect)
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        raise self._wrong_function(Function.vqa)
+        raise self._unserved(Function.vqa)
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
-        raise self._wrong_function(Function.llm)
+        raise self._unserved(Function.llm)
 
     def ocr_batch(self, images: Sequence[np.ndarray]) -> list[str]:
-        raise self._wrong_function(Function.ocr)
+        raise self._unserved(Function.ocr)
 
     def batch(self, *columns: Sequence[Any]) -> list[Any]:
         """Answer a batch of the backend's function: its batch method's parallel lists, in order."""
@@ -93,6 +93,12 @@ class Engine(ABC):
 
     def _wrong_function(self, function: Function) -> EngineError:
         return EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
+
+    def _unserved(self, function: Function) -> EngineError:
+        """The error of a batch method this engine does not override."""
+        if function != self.spec.function:
+            return self._wrong_function(function)
+        return EngineError(f"backend {self.spec.name!r}: the {self.options.kind} engine has no {function.value}")
 
 
 def _serving_only(function: Function, method: Callable[..., Any]) -> Callable[..., Any]:

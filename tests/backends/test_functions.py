@@ -109,6 +109,8 @@ def test_the_engine_base_guards_every_batch_method_generically():
     misplaced = _Reader(BackendSpec(name="vqa-toy", function="vqa", cost=1, engine=torch))
     with pytest.raises(EngineError, match="serves vqa, not ocr"):
         misplaced.ocr_batch([image])
+    with pytest.raises(EngineError, match="the torch engine has no vqa"):
+        misplaced.batch([image], ["What is this?"])
 
 
 def test_the_registry_checks_a_model_serves_its_function():
