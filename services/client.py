@@ -2,8 +2,9 @@
 
 ``HttpBackend`` goes through the Serve proxy (what the router uses across machines);
 ``HandleBackend`` uses a DeploymentHandle (inside the Ray cluster). Both expose exactly the
-method of the backend's function (``detect``, ``vqa`` or ``llm``), so they drop into a
-``BackendRegistry``, and both raise ``BackendCallError`` with the server's reason on failure.
+method of the backend's function (``detect``, ``vqa``, ``llm`` or ``ocr``, as the table of neural
+functions describes it), so they drop into a ``BackendRegistry``, and both raise
+``BackendCallError`` with the server's reason on failure.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import numpy as np
 
-from fmprog.backends.base import Detection, FunctionModel
+from fmprog.backends.base import FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.functions import FUNCTIONS, Served
 from fmprog.images import encode_base64_png
-from services.schemas import DetectReply, TextReply
 
 
 class BackendCallError(RuntimeError):
@@ -25,10 +25,6 @@ class BackendCallError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
-
-
-def _detections(reply: DetectReply) -> list[Detection]:
-    return [Detection(box=d.box, score=d.score) for d in reply.detections]
 
 
 class HttpBackend:
@@ -41,7 +37,7 @@ class HttpBackend:
         self.url = f"{base_url.rstrip('/')}/{spec.name}"
         self._client = client or httpx.Client(timeout=timeout_s)
 
-    def reply(self, function: Function, payload: dict[str, Any]) -> DetectReply | TextReply:
+    def reply(self, function: Function, payload: dict[str, Any]) -> Served:
         """POST one call and return the full typed reply (with batch size and compute time)."""
         try:
             response = self._client.post(f"{self.url}/{function.value}", json=payload)
@@ -55,8 +51,7 @@ class HttpBackend:
             raise BackendCallError(
                 f"backend {self.spec.name!r}: HTTP {response.status_code}: {detail}", response.status_code
             )
-        reply_type = DetectReply if function == Function.detect else TextReply
-        return reply_type.model_validate(response.json())
+        return FUNCTIONS[function].reply.model_validate(response.json())
 
     def health(self) -> dict[str, Any]:
         response = self._client.get(f"{self.url}/healthz")
@@ -64,25 +59,16 @@ class HttpBackend:
 
     def model(self) -> FunctionModel:
         """The runtime-facing model object: one method, named after the backend's function."""
-        function = self.spec.function
-        if function == Function.detect:
+        record = FUNCTIONS[self.spec.function]
 
-            def detect(image: np.ndarray, noun: str) -> list[Detection]:
-                reply = self.reply(function, {"image": encode_base64_png(image), "noun": noun})
-                return _detections(reply)  # type: ignore[arg-type]
+        def call(*arguments: Any) -> Any:
+            image, text = record.inputs(arguments)
+            payload: dict[str, Any] = {} if image is None else {"image": encode_base64_png(image)}
+            if record.text is not None:
+                payload[record.text] = text
+            return record.from_reply(self.reply(record.name, payload))
 
-            return FunctionModel(function, detect, f"{self.spec.name} over HTTP")
-        if function == Function.vqa:
-
-            def vqa(image: np.ndarray, question: str) -> str:
-                return self.reply(function, {"image": encode_base64_png(image), "question": question}).text  # type: ignore[union-attr]
-
-            return FunctionModel(function, vqa, f"{self.spec.name} over HTTP")
-
-        def llm(prompt: str) -> str:
-            return self.reply(function, {"prompt": prompt}).text  # type: ignore[union-attr]
-
-        return FunctionModel(function, llm, f"{self.spec.name} over HTTP")
+        return FunctionModel(record.name, call, f"{self.spec.name} over HTTP")
 
     def close(self) -> None:
         self._client.close()
@@ -96,7 +82,7 @@ class HandleBackend:
         self.handle = handle
         self.timeout_s = timeout_s
 
-    def reply(self, function: Function, *args: Any) -> DetectReply | TextReply:
+    def reply(self, function: Function, *args: Any) -> Served:
         method = getattr(self.handle, function.value)
         try:
             return method.remote(*args).result(timeout_s=self.timeout_s)
@@ -104,11 +90,10 @@ class HandleBackend:
             raise BackendCallError(f"backend {self.spec.name!r} failed through its handle: {exc}") from exc
 
     def model(self) -> FunctionModel:
-        function = self.spec.function
-        if function == Function.detect:
-            call = lambda image, noun: _detections(self.reply(function, image, noun))  # type: ignore[arg-type]  # noqa: E731
-        elif function == Function.vqa:
-            call = lambda image, question: self.reply(function, image, question).text  # type: ignore[union-attr]  # noqa: E731
-        else:
-            call = lambda prompt: self.reply(function, prompt).text  # type: ignore[union-attr]  # noqa: E731
-        return FunctionModel(function, call, f"{self.spec.name} through a handle")
+        """The runtime-facing model object: one method, named after the backend's function."""
+        record = FUNCTIONS[self.spec.function]
+
+        def call(*arguments: Any) -> Any:
+            return record.from_reply(self.reply(record.name, *arguments))
+
+        return FunctionModel(record.name, call, f"{self.spec.name} through a handle")

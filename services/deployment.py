@@ -3,12 +3,16 @@
 One class serves every backend; the configuration (a ``BackendSpec``) arrives as a constructor
 argument. The deployment is its application's ingress, so it answers both:
 
-- HTTP through the Serve proxy, under the application's route prefix (``/<backend>``):
-  ``POST /detect``, ``POST /vqa`` or ``POST /llm`` (its function's route), ``GET /healthz``;
-- DeploymentHandle calls: ``detect(image, noun)``, ``vqa(image, question)``, ``llm(prompt)``
-  with numpy frames, and ``health()``.
+- HTTP through the Serve proxy, under the application's route prefix (``/<backend>``): one
+  ``POST /<function>`` route per neural function (``/detect``, ``/vqa``, ``/llm``, ``/ocr``: its
+  own function's answers, another's is 404), ``GET /healthz``;
+- DeploymentHandle calls: one method per function, named after it, taking the function's single
+  call with numpy frames (``detect(image, noun)``, ``vqa(image, question)``, ``llm(prompt)``,
+  ``ocr(image)``), and ``health()``.
 
-Both paths enter the same ``@serve.batch`` queue, so HTTP and handle calls batch together.
+The routes and handle methods are built from the table of neural functions
+(``fmprog.backends.functions.FUNCTIONS``). Both paths enter the same ``@serve.batch`` queue, so
+HTTP and handle calls batch together.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the request models as classes
@@ -25,21 +29,15 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from ray import serve
 
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.functions import FUNCTIONS, NeuralFunction, Served
 from fmprog.engines import Engine, EngineError, build_engine
 from fmprog.images import ImageError, check_frame, decode_base64_image
 from fmprog.web import error_responses, validation_error_handler
-from services.schemas import (
-    BackendHealth,
-    DetectionOut,
-    DetectReply,
-    DetectRequest,
-    LLMRequest,
-    TextReply,
-    VQARequest,
-)
+from services.schemas import BackendHealth
 
 http = FastAPI(title="fmprog backend", description="One foundation-model backend behind Ray Serve.")
 
@@ -51,17 +49,16 @@ ERRORS = error_responses(404, 422, 503)  # another function's route; malformed r
 
 
 class Call:
-    """One queued call: a frame (``None`` for llm) and its text (noun, question or prompt)."""
+    """One queued call: a frame and its text (noun, question or prompt), ``None`` where the
+    function takes none."""
 
     __slots__ = ("image", "text")
 
-    def __init__(self, image: np.ndarray | None, text: str):
+    def __init__(self, image: np.ndarray | None, text: str | None):
         self.image = image
         self.text = text
 
 
-@serve.deployment
-@serve.ingress(http)
 class BackendDeployment:
     """Serves one backend's engine; see the module docstring for its two interfaces."""
 
@@ -96,12 +93,8 @@ class BackendDeployment:
         return [(result, len(calls), elapsed) for result in results]
 
     def _engine_batch(self, calls: list[Call]) -> list[Any]:
-        if self.spec.function == Function.detect:
-            results = self.engine.detect_batch([c.image for c in calls], [c.text for c in calls])
-        elif self.spec.function == Function.vqa:
-            results = self.engine.vqa_batch([c.image for c in calls], [c.text for c in calls])
-        else:
-            results = self.engine.llm_batch([c.text for c in calls])
+        record = FUNCTIONS[self.spec.function]
+        results = self.engine.batch(*record.batch_columns([c.image for c in calls], [c.text for c in calls]))
         if len(results) != len(calls):
             raise EngineError(f"engine answered {len(results)} of {len(calls)} calls")
         return results
@@ -112,28 +105,22 @@ class BackendDeployment:
         except EngineError as exc:
             return exc
 
-    async def _serve(self, function: Function, image: np.ndarray | None, text: str) -> DetectReply | TextReply:
+    async def _serve(self, function: Function, image: np.ndarray | None, text: str | None) -> Served:
         if function != self.spec.function:
             raise EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
         result, batch_size, compute_s = await self._batch(Call(image, text))
         if isinstance(result, EngineError):
             raise result
         served = {"backend": self.spec.name, "batch_size": batch_size, "compute_s": compute_s}
-        if function == Function.detect:
-            detections = [DetectionOut(box=d.box, score=d.score) for d in result]
-            return DetectReply(detections=detections, **served)
-        return TextReply(text=result, **served)
+        return FUNCTIONS[function].to_reply(result, served)
 
-    # -- DeploymentHandle interface ------------------------------------------------------------
+    # -- DeploymentHandle interface (one method per function, added below) --------------------
 
-    async def detect(self, image: np.ndarray, noun: str) -> DetectReply:
-        return await self._serve(Function.detect, check_frame(image), noun)
-
-    async def vqa(self, image: np.ndarray, question: str) -> TextReply:
-        return await self._serve(Function.vqa, check_frame(image), question)
-
-    async def llm(self, prompt: str) -> TextReply:
-        return await self._serve(Function.llm, None, prompt)
+    async def call(self, function: Function, *arguments: Any) -> Served:
+        """One call of ``function`` with its single call's arguments (numpy frames)."""
+        record = FUNCTIONS[Function(function)]
+        image, text = record.inputs(arguments)
+        return await self._serve(record.name, None if image is None else check_frame(image), text)
 
     def health(self) -> BackendHealth:
         detail, healthy = "", True
@@ -159,26 +146,15 @@ class BackendDeployment:
         """Ray Serve's periodic replica health check: an unhealthy engine gets the replica replaced."""
         self.engine.check_health()
 
-    # -- HTTP interface (thin: decode, call, map errors) ---------------------------------------
-
-    @http.post("/detect", response_model=DetectReply, responses=ERRORS)
-    async def http_detect(self, request: DetectRequest) -> DetectReply:
-        return await self._http(Function.detect, request.image, request.noun)
-
-    @http.post("/vqa", response_model=TextReply, responses=ERRORS)
-    async def http_vqa(self, request: VQARequest) -> TextReply:
-        return await self._http(Function.vqa, request.image, request.question)
-
-    @http.post("/llm", response_model=TextReply, responses=ERRORS)
-    async def http_llm(self, request: LLMRequest) -> TextReply:
-        return await self._http(Function.llm, None, request.prompt)
+    # -- HTTP interface (thin: decode, call, map errors; one route per function, added below) ---
 
     @http.get("/healthz", response_model=BackendHealth, responses={503: {"model": BackendHealth}})
     async def http_health(self) -> Any:
         health = self.health()
         return health if health.healthy else JSONResponse(health.model_dump(mode="json"), status_code=503)
 
-    async def _http(self, function: Function, image_b64: str | None, text: str) -> DetectReply | TextReply:
+    async def _http(self, function: Function, request: BaseModel) -> Served:
+        image_b64, text = FUNCTIONS[function].request_inputs(request)
         if function != self.spec.function:
             raise HTTPException(
                 404, f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}"
@@ -193,3 +169,36 @@ class BackendDeployment:
             return await self._serve(function, image, text)
         except EngineError as exc:
             raise HTTPException(503, f"backend {self.spec.name!r} failed: {exc}") from exc
+
+
+def _handle_method(record: NeuralFunction) -> Any:
+    """The DeploymentHandle method of one function: its single call, by the function's name."""
+
+    async def method(self: BackendDeployment, *arguments: Any) -> Served:
+        return await self.call(record.name, *arguments)
+
+    method.__name__ = record.method
+    method.__qualname__ = f"{BackendDeployment.__qualname__}.{record.method}"
+    method.__doc__ = f"The {record.method} call ({record.request.__name__} without the wire encoding)."
+    return method
+
+
+def _http_route(record: NeuralFunction) -> Any:
+    """The HTTP route of one function: the function's request body in, its reply out."""
+
+    async def route(self: BackendDeployment, request: BaseModel) -> Served:
+        return await self._http(record.name, request)
+
+    # FastAPI reads the body's model from the annotation; Serve's class-based ingress finds the
+    # class's routes by their endpoints' qualified names.
+    route.__annotations__ = {"request": record.request, "return": record.reply}
+    route.__name__ = f"http_{record.method}"
+    route.__qualname__ = f"{BackendDeployment.__qualname__}.{route.__name__}"
+    return route
+
+
+for _record in FUNCTIONS.values():
+    setattr(BackendDeployment, _record.method, _handle_method(_record))
+    http.post(_record.route, response_model=_record.reply, responses=ERRORS)(_http_route(_record))
+
+BackendDeployment = serve.deployment(serve.ingress(http)(BackendDeployment))

@@ -51,7 +51,9 @@ def _start_policy(state_dir: Path, port: int) -> subprocess.Popen:
 
 @pytest.fixture
 def stack(tmp_path):
-    vision = [s for s in load_catalog(ROOT / "deploy" / "config" / "cpu.yaml").backends if s.function != "llm"]
+    vision = [
+        s for s in load_catalog(ROOT / "deploy" / "config" / "cpu.yaml").backends if s.function in ("detect", "vqa")
+    ]
     catalog = BackendCatalog(backends=vision)
     engines = {s.name: build_engine(s) for s in vision}
     for engine in engines.values():

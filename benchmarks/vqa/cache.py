@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from fmprog.backends.base import Backend, BackendRegistry, Detection, FunctionModel
+from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import Function
+from fmprog.backends.functions import FUNCTIONS
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -30,16 +31,11 @@ def image_digest(image: np.ndarray) -> str:
 
 
 def _encode(function: Function, output: Any) -> str:
-    if function == Function.detect:
-        return json.dumps([[*d.box, d.score] for d in output])
-    return json.dumps(output)
+    return json.dumps(FUNCTIONS[function].encode(output))
 
 
 def _decode(function: Function, text: str) -> Any:
-    value = json.loads(text)
-    if function == Function.detect:
-        return [Detection(box=tuple(v[:4]), score=v[4]) for v in value]  # type: ignore[arg-type]
-    return value
+    return FUNCTIONS[function].decode(json.loads(text))
 
 
 @dataclass
@@ -76,9 +72,10 @@ class OutputCache:
     def __len__(self) -> int:
         return len(self._outputs)
 
-    def call(self, backend: Backend, compute: Callable[..., Any], image: np.ndarray | None, text: str) -> Any:
-        """The cached output of ``backend`` for this call, computing and storing it on a miss."""
-        key = f"{backend.name}\x00{'' if image is None else image_digest(image)}\x00{text}"
+    def call(self, backend: Backend, compute: Callable[..., Any], image: np.ndarray | None, text: str | None) -> Any:
+        """The cached output of ``backend`` for this call (its image and text, ``None`` where its
+        function takes none), computing and storing it on a miss."""
+        key = f"{backend.name}\x00{'' if image is None else image_digest(image)}\x00{text or ''}"
         stats = self.stats.setdefault(backend.name, CallStats())
         with self._lock:
             stored = self._outputs.get(key)
@@ -86,7 +83,7 @@ class OutputCache:
             stats.hits += 1
             return _decode(backend.function, stored)
         start = time.perf_counter()
-        output = compute(text) if image is None else compute(image, text)
+        output = compute(*FUNCTIONS[backend.function].arguments(image, text))
         stats.model_s += time.perf_counter() - start
         stats.misses += 1
         encoded = _encode(backend.function, output)
@@ -112,8 +109,7 @@ def cached_registry(backends: BackendRegistry, cache: OutputCache) -> BackendReg
         method = getattr(backend.model, backend.function.value)
 
         def call(*args: Any, _backend: Backend = backend, _method: Callable[..., Any] = method) -> Any:
-            image, text = (None, args[0]) if len(args) == 1 else args
-            return cache.call(_backend, _method, image, text)
+            return cache.call(_backend, _method, *FUNCTIONS[_backend.function].inputs(args))
 
         wrapped.append(Backend(backend.spec, FunctionModel(backend.function, call, f"{backend.name} (cached)")))
     return BackendRegistry(wrapped)

@@ -6,11 +6,14 @@ from fmprog.backends.base import (
     Detection,
     Detector,
     LanguageModel,
+    TextReader,
     VisualQA,
 )
 from fmprog.backends.config import BackendCatalog, BackendSpec, ConfigError, Function, load_catalog
+from fmprog.backends.functions import FUNCTIONS, NeuralFunction
 
 __all__ = [
+    "FUNCTIONS",
     "Backend",
     "BackendCatalog",
     "BackendRegistry",
@@ -20,6 +23,8 @@ __all__ = [
     "Detector",
     "Function",
     "LanguageModel",
+    "NeuralFunction",
+    "TextReader",
     "VisualQA",
     "load_catalog",
 ]

@@ -1,10 +1,12 @@
 """The one small interface through which programs reach models.
 
-Each backend is one model serving one function, and implements that function's method:
+Each backend is one model serving one function, and implements that function's method
+(``fmprog.backends.functions`` describes each function):
 
 - ``detect(image, noun) -> list[Detection]``  (text-conditioned detection)
 - ``vqa(image, question) -> str``             (short visual answer)
 - ``llm(prompt) -> str``                      (text only)
+- ``ocr(image) -> str``                       (the text written in the image)
 
 ``image`` is an ``H x W x 3`` uint8 RGB array (a view of the frame or of a crop).
 Implementations may be in-process models, or clients of remote deployments.
@@ -14,20 +16,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.functions import (
+    FUNCTIONS,
+    Detection,
+    Detector,
+    LanguageModel,
+    TextReader,
+    VisualQA,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """One detected object: a pixel box ``(x0, y0, x1, y1)`` in the image it was found in, with
-    ``y`` growing downward as in array rows, and a confidence score."""
-
-    box: tuple[float, float, float, float]
-    score: float
+__all__ = [
+    "PROTOCOL_OF",
+    "Backend",
+    "BackendRegistry",
+    "Detection",
+    "Detector",
+    "FunctionModel",
+    "LanguageModel",
+    "TextReader",
+    "VisualQA",
+    "box_iou",
+]
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -40,26 +52,7 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-@runtime_checkable
-class Detector(Protocol):
-    def detect(self, image: np.ndarray, noun: str) -> list[Detection]: ...
-
-
-@runtime_checkable
-class VisualQA(Protocol):
-    def vqa(self, image: np.ndarray, question: str) -> str: ...
-
-
-@runtime_checkable
-class LanguageModel(Protocol):
-    def llm(self, prompt: str) -> str: ...
-
-
-PROTOCOL_OF: dict[Function, type] = {
-    Function.detect: Detector,
-    Function.vqa: VisualQA,
-    Function.llm: LanguageModel,
-}
+PROTOCOL_OF: dict[Function, type] = {name: record.protocol for name, record in FUNCTIONS.items()}
 
 
 class FunctionModel:
@@ -83,7 +76,7 @@ class Backend:
     """A backend's declared configuration together with the object that serves it."""
 
     spec: BackendSpec
-    model: Detector | VisualQA | LanguageModel
+    model: Detector | VisualQA | LanguageModel | TextReader
 
     @property
     def name(self) -> str:

@@ -18,11 +18,13 @@ from fmprog.backends.engine_config import ENGINE_FUNCTIONS, EngineOptions
 
 
 class Function(StrEnum):
-    """The generic neural functions a program's routed calls need."""
+    """The generic neural functions a program's routed calls need; what each one is (its inputs,
+    wire schemas, engine method...) is described by ``fmprog.backends.functions.FUNCTIONS``."""
 
     detect = "detect"
     vqa = "vqa"
     llm = "llm"
+    ocr = "ocr"
 
 
 BackendName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]

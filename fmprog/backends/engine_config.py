@@ -60,16 +60,6 @@ class HubSource(_Options):
     revision: str | None = None
 
 
-class RandomInitSource(_Options):
-    """A model built from a config with random weights, for exercising an engine's code path on
-    machines without the real weights. Its outputs are meaningless, and it says so."""
-
-    random_init: Literal[True]
-    architecture: str = Field(min_length=1, description="A transformers model type, e.g. 'owlv2'.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Overrides for a deliberately tiny config.")
-    seed: int = 0
-
-
 # -- engines ----------------------------------------------------------------------------------
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -118,7 +108,7 @@ class TransformersEngineOptions(_Options):
     """Hugging Face transformers models: zero-shot detectors (Grounding DINO, OWLv2), VLMs, LLMs."""
 
     kind: Literal["transformers"]
-    model: HubSource | PathSource | RandomInitSource
+    model: HubSource | PathSource
     device: Device = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=32, ge=1)
@@ -138,8 +128,36 @@ class VLLMEngineOptions(_Options):
     system_prompt: str | None = None
 
 
+class RapidOCREngineOptions(_Options):
+    """RapidOCR: PP-OCR text detection, direction classification and recognition (ONNX Runtime),
+    with the models that ship inside the ``rapidocr-onnxruntime`` wheel."""
+
+    kind: Literal["rapidocr"]
+    threads: int = Field(default=1, ge=1, description="ONNX Runtime intra-op threads per model.")
+    min_score: float = Field(
+        default=0.5, ge=0, le=1, description="Text lines recognised with less confidence are dropped."
+    )
+
+
+class TesseractEngineOptions(_Options):
+    """The Tesseract OCR binary (Debian ``tesseract-ocr`` and its ``eng`` LSTM model), one process per call."""
+
+    kind: Literal["tesseract"]
+    binary: str = Field(default="tesseract", min_length=1, description="Command name or path of the binary.")
+    language: str = Field(default="eng", pattern=r"^[A-Za-z0-9_+]+$", description="Tesseract language(s), e.g. 'eng'.")
+    page_segmentation: int = Field(default=6, ge=0, le=13, description="--psm: 6 reads the image as one block of text.")
+    threads: int = Field(default=1, ge=1, description="OMP_THREAD_LIMIT of each call.")
+    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="Per call.")
+
+
 EngineOptions = Annotated[
-    TorchEngineOptions | LlamaCppEngineOptions | OpenAIEngineOptions | TransformersEngineOptions | VLLMEngineOptions,
+    TorchEngineOptions
+    | LlamaCppEngineOptions
+    | OpenAIEngineOptions
+    | TransformersEngineOptions
+    | VLLMEngineOptions
+    | RapidOCREngineOptions
+    | TesseractEngineOptions,
     Field(discriminator="kind"),
 ]
 
@@ -150,4 +168,6 @@ ENGINE_FUNCTIONS: dict[str, frozenset[str]] = {
     "openai": frozenset({"vqa", "llm"}),
     "transformers": frozenset({"detect", "vqa", "llm"}),
     "vllm": frozenset({"vqa", "llm"}),
+    "rapidocr": frozenset({"ocr"}),
+    "tesseract": frozenset({"ocr"}),
 }

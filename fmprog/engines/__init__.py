@@ -19,6 +19,8 @@ ENGINES: dict[str, str] = {
     "openai": "fmprog.engines.openai:OpenAIEngine",
     "transformers": "fmprog.engines.transformers:TransformersEngine",
     "vllm": "fmprog.engines.vllm:VLLMEngine",
+    "rapidocr": "fmprog.engines.rapidocr:RapidOCREngine",
+    "tesseract": "fmprog.engines.tesseract:TesseractEngine",
 }
 
 

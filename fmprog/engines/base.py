@@ -5,20 +5,24 @@ calls, ``check_health()`` periodically, ``close()`` at the end. Batch methods ta
 and return one result per input, in order. Images are ``H x W x 3`` uint8 RGB arrays; boxes are
 pixel ``(x0, y0, x1, y1)`` with ``y`` growing downward (``fmprog.backends.Detection``).
 
-An engine serves exactly the function of its backend; calling another function's method raises
-``EngineError``. ``local_model`` adapts an engine to the program runtime's single-call protocols.
+An engine serves exactly the function of its backend: every batch method named in the table of
+neural functions (``fmprog.backends.functions``) is guarded, in subclasses too, so calling another
+function's method raises ``EngineError``. ``batch`` answers a batch of the backend's own function,
+whatever it is; ``local_model`` adapts an engine to the program runtime's single-call protocols.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fmprog.backends.base import Detection, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.functions import FUNCTIONS
 from fmprog.engines.chat import Message
 
 
@@ -42,18 +46,32 @@ class Engine(ABC):
         handles arrive as ``dependencies``). Most engines need none; vLLM needs its LLM server."""
         return {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for function, record in FUNCTIONS.items():
+            method = cls.__dict__.get(record.batch_method)
+            if method is not None:
+                setattr(cls, record.batch_method, _serving_only(function, method))
+
     @abstractmethod
     def load(self) -> None:
         """Load the model; raise EngineError with a clear reason when it cannot be loaded."""
 
     def detect_batch(self, images: Sequence[np.ndarray], nouns: Sequence[str]) -> list[list[Detection]]:
-        raise self._wrong_function(Function.detect)
+        raise self._unserved(Function.detect)
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        raise self._wrong_function(Function.vqa)
+        raise self._unserved(Function.vqa)
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
-        raise self._wrong_function(Function.llm)
+        raise self._unserved(Function.llm)
+
+    def ocr_batch(self, images: Sequence[np.ndarray]) -> list[str]:
+        raise self._unserved(Function.ocr)
+
+    def batch(self, *columns: Sequence[Any]) -> list[Any]:
+        """Answer a batch of the backend's function: its batch method's parallel lists, in order."""
+        return getattr(self, FUNCTIONS[self.spec.function].batch_method)(*columns)
 
     def chat(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> str:
         """The model's reply to a whole conversation (system, user and assistant turns), for callers
@@ -76,14 +94,32 @@ class Engine(ABC):
     def _wrong_function(self, function: Function) -> EngineError:
         return EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {function.value}")
 
+    def _unserved(self, function: Function) -> EngineError:
+        """The error of a batch method this engine does not override."""
+        if function != self.spec.function:
+            return self._wrong_function(function)
+        return EngineError(f"backend {self.spec.name!r}: the {self.options.kind} engine has no {function.value}")
+
+
+def _serving_only(function: Function, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (an engine's batch method for ``function``), refusing to run for a backend of
+    another function."""
+
+    @functools.wraps(method)
+    def guarded(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        if self.spec.function != function:
+            raise self._wrong_function(function)
+        return method(self, *args, **kwargs)
+
+    return guarded
+
 
 def local_model(engine: Engine) -> FunctionModel:
     """An engine in this process, seen through the runtime's single-call protocols."""
-    function = engine.spec.function
-    if function == Function.detect:
-        call = lambda image, noun: engine.detect_batch([image], [noun])[0]  # noqa: E731
-    elif function == Function.vqa:
-        call = lambda image, question: engine.vqa_batch([image], [question])[0]  # noqa: E731
-    else:
-        call = lambda prompt: engine.llm_batch([prompt])[0]  # noqa: E731
-    return FunctionModel(function, call, f"{engine.spec.name} (in process)")
+    record = FUNCTIONS[engine.spec.function]
+
+    def call(*arguments: Any) -> Any:
+        image, text = record.inputs(arguments)
+        return engine.batch(*record.batch_columns([image], [text]))[0]
+
+    return FunctionModel(record.name, call, f"{engine.spec.name} (in process)")

@@ -56,13 +56,9 @@ class OpenAIEngine(Engine):
             raise
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.llm:
-            raise self._wrong_function(Function.llm)
         return self._complete_all([text_messages(p, self.options.system_prompt) for p in prompts])
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.vqa:
-            raise self._wrong_function(Function.vqa)
         if len(images) != len(questions):
             raise EngineError(f"backend {self.spec.name!r}: {len(images)} images but {len(questions)} questions")
         try:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fmprog.backends.base import Detection
-from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.config import BackendSpec
 from fmprog.backends.engine_config import PathSource, TorchEngineOptions, ZooSource
 from fmprog.engines.base import Engine, EngineError
 
@@ -87,13 +87,9 @@ class TorchEngine(Engine):
         return self._model
 
     def detect_batch(self, images: Sequence[np.ndarray], nouns: Sequence[str]) -> list[list[Detection]]:
-        if self.spec.function != Function.detect:
-            raise self._wrong_function(Function.detect)
         return self._loaded().detect_batch(list(images), list(nouns))
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.vqa:
-            raise self._wrong_function(Function.vqa)
         return self._loaded().vqa_batch(list(images), list(questions))
 
     def check_health(self) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.config import BackendSpec
 from fmprog.backends.engine_config import VLLMEngineOptions
 from fmprog.engines.base import Engine, EngineError
 
@@ -154,8 +154,6 @@ class VLLMEngine(Engine):
         self._handle = None
 
     def vqa_batch(self, images: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.vqa:
-            raise self._wrong_function(Function.vqa)
         if len(images) != len(questions):
             raise EngineError(f"batch has {len(images)} images but {len(questions)} questions")
         return self._chat(
@@ -169,8 +167,6 @@ class VLLMEngine(Engine):
         )
 
     def llm_batch(self, prompts: Sequence[str]) -> list[str]:
-        if self.spec.function != Function.llm:
-            raise self._wrong_function(Function.llm)
         return self._chat(list(prompts))
 
     def _chat(self, contents: list[Any]) -> list[str]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from fmprog.backends.base import Detection
 from fmprog.backends.config import Function
 from fmprog.program.callsites import is_numeric_name
 from fmprog.program.errors import UnsupportedFunction
@@ -29,13 +28,14 @@ class Invoker(Protocol):
     """What the API needs from a run: model calls charged to the current call site."""
 
     @property
-    def function(self) -> Function: ...
+    def function(self) -> Function:
+        """The function of the call site being executed."""
+        ...
 
-    def detect(self, image: np.ndarray, noun: str) -> list[Detection]: ...
-
-    def vqa(self, image: np.ndarray, question: str) -> str: ...
-
-    def llm(self, prompt: str) -> str: ...
+    def invoke(self, function: Function, *arguments: Any) -> Any:
+        """One call of ``function`` (its single call's arguments, as in
+        ``fmprog.backends.functions``), charged to the current call site; returns its result."""
+        ...
 
 
 class Frame:
@@ -136,7 +136,7 @@ class ImagePatch:
 
     def find(self, object_name: str) -> list[ImagePatch]:
         """Patches of the objects matching ``object_name`` in this patch, best score first."""
-        detections = self._invoker.detect(self._pixels(), str(object_name))
+        detections = self._invoker.invoke(Function.detect, self._pixels(), str(object_name))
         patches = []
         for det in sorted(detections, key=lambda d: -d.score):
             x0, y0, x1, y1 = det.box
@@ -159,7 +159,7 @@ class ImagePatch:
         object_name = str(object_name)
         if self._invoker.function == Function.vqa and is_numeric_name(object_name):
             wanted = object_name.lower().replace("number", "").strip()
-            answer = self._invoker.vqa(self._pixels(), NUMBER_QUESTION)
+            answer = self._invoker.invoke(Function.vqa, self._pixels(), NUMBER_QUESTION)
             try:
                 return word_to_num(answer) == word_to_num(wanted)
             except ValueError:
@@ -168,12 +168,12 @@ class ImagePatch:
 
     def verify_property(self, object_name: str, attribute: str) -> bool:
         """Whether the object in this patch has the visual property (one VQA question)."""
-        answer = self._invoker.vqa(self._pixels(), f"Is this {object_name} {attribute}?")
+        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Is this {object_name} {attribute}?")
         return "yes" in answer.lower()
 
     def query(self, question: str | None = None) -> str:
         """A short answer to a perception question about this patch."""
-        return self._invoker.vqa(self._pixels(), DEFAULT_QUERY if question is None else str(question))
+        return self._invoker.invoke(Function.vqa, self._pixels(), DEFAULT_QUERY if question is None else str(question))
 
     simple_query = query
 
@@ -183,12 +183,16 @@ class ImagePatch:
         if not options:
             raise ValueError("best_text_match needs at least one option")
         shown = [f"{prefix} {o}" if prefix else o for o in options]
-        answer = self._invoker.vqa(self._pixels(), f"Which of these is it: {', '.join(shown)}?")
+        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Which of these is it: {', '.join(shown)}?")
         return _closest_option(answer, options)
 
     def llm_query(self, question: str, long_answer: bool = True) -> str:
         """A text-only answer, for knowledge not in the image."""
         return llm_query(question, long_answer=long_answer, _invoker=self._invoker)
+
+    def read_text(self) -> str:
+        """The text written in this patch (a word, a number), "" when there is none."""
+        return self._invoker.invoke(Function.ocr, self._pixels())
 
     # Unrouted helpers.
 
@@ -221,7 +225,7 @@ def llm_query(query: str, context: str | None = None, long_answer: bool = True, 
     prompt = str(query) if context is None else f"{context}\n{query}"
     if not long_answer:
         prompt += "\nAnswer in one or two words."
-    return _invoker.llm(prompt)
+    return _invoker.invoke(Function.llm, prompt)
 
 
 def distance(patch_a: ImagePatch | float, patch_b: ImagePatch | float) -> float:

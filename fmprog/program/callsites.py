@@ -7,7 +7,8 @@ source, unique (no two calls share a name token), and readable in traces.
 
 Routed calls are attribute calls ``x.find(..)``, ``x.exists(..)``, ``x.verify_property(..)``,
 ``x.query(..)`` (``x.simple_query(..)`` is an alias), ``x.best_text_match(..)``,
-``x.llm_query(..)``, and the module-level function ``llm_query(..)`` of ViperGPT-style programs.
+``x.llm_query(..)``, ``x.read_text()``, and the module-level function ``llm_query(..)`` of
+ViperGPT-style programs (each function's record in ``fmprog.backends.functions`` lists its methods).
 As in the authors' code the receiver's type is unknown statically: an attribute call such as
 ``"abc".find("b")`` on a string is a site too, which never executes as a routed call and so never
 costs anything. Calls on literal receivers (``"abc".find``) are excluded since they cannot be
@@ -28,16 +29,10 @@ import ast
 from pydantic import BaseModel, ConfigDict
 
 from fmprog.backends.config import Function
+from fmprog.backends.functions import routed_methods
 
-ROUTED_METHODS: dict[str, Function] = {
-    "find": Function.detect,
-    "exists": Function.detect,
-    "verify_property": Function.vqa,
-    "query": Function.vqa,
-    "simple_query": Function.vqa,
-    "best_text_match": Function.vqa,
-    "llm_query": Function.llm,
-}
+# Each routed method and the function its call sites call, from the table of neural functions.
+ROUTED_METHODS: dict[str, Function] = routed_methods()
 MODULE_ROUTED_FUNCTIONS = frozenset({"llm_query"})
 
 

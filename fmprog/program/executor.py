@@ -16,15 +16,15 @@ invocation in the trace and is charged; ``attempt`` numbers the tries of one cal
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from fmprog.backends.base import BackendRegistry, Detection
+from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
+from fmprog.backends.functions import FUNCTIONS, MalformedResult
 from fmprog.program import api
 from fmprog.program.callsites import CallSite
 from fmprog.program.compiler import Program
@@ -214,9 +214,11 @@ class _Run:
             raise SandboxViolation("models can only be called through a routed call")
         return self._site
 
-    def _invoke(self, function: Function, method: str, *args: Any, check: Callable[[Any], Any]) -> Any:
-        """Call the site's backend (``check`` validates and converts its answer), retrying and
-        falling back as planned; raise BackendFailure when every attempt failed."""
+    def invoke(self, function: Function, *arguments: Any) -> Any:
+        """Call the site's backend with one call of ``function`` (the table's ``check`` validates
+        and converts its answer), retrying and falling back as planned; raise BackendFailure when
+        every attempt failed."""
+        record = FUNCTIONS[function]
         site = self._current()
         if site.function != function:
             raise SandboxViolation(f"call site {site.id} is routed to {site.function.value}, not {function.value}")
@@ -228,10 +230,10 @@ class _Run:
             started = perf_counter()
             error = None
             try:
-                result = check(getattr(backend.model, method)(*args))
+                result = record.check(getattr(backend.model, record.method)(*arguments))
             except ProgramHalt:
                 raise
-            except _Malformed as exc:
+            except MalformedResult as exc:
                 error = str(exc)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -252,33 +254,6 @@ class _Run:
                 return result
         tries = f" (after {len(plan)} attempts)" if len(plan) > 1 else ""
         raise BackendFailure(f"backend {plan[-1][0]!r} failed at {site.id}{tries}: {error}")
-
-    def detect(self, image: np.ndarray, noun: str) -> list[Detection]:
-        return self._invoke(Function.detect, "detect", image, noun, check=_detections)
-
-    def vqa(self, image: np.ndarray, question: str) -> str:
-        return self._invoke(Function.vqa, "vqa", image, question, check=_text)
-
-    def llm(self, prompt: str) -> str:
-        return self._invoke(Function.llm, "llm", prompt, check=_text)
-
-
-class _Malformed(Exception):
-    """A backend answered with something that is not a valid answer of its function."""
-
-
-def _detections(detections: Any) -> list[Detection]:
-    if not isinstance(detections, list | tuple) or not all(
-        isinstance(d, Detection) and all(math.isfinite(v) for v in (*d.box, d.score)) for d in detections
-    ):
-        raise _Malformed("returned malformed detections")
-    return list(detections)
-
-
-def _text(answer: Any) -> str:
-    if not isinstance(answer, str):
-        raise _Malformed(f"returned {type(answer).__name__}, not text")
-    return answer
 
 
 def _program_line(exc: BaseException) -> int | None:

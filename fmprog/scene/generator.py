@@ -10,6 +10,10 @@ Objects are drawn in order, later ones on top; every object's box is its full (a
 uses. Placement bounds how much of each object later objects may cover, and ``visibility`` is the
 exact fraction of its pixels left visible in the frame.
 
+With ``text=True`` (off by default, so frames without it are unchanged) objects large enough
+carry a sign: a light plate with a short word or number on it, for text reading (``ocr``). The
+object's ``text`` says what its sign reads ("" for none).
+
 The same ``seed`` and knobs always give the same frame.
 """
 
@@ -133,6 +137,7 @@ class SceneObject:
     texture: str
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, y down, x1/y1 exclusive
     visibility: float  # fraction of the object's pixels visible in the frame
+    text: str = ""  # what the sign on the object reads (frames generated with text=True), "" for none
 
     @property
     def noun(self) -> str:
@@ -293,10 +298,13 @@ def generate_scene(
     size: int = DEFAULT_FRAME_SIZE,
     *,
     knobs: SceneKnobs | None = None,
+    text: bool = False,
 ) -> Scene:
     """The scene of ``seed`` at ``difficulty`` ("easy" | "medium" | "hard", or a level in [0, 1]),
     on a ``size x size`` frame. ``knobs`` replaces the difficulty's knobs (the scene keeps the
-    difficulty's label and level)."""
+    difficulty's label and level). ``text`` puts a sign with a word or number on each object
+    large enough to carry one (drawn from its own random stream: the rest of the frame is the
+    same as without it)."""
     if size < 32:
         raise ValueError(f"frame size must be at least 32 pixels, got {size}")
     label, level, preset = _resolve(difficulty)
@@ -371,6 +379,8 @@ def generate_scene(
         drawn.append((shape, color, size_name, texture, placed, area))
         covered.append(0.0)
 
+    signs = _draw_signs(image, labels, [d[4] for d in drawn], seed) if text else {}
+
     sigma = draw.uniform(*knobs.noise_sigma)
     if sigma > 0:
         bank = _noise_bank()
@@ -387,10 +397,46 @@ def generate_scene(
 
     visible = np.bincount(labels.ravel(), minlength=len(drawn) + 1)[1:]
     objects = tuple(
-        SceneObject(shape, color, size_name, texture, box, round(float(visible[i]) / area, 4))
+        SceneObject(shape, color, size_name, texture, box, round(float(visible[i]) / area, 4), signs.get(i, ""))
         for i, (shape, color, size_name, texture, box, area) in enumerate(drawn)
     )
     return Scene(image=image, objects=objects, difficulty=label, level=level, seed=int(seed))
+
+
+SIGN_WORDS: tuple[str, ...] = ("STOP", "EXIT", "OPEN", "SALE", "PARK", "BUS", "TAXI", "HOTEL", "CAFE", "ZOO")
+MIN_SIGN_SIDE = 40  # pixels: smaller objects carry no sign
+
+
+def _draw_signs(image: np.ndarray, labels: np.ndarray, boxes: list[tuple[int, ...]], seed: int) -> dict[int, str]:
+    """Draw a sign (dark text on a light plate, centred on the object) on every object at least
+    ``MIN_SIGN_SIDE`` wide whose plate would cover no other object; returns each signed
+    object's text. Draws from a random stream of its own, so the frame is otherwise unchanged."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng([int(seed) & (2**63 - 1), 0x5167])
+    signs: dict[int, str] = {}
+    for i, (x0, y0, x1, _) in enumerate(boxes):
+        side = x1 - x0
+        if side < MIN_SIGN_SIDE:
+            continue
+        number = rng.uniform() < 0.5
+        word = str(int(rng.integers(10, 100))) if number else SIGN_WORDS[int(rng.integers(len(SIGN_WORDS)))]
+        font_size = max(10, side // 4)
+        font = ImageFont.load_default(size=font_size)
+        left, top, right, bottom = font.getbbox(word)
+        margin = max(3, font_size // 3)
+        width, height = right - left + 2 * margin, bottom - top + 2 * margin
+        if width > side:
+            continue
+        px0, py0 = x0 + (side - width) // 2, y0 + (side - height) // 2
+        plate = labels[py0 : py0 + height, px0 : px0 + width]
+        if plate.shape != (height, width) or np.any((plate != 0) & (plate != i + 1)):
+            continue  # off the frame, or over another object
+        plate_image = Image.new("RGB", (width, height), (245, 245, 235))
+        ImageDraw.Draw(plate_image).text((margin - left, margin - top), word, fill=(15, 15, 15), font=font)
+        image[py0 : py0 + height, px0 : px0 + width] = np.asarray(plate_image)
+        signs[i] = word
+    return signs
 
 
 DEFAULT_MIX: Mapping[str, float] = {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3}

@@ -21,11 +21,11 @@ CONFIG, PRICES = ROOT / "deploy" / "config" / "cpu.yaml", ROOT / "deploy" / "con
 
 @pytest.fixture(scope="module")
 def vision_config(tmp_path_factory):
-    """The CPU configuration without its LLMs (the binary track needs none)."""
+    """The CPU configuration's vision backends (the binary track needs no LLM and reads no text)."""
     import yaml
 
     config = yaml.safe_load(CONFIG.read_text())
-    config["backends"] = [b for b in config["backends"] if b["function"] != "llm"]
+    config["backends"] = [b for b in config["backends"] if b["function"] in ("detect", "vqa")]
     path = tmp_path_factory.mktemp("config") / "vision.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -72,4 +72,4 @@ def test_the_real_configurations_name_their_backends() -> None:
     check = module()
     for name in ("cpu", "gpu"):
         urls = check.backend_urls(ROOT / f"deploy/config/{name}.yaml", "http://127.0.0.1:8000/")
-        assert "http://127.0.0.1:8000/detect-small/healthz" in urls and len(urls) == 6
+        assert "http://127.0.0.1:8000/detect-small/healthz" in urls and len(urls) == 8  # with ocr-small, ocr-large

@@ -1,7 +1,8 @@
-"""TransformersEngine on CPU with RANDOM WEIGHTS (RandomInitSource): tiny Grounding DINO and
-OWL-ViT detectors, a tiny LLaVA VLM and tiny Qwen2 / Llama LMs, each with a tokenizer and
-processor built in memory. Their answers are meaningless; what is tested is that the real
-preprocess -> forward -> post-process path produces well-formed fmprog results, batched and
+"""TransformersEngine on CPU with RANDOM WEIGHTS: tiny Grounding DINO and OWL-ViT detectors, a tiny
+LLaVA VLM and tiny Qwen2 / Llama LMs, each with a tokenizer and processor built in memory
+(tests/engines/random_models.py), saved with ``save_pretrained`` and loaded by the engine from that
+directory like any local model. Their answers are meaningless; what is tested is that the real
+load -> preprocess -> forward -> post-process path produces well-formed fmprog results, batched and
 deterministically. Loading from the Hub is tested only for its offline refusal.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,20 @@ from fmprog.backends.base import Detection
 from fmprog.backends.config import BackendSpec
 from fmprog.engines import EngineError, build_engine, local_model
 from fmprog.engines.transformers import TransformersEngine
+from tests.engines.random_models import save_random
 
 
-def random_spec(function: str, architecture: str, **options: Any) -> BackendSpec:
-    engine = {"kind": "transformers", "model": {"random_init": True, "architecture": architecture}, **options}
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("random-models")
+
+
+def random_spec(function: str, architecture: str, directory: Path, **options: Any) -> BackendSpec:
+    """A backend of a tiny random ``architecture`` model saved (once per module) under ``directory``."""
+    path = directory / architecture
+    if not path.exists():
+        save_random(path, function, architecture)
+    engine = {"kind": "transformers", "model": {"path": str(path)}, **options}
     return BackendSpec.model_validate(
         {"name": f"random-{architecture}", "function": function, "cost": 1, "engine": engine}
     )
@@ -39,23 +51,24 @@ def loaded(spec: BackendSpec) -> Iterator[TransformersEngine]:
 
 
 @pytest.fixture(scope="module")
-def grounding_dino() -> Iterator[TransformersEngine]:
-    yield from loaded(random_spec("detect", "grounding-dino", device="cpu", box_threshold=0.0, text_threshold=0.0))
+def grounding_dino(models_dir: Any) -> Iterator[TransformersEngine]:
+    spec = random_spec("detect", "grounding-dino", models_dir, device="cpu", box_threshold=0.0, text_threshold=0.0)
+    yield from loaded(spec)
 
 
 @pytest.fixture(scope="module")
-def owlvit() -> Iterator[TransformersEngine]:
-    yield from loaded(random_spec("detect", "owlvit", device="cpu", box_threshold=0.0))
+def owlvit(models_dir: Any) -> Iterator[TransformersEngine]:
+    yield from loaded(random_spec("detect", "owlvit", models_dir, device="cpu", box_threshold=0.0))
 
 
 @pytest.fixture(scope="module")
-def qwen2() -> Iterator[TransformersEngine]:
-    yield from loaded(random_spec("llm", "qwen2", device="cpu", max_new_tokens=4))
+def qwen2(models_dir: Any) -> Iterator[TransformersEngine]:
+    yield from loaded(random_spec("llm", "qwen2", models_dir, device="cpu", max_new_tokens=4))
 
 
 @pytest.fixture(scope="module")
-def llava() -> Iterator[TransformersEngine]:
-    yield from loaded(random_spec("vqa", "llava", device="cpu", max_new_tokens=4))
+def llava(models_dir: Any) -> Iterator[TransformersEngine]:
+    yield from loaded(random_spec("vqa", "llava", models_dir, device="cpu", max_new_tokens=4))
 
 
 def images(*shapes: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -102,8 +115,8 @@ def test_random_weights_detect_batch_equals_single_calls(detector: str, request:
     assert all(same_detections(a, b) for a, b in zip(batch, engine.detect_batch(frames, nouns), strict=True))
 
 
-def test_random_weights_box_threshold_comes_from_options(grounding_dino: TransformersEngine) -> None:
-    strict = TransformersEngine(random_spec("detect", "grounding-dino", device="cpu", box_threshold=1.0))
+def test_random_weights_box_threshold_comes_from_options(grounding_dino: TransformersEngine, models_dir: Any) -> None:
+    strict = TransformersEngine(random_spec("detect", "grounding-dino", models_dir, device="cpu", box_threshold=1.0))
     strict.load()
     frame = images((40, 40))
     assert strict.detect_batch(frame, ["car"]) == [[]]
@@ -118,8 +131,8 @@ def test_random_weights_llm_batch_is_deterministic_and_matches_singles(qwen2: Tr
     assert batch == qwen2.llm_batch(prompts)
 
 
-def test_random_weights_llama_llm_loads_and_answers() -> None:
-    engine = TransformersEngine(random_spec("llm", "llama", device="cpu", max_new_tokens=2))
+def test_random_weights_llama_llm_loads_and_answers(models_dir: Any) -> None:
+    engine = TransformersEngine(random_spec("llm", "llama", models_dir, device="cpu", max_new_tokens=2))
     engine.load()
     assert isinstance(local_model(engine).llm("hello"), str)
     assert engine.describe()["model_class"] == "LlamaForCausalLM"
@@ -134,11 +147,11 @@ def test_random_weights_vqa_batch_is_deterministic_and_matches_singles(llava: Tr
     assert batch == llava.vqa_batch(frames, questions)
 
 
-def test_random_weights_describe_says_random(grounding_dino: TransformersEngine) -> None:
+def test_describe_names_the_loaded_model(grounding_dino: TransformersEngine, models_dir: Any) -> None:
     facts = grounding_dino.describe()
-    assert facts["random_init"] is True
+    assert facts["path"] == str(models_dir / "grounding-dino")
     assert facts["device"] == "cpu" and facts["dtype"] == "float32"
-    assert facts["parameters"] > 0 and facts["architecture"] == "grounding-dino"
+    assert facts["parameters"] > 0 and facts["model_type"] == "grounding-dino"
 
 
 def test_wrong_function_and_bad_inputs_raise_engine_error(grounding_dino: TransformersEngine) -> None:
@@ -153,13 +166,26 @@ def test_wrong_function_and_bad_inputs_raise_engine_error(grounding_dino: Transf
     assert grounding_dino.detect_batch([], []) == []
 
 
-def test_random_architecture_must_serve_the_function() -> None:
-    with pytest.raises(EngineError, match=r"'qwen2' cannot serve detect.*grounding-dino"):
-        TransformersEngine(random_spec("detect", "qwen2")).load()
+def test_random_architecture_must_serve_the_function(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"'qwen2' cannot serve detect.*grounding-dino"):
+        save_random(tmp_path, "detect", "qwen2")
 
 
-def test_unloaded_engine_refuses_calls() -> None:
-    engine = TransformersEngine(random_spec("llm", "qwen2"))
+def test_a_directory_without_a_model_is_refused(tmp_path: Any) -> None:
+    spec = BackendSpec.model_validate(
+        {
+            "name": "llm-empty",
+            "function": "llm",
+            "cost": 1,
+            "engine": {"kind": "transformers", "model": {"path": str(tmp_path)}},
+        }
+    )
+    with pytest.raises(EngineError, match="cannot load"):
+        TransformersEngine(spec).load()
+
+
+def test_unloaded_engine_refuses_calls(models_dir: Any) -> None:
+    engine = TransformersEngine(random_spec("llm", "qwen2", models_dir))
     with pytest.raises(EngineError, match="load"):
         engine.llm_batch(["hi"])
     with pytest.raises(EngineError, match="not loaded"):

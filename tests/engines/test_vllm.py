@@ -240,8 +240,17 @@ def test_error_reply_and_missing_handle_are_engine_errors(fake_serve_llm: types.
 
 def test_gpu_config_validates_with_one_gpu_per_replica_and_hub_sources() -> None:
     catalog = load_catalog(GPU_YAML)
-    assert {f: len(catalog.for_function(f)) for f in Function} == {Function.detect: 2, Function.vqa: 2, Function.llm: 2}
+    assert {f: len(catalog.for_function(f)) for f in Function} == {
+        Function.detect: 2,
+        Function.vqa: 2,
+        Function.llm: 2,
+        Function.ocr: 2,
+    }
     for spec in catalog.backends:
+        if spec.function == Function.ocr:  # the text readers' small models run on CPU
+            assert spec.resources.num_gpus == 0 and spec.engine is not None, spec.name
+            assert spec.engine.kind in ("tesseract", "rapidocr"), spec.name
+            continue
         assert spec.resources.num_gpus == 1, spec.name
         assert spec.engine is not None and isinstance(spec.engine, TransformersEngineOptions | VLLMEngineOptions)
         assert isinstance(spec.engine.model, HubSource), spec.name

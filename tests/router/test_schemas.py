@@ -47,7 +47,7 @@ def test_kind_is_binary_or_open(kind: object):
 def test_allowed_backends_are_keyed_by_known_functions_and_valid_names():
     assert make(source=SOURCE, backends={"vqa": ["vqa-small"]}).backends == {"vqa": ["vqa-small"]}
     with pytest.raises(ValidationError, match="backends"):
-        make(source=SOURCE, backends={"ocr": ["ocr-small"]})
+        make(source=SOURCE, backends={"depth": ["depth-small"]})
     with pytest.raises(ValidationError, match="backends"):
         make(source=SOURCE, backends={"vqa": ["Not A Name"]})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,3 +122,25 @@ def test_plurals_round_trip():
     for shape in SHAPES:
         assert singular(plural(shape)) == shape
     assert plural("cross") == "crosses" and singular("boxes") == "boxes"
+
+
+def test_signs_are_opt_in_and_change_only_the_plates_they_draw():
+    signed_objects = 0
+    for seed in range(12):
+        plain, signed = generate_scene(seed, "easy", 256), generate_scene(seed, "easy", 256, text=True)
+        assert plain.image.tobytes() == generate_scene(seed, "easy", 256, text=False).image.tobytes()
+        assert [replace(o, text="") for o in signed.objects] == list(plain.objects)
+        assert all(o.text == "" for o in plain.objects)
+        changed = np.any(plain.image != signed.image, axis=2)
+        for obj in signed.objects:
+            x0, y0, x1, y1 = obj.box
+            inside = changed[y0:y1, x0:x1].sum()
+            if obj.text:
+                signed_objects += 1
+                assert obj.text.isdigit() or obj.text.isupper()
+                assert 0 < inside < (x1 - x0) * (y1 - y0) / 2, "a plate inside the object, smaller than it"
+            changed[y0:y1, x0:x1] = False
+        assert not changed.any(), "nothing changes outside the signed objects"
+    assert signed_objects >= 12
+    small = generate_scene(3, "easy", 128, text=True)
+    assert all((o.box[2] - o.box[0] >= 40) for o in small.objects if o.text)

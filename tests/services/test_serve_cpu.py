@@ -1,6 +1,6 @@
 """Integration: the default configuration (deploy/config/cpu.yaml) served by a real local Ray Serve,
 every backend called over HTTP through the Serve proxy and through a DeploymentHandle, with real
-models answering generated frames."""
+models answering generated frames (the text readers read the signs drawn on objects)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from fmprog.program import Executor, compile_program
 from fmprog.scene import generate_scene
 from services.client import BackendCallError, HandleBackend, HttpBackend
 from services.cluster import ServeSettings, free_port, serve_backends
+from tests.signs import signs
 
-CPU_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CPU_CONFIG = ROOT / "deploy" / "config" / "cpu.yaml"
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -106,6 +108,18 @@ def test_llms_answer_over_http_and_handle(http, handles):
         assert handles[backend].model().llm("Name one primary colour.") == over_http
 
 
+# Tesseract (ocr-small) reads a sign cut out; PP-OCR (ocr-large) finds it on the whole object.
+@pytest.mark.parametrize(("backend", "view", "least"), [("ocr-small", "plate", 4), ("ocr-large", "crop", 5)])
+def test_text_readers_read_signs_over_http_and_handle(http, handles, backend, view, least):
+    found = signs(6, start=200)
+    images = [getattr(s, view) for s in found]
+    read = [http[backend].model().ocr(image) for image in images]
+    assert read == [handles[backend].model().ocr(image) for image in images]
+    right = sum(answer == s.text for answer, s in zip(read, found, strict=True))
+    assert right >= least, f"{backend}: {[(s.text, answer) for answer, s in zip(read, found, strict=True)]}"
+    assert http[backend].model().ocr(np.full((40, 60, 3), 90, np.uint8)) == ""
+
+
 def test_concurrent_calls_are_batched_and_answered_like_single_calls(http):
     client = http["detect-small"]
     scenes = _easy_scenes(24, start=3000)
@@ -127,6 +141,11 @@ def test_bad_requests_get_a_clear_4xx(cluster):
         ("/detect-small/vqa", {"image": image, "question": "What is this?"}, 404, "serves detect, not vqa"),
         ("/llm-small/llm", {"prompt": ""}, 422, "body.prompt"),
         ("/vqa-small/vqa", {"image": image, "question": "q", "extra": 1}, 422, "body.extra"),
+        ("/ocr-small/ocr", {"image": "%%%"}, 422, "image: image is not valid base64"),
+        ("/ocr-large/ocr", {}, 422, "body.image: Field required"),
+        ("/ocr-large/ocr", {"image": image, "question": "What does it say?"}, 422, "body.question"),
+        ("/ocr-small/detect", {"image": image, "noun": "sign"}, 404, "serves ocr, not detect"),
+        ("/detect-small/ocr", {"image": image}, 404, "serves detect, not ocr"),
     ]
     for path, body, status, message in cases:
         response = httpx.post(base + path, json=body, timeout=30)
@@ -167,6 +186,25 @@ def test_a_program_runs_against_the_served_backends(cluster, http):
         leftmost = min(scene.objects, key=lambda o: o.center[0])
         right += trace.answer == leftmost.color
     assert right >= 4, f"{right} of {len(scenes)} programs answered the leftmost object's colour"
+
+
+def test_a_program_reads_a_sign_through_the_served_backends(cluster, http):
+    registry = BackendRegistry.from_specs(
+        list(cluster.catalog.backends), {name: client.model() for name, client in http.items()}
+    )
+    program = compile_program((ROOT / "examples" / "programs" / "read_sign.py").read_text())
+    decision = {site.id: f"{site.function.value}-large" for site in program.call_sites}
+    circled = [s for s in signs(40, start=300) if s.obj.shape == "circle"][:4]
+    assert len(circled) == 4
+    right = 0
+    for sign in circled:
+        trace = Executor(registry).run(program, sign.scene.image, decision)
+        assert trace.error is None, trace.error
+        right += trace.answer == sign.text
+        if trace.answer != "no sign":
+            assert [i.function for i in trace.invocations] == [Function.detect, Function.ocr]
+            assert trace.cost == pytest.approx(cluster.catalog.get("detect-large").cost + 4.0)
+    assert right >= 2, f"read {right} of {len(circled)} signs on circles"
 
 
 def test_a_failing_call_fails_alone_within_its_batch(cluster):
