@@ -30,14 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fmprog.backends.base import BackendRegistry
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.queries import TrackKind, monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
+from fmprog.backends.base import BackendRegistry
+from fmprog.contract import CallSiteSpec, Feedback, PolicySpec, is_yes, task_loss, task_reward
 from fmprog.program import Executor, Program, compile_program
 from policy.algorithms import build_policy
-from policy.rewards import is_yes, task_loss, task_reward
-from policy.schemas import CallSiteSpec, Feedback, PolicySpec
 
 LEARNED_ON_PROGRAM = ("structured", "fast")
 REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)

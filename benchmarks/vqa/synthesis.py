@@ -22,12 +22,12 @@ from statistics import median
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from fmprog.backends.base import BackendRegistry
 from benchmarks.vqa.queries import TrackKind
 from benchmarks.vqa.runner import f1_score
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
+from fmprog.backends.base import BackendRegistry
+from fmprog.contract import is_yes, task_loss
 from fmprog.program import Executor, Program, compile_program
-from policy.rewards import is_yes, task_loss
 from router.prompt import EXAMPLES
 from router.synthesis import ProgramSynthesizer, normalize_query
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmprog.backends import BackendRegistry, BackendSpec, Detection
 from benchmarks.vqa.queries import (
     FRENCH_COLORS,
     NOT_APPLICABLE,
@@ -22,10 +21,11 @@ from benchmarks.vqa.queries import (
     open_queries,
 )
 from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
+from fmprog.backends import BackendRegistry, BackendSpec, Detection
+from fmprog.contract import task_loss
 from fmprog.program import Executor, compile_program
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun
-from policy.rewards import task_loss
 
 
 class PerfectPerception:
@@ -115,7 +115,7 @@ def test_programs_answer_the_ground_truth_under_perfect_perception(spec: QuerySp
     assert checked >= 30
 
 
-TRACKS = Path(__file__).resolve().parents[2] / "bench" / "tracks"
+TRACKS = Path(__file__).resolve().parents[2] / "benchmarks" / "tracks"
 
 
 def test_the_committed_tracks_are_the_queries_streams():

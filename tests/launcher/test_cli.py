@@ -49,7 +49,7 @@ def test_program_check_missing_file(tmp_path):
     assert result.returncode == 2 and "cannot read" in result.stderr
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("examples/programs/*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("examples/programs/*.py")), ids=lambda p: p.name)
 def test_example_programs_validate(path):
     result = fmprog("program", "check", str(path))
     assert result.returncode == 0, result.stderr
@@ -57,7 +57,7 @@ def test_example_programs_validate(path):
 
 
 def test_run_program_example():
-    example = Path(__file__).parents[1] / "examples" / "run_program.py"
+    example = Path(__file__).parents[2] / "examples" / "run_program.py"
     result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     trace = json.loads(result.stdout)
@@ -68,7 +68,7 @@ def test_run_program_example():
 def test_serve_config_prints_one_serve_application_per_backend():
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = fmprog("serve-config", "--config", str(root / "deploy" / "config" / "gpu.yaml"), "--port", "8080")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
@@ -88,7 +88,7 @@ def test_serve_config_prints_one_serve_application_per_backend():
     ],
 )
 def test_up_refuses_bad_settings_before_starting_anything(args, message):
-    result = fmprog("up", "--config", str(Path(__file__).parents[1] / "deploy" / "config" / "cpu.yaml"), *args)
+    result = fmprog("up", "--config", str(Path(__file__).parents[2] / "deploy" / "config" / "cpu.yaml"), *args)
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr
 
@@ -103,7 +103,7 @@ def test_up_refuses_a_port_in_use(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         ports = ["--router-port", str(free_port()), "--policy-port", str(port), "--serve-port", str(free_port())]
-        config = str(Path(__file__).parents[1] / "deploy" / "config" / "cpu.yaml")
+        config = str(Path(__file__).parents[2] / "deploy" / "config" / "cpu.yaml")
         result = fmprog("up", "--config", config, *ports, "--state-dir", str(tmp_path / "state"))
     assert result.returncode == 2
     assert f"error: port {port} (policy) on 127.0.0.1 is already in use; choose another with --policy-port" in (

@@ -28,7 +28,7 @@ from launcher.settings import StackSettings
 from launcher.supervisor import child_env
 from router.settings import RouterSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CPU = ROOT / "deploy" / "config" / "cpu.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = (ROOT / "examples" / "programs" / "triangle_left_of_circle.py").read_text()
@@ -165,6 +165,14 @@ def test_answer_feedback_learn_and_metrics(cluster):
             422,
             "import",
         ),
+        # the policy service checks the policy before the router stores the program
+        (
+            "/programs",
+            {"source": PROGRAM, "kind": "binary", "lambda": 1, "algorithm": "fast", "hyperparameters": {"nu": -1}},
+            422,
+            "policy rejected: hyperparameters.nu",
+        ),
+        ("/programs", {"source": PROGRAM, "kind": "binary", "lambda": 1, "algorithm": "oracle"}, 422, "'oracle'"),
         # the router offers only the backends fmprog up serves: no llm here
         (
             "/programs",
