@@ -8,7 +8,8 @@ Per backend it measures, through the Serve HTTP proxy:
   engine saw, and the throughput gain of dynamic batching;
 - the peak resident memory of the backend's replica process.
 
-    python -m benchmarks.backends [--config deploy/config/cpu.yaml] [--items 150] [--out benchmarks/results/backends.json]
+    python -m benchmarks.backends [--config deploy/config/cpu.yaml] [--items 150]
+        [--out benchmarks/results/backends.json]
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ import platform
 import time
 from pathlib import Path
 
-from fmprog.backends import load_catalog
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import load_backends
 from benchmarks.vqa.synthesis import WITHIN, QueryMeasure, dry_run_refs, held_out, measure_query, summarize
 from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
+from fmprog.backends import load_catalog
 from fmprog.program import Executor
 from router.settings import RouterSettings
 from router.synthesis import ProgramSynthesizer, synthesis_model

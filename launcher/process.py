@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
-
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-
-from fmprog.backends.config import BackendCatalog, BackendName
-from policy.settings import PolicySettings
-from router.settings import RouterSettings
-from services.cluster import ServeSettings, free_port
+from typing import Any
 
 from launcher.settings import READY, StackError, StackSettings
 

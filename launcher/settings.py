@@ -3,22 +3,10 @@ together with the router's and the policy's own settings before anything starts.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from fmprog.backends.config import BackendCatalog, BackendName
@@ -145,5 +133,3 @@ class StackSettings(BaseModel):
     def catalog(self) -> BackendCatalog:
         """The backends served and offered."""
         return self.router_settings().load_catalog()
-
-

@@ -11,7 +11,6 @@ and are validated before anything starts.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -23,15 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-
-from fmprog.backends.config import BackendCatalog, BackendName
-from policy.settings import PolicySettings
-from router.settings import RouterSettings
-from services.cluster import ServeSettings, free_port
+from pydantic import SecretStr
 
 from launcher.settings import LOCALHOST, READY, StackError, StackSettings, http_url
 
@@ -339,5 +333,3 @@ def _first_to_exit(services: tuple[Service, ...], poll_s: float = 0.2) -> Servic
             if service.process.poll() is not None:
                 return service
         time.sleep(poll_s)
-
-

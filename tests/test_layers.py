@@ -54,7 +54,7 @@ def graph() -> dict[str, set[str]]:
 
 
 def _top(module: str) -> str:
-    return module.split(".")[0]
+    return module.split(".", maxsplit=1)[0]
 
 
 def test_the_graph_sees_known_imports(graph):

@@ -9,9 +9,13 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vqa"), help="report folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/vqa"), help="report folder (default: %(default)s)"
+    )
     parser.add_argument("--quick", action="store_true", help="one query per type, 400 frames, one lambda: minutes")
-    parser.add_argument("--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/binary.json)")
+    parser.add_argument(
+        "--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/binary.json)"
+    )
     parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: benchmarks/tracks/open)")
     parser.add_argument("--only", choices=("binary", "open"), help="run one track only")
     parser.add_argument("--config", type=Path, help="backends that answer (default: deploy/config/cpu.yaml)")

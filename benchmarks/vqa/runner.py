@@ -37,7 +37,9 @@ class BenchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     out: Path = Path("benchmarks/results/vqa")
-    binary: Path | None = Field(default=Path("benchmarks/tracks/binary.json"), description="Binary track (authors' JSON).")
+    binary: Path | None = Field(
+        default=Path("benchmarks/tracks/binary.json"), description="Binary track (authors' JSON)."
+    )
     open: Path | None = Field(default=Path("benchmarks/tracks/open"), description="Open-form track (authors' layout).")
     config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="The backends that answer.")
     costs: Path | None = Field(

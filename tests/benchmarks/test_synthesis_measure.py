@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from fmprog.backends import load_catalog
 from benchmarks.vqa.harness import load_backends
 from benchmarks.vqa.queries import binary_queries
 from benchmarks.vqa.synthesis import (
@@ -23,6 +22,7 @@ from benchmarks.vqa.synthesis import (
     summarize,
 )
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery, build_streams
+from fmprog.backends import load_catalog
 from fmprog.program import Executor
 from router.synthesis import ProgramSynthesizer
 
