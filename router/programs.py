@@ -73,7 +73,7 @@ class ProgramRegistry:
         self.catalog = catalog
         self.synthesizer = synthesizer
         self.synthesis_off = synthesis_off
-        self._compiled: dict[str, Program] = {}
+        self._compiled: dict[str, tuple[ProgramPublic, Program]] = {}
         self._lock = threading.Lock()
 
     def register(self, request: ProgramCreate, check_policy: PolicyCheck | None = None) -> ProgramPublic:
@@ -107,7 +107,7 @@ class ProgramRegistry:
             check_policy(spec)
         self.store.add_program(public)
         with self._lock:
-            self._compiled[public.id] = program
+            self._compiled[public.id] = (public, program)
         return public
 
     def _synthesize(self, request: ProgramCreate) -> tuple[str, SynthesisPublic]:
@@ -134,12 +134,16 @@ class ProgramRegistry:
             self._compiled.pop(program_id, None)
 
     def compiled(self, program_id: str) -> tuple[ProgramPublic, Program]:
-        """The stored program with its compiled form (compiled on first use in this process)."""
-        public = self.store.get_program(program_id)
+        """The stored program with its compiled form, kept in this process after first use; each
+        call reads only the stored digest (NotFound once the program is deleted, a fresh read when
+        it changed)."""
+        digest = self.store.program_digest(program_id)
         with self._lock:
-            program = self._compiled.get(program_id)
-        if program is None or program.digest != public.digest:
-            program = compile_program(public.source)
-            with self._lock:
-                self._compiled[program_id] = program
-        return public, program
+            cached = self._compiled.get(program_id)
+        if cached is not None and cached[0].digest == digest:
+            return cached
+        public = self.store.get_program(program_id)
+        entry = (public, compile_program(public.source))
+        with self._lock:
+            self._compiled[program_id] = entry
+        return entry

@@ -181,6 +181,14 @@ class Store:
             raise NotFound(f"no program with id {program_id!r}")
         return _program(row)
 
+    def program_digest(self, program_id: str) -> str:
+        """The stored program's digest (a cheap check that it still exists and has not changed)."""
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM programs WHERE id = ?", (program_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no program with id {program_id!r}")
+        return row["digest"]
+
     def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
         """Programs, oldest first."""
         with self._lock:
