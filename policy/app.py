@@ -107,11 +107,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         """A backend per call site for one frame: the PNG or JPEG bytes as the body with
         ``?decision_id=``, or JSON ``{decision_id, image: base64}``."""
         decision_id, image = await _read_decide_request(request)
-        try:
-            frame = decode_image(image)
-        except ImageError as exc:
-            raise ValueError(f"image: {exc}") from None
-        return await run_in_threadpool(_service(request).decide, program_id, decision_id, frame)
+        return await run_in_threadpool(_decide, _service(request), program_id, decision_id, image)
 
     @app.post(
         "/policies/{program_id}/feedback", response_model=FeedbackAccepted, responses=error_responses(404, 409, 422)
@@ -122,6 +118,15 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
 
     add_operations_routes(app, lambda service: {"policies": len(service.programs())})
     return app
+
+
+def _decide(service: PolicyService, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    """Decode the frame (once, off the event loop) and decide on it."""
+    try:
+        frame = decode_image(image)
+    except ImageError as exc:
+        raise ValueError(f"image: {exc}") from None
+    return service.decide(program_id, decision_id, frame)
 
 
 async def _read_decide_request(request: Request) -> tuple[str, bytes]:
