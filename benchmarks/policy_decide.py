@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from fmprog.contract import Feedback, PolicySpec
 from fmprog.scene import generate_scene
 from policy.algorithms import ALGORITHMS, build_policy
-from policy.schemas import Feedback, PolicySpec
 
 SITES = [
     {"id": "find@1:1", "function": "detect", "backends": [{"name": "det-s", "cost": 1}, {"name": "det-l", "cost": 4}]},

@@ -8,7 +8,13 @@ on free ports, registers the sample program ("Is there a triangle left of a circ
   reports (each backend call as the router timed it, Serve proxy and network included), i.e. what
   the router adds: request parsing, image decoding, the policy's decision over HTTP, the sandboxed
   program, the SQLite record and the response;
-- **policy round trip**: ``POST /policies/{id}/decisions`` timed by a client, for comparison;
+- **where the overhead goes**: means per answer over the same requests, from the router's own
+  metrics (``fmprog_answer_stage_seconds``: the program read, the frame decoded, the wait for the
+  policy's decision after decoding, the program run, the SQLite record; the policy's round trip
+  as the router sees it, which overlaps decoding; the backend seconds of the run): what is left of
+  the client's time is HTTP (client, parsing, the response) and waiting for a core;
+- **policy round trip**: ``POST /policies/{id}/decisions`` timed by a client, for comparison, with
+  the frame's raw bytes (what the router sends) and as base64 JSON;
 - **throughput**: answers per second with 1, 8 and 32 concurrent clients.
 
 Everything shares this machine's cores, so throughput is bounded by the backends; the overhead
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
@@ -52,6 +59,57 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def router_sums(client: httpx.Client, router: str) -> dict[str, float]:
+    """Sums and counts of the router's timing metrics (over every program), by name."""
+    wanted = {
+        "fmprog_answer_stage_seconds_sum": "stage",
+        "fmprog_answer_stage_seconds_count": "stage",
+        "fmprog_answer_latency_seconds_sum": None,
+        "fmprog_answer_latency_seconds_count": None,
+        "fmprog_policy_decision_latency_seconds_sum": None,
+        "fmprog_policy_decision_latency_seconds_count": None,
+        "fmprog_backend_seconds_total": None,
+    }
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get(f"{router}/metrics").text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                label = wanted[sample.name]
+                key = f"{sample.name}:{sample.labels[label]}" if label else sample.name
+                sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def breakdown(before: dict[str, float], after: dict[str, float], total_mean_ms: float) -> dict[str, float]:
+    """Mean milliseconds per answer of each part of the router's time, between two metric scrapes."""
+
+    def mean(name: str, count: str) -> float | None:
+        n = after.get(count, 0.0) - before.get(count, 0.0)
+        return None if n <= 0 else 1000 * (after.get(name, 0.0) - before.get(name, 0.0)) / n
+
+    answers = after.get("fmprog_answer_latency_seconds_count", 0.0) - before.get(
+        "fmprog_answer_latency_seconds_count", 0
+    )
+    parts: dict[str, float | None] = {
+        "in_service": mean("fmprog_answer_latency_seconds_sum", "fmprog_answer_latency_seconds_count"),
+        "policy_round_trip": mean(
+            "fmprog_policy_decision_latency_seconds_sum", "fmprog_policy_decision_latency_seconds_count"
+        ),
+        "backends": (
+            1000 * (after["fmprog_backend_seconds_total"] - before.get("fmprog_backend_seconds_total", 0.0)) / answers
+            if answers
+            else None
+        ),
+    }
+    for stage in ("program", "decode", "policy_wait", "run", "record"):
+        parts[stage] = mean(f"fmprog_answer_stage_seconds_sum:{stage}", f"fmprog_answer_stage_seconds_count:{stage}")
+    if parts["run"] is not None and parts["backends"] is not None:
+        parts["sandbox"] = parts["run"] - parts["backends"]
+    if parts["in_service"] is not None:
+        parts["http_and_rest"] = total_mean_ms - parts["in_service"]
+    return {name: round(value, 3) for name, value in parts.items() if value is not None}
+
+
 def measure_overhead(client: httpx.Client, router: str, program_id: str, images: list[str]) -> dict[str, dict]:
     totals, backend, overhead = [], [], []
     for image in images:
@@ -66,14 +124,26 @@ def measure_overhead(client: httpx.Client, router: str, program_id: str, images:
     return {"total": percentiles(totals), "backend": percentiles(backend), "overhead": percentiles(overhead)}
 
 
-def measure_policy(client: httpx.Client, policy: str, program_id: str, images: list[str]) -> dict[str, float]:
-    times = []
+def measure_policy(
+    client: httpx.Client, policy: str, program_id: str, images: list[str], *, raw: bool
+) -> dict[str, float] | None:
+    """The policy's decide round trip, with the frame's raw bytes (``raw``) or as base64 JSON;
+    None when the policy does not take raw bytes."""
+    url, times = f"{policy}/policies/{program_id}/decisions", []
     for image in images:
         started = time.perf_counter()
-        response = client.post(
-            f"{policy}/policies/{program_id}/decisions", json={"decision_id": uuid.uuid4().hex, "image": image}
-        )
+        if raw:
+            response = client.post(
+                url,
+                params={"decision_id": uuid.uuid4().hex},
+                content=base64.b64decode(image),
+                headers={"content-type": "application/octet-stream"},
+            )
+        else:
+            response = client.post(url, json={"decision_id": uuid.uuid4().hex, "image": image})
         times.append(time.perf_counter() - started)
+        if raw and response.status_code == 422:
+            return None
         response.raise_for_status()
     return percentiles(times)
 
@@ -134,8 +204,11 @@ def main() -> None:
                 program.raise_for_status()
                 program_id = program.json()["id"]
                 measure_overhead(client, router, program_id, images[:20])  # warm up every backend and the pools
+                before = router_sums(client, router)
                 overhead = measure_overhead(client, router, program_id, images)
-                policy_round_trip = measure_policy(client, policy, program_id, images)
+                parts = breakdown(before, router_sums(client, router), overhead["total"]["mean_ms"])
+                policy_round_trip = measure_policy(client, policy, program_id, images, raw=True)
+                policy_json = measure_policy(client, policy, program_id, images, raw=False)
             throughput = [measure_throughput(router, program_id, images, n) for n in (1, 8, 32)]
             if stack.stop() != 0:
                 raise RuntimeError(f"fmprog up did not stop cleanly:\n{stack.output(20)}")
@@ -145,7 +218,9 @@ def main() -> None:
         "frames": args.frames,
         "startup_s": round(startup_s, 1),
         "answer": overhead,
+        "answer_breakdown_mean_ms": parts,
         "policy_round_trip": policy_round_trip,
+        "policy_round_trip_json": policy_json,
         "throughput": throughput,
     }
     print(f"cluster ready in {startup_s:.0f} s ({os.cpu_count()} CPUs); {args.frames} frames per measurement\n")
@@ -154,10 +229,15 @@ def main() -> None:
         ("end to end (client)", overhead["total"]),
         ("backend calls (trace)", overhead["backend"]),
         ("router overhead (difference)", overhead["overhead"]),
-        ("policy decision over HTTP", policy_round_trip),
+        ("policy decision over HTTP, raw", policy_round_trip),
+        ("policy decision over HTTP, JSON", policy_json),
     ]
     for label, row in rows:
-        print(f"{label:<34}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}")
+        if row is not None:
+            print(f"{label:<34}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}")
+    print("\nwhere the time goes, mean ms per answer (router metrics over the same requests):")
+    for name, value in parts.items():
+        print(f"  {name:<32}{value:>9.2f}")
     print(f"\n{'concurrency':<14}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}")
     for row in throughput:
         print(

@@ -12,32 +12,25 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
 
-from fmprog.images import ImageError, decode_base64_image
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.images import ImageError, base64_bytes, decode_image
 from fmprog.web import BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
-from policy.schemas import DecisionOut, Feedback, PolicySpec
-from policy.service import (
-    DuplicateDecision,
-    FeedbackConflict,
-    PolicyInfo,
-    PolicyService,
-    UnknownDecision,
-    UnknownPolicy,
-)
+from policy.schemas import DecideRequest, FeedbackAccepted, PolicyInfo, SpecAccepted
+from policy.service import DuplicateDecision, FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
-
-class DecideRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    decision_id: str = Field(min_length=1, max_length=64, description="The router's id for this decision.")
-    image: str = Field(min_length=1, description="The frame: base64 PNG or JPEG.")
-
-
-class FeedbackAccepted(BaseModel):
-    decision_id: str
-    repeat: bool
+RAW_IMAGE_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
+DECIDE_BODY = {
+    "requestBody": {
+        "content": {
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES},
+            "application/json": {"schema": DecideRequest.model_json_schema()},
+        },
+        "required": True,
+    }
+}
 
 
 def _service(request: Request) -> PolicyService:
@@ -81,6 +74,11 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def _invalid(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.post("/policies/check", response_model=SpecAccepted, responses=error_responses(422))
+    async def check_policy(request: Request, spec: PolicySpec) -> SpecAccepted:
+        """Whether a policy can be built from this spec; nothing is stored (422 names the problem)."""
+        return _service(request).check(spec)
+
     @app.put("/policies/{program_id}", response_model=PolicyInfo, responses=error_responses(422))
     async def put_policy(request: Request, program_id: str, spec: PolicySpec) -> PolicyInfo:
         return await run_in_threadpool(_service(request).put, program_id, spec)
@@ -99,13 +97,17 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         await run_in_threadpool(_service(request).delete, program_id)
         return Response(status_code=204)
 
-    @app.post("/policies/{program_id}/decisions", response_model=DecisionOut, responses=error_responses(404, 409, 422))
-    async def decide(request: Request, program_id: str, body: DecideRequest) -> DecisionOut:
-        try:
-            frame = decode_base64_image(body.image)
-        except ImageError as exc:
-            raise ValueError(f"image: {exc}") from None
-        return await run_in_threadpool(_service(request).decide, program_id, body.decision_id, frame)
+    @app.post(
+        "/policies/{program_id}/decisions",
+        response_model=PolicyDecision,
+        responses=error_responses(404, 409, 422),
+        openapi_extra=DECIDE_BODY,
+    )
+    async def decide(request: Request, program_id: str) -> PolicyDecision:
+        """A backend per call site for one frame: the PNG or JPEG bytes as the body with
+        ``?decision_id=``, or JSON ``{decision_id, image: base64}``."""
+        decision_id, image = await _read_decide_request(request)
+        return await run_in_threadpool(_decide, _service(request), program_id, decision_id, image)
 
     @app.post(
         "/policies/{program_id}/feedback", response_model=FeedbackAccepted, responses=error_responses(404, 409, 422)
@@ -116,3 +118,30 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
 
     add_operations_routes(app, lambda service: {"policies": len(service.programs())})
     return app
+
+
+def _decide(service: PolicyService, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    """Decode the frame (once, off the event loop) and decide on it."""
+    try:
+        frame = decode_image(image)
+    except ImageError as exc:
+        raise ValueError(f"image: {exc}") from None
+    return service.decide(program_id, decision_id, frame)
+
+
+async def _read_decide_request(request: Request) -> tuple[str, bytes]:
+    """The decision id and the frame's bytes, from a raw body (``?decision_id=``) or JSON."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in RAW_IMAGE_TYPES:
+        decision_id = request.query_params.get("decision_id", "")
+        if not 1 <= len(decision_id) <= 64:
+            raise ValueError("query parameter decision_id is required (1 to 64 characters) with a raw image body")
+        return decision_id, await request.body()
+    try:
+        body = DecideRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    try:
+        return body.decision_id, base64_bytes(body.image)
+    except ImageError as exc:
+        raise ValueError(f"image: {exc}") from None

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pydantic import BaseModel
 
-from policy.algorithms import build_policy
-from policy.algorithms.base import Policy, load_policy, policy_bytes
-from policy.schemas import DecisionOut, Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from policy.algorithms import build_policy, check_spec
+from policy.algorithms.base import Policy
+from policy.schemas import PolicyInfo, SpecAccepted
 from policy.settings import PolicySettings
+from policy.snapshots import load_policy, policy_bytes
 from policy.state import PolicyState
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -39,17 +40,6 @@ class DuplicateDecision(ValueError):
 
 class FeedbackConflict(ValueError):
     """Feedback for a decision that already received different feedback."""
-
-
-class PolicyInfo(BaseModel):
-    program_id: str
-    algorithm: str
-    sites: int
-    observed: int
-    pending: int
-    trained_steps: int
-    train_seconds: float
-    last_feedback_seq: int
 
 
 @dataclass
@@ -111,8 +101,16 @@ class PolicyService:
 
     # -- policies ---------------------------------------------------------------------------------
 
+    def check(self, spec: PolicySpec) -> SpecAccepted:
+        """Whether a policy can be built from ``spec`` (known algorithm, hyper-parameters it takes,
+        call sites it can serve), without building or storing it; ValueError names the problem."""
+        params = check_spec(spec)
+        return SpecAccepted(algorithm=spec.algorithm, hyperparameters=params.model_dump(mode="json"))
+
     def put(self, program_id: str, spec: PolicySpec) -> PolicyInfo:
-        """Create the program's policy, or replace it when the spec changed (learning restarts)."""
+        """Create the program's policy, or replace it when the spec changed (learning restarts);
+        ValueError, before anything is stored, for a spec no policy can be built from."""
+        check_spec(spec)
         with self._lock:
             current = self._slots.get(program_id)
             if current is None or current.policy.spec != spec:
@@ -153,7 +151,7 @@ class PolicyService:
 
     # -- decisions and feedback -------------------------------------------------------------------
 
-    def decide(self, program_id: str, decision_id: str, frame: np.ndarray) -> DecisionOut:
+    def decide(self, program_id: str, decision_id: str, frame: np.ndarray) -> PolicyDecision:
         slot = self._slot(program_id)
         start = time.perf_counter()
         decision = slot.policy.decide(frame)
@@ -162,7 +160,7 @@ class PolicyService:
             raise DuplicateDecision(f"decision id {decision_id} was used before; send a new id per decision")
         self.metrics.decisions.labels(program_id, slot.policy.name).inc()
         self.metrics.pending.inc()
-        return decision.out()
+        return decision.reply()
 
     def feedback(self, program_id: str, feedback: Feedback) -> bool:
         """Learn from feedback for a pending decision; True when it is a repeat of feedback already

@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from policy.schemas import Decision, Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicySpec
+from policy.decisions import PendingDecision
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policies (program_id TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -68,7 +69,7 @@ class PolicyState:
 
     # -- pending decisions ------------------------------------------------------------------------
 
-    def add_pending(self, program_id: str, decision_id: str, decision: Decision) -> bool:
+    def add_pending(self, program_id: str, decision_id: str, decision: PendingDecision) -> bool:
         """Record a pending decision; False (nothing written) when the id is already pending or resolved."""
         with self._lock:
             taken = self._db.execute(
@@ -83,12 +84,12 @@ class PolicyState:
             )
             return True
 
-    def pending(self, decision_id: str) -> tuple[str, Decision] | None:
+    def pending(self, decision_id: str) -> tuple[str, PendingDecision] | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT program_id, decision FROM pending WHERE decision_id = ?", (decision_id,)
             ).fetchone()
-        return None if row is None else (row[0], Decision.model_validate_json(row[1]))
+        return None if row is None else (row[0], PendingDecision.model_validate_json(row[1]))
 
     def pending_count(self, program_id: str | None = None) -> int:
         with self._lock:
@@ -96,14 +97,14 @@ class PolicyState:
                 return self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
             return self._db.execute("SELECT COUNT(*) FROM pending WHERE program_id = ?", (program_id,)).fetchone()[0]
 
-    def expired(self, older_than_s: float) -> list[tuple[str, str, Decision]]:
+    def expired(self, older_than_s: float) -> list[tuple[str, str, PendingDecision]]:
         cutoff = time.time() - older_than_s
         with self._lock:
             rows = self._db.execute(
                 "SELECT decision_id, program_id, decision FROM pending WHERE created_at < ? ORDER BY created_at",
                 (cutoff,),
             ).fetchall()
-        return [(d, p, Decision.model_validate_json(x)) for d, p, x in rows]
+        return [(d, p, PendingDecision.model_validate_json(x)) for d, p, x in rows]
 
     def drop_pending(self, decision_id: str) -> None:
         with self._lock:
@@ -116,7 +117,7 @@ class PolicyState:
             row = self._db.execute("SELECT feedback FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone()
         return None if row is None else Feedback.model_validate_json(row[0])
 
-    def log_feedback(self, program_id: str, decision_id: str, decision: Decision, feedback: Feedback) -> int:
+    def log_feedback(self, program_id: str, decision_id: str, decision: PendingDecision, feedback: Feedback) -> int:
         """Append the feedback and resolve its pending decision, in one transaction; returns its seq."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -133,13 +134,13 @@ class PolicyState:
                 raise
         return int(cursor.lastrowid or 0)
 
-    def feedback_after(self, program_id: str, seq: int) -> list[tuple[int, Decision, Feedback]]:
+    def feedback_after(self, program_id: str, seq: int) -> list[tuple[int, PendingDecision, Feedback]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, decision, feedback FROM feedback WHERE program_id = ? AND seq > ? ORDER BY seq",
                 (program_id, seq),
             ).fetchall()
-        return [(s, Decision.model_validate_json(d), Feedback.model_validate_json(f)) for s, d, f in rows]
+        return [(s, PendingDecision.model_validate_json(d), Feedback.model_validate_json(f)) for s, d, f in rows]
 
     # -- snapshots ----------------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class PolicyState:
         return self.dir / f"{program_id}.pt"
 
     def write_snapshot(self, program_id: str, blob: bytes, seq: int) -> None:
-        """Atomically replace the program's snapshot (``blob`` from ``save_policy``) tagged with ``seq``."""
+        """Atomically replace the program's snapshot (``blob`` from ``policy.snapshots``) tagged with ``seq``."""
         path = self.snapshot_path(program_id)
         temporary = path.with_suffix(".tmp")
         header = json.dumps({"seq": seq}).encode() + b"\n"

@@ -1,6 +1,7 @@
-"""Answering a frame: run the program under a decision, record the decision and its trace.
+"""Answering a frame: run the program under a decision, record the answer with its trace.
 
-The decision (a backend for every call site) comes from the policy as a plain mapping. When none
+The decision (a backend for every call site) comes from the policy (the ``backends`` of its
+``PolicyDecision``) as a plain mapping, checked here against the program's candidates. When none
 is available the configured fallback decision is used instead, and the result says so. A backend
 call that fails is retried (``retries`` times), then tried on the site's other candidates, nearest
 in cost first; the trace records every attempt. This is synchronous on purpose: the service runs
@@ -17,10 +18,10 @@ from typing import Literal
 import numpy as np
 
 from fmprog.backends.base import BackendRegistry
-from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Trace
+from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Program, Trace
 from router.errors import DecisionRejected, FrameRejected
 from router.programs import ProgramRegistry
-from router.schemas import AnswerResult, DecisionRecord, InvocationPublic, ProgramPublic, ProgramStopped
+from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
 from router.store import utc_now
 
 FallbackRule = Literal["cheapest", "largest"]
@@ -63,7 +64,7 @@ def check_decision(program: ProgramPublic, decision: Mapping[str, str]) -> None:
 
 
 class Answerer:
-    """Answers frames of registered programs with the given backends and records every decision."""
+    """Answers frames of registered programs with the given backends and records every answer."""
 
     def __init__(
         self,
@@ -88,32 +89,49 @@ class Answerer:
         frame_id: str | None = None,
         decision_id: str | None = None,
     ) -> AnswerResult:
-        """Run the program on ``frame`` under ``decision`` (the fallback decision when None) and
-        record it as ``decision_id`` (a new id when None; the router mints it first when it asks
-        the policy, so both know the decision by the same id).
-
-        Raises NotFound for an unknown program, DecisionRejected for a decision that does not fit
-        the program or the backends, FrameRejected for a frame that is not an RGB uint8 image. A
-        program that stops while running is an answer too: ``error`` says why, and it is recorded.
-        """
+        """Run the program on ``frame`` under ``decision`` and record the answer: :meth:`run`, then
+        :meth:`record`. Raises NotFound for an unknown program, and what :meth:`run` raises."""
         public, program = self.programs.compiled(program_id)
+        record = self.run(public, program, frame, decision, frame_id=frame_id, decision_id=decision_id)
+        return self.record(record)
+
+    def run(
+        self,
+        public: ProgramPublic,
+        program: Program,
+        frame: np.ndarray,
+        decision: Mapping[str, str] | None,
+        *,
+        frame_id: str | None = None,
+        decision_id: str | None = None,
+    ) -> AnswerRecord:
+        """Run the program on ``frame`` under ``decision`` (the fallback decision when None); the
+        answer as ``decision_id`` (a new id when None; the router mints it first when it asks the
+        policy, so both know the decision by the same id), not stored yet.
+
+        The decision is checked here, once: DecisionRejected for one that does not fit the
+        program's candidates or the backends; FrameRejected for a frame that is not an RGB uint8
+        image. A program that stops while running is an answer too: ``error`` says why.
+        """
         is_fallback = decision is None
         chosen = dict(fallback_decision(public, self.fallback) if decision is None else decision)
-        check_decision(public, chosen)
-        try:
-            self.executor.check_decision(program, chosen)
-        except InvalidDecision as exc:
-            raise DecisionRejected(str(exc)) from None
+        if not is_fallback:
+            check_decision(public, chosen)
         try:
             trace = self.executor.run(program, frame, chosen, alternates(public, chosen, self.executor.backends))
-        except ValueError as exc:  # the decision was checked above, so this is the frame
+        except InvalidDecision as exc:  # a candidate these backends do not serve
+            raise DecisionRejected(str(exc)) from None
+        except ValueError as exc:  # the decision and the alternates fit, so this is the frame
             raise FrameRejected(str(exc)) from None
-        record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
-        self.store.add_decision(record)
+        return _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
+
+    def record(self, record: AnswerRecord) -> AnswerResult:
+        """Store the answer; what the client gets back."""
+        self.store.add_answer(record)
         return AnswerResult(
             decision_id=record.id,
             program_id=record.program_id,
-            frame_id=frame_id,
+            frame_id=record.frame_id,
             answer=record.answer,
             decision=record.decision,
             fallback=record.fallback,
@@ -131,11 +149,11 @@ def _record(
     trace: Trace,
     frame_id: str | None,
     decision_id: str,
-) -> DecisionRecord:
+) -> AnswerRecord:
     site_costs: dict[str, list[float]] = {}
     for invocation in trace.invocations:
         site_costs.setdefault(invocation.site_id, []).append(invocation.cost)
-    return DecisionRecord(
+    return AnswerRecord(
         id=decision_id,
         program_id=program.id,
         kind=program.kind,

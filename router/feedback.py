@@ -1,25 +1,38 @@
 """Feedback: the label for an answered frame becomes the task reward, once per decision.
 
-The reward itself is ``policy.rewards.task_reward`` (the paper's binary and open-form schemes, or
-the 0/1-loss formulation, chosen by a ``RewardConfig``), so the router and the policy score
-answers the same way. The task reward excludes the cost term of ``R = -L - lambda * C``; the
-policy adds it, and the result carries what it needs: the executed sites and the cost of each.
+The reward is ``fmprog.contract.score_answer`` (the paper's binary and open-form schemes, or the
+0/1-loss formulation, chosen by a ``RewardConfig``), so the router and the policy score answers the
+same way; the answer is matched against the label once, giving both the reward and whether the
+answer was right. The task reward excludes the cost term of ``R = -L - lambda * C``; the policy
+adds it, and the result carries what it needs: the executed sites and the cost of each.
 """
 
 from __future__ import annotations
 
-from policy.rewards import RewardConfig, task_reward
+from dataclasses import dataclass
+
+from fmprog.contract import RewardConfig, TaskKind, score_answer
 from router.errors import LabelRejected
-from router.schemas import FeedbackIn, FeedbackResult, TaskKind
+from router.schemas import AnswerRecord, FeedbackIn, FeedbackResult
 from router.store import Store
 
 BINARY_LABELS = frozenset({"yes", "no"})
 
 
 def check_label(kind: TaskKind, label: str) -> None:
-    """A binary task's label must be yes or no, in any case (what policy.rewards reads)."""
+    """A binary task's label must be yes or no, in any case (what the contract's rewards read)."""
     if kind == "binary" and label.strip().lower() not in BINARY_LABELS:
         raise LabelRejected(f"a binary task's label must be yes or no, got {label!r}")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One label taken: the result for the client, the answer it labelled (read once), and whether
+    that answer was right."""
+
+    result: FeedbackResult
+    answer: AnswerRecord
+    correct: bool
 
 
 class FeedbackHandler:
@@ -29,24 +42,25 @@ class FeedbackHandler:
         self.store = store
         self.rewards = rewards or RewardConfig()
 
-    def feedback(self, request: FeedbackIn) -> FeedbackResult:
+    def feedback(self, request: FeedbackIn) -> Labelled:
         """Reward the decision's answer against the label and resolve the decision.
 
         The same label again returns the stored result with ``repeat`` set (the first reward
         stands); a different label raises Conflict, as does a label for an expired decision; an
         unknown decision raises NotFound, a label the task cannot read LabelRejected.
         """
-        decision = self.store.get_decision(request.decision_id)
-        check_label(decision.kind, request.label)
-        reward = task_reward(decision.kind, decision.answer, request.label, self.rewards)
-        stored, repeat = self.store.record_feedback(decision.id, request.label, reward)
-        return FeedbackResult(
-            decision_id=decision.id,
-            program_id=decision.program_id,
+        answer = self.store.get_answer(request.decision_id)
+        check_label(answer.kind, request.label)
+        score = score_answer(answer.kind, answer.answer, request.label, self.rewards)
+        stored, repeat = self.store.record_feedback(answer.id, request.label, score.reward)
+        result = FeedbackResult(
+            decision_id=answer.id,
+            program_id=answer.program_id,
             label=stored.label,
             reward=stored.reward,
-            executed_sites=decision.executed_sites,
-            site_costs=decision.site_costs,
-            cost=decision.cost,
+            executed_sites=answer.executed_sites,
+            site_costs=answer.site_costs,
+            cost=answer.cost,
             repeat=repeat,
         )
+        return Labelled(result, answer, score.correct)

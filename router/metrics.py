@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from policy.rewards import is_yes
+from fmprog.contract import is_yes
 from router.schemas import AnswerResult
 
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -39,6 +40,15 @@ class RouterMetrics:
             "End-to-end answer latency: decoding, the policy's decision and the program run.",
             ["program"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.answer_stage = Histogram(
+            "fmprog_answer_stage_seconds",
+            "Time of each stage of answering a frame in the router: program (read and compiled), decode "
+            "(the frame), policy_wait (for the policy's decision, after decoding), run (the program, "
+            "backend calls included), record (SQLite).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
             registry=r,
         )
         self.backend_calls = Counter(

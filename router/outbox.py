@@ -2,7 +2,9 @@
 
 Registration and feedback must reach the policy eventually and in order; when the policy is down
 they wait here and a background thread retries them (``deliver``), oldest first, stopping at the
-first failure so that order per program is kept.
+first failure so that order per program is kept. Payloads are the contract's messages as JSON: a
+``PolicySpec`` to register, a ``Feedback``; a registration queued by an older router (the whole
+``ProgramPublic``) is still delivered.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
+from pydantic import BaseModel
+
+from fmprog.contract import Feedback, PolicySpec
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
+from router.programs import policy_spec
 from router.schemas import ProgramPublic
 
 
@@ -28,11 +33,12 @@ class Outbox:
         self._lock = threading.Lock()
         self.dropped = 0  # messages the policy refused
 
-    def put(self, kind: str, program_id: str, payload: dict[str, Any]) -> None:
+    def put(self, kind: str, program_id: str, payload: BaseModel | None = None) -> None:
+        """Queue a message: ``register`` (a PolicySpec), ``feedback`` (a Feedback) or ``delete``."""
+        body = "{}" if payload is None else payload.model_dump_json(by_alias=True)
         with self._lock:
             self._db.execute(
-                "INSERT INTO policy_outbox (kind, program_id, payload) VALUES (?, ?, ?)",
-                (kind, program_id, json.dumps(payload)),
+                "INSERT INTO policy_outbox (kind, program_id, payload) VALUES (?, ?, ?)", (kind, program_id, body)
             )
 
     def pending(self, program_id: str | None = None) -> int:
@@ -56,9 +62,9 @@ class Outbox:
             message_id, kind, program_id, payload = row
             try:
                 if kind == "register":
-                    policy.register(ProgramPublic.model_validate_json(payload))
+                    policy.register(program_id, _spec(payload))
                 elif kind == "feedback":
-                    policy.feedback(program_id, json.loads(payload))
+                    policy.feedback(program_id, Feedback.model_validate_json(payload))
                 elif kind == "delete":
                     policy.delete(program_id)
             except PolicyRejected:
@@ -75,3 +81,11 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _spec(payload: str) -> PolicySpec:
+    """The spec of a queued registration (a whole program, as older routers queued it, or the spec)."""
+    data = json.loads(payload)
+    if "source" in data:
+        return policy_spec(ProgramPublic.model_validate(data))
+    return PolicySpec.model_validate(data)

@@ -1,16 +1,17 @@
-"""The router's view of the policy service: register a program's policy, ask for a decision, send
-feedback, delete. Over HTTP (``HttpPolicyClient``); any failure is ``PolicyUnavailable``, which the
-router answers with its fallback decision (deciding) or its outbox (feedback, registration)."""
+"""The router's view of the policy service: check a policy spec, register it, ask for a decision,
+send feedback, delete. Over HTTP (``HttpPolicyClient``), with the messages of
+:mod:`fmprog.contract`; any failure is ``PolicyUnavailable``, which the router answers with its
+fallback decision (deciding) or its outbox (feedback, registration)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 import httpx
+from pydantic import ValidationError
 
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from router.errors import RouterError
-from router.programs import policy_spec
-from router.schemas import ProgramPublic
 
 
 class PolicyUnavailable(RouterError):
@@ -18,26 +19,35 @@ class PolicyUnavailable(RouterError):
 
 
 class PolicyRejected(PolicyUnavailable):
-    """The policy service refused the request (4xx): retrying the same message cannot succeed."""
+    """The policy service refused the request (4xx): retrying the same message cannot succeed.
+    ``detail`` is the policy's own reason."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class PolicyPort(Protocol):
-    def register(self, program: ProgramPublic) -> None: ...
-    def decide(self, program_id: str, decision_id: str, image_b64: str) -> dict[str, str]: ...
-    def feedback(self, program_id: str, message: dict[str, Any]) -> None: ...
+    def check(self, spec: PolicySpec) -> None: ...
+    def register(self, program_id: str, spec: PolicySpec) -> None: ...
+    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision: ...
+    def feedback(self, program_id: str, feedback: Feedback) -> None: ...
     def delete(self, program_id: str) -> None: ...
 
 
 class HttpPolicyClient:
-    """Calls the policy service at ``base_url`` (``/policies/{program_id}`` routes)."""
+    """Calls the policy service at ``base_url`` (``/policies/...`` routes).
+
+    A frame goes to the policy as the bytes the router received (PNG or JPEG, ``octet-stream``),
+    neither re-encoded nor base64-wrapped."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, client: httpx.Client | None = None):
         self.base_url = base_url.rstrip("/")
         self._client = client or httpx.Client(timeout=timeout_s)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, **request: Any) -> Any:
         try:
-            response = self._client.request(method, f"{self.base_url}{path}", json=body)
+            response = self._client.request(method, f"{self.base_url}{path}", **request)
         except httpx.HTTPError as exc:
             raise PolicyUnavailable(f"policy service unreachable at {self.base_url}: {exc}") from exc
         if response.status_code >= 400:
@@ -45,23 +55,34 @@ class HttpPolicyClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            error = PolicyRejected if response.status_code < 500 else PolicyUnavailable
-            raise error(f"policy service: HTTP {response.status_code}: {detail}")
+            message = f"policy service: HTTP {response.status_code}: {detail}"
+            if response.status_code < 500:
+                raise PolicyRejected(message, str(detail))
+            raise PolicyUnavailable(message)
         return response.json() if response.content else None
 
-    def register(self, program: ProgramPublic) -> None:
-        self._call("PUT", f"/policies/{program.id}", policy_spec(program))
+    def check(self, spec: PolicySpec) -> None:
+        self._call("POST", "/policies/check", content=spec.model_dump_json(by_alias=True), headers=_JSON)
 
-    def decide(self, program_id: str, decision_id: str, image_b64: str) -> dict[str, str]:
-        body = {"decision_id": decision_id, "image": image_b64}
-        reply = self._call("POST", f"/policies/{program_id}/decisions", body)
-        backends = reply.get("backends") if isinstance(reply, dict) else None
-        if not isinstance(backends, dict):
-            raise PolicyUnavailable(f"policy service returned no backends: {reply!r}")
-        return {str(k): str(v) for k, v in backends.items()}
+    def register(self, program_id: str, spec: PolicySpec) -> None:
+        self._call("PUT", f"/policies/{program_id}", content=spec.model_dump_json(by_alias=True), headers=_JSON)
 
-    def feedback(self, program_id: str, message: dict[str, Any]) -> None:
-        self._call("POST", f"/policies/{program_id}/feedback", message)
+    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+        reply = self._call(
+            "POST",
+            f"/policies/{program_id}/decisions",
+            params={"decision_id": decision_id},
+            content=image,
+            headers={"content-type": "application/octet-stream"},
+        )
+        try:
+            return PolicyDecision.model_validate(reply)
+        except ValidationError as exc:
+            raise PolicyUnavailable(f"policy service returned no decision: {exc}") from None
+
+    def feedback(self, program_id: str, feedback: Feedback) -> None:
+        body = feedback.model_dump_json()
+        self._call("POST", f"/policies/{program_id}/feedback", content=body, headers=_JSON)
 
     def delete(self, program_id: str) -> None:
         self._call("DELETE", f"/policies/{program_id}")
@@ -74,3 +95,6 @@ class HttpPolicyClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+_JSON = {"content-type": "application/json"}

@@ -1,85 +1,51 @@
 """Registering programs: synthesise one when a task comes in words, validate with the runtime,
-resolve each call site's candidate backends from the catalog, store, and keep the compiled program
-for answering."""
+resolve each call site's candidate backends from the catalog, have the policy's spec checked,
+store, and keep the compiled program for answering."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from fmprog.backends.config import BackendCatalog, Function
+from fmprog.backends.config import BackendCatalog
+from fmprog.contract import PolicySpec
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
-from policy.schemas import PolicySpec
-from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
+from router.candidates import candidate_backends
+from router.errors import PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
 from router.store import Store, utc_now
 
 if TYPE_CHECKING:
     from router.synthesis import ProgramSynthesizer
 
-
-def candidate_backends(
-    catalog: BackendCatalog, allowed: dict[Function, list[str]] | None, functions: set[Function]
-) -> dict[Function, list[CandidateBackend]]:
-    """The backends the policy may choose for each function a program uses.
-
-    ``allowed`` restricts a function to the named backends (in the order given); a function it
-    leaves out may use every backend of that function in the catalog, in catalog order. Raises
-    BackendsRejected for an unknown name, a backend of another function, or a used function left
-    with no backend.
-    """
-    allowed = allowed or {}
-    problems = []
-    for function, names in allowed.items():
-        for name in names:
-            try:
-                spec = catalog.get(name)
-            except KeyError:
-                problems.append(f"unknown backend {name!r} allowed for {function.value}")
-                continue
-            if spec.function != function:
-                problems.append(f"backend {name!r} serves {spec.function.value}, not {function.value}")
-    if problems:
-        raise BackendsRejected("; ".join(problems))
-    candidates = {}
-    for function in sorted(functions):
-        if function in allowed:
-            specs = [catalog.get(name) for name in dict.fromkeys(allowed[function])]
-        else:
-            specs = catalog.for_function(function)
-        if not specs:
-            raise BackendsRejected(f"no backend is allowed for {function.value}, which the program calls")
-        candidates[function] = [CandidateBackend(name=spec.name, cost=spec.cost) for spec in specs]
-    return candidates
+PolicyCheck = Callable[[PolicySpec], None]
+"""Refuses (PolicyInvalid) a spec the policy cannot build a policy from."""
 
 
-def policy_spec(program: ProgramPublic) -> dict[str, Any]:
-    """The policy service's specification of a program: its call sites with candidate backends and
-    costs, lambda, the algorithm and its hyper-parameters."""
-    return {
-        "sites": [
-            {
-                "id": site.id,
-                "function": site.function.value,
-                "backends": [{"name": c.name, "cost": c.cost} for c in site.candidates],
-            }
-            for site in program.call_sites
-        ],
-        "lambda": program.lambda_,
-        "algorithm": program.algorithm,
-        "hyperparameters": program.hyperparameters,
-    }
-
-
-def check_policy(program: ProgramPublic) -> None:
-    """Refuse (PolicyInvalid) a program whose policy the policy service would refuse: an unknown
-    algorithm, hyper-parameters it does not take, a call-site layout it cannot serve. Checked here,
-    before storing, so that a mistake is a 422 now and not a program answered by fallback forever."""
+def policy_spec(program: ProgramPublic) -> PolicySpec:
+    """The policy's specification of a program: its call sites with candidate backends and costs,
+    lambda, the algorithm and its hyper-parameters. Its shape is checked here (PolicyInvalid); the
+    algorithm and its hyper-parameters are the policy service's to check."""
     try:
-        PolicySpec.model_validate(policy_spec(program))
+        return PolicySpec.model_validate(
+            {
+                "sites": [
+                    {
+                        "id": site.id,
+                        "function": site.function,
+                        "backends": [{"name": c.name, "cost": c.cost} for c in site.candidates],
+                    }
+                    for site in program.call_sites
+                ],
+                "lambda": program.lambda_,
+                "algorithm": program.algorithm,
+                "hyperparameters": program.hyperparameters,
+            }
+        )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}" for e in exc.errors())
         raise PolicyInvalid(f"policy rejected: {problems}") from None
@@ -107,13 +73,14 @@ class ProgramRegistry:
         self.catalog = catalog
         self.synthesizer = synthesizer
         self.synthesis_off = synthesis_off
-        self._compiled: dict[str, Program] = {}
+        self._compiled: dict[str, tuple[ProgramPublic, Program]] = {}
         self._lock = threading.Lock()
 
-    def register(self, request: ProgramCreate) -> ProgramPublic:
-        """Synthesise (for a query), validate, resolve candidates, check the policy, store; raise
-        SynthesisUnavailable, SynthesisFailed, Unavailable, ProgramInvalid, BackendsRejected or
-        PolicyInvalid without storing a program."""
+    def register(self, request: ProgramCreate, check_policy: PolicyCheck | None = None) -> ProgramPublic:
+        """Synthesise (for a query), validate, resolve candidates, check the policy's spec (its
+        shape here, the rest with ``check_policy``), store; raise SynthesisUnavailable,
+        SynthesisFailed, Unavailable, ProgramInvalid, BackendsRejected or PolicyInvalid without
+        storing a program."""
         source, synthesis = request.source, None
         if source is None:
             source, synthesis = self._synthesize(request)
@@ -135,10 +102,12 @@ class ProgramRegistry:
             query=request.query,
             synthesis=synthesis,
         )
-        check_policy(public)
+        spec = policy_spec(public)
+        if check_policy is not None:
+            check_policy(spec)
         self.store.add_program(public)
         with self._lock:
-            self._compiled[public.id] = program
+            self._compiled[public.id] = (public, program)
         return public
 
     def _synthesize(self, request: ProgramCreate) -> tuple[str, SynthesisPublic]:
@@ -165,12 +134,16 @@ class ProgramRegistry:
             self._compiled.pop(program_id, None)
 
     def compiled(self, program_id: str) -> tuple[ProgramPublic, Program]:
-        """The stored program with its compiled form (compiled on first use in this process)."""
-        public = self.store.get_program(program_id)
+        """The stored program with its compiled form, kept in this process after first use; each
+        call reads only the stored digest (NotFound once the program is deleted, a fresh read when
+        it changed)."""
+        digest = self.store.program_digest(program_id)
         with self._lock:
-            program = self._compiled.get(program_id)
-        if program is None or program.digest != public.digest:
-            program = compile_program(public.source)
-            with self._lock:
-                self._compiled[program_id] = program
-        return public, program
+            cached = self._compiled.get(program_id)
+        if cached is not None and cached[0].digest == digest:
+            return cached
+        public = self.store.get_program(program_id)
+        entry = (public, compile_program(public.source))
+        with self._lock:
+            self._compiled[program_id] = entry
+        return entry

@@ -21,13 +21,12 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fmprog.backends.functions import FUNCTIONS, PromptLine
+from fmprog.contract import TaskKind
 from fmprog.engines.chat import Message
 from fmprog.program import api
-
-TaskKind = Literal["binary", "open"]
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Families follow the usual split: ``ProgramCreate`` in (a program's source, or a task in words to
 synthesise one from), ``ProgramPublic`` out (with ``SynthesisPublic`` when it was synthesised);
-``AnswerResult`` for one answered frame; ``FeedbackIn`` and ``FeedbackResult`` for a label and the
-reward it earned.
+``AnswerResult`` for one answered frame (stored as ``AnswerRecord``); ``FeedbackIn`` and
+``FeedbackResult`` for a label and the reward it earned (stored as ``FeedbackRecord``). What the
+router and the policy send each other is :mod:`fmprog.contract`.
 The cost weight is called ``lambda`` on the wire (the paper's name) and ``lambda_`` in Python.
 """
 
@@ -15,9 +16,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 from fmprog.backends.config import BackendName, Function
+from fmprog.contract import TaskKind
 from fmprog.program import CallSite
 
-TaskKind = Literal["binary", "open"]
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -193,8 +194,10 @@ class FeedbackResult(BaseModel):
     repeat: bool = Field(description="True when this label had already been received for the decision.")
 
 
-class DecisionRecord(BaseModel):
-    """A stored decision: what was chosen, what ran and what was answered (storage, not wire)."""
+class AnswerRecord(BaseModel):
+    """A stored answer to one frame: the decision (``id`` is the decision id), whether it was the
+    fallback, what ran, what it cost and what was answered (storage, not wire; the ``decisions``
+    table)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,14 +1,15 @@
 """The router's domain service: everything behind its HTTP routes, with no HTTP in it.
 
-It registers programs (and their policies), answers frames (a decision from the policy, or the
-fallback when the policy cannot be reached; the program run against the backends), takes
-feedback (the task reward, forwarded to the policy with the executed sites and their costs; kept
-in the outbox when the policy is down) and keeps the metrics.
+It registers programs (and their policies, checked by the policy service first), answers frames
+(a decision from the policy, or the fallback when the policy cannot be reached or its decision
+does not fit; the program run against the backends), takes feedback (the task reward, forwarded
+to the policy with the executed sites and their costs; kept in the outbox when the policy is
+down) and keeps the metrics.
 """
 
 from __future__ import annotations
 
-import base64
+import logging
 import threading
 import time
 import uuid
@@ -16,18 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec, RewardConfig
 from fmprog.images import ImageError, decode_image
-from policy.rewards import RewardConfig, task_loss
-from router.answering import Answerer, FallbackRule, check_decision
-from router.errors import DecisionRejected, FrameRejected, SynthesisFailed, Unavailable
+from router.answering import Answerer, FallbackRule
+from router.errors import DecisionRejected, FrameRejected, PolicyInvalid, SynthesisFailed, Unavailable
 from router.feedback import FeedbackHandler
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
-from router.programs import ProgramRegistry
+from router.programs import ProgramRegistry, policy_spec
 from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.store import Store
 from router.synthesis import ProgramSynthesizer
+
+logger = logging.getLogger(__name__)
 
 
 class RouterService:
@@ -62,7 +65,7 @@ class RouterService:
     def register(self, request: ProgramCreate) -> ProgramPublic:
         started = time.perf_counter()
         try:
-            program = self.programs.register(request)
+            program = self.programs.register(request, self._check_policy)
         except SynthesisFailed as exc:
             self.metrics.synthesised("failed", exc.attempts, time.perf_counter() - started)
             raise
@@ -73,12 +76,26 @@ class RouterService:
             cached = program.synthesis.cached
             attempts = 0 if cached else program.synthesis.attempts
             self.metrics.synthesised("cached" if cached else "synthesised", attempts, time.perf_counter() - started)
-        self._to_policy("register", program.id, program.model_dump(mode="json", by_alias=True))
+        self._to_policy("register", program.id, policy_spec(program))
         return program
+
+    def _check_policy(self, spec: PolicySpec) -> None:
+        """Ask the policy service whether it can build this policy (PolicyInvalid, nothing stored,
+        when it refuses). When it cannot be reached, the program is registered anyway: the policy
+        checks the spec again when the outbox delivers it, and a spec it refuses then leaves the
+        program answered by the fallback decision (``policy_rejected`` in the fallback metric)."""
+        if self.policy is None:
+            return
+        try:
+            self.policy.check(spec)
+        except PolicyRejected as exc:
+            raise PolicyInvalid(f"policy rejected: {exc.detail}") from None
+        except PolicyUnavailable as exc:
+            logger.warning("policy spec not checked, the policy is unavailable (it checks on delivery): %s", exc)
 
     def delete(self, program_id: str) -> None:
         self.programs.delete(program_id)
-        self._to_policy("delete", program_id, {})
+        self._to_policy("delete", program_id)
 
     def close(self) -> None:
         """Stop the threads that ask the policy (waiting for those in flight)."""
@@ -87,76 +104,90 @@ class RouterService:
     # -- answers --------------------------------------------------------------------------------
 
     def answer(self, program_id: str, image: bytes, *, frame_id: str | None = None) -> AnswerResult:
-        """Answer one frame (PNG or JPEG bytes) of a registered program.
+        """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: the program
+        read (and compiled) once, the frame decoded once, the decision checked once, one record.
 
-        The policy decides while this thread decodes the frame: the two are independent, and the
-        policy's round trip is most of what the router adds to the backends' time."""
+        The policy decides on the same bytes while this thread decodes the frame: the two are
+        independent, and the policy's round trip is most of what the router adds to the backends'
+        time."""
+        stage = self.metrics.answer_stage
         started = time.perf_counter()
-        program = self.programs.get(program_id)  # NotFound before any work
+        public, program = self.programs.compiled(program_id)  # NotFound before any work
         decision_id = uuid.uuid4().hex
-        deciding = self._deciders.submit(self._decide, program, decision_id, image)
+        deciding = self._deciders.submit(self._decide, public.id, decision_id, image)
+        read = time.perf_counter()
         try:
             frame = decode_image(image)
         except ImageError as exc:
             deciding.cancel()  # or, already asked, the policy refuses the same bytes: nothing is left pending
             raise FrameRejected(f"image: {exc}") from None
+        decoded = time.perf_counter()
         decision = deciding.result()
-        result = self.answerer.answer(program_id, frame, decision, frame_id=frame_id, decision_id=decision_id)
-        self.metrics.answered(result, time.perf_counter() - started)
+        decided = time.perf_counter()
+        backends = None if decision is None else decision.backends
+        try:
+            record = self.answerer.run(public, program, frame, backends, frame_id=frame_id, decision_id=decision_id)
+        except DecisionRejected:
+            if backends is None:
+                raise
+            self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
+            record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
+        ran = time.perf_counter()
+        result = self.answerer.record(record)
+        recorded = time.perf_counter()
+        stage.labels("program").observe(read - started)
+        stage.labels("decode").observe(decoded - read)
+        stage.labels("policy_wait").observe(decided - decoded)
+        stage.labels("run").observe(ran - decided)
+        stage.labels("record").observe(recorded - ran)
+        self.metrics.answered(result, recorded - started)
         return result
 
-    def _decide(self, program: ProgramPublic, decision_id: str, image: bytes) -> dict[str, str] | None:
-        """The policy's decision, or None (the fallback) when the policy is absent, unreachable,
-        refuses (e.g. its registration of the program is still in the outbox), or answers with a
-        decision that does not fit the program."""
+    def _decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision | None:
+        """The policy's decision, or None (the fallback) when the policy is absent, unreachable or
+        refuses (e.g. its registration of the program is still in the outbox). Whether the
+        decision fits the program is checked when it is run."""
         if self.policy is None:
-            self.metrics.fallbacks.labels(program.id, "no_policy").inc()
+            self.metrics.fallbacks.labels(program_id, "no_policy").inc()
             return None
         start = time.perf_counter()
         try:
-            decision = self.policy.decide(program.id, decision_id, base64.b64encode(image).decode("ascii"))
-            check_decision(program, decision)
+            return self.policy.decide(program_id, decision_id, image)
         except PolicyRejected:
-            self.metrics.fallbacks.labels(program.id, "policy_rejected").inc()
-            return None
+            self.metrics.fallbacks.labels(program_id, "policy_rejected").inc()
         except PolicyUnavailable:
-            self.metrics.fallbacks.labels(program.id, "policy_unavailable").inc()
-            return None
-        except DecisionRejected:
-            self.metrics.fallbacks.labels(program.id, "policy_decision_rejected").inc()
-            return None
+            self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
         finally:
             self.metrics.policy_latency.observe(time.perf_counter() - start)
-        return decision
+        return None
 
     # -- feedback -------------------------------------------------------------------------------
 
     def feedback(self, request: FeedbackIn) -> FeedbackResult:
-        result = self.feedback_handler.feedback(request)
-        outcome = "repeat" if result.repeat else "new"
-        self.metrics.feedback.labels(result.program_id, outcome).inc()
-        if not result.repeat:
-            decision = self.store.get_decision(result.decision_id)
-            right = task_loss(decision.kind, decision.answer, result.label) == 0
-            self.metrics.labelled(result.program_id, decision.kind, decision.answer, result.label, right)
-            if decision.fallback:
-                return result  # the policy did not make this decision, so it has nothing to learn from it
-            message = {
-                "decision_id": result.decision_id,
-                "reward": result.reward,
-                "executed_sites": result.executed_sites,
-                "costs": result.site_costs,
-            }
-            self._to_policy("feedback", result.program_id, message)
+        labelled = self.feedback_handler.feedback(request)
+        result, answer = labelled.result, labelled.answer
+        self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
+        if result.repeat:
+            return result
+        self.metrics.labelled(result.program_id, answer.kind, answer.answer, result.label, labelled.correct)
+        if answer.fallback:
+            return result  # the policy did not make this decision, so it has nothing to learn from it
+        message = Feedback(
+            decision_id=result.decision_id,
+            reward=result.reward,
+            executed_sites=result.executed_sites,
+            costs=result.site_costs,
+        )
+        self._to_policy("feedback", result.program_id, message)
         return result
 
     # -- delivery to the policy -------------------------------------------------------------------
 
-    def _to_policy(self, kind: str, program_id: str, payload: dict) -> None:
+    def _to_policy(self, kind: str, program_id: str, message: PolicySpec | Feedback | None = None) -> None:
         """Queue a message for the policy and try to deliver the queue now (in order)."""
         if self.policy is None:
             return
-        self.outbox.put(kind, program_id, payload)
+        self.outbox.put(kind, program_id, message)
         self.deliver()
 
     def deliver(self) -> int:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fmprog.backends.config import BackendCatalog, BackendName, BackendSpec, ConfigError, Function, load_catalog
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
-from policy.rewards import RewardConfig
+from fmprog.contract import RewardConfig
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
 

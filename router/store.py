@@ -1,4 +1,4 @@
-"""SQLite persistence of programs, decisions and feedback.
+"""SQLite persistence of programs, answers (one per decision) and feedback.
 
 One database file (``":memory:"`` for a throwaway store) in WAL mode, so readers in other
 connections and processes never block the writer. One connection per ``Store``, shared by the
@@ -25,9 +25,9 @@ from typing import Any
 
 from router.errors import Conflict, NotFound, RouterError
 from router.schemas import (
+    AnswerRecord,
     CachedProgram,
     CallSitePublic,
-    DecisionRecord,
     FeedbackRecord,
     ProgramPublic,
     SynthesisPublic,
@@ -181,6 +181,14 @@ class Store:
             raise NotFound(f"no program with id {program_id!r}")
         return _program(row)
 
+    def program_digest(self, program_id: str) -> str:
+        """The stored program's digest (a cheap check that it still exists and has not changed)."""
+        with self._lock:
+            row = self._db.execute("SELECT digest FROM programs WHERE id = ?", (program_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no program with id {program_id!r}")
+        return row["digest"]
+
     def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
         """Programs, oldest first."""
         with self._lock:
@@ -229,9 +237,9 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM synthesized_programs").fetchone()[0]
 
-    # Decisions
+    # Answers: one row per decision (the ``decisions`` table), keyed by the decision id
 
-    def add_decision(self, decision: DecisionRecord) -> None:
+    def add_answer(self, decision: AnswerRecord) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO decisions (id, program_id, kind, frame_id, decision, fallback, answer, error, trace,"
@@ -256,26 +264,24 @@ class Store:
                 ),
             )
 
-    def get_decision(self, decision_id: str) -> DecisionRecord:
+    def get_answer(self, decision_id: str) -> AnswerRecord:
         with self._lock:
             row = self._db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
         if row is None:
             raise NotFound(f"no decision with id {decision_id!r}")
-        return _decision(row)
+        return _answer(row)
 
-    def list_decisions(
-        self, program_id: str | None = None, *, limit: int = 100, offset: int = 0
-    ) -> list[DecisionRecord]:
-        """Decisions, oldest first; those of one program when ``program_id`` is given."""
+    def list_answers(self, program_id: str | None = None, *, limit: int = 100, offset: int = 0) -> list[AnswerRecord]:
+        """Answers, oldest first; those of one program when ``program_id`` is given."""
         where, args = ("WHERE program_id = ?", (program_id,)) if program_id else ("", ())
         with self._lock:
             rows = self._db.execute(
                 f"SELECT * FROM decisions {where} ORDER BY created_at, id LIMIT ? OFFSET ?", (*args, limit, offset)
             ).fetchall()
-        return [_decision(row) for row in rows]
+        return [_answer(row) for row in rows]
 
-    def expire_decisions(self, answered_before: datetime) -> int:
-        """Mark decisions answered before ``answered_before`` and never labelled as expired; how many."""
+    def expire_answers(self, answered_before: datetime) -> int:
+        """Mark answers given before ``answered_before`` and never labelled as expired; how many."""
         with self._transaction() as db:
             return db.execute(
                 "UPDATE decisions SET status = 'expired' WHERE status IN ('pending', 'answered') AND created_at < ?",
@@ -355,8 +361,8 @@ def _program(row: sqlite3.Row) -> ProgramPublic:
     )
 
 
-def _decision(row: sqlite3.Row) -> DecisionRecord:
-    return DecisionRecord(
+def _answer(row: sqlite3.Row) -> AnswerRecord:
+    return AnswerRecord(
         id=row["id"],
         program_id=row["program_id"],
         kind=row["kind"],

@@ -5,16 +5,17 @@ task is registered (``POST /programs {query, kind}``), and must do it reliably w
 it is given, down to a 0.5B one on a CPU:
 
 1. ask the model for a program (``router.prompt``: the program API, rules, few-shot examples);
-2. extract the code from the reply (a fenced block, or bare code; a body without
-   ``def execute_command`` is wrapped in one, usage lines after it are dropped);
+2. extract the code from the reply (``router.synthesis_reply``: a fenced block, or bare code; a
+   body without ``def execute_command`` is wrapped in one, usage lines after it are dropped);
 3. validate it with the runtime (``compile_program``: the sandbox's rules);
 4. check that this router has a backend for every function it calls;
 5. dry-run it on generated scene frames with the router's backends under the cheapest decision:
-   first on scenes that hold every object the program looks for (``find("purple hexagon")`` and
-   ``find("orange circle")``: a scene with both), so that the code that handles found objects
-   runs; then on at least ``dry_run_frames`` ordinary scenes, where objects are often missing, and
-   more (up to ``DRY_RUN_POOL``) until every call site has run once; check each answer's type
-   (binary: "yes" or "no"; open: text or a number);
+   first on scenes that hold every object the program looks for (``router.synthesis_scenes``:
+   ``find("purple hexagon")`` and ``find("orange circle")``: a scene with both), so that the code
+   that handles found objects runs; then on at least ``dry_run_frames`` ordinary scenes, where
+   objects are often missing, and more (up to ``DRY_RUN_POOL``) until every call site has run
+   once; check each answer's type
+   (``synthesis_reply.answer_problem``; binary: "yes" or "no"; open: text or a number);
 6. on any error, show the model its program and the error and ask again, up to ``attempts`` times.
 
 The model's program is untrusted source: nothing but the sandbox ever runs it. A program that
@@ -25,18 +26,15 @@ task again costs no model call.
 
 from __future__ import annotations
 
-import ast
-import re
-import textwrap
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, BackendSpec, Function
@@ -46,27 +44,21 @@ from fmprog.backends.engine_config import (
     PackageFileSource,
     PackagePartsSource,
 )
+from fmprog.contract import TaskKind
 from fmprog.engines.base import Engine, EngineError
 from fmprog.engines.chat import Message
 from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
-from fmprog.scene.generator import DIFFICULTIES, KNOBS, Scene, generate_scene
-from fmprog.scene.vocabulary import COLORS, SHAPES, SIZES, TEXTURES
+from fmprog.scene.generator import DIFFICULTIES, generate_scene
 from router import prompt
+from router.candidates import candidate_backends
 from router.errors import BackendsRejected, Unavailable
-from router.programs import candidate_backends
-from router.schemas import CandidateBackend, SynthesisPublic, TaskKind
+from router.schemas import CandidateBackend, SynthesisPublic
 from router.store import Store
+from router.synthesis_reply import answer_problem, extract_program
+from router.synthesis_scenes import TARGETED_FRAMES, targeted_frames
 
 DRY_RUN_POOL = 16  # frames a dry run may use while some call site has not run yet
-TARGETED_FRAMES = 3  # dry-run scenes holding every object the program looks for, run first
-TARGET_POOL = 3000  # generated scenes searched for them (about 1.5 s, once per process)
-TARGET_SEED = 1_000_000_000  # their seeds, apart from the benchmark tracks' (which count from 0)
-# Easy scenes (clean, no occlusion) with more objects and none small, so that two named objects
-# often share a scene and the cheapest detector finds them (a dry run must reach the code after
-# the finds, not test perception).
-TARGET_KNOBS = replace(KNOBS["easy"], n_objects=(4, 6), size_weights=(0.0, 0.6, 0.4))
-SCENE_WORDS = frozenset((*COLORS, *SHAPES, *TEXTURES, *SIZES))
 _REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
 
 
@@ -198,83 +190,12 @@ class SynthesisResult(BaseModel):
         )
 
 
-# -- text handling ----------------------------------------------------------------------------------
+# -- the cache key ----------------------------------------------------------------------------------
 
 
 def normalize_query(query: str) -> str:
     """The cache's form of a task: lower case, single spaces, no trailing punctuation."""
     return " ".join(query.lower().split()).rstrip(" ?.!,;:")
-
-
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def extract_program(reply: str) -> str:
-    """The program in a model's reply: the fenced block that defines ``execute_command`` (else the
-    first Python block, else the first block, else the whole reply), with usage lines after the
-    function dropped, a lone function of another name renamed, and a bare body wrapped in
-    ``def execute_command(image):``. Anything else is left to the validator to refuse."""
-    blocks = _FENCE.findall(reply)
-    if blocks:
-        code = next(
-            (body for _, body in blocks if "def execute_command" in body),
-            next((body for lang, body in blocks if lang.lower() in ("python", "py", "python3")), blocks[0][1]),
-        )
-    else:
-        code = reply
-    code = textwrap.dedent(code.expandtabs(4)).strip("\n")
-    return _entry_point(code).rstrip() + "\n"
-
-
-def _entry_point(code: str) -> str:
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return code  # the validator names the problem
-    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
-    lines = code.splitlines()
-    usage = [node for node in tree.body if functions and _is_usage(node)]
-    for node in sorted(usage, key=lambda n: n.lineno, reverse=True):
-        del lines[node.lineno - 1 : node.end_lineno]
-    if not any(f.name == "execute_command" for f in functions):
-        if len(functions) == 1:
-            line = functions[0].lineno - 1
-            lines[line] = lines[line].replace(f"def {functions[0].name}(", "def execute_command(", 1)
-        elif not functions and tree.body:
-            lines = ["def execute_command(image):", *(f"    {line}" if line else line for line in lines)]
-    return "\n".join(lines)
-
-
-def _is_usage(node: ast.stmt) -> bool:
-    """A top-level statement that runs something (a call, ``if __name__ == ...``): an example of
-    use the model added after the program, which the sandbox would refuse at module level."""
-    if isinstance(node, ast.Expr):
-        return not isinstance(node.value, ast.Constant)
-    if isinstance(node, ast.If):
-        return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))
-    if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
-        return node.value is not None and any(isinstance(n, ast.Call) for n in ast.walk(node.value))
-    return False
-
-
-def answer_problem(kind: TaskKind, answer: JsonValue) -> str | None:
-    """Why a dry-run answer does not fit the task kind, or None."""
-    shown = _shown(answer)
-    if kind == "binary":
-        if isinstance(answer, str) and answer.strip().lower() in ("yes", "no"):
-            return None
-        hint = " (bool_to_yesno turns a bool into one)" if isinstance(answer, bool) else ""
-        return f'it returned {shown}, but a binary task must return "yes" or "no"{hint}'
-    if answer is None:
-        return "it returned None: every path of the program must return an answer"
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        return f"it returned {shown}, but an open task must return a short answer (text or a number)"
-    return None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _METHODS_OF: dict[Function, list[str]] = {
@@ -458,60 +379,6 @@ class ProgramSynthesizer:
             if problem is not None:
                 return _Check(f"on test image {number}, {problem}", number)
         return _Check(None, number, unreached)
-
-
-def looked_for(source: str) -> list[frozenset[str]]:
-    """The scene words (colours, shapes, textures, sizes) of each literal noun the program passes
-    to ``find`` or ``exists``: ``find("striped red squares")`` gives {"striped", "red", "square"}.
-    Nouns without such words ("dog", "object") are left out."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
-    nouns = []
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("find", "exists")
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            words = {_scene_word(word) for word in node.args[0].value.lower().split()} - {None}
-            if words:
-                nouns.append(frozenset(words))
-    return nouns  # type: ignore[return-value]
-
-
-def _scene_word(word: str) -> str | None:
-    for form in (word, word[:-1], word[:-2]):  # "circles", "crosses"
-        if form in SCENE_WORDS:
-            return form
-    return None
-
-
-@lru_cache(maxsize=1)
-def _scene_pool() -> list[tuple[int, list[frozenset[str]]]]:
-    """The searched scenes' seeds, each with the scene words of its objects."""
-    return [
-        (seed, [frozenset((o.color, o.shape, o.texture, o.size)) for o in _target_scene(seed).objects])
-        for seed in range(TARGET_SEED, TARGET_SEED + TARGET_POOL)
-    ]
-
-
-def targeted_frames(source: str, count: int) -> list[np.ndarray]:
-    """Up to ``count`` generated frames, each holding an object for every noun the program looks
-    for (``looked_for``); none when it looks for nothing the scenes are made of."""
-    nouns = looked_for(source)
-    if not nouns or count < 1:
-        return []
-    seeds = [seed for seed, objects in _scene_pool() if all(any(n <= o for o in objects) for n in nouns)]
-    return [_target_scene(seed).image for seed in seeds[:count]]
-
-
-def _target_scene(seed: int) -> Scene:
-    return generate_scene(seed, "easy", knobs=TARGET_KNOBS)
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.vqa.cache import OutputCache, cached_registry
-from benchmarks.vqa.queries import TrackKind, monolithic_program
+from benchmarks.vqa.queries import monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.backends.base import BackendRegistry
+from fmprog.contract import CallSiteSpec, Feedback, PolicySpec, TaskKind, is_yes, task_loss, task_reward
 from fmprog.program import Executor, Program, compile_program
 from policy.algorithms import build_policy
-from policy.rewards import is_yes, task_loss, task_reward
-from policy.schemas import CallSiteSpec, Feedback, PolicySpec
 
 LEARNED_ON_PROGRAM = ("structured", "fast")
 REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
@@ -67,7 +66,7 @@ class RunStats:
     invocations: Counter = field(default_factory=Counter)
 
     @staticmethod
-    def of(outcomes: Sequence[Outcome], kind: TrackKind, labels: Sequence[str]) -> RunStats:
+    def of(outcomes: Sequence[Outcome], kind: TaskKind, labels: Sequence[str]) -> RunStats:
         invocations: Counter = Counter()
         for o in outcomes:
             invocations.update(o.backends)
@@ -86,7 +85,7 @@ class QueryResult:
 
     query: str
     type: str
-    kind: TrackKind
+    kind: TaskKind
     labels: list[str]
     runs: dict[tuple[str, float | None], RunStats]
     configurations: int
@@ -121,7 +120,7 @@ def run_all(
     program: Program,
     frames: Sequence[np.ndarray],
     labels: Sequence[str],
-    kind: TrackKind,
+    kind: TaskKind,
     configs: Sequence[dict[str, str]],
 ) -> list[list[Outcome]]:
     """``table[frame][configuration]``: the executor's run of ``program`` under each configuration."""
@@ -166,7 +165,7 @@ def replay(
     spec: PolicySpec,
     frames: Sequence[np.ndarray],
     labels: Sequence[str],
-    kind: TrackKind,
+    kind: TaskKind,
     table: list[list[Outcome]],
     configs: Sequence[dict[str, str]],
 ) -> list[Outcome]:
@@ -188,7 +187,7 @@ def replay(
     return chosen
 
 
-def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TrackKind, lam: float) -> float:
+def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TaskKind, lam: float) -> float:
     """The most program reward ``R = task - lambda * cost`` any policy over these configurations
     could have had on these frames: per frame, the best configuration in hindsight. Regret is
     measured against it (the ``oracle`` run, the cheapest right answer, can score less when lambda
@@ -208,7 +207,7 @@ def oracle(table: list[list[Outcome]]) -> list[Outcome]:
     return picks
 
 
-def replay_query(query: TrackQuery, kind: TrackKind, setup: ReplaySetup) -> QueryResult:
+def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> QueryResult:
     """Every baseline and policy on one query's stream, summed up per run."""
     program, runs, configs, best = query_outcomes(query, kind, setup)
     return QueryResult(
@@ -224,7 +223,7 @@ def replay_query(query: TrackQuery, kind: TrackKind, setup: ReplaySetup) -> Quer
 
 
 def query_outcomes(
-    query: TrackQuery, kind: TrackKind, setup: ReplaySetup
+    query: TrackQuery, kind: TaskKind, setup: ReplaySetup
 ) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, float]]:
     """Every baseline's and policy's outcome on each frame of one query's stream; also the
     compiled program, its number of configurations and, per lambda, the hindsight reward."""
@@ -322,7 +321,7 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def worker_replay(query: TrackQuery, kind: TrackKind) -> tuple[QueryResult, dict[str, tuple[int, int, float]]]:
+def worker_replay(query: TrackQuery, kind: TaskKind) -> tuple[QueryResult, dict[str, tuple[int, int, float]]]:
     cache: OutputCache = _WORKER["cache"]  # type: ignore[assignment]
     result = replay_query(query, kind, _WORKER["setup"])  # type: ignore[arg-type]
     cache.flush()

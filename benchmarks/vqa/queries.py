@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
-from typing import Literal
 
+from fmprog.contract import TaskKind
 from fmprog.scene.generator import SceneObject
 from fmprog.scene.vocabulary import COLOR_LOOK_ALIKES, SHAPE_LOOK_ALIKES, plural
 
-TrackKind = Literal["binary", "open"]
 NOT_APPLICABLE = "N/A"
 OPEN_TYPES = ("spatial", "logical", "numerical", "comparison", "knowledge")
 POLYGON_SIDES = {"triangle": 3, "square": 4, "diamond": 4, "pentagon": 5, "hexagon": 6}
@@ -49,7 +48,7 @@ Objects = Sequence[SceneObject]
 class QuerySpec:
     """One benchmark query: text, program, ground truth and what a look-alike distractor is."""
 
-    kind: TrackKind
+    kind: TaskKind
     type: str
     query: str
     program: str

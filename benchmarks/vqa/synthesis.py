@@ -22,12 +22,11 @@ from statistics import median
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from benchmarks.vqa.queries import TrackKind
 from benchmarks.vqa.runner import f1_score
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.backends.base import BackendRegistry
+from fmprog.contract import TaskKind, is_yes, task_loss
 from fmprog.program import Executor, Program, compile_program
-from policy.rewards import is_yes, task_loss
 from router.prompt import EXAMPLES
 from router.synthesis import ProgramSynthesizer, normalize_query
 
@@ -51,7 +50,7 @@ class QueryMeasure(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     query: str
-    kind: TrackKind
+    kind: TaskKind
     type: str
     in_examples: bool  # the query is one of the prompt's few-shot tasks
     ok: bool
@@ -83,7 +82,7 @@ def dry_run_refs(synthesizer: ProgramSynthesizer) -> set[str]:
     return {f"scene/{difficulty}/{seed}" for seed, difficulty in synthesizer.scenes}
 
 
-def held_out(query: TrackQuery, kind: TrackKind, frames: int, exclude: set[str]) -> TrackQuery:
+def held_out(query: TrackQuery, kind: TaskKind, frames: int, exclude: set[str]) -> TrackQuery:
     """At most ``frames`` frames of ``query``'s stream, none of them in ``exclude``: for a binary
     query every positive and then negatives in stream order; for an open query the first frames."""
     kept = [i for i, ref in enumerate(query.frames) if str(ref) not in exclude]
@@ -105,7 +104,7 @@ def largest_decision(program: Program, backends: BackendRegistry) -> dict[str, s
     }
 
 
-def score(kind: TrackKind, answers: Sequence[str], labels: Sequence[str], errors: int = 0) -> ProgramScore:
+def score(kind: TaskKind, answers: Sequence[str], labels: Sequence[str], errors: int = 0) -> ProgramScore:
     """Accuracy under the authors' rule, and F1 on the positives for a binary query."""
     correct = [task_loss(kind, a, y) == 0 for a, y in zip(answers, labels, strict=True)]
     f1 = None
@@ -117,7 +116,7 @@ def score(kind: TrackKind, answers: Sequence[str], labels: Sequence[str], errors
 
 
 def answer_frames(
-    executor: Executor, program: Program, frames: Sequence[np.ndarray], kind: TrackKind, labels: Sequence[str]
+    executor: Executor, program: Program, frames: Sequence[np.ndarray], kind: TaskKind, labels: Sequence[str]
 ) -> ProgramScore:
     """``program``'s answers on ``frames`` with the largest backends; a failed run answers ""."""
     decision = largest_decision(program, executor.backends)
@@ -129,7 +128,7 @@ def answer_frames(
     return score(kind, answers, labels, errors)
 
 
-def agreement(kind: TrackKind, answers: Sequence[str], reference: Sequence[str]) -> float:
+def agreement(kind: TaskKind, answers: Sequence[str], reference: Sequence[str]) -> float:
     """The share of frames on which ``answers`` match the reference program's answers."""
     return float(np.mean([task_loss(kind, a, r) == 0 for a, r in zip(answers, reference, strict=True)]))
 
@@ -141,7 +140,7 @@ def measure_query(
     synthesizer: ProgramSynthesizer,
     executor: Executor,
     query: TrackQuery,
-    kind: TrackKind,
+    kind: TaskKind,
     images: ImageResolver,
 ) -> QueryMeasure:
     """Synthesise a program for ``query`` and compare it with the reference program on the

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec, TrackKind
+from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec
+from fmprog.contract import TaskKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
 
 STREAM_SEED = 42
@@ -46,7 +47,7 @@ class Track:
     """A named track: binary (F1 on positives) or open (accuracy)."""
 
     name: str
-    kind: TrackKind
+    kind: TaskKind
     queries: list[TrackQuery] = field(default_factory=list)
 
     def subset(self, queries_per_type: int | None = None, frames: int | None = None) -> Track:

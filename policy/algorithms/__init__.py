@@ -6,11 +6,13 @@ Algorithms are found by import path, so nothing heavy (torch) is imported until 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
+    from fmprog.contract import PolicySpec
     from policy.algorithms.base import Policy
-    from policy.schemas import PolicySpec
 
 ALGORITHMS: dict[str, str] = {
     "structured": "policy.algorithms.structured:StructuredPolicy",
@@ -34,9 +36,25 @@ def algorithm_class(name: str) -> type[Policy]:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def check_spec(spec: PolicySpec) -> Any:
+    """Whether a policy can be built from ``spec``: a known algorithm, hyper-parameters its
+    ``Params`` model takes, call sites it can serve. Returns the validated hyper-parameters
+    (defaults filled in); raises ValueError naming the problem."""
+    cls = algorithm_class(spec.algorithm)
+    try:
+        params = cls.Params.model_validate(spec.hyperparameters)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(('hyperparameters', *map(str, e['loc'])))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ValueError(problems) from None
+    cls.check_spec(spec)
+    return params
+
+
 def build_policy(spec: PolicySpec) -> Policy:
-    """A fresh policy for ``spec``."""
+    """A fresh policy for ``spec`` (the algorithm checks it; :func:`check_spec` names the problem better)."""
     return algorithm_class(spec.algorithm)(spec)
 
 
-__all__ = ["ALGORITHMS", "algorithm_class", "build_policy"]
+__all__ = ["ALGORITHMS", "algorithm_class", "build_policy", "check_spec"]

@@ -14,18 +14,29 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from policy.rewards import program_reward, sub_rewards
-from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
+from fmprog.contract import Feedback, PolicySpec, program_reward, sub_rewards
+from fmprog.images import check_frame
+from policy.decisions import PendingDecision
+
+
+class TrainReport(BaseModel):
+    """What one call of ``train()`` did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    loss: float | None = None
 
 
 class NoParams(BaseModel):
@@ -45,6 +56,7 @@ class Policy(ABC):
             raise ValueError(f"spec names algorithm {spec.algorithm!r}, not {self.name!r}")
         self.spec = spec
         self.params: Any = self.Params.model_validate(spec.hyperparameters)
+        self.check_spec(spec)
         self.rng = np.random.default_rng(spec.seed)
         self.lock = threading.RLock()
         self.observed = 0
@@ -52,11 +64,11 @@ class Policy(ABC):
     # -- the interface --------------------------------------------------------------------------
 
     @abstractmethod
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         """A backend per call site for ``frame`` (``H x W x 3`` uint8)."""
 
     @abstractmethod
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         """Record the feedback for a decision this policy made."""
 
     def train(self) -> TrainReport | None:
@@ -84,12 +96,13 @@ class Policy(ABC):
 
     @classmethod
     def check_spec(cls, spec: PolicySpec) -> None:
-        """Refuse specs the algorithm cannot serve (raise ``ValueError``); called by ``PolicySpec``."""
+        """Refuse specs the algorithm cannot serve (raise ``ValueError``); called by
+        :func:`policy.algorithms.check_spec` before a policy is built."""
         return None
 
     # -- helpers for subclasses -----------------------------------------------------------------
 
-    def check_feedback(self, decision: Decision, feedback: Feedback) -> None:
+    def check_feedback(self, decision: PendingDecision, feedback: Feedback) -> None:
         if decision.algorithm != self.name:
             raise ValueError(f"decision was made by {decision.algorithm!r}, not {self.name!r}")
         known = {s.id for s in self.spec.sites}
@@ -123,37 +136,9 @@ def training_copies(
 
 
 def as_frame(frame: np.ndarray) -> np.ndarray:
-    """Check a frame is ``H x W x 3`` (uint8 or float in 0..255) and return it as uint8."""
+    """A frame as ``H x W x 3`` uint8 (floats in 0..255 are clipped and converted), checked by the
+    one frame check (``fmprog.images.check_frame``; ImageError, a ValueError, names the problem)."""
     array = np.asarray(frame)
-    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(f"frame must be H x W x 3 with H, W >= 1, got shape {array.shape}")
-    if array.dtype != np.uint8:
+    if array.dtype != np.uint8 and np.issubdtype(array.dtype, np.number):
         array = np.clip(array, 0, 255).astype(np.uint8)
-    return array
-
-
-def save_policy(policy: Policy, file: IO[bytes], state: dict[str, Any] | None = None) -> None:
-    """Write the policy's spec and state (``state`` if given, taken earlier with ``state_dict()``)
-    to a binary file object (``torch.save``)."""
-    import torch
-
-    state = policy.state_dict() if state is None else state
-    torch.save({"spec": policy.spec.model_dump_json(by_alias=True), "state": state}, file)
-
-
-def load_policy(file: IO[bytes]) -> Policy:
-    """Rebuild a policy written by :func:`save_policy` (``torch.load`` with ``weights_only=True``)."""
-    import torch
-
-    from policy.algorithms import build_policy
-
-    blob = torch.load(file, weights_only=True)
-    policy = build_policy(PolicySpec.model_validate_json(blob["spec"]))
-    policy.load_state_dict(blob["state"])
-    return policy
-
-
-def policy_bytes(policy: Policy, state: dict[str, Any] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    save_policy(policy, buffer, state)
-    return buffer.getvalue()
+    return check_frame(array)

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmprog.contract import Feedback
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
+from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
-from policy.schemas import Decision, Feedback
 
 
 class FastParams(BaseModel):
@@ -44,7 +45,7 @@ class FastPolicy(Policy):
         super().__init__(spec)
         self.models = {site.id: LinearArms(len(site.backends), FEATURE_DIM, self.params.reg) for site in spec.sites}
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         x = frame_features(as_frame(frame))
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
@@ -55,9 +56,9 @@ class FastPolicy(Policy):
                 names = site.backend_names
                 backends[site.id] = names[int(np.argmax(sample))]
                 scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
-        return Decision.with_context(x, algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision.with_context(x, algorithm=self.name, backends=backends, scores=scores)
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         x = decision.context_array().astype(np.float64)
         rewards = self.sub_rewards(feedback)

@@ -8,8 +8,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, as_frame
-from policy.schemas import Decision, Feedback, PolicySpec
+from policy.decisions import PendingDecision
 
 
 class StaticParams(BaseModel):
@@ -42,14 +43,14 @@ class StaticPolicy(Policy):
             s.id: s.largest if mode == "largest" else self.params.backends.get(s.id, s.cheapest) for s in spec.sites
         }
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         as_frame(frame)
         propensities = {
             s: {b: float(b == chosen) for b in self.spec.site(s).backend_names} for s, chosen in self.choice.items()
         }
-        return Decision(algorithm=self.name, backends=dict(self.choice), propensities=propensities)
+        return PendingDecision(algorithm=self.name, backends=dict(self.choice), propensities=propensities)
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         with self.lock:
             self.observed += 1

@@ -44,8 +44,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policy.algorithms.base import Policy, as_frame, training_copies
-from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
+from fmprog.contract import Feedback, PolicySpec
+from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.decisions import PendingDecision
 
 
 class StructuredParams(BaseModel):
@@ -134,7 +135,7 @@ class StructuredPolicy(Policy):
         scores = out[:, :-1] - torch.from_numpy(self.cost_terms[site_id]).to(out.dtype)
         return scores, out[:, -1], hidden
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         import torch
 
         x = downsample(as_frame(frame), self.params.input_size)
@@ -154,11 +155,11 @@ class StructuredPolicy(Policy):
                 scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
                 hiddens.append(g[:-1])
         context = np.concatenate([x.reshape(-1), np.concatenate(hiddens)])
-        return Decision.with_context(context, algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision.with_context(context, algorithm=self.name, backends=backends, scores=scores)
 
     # -- feedback -------------------------------------------------------------------------------
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         size, hidden = self.params.input_size, self.params.hidden
         context = decision.context_array()

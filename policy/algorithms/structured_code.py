@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policy.algorithms.base import Policy, as_frame, training_copies
-from policy.schemas import Decision, Feedback, PolicySpec, TrainReport
+from fmprog.contract import Feedback, PolicySpec
+from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.decisions import PendingDecision
 
 Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
 LOG_EPSILON = 1e-6  # the authors' log(p + 1e-6)
@@ -138,7 +139,7 @@ class StructuredCodePolicy(Policy):
             sigma2[a] = self.params.reg * sum(float((g * g / d).sum()) for g, d in zip(grads, u, strict=True))
         return logits.detach().numpy().astype(np.float64), np.sqrt(np.maximum(sigma2, MIN_SIGMA2))
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         pixels = network_input(as_frame(frame), self.params.input_size)
         x = as_batch([pixels])
         with self.lock:
@@ -154,7 +155,9 @@ class StructuredCodePolicy(Policy):
             names = site.backend_names
             backends[site.id] = names[int(np.argmax(sample))]
             scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
-        return Decision.with_context(pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision.with_context(
+            pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores
+        )
 
     # -- feedback -------------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class StructuredCodePolicy(Policy):
             logit = net(x)[0, arm]
         return [g * g for g in torch.autograd.grad(logit, weights)]
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         size = self.params.input_size
         pixels = decision.context_array()

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, as_frame
-from policy.schemas import Decision, Feedback, PolicySpec
+from policy.decisions import PendingDecision
 
 
 class UCB1Params(BaseModel):
@@ -42,7 +43,7 @@ class UCB1Policy(Policy):
         spread = max(self.high[site_id] - self.low[site_id], 1e-9)
         return sums / counts + self.params.c * spread * np.sqrt(2 * np.log(counts.sum()) / counts)
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         as_frame(frame)
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
@@ -55,9 +56,9 @@ class UCB1Policy(Policy):
                     n: float(v) if np.isfinite(v) else (1e300 if v > 0 else -1e300)
                     for n, v in zip(names, values, strict=True)
                 }
-        return Decision(algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision(algorithm=self.name, backends=backends, scores=scores)
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         with self.lock:
             for site_id, reward in self.sub_rewards(feedback).items():

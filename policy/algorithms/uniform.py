@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from fmprog.contract import Feedback
 from policy.algorithms.base import Policy, as_frame
-from policy.schemas import Decision, Feedback
+from policy.decisions import PendingDecision
 
 
 class RandomPolicy(Policy):
     name = "random"
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         as_frame(frame)
         backends: dict[str, str] = {}
         propensities: dict[str, dict[str, float]] = {}
@@ -20,9 +21,9 @@ class RandomPolicy(Policy):
                 names = site.backend_names
                 backends[site.id] = names[int(self.rng.integers(len(names)))]
                 propensities[site.id] = dict.fromkeys(names, 1.0 / len(names))
-        return Decision(algorithm=self.name, backends=backends, propensities=propensities)
+        return PendingDecision(algorithm=self.name, backends=backends, propensities=propensities)
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         with self.lock:
             self.observed += 1

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, as_frame
+from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
-from policy.schemas import Decision, Feedback, PolicySpec
 
 
 class UnstructuredParams(BaseModel):
@@ -48,12 +49,11 @@ class UnstructuredPolicy(Policy):
 
     def __init__(self, spec: PolicySpec):
         super().__init__(spec)
-        self.check_spec(spec)
         self.configurations = list(itertools.product(*(s.backend_names for s in spec.sites)))
         self.weights = np.zeros((len(self.configurations), FEATURE_DIM))
         self.stats = [0, 0.0, 0.0]  # count, mean, M2 of program rewards
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         x = frame_features(as_frame(frame))
         with self.lock:
             logits = self.weights @ x
@@ -63,7 +63,7 @@ class UnstructuredPolicy(Policy):
         chosen = self.configurations[arm]
         backends = {s.id: b for s, b in zip(self.spec.sites, chosen, strict=True)}
         propensity = float(probs[arm])
-        return Decision.with_context(
+        return PendingDecision.with_context(
             x,
             algorithm=self.name,
             backends=backends,
@@ -72,7 +72,7 @@ class UnstructuredPolicy(Policy):
             arm=arm,
         )
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         if decision.arm is None or not 0 <= decision.arm < len(self.configurations):
             raise ValueError("decision carries no joint configuration")

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
+from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
-from policy.schemas import Decision, Feedback, PolicySpec
 
 CONFIGURATIONS = ("all_small", "all_large")
 
@@ -40,14 +41,14 @@ class WholeQueryPolicy(Policy):
             {s.id: s.largest for s in spec.sites},
         )
 
-    def decide(self, frame: np.ndarray) -> Decision:
+    def decide(self, frame: np.ndarray) -> PendingDecision:
         x = frame_features(as_frame(frame))
         with self.lock:
             mean, sigma = self.model.mean_and_sigma(x)
             sample = mean + self.params.nu * sigma * self.rng.standard_normal(len(mean))
         arm = int(np.argmax(sample))
         scores = {name: float(v) for name, v in zip(CONFIGURATIONS, sample, strict=True)}
-        return Decision.with_context(
+        return PendingDecision.with_context(
             x,
             algorithm=self.name,
             backends=dict(self.configurations[arm]),
@@ -55,7 +56,7 @@ class WholeQueryPolicy(Policy):
             arm=arm,
         )
 
-    def observe(self, decision: Decision, feedback: Feedback) -> None:
+    def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         if decision.arm is None or not 0 <= decision.arm < len(CONFIGURATIONS):
             raise ValueError("decision carries no whole-query configuration")

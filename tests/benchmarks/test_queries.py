@@ -22,10 +22,10 @@ from benchmarks.vqa.queries import (
 )
 from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
 from fmprog.backends import BackendRegistry, BackendSpec, Detection
+from fmprog.contract import task_loss
 from fmprog.program import Executor, compile_program
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun
-from policy.rewards import task_loss
 
 
 class PerfectPerception:

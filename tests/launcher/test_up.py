@@ -165,6 +165,14 @@ def test_answer_feedback_learn_and_metrics(cluster):
             422,
             "import",
         ),
+        # the policy service checks the policy before the router stores the program
+        (
+            "/programs",
+            {"source": PROGRAM, "kind": "binary", "lambda": 1, "algorithm": "fast", "hyperparameters": {"nu": -1}},
+            422,
+            "policy rejected: hyperparameters.nu",
+        ),
+        ("/programs", {"source": PROGRAM, "kind": "binary", "lambda": 1, "algorithm": "oracle"}, 422, "'oracle'"),
         # the router offers only the backends fmprog up serves: no llm here
         (
             "/programs",

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fmprog.contract import Feedback, PolicySpec
 from fmprog.scene import generate_scene
 from policy.algorithms import build_policy
 from policy.algorithms.base import Policy
-from policy.schemas import Feedback, PolicySpec
 
 SITE = "find@1:1"
 SITES = [

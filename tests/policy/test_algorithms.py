@@ -4,11 +4,10 @@ import io
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
-from policy.algorithms import ALGORITHMS, algorithm_class, build_policy
-from policy.algorithms.base import load_policy, save_policy
-from policy.schemas import Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicySpec
+from policy.algorithms import ALGORITHMS, algorithm_class, build_policy, check_spec
+from policy.snapshots import load_policy, save_policy
 from tests.policy.conftest import SITE, SITES, contextual_run, make_spec, one_site_policy
 
 IMPLEMENTED = sorted(ALGORITHMS)
@@ -128,9 +127,11 @@ def test_unstructured_refuses_huge_joint_space():
         {"id": f"find@{i}:1", "function": "detect", "backends": [{"name": f"d{j}", "cost": j + 1} for j in range(4)]}
         for i in range(7)
     ]  # 4**7 = 16384 configurations
-    with pytest.raises(ValidationError, match="16384 configurations"):
-        make_spec("unstructured", sites=sites)
-    assert make_spec("unstructured", sites=sites, max_configurations=20000).algorithm == "unstructured"
+    with pytest.raises(ValueError, match="16384 configurations"):
+        check_spec(make_spec("unstructured", sites=sites))
+    with pytest.raises(ValueError, match="16384 configurations"):
+        build_policy(make_spec("unstructured", sites=sites))
+    assert build_policy(make_spec("unstructured", sites=sites, max_configurations=20000)).name == "unstructured"
 
 
 def test_unknown_algorithm_class():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import uuid
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fmprog.images import encode_png
 from policy.app import create_app
 from policy.settings import PolicySettings
+from tests.servers import serving
 
 PROGRAM = "c" * 32
 SPEC = {
@@ -114,3 +116,75 @@ def test_a_decision_id_used_twice_is_409(client):
     again = client.post(f"/policies/{PROGRAM}/decisions", json={"decision_id": decision_id, "image": image(1)})
     assert again.status_code == 409 and "was used before" in again.json()["detail"]
     assert client.get(f"/policies/{PROGRAM}").json()["pending"] == 1
+
+
+@pytest.fixture
+def served(tmp_path):
+    """The policy service over real HTTP (uvicorn in a thread)."""
+    settings = PolicySettings(state_dir=tmp_path / "served", max_request_bytes=100_000, train_interval_s=3600)
+    with serving(create_app(settings)) as url:
+        yield url
+
+
+def test_a_spec_is_checked_without_being_stored_over_http(served):
+    accepted = httpx.post(f"{served}/policies/check", json={**SPEC, "hyperparameters": {"nu": 0.5}})
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["algorithm"] == "fast" and accepted.json()["hyperparameters"]["nu"] == 0.5
+    refused = [
+        ({**SPEC, "algorithm": "oracle"}, "unknown algorithm 'oracle'"),
+        ({**SPEC, "hyperparameters": {"nu": -1}}, "hyperparameters.nu"),
+        ({**SPEC, "hyperparameters": {"bogus": 1}}, "hyperparameters.bogus"),
+        (
+            {**SPEC, "algorithm": "static", "hyperparameters": {"mode": "map", "backends": {"x": "ds"}}},
+            "unknown call site",
+        ),
+        ({**SPEC, "lambda": -1}, "lambda"),
+    ]
+    for body, message in refused:
+        response = httpx.post(f"{served}/policies/check", json=body)
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+    assert httpx.get(f"{served}/policies").json() == []
+    assert httpx.put(f"{served}/policies/{PROGRAM}", json={**SPEC, "algorithm": "oracle"}).status_code == 422
+    assert httpx.get(f"{served}/policies").json() == []
+
+
+def test_decide_takes_the_raw_image_bytes_over_http(served):
+    assert httpx.put(f"{served}/policies/{PROGRAM}", json=SPEC).status_code == 200
+    png = base64.b64decode(image())
+    url = f"{served}/policies/{PROGRAM}/decisions"
+    for content_type in ("application/octet-stream", "image/png"):
+        decision_id = uuid.uuid4().hex
+        reply = httpx.post(
+            url, params={"decision_id": decision_id}, content=png, headers={"content-type": content_type}
+        )
+        assert reply.status_code == 200, reply.text
+        assert set(reply.json()["backends"]) == {"find@3:4", "query@4:8"} and "context" not in reply.json()
+    raw = {"content-type": "application/octet-stream"}
+    no_id = httpx.post(url, content=png, headers=raw)
+    assert no_id.status_code == 422 and "decision_id" in no_id.json()["detail"]
+    not_image = httpx.post(url, params={"decision_id": "y"}, content=b"not an image", headers=raw)
+    assert not_image.status_code == 422 and "PNG or JPEG" in not_image.json()["detail"]
+    feedback = {"decision_id": decision_id, "reward": 1.0, "executed_sites": ["find@3:4"], "costs": {"find@3:4": 1}}
+    assert httpx.post(f"{served}/policies/{PROGRAM}/feedback", json=feedback).json()["repeat"] is False
+    assert httpx.get(f"{served}/policies/{PROGRAM}").json()["pending"] == 1  # the first raw decision
+
+
+def test_the_router_client_speaks_the_contract_over_http(served):
+    """The router's client of the policy: check, register, decide on raw bytes, feedback, delete."""
+    from fmprog.contract import Feedback, PolicySpec
+    from router.policy_client import HttpPolicyClient, PolicyRejected
+
+    client = HttpPolicyClient(served)
+    spec = PolicySpec.model_validate(SPEC)
+    client.check(spec)
+    with pytest.raises(PolicyRejected, match="unknown algorithm") as refused:
+        client.check(spec.model_copy(update={"algorithm": "oracle"}))
+    assert refused.value.detail.startswith("unknown algorithm 'oracle'")
+    client.register(PROGRAM, spec)
+    decision = client.decide(PROGRAM, "d1", base64.b64decode(image()))
+    assert decision.algorithm == "fast" and set(decision.backends) == {"find@3:4", "query@4:8"}
+    client.feedback(PROGRAM, Feedback(decision_id="d1", loss=0.0, executed_sites=["find@3:4"], costs={"find@3:4": 1}))
+    assert httpx.get(f"{served}/policies/{PROGRAM}").json()["observed"] == 1
+    client.delete(PROGRAM)
+    assert httpx.get(f"{served}/policies").json() == []
+    client.close()

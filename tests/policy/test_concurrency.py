@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fmprog.contract import Feedback
 from policy.algorithms import build_policy
-from policy.schemas import Feedback
 from policy.service import FeedbackConflict
 from tests.policy.conftest import SITE, make_spec
 from tests.policy.test_service import SPEC, feedback, frame, service

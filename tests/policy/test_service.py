@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from policy.schemas import Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicySpec
 from policy.service import FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from policy.algorithms import build_policy
+from policy.algorithms import build_policy, check_spec
 from policy.algorithms.structured import downsample
 from tests.policy.conftest import SITES, make_spec
 
@@ -26,8 +26,8 @@ def test_scores_are_the_network_plus_the_cost_term(frames, reward_scale):
 
 
 def test_baseline_choices():
-    assert make_spec("structured").params().baseline == "value"  # type: ignore[attr-defined]
+    assert check_spec(make_spec("structured")).baseline == "value"
     for choice in ("mean", "none"):
-        assert make_spec("structured", baseline=choice).params().baseline == choice  # type: ignore[attr-defined]
+        assert check_spec(make_spec("structured", baseline=choice)).baseline == choice
     with pytest.raises(ValueError, match="baseline"):
-        make_spec("structured", baseline=True)
+        check_spec(make_spec("structured", baseline=True))

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from fmprog.contract import Feedback
 from policy.algorithms import build_policy
 from policy.algorithms.resnet import ResNet18
 from policy.algorithms.structured_code import StructuredCodeParams, as_batch, network_input
-from policy.schemas import Decision, Feedback
+from policy.decisions import PendingDecision
 from tests.policy.conftest import SITE, SITES, make_spec
 
 OTHER = SITES[1]["id"]
@@ -43,7 +44,7 @@ def test_input_is_the_resized_frame_as_uint8(frames):
     assert np.array_equal(network_input(frames[0], 128), frames[0].transpose(2, 0, 1))  # no resizing at 128
     decision = policy().decide(frames[0])
     assert decision.context_dtype == "uint8" and decision.context_shape == [3, 64, 64]
-    again = Decision.model_validate_json(decision.model_dump_json())
+    again = PendingDecision.model_validate_json(decision.model_dump_json())
     assert np.array_equal(again.context_array(), network_input(frames[0], 64))
 
 

@@ -7,17 +7,23 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from fmprog.backends import BackendCatalog
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from fmprog.images import encode_png
+from policy.app import create_app as create_policy_app
+from policy.settings import PolicySettings
 from router.app import create_app
 from router.policy_client import PolicyUnavailable
 from router.settings import RouterSettings
+from services.cluster import free_port
 from tests.fakes import box
 from tests.router.conftest import example
+from tests.servers import serving
 
 KEY = "k" * 24
 HOSTILE = "def execute_command(image):\n    import os\n"
@@ -36,19 +42,22 @@ class RecordingPolicy:
         if not self.up:
             raise PolicyUnavailable("policy down (test)")
 
-    def register(self, program) -> None:
+    def check(self, spec: PolicySpec) -> None:
         self._check()
-        self.programs[program.id] = program
 
-    def decide(self, program_id: str, decision_id: str, image_b64: str) -> dict[str, str]:
+    def register(self, program_id: str, spec: PolicySpec) -> None:
+        self._check()
+        self.programs[program_id] = spec
+
+    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
         self._check()
         self.decisions.append(decision_id)
-        program = self.programs[program_id]
-        return {s.id: max(s.candidates, key=lambda c: c.cost).name for s in program.call_sites}
+        spec = self.programs[program_id]
+        return PolicyDecision(algorithm=spec.algorithm, backends={s.id: s.largest for s in spec.sites})
 
-    def feedback(self, program_id: str, message: dict[str, Any]) -> None:
+    def feedback(self, program_id: str, feedback: Feedback) -> None:
         self._check()
-        self.received.append(message)
+        self.received.append(feedback.model_dump())
 
     def delete(self, program_id: str) -> None:
         self._check()
@@ -120,22 +129,67 @@ def test_register_answer_feedback_round_trip(client, policy):
     assert client.get(f"/programs/{program['id']}").status_code == 404
 
 
-def test_the_policy_is_checked_before_the_program_is_stored(client, policy):
+@pytest.fixture
+def real_policy(tmp_path):
+    """The policy service over real HTTP (uvicorn in a thread)."""
+    settings = PolicySettings(state_dir=tmp_path / "policy", train_interval_s=3600)
+    with serving(create_policy_app(settings)) as url:
+        yield url
+
+
+def _router(tmp_path, zoo, policy_url: str, **fields: Any) -> TestClient:
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    settings = RouterSettings(
+        database=tmp_path / "router.db", policy_url=policy_url, synthesis_backend=None, outbox_retry_s=3600, **fields
+    )
+    app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+    return TestClient(app)
+
+
+def test_the_policy_service_checks_the_policy_before_the_program_is_stored(tmp_path, zoo, real_policy):
+    """Over real HTTP: the router asks the policy service (``POST /policies/check``); a spec it
+    refuses is a 422 naming the problem, and neither the router nor the policy keeps anything."""
     source = example("person_on_bike")
     cases = [
         ({"algorithm": "oracle"}, "unknown algorithm 'oracle'"),
-        ({"algorithm": "fast", "hyperparameters": {"nu": -1}}, "nu"),
+        ({"algorithm": "fast", "hyperparameters": {"nu": -1}}, "hyperparameters.nu"),
         ({"algorithm": "fast", "hyperparameters": {"learning_rate": 0.1}}, "learning_rate"),
+        ({"algorithm": "static", "hyperparameters": {"mode": "map", "backends": {"nope": "x"}}}, "unknown call site"),
     ]
-    for fields, message in cases:
-        response = client.post("/programs", json={"source": source, "kind": "binary", "lambda": 0.1, **fields})
-        assert response.status_code == 422, response.text
-        assert "policy rejected" in response.json()["detail"] and message in response.json()["detail"]
-    assert client.get("/programs").json() == [] and policy.programs == {}
-    body = {"source": source, "kind": "binary", "lambda": 0.1, "algorithm": "fast", "hyperparameters": {"nu": 0.5}}
-    created = client.post("/programs", json=body)
-    assert created.status_code == 201 and created.json()["hyperparameters"] == {"nu": 0.5}
-    assert policy.programs[created.json()["id"]].hyperparameters == {"nu": 0.5}
+    with _router(tmp_path, zoo, real_policy) as client:
+        for fields, message in cases:
+            response = client.post("/programs", json={"source": source, "kind": "binary", "lambda": 0.1, **fields})
+            assert response.status_code == 422, response.text
+            assert "policy rejected" in response.json()["detail"] and message in response.json()["detail"]
+        assert client.get("/programs").json() == [] and httpx.get(f"{real_policy}/policies").json() == []
+
+        body = {"source": source, "kind": "binary", "lambda": 0.1, "algorithm": "fast", "hyperparameters": {"nu": 0.5}}
+        created = client.post("/programs", json=body)
+        assert created.status_code == 201 and created.json()["hyperparameters"] == {"nu": 0.5}
+        program_id = created.json()["id"]
+        assert httpx.get(f"{real_policy}/policies/{program_id}").json()["algorithm"] == "fast"
+
+        # the frame goes to the policy as raw bytes; its decision is used and its feedback delivered
+        answer = client.post("/answer", json={"program_id": program_id, "image": _png_b64()})
+        assert answer.status_code == 200 and answer.json()["fallback"] is False, answer.text
+        label = {"decision_id": answer.json()["decision_id"], "label": "yes"}
+        assert client.post("/feedback", json=label).status_code == 200
+        assert client.get("/readyz").json()["policy_outbox"] == 0
+    assert httpx.get(f"{real_policy}/policies/{program_id}").json()["observed"] == 1
+
+
+def test_with_the_policy_unreachable_a_program_is_stored_and_checked_on_delivery(tmp_path, zoo):
+    """The policy cannot say whether it can build the policy: the program is registered and its
+    registration waits in the outbox; the policy checks the spec when it is delivered, and answers
+    use the fallback decision meanwhile."""
+    body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1, "algorithm": "oracle"}
+    with _router(tmp_path, zoo, f"http://127.0.0.1:{free_port()}", policy_timeout_s=0.5) as client:
+        created = client.post("/programs", json=body)
+        assert created.status_code == 201, created.text
+        assert client.get("/readyz").json()["policy_outbox"] == 1
+        answer = client.post("/answer", json={"program_id": created.json()["id"], "image": _png_b64()})
+        assert answer.status_code == 200 and answer.json()["fallback"] is True
 
 
 def test_multipart_upload_is_answered(client):

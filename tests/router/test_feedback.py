@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy.rewards import RewardConfig
+from fmprog.contract import RewardConfig
 from router.answering import Answerer
 from router.errors import Conflict, LabelRejected, NotFound
 from router.feedback import FeedbackHandler
@@ -34,9 +34,9 @@ def answer_binary(programs: ProgramRegistry, answerer: Answerer, zoo: Zoo, frame
 )
 def test_binary_rewards(programs, answerer, zoo, frame, feedback: FeedbackHandler, says_yes, label, reward):
     decision_id = answer_binary(programs, answerer, zoo, frame, says_yes)
-    result = feedback.feedback(FeedbackIn(decision_id=decision_id, label=label))
+    result = feedback.feedback(FeedbackIn(decision_id=decision_id, label=label)).result
     assert result.reward == reward and not result.repeat
-    stored = feedback.store.get_decision(decision_id)
+    stored = feedback.store.get_answer(decision_id)
     assert stored.status == "resolved"
     assert result.executed_sites == stored.executed_sites and result.site_costs == stored.site_costs
     assert result.cost == sum(result.site_costs.values())
@@ -44,7 +44,7 @@ def test_binary_rewards(programs, answerer, zoo, frame, feedback: FeedbackHandle
 
 def test_the_result_names_only_the_sites_that_ran(programs, answerer, zoo, frame, feedback: FeedbackHandler):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=False)
-    result = feedback.feedback(FeedbackIn(decision_id=decision_id, label="no"))
+    result = feedback.feedback(FeedbackIn(decision_id=decision_id, label="no")).result
     assert result.executed_sites == ["exists@3:23"]
     assert result.site_costs == {"exists@3:23": COSTS["detect-small"]} and result.cost == COSTS["detect-small"]
 
@@ -59,21 +59,21 @@ def test_open_rewards(programs, answerer, zoo, frame, feedback: FeedbackHandler,
     zoo.set_boxes({"building": [box(10, 10, 50, 50)]})
     zoo.set_llm(lambda prompt: llm_answer)
     decision_id = answerer.answer(public.id, frame, None).decision_id
-    assert feedback.feedback(FeedbackIn(decision_id=decision_id, label=label)).reward == reward
+    assert feedback.feedback(FeedbackIn(decision_id=decision_id, label=label)).result.reward == reward
 
 
 def test_the_reward_scheme_is_configurable(programs, answerer, zoo, frame, store: Store):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
     handler = FeedbackHandler(store, RewardConfig(scheme="loss"))
-    assert handler.feedback(FeedbackIn(decision_id=decision_id, label="no")).reward == -1.0
+    assert handler.feedback(FeedbackIn(decision_id=decision_id, label="no")).result.reward == -1.0
 
 
 def test_a_repeated_label_returns_the_stored_result_marked_repeat(
     programs, answerer, zoo, frame, feedback: FeedbackHandler
 ):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
-    first = feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes"))
-    again = feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes"))
+    first = feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes")).result
+    again = feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes")).result
     assert again.repeat and not first.repeat
     assert again.model_dump(exclude={"repeat"}) == first.model_dump(exclude={"repeat"})
 
@@ -98,22 +98,22 @@ def test_an_unreadable_binary_label_is_rejected_and_not_stored(
     with pytest.raises(LabelRejected, match="maybe"):
         feedback.feedback(FeedbackIn(decision_id=decision_id, label="maybe"))
     assert feedback.store.get_feedback(decision_id) is None
-    assert feedback.store.get_decision(decision_id).status == "answered"
+    assert feedback.store.get_answer(decision_id).status == "answered"
 
 
 def test_an_expired_decision_refuses_feedback(programs, answerer, zoo, frame, feedback: FeedbackHandler):
     old = answer_binary(programs, answerer, zoo, frame, yes=True)
     cutoff = utc_now() + timedelta(seconds=1)
-    assert feedback.store.expire_decisions(cutoff) == 1
-    assert feedback.store.get_decision(old).status == "expired"
+    assert feedback.store.expire_answers(cutoff) == 1
+    assert feedback.store.get_answer(old).status == "expired"
     with pytest.raises(Conflict, match="expired"):
         feedback.feedback(FeedbackIn(decision_id=old, label="yes"))
 
 
 def test_feedback_is_accepted_after_the_program_is_deleted(programs, answerer, zoo, frame, feedback: FeedbackHandler):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
-    programs.delete(feedback.store.get_decision(decision_id).program_id)
-    assert feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes")).reward == 1000.0
+    programs.delete(feedback.store.get_answer(decision_id).program_id)
+    assert feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes")).result.reward == 1000.0
 
 
 def _race(handlers: list[FeedbackHandler], decision_id: str, labels: list[str]) -> list[FeedbackResult | Exception]:
@@ -123,7 +123,9 @@ def _race(handlers: list[FeedbackHandler], decision_id: str, labels: list[str]) 
     def send(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = handlers[i % len(handlers)].feedback(FeedbackIn(decision_id=decision_id, label=labels[i]))
+            results[i] = (
+                handlers[i % len(handlers)].feedback(FeedbackIn(decision_id=decision_id, label=labels[i])).result
+            )
         except Conflict as exc:
             results[i] = exc
 

@@ -24,14 +24,14 @@ def test_a_reopened_store_sees_programs_decisions_and_feedback(db_path: Path, ca
         deleted = programs.register(create("leftmost_color", kind="open"))
         programs.delete(deleted.id)
         answered = Answerer(programs, zoo.registry()).answer(public.id, frame, None, frame_id="f1")
-        first = FeedbackHandler(store).feedback(FeedbackIn(decision_id=answered.decision_id, label="no"))
+        first = FeedbackHandler(store).feedback(FeedbackIn(decision_id=answered.decision_id, label="no")).result
 
     with Store(db_path) as store:
         assert store.list_programs() == [public]
-        decision = store.get_decision(answered.decision_id)
+        decision = store.get_answer(answered.decision_id)
         assert decision.status == "resolved" and decision.frame_id == "f1" and decision.trace == answered.trace
         assert store.get_feedback(answered.decision_id).reward == first.reward
-        again = FeedbackHandler(store).feedback(FeedbackIn(decision_id=answered.decision_id, label="no"))
+        again = FeedbackHandler(store).feedback(FeedbackIn(decision_id=answered.decision_id, label="no")).result
         assert again.repeat and again.reward == first.reward
 
 

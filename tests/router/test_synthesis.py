@@ -27,15 +27,9 @@ from router.programs import ProgramRegistry
 from router.schemas import ProgramCreate
 from router.settings import RouterSettings
 from router.store import Store
-from router.synthesis import (
-    EngineChatModel,
-    ProgramSynthesizer,
-    answer_problem,
-    extract_program,
-    looked_for,
-    normalize_query,
-    targeted_frames,
-)
+from router.synthesis import EngineChatModel, ProgramSynthesizer, normalize_query
+from router.synthesis_reply import answer_problem, extract_program
+from router.synthesis_scenes import looked_for, targeted_frames
 from tests.fakes import Zoo, box
 
 GOOD = """def execute_command(image):
@@ -544,7 +538,7 @@ def test_looked_for_reads_the_scene_words_of_literal_nouns():
 
 def test_targeted_frames_hold_every_object_the_program_looks_for():
     from fmprog.scene import generate_scene
-    from router.synthesis import TARGET_KNOBS, TARGET_POOL, TARGET_SEED
+    from router.synthesis_scenes import TARGET_KNOBS, TARGET_POOL, TARGET_SEED
 
     frames = targeted_frames(LIST_BUG, 2)
     assert len(frames) == 2

@@ -1,0 +1,281 @@
+"""The contract between the router and the policy: what one sends the other, and how answers are scored.
+
+Both services import this module and nothing of each other. Names follow the paper: a *program*
+has routed *call sites*; each site's function has candidate *backends* with a *cost* (millions of
+parameters); a *decision* assigns a backend to every site for one frame; *feedback* brings back the
+task reward (or the 0/1 loss), the sites that actually executed and what each cost. ``lambda``
+weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
+``r_i = -lambda * C_i - L / N``.
+
+- :class:`PolicySpec` (call sites with their candidate backends and costs, ``lambda``, the
+  algorithm's name, its hyper-parameters as a dict, a seed): what a policy is built from. Only its
+  shape is checked here; whether the algorithm exists and takes those hyper-parameters is the
+  policy service's to say (``POST /policies/check``).
+- :class:`PolicyDecision`: the policy's reply for one frame: a backend per call site, the scores
+  and, for sampling algorithms, the propensities.
+- :class:`Feedback`: what the router sends back for one decision.
+- Rewards: :class:`RewardConfig` and the reward functions (``task_reward``, ``task_loss``,
+  ``score_answer``, ``program_reward``, ``sub_rewards``, ``is_yes``, ``open_match``).
+
+Two reward schemes, selectable:
+
+- ``"authors"`` (the paper's research code): binary task TP +1000, FN -100, TN +1, FP -100;
+  open-form task +100 if the lower-cased label is a substring of the lower-cased answer (label
+  "n/a" also matches an answer containing "0"), else -100. Values are configurable.
+- ``"loss"`` (the paper's formulation): the 0/1 loss ``L`` (0 when correct, same matching rules),
+  returned as the task reward ``-L``; the cost term ``-lambda * C`` is added by the policy
+  (:func:`program_reward` gives the full ``R = -L - lambda * C``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fmprog.backends.config import BackendName, Function
+
+TaskKind = Literal["binary", "open"]
+Scheme = Literal["authors", "loss"]
+
+# -- the policy's specification ---------------------------------------------------------------------
+
+
+class BackendOption(BaseModel):
+    """One candidate backend of a call site and its cost per invocation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: BackendName
+    cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, millions of parameters.")
+
+
+class CallSiteSpec(BaseModel):
+    """A routed call site of the program with the backends the policy may choose from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200, description='Site id, e.g. "find@3:23".')
+    function: Function
+    backends: list[BackendOption] = Field(min_length=1, max_length=64)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backends(cls, backends: list[BackendOption]) -> list[BackendOption]:
+        names = [b.name for b in backends]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"backend {duplicated[0]!r} is listed twice")
+        return backends
+
+    @property
+    def backend_names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
+    @property
+    def costs(self) -> list[float]:
+        return [b.cost for b in self.backends]
+
+    @property
+    def cheapest(self) -> str:
+        return min(self.backends, key=lambda b: b.cost).name
+
+    @property
+    def largest(self) -> str:
+        return max(self.backends, key=lambda b: b.cost).name
+
+
+class PolicySpec(BaseModel):
+    """What a policy is built from: the program's call sites, ``lambda``, algorithm, hyper-parameters, seed.
+
+    Validated for its shape only (unique sites and backends, positive costs, ``lambda >= 0``). The
+    algorithm's name and ``hyperparameters`` are the policy's to check (its ``Params`` model
+    refuses unknown keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    sites: list[CallSiteSpec] = Field(min_length=1, max_length=256)
+    lam: float = Field(default=0.0, alias="lambda", ge=0, allow_inf_nan=False, description="Cost weight.")
+    algorithm: str = Field(default="structured", min_length=1, max_length=64)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=42, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _unique_sites(self) -> PolicySpec:
+        ids = [s.id for s in self.sites]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            raise ValueError(f"call site {duplicated[0]!r} is listed twice")
+        return self
+
+    def site(self, site_id: str) -> CallSiteSpec:
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        raise KeyError(site_id)
+
+
+# -- a decision and its feedback ------------------------------------------------------------------
+
+
+class PolicyDecision(BaseModel):
+    """The policy's decision for one frame as the router sees it: a backend per call site, with the
+    scores and, where the algorithm samples from a distribution, the propensities (probability of
+    each backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str
+    backends: dict[str, str]
+    scores: dict[str, dict[str, float]] = Field(default_factory=dict)
+    propensities: dict[str, dict[str, float]] | None = None
+
+
+class Feedback(BaseModel):
+    """What came back for one decision: the task reward (authors' scheme) or the loss L (paper's),
+    the sites that executed, and the cost each executed site incurred (summed over its invocations).
+
+    The task term used in rewards is ``reward`` if given, else ``-loss``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: str | None = None
+    reward: float | None = Field(default=None, allow_inf_nan=False)
+    loss: float | None = Field(default=None, allow_inf_nan=False)
+    executed_sites: list[str] = Field(default_factory=list)
+    costs: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Feedback:
+        if (self.reward is None) == (self.loss is None):
+            raise ValueError("give exactly one of reward and loss")
+        stray = sorted(set(self.costs) - set(self.executed_sites))
+        if stray:
+            raise ValueError(f"cost given for site {stray[0]!r}, which is not among executed_sites")
+        for site, cost in self.costs.items():
+            if not math.isfinite(cost) or cost < 0:
+                raise ValueError(f"cost of site {site!r} must be finite and >= 0, got {cost}")
+        if len(set(self.executed_sites)) != len(self.executed_sites):
+            raise ValueError("executed_sites lists a site twice")
+        return self
+
+    @property
+    def task_term(self) -> float:
+        """The task part of the reward: ``reward``, or ``-loss``."""
+        return float(self.reward) if self.reward is not None else -float(self.loss or 0.0)
+
+    @property
+    def total_cost(self) -> float:
+        return float(sum(self.costs.values()))
+
+
+# -- rewards ----------------------------------------------------------------------------------------
+
+
+class BinaryRewards(BaseModel):
+    """The authors' binary rewards: rare positives are worth much more than negatives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    true_positive: float = 1000.0
+    false_negative: float = -100.0
+    true_negative: float = 1.0
+    false_positive: float = -100.0
+
+
+class OpenRewards(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    correct: float = 100.0
+    wrong: float = -100.0
+
+
+class RewardConfig(BaseModel):
+    """Which scheme, and the values of the authors' scheme."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Scheme = "authors"
+    binary: BinaryRewards = Field(default_factory=BinaryRewards)
+    open: OpenRewards = Field(default_factory=OpenRewards)
+
+
+class AnswerScore(NamedTuple):
+    """One answer scored against its label: whether it is right (loss 0) and its task reward."""
+
+    correct: bool
+    reward: float
+
+
+def _text(value: object) -> str:
+    return ("" if value is None else str(value)).strip().lower()
+
+
+def is_yes(answer: object) -> bool:
+    """A binary answer is positive when it says yes (``True``, or text containing "yes")."""
+    if isinstance(answer, bool):
+        return answer
+    return "yes" in _text(answer)
+
+
+def open_match(answer: object, label: object) -> bool:
+    """The authors' open-form rule: the lower-cased label is a substring of the lower-cased answer;
+    the label "n/a" also matches an answer containing "0"."""
+    text, gold = _text(answer), _text(label)
+    if gold in text:
+        return True
+    return gold == "n/a" and "0" in text
+
+
+def score_answer(
+    kind: TaskKind, answer: object, label: object, scheme: Scheme | RewardConfig = "authors"
+) -> AnswerScore:
+    """Whether the answer is right and its task reward (without the cost term), matching once.
+
+    ``scheme`` is ``"authors"``, ``"loss"`` (the reward is ``-L``) or a :class:`RewardConfig`."""
+    config = scheme if isinstance(scheme, RewardConfig) else RewardConfig(scheme=scheme)
+    if kind == "binary":
+        predicted, actual = is_yes(answer), is_yes(label)
+        correct = predicted == actual
+        values = config.binary
+        if actual:
+            reward = values.true_positive if predicted else values.false_negative
+        else:
+            reward = values.false_positive if predicted else values.true_negative
+    elif kind == "open":
+        correct = open_match(answer, label)
+        reward = config.open.correct if correct else config.open.wrong
+    else:
+        raise ValueError(f"unknown task kind {kind!r} (expected 'binary' or 'open')")
+    if config.scheme == "loss":
+        reward = -0.0 if correct else -1.0
+    return AnswerScore(correct, float(reward))
+
+
+def task_loss(kind: TaskKind, answer: object, label: object) -> float:
+    """The paper's 0/1 loss ``L``: 0 when the answer is right, else 1."""
+    return 0.0 if score_answer(kind, answer, label).correct else 1.0
+
+
+def task_reward(kind: TaskKind, answer: object, label: object, scheme: Scheme | RewardConfig = "authors") -> float:
+    """The task reward of one answer (without the cost term).
+
+    ``scheme`` is ``"authors"``, ``"loss"`` (returns ``-L``) or a :class:`RewardConfig`."""
+    return score_answer(kind, answer, label, scheme).reward
+
+
+def program_reward(task: float, cost: float, lam: float) -> float:
+    """The paper's program reward ``R = task - lambda * C`` (``task = -L`` under the loss scheme)."""
+    return float(task) - float(lam) * float(cost)
+
+
+def sub_rewards(
+    task: float, costs: dict[str, float], executed_sites: list[str], n_sites: int, lam: float
+) -> dict[str, float]:
+    """The paper's structured sub-rewards ``r_i = -lambda * C_i + task / N`` for the executed sites,
+    with ``N`` the program's number of routed call sites (``task = -L`` gives ``-L/N``)."""
+    if n_sites < 1:
+        raise ValueError("a program has at least one call site")
+    share = float(task) / n_sites
+    return {site: share - float(lam) * float(costs.get(site, 0.0)) for site in executed_sites}
