@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fmprog.backends import load_catalog
+
 FMPROG = str(Path(sys.executable).parent / "fmprog")
 
 
@@ -74,7 +76,8 @@ def test_serve_config_prints_one_serve_application_per_backend():
     config = yaml.safe_load(result.stdout)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8080}
     names = [app["name"] for app in config["applications"]]
-    assert names == ["detect-small", "detect-large", "vqa-small", "vqa-large", "llm-small", "llm-large"]
+    assert names == [spec.name for spec in load_catalog(root / "deploy" / "config" / "gpu.yaml").backends]
+    assert {"detect-large", "vqa-large", "llm-large", "ocr-large"} <= set(names)
     assert {app["import_path"] for app in config["applications"]} == {"services.app:backend_app"}
 
 
