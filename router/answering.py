@@ -1,11 +1,11 @@
 """Answering a frame: run the program under a decision, record the answer with its trace.
 
 The decision (a backend for every call site) comes from the policy (the ``backends`` of its
-``PolicyDecision``) as a plain mapping, checked here against the program's candidates. When none
-is available the configured fallback decision is used instead, and the result says so. A backend
-call that fails is retried (``retries`` times), then tried on the site's other candidates, nearest
-in cost first; the trace records every attempt. This is synchronous on purpose: the service runs
-it in a thread pool, since backend calls block.
+``PolicyDecision``) as a plain mapping, checked once, by the executor, against the program's
+candidates and the backends. When none is available the configured fallback decision is used
+instead, and the result says so. A backend call that fails is retried (``retries`` times), then
+tried on the site's other candidates, nearest in cost first; the trace records every attempt.
+This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
 """
 
 from __future__ import annotations
@@ -41,26 +41,17 @@ def alternates(program: ProgramPublic, decision: Mapping[str, str], available: C
     order = {}
     for site in program.call_sites:
         costs = {c.name: c.cost for c in site.candidates}
+        if decision.get(site.id) not in costs:
+            continue  # not a candidate: the executor's check of the decision says so
         decided = math.log(costs[decision[site.id]])
         others = [name for name in costs if name != decision[site.id] and name in available]
         order[site.id] = sorted(others, key=lambda name: abs(math.log(costs[name]) - decided))
     return order
 
 
-def check_decision(program: ProgramPublic, decision: Mapping[str, str]) -> None:
-    """Every call site has a backend, and it is one of that site's candidates."""
-    problems = []
-    for site in program.call_sites:
-        name = decision.get(site.id)
-        if name is None:
-            problems.append(f"no backend for call site {site.id}")
-        elif name not in {c.name for c in site.candidates}:
-            problems.append(f"backend {name!r} is not a candidate for call site {site.id}")
-    unknown = sorted(set(decision) - {site.id for site in program.call_sites})
-    if unknown:
-        problems.append(f"decision names sites the program does not have: {', '.join(unknown)}")
-    if problems:
-        raise DecisionRejected("; ".join(problems))
+def candidates(program: ProgramPublic) -> dict[str, list[str]]:
+    """The backends each call site of a registered program may use."""
+    return {site.id: [c.name for c in site.candidates] for site in program.call_sites}
 
 
 class Answerer:
@@ -115,11 +106,15 @@ class Answerer:
         """
         is_fallback = decision is None
         chosen = dict(fallback_decision(public, self.fallback) if decision is None else decision)
-        if not is_fallback:
-            check_decision(public, chosen)
         try:
-            trace = self.executor.run(program, frame, chosen, alternates(public, chosen, self.executor.backends))
-        except InvalidDecision as exc:  # a candidate these backends do not serve
+            trace = self.executor.run(
+                program,
+                frame,
+                chosen,
+                alternates(public, chosen, self.executor.backends),
+                candidates=candidates(public),
+            )
+        except InvalidDecision as exc:  # not a candidate, or a candidate these backends do not serve
             raise DecisionRejected(str(exc)) from None
         except ValueError as exc:  # the decision and the alternates fit, so this is the frame
             raise FrameRejected(str(exc)) from None

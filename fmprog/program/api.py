@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fmprog.backends.config import Function
+from fmprog.images import check_frame
 from fmprog.program.callsites import is_numeric_name
 from fmprog.program.errors import UnsupportedFunction
 
@@ -60,17 +61,15 @@ class Frame:
 
 
 def as_pixels(image: object) -> np.ndarray:
-    """Normalise an image (array or PIL image) to a contiguous ``H x W x 3`` uint8 array."""
+    """An image (array or PIL image) as a contiguous ``H x W x 3`` uint8 array: grayscale is
+    repeated into three channels and RGBA loses its alpha, then the one frame check
+    (``fmprog.images.check_frame``) applies. No copy for a frame that already is one."""
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"image must be H x W x 3 (RGB), got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError("image has no pixels")
-    if array.dtype != np.uint8:
-        raise ValueError(f"image pixels must be uint8, got {array.dtype}")
-    return np.ascontiguousarray(array[:, :, :3])
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    return check_frame(np.ascontiguousarray(array))
 
 
 class ImagePatch:

@@ -16,7 +16,7 @@ invocation in the trace and is charged; ``attempt`` numbers the tries of one cal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
@@ -101,12 +101,19 @@ class Executor:
         self.limits = limits or ExecutionLimits()
         self.retries = retries
 
-    def check_decision(self, program: Program, decision: Decision) -> None:
+    def check_decision(
+        self, program: Program, decision: Decision, candidates: Mapping[str, Collection[str]] | None = None
+    ) -> None:
+        """InvalidDecision unless ``decision`` names, for every call site and no other, a backend of
+        these backends serving the site's function; with ``candidates`` (the backends each site may
+        use, e.g. a registered program's), also one of the site's candidates."""
         problems = []
         for site in program.call_sites:
             name = decision.get(site.id)
             if name is None:
                 problems.append(f"no backend for call site {site.id}")
+            elif candidates is not None and name not in candidates.get(site.id, ()):
+                problems.append(f"backend {name!r} is not a candidate for call site {site.id}")
             elif name not in self.backends:
                 problems.append(f"unknown backend {name!r} for call site {site.id}")
             elif self.backends[name].function != site.function:
@@ -121,12 +128,20 @@ class Executor:
             raise InvalidDecision("; ".join(problems))
 
     def run(
-        self, program: Program, image: Any, decision: Decision, alternates: Mapping[str, Sequence[str]] | None = None
+        self,
+        program: Program,
+        image: Any,
+        decision: Decision,
+        alternates: Mapping[str, Sequence[str]] | None = None,
+        *,
+        candidates: Mapping[str, Collection[str]] | None = None,
     ) -> Trace:
         """Run ``program`` on ``image``; ``alternates`` lists, per call site, the backends to try
-        in order when the decided one keeps failing. Raises ValueError for a bad image, decision
-        or alternate; every failure of the program itself is reported in the trace."""
-        self.check_decision(program, decision)
+        in order when the decided one keeps failing. The decision is checked once, here (see
+        :meth:`check_decision`, with ``candidates``). Raises InvalidDecision (a ValueError) for a
+        bad decision or alternate and ImageError (a ValueError) for a bad image; every failure of
+        the program itself is reported in the trace."""
+        self.check_decision(program, decision, candidates)
         alternates = alternates or {}
         self._check_alternates(program, alternates)
         pixels = api.as_pixels(image)

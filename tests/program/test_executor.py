@@ -82,12 +82,21 @@ def test_decision_must_cover_every_site_with_a_backend_of_its_function(executor,
         executor.run(two_stage, frame, {**decision, "query@1:1": "vqa-small"})
 
 
+def test_candidates_restrict_the_decision(executor, frame, two_stage):
+    decision = mixed(two_stage)
+    allowed = {site_id: [name] for site_id, name in decision.items()}
+    assert executor.run(two_stage, frame, decision, candidates=allowed).error is None
+    narrowed = {**allowed, "find@6:15": ["detect-large"]}
+    with pytest.raises(InvalidDecision, match="backend 'detect-small' is not a candidate for call site find@6:15"):
+        executor.run(two_stage, frame, decision, candidates=narrowed)
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [
         (np.zeros((10, 10), np.float32), "uint8"),
         (np.zeros((10, 10, 5), np.uint8), "H x W x 3"),
-        (np.zeros((0, 10, 3), np.uint8), "no pixels"),
+        (np.zeros((0, 10, 3), np.uint8), "at least one pixel"),
     ],
 )
 def test_bad_images_are_refused(executor, two_stage, image, message):
