@@ -4,6 +4,12 @@ Prints the per-run time of the sandboxed executor and, for scale, of the same pr
 plain Python with the same backends (no validation, guards or trace). Both are measured in the
 same process, interleaved, so their ratio is meaningful on a noisy machine.
 
+Then the cost of deciding each call when it runs: the same program under a decider object that
+makes the same choices as the fixed decision (so the backends do the same work), measured
+interleaved with the fixed decision; the difference of the medians, divided by the 4 invocations,
+is what asking a decider costs per invocation (building the context, the call, checking the
+choice, recording the features in the trace).
+
     python -m benchmarks.executor_overhead [--runs N]
 """
 
@@ -16,7 +22,7 @@ import time
 import numpy as np
 
 from fmprog.backends import BackendRegistry, BackendSpec, Detection, Function
-from fmprog.program import Executor, compile_program
+from fmprog.program import Decider, Executor, InvocationContext, compile_program
 
 PROGRAM = """
 def execute_command(image):
@@ -41,6 +47,16 @@ class InstantDetector:
 class InstantVQA:
     def vqa(self, image, question):
         return "yes" if question.startswith("Is") else "red"
+
+
+class MappingDecider(Decider):
+    """The fixed decision asked as a decider: the same choices, decided at each invocation."""
+
+    def __init__(self, decision: dict[str, str]):
+        self.decision = decision
+
+    def decide(self, context: InvocationContext) -> str:
+        return self.decision[context.site_id]
 
 
 def _plain_python(image: np.ndarray, detector: InstantDetector, vqa: InstantVQA) -> str:
@@ -72,19 +88,30 @@ def main() -> None:
     image = np.zeros((64, 64, 3), np.uint8)
     assert executor.run(program, image, decision).answer == "yes"
 
-    sandboxed, plain = [], []
+    decider = MappingDecider(decision)
+    decided = executor.run(program, image, decider)
+    assert decided.answer == "yes" and all(i.features is not None for i in decided.invocations)
+
+    sandboxed, plain, lazy = [], [], []
     for _ in range(200):  # warm-up
         executor.run(program, image, decision)
         _plain_python(image, detector, vqa)
+        executor.run(program, image, decider)
     for _ in range(args.runs):
         t0 = time.perf_counter()
         trace = executor.run(program, image, decision)
         t1 = time.perf_counter()
         _plain_python(image, detector, vqa)
         t2 = time.perf_counter()
+        executor.run(program, image, decider)
+        t3 = time.perf_counter()
         sandboxed.append(t1 - t0)
         plain.append(t2 - t1)
+        lazy.append(t3 - t2)
     assert len(trace.invocations) == 4 and trace.error is None
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
 
     def row(name: str, xs: list[float]) -> str:
         xs = sorted(xs)
@@ -96,6 +123,14 @@ def main() -> None:
     print(row("plain python (for scale)", plain))
     print(f"ratio of medians: {sorted(sandboxed)[len(sandboxed) // 2] / sorted(plain)[len(plain) // 2]:.1f}x")
     print("target: under 0.5 ms per run for the sandboxed executor")
+    print()
+    n = len(trace.invocations)
+    print(f"deciding each call when it runs, {n} invocations per run, same runs")
+    print(row("fixed decision (mapping)", sandboxed))
+    print(row("decider object", lazy))
+    per_call = (median(lazy) - median(sandboxed)) / n
+    print(f"asking a decider, per invocation: {per_call * 1e3:.4f} ms (difference of medians / {n})")
+    print("target: under 0.1 ms per invocation")
 
 
 if __name__ == "__main__":

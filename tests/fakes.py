@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fmprog.backends import BackendRegistry, BackendSpec, Detection, Function
-from fmprog.program import Executor, Program, compile_program
+from fmprog.program import Decider, Executor, InvocationContext, Program, compile_program
 
 COSTS = {
     "detect-small": 172.0,
@@ -99,3 +99,26 @@ def run(executor: Executor, source: str, image: np.ndarray, size: str = "small")
 
 def box(x0: float, y0: float, x1: float, y1: float, score: float = 0.9) -> Detection:
     return Detection((x0, y0, x1, y1), score)
+
+
+class RecordingDecider(Decider):
+    """Decides with ``choose(context)`` (default: the small backend of the site's function) and
+    escalates with ``escalate_to(context, answer)`` (default: never); records what it was asked."""
+
+    def __init__(
+        self,
+        choose: Callable[[InvocationContext], str] | None = None,
+        escalate_to: Callable[[InvocationContext, str], str | None] | None = None,
+    ):
+        self.choose = choose or (lambda context: f"{context.function.value}-small")
+        self.escalate_to = escalate_to or (lambda context, answer: None)
+        self.contexts: list[InvocationContext] = []
+        self.escalations: list[tuple[InvocationContext, str]] = []
+
+    def decide(self, context: InvocationContext) -> str:
+        self.contexts.append(context)
+        return self.choose(context)
+
+    def escalate(self, context: InvocationContext, answer: str) -> str | None:
+        self.escalations.append((context, answer))
+        return self.escalate_to(context, answer)

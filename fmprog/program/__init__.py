@@ -3,24 +3,40 @@
 from fmprog.program.api import Frame, ImagePatch
 from fmprog.program.callsites import CallSite
 from fmprog.program.compiler import Program, compile_program
+from fmprog.program.deciders import CascadeDecider, Decider, EarlierOutput, InvocationContext, StaticDecider
 from fmprog.program.errors import InvalidDecision, Problem, ProgramHalt, ProgramRejected
-from fmprog.program.executor import Decision, Executor, Invocation, ProgramError, Trace
+from fmprog.program.executor import (
+    Decision,
+    Executor,
+    Invocation,
+    InvocationFeatures,
+    MemoHit,
+    ProgramError,
+    Trace,
+)
 from fmprog.program.sandbox import ExecutionLimits
 
 __all__ = [
     "CallSite",
+    "CascadeDecider",
+    "Decider",
     "Decision",
+    "EarlierOutput",
     "ExecutionLimits",
     "Executor",
     "Frame",
     "ImagePatch",
     "InvalidDecision",
     "Invocation",
+    "InvocationContext",
+    "InvocationFeatures",
+    "MemoHit",
     "Problem",
     "Program",
     "ProgramError",
     "ProgramHalt",
     "ProgramRejected",
+    "StaticDecider",
     "Trace",
     "compile_program",
 ]

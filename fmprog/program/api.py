@@ -33,20 +33,26 @@ class Invoker(Protocol):
         """The function of the call site being executed."""
         ...
 
-    def invoke(self, function: Function, *arguments: Any) -> Any:
+    def invoke(self, function: Function, *arguments: Any, patch: ImagePatch | None = None) -> Any:
         """One call of ``function`` (its single call's arguments, as in
-        ``fmprog.backends.functions``), charged to the current call site; returns its result."""
+        ``fmprog.backends.functions``) on ``patch`` (``None`` for a text-only call), charged to the
+        current call site; returns its result."""
         ...
 
 
 class Frame:
-    """An image handed to a program: opaque pixels plus the run that owns them."""
+    """An image handed to a program: opaque pixels plus the run that owns them. A patch's
+    ``cropped_image`` is a frame too; it remembers where its pixels lie in the run's frame
+    (``_root``): ``_left`` columns from its left edge, ``_top`` rows from its top."""
 
-    __slots__ = ("_invoker", "_pixels")
+    __slots__ = ("_invoker", "_left", "_pixels", "_root", "_top")
 
-    def __init__(self, pixels: np.ndarray, invoker: Invoker):
+    def __init__(self, pixels: np.ndarray, invoker: Invoker, root: Frame | None = None, left: int = 0, top: int = 0):
         self._pixels = pixels
         self._invoker = invoker
+        self._root = self if root is None else root
+        self._left = left
+        self._top = top
 
     @property
     def height(self) -> int:
@@ -73,10 +79,12 @@ def as_pixels(image: object) -> np.ndarray:
 
 
 class ImagePatch:
-    """A crop of the frame around an object, with its box in frame coordinates."""
+    """A crop of the frame around an object, with its box in frame coordinates. A patch ``find``
+    returned keeps its detector score in ``_score`` (for deciders; programs cannot read it)."""
 
     __slots__ = (
         "_frame",
+        "_score",
         "height",
         "horizontal_center",
         "left",
@@ -101,12 +109,13 @@ class ImagePatch:
             )
         self._set_box(image, *box)
 
-    def _set_box(self, frame: Frame, left, lower, right, upper) -> None:
+    def _set_box(self, frame: Frame, left, lower, right, upper, score: float | None = None) -> None:
         left, right = _clip(left, frame.width), _clip(right, frame.width)
         lower, upper = _clip(lower, frame.height), _clip(upper, frame.height)
         if right <= left or upper <= lower:
             raise ValueError("ImagePatch has no area")
         self._frame = frame
+        self._score = score
         self.left, self.lower, self.right, self.upper = left, lower, right, upper
         self.width = right - left
         self.height = upper - lower
@@ -114,9 +123,9 @@ class ImagePatch:
         self.vertical_center = (lower + upper) / 2
 
     @classmethod
-    def _at(cls, frame: Frame, left, lower, right, upper) -> ImagePatch:
+    def _at(cls, frame: Frame, left, lower, right, upper, score: float | None = None) -> ImagePatch:
         patch = cls.__new__(cls)
-        patch._set_box(frame, left, lower, right, upper)
+        patch._set_box(frame, left, lower, right, upper, score)
         return patch
 
     @property
@@ -127,15 +136,30 @@ class ImagePatch:
         rows = self._frame.height
         return self._frame._pixels[rows - self.upper : rows - self.lower, self.left : self.right]
 
+    def _frame_box(self) -> tuple[int, int, int, int]:
+        """``(left, lower, right, upper)`` in the run's frame, also for a patch of a cropped_image."""
+        frame = self._frame
+        if frame._root is frame:
+            return self.left, self.lower, self.right, self.upper
+        x, y = frame._left, frame._root.height - frame._top - frame.height  # this frame's lower left corner
+        return x + self.left, y + self.lower, x + self.right, y + self.upper
+
     @property
     def cropped_image(self) -> Frame:
-        return Frame(self._pixels(), self._invoker)
+        frame = self._frame
+        return Frame(
+            self._pixels(),
+            self._invoker,
+            frame._root,
+            frame._left + self.left,
+            frame._top + frame.height - self.upper,
+        )
 
     # Routed methods: each runs backend invocations charged to the call site that called it.
 
     def find(self, object_name: str) -> list[ImagePatch]:
         """Patches of the objects matching ``object_name`` in this patch, best score first."""
-        detections = self._invoker.invoke(Function.detect, self._pixels(), str(object_name))
+        detections = self._invoker.invoke(Function.detect, self._pixels(), str(object_name), patch=self)
         patches = []
         for det in sorted(detections, key=lambda d: -d.score):
             x0, y0, x1, y1 = det.box
@@ -147,6 +171,7 @@ class ImagePatch:
                         self.upper - round(y1),
                         self.left + round(x1),
                         self.upper - round(y0),
+                        float(det.score),
                     )
                 )
             except ValueError:  # a box with no area inside this patch
@@ -158,7 +183,7 @@ class ImagePatch:
         object_name = str(object_name)
         if self._invoker.function == Function.vqa and is_numeric_name(object_name):
             wanted = object_name.lower().replace("number", "").strip()
-            answer = self._invoker.invoke(Function.vqa, self._pixels(), NUMBER_QUESTION)
+            answer = self._invoker.invoke(Function.vqa, self._pixels(), NUMBER_QUESTION, patch=self)
             try:
                 return word_to_num(answer) == word_to_num(wanted)
             except ValueError:
@@ -167,12 +192,13 @@ class ImagePatch:
 
     def verify_property(self, object_name: str, attribute: str) -> bool:
         """Whether the object in this patch has the visual property (one VQA question)."""
-        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Is this {object_name} {attribute}?")
+        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Is this {object_name} {attribute}?", patch=self)
         return "yes" in answer.lower()
 
     def query(self, question: str | None = None) -> str:
         """A short answer to a perception question about this patch."""
-        return self._invoker.invoke(Function.vqa, self._pixels(), DEFAULT_QUERY if question is None else str(question))
+        question = DEFAULT_QUERY if question is None else str(question)
+        return self._invoker.invoke(Function.vqa, self._pixels(), question, patch=self)
 
     simple_query = query
 
@@ -182,7 +208,8 @@ class ImagePatch:
         if not options:
             raise ValueError("best_text_match needs at least one option")
         shown = [f"{prefix} {o}" if prefix else o for o in options]
-        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Which of these is it: {', '.join(shown)}?")
+        question = f"Which of these is it: {', '.join(shown)}?"
+        answer = self._invoker.invoke(Function.vqa, self._pixels(), question, patch=self)
         return _closest_option(answer, options)
 
     def llm_query(self, question: str, long_answer: bool = True) -> str:
@@ -191,7 +218,7 @@ class ImagePatch:
 
     def read_text(self) -> str:
         """The text written in this patch (a word, a number), "" when there is none."""
-        return self._invoker.invoke(Function.ocr, self._pixels())
+        return self._invoker.invoke(Function.ocr, self._pixels(), patch=self)
 
     # Unrouted helpers.
 

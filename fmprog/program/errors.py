@@ -61,6 +61,13 @@ class UnsupportedFunction(ProgramHalt):
     kind = "unsupported"
 
 
+class InvalidChoice(ProgramHalt):
+    """A decider asked while the program runs failed, or named a backend the call site may not use
+    (unknown, of another function, or not among the site's candidates)."""
+
+    kind = "invalid_decision"
+
+
 class BackendFailure(ProgramHalt):
     """A backend raised, or answered with something malformed."""
 

@@ -1,6 +1,8 @@
 """Run a validated program on one frame under a decision, and trace what it cost.
 
-A *decision* maps every call site of the program to a backend of the site's function. Each
+A *decision* maps every call site of the program to a backend of the site's function; a
+``Decider`` (``fmprog.program.deciders``) chooses instead at each invocation, when it runs, and may
+escalate a VQA, LLM or OCR answer to a dearer backend. Each
 backend invocation is charged exactly once, to the call site the program wrote (nested
 invocations, such as the detection inside ``exists``, belong to that site). Short-circuited sites
 make no invocation and cost nothing.
@@ -11,12 +13,16 @@ site's ``alternates`` (other backends of the same function) once, in order. Ever
 invocation in the trace and is charged; ``attempt`` numbers the tries of one call and
 ``fallback_from`` names the decided backend when another one ran instead. The run stops with a
 ``backend_error`` only when every attempt failed.
+
+Detections are memoised per run: the same detector backend asked for the same noun on the same box
+(``exists("car")`` then ``find("car")``) answers from memory. Such a call is no invocation (nothing
+ran, nothing is charged); the trace lists it in ``memo_hits`` and its site among the executed ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
@@ -24,11 +30,18 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
-from fmprog.backends.functions import FUNCTIONS, MalformedResult
+from fmprog.backends.functions import FUNCTIONS, Detection, MalformedResult
 from fmprog.program import api
 from fmprog.program.callsites import CallSite
 from fmprog.program.compiler import Program
-from fmprog.program.errors import BackendFailure, InvalidDecision, ProgramHalt, SandboxViolation
+from fmprog.program.deciders import (
+    MAX_ANSWER_CHARS,
+    Decider,
+    EarlierOutput,
+    InvocationContext,
+    StaticDecider,
+)
+from fmprog.program.errors import BackendFailure, InvalidChoice, InvalidDecision, ProgramHalt, SandboxViolation
 from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
 
 Decision = Mapping[str, str]
@@ -41,7 +54,31 @@ ErrorKind = Literal[
     "sandbox_violation",
     "unsupported",
     "backend_error",
+    "invalid_decision",
 ]
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class InvocationFeatures(BaseModel):
+    """What a decider saw before an invocation and what the invocation answered: the features a
+    policy learns from (recorded when a ``Decider`` ran the program)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call: int = Field(description="The call's position in the run (calls decided before it).")
+    site_calls: int = Field(description="Calls this site made before this one in the run.")
+    sites_left: int = Field(description="Call sites not yet run when the call was decided.")
+    box: tuple[int, int, int, int] | None = Field(
+        default=None, description="The patch (left, lower, right, upper) in frame coordinates; none for text calls."
+    )
+    area: float | None = Field(default=None, description="The patch's share of the frame's area.")
+    score: float | None = Field(default=None, description="The detector score that found the patch.")
+    boxes: int | None = Field(default=None, description="Detections: how many boxes were returned.")
+    top_score: float | None = Field(default=None, description="Detections: the best box's score.")
+    answer: str | None = Field(default=None, description="VQA, LLM, OCR: the answer (cut to 200 characters).")
 
 
 class Invocation(BaseModel):
@@ -58,6 +95,24 @@ class Invocation(BaseModel):
     attempt: int = Field(default=1, ge=1, description="1 for the first try of a call, 2 for its retry, ...")
     fallback_from: str | None = Field(default=None, description="The decided backend, when another one ran.")
     error: str | None = None
+    # Set only when a Decider ran the program; left out of the dump when unset, so a run under a
+    # fixed decision serialises exactly as before.
+    escalated_from: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="The backend whose answer the decider re-asked this one about.",
+    )
+    features: InvocationFeatures | None = Field(default=None, exclude_if=_is_none)
+
+
+class MemoHit(BaseModel):
+    """A detection answered from this run's memory instead of invoking the backend again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    site_id: str
+    backend: str
+    call: int = Field(description="The call's position in the run, as in InvocationFeatures.call.")
 
 
 class ProgramError(BaseModel):
@@ -79,6 +134,7 @@ class Trace(BaseModel):
     latency_s: float
     steps: int
     output: str = ""
+    memo_hits: list[MemoHit] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -110,45 +166,64 @@ class Executor:
         problems = []
         for site in program.call_sites:
             name = decision.get(site.id)
-            if name is None:
-                problems.append(f"no backend for call site {site.id}")
-            elif candidates is not None and name not in candidates.get(site.id, ()):
-                problems.append(f"backend {name!r} is not a candidate for call site {site.id}")
-            elif name not in self.backends:
-                problems.append(f"unknown backend {name!r} for call site {site.id}")
-            elif self.backends[name].function != site.function:
-                problems.append(
-                    f"backend {name!r} serves {self.backends[name].function.value}, "
-                    f"but call site {site.id} needs {site.function.value}"
-                )
+            problem = (
+                f"no backend for call site {site.id}" if name is None else self._choice_problem(site, name, candidates)
+            )
+            if problem is not None:
+                problems.append(problem)
         unknown = sorted(set(decision) - {s.id for s in program.call_sites})
         if unknown:
             problems.append(f"decision names sites the program does not have: {', '.join(unknown)}")
         if problems:
             raise InvalidDecision("; ".join(problems))
 
+    def _choice_problem(
+        self, site: CallSite, name: str, candidates: Mapping[str, Collection[str]] | None
+    ) -> str | None:
+        """Why ``name`` may not serve ``site`` (None when it may)."""
+        if candidates is not None and name not in candidates.get(site.id, ()):
+            return f"backend {name!r} is not a candidate for call site {site.id}"
+        if name not in self.backends:
+            return f"unknown backend {name!r} for call site {site.id}"
+        if self.backends[name].function != site.function:
+            return (
+                f"backend {name!r} serves {self.backends[name].function.value}, "
+                f"but call site {site.id} needs {site.function.value}"
+            )
+        return None
+
     def run(
         self,
         program: Program,
         image: Any,
-        decision: Decision,
+        decision: Decision | Decider,
         alternates: Mapping[str, Sequence[str]] | None = None,
         *,
         candidates: Mapping[str, Collection[str]] | None = None,
     ) -> Trace:
         """Run ``program`` on ``image``; ``alternates`` lists, per call site, the backends to try
-        in order when the decided one keeps failing. The decision is checked once, here (see
-        :meth:`check_decision`, with ``candidates``). Raises InvalidDecision (a ValueError) for a
-        bad decision or alternate and ImageError (a ValueError) for a bad image; every failure of
-        the program itself is reported in the trace."""
-        self.check_decision(program, decision, candidates)
+        in order when the decided one keeps failing. A decision (a mapping, or a ``StaticDecider``)
+        is checked once, here (see :meth:`check_decision`, with ``candidates``); a ``Decider`` is
+        asked at each invocation and each backend it names is checked when named (an unfit one
+        stops the run with ``invalid_decision``). Raises InvalidDecision (a ValueError) for a bad
+        decision or alternate and ImageError (a ValueError) for a bad image; every failure of the
+        program itself is reported in the trace."""
+        if isinstance(decision, StaticDecider):
+            decision = decision.decision
+        if not isinstance(decision, Decider):
+            self.check_decision(program, decision, candidates)
         alternates = alternates or {}
         self._check_alternates(program, alternates)
         pixels = api.as_pixels(image)
         started = perf_counter()
         guards = RunGuards(self.limits, started)
-        plans = {site.id: self._attempts(decision[site.id], alternates.get(site.id, ())) for site in program.call_sites}
-        run = _Run(self.backends, program, plans, guards)
+        if isinstance(decision, Decider):
+            run = _Run(self, program, guards, alternates, decider=decision, candidates=candidates)
+        else:
+            plans = {
+                site.id: self._attempts(decision[site.id], alternates.get(site.id, ())) for site in program.call_sites
+            }
+            run = _Run(self, program, guards, alternates, plans=plans)
         answer: JsonValue = None
         error = None
         try:
@@ -168,11 +243,12 @@ class Executor:
             answer=answer,
             error=error,
             invocations=invocations,
-            executed_sites=list(dict.fromkeys(i.site_id for i in invocations)),
+            executed_sites=run.executed_sites,
             cost=math.fsum(i.cost for i in invocations),
             latency_s=perf_counter() - started,
             steps=guards.steps,
             output=guards.output,
+            memo_hits=run.memo_hits,
         )
 
     def _check_alternates(self, program: Program, alternates: Mapping[str, Sequence[str]]) -> None:
@@ -193,17 +269,44 @@ class Executor:
 
 
 class _Run:
-    """One run's state; the ``Invoker`` the program API charges model calls to."""
+    """One run's state; the ``Invoker`` the program API charges model calls to.
+
+    Under a decision fixed up front (``plans`` given) each call follows its site's plan; under a
+    ``Decider`` each call builds an ``InvocationContext``, asks the decider, checks its choice and
+    records the context's features with the invocations. Detections are memoised per run: the
+    same detector asked for the same noun on the same box answers from memory, at no cost."""
 
     def __init__(
-        self, backends: BackendRegistry, program: Program, plans: Mapping[str, list[tuple[str, int]]], guards: RunGuards
+        self,
+        executor: Executor,
+        program: Program,
+        guards: RunGuards,
+        alternates: Mapping[str, Sequence[str]],
+        *,
+        plans: Mapping[str, list[tuple[str, int]]] | None = None,
+        decider: Decider | None = None,
+        candidates: Mapping[str, Collection[str]] | None = None,
     ):
-        self._backends = backends
+        self._executor = executor
+        self._backends = executor.backends
         self._sites = {site.id: site for site in program.call_sites}
-        self._plans = plans
+        self._plans: dict[Any, list[tuple[str, int]]] = dict(plans or {})
+        self._decider = decider
+        self._alternates = alternates
+        self._candidates = candidates
         self._guards = guards
         self._site: CallSite | None = None
+        self._calls = 0
+        self._site_calls: dict[str, int] = {}
+        self._executed: dict[str, None] = {}
+        self._memo: dict[tuple[str, str, int, int, int, int], list[Detection]] = {}
+        self._earlier: list[EarlierOutput] = []
         self.invocations: list[Invocation] = []
+        self.memo_hits: list[MemoHit] = []
+
+    @property
+    def executed_sites(self) -> list[str]:
+        return list(self._executed)
 
     def routed(self, site_id: str, receiver: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         """Entry point of every routed call in the program's source."""
@@ -229,16 +332,95 @@ class _Run:
             raise SandboxViolation("models can only be called through a routed call")
         return self._site
 
-    def invoke(self, function: Function, *arguments: Any) -> Any:
-        """Call the site's backend with one call of ``function`` (the table's ``check`` validates
-        and converts its answer), retrying and falling back as planned; raise BackendFailure when
-        every attempt failed."""
-        record = FUNCTIONS[function]
+    def invoke(self, function: Function, *arguments: Any, patch: api.ImagePatch | None = None) -> Any:
+        """Call the backend decided for this call with one call of ``function`` (the table's
+        ``check`` validates and converts its answer), retrying and falling back as planned, and
+        escalating when the decider says so; raise BackendFailure when every attempt failed."""
         site = self._current()
         if site.function != function:
             raise SandboxViolation(f"call site {site.id} is routed to {site.function.value}, not {function.value}")
-        plan = self._plans[site.id]
-        decided = plan[0][0]
+        context = None
+        if self._decider is None:
+            name = self._plans[site.id][0][0]
+        else:
+            context = self._context(site, patch)
+            name = self._ask(site, "decide", self._decider.decide, context)
+        call = self._calls
+        self._calls += 1
+        self._site_calls[site.id] = self._site_calls.get(site.id, 0) + 1
+        self._executed[site.id] = None
+        memo_key = None
+        if function == Function.detect and patch is not None:
+            memo_key = (str(arguments[-1]), *patch._frame_box())
+            remembered = self._memo.get((name, *memo_key))
+            if remembered is not None:
+                self.memo_hits.append(MemoHit(site_id=site.id, backend=name, call=call))
+                return remembered
+        result, answered_by = self._attempt(site, function, name, arguments, context, None)
+        if memo_key is not None:
+            self._memo[(answered_by, *memo_key)] = result
+        elif context is not None and function != Function.detect:
+            dearer = self._ask(site, "escalate", self._decider.escalate, context, result)  # type: ignore[union-attr]
+            if dearer is not None:
+                if dearer == answered_by:
+                    raise InvalidChoice(f"the decider escalated {site.id} to {dearer!r}, which already answered")
+                result, _ = self._attempt(site, function, dearer, arguments, context, answered_by)
+        return result
+
+    def _context(self, site: CallSite, patch: api.ImagePatch | None) -> InvocationContext:
+        box = area = score = None
+        if patch is not None:
+            root = patch._frame._root
+            box = patch._frame_box()
+            area = patch.width * patch.height / (root.width * root.height)
+            score = patch._score
+        return InvocationContext(
+            site_id=site.id,
+            function=site.function,
+            method=site.method,
+            index=self._calls,
+            site_calls=self._site_calls.get(site.id, 0),
+            box=box,
+            area=area,
+            score=score,
+            earlier=tuple(self._earlier),
+            sites_left=len(self._sites) - len(self._executed),
+        )
+
+    def _ask(self, site: CallSite, what: str, ask: Callable[..., str | None], *arguments: Any) -> str | None:
+        """The decider's answer to ``decide`` or ``escalate``, checked: InvalidChoice if it raised
+        or named a backend this site may not use."""
+        try:
+            name = ask(*arguments)
+        except ProgramHalt:
+            raise
+        except Exception as exc:
+            raise InvalidChoice(f"the decider failed to {what} at {site.id}: {type(exc).__name__}: {exc}") from None
+        if name is None and what == "escalate":
+            return None
+        if not isinstance(name, str):
+            raise InvalidChoice(f"the decider answered {type(name).__name__} for {site.id}, not a backend name")
+        problem = self._executor._choice_problem(site, name, self._candidates)
+        if problem is not None:
+            raise InvalidChoice(problem)
+        return name
+
+    def _attempt(
+        self,
+        site: CallSite,
+        function: Function,
+        chosen: str,
+        arguments: tuple[Any, ...],
+        context: InvocationContext | None,
+        escalated_from: str | None,
+    ) -> tuple[Any, str]:
+        """One call: ``chosen`` 1 + retries times, then each alternate once; the result and the
+        backend that gave it."""
+        record = FUNCTIONS[function]
+        plan = self._plans.get(site.id) if context is None else self._plans.get((site.id, chosen))
+        if plan is None:
+            plan = self._executor._attempts(chosen, self._alternates.get(site.id, ()))
+            self._plans[(site.id, chosen)] = plan
         for name, attempt in plan:
             backend = self._backends[name]
             self._guards.check_deadline()
@@ -252,23 +434,58 @@ class _Run:
                 error = str(exc)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            latency = perf_counter() - started
+            features = None
+            if context is not None:
+                output = _output(site, function, name, result) if error is None else None
+                if output is not None:
+                    self._earlier.append(output)
+                features = _features(context, output)
             self.invocations.append(
                 Invocation(
                     site_id=site.id,
                     function=function,
                     backend=name,
                     cost=backend.cost,
-                    latency_s=perf_counter() - started,
+                    latency_s=latency,
                     ok=error is None,
                     attempt=attempt,
-                    fallback_from=decided if name != decided else None,
+                    fallback_from=chosen if name != chosen else None,
                     error=error,
+                    escalated_from=escalated_from,
+                    features=features,
                 )
             )
             if error is None:
-                return result
+                return result, name
         tries = f" (after {len(plan)} attempts)" if len(plan) > 1 else ""
         raise BackendFailure(f"backend {plan[-1][0]!r} failed at {site.id}{tries}: {error}")
+
+
+def _output(site: CallSite, function: Function, backend: str, result: Any) -> EarlierOutput:
+    if function == Function.detect:
+        return EarlierOutput(
+            site_id=site.id,
+            function=function,
+            backend=backend,
+            boxes=len(result),
+            top_score=max((d.score for d in result), default=None),
+        )
+    return EarlierOutput(site_id=site.id, function=function, backend=backend, answer=result[:MAX_ANSWER_CHARS])
+
+
+def _features(context: InvocationContext, output: EarlierOutput | None) -> InvocationFeatures:
+    return InvocationFeatures(
+        call=context.index,
+        site_calls=context.site_calls,
+        sites_left=context.sites_left,
+        box=context.box,
+        area=context.area,
+        score=context.score,
+        boxes=None if output is None else output.boxes,
+        top_score=None if output is None else output.top_score,
+        answer=None if output is None else output.answer,
+    )
 
 
 def _program_line(exc: BaseException) -> int | None:
