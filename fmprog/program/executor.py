@@ -148,14 +148,23 @@ class Trace(BaseModel):
 
 class Executor:
     """Runs programs against a registry of backends, within per-run limits; a failed backend
-    call is retried ``retries`` times before the site's alternates are tried."""
+    call is retried ``retries`` times before the site's alternates are tried; with ``memoise``
+    (the default) a run remembers its detections."""
 
-    def __init__(self, backends: BackendRegistry, limits: ExecutionLimits | None = None, *, retries: int = 0):
+    def __init__(
+        self,
+        backends: BackendRegistry,
+        limits: ExecutionLimits | None = None,
+        *,
+        retries: int = 0,
+        memoise: bool = True,
+    ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.backends = backends
         self.limits = limits or ExecutionLimits()
         self.retries = retries
+        self.memoise = memoise
 
     def check_decision(
         self, program: Program, decision: Decision, candidates: Mapping[str, Collection[str]] | None = None
@@ -345,12 +354,12 @@ class _Run:
         else:
             context = self._context(site, patch)
             name = self._ask(site, "decide", self._decider.decide, context)
+            self._site_calls[site.id] = context.site_calls + 1
         call = self._calls
         self._calls += 1
-        self._site_calls[site.id] = self._site_calls.get(site.id, 0) + 1
         self._executed[site.id] = None
         memo_key = None
-        if function == Function.detect and patch is not None:
+        if function == Function.detect and patch is not None and self._executor.memoise:
             memo_key = (str(arguments[-1]), *patch._frame_box())
             remembered = self._memo.get((name, *memo_key))
             if remembered is not None:
@@ -435,12 +444,12 @@ class _Run:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             latency = perf_counter() - started
-            features = None
+            decided: dict[str, Any] = {}  # under a decider only: a fixed decision's trace stays as it was
             if context is not None:
                 output = _output(site, function, name, result) if error is None else None
                 if output is not None:
                     self._earlier.append(output)
-                features = _features(context, output)
+                decided = {"escalated_from": escalated_from, "features": _features(context, output)}
             self.invocations.append(
                 Invocation(
                     site_id=site.id,
@@ -452,8 +461,7 @@ class _Run:
                     attempt=attempt,
                     fallback_from=chosen if name != chosen else None,
                     error=error,
-                    escalated_from=escalated_from,
-                    features=features,
+                    **decided,
                 )
             )
             if error is None:

@@ -389,3 +389,11 @@ def execute_command(image):
     # the crop's pixels, so its detection is remembered
     assert [shape for shape, _ in zoo.models["detect-small"].calls] == [(40, 40, 3), (40, 40, 3)]
     assert [hit.call for hit in trace.memo_hits] == [2]
+
+
+def test_memoising_can_be_turned_off(zoo, frame):
+    program = compile_program(EXISTS_THEN_FIND)
+    zoo.set_boxes({"car": [box(10, 0, 40, 40)]})
+    trace = Executor(zoo.registry(), memoise=False).run(program, frame, all_of(program, "small"))
+    assert len(zoo.models["detect-small"].calls) == 2 and len(trace.invocations) == 2 and trace.memo_hits == []
+    assert trace.cost == 2 * COSTS["detect-small"]
