@@ -25,7 +25,7 @@ from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_respo
 from router.errors import Conflict, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
-from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.service import RouterService
 from router.settings import RouterSettings
 from router.store import Store
@@ -33,6 +33,9 @@ from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, syn
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+MAX_OFFSET = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
 
 
 class AnswerRequest(BaseModel):
@@ -173,8 +176,8 @@ def create_app(
     @app.get("/programs", response_model=list[ProgramPublic], responses=error_responses(401))
     async def list_programs(
         request: Request,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> list[ProgramPublic]:
         return _service(request).programs.list_programs(limit=limit, offset=offset)
 
@@ -220,8 +223,17 @@ def create_app(
     async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
         return await run_in_threadpool(_service(request).feedback, body)
 
-    add_operations_routes(app, lambda service: {"policy_outbox": service.outbox.pending()})
+    @app.get("/dead-letters", response_model=list[DeadLetter], responses=error_responses(401, 422))
+    async def dead_letters(request: Request, limit: Limit = 100, offset: Offset = 0) -> list[DeadLetter]:
+        """Messages for the policy that it refused (feedback, registrations, deletes), oldest first."""
+        return _service(request).dead_letters(limit=limit, offset=offset)
+
+    add_operations_routes(app, _readiness)
     return app
+
+
+def _readiness(service: RouterService) -> dict[str, int]:
+    return {"policy_outbox": service.outbox.pending(), "policy_dead_letters": service.store.count_dead_letters()}
 
 
 async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None]:

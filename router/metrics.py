@@ -92,6 +92,13 @@ class RouterMetrics:
             "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
         )
         self.outbox = Gauge("fmprog_policy_outbox", "Policy messages waiting for delivery.", registry=r)
+        self.dead_letters = Counter(
+            "fmprog_policy_dead_letters",
+            "Policy messages the policy refused, kept as dead letters (GET /dead-letters), by kind "
+            "(register, feedback, delete).",
+            ["kind"],
+            registry=r,
+        )
         self.syntheses = Counter(
             "fmprog_syntheses_total",
             "Programs synthesised from queries, by outcome (synthesised, cached, failed, unavailable).",

@@ -26,7 +26,7 @@ from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
-from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.store import Store
 from router.synthesis import ProgramSynthesizer
 
@@ -190,11 +190,18 @@ class RouterService:
         self.outbox.put(kind, program_id, message)
         self.deliver()
 
+    def _dead_lettered(self, kind: str) -> None:
+        self.metrics.dead_letters.labels(kind).inc()
+
+    def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Policy messages the policy refused, oldest first (kept for an operator)."""
+        return self.store.list_dead_letters(limit=limit, offset=offset)
+
     def deliver(self) -> int:
         """Deliver queued policy messages, oldest first; returns how many were delivered."""
         if self.policy is None:
             return 0
         with self._delivery:
-            delivered = self.outbox.deliver(self.policy)
+            delivered = self.outbox.deliver(self.policy, self._dead_lettered)
             self.metrics.outbox.set(self.outbox.pending())
         return delivered
