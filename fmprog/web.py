@@ -76,6 +76,32 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
+def declare_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document say what every error reply is: the ``ErrorResponse`` shape (a
+    ``detail`` string), including the 422 FastAPI adds by itself to routes with parameters (its
+    ``HTTPValidationError``, a list, which ``validation_error_handler`` never returns)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ours = "#/components/schemas/ErrorResponse"
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for code, response in operation.get("responses", {}).items():
+                    if str(code)[0] in "45":
+                        response["content"] = {"application/json": {"schema": {"$ref": ours}}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["ErrorResponse"] = ErrorResponse.model_json_schema()
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     """422 with one readable line per problem, each naming its field: ``body.label: Field required``."""
     if not isinstance(exc, RequestValidationError):

@@ -16,7 +16,14 @@ from pydantic import ValidationError
 
 from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from fmprog.images import ImageError, base64_bytes, decode_image
-from fmprog.web import BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
+from fmprog.web import (
+    BodyLimit,
+    add_operations_routes,
+    declare_error_shape,
+    error_responses,
+    every,
+    validation_error_handler,
+)
 from policy.schemas import DecideRequest, FeedbackAccepted, PolicyInfo, SpecAccepted
 from policy.service import DuplicateDecision, FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
@@ -59,6 +66,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     app = FastAPI(title="fmprog policy", description="Per-program backend choice, learned online.", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    declare_error_shape(app)
 
     @app.exception_handler(UnknownPolicy)
     @app.exception_handler(UnknownDecision)

@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
-from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
+from fmprog.web import (
+    BearerAuth,
+    BodyLimit,
+    add_operations_routes,
+    declare_error_shape,
+    error_responses,
+    every,
+    validation_error_handler,
+)
 from router.errors import Conflict, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
@@ -162,6 +170,7 @@ def create_app(
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    declare_error_shape(app)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
@@ -193,7 +202,7 @@ def create_app(
     @app.post(
         "/answer",
         response_model=AnswerResult,
-        responses=error_responses(401, 404, 413, 422),
+        responses=error_responses(400, 401, 404, 413, 422),
         openapi_extra={
             "requestBody": {
                 "content": {
