@@ -71,6 +71,7 @@ def _up(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             num_cpus=args.num_cpus,
             api_key=args.api_key or None,
+            **_policy_key(),
         )
     except ValidationError as exc:
         for error in exc.errors():
@@ -79,6 +80,13 @@ def _up(args: argparse.Namespace) -> int:
             print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
         return 2
     return up(settings)
+
+
+def _policy_key() -> dict[str, str]:
+    """The policy's bearer key from ``$FMPROG_POLICY_API_KEY`` when set (a caller that talks to the
+    policy itself, such as StackProcess), else none: ``fmprog up`` makes a random one."""
+    key = os.environ.get("FMPROG_POLICY_API_KEY", "")
+    return {"policy_api_key": key} if key else {}
 
 
 def _serve_config(args: argparse.Namespace) -> int:

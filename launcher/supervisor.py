@@ -235,8 +235,18 @@ def _error(line: str) -> None:
     print(f"error: {line}", file=sys.stderr, flush=True)
 
 
-ROUTER_FIELDS = {"database", "backends_config", "backends", "serve_url", "policy_url", "api_key", "host", "port"}
-POLICY_FIELDS = {"state_dir", "host", "port"}
+ROUTER_FIELDS = {
+    "database",
+    "backends_config",
+    "backends",
+    "serve_url",
+    "policy_url",
+    "policy_api_key",
+    "api_key",
+    "host",
+    "port",
+}
+POLICY_FIELDS = {"state_dir", "api_key", "host", "port"}
 
 
 def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: Callable[[str], None] = _error) -> int:

@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from fmprog.images import ImageError, base64_bytes, decode_image
 from fmprog.web import (
+    BearerAuth,
     BodyLimit,
+    LoopbackOnly,
     add_operations_routes,
     declare_error_shape,
     error_responses,
@@ -28,6 +30,7 @@ from policy.schemas import DecideRequest, FeedbackAccepted, PolicyInfo, SpecAcce
 from policy.service import DuplicateDecision, FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 RAW_IMAGE_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
 DECIDE_BODY = {
     "requestBody": {
@@ -65,6 +68,10 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="fmprog policy", description="Per-program backend choice, learned online.", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    else:
+        app.add_middleware(LoopbackOnly, setting="FMPROG_POLICY_API_KEY")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     declare_error_shape(app)
 

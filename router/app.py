@@ -24,6 +24,7 @@ from fmprog.images import ImageError, base64_bytes
 from fmprog.web import (
     BearerAuth,
     BodyLimit,
+    LoopbackOnly,
     add_operations_routes,
     declare_error_shape,
     error_responses,
@@ -132,7 +133,8 @@ def create_app(
         the_backends = backends or _serve_backends(the_catalog, settings)
         the_policy = policy
         if the_policy is None and settings.policy_url:
-            the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s)
+            key = settings.policy_api_key.get_secret_value() if settings.policy_api_key else None
+            the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s, api_key=key)
         store, outbox = Store(settings.database), Outbox(settings.database)
         synthesizer, synthesis_off, owned_model = _synthesizer(settings, the_catalog, the_backends, store, synthesis)
         if owned_model is not None and settings.synthesis_preload:
@@ -169,6 +171,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    else:
+        app.add_middleware(LoopbackOnly, setting="FMPROG_ROUTER_API_KEY")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     declare_error_shape(app)
 

@@ -6,11 +6,13 @@ and the whole cluster stopped by SIGTERM. Plus the settings' validation, without
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +25,7 @@ from pydantic import SecretStr, ValidationError
 from fmprog.backends.config import ConfigError, load_catalog
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
+from fmprog.web import is_loopback
 from launcher.process import StackProcess, up_arguments
 from launcher.settings import StackSettings
 from launcher.supervisor import child_env
@@ -92,13 +95,14 @@ def test_answer_feedback_learn_and_metrics(cluster):
     settings, _ = cluster
     router, policy = settings.router_url, settings.policy_url
     http = httpx.Client(timeout=60)
+    key = {"authorization": f"Bearer {settings.policy_api_key.get_secret_value()}"}
     registered = http.post(
         f"{router}/programs", json={"source": PROGRAM, "kind": "binary", "lambda": 100.0, "algorithm": "fast"}
     )
     assert registered.status_code == 201, registered.text
     program = registered.json()
     assert {c["name"] for site in program["call_sites"] for c in site["candidates"]} == set(VISION)
-    before = http.get(f"{policy}/policies/{program['id']}").json()
+    before = http.get(f"{policy}/policies/{program['id']}", headers=key).json()
     assert before["algorithm"] == "fast" and before["observed"] == 0
 
     answers, labels = [], []
@@ -125,7 +129,7 @@ def test_answer_feedback_learn_and_metrics(cluster):
 
     # The policy learned from every label: observed went from 0 to 30, and it decided differently.
     deadline = time.monotonic() + 10
-    while (after := http.get(f"{policy}/policies/{program['id']}").json())["observed"] < len(answers):
+    while (after := http.get(f"{policy}/policies/{program['id']}", headers=key).json())["observed"] < len(answers):
         assert time.monotonic() < deadline, after
         time.sleep(0.1)
     assert after["observed"] == len(answers) and after["pending"] == 0
@@ -200,6 +204,35 @@ def test_non_image_bytes_are_422(cluster):
     )
     assert upload.status_code == 422 and "image" in upload.json()["detail"]
     assert httpx.get(f"{router}/readyz").status_code == 200  # still serving
+
+
+def test_the_policy_needs_its_key_and_everything_listens_on_loopback(cluster):
+    """The policy refuses requests without the key fmprog up gave it (the router has it); nothing of
+    the cluster, Ray's own processes included, listens beyond 127.0.0.1."""
+    settings, stack = cluster
+    policy = settings.policy_url
+    assert httpx.get(f"{policy}/policies").status_code == 401
+    assert httpx.delete(f"{policy}/policies/{'0' * 32}").status_code == 401
+    assert httpx.get(f"{policy}/readyz").status_code == 200
+    pids = _tree(stack.process.pid)
+    ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    listening = {(line.split()[3], line.split()[5]) for line in ss if any(f"pid={pid}," in line for pid in pids)}
+    assert len(listening) > 5  # the router, the policy, the proxy, Ray's GCS, raylet, agents ...
+    # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0 in its code (replica.py),
+    # whatever the node's address: the one exception, named in the README.
+    outside = [(a, who) for a, who in listening if not is_loopback(a.rsplit(":", 1)[0].strip("[]"))]
+    assert outside and all("ray::ServeRepli" in who for _, who in outside), sorted(outside)
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants."""
+    pids, todo = set(), [pid]
+    while todo:
+        pids.add(current := todo.pop())
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in children.read_text().split()]
+    return pids
 
 
 def test_sigterm_stops_everything(cluster):
