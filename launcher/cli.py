@@ -71,6 +71,8 @@ def _up(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             num_cpus=args.num_cpus,
             api_key=args.api_key or None,
+            max_restarts=args.max_restarts,
+            restart_window_s=args.restart_window,
             **_policy_key(),
         )
     except ValidationError as exc:
@@ -155,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("FMPROG_ROUTER_API_KEY"),
         help="the router's bearer key, at least 16 characters (default: $FMPROG_ROUTER_API_KEY)",
+    )
+    stack.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="a service that dies is restarted (exponential backoff with jitter); one that dies more often than "
+        "this within --restart-window stops the cluster with exit 1 (default: %(default)s)",
+    )
+    stack.add_argument(
+        "--restart-window", type=float, default=300.0, help="seconds the restarts are counted in (default: %(default)s)"
     )
     stack.set_defaults(handler=_up)
 

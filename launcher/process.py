@@ -33,6 +33,7 @@ def up_arguments(settings: StackSettings) -> list[str]:
         arguments += ["--backends", ",".join(settings.backends)]
     if settings.num_cpus is not None:
         arguments += ["--num-cpus", f"{settings.num_cpus:g}"]
+    arguments += ["--max-restarts", str(settings.max_restarts), "--restart-window", f"{settings.restart_window_s:g}"]
     return arguments
 
 

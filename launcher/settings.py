@@ -69,6 +69,14 @@ class StackSettings(BaseModel):
     )
     ready_timeout_s: float = Field(default=180.0, gt=0, description="Wait this long for the services to answer.")
     stop_timeout_s: float = Field(default=15.0, gt=0, description="Wait this long for a service to stop, then kill.")
+    restart_backoff_s: float = Field(
+        default=0.5, gt=0, description="Wait before restarting a service that died; doubled for each recent death."
+    )
+    restart_backoff_max_s: float = Field(default=30.0, gt=0, description="The longest wait before a restart.")
+    max_restarts: int = Field(
+        default=5, ge=0, description="Restarts of a service within restart_window_s; one more death stops all (exit 1)."
+    )
+    restart_window_s: float = Field(default=300.0, gt=0, description="The window max_restarts counts deaths in.")
 
     @classmethod
     def on_free_ports(cls, **values: Any) -> StackSettings:

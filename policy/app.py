@@ -54,6 +54,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = PolicyService(settings)
         service.restore()
+        service.metrics.restarts.inc(settings.restarts)
         app.state.service = service
 
         def train_and_expire() -> None:

@@ -28,6 +28,9 @@ class PolicySettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=1, le=65535)
+    restarts: int = Field(
+        default=0, ge=0, description="Times a supervisor (fmprog up) restarted this policy; published as a metric."
+    )
 
     @model_validator(mode="after")
     def _safe(self) -> PolicySettings:

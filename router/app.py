@@ -152,6 +152,7 @@ def create_app(
             synthesizer=synthesizer,
             synthesis_off=synthesis_off,
         )
+        service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
         try:

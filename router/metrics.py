@@ -114,6 +114,11 @@ class RouterMetrics:
         self.synthesis_attempts = Counter(
             "fmprog_synthesis_attempts_total", "Programs asked of the synthesizer's model.", registry=r
         )
+        self.restarts = Counter(
+            "fmprog_service_restarts",
+            "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
+            registry=r,
+        )
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 

@@ -53,6 +53,9 @@ class RouterSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    restarts: int = Field(
+        default=0, ge=0, description="Times a supervisor (fmprog up) restarted this router; published as a metric."
+    )
 
     # Program synthesis (POST /programs with a query).
     synthesis_backend: BackendName | None = Field(
