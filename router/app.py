@@ -151,6 +151,8 @@ def create_app(
             decide_threads=settings.answer_threads,
             synthesizer=synthesizer,
             synthesis_off=synthesis_off,
+            breaker_failures=settings.policy_breaker_failures,
+            breaker_reset_s=settings.policy_breaker_reset_s,
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)

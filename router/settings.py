@@ -36,6 +36,16 @@ class RouterSettings(BaseSettings):
     )
     policy_url: str | None = Field(default=None, description="Policy service; None answers with the fallback.")
     policy_timeout_s: float = Field(default=2.0, gt=0)
+    policy_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Decisions in a row the policy fails to give (timeouts, unreachable, 5xx) before it is skipped "
+        "for policy_breaker_reset_s: frames then get the fallback decision at once instead of waiting for it.",
+    )
+    policy_breaker_reset_s: float = Field(
+        default=30.0, gt=0, le=3600, description="How long a failing policy is skipped before it is tried again."
+    )
     policy_api_key: SecretStr | None = Field(
         default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
     )
