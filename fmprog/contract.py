@@ -86,12 +86,18 @@ class CallSiteSpec(BaseModel):
         return max(self.backends, key=lambda b: b.cost).name
 
 
+MAX_COST_TERM = 1e12
+"""The largest ``lambda * cost`` of one invocation a policy accepts: beyond it the task term (about
+1 to 1000) is lost in floating point and the policy's scores stop meaning anything."""
+
+
 class PolicySpec(BaseModel):
     """What a policy is built from: the program's call sites, ``lambda``, algorithm, hyper-parameters, seed.
 
-    Validated for its shape only (unique sites and backends, positive costs, ``lambda >= 0``). The
-    algorithm's name and ``hyperparameters`` are the policy's to check (its ``Params`` model
-    refuses unknown keys)."""
+    Validated for its shape only (unique sites and backends, positive costs, ``lambda >= 0`` and
+    ``lambda`` times the largest candidate cost finite and at most ``MAX_COST_TERM``, so the cost
+    term neither overflows nor drowns the task term). The algorithm's name and ``hyperparameters``
+    are the policy's to check (its ``Params`` model refuses unknown keys)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -107,6 +113,18 @@ class PolicySpec(BaseModel):
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:
             raise ValueError(f"call site {duplicated[0]!r} is listed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _usable_cost_term(self) -> PolicySpec:
+        site, backend = max(((s, b) for s in self.sites for b in s.backends), key=lambda pair: pair[1].cost)
+        term = self.lam * backend.cost
+        if not math.isfinite(term) or term > MAX_COST_TERM:
+            raise ValueError(
+                f"lambda {self.lam:g} times the largest candidate cost {backend.cost:g} ({backend.name!r} at call "
+                f"site {site.id!r}) is {term:g}, above {MAX_COST_TERM:g}: the cost term would overflow or drown "
+                "the task reward; choose a smaller lambda"
+            )
         return self
 
     def site(self, site_id: str) -> CallSiteSpec:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -76,6 +77,32 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
+def declare_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document say what every error reply is: the ``ErrorResponse`` shape (a
+    ``detail`` string), including the 422 FastAPI adds by itself to routes with parameters (its
+    ``HTTPValidationError``, a list, which ``validation_error_handler`` never returns)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ours = "#/components/schemas/ErrorResponse"
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for code, response in operation.get("responses", {}).items():
+                    if str(code)[0] in "45":
+                        response["content"] = {"application/json": {"schema": {"$ref": ours}}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["ErrorResponse"] = ErrorResponse.model_json_schema()
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     """422 with one readable line per problem, each naming its field: ``body.label: Field required``."""
     if not isinstance(exc, RequestValidationError):
@@ -117,6 +144,57 @@ class BearerAuth:
             await _reply(send, 401, "missing or wrong API key (Authorization: Bearer <key>)", challenge)
             return
         await self.app(scope, receive, send)
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine's loopback."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _arrived_from_outside(local_address: object) -> bool:
+    """Whether a connection's local address is an IP address other than loopback."""
+    try:
+        ipaddress.ip_address(str(local_address).strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return not is_loopback(str(local_address))
+
+
+class LoopbackOnly:
+    """Refuses (403) every request that arrived on a non-loopback address of this machine: what a
+    service with no API key wraps itself in, so that binding it beyond loopback by hand (``uvicorn
+    --host 0.0.0.0``) cannot open it. Reads the local address of the connection (the ASGI scope's
+    ``server``), not a setting. A server over TCP always puts an IP address there; what is not one
+    did not come over the network (a Unix socket's path, an in-process test transport) and passes."""
+
+    def __init__(self, app: ASGIApp, setting: str):
+        self.app = app
+        self.setting = setting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] not in ("http", "websocket") or server is None or not _arrived_from_outside(server[0]):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await _reply(
+                send,
+                403,
+                f"this service has no API key, so it answers only on loopback; this request arrived on "
+                f"{server[0]}: set {self.setting} to serve beyond loopback",
+            )
 
 
 class BodyLimit:

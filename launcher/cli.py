@@ -71,6 +71,9 @@ def _up(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             num_cpus=args.num_cpus,
             api_key=args.api_key or None,
+            max_restarts=args.max_restarts,
+            restart_window_s=args.restart_window,
+            **_policy_key(),
         )
     except ValidationError as exc:
         for error in exc.errors():
@@ -79,6 +82,13 @@ def _up(args: argparse.Namespace) -> int:
             print(f"error: {where + ': ' if where else ''}{message}", file=sys.stderr)
         return 2
     return up(settings)
+
+
+def _policy_key() -> dict[str, str]:
+    """The policy's bearer key from ``$FMPROG_POLICY_API_KEY`` when set (a caller that talks to the
+    policy itself, such as StackProcess), else none: ``fmprog up`` makes a random one."""
+    key = os.environ.get("FMPROG_POLICY_API_KEY", "")
+    return {"policy_api_key": key} if key else {}
 
 
 def _serve_config(args: argparse.Namespace) -> int:
@@ -147,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("FMPROG_ROUTER_API_KEY"),
         help="the router's bearer key, at least 16 characters (default: $FMPROG_ROUTER_API_KEY)",
+    )
+    stack.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="a service that dies is restarted (exponential backoff with jitter); one that dies more often than "
+        "this within --restart-window stops the cluster with exit 1 (default: %(default)s)",
+    )
+    stack.add_argument(
+        "--restart-window", type=float, default=300.0, help="seconds the restarts are counted in (default: %(default)s)"
     )
     stack.set_defaults(handler=_up)
 

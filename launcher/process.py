@@ -25,7 +25,7 @@ def fmprog_command() -> list[str]:
 
 
 def up_arguments(settings: StackSettings) -> list[str]:
-    """The ``fmprog up`` command line for ``settings`` (the API key goes in the environment instead)."""
+    """The ``fmprog up`` command line for ``settings`` (the API keys go in the environment instead)."""
     arguments = ["--config", str(settings.config), "--host", settings.host, "--state-dir", str(settings.state_dir)]
     arguments += ["--router-port", str(settings.router_port), "--policy-port", str(settings.policy_port)]
     arguments += ["--serve-port", str(settings.serve_port)]
@@ -33,6 +33,7 @@ def up_arguments(settings: StackSettings) -> list[str]:
         arguments += ["--backends", ",".join(settings.backends)]
     if settings.num_cpus is not None:
         arguments += ["--num-cpus", f"{settings.num_cpus:g}"]
+    arguments += ["--max-restarts", str(settings.max_restarts), "--restart-window", f"{settings.restart_window_s:g}"]
     return arguments
 
 
@@ -65,6 +66,7 @@ class StackProcess:
         env.pop("FMPROG_ROUTER_API_KEY", None)
         if self.settings.api_key is not None:
             env["FMPROG_ROUTER_API_KEY"] = self.settings.api_key.get_secret_value()
+        env["FMPROG_POLICY_API_KEY"] = self.settings.policy_api_key.get_secret_value()
         env["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
             [*fmprog_command(), "up", *up_arguments(self.settings)],

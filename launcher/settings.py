@@ -4,6 +4,7 @@ together with the router's and the policy's own settings before anything starts.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,8 +54,8 @@ class StackSettings(BaseModel):
     )
     host: str = Field(
         default=LOCALHOST,
-        description="The router's address. The policy and the Serve proxy, which have no authentication, "
-        "always listen on 127.0.0.1.",
+        description="The router's address. The policy (with a bearer key of its own) and the Serve proxy (no "
+        "authentication) always listen on 127.0.0.1.",
     )
     router_port: Port = 8080
     policy_port: Port = 8081
@@ -62,8 +63,20 @@ class StackSettings(BaseModel):
     state_dir: Path = Field(default=Path("state"), description="Router database, policy state and logs.")
     num_cpus: float | None = Field(default=None, gt=0, description="Logical CPUs of the local Ray (default: all).")
     api_key: SecretStr | None = Field(default=None, description="The router's bearer key; required off loopback.")
+    policy_api_key: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
+        description="The policy's bearer key, given to the policy and the router: a new random one each run.",
+    )
     ready_timeout_s: float = Field(default=180.0, gt=0, description="Wait this long for the services to answer.")
     stop_timeout_s: float = Field(default=15.0, gt=0, description="Wait this long for a service to stop, then kill.")
+    restart_backoff_s: float = Field(
+        default=0.5, gt=0, description="Wait before restarting a service that died; doubled for each recent death."
+    )
+    restart_backoff_max_s: float = Field(default=30.0, gt=0, description="The longest wait before a restart.")
+    max_restarts: int = Field(
+        default=5, ge=0, description="Restarts of a service within restart_window_s; one more death stops all (exit 1)."
+    )
+    restart_window_s: float = Field(default=300.0, gt=0, description="The window max_restarts counts deaths in.")
 
     @classmethod
     def on_free_ports(cls, **values: Any) -> StackSettings:
@@ -117,13 +130,19 @@ class StackSettings(BaseModel):
             backends=self.backends,
             serve_url=self.serve_url,
             policy_url=self.policy_url,
+            policy_api_key=self.policy_api_key,
             api_key=self.api_key,
             host=self.host,
             port=self.router_port,
         )
 
     def policy_settings(self) -> PolicySettings:
-        return PolicySettings(state_dir=self.state_dir.resolve() / "policy", host=LOCALHOST, port=self.policy_port)
+        return PolicySettings(
+            state_dir=self.state_dir.resolve() / "policy",
+            api_key=self.policy_api_key,
+            host=LOCALHOST,
+            port=self.policy_port,
+        )
 
     def serve_settings(self) -> ServeSettings:
         return ServeSettings(

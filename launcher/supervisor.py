@@ -3,16 +3,21 @@ and the router, started in that order, watched, and stopped in reverse order.
 
 Ray and Serve run in this process (:func:`services.cluster.serve_backends`); the policy and the
 router are child processes (``python -m uvicorn --factory ...``) configured through their
-``FMPROG_POLICY_*`` and ``FMPROG_ROUTER_*`` variables, their logs in ``<state_dir>/logs``. Other
+``FMPROG_POLICY_*`` and ``FMPROG_ROUTER_*`` variables, their logs in ``<state_dir>/logs``, and
+supervised: one that dies is restarted with exponential backoff and jitter (its restart count in
+``FMPROG_*_RESTARTS``, which it publishes as ``fmprog_service_restarts_total``); only repeated
+deaths (``max_restarts`` within ``restart_window_s``) stop the cluster. Other
 variables with those prefixes pass through to them (rewards, fallback, training interval, ...)
 and are validated before anything starts.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -79,12 +84,32 @@ def check_ports(settings: StackSettings) -> None:
 
 @dataclass
 class Service:
-    """An HTTP service running as a child process (uvicorn), with its log file."""
+    """An HTTP service running as a child process (uvicorn), with its log file; ``start`` (re)starts
+    it, telling it how often it was restarted (``FMPROG_<PREFIX>_RESTARTS``, its metric)."""
 
     name: str
     url: str
-    process: subprocess.Popen
+    command: list[str]
+    env: dict[str, str]
     log: Path
+    restarts_variable: str
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def start(self, deferring: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+        """Start the process (its log appended to after a restart). A stop signal must not interrupt
+        us between the fork and keeping the handle (an orphan); and not by blocking it, since the
+        child would inherit the blocked mask across exec."""
+        env = {**self.env, self.restarts_variable: str(self.restarts)}
+        with deferring(), self.log.open("ab" if self.restarts else "wb") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -95,6 +120,7 @@ class Service:
 
     def wait_ready(self, deadline: float) -> None:
         """Return once ``/readyz`` answers 200; StackError if the process exits or the deadline passes."""
+        assert self.process is not None
         while True:
             if self.process.poll() is not None:
                 raise StackError(self.died())
@@ -110,6 +136,7 @@ class Service:
             time.sleep(0.2)
 
     def died(self) -> str:
+        assert self.process is not None
         return (
             f"the {self.name} (pid {self.process.pid}) exited on its own with code {self.process.returncode}; "
             f"last lines of {self.log}:\n{self.tail()}"
@@ -117,6 +144,8 @@ class Service:
 
     def stop(self, timeout_s: float) -> str:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; say how it ended."""
+        if self.process is None:
+            return f"{self.name} was not running"
         if self.process.poll() is not None:
             return f"{self.name} had exited (code {self.process.returncode})"
         self.process.terminate()
@@ -148,25 +177,13 @@ def run_service(
     command = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", host, "--port", str(port)]
     command += ["--timeout-graceful-shutdown", str(max(1, int(stop_timeout_s) - 2))]
     log.parent.mkdir(parents=True, exist_ok=True)
-    # A stop signal must not interrupt us between the fork and keeping the handle (an orphan); and
-    # not by blocking it, since the child would inherit the blocked mask across exec.
-    service = None
+    prefix = "FMPROG_POLICY_" if app.startswith("policy.") else "FMPROG_ROUTER_"
+    service = Service(name, http_url(host, port), command, env, log, f"{prefix}RESTARTS")
     try:
-        with deferring():
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    command,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            service = Service(name, http_url(host, port), process, log)
+        service.start(deferring)
         yield service
     finally:
-        if service is not None:
-            echo(service.stop(stop_timeout_s))
+        echo(service.stop(stop_timeout_s))
 
 
 # -- fmprog up --------------------------------------------------------------------------------
@@ -235,13 +252,25 @@ def _error(line: str) -> None:
     print(f"error: {line}", file=sys.stderr, flush=True)
 
 
-ROUTER_FIELDS = {"database", "backends_config", "backends", "serve_url", "policy_url", "api_key", "host", "port"}
-POLICY_FIELDS = {"state_dir", "host", "port"}
+ROUTER_FIELDS = {
+    "database",
+    "backends_config",
+    "backends",
+    "serve_url",
+    "policy_url",
+    "policy_api_key",
+    "api_key",
+    "host",
+    "port",
+}
+POLICY_FIELDS = {"state_dir", "api_key", "host", "port"}
 
 
 def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: Callable[[str], None] = _error) -> int:
-    """Start the cluster and block until SIGINT or SIGTERM (then stop everything and return 0) or
-    until a part of it fails (stop the rest, return 1). A port in use: 2, before anything starts."""
+    """Start the cluster and block until SIGINT or SIGTERM (then stop everything and return 0). A
+    service that dies is restarted (backoff with jitter) while the rest keep serving; one that dies
+    too often, or a part that fails to start, stops the rest (return 1). A port in use: 2, before
+    anything starts."""
     from services.cluster import serve_backends
 
     try:
@@ -306,10 +335,7 @@ def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: 
                 echo(f"{service.name:<7} {service.url}   (log {service.log})")
             echo(f"{'serve':<7} {cluster.base_url}")
             echo(f"{READY} after {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops everything")
-            dead = _first_to_exit((policy, router))
-            signals.stopping = True
-            error(dead.died())
-            return 1
+            return _supervise((policy, router), settings, echo=echo, error=error, signals=signals)
     except Stopped as stop:
         echo(f"{stop}: everything stopped")
         return 0
@@ -330,6 +356,54 @@ def _first_to_exit(services: tuple[Service, ...], poll_s: float = 0.2) -> Servic
     """Block until one of the services exits; return it."""
     while True:
         for service in services:
-            if service.process.poll() is not None:
+            if service.process is None or service.process.poll() is not None:
                 return service
         time.sleep(poll_s)
+
+
+def restart_delay(recent_deaths: int, settings: StackSettings, draw: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: ``restart_backoff_s * 2**(recent_deaths - 1)``, at most
+    ``restart_backoff_max_s``, times a random factor in [0.5, 1.5) so services that died together
+    do not come back in lockstep."""
+    base = min(settings.restart_backoff_max_s, settings.restart_backoff_s * 2 ** max(0, recent_deaths - 1))
+    return base * (0.5 + draw())
+
+
+def _supervise(
+    services: tuple[Service, ...],
+    settings: StackSettings,
+    *,
+    echo: Callable[[str], None],
+    error: Callable[[str], None],
+    signals: _SignalStop,
+) -> int:
+    """Keep the services running until a stop signal (Stopped): a service that dies is restarted
+    after a backoff while the others keep serving; one that died more than ``max_restarts`` times
+    within ``restart_window_s`` stops the cluster (return 1)."""
+    deaths: dict[str, collections.deque[float]] = {service.name: collections.deque() for service in services}
+    while True:
+        dead = _first_to_exit(services)
+        now = time.monotonic()
+        recent = deaths[dead.name]
+        recent.append(now)
+        while recent and now - recent[0] > settings.restart_window_s:
+            recent.popleft()
+        if len(recent) > settings.max_restarts:
+            signals.stopping = True
+            error(dead.died())
+            error(
+                f"the {dead.name} died {len(recent)} times within {settings.restart_window_s:g} s "
+                f"(--max-restarts {settings.max_restarts}): stopping everything"
+            )
+            return 1
+        delay = restart_delay(len(recent), settings)
+        echo(f"{dead.died()}\nrestarting the {dead.name} in {delay:.1f} s (restart {dead.restarts + 1})")
+        time.sleep(delay)
+        dead.restarts += 1
+        dead.start(signals.deferred)
+        try:
+            dead.wait_ready(time.monotonic() + settings.ready_timeout_s)
+        except StackError as exc:
+            echo(f"the restarted {dead.name} did not become ready: {exc}")
+            continue
+        echo(f"{dead.name} restarted (pid {dead.process.pid}), serving again at {dead.url}")

@@ -16,11 +16,21 @@ from pydantic import ValidationError
 
 from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from fmprog.images import ImageError, base64_bytes, decode_image
-from fmprog.web import BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
+from fmprog.web import (
+    BearerAuth,
+    BodyLimit,
+    LoopbackOnly,
+    add_operations_routes,
+    declare_error_shape,
+    error_responses,
+    every,
+    validation_error_handler,
+)
 from policy.schemas import DecideRequest, FeedbackAccepted, PolicyInfo, SpecAccepted
 from policy.service import DuplicateDecision, FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 RAW_IMAGE_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
 DECIDE_BODY = {
     "requestBody": {
@@ -44,6 +54,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = PolicyService(settings)
         service.restore()
+        service.metrics.restarts.inc(settings.restarts)
         app.state.service = service
 
         def train_and_expire() -> None:
@@ -58,7 +69,12 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="fmprog policy", description="Per-program backend choice, learned online.", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    else:
+        app.add_middleware(LoopbackOnly, setting="FMPROG_POLICY_API_KEY")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    declare_error_shape(app)
 
     @app.exception_handler(UnknownPolicy)
     @app.exception_handler(UnknownDecision)

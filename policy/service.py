@@ -66,6 +66,11 @@ class PolicyMetrics:
         self.training_steps = Counter("fmprog_policy_training_steps_total", "Training steps.", ["program"], registry=r)
         self.pending = Gauge("fmprog_policy_pending_decisions", "Decisions waiting for feedback.", registry=r)
         self.expired = Counter("fmprog_policy_expired_total", "Pending decisions expired.", ["resolution"], registry=r)
+        self.restarts = Counter(
+            "fmprog_service_restarts",
+            "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
+            registry=r,
+        )
 
 
 class PolicyService:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fmprog.web import is_loopback
 
 
 class PolicySettings(BaseSettings):
@@ -19,5 +21,21 @@ class PolicySettings(BaseSettings):
     pending_expiry: Literal["drop", "default_reward"] = "drop"
     default_reward: float = Field(default=0.0, allow_inf_nan=False, description="Task reward of an expired decision.")
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key every route but /healthz, /readyz and /metrics requires; None: no key, and then "
+        "only requests that arrive on a loopback address are answered (403 otherwise).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=1, le=65535)
+    restarts: int = Field(
+        default=0, ge=0, description="Times a supervisor (fmprog up) restarted this policy; published as a metric."
+    )
+
+    @model_validator(mode="after")
+    def _safe(self) -> PolicySettings:
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError("api_key must be at least 16 characters")
+        if not is_loopback(self.host) and self.api_key is None:
+            raise ValueError(f"refusing to listen on {self.host} without an api_key (set FMPROG_POLICY_API_KEY)")
+        return self

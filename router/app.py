@@ -21,11 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
-from fmprog.web import BearerAuth, BodyLimit, add_operations_routes, error_responses, every, validation_error_handler
+from fmprog.web import (
+    BearerAuth,
+    BodyLimit,
+    LoopbackOnly,
+    add_operations_routes,
+    declare_error_shape,
+    error_responses,
+    every,
+    validation_error_handler,
+)
 from router.errors import Conflict, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
-from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.service import RouterService
 from router.settings import RouterSettings
 from router.store import Store
@@ -33,6 +42,9 @@ from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, syn
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+MAX_OFFSET = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
 
 
 class AnswerRequest(BaseModel):
@@ -121,7 +133,8 @@ def create_app(
         the_backends = backends or _serve_backends(the_catalog, settings)
         the_policy = policy
         if the_policy is None and settings.policy_url:
-            the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s)
+            key = settings.policy_api_key.get_secret_value() if settings.policy_api_key else None
+            the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s, api_key=key)
         store, outbox = Store(settings.database), Outbox(settings.database)
         synthesizer, synthesis_off, owned_model = _synthesizer(settings, the_catalog, the_backends, store, synthesis)
         if owned_model is not None and settings.synthesis_preload:
@@ -138,7 +151,10 @@ def create_app(
             decide_threads=settings.answer_threads,
             synthesizer=synthesizer,
             synthesis_off=synthesis_off,
+            breaker_failures=settings.policy_breaker_failures,
+            breaker_reset_s=settings.policy_breaker_reset_s,
         )
+        service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
         try:
@@ -158,7 +174,10 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    else:
+        app.add_middleware(LoopbackOnly, setting="FMPROG_ROUTER_API_KEY")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    declare_error_shape(app)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
@@ -173,8 +192,8 @@ def create_app(
     @app.get("/programs", response_model=list[ProgramPublic], responses=error_responses(401))
     async def list_programs(
         request: Request,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> list[ProgramPublic]:
         return _service(request).programs.list_programs(limit=limit, offset=offset)
 
@@ -190,7 +209,7 @@ def create_app(
     @app.post(
         "/answer",
         response_model=AnswerResult,
-        responses=error_responses(401, 404, 413, 422),
+        responses=error_responses(400, 401, 404, 413, 422),
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -220,8 +239,17 @@ def create_app(
     async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
         return await run_in_threadpool(_service(request).feedback, body)
 
-    add_operations_routes(app, lambda service: {"policy_outbox": service.outbox.pending()})
+    @app.get("/dead-letters", response_model=list[DeadLetter], responses=error_responses(401, 422))
+    async def dead_letters(request: Request, limit: Limit = 100, offset: Offset = 0) -> list[DeadLetter]:
+        """Messages for the policy that it refused (feedback, registrations, deletes), oldest first."""
+        return _service(request).dead_letters(limit=limit, offset=offset)
+
+    add_operations_routes(app, _readiness)
     return app
+
+
+def _readiness(service: RouterService) -> dict[str, int]:
+    return {"policy_outbox": service.outbox.pending(), "policy_dead_letters": service.store.count_dead_letters()}
 
 
 async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None]:

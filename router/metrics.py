@@ -84,7 +84,8 @@ class RouterMetrics:
         )
         self.fallbacks = Counter(
             "fmprog_fallbacks_total",
-            "Fallback decisions (the policy could not decide) and backend retries and replacements.",
+            "Fallback decisions (no policy, policy unavailable or refusing, its circuit open, its decision not "
+            "fitting) and backend retries and replacements.",
             ["program", "reason"],
             registry=r,
         )
@@ -92,6 +93,18 @@ class RouterMetrics:
             "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
         )
         self.outbox = Gauge("fmprog_policy_outbox", "Policy messages waiting for delivery.", registry=r)
+        self.policy_circuit_open = Gauge(
+            "fmprog_policy_circuit_open",
+            "1 while the policy is skipped after failing decisions in a row (frames get the fallback), else 0.",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "fmprog_policy_dead_letters",
+            "Policy messages the policy refused, kept as dead letters (GET /dead-letters), by kind "
+            "(register, feedback, delete).",
+            ["kind"],
+            registry=r,
+        )
         self.syntheses = Counter(
             "fmprog_syntheses_total",
             "Programs synthesised from queries, by outcome (synthesised, cached, failed, unavailable).",
@@ -106,6 +119,11 @@ class RouterMetrics:
         )
         self.synthesis_attempts = Counter(
             "fmprog_synthesis_attempts_total", "Programs asked of the synthesizer's model.", registry=r
+        )
+        self.restarts = Counter(
+            "fmprog_service_restarts",
+            "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
+            registry=r,
         )
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()

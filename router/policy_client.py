@@ -19,7 +19,8 @@ class PolicyUnavailable(RouterError):
 
 
 class PolicyRejected(PolicyUnavailable):
-    """The policy service refused the request (4xx): retrying the same message cannot succeed.
+    """The policy service refused the request (4xx other than 401, 403, 408, 429): retrying the
+    same message cannot succeed.
     ``detail`` is the policy's own reason."""
 
     def __init__(self, message: str, detail: str = ""):
@@ -41,9 +42,17 @@ class HttpPolicyClient:
     A frame goes to the policy as the bytes the router received (PNG or JPEG, ``octet-stream``),
     neither re-encoded nor base64-wrapped."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 2.0, client: httpx.Client | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 2.0,
+        api_key: str | None = None,
+        client: httpx.Client | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.Client(timeout=timeout_s)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = client or httpx.Client(timeout=timeout_s, headers=headers)
 
     def _call(self, method: str, path: str, **request: Any) -> Any:
         try:
@@ -56,7 +65,7 @@ class HttpPolicyClient:
             except ValueError:
                 detail = response.text
             message = f"policy service: HTTP {response.status_code}: {detail}"
-            if response.status_code < 500:
+            if response.status_code < 500 and response.status_code not in _RETRYABLE:
                 raise PolicyRejected(message, str(detail))
             raise PolicyUnavailable(message)
         return response.json() if response.content else None
@@ -98,3 +107,6 @@ class HttpPolicyClient:
 
 
 _JSON = {"content-type": "application/json"}
+# 4xx replies that say nothing against the message itself: a wrong or missing key (the router's
+# policy_api_key), a timeout, a rate limit. The message waits in the outbox until they are fixed.
+_RETRYABLE = frozenset({401, 403, 408, 429})

@@ -227,3 +227,18 @@ class FeedbackRecord(BaseModel):
     label: str
     reward: float
     created_at: datetime
+
+
+class DeadLetter(BaseModel):
+    """A message for the policy that the policy refused (a 4xx: resending it cannot help), kept for
+    an operator: what it was, for which program, the policy's reason and when."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    kind: Literal["register", "feedback", "delete"]
+    program_id: str
+    payload: JsonValue = Field(description="The message as it was queued (a policy spec, a feedback, or {}).")
+    reason: str = Field(description="The policy's reply.")
+    attempts: int = Field(description="Failed delivery attempts before the policy refused it.")
+    created_at: datetime

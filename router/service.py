@@ -15,6 +15,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
+
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog
 from fmprog.contract import Feedback, PolicyDecision, PolicySpec, RewardConfig
@@ -26,11 +28,48 @@ from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
-from router.schemas import AnswerResult, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.store import Store
 from router.synthesis import ProgramSynthesizer
 
 logger = logging.getLogger(__name__)
+
+
+def policy_breaker(failures: int, reset_s: float, metrics: RouterMetrics) -> CircuitBreaker:
+    """A circuit breaker around the policy's decisions (pybreaker): after ``failures`` decisions in a
+    row that the policy did not give (PolicyUnavailable: a timeout, no connection, a 5xx) it opens,
+    and for ``reset_s`` frames get the fallback decision without asking; then one frame tries the
+    policy again (half-open), which closes it or opens it for another ``reset_s``. A refusal
+    (PolicyRejected, a 4xx) is an answer, so it counts as a success."""
+    return CircuitBreaker(
+        fail_max=failures,
+        reset_timeout=reset_s,
+        exclude=[PolicyRejected],
+        listeners=[_BreakerWatch(metrics)],
+        throw_new_error_on_trip=False,  # the call that trips it fails as itself (policy_unavailable)
+        name="policy",
+    )
+
+
+class _BreakerWatch(CircuitBreakerListener):
+    """Logs the breaker's state changes and keeps ``fmprog_policy_circuit_open`` current."""
+
+    def __init__(self, metrics: RouterMetrics):
+        self.metrics = metrics
+
+    def state_change(
+        self, cb: CircuitBreaker, old_state: CircuitBreakerState | None, new_state: CircuitBreakerState
+    ) -> None:
+        opened = new_state.name == STATE_OPEN
+        self.metrics.policy_circuit_open.set(1 if opened else 0)
+        if opened:
+            logger.warning(
+                "the policy failed %d decisions in a row: frames get the fallback decision for %g s",
+                cb.fail_max,
+                cb.reset_timeout,
+            )
+        else:
+            logger.info("policy circuit %s", new_state.name)
 
 
 class RouterService:
@@ -49,6 +88,8 @@ class RouterService:
         metrics: RouterMetrics | None = None,
         synthesizer: ProgramSynthesizer | None = None,
         synthesis_off: str = "no synthesizer is configured",
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 30.0,
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
@@ -57,6 +98,7 @@ class RouterService:
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
+        self.breaker = policy_breaker(breaker_failures, breaker_reset_s, self.metrics)
         self._delivery = threading.Lock()
         self._deciders = ThreadPoolExecutor(max_workers=decide_threads, thread_name_prefix="decide")
 
@@ -144,22 +186,26 @@ class RouterService:
         return result
 
     def _decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision | None:
-        """The policy's decision, or None (the fallback) when the policy is absent, unreachable or
-        refuses (e.g. its registration of the program is still in the outbox). Whether the
-        decision fits the program is checked when it is run."""
+        """The policy's decision, or None (the fallback) when the policy is absent, unreachable,
+        refuses (e.g. its registration of the program is still in the outbox) or is being skipped
+        after failing decisions in a row (its circuit is open). Whether the decision fits the
+        program is checked when it is run."""
         if self.policy is None:
             self.metrics.fallbacks.labels(program_id, "no_policy").inc()
             return None
         start = time.perf_counter()
+        decision = None
         try:
-            return self.policy.decide(program_id, decision_id, image)
+            decision = self.breaker.call(self.policy.decide, program_id, decision_id, image)
+        except CircuitBreakerError:
+            self.metrics.fallbacks.labels(program_id, "policy_open_circuit").inc()
+            return None  # the policy was not asked: no latency to observe
         except PolicyRejected:
             self.metrics.fallbacks.labels(program_id, "policy_rejected").inc()
         except PolicyUnavailable:
             self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
-        finally:
-            self.metrics.policy_latency.observe(time.perf_counter() - start)
-        return None
+        self.metrics.policy_latency.observe(time.perf_counter() - start)
+        return decision
 
     # -- feedback -------------------------------------------------------------------------------
 
@@ -190,11 +236,18 @@ class RouterService:
         self.outbox.put(kind, program_id, message)
         self.deliver()
 
+    def _dead_lettered(self, kind: str) -> None:
+        self.metrics.dead_letters.labels(kind).inc()
+
+    def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Policy messages the policy refused, oldest first (kept for an operator)."""
+        return self.store.list_dead_letters(limit=limit, offset=offset)
+
     def deliver(self) -> int:
         """Deliver queued policy messages, oldest first; returns how many were delivered."""
         if self.policy is None:
             return 0
         with self._delivery:
-            delivered = self.outbox.deliver(self.policy)
+            delivered = self.outbox.deliver(self.policy, self._dead_lettered)
             self.metrics.outbox.set(self.outbox.pending())
         return delivered

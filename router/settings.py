@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fmprog.backends.config import BackendCatalog, BackendName, BackendSpec, ConfigError, Function, load_catalog
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
 from fmprog.contract import RewardConfig
+from fmprog.web import is_loopback
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
 
@@ -35,16 +36,36 @@ class RouterSettings(BaseSettings):
     )
     policy_url: str | None = Field(default=None, description="Policy service; None answers with the fallback.")
     policy_timeout_s: float = Field(default=2.0, gt=0)
+    policy_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Decisions in a row the policy fails to give (timeouts, unreachable, 5xx) before it is skipped "
+        "for policy_breaker_reset_s: frames then get the fallback decision at once instead of waiting for it.",
+    )
+    policy_breaker_reset_s: float = Field(
+        default=30.0, gt=0, le=3600, description="How long a failing policy is skipped before it is tried again."
+    )
+    policy_api_key: SecretStr | None = Field(
+        default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
+    )
     fallback: Literal["cheapest", "largest"] = "cheapest"
     outbox_retry_s: float = Field(default=5.0, gt=0, description="How often undelivered policy messages are retried.")
     rewards: RewardConfig = RewardConfig()
-    api_key: SecretStr | None = Field(default=None, description="Bearer key for the public endpoints; None: open.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key for the public endpoints; None: open, and then only requests that arrive on a "
+        "loopback address are answered (403 otherwise), whatever address the server was bound to.",
+    )
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     answer_threads: int = Field(
         default=32, ge=1, le=256, description="Frames answered at once; more wait (backend calls block a thread)."
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    restarts: int = Field(
+        default=0, ge=0, description="Times a supervisor (fmprog up) restarted this router; published as a metric."
+    )
 
     # Program synthesis (POST /programs with a query).
     synthesis_backend: BackendName | None = Field(
@@ -101,7 +122,7 @@ class RouterSettings(BaseSettings):
     def _safe(self) -> RouterSettings:
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
             raise ValueError("api_key must be at least 16 characters")
-        if self.host not in {"127.0.0.1", "localhost", "::1"} and self.api_key is None:
+        if not is_loopback(self.host) and self.api_key is None:
             raise ValueError(f"refusing to listen on {self.host} without an api_key (set FMPROG_ROUTER_API_KEY)")
         return self
 

@@ -10,6 +10,9 @@ so two stores over the same file cannot both resolve a decision. The schema is c
 A cache of synthesised programs (``synthesized_programs``) is keyed by the normalised task, its
 kind, the synthesis prompt's version and the model, so registering a task again costs no model call.
 
+Policy messages the policy refused (``policy_dead_letters``) are kept for an operator rather than
+dropped; the outbox (``router.outbox``) moves them there.
+
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.
 """
@@ -28,14 +31,28 @@ from router.schemas import (
     AnswerRecord,
     CachedProgram,
     CallSitePublic,
+    DeadLetter,
     FeedbackRecord,
     ProgramPublic,
     SynthesisPublic,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-SCHEMA = """
+DEAD_LETTERS = """
+CREATE TABLE IF NOT EXISTS policy_dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,  -- register, feedback or delete (the outbox's kinds)
+    program_id  TEXT NOT NULL,
+    payload     TEXT NOT NULL,  -- JSON: the message as it was queued
+    reason      TEXT NOT NULL,  -- the policy's reply
+    attempts    INTEGER NOT NULL,
+    created_at  TEXT NOT NULL   -- when the policy refused it
+)
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
@@ -89,12 +106,15 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at   TEXT NOT NULL
 );
 """
+    + DEAD_LETTERS
+)
 
 
 # Statements that take a store of version N (the key) to version N + 1.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE programs ADD COLUMN hyperparameters TEXT NOT NULL DEFAULT '{}'",),
     2: ("ALTER TABLE programs ADD COLUMN query TEXT", "ALTER TABLE programs ADD COLUMN synthesis TEXT"),
+    3: (DEAD_LETTERS,),
 }
 
 
@@ -320,6 +340,31 @@ class Store:
             )
             db.execute("UPDATE decisions SET status = 'resolved' WHERE id = ?", (decision_id,))
             return record, False
+
+    # Policy messages the policy refused (moved here from the outbox by ``Outbox.deliver``)
+
+    def list_dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Refused policy messages, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM policy_dead_letters ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        return [
+            DeadLetter(
+                id=row["id"],
+                kind=row["kind"],
+                program_id=row["program_id"],
+                payload=json.loads(row["payload"]),
+                reason=row["reason"],
+                attempts=row["attempts"],
+                created_at=datetime.fromisoformat(row["created_at"]),
+            )
+            for row in rows
+        ]
+
+    def count_dead_letters(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM policy_dead_letters").fetchone()[0]
 
 
 class _Transaction:

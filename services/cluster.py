@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.backends.config import BackendCatalog, load_catalog
+from fmprog.web import is_loopback
 from services.app import run_backends
 
 FREE_PORTS_FROM = 20000  # above Ray's default worker ports (10002-19999)
@@ -67,10 +69,31 @@ class LocalCluster:
     base_url: str
 
 
+def _loopback_ray() -> dict[str, Any]:
+    """``ray.init`` options that keep a Ray started here on loopback: its GCS, raylet, workers and
+    agents then listen on 127.0.0.1 only (checked with ``ss -ltnp``: without them they listen on
+    every interface). Ray turns a node address of 127.0.0.1 into the machine's outward address
+    unless it believes it runs single-node (its macOS and Windows default), which
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` says; Ray reads that variable when it is imported."""
+    import sys
+
+    if "ray._private.ray_constants" in sys.modules and os.environ.get(_RAY_SINGLE_NODE) != "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # imported before we could set the variable
+    return {"_node_ip_address": "127.0.0.1"}
+
+
+_RAY_SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 @contextlib.contextmanager
 def serve_backends(settings: ServeSettings) -> Iterator[LocalCluster]:
     """Start (or join) Ray, start Serve's HTTP proxy, deploy the backends and wait until they are
-    healthy; shut Serve and a Ray started here down on exit."""
+    healthy; shut Serve and a Ray started here down on exit. A Ray started here for a proxy on
+    loopback listens on loopback only."""
+    if settings.ray_address is None and is_loopback(settings.host):
+        os.environ[_RAY_SINGLE_NODE] = "0"  # before Ray is imported: see _loopback_ray
     import ray
     from ray import serve
 
@@ -83,7 +106,9 @@ def serve_backends(settings: ServeSettings) -> Iterator[LocalCluster]:
             )
     started_ray = not ray.is_initialized()
     if started_ray:
+        local = _loopback_ray() if settings.ray_address is None and is_loopback(settings.host) else {}
         ray.init(
+            **local,
             address=settings.ray_address,
             num_cpus=settings.num_cpus,
             num_gpus=settings.num_gpus,

@@ -14,10 +14,13 @@ from services.cluster import free_port
 
 
 @contextlib.contextmanager
-def serving(app: object, *, ready_path: str = "/readyz", timeout_s: float = 30) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL once ``ready_path`` answers 200."""
+def serving(
+    app: object, *, ready_path: str = "/readyz", timeout_s: float = 30, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Serve ``app`` on ``host`` (127.0.0.1; "0.0.0.0" for every interface) until the block ends;
+    yields its base URL on 127.0.0.1 once ``ready_path`` answers 200 there."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

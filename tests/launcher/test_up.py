@@ -1,16 +1,19 @@
 """``fmprog up`` end to end over real HTTP: Ray Serve with the vision backends, the policy service
 and the router as processes; a program registered, frames answered (JSON and multipart), labels
 fed back, the policy's state changed, both services' metrics scraped and parsed, bad input refused,
-and the whole cluster stopped by SIGTERM. Plus the settings' validation, without starting anything."""
+the whole cluster stopped by SIGTERM, a killed service restarted (and one that keeps dying stopping
+everything). Plus the settings' validation, without starting anything."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,9 +26,10 @@ from pydantic import SecretStr, ValidationError
 from fmprog.backends.config import ConfigError, load_catalog
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
+from fmprog.web import is_loopback
 from launcher.process import StackProcess, up_arguments
 from launcher.settings import StackSettings
-from launcher.supervisor import child_env
+from launcher.supervisor import child_env, restart_delay
 from router.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +68,12 @@ def _listening(url: str) -> bool:
 
 
 def _service_pids(settings: StackSettings) -> list[int]:
-    """The pids of the policy and router processes, from their uvicorn logs."""
+    """The pids of the policy and router processes now, from their uvicorn logs."""
     pids = []
     for name in ("policy", "router"):
-        found = re.search(r"Started server process \[(\d+)\]", (settings.log_dir / f"{name}.log").read_text())
+        found = re.findall(r"Started server process \[(\d+)\]", (settings.log_dir / f"{name}.log").read_text())
         assert found, name
-        pids.append(int(found.group(1)))
+        pids.append(int(found[-1]))  # the latest: a restarted service appends to its log
     return pids
 
 
@@ -92,13 +96,14 @@ def test_answer_feedback_learn_and_metrics(cluster):
     settings, _ = cluster
     router, policy = settings.router_url, settings.policy_url
     http = httpx.Client(timeout=60)
+    key = {"authorization": f"Bearer {settings.policy_api_key.get_secret_value()}"}
     registered = http.post(
         f"{router}/programs", json={"source": PROGRAM, "kind": "binary", "lambda": 100.0, "algorithm": "fast"}
     )
     assert registered.status_code == 201, registered.text
     program = registered.json()
     assert {c["name"] for site in program["call_sites"] for c in site["candidates"]} == set(VISION)
-    before = http.get(f"{policy}/policies/{program['id']}").json()
+    before = http.get(f"{policy}/policies/{program['id']}", headers=key).json()
     assert before["algorithm"] == "fast" and before["observed"] == 0
 
     answers, labels = [], []
@@ -125,7 +130,7 @@ def test_answer_feedback_learn_and_metrics(cluster):
 
     # The policy learned from every label: observed went from 0 to 30, and it decided differently.
     deadline = time.monotonic() + 10
-    while (after := http.get(f"{policy}/policies/{program['id']}").json())["observed"] < len(answers):
+    while (after := http.get(f"{policy}/policies/{program['id']}", headers=key).json())["observed"] < len(answers):
         assert time.monotonic() < deadline, after
         time.sleep(0.1)
     assert after["observed"] == len(answers) and after["pending"] == 0
@@ -202,6 +207,35 @@ def test_non_image_bytes_are_422(cluster):
     assert httpx.get(f"{router}/readyz").status_code == 200  # still serving
 
 
+def test_the_policy_needs_its_key_and_everything_listens_on_loopback(cluster):
+    """The policy refuses requests without the key fmprog up gave it (the router has it); nothing of
+    the cluster, Ray's own processes included, listens beyond 127.0.0.1."""
+    settings, stack = cluster
+    policy = settings.policy_url
+    assert httpx.get(f"{policy}/policies").status_code == 401
+    assert httpx.delete(f"{policy}/policies/{'0' * 32}").status_code == 401
+    assert httpx.get(f"{policy}/readyz").status_code == 200
+    pids = _tree(stack.process.pid)
+    ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    listening = {(line.split()[3], line.split()[5]) for line in ss if any(f"pid={pid}," in line for pid in pids)}
+    assert len(listening) > 5  # the router, the policy, the proxy, Ray's GCS, raylet, agents ...
+    # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0 in its code (replica.py),
+    # whatever the node's address: the one exception, named in the README.
+    outside = [(a, who) for a, who in listening if not is_loopback(a.rsplit(":", 1)[0].strip("[]"))]
+    assert outside and all("ray::ServeRepli" in who for _, who in outside), sorted(outside)
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants."""
+    pids, todo = set(), [pid]
+    while todo:
+        pids.add(current := todo.pop())
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in children.read_text().split()]
+    return pids
+
+
 def test_sigterm_stops_everything(cluster):
     """Last in this module: SIGTERM, exit 0, every service's port closed, its processes gone."""
     settings, stack = cluster
@@ -216,16 +250,71 @@ def test_sigterm_stops_everything(cluster):
     assert "SIGTERM: everything stopped" in stack.output()
 
 
-def test_a_service_that_dies_stops_the_rest_with_exit_1(tmp_path):
-    settings = _settings(tmp_path, ["detect-small"])
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_killed_policy_is_restarted_and_nothing_acknowledged_is_lost(tmp_path):
+    """SIGKILL the policy under fmprog up: the router keeps answering (fallback decisions) and
+    acknowledging feedback, fmprog up restarts the policy, the outbox delivers what waited, and the
+    policy learned from every label; the router was never restarted."""
+    settings = _settings(tmp_path, ["detect-small", "vqa-small"])
+    env = {**os.environ, "FMPROG_ROUTER_OUTBOX_RETRY_S": "0.5"}
+    key = {"authorization": f"Bearer {settings.policy_api_key.get_secret_value()}"}
+    router, policy = settings.router_url, settings.policy_url
+    http = httpx.Client(timeout=60)
+    with StackProcess(settings, env=env) as stack:
+        policy_pid, router_pid = _service_pids(settings)
+        body = {"source": PROGRAM, "kind": "binary", "lambda": 1.0, "algorithm": "fast"}
+        program = http.post(f"{router}/programs", json=body).json()
+        frames = [base64.b64encode(encode_png(s.image)).decode() for s in scene_stream(seed=3, count=5)]
+        answers = [http.post(f"{router}/answer", json={"program_id": program["id"], "image": f}).json() for f in frames]
+        assert not any(a["fallback"] for a in answers[:4])
+        first = {"decision_id": answers[0]["decision_id"], "label": "no"}
+        assert http.post(f"{router}/feedback", json=first).status_code == 200
+
+        os.kill(policy_pid, signal.SIGKILL)
+        _wait_for(lambda: not _alive(policy_pid), 10, "the policy did not die")
+        for answer in answers[1:4]:  # acknowledged while the policy is dead
+            reply = http.post(f"{router}/feedback", json={"decision_id": answer["decision_id"], "label": "yes"})
+            assert reply.status_code == 200, reply.text
+        served = http.post(f"{router}/answer", json={"program_id": program["id"], "image": frames[4]})
+        assert served.status_code == 200  # the router keeps serving, with a fallback decision
+
+        _wait_for(lambda: "policy restarted" in stack.output(), 90, stack.output(30))
+        assert stack.returncode is None
+        assert "restarting the policy in" in stack.output() and "exited on its own" in stack.output()
+        _wait_for(lambda: http.get(f"{router}/readyz").json()["policy_outbox"] == 0, 30, "the outbox did not drain")
+        ready = http.get(f"{router}/readyz").json()
+        assert ready["policy_dead_letters"] == 0
+        state = http.get(f"{policy}/policies/{program['id']}", headers=key).json()
+        assert state["observed"] == 4, state  # every acknowledged label reached the policy
+        assert _total(_metrics(policy), "fmprog_service_restarts_total") == 1
+        assert _total(_metrics(router), "fmprog_service_restarts_total") == 0
+        new_policy_pid, new_router_pid = _service_pids(settings)
+        assert new_policy_pid != policy_pid and new_router_pid == router_pid and _alive(router_pid)
+        decided = http.post(f"{router}/answer", json={"program_id": program["id"], "image": frames[0]}).json()
+        assert decided["fallback"] is False  # the policy decides again
+    assert stack.returncode == 0
+
+
+def test_a_service_that_keeps_dying_stops_the_rest_with_exit_1(tmp_path):
+    settings = StackSettings.on_free_ports(config=CPU, backends=["detect-small"], state_dir=tmp_path, max_restarts=1)
     with StackProcess(settings) as stack:
         policy_pid, router_pid = _service_pids(settings)
-        signal_sent = time.monotonic()
         os.kill(router_pid, signal.SIGKILL)
+        _wait_for(lambda: "router restarted" in stack.output(), 60, stack.output(30))
+        _, second_router_pid = _service_pids(settings)
+        assert second_router_pid != router_pid and _listening(settings.router_url)
+        signal_sent = time.monotonic()
+        os.kill(second_router_pid, signal.SIGKILL)
         assert stack.process.wait(90) == 1
         assert time.monotonic() - signal_sent < 60
     output = stack.output()
-    assert "the router (pid" in output and "exited on its own" in output
+    assert "the router died 2 times within 300 s (--max-restarts 1): stopping everything" in output
     assert not _alive(policy_pid)
     assert not any(_listening(url) for url in (settings.router_url, settings.policy_url, settings.serve_url))
 
@@ -251,6 +340,13 @@ def test_a_service_that_dies_stops_the_rest_with_exit_1(tmp_path):
 def test_stack_settings_refuse(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         StackSettings(**{"config": CPU, **fields})
+
+
+def test_restarts_back_off_exponentially_with_jitter():
+    settings = StackSettings(config=CPU, restart_backoff_s=0.5, restart_backoff_max_s=4)
+    middle = [restart_delay(deaths, settings, draw=lambda: 0.5) for deaths in range(1, 7)]
+    assert middle == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert restart_delay(1, settings, draw=lambda: 0.0) == 0.25 and restart_delay(3, settings, draw=lambda: 0.999) < 3
 
 
 def test_stack_settings_on_free_ports_are_distinct_and_free(monkeypatch, tmp_path):

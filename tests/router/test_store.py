@@ -12,7 +12,7 @@ from router.answering import Answerer
 from router.feedback import FeedbackHandler
 from router.programs import ProgramRegistry
 from router.schemas import FeedbackIn
-from router.store import Store, StoreVersionError
+from router.store import SCHEMA_VERSION, Store, StoreVersionError
 from tests.fakes import Zoo
 from tests.router.conftest import create
 
@@ -38,25 +38,29 @@ def test_a_reopened_store_sees_programs_decisions_and_feedback(db_path: Path, ca
 def test_the_store_uses_wal_and_records_its_schema_version(store: Store, db_path: Path):
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_store_is_migrated_and_keeps_its_programs(programs: ProgramRegistry, db_path: Path, version: int):
     public = programs.register(create("person_on_bike"))
     programs.store.close()
     columns = ["id", "source", "digest", "kind", "lambda", "algorithm", "call_sites", "created_at"]
-    if version == 2:  # version 2 added hyperparameters, version 3 query and synthesis
+    if version >= 2:  # version 2 added hyperparameters, version 3 query and synthesis, 4 the dead letters
         columns.append("hyperparameters")
+    if version >= 3:
+        columns += ["query", "synthesis"]
     with sqlite3.connect(db_path) as db:  # back to the older layout
+        db.execute("DROP TABLE policy_dead_letters")
         db.execute(f"CREATE TABLE old AS SELECT {', '.join(columns)} FROM programs")
         db.execute("DROP TABLE programs")
         db.execute("ALTER TABLE old RENAME TO programs")
         db.execute("UPDATE schema_version SET version = ?", (version,))
     with Store(db_path) as migrated:
         assert migrated.get_program(public.id) == public
+        assert migrated.count_dead_letters() == 0
     with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_a_store_of_another_schema_version_is_refused(db_path: Path):
