@@ -125,11 +125,12 @@ def measure_overhead(client: httpx.Client, router: str, program_id: str, images:
 
 
 def measure_policy(
-    client: httpx.Client, policy: str, program_id: str, images: list[str], *, raw: bool
+    client: httpx.Client, policy: str, key: str, program_id: str, images: list[str], *, raw: bool
 ) -> dict[str, float] | None:
-    """The policy's decide round trip, with the frame's raw bytes (``raw``) or as base64 JSON;
-    None when the policy does not take raw bytes."""
+    """The policy's decide round trip (with its bearer ``key``, as the router sends it), with the
+    frame's raw bytes (``raw``) or as base64 JSON; None when the policy does not take raw bytes."""
     url, times = f"{policy}/policies/{program_id}/decisions", []
+    auth = {"Authorization": f"Bearer {key}"}
     for image in images:
         started = time.perf_counter()
         if raw:
@@ -137,10 +138,10 @@ def measure_policy(
                 url,
                 params={"decision_id": uuid.uuid4().hex},
                 content=base64.b64decode(image),
-                headers={"content-type": "application/octet-stream"},
+                headers={"content-type": "application/octet-stream", **auth},
             )
         else:
-            response = client.post(url, json={"decision_id": uuid.uuid4().hex, "image": image})
+            response = client.post(url, json={"decision_id": uuid.uuid4().hex, "image": image}, headers=auth)
         times.append(time.perf_counter() - started)
         if raw and response.status_code == 422:
             return None
@@ -207,8 +208,9 @@ def main() -> None:
                 before = router_sums(client, router)
                 overhead = measure_overhead(client, router, program_id, images)
                 parts = breakdown(before, router_sums(client, router), overhead["total"]["mean_ms"])
-                policy_round_trip = measure_policy(client, policy, program_id, images, raw=True)
-                policy_json = measure_policy(client, policy, program_id, images, raw=False)
+                key = settings.policy_api_key.get_secret_value()
+                policy_round_trip = measure_policy(client, policy, key, program_id, images, raw=True)
+                policy_json = measure_policy(client, policy, key, program_id, images, raw=False)
             throughput = [measure_throughput(router, program_id, images, n) for n in (1, 8, 32)]
             if stack.stop() != 0:
                 raise RuntimeError(f"fmprog up did not stop cleanly:\n{stack.output(20)}")

@@ -60,11 +60,14 @@ def f1_yes(answers: list[Any], truths: list[str]) -> float:
 class Client:
     """The router's and the policy's HTTP APIs, failing loudly on any unexpected status."""
 
-    def __init__(self, router: str, policy: str):
+    def __init__(self, router: str, policy: str, policy_key: str):
         self.router, self.policy = router, policy
         self.http = httpx.Client(timeout=60)
+        self.policy_headers = {"Authorization": f"Bearer {policy_key}"}  # the policy's routes need its key
 
     def call(self, method: str, url: str, **kwargs: Any) -> Any:
+        if url.startswith(self.policy):
+            kwargs["headers"] = self.policy_headers
         response = self.http.request(method, url, **kwargs)
         if response.status_code >= 400:
             raise RuntimeError(f"{method} {url}: HTTP {response.status_code}: {response.text}")
@@ -197,7 +200,7 @@ def main() -> int:
     try:
         with StackProcess(settings, echo=lambda line: print(f"  [fmprog up] {line}", flush=True)) as stack:
             print(f"cluster ready after {time.perf_counter() - started:.1f} s\n", flush=True)
-            client = Client(settings.router_url, settings.policy_url)
+            client = Client(settings.router_url, settings.policy_url, settings.policy_api_key.get_secret_value())
             source = PROGRAM.read_text()
             learned = client.register(source, **{"lambda": args.lam, "algorithm": "fast"})
             largest_of = {site["function"]: largest_decision(learned)[site["id"]] for site in learned["call_sites"]}

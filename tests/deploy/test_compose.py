@@ -138,7 +138,7 @@ def test_settings_and_urls_are_the_services_own(name: str, model: dict[str, Any]
     """The router and the policy get only variables they read, with values they accept; their URLs
     name services of this file; the backend configurations they name are in the image."""
     services = model["services"]
-    env = {"FMPROG_ROUTER_API_KEY": "k" * 24, "FMPROG_HF_HOME": "/srv/hf"}
+    env = {"FMPROG_ROUTER_API_KEY": "k" * 24, "FMPROG_POLICY_API_KEY": "p" * 24, "FMPROG_HF_HOME": "/srv/hf"}
     for service_name, prefix, settings in (
         ("router", "FMPROG_ROUTER_", RouterSettings),
         ("policy", "FMPROG_POLICY_", PolicySettings),
@@ -174,7 +174,12 @@ def test_the_router_needs_an_api_key_and_is_the_only_public_port() -> None:
             if service_name != "router":
                 assert published.startswith("127.0.0.1:"), f"{service_name} publishes {port} beyond loopback"
     for service_name in ("serve", "policy"):
-        assert "ports" not in model["services"][service_name], f"{service_name} has no authentication"
+        assert "ports" not in model["services"][service_name], f"{service_name} is internal"
+    policy_key = model["services"]["policy"]["environment"]["FMPROG_POLICY_API_KEY"]
+    with pytest.raises(LookupError, match="FMPROG_POLICY_API_KEY"):
+        interpolate(policy_key, {})
+    router_env = model["services"]["router"]["environment"]
+    assert router_env["FMPROG_ROUTER_POLICY_API_KEY"] == policy_key, "the router sends the key the policy takes"
 
 
 def test_the_gpu_override_reserves_gpus_and_mounts_the_weights() -> None:

@@ -236,7 +236,7 @@ def test_selectors_and_names_resolve(overlay: str) -> None:
         assert governing["spec"].get("clusterIP") == "None"
         assert statefulset["spec"]["replicas"] == 1, "the policy is its state's only writer"
         assert statefulset["spec"]["volumeClaimTemplates"]
-    external_secrets = {"fmprog-router-api-key"} if overlay == "prod-gpu" else set()
+    external_secrets = {"fmprog-router-api-key", "fmprog-policy-api-key"} if overlay == "prod-gpu" else set()
     claims = {o["metadata"]["name"] for o in by_kind(objects, "PersistentVolumeClaim")}
     for owner, template in templates:
         spec = template["spec"]
@@ -269,7 +269,9 @@ def test_settings_are_the_services_own(overlay: str, monkeypatch: pytest.MonkeyP
         assert set(env) <= fields, f"unknown settings: {sorted(set(env) - fields)}"
     for name, value in {**router_env, **policy_env}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("FMPROG_ROUTER_API_KEY", "x" * 24)  # the Secret's, at run time
+    monkeypatch.setenv("FMPROG_ROUTER_API_KEY", "x" * 24)  # the Secrets', at run time
+    monkeypatch.setenv("FMPROG_ROUTER_POLICY_API_KEY", "y" * 24)
+    monkeypatch.setenv("FMPROG_POLICY_API_KEY", "y" * 24)
     router, policy = RouterSettings(), PolicySettings()
     ray_service = one(objects, "RayService")
     serve = urlsplit(router.serve_url)
