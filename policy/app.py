@@ -90,25 +90,25 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def _invalid(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.post("/policies/check", response_model=SpecAccepted, responses=error_responses(422))
+    @app.post("/policies/check", response_model=SpecAccepted, responses=error_responses(400, 401, 413, 422))
     async def check_policy(request: Request, spec: PolicySpec) -> SpecAccepted:
         """Whether a policy can be built from this spec; nothing is stored (422 names the problem)."""
         return _service(request).check(spec)
 
-    @app.put("/policies/{program_id}", response_model=PolicyInfo, responses=error_responses(422))
+    @app.put("/policies/{program_id}", response_model=PolicyInfo, responses=error_responses(400, 401, 413, 422))
     async def put_policy(request: Request, program_id: str, spec: PolicySpec) -> PolicyInfo:
         return await run_in_threadpool(_service(request).put, program_id, spec)
 
-    @app.get("/policies", response_model=list[PolicyInfo])
+    @app.get("/policies", response_model=list[PolicyInfo], responses=error_responses(401))
     async def list_policies(request: Request) -> list[PolicyInfo]:
         service = _service(request)
         return [service.info(p) for p in service.programs()]
 
-    @app.get("/policies/{program_id}", response_model=PolicyInfo, responses=error_responses(404))
+    @app.get("/policies/{program_id}", response_model=PolicyInfo, responses=error_responses(401, 404))
     async def get_policy(request: Request, program_id: str) -> PolicyInfo:
         return _service(request).info(program_id)
 
-    @app.delete("/policies/{program_id}", status_code=204, responses=error_responses(404))
+    @app.delete("/policies/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_policy(request: Request, program_id: str) -> Response:
         await run_in_threadpool(_service(request).delete, program_id)
         return Response(status_code=204)
@@ -116,7 +116,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     @app.post(
         "/policies/{program_id}/decisions",
         response_model=PolicyDecision,
-        responses=error_responses(404, 409, 422),
+        responses=error_responses(401, 404, 409, 413, 422),
         openapi_extra=DECIDE_BODY,
     )
     async def decide(request: Request, program_id: str) -> PolicyDecision:
@@ -126,7 +126,9 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         return await run_in_threadpool(_decide, _service(request), program_id, decision_id, image)
 
     @app.post(
-        "/policies/{program_id}/feedback", response_model=FeedbackAccepted, responses=error_responses(404, 409, 422)
+        "/policies/{program_id}/feedback",
+        response_model=FeedbackAccepted,
+        responses=error_responses(400, 401, 404, 409, 413, 422),
     )
     async def feedback(request: Request, program_id: str, body: Feedback) -> FeedbackAccepted:
         repeat = await run_in_threadpool(_service(request).feedback, program_id, body)

@@ -185,7 +185,9 @@ def create_app(
         request.app.state.service.metrics.errors.labels(request.url.path.split("/")[1] or "/", str(status)).inc()
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    @app.post("/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(401, 413, 422, 503))
+    @app.post(
+        "/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(400, 401, 413, 422, 503)
+    )
     async def register(request: Request, body: ProgramCreate) -> ProgramPublic:
         return await run_in_threadpool(_service(request).register, body)
 
@@ -235,7 +237,7 @@ def create_app(
         answer = functools.partial(_service(request).answer, program_id, image, frame_id=frame_id)
         return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
 
-    @app.post("/feedback", response_model=FeedbackResult, responses=error_responses(401, 404, 409, 422))
+    @app.post("/feedback", response_model=FeedbackResult, responses=error_responses(400, 401, 404, 409, 413, 422))
     async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
         return await run_in_threadpool(_service(request).feedback, body)
 
