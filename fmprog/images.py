@@ -8,8 +8,22 @@ import io
 
 import numpy as np
 
-MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
+"""The one frame limit, in pixels (width times height): the router refuses a larger frame, and the
+backends accept every crop of a frame within it. The byte limit below follows from it."""
+
+
+def png_bytes_limit(pixels: int) -> int:
+    """The most bytes ``encode_png`` writes for a frame of at most ``pixels`` pixels: a filter byte
+    per row and 3 bytes per pixel (at most 4 bytes per pixel, for a frame one pixel wide), plus the
+    stored deflate blocks' and IDAT chunks' headers (well under 1 byte in 1024) and PNG's own."""
+    raw = 4 * pixels
+    return raw + raw // 1024 + 4096
+
+
+MAX_IMAGE_BYTES = png_bytes_limit(MAX_IMAGE_PIXELS)
+"""The largest image file accepted: any PNG the backends' clients encode for a frame (or a crop)
+within MAX_IMAGE_PIXELS, so that the limits of the router and of the backends agree."""
 
 
 class ImageError(ValueError):
@@ -43,7 +57,9 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: i
             if img.format not in {"PNG", "JPEG"}:
                 raise ImageError(f"image format {img.format} is not supported (use PNG or JPEG)")
             if img.width * img.height > max_pixels:
-                raise ImageError(f"image is {img.width}x{img.height}, more than {max_pixels} pixels")
+                raise ImageError(
+                    f"image is {img.width}x{img.height}, more than the limit of {max_pixels} pixels (width x height)"
+                )
             return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
     except UnidentifiedImageError as exc:
         raise ImageError("image is not a PNG or JPEG file") from exc

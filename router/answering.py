@@ -65,10 +65,11 @@ class Answerer:
         limits: ExecutionLimits | None = None,
         fallback: FallbackRule = "cheapest",
         retries: int = 1,
+        retry_backoff_s: tuple[float, float] = (0.0, 0.0),
     ):
         self.programs = programs
         self.store = programs.store
-        self.executor = Executor(backends, limits, retries=retries)
+        self.executor = Executor(backends, limits, retries=retries, retry_backoff_s=retry_backoff_s)
         self.fallback = fallback
 
     def answer(

@@ -7,6 +7,7 @@ function and backend, so a dashboard can sum cost per program or per backend ove
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -98,6 +99,13 @@ class RouterMetrics:
             "1 while the policy is skipped after failing decisions in a row (frames get the fallback), else 0.",
             registry=r,
         )
+        self.backend_circuit_open = Gauge(
+            "fmprog_backend_circuit_open",
+            "1 while a backend is skipped after failing calls in a row (its calls fail at once and the "
+            "alternates answer), else 0; read from the backend's client when scraped.",
+            ["backend"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "fmprog_policy_dead_letters",
             "Policy messages the policy refused, kept as dead letters (GET /dead-letters), by kind "
@@ -127,6 +135,10 @@ class RouterMetrics:
         )
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
+
+    def watch_backend_circuit(self, backend: str, circuit_open: Callable[[], bool]) -> None:
+        """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
+        self.backend_circuit_open.labels(backend).set_function(lambda: 1.0 if circuit_open() else 0.0)
 
     def answered(self, result: AnswerResult, latency_s: float) -> None:
         """Count one answer that took ``latency_s`` end to end, and every backend call it made."""

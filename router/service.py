@@ -90,14 +90,21 @@ class RouterService:
         synthesis_off: str = "no synthesizer is configured",
         breaker_failures: int = 5,
         breaker_reset_s: float = 30.0,
+        retry_backoff_s: tuple[float, float] = (0.05, 0.2),
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
-        self.answerer = Answerer(self.programs, backends, fallback=fallback, retries=retries)
+        self.answerer = Answerer(
+            self.programs, backends, fallback=fallback, retries=retries, retry_backoff_s=retry_backoff_s
+        )
         self.feedback_handler = FeedbackHandler(store, rewards)
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
+        for name in backends:  # backends skipped after failures in a row (their clients' circuit breakers)
+            circuit_open = getattr(backends[name].model, "circuit_open", None)
+            if circuit_open is not None:
+                self.metrics.watch_backend_circuit(name, circuit_open)
         self.breaker = policy_breaker(breaker_failures, breaker_reset_s, self.metrics)
         self._delivery = threading.Lock()
         self._deciders = ThreadPoolExecutor(max_workers=decide_threads, thread_name_prefix="decide")
@@ -196,7 +203,10 @@ class RouterService:
         start = time.perf_counter()
         decision = None
         try:
-            decision = self.breaker.call(self.policy.decide, program_id, decision_id, image)
+            # ``calling()`` holds the breaker's lock only around its state, not the policy's round
+            # trip (``CircuitBreaker.call`` would hold it and ask the policy one frame at a time).
+            with self.breaker.calling():
+                decision = self.policy.decide(program_id, decision_id, image)
         except CircuitBreakerError:
             self.metrics.fallbacks.labels(program_id, "policy_open_circuit").inc()
             return None  # the policy was not asked: no latency to observe

@@ -34,6 +34,21 @@ class RouterSettings(BaseSettings):
     backend_retries: int = Field(
         default=1, ge=0, le=5, description="Retries of a failed backend call before another backend is tried."
     )
+    backend_retry_backoff_s: tuple[float, float] = Field(
+        default=(0.05, 0.2),
+        description="Pause before each retry of a backend call, drawn uniformly between the two bounds (jitter), "
+        "in seconds: a JSON pair such as [0.05, 0.2]; [0, 0] retries at once.",
+    )
+    backend_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Calls in a row a backend fails to answer (timeouts, unreachable, 5xx) before it is skipped for "
+        "backend_breaker_reset_s: its calls then fail at once and the call site's alternates answer.",
+    )
+    backend_breaker_reset_s: float = Field(
+        default=30.0, gt=0, le=3600, description="How long a failing backend is skipped before it is tried again."
+    )
     policy_url: str | None = Field(default=None, description="Policy service; None answers with the fallback.")
     policy_timeout_s: float = Field(default=2.0, gt=0)
     policy_breaker_failures: int = Field(
@@ -117,6 +132,14 @@ class RouterSettings(BaseSettings):
             if duplicated:
                 raise ValueError(f"backend {duplicated[0]!r} is listed twice")
         return backends
+
+    @field_validator("backend_retry_backoff_s")
+    @classmethod
+    def _backoff_bounds(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        low, high = bounds
+        if not 0 <= low <= high <= 10:
+            raise ValueError("must be [low, high] seconds with 0 <= low <= high <= 10")
+        return bounds
 
     @model_validator(mode="after")
     def _safe(self) -> RouterSettings:

@@ -5,6 +5,12 @@
 method of the backend's function (``detect``, ``vqa``, ``llm`` or ``ocr``, as the table of neural
 functions describes it), so they drop into a ``BackendRegistry``, and both raise
 ``BackendCallError`` with the server's reason on failure.
+
+``HttpBackend`` has a circuit breaker (pybreaker), shared by every thread that calls the backend
+through it: after ``breaker_failures`` calls in a row that the backend did not answer (no
+connection, a timeout, a 5xx; a 4xx is an answer) it opens, and for ``breaker_reset_s`` calls fail
+at once with a ``BackendCallError`` saying so, without a request; then the next call is tried
+(half-open) and closes it when it is answered, or opens it again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError
 
 from fmprog.backends.base import FunctionModel
 from fmprog.backends.config import BackendSpec, Function
@@ -20,25 +27,70 @@ from fmprog.images import encode_base64_png
 
 
 class BackendCallError(RuntimeError):
-    """A backend call that failed; ``status`` is the HTTP status when there was one."""
+    """A backend call that failed; ``status`` is the HTTP status when there was one.
 
-    def __init__(self, message: str, status: int | None = None):
+    ``retryable`` says whether calling the same backend again may help: not for a refusal (a 4xx
+    other than 408 and 429: the same request gets the same answer) nor for an open circuit."""
+
+    def __init__(self, message: str, status: int | None = None, *, retryable: bool | None = None):
         super().__init__(message)
         self.status = status
+        if retryable is None:
+            retryable = status is None or status >= 500 or status in (408, 429)
+        self.retryable = retryable
+
+
+def _answered(exc: BaseException) -> bool:
+    """Failures that are answers (the backend is up): they do not count towards opening its circuit."""
+    return isinstance(exc, BackendCallError) and not exc.retryable
 
 
 class HttpBackend:
     """Calls one backend's routes under ``{base_url}/{backend}`` with a blocking httpx client."""
 
     def __init__(
-        self, spec: BackendSpec, base_url: str, *, timeout_s: float = 60.0, client: httpx.Client | None = None
+        self,
+        spec: BackendSpec,
+        base_url: str,
+        *,
+        timeout_s: float = 60.0,
+        client: httpx.Client | None = None,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 30.0,
     ):
+        if breaker_failures < 1 or breaker_reset_s <= 0:
+            raise ValueError("breaker_failures must be >= 1 and breaker_reset_s > 0")
         self.spec = spec
         self.url = f"{base_url.rstrip('/')}/{spec.name}"
         self._client = client or httpx.Client(timeout=timeout_s)
+        self.breaker = CircuitBreaker(
+            fail_max=breaker_failures,
+            reset_timeout=breaker_reset_s,
+            exclude=[_answered],
+            throw_new_error_on_trip=False,  # the call that trips it fails as itself
+            name=spec.name,
+        )
+
+    def circuit_open(self) -> bool:
+        """Whether calls are being refused without a request (the backend failed too often in a row)."""
+        return self.breaker.current_state == STATE_OPEN
 
     def reply(self, function: Function, payload: dict[str, Any]) -> Served:
-        """POST one call and return the full typed reply (with batch size and compute time)."""
+        """POST one call and return the full typed reply (with batch size and compute time);
+        BackendCallError at once, without a request, while the backend's circuit is open."""
+        try:
+            # ``calling()`` holds the breaker's lock only to check and update its state, not during
+            # the request (``CircuitBreaker.call`` would hold it and serialise concurrent calls).
+            with self.breaker.calling():
+                return self._post(function, payload)
+        except CircuitBreakerError:
+            raise BackendCallError(
+                f"backend {self.spec.name!r}: circuit open after {self.breaker.fail_max} failed calls in a row "
+                f"(skipped for {self.breaker.reset_timeout:g} s, then tried again)",
+                retryable=False,
+            ) from None
+
+    def _post(self, function: Function, payload: dict[str, Any]) -> Served:
         try:
             response = self._client.post(f"{self.url}/{function.value}", json=payload)
         except httpx.HTTPError as exc:
@@ -68,7 +120,7 @@ class HttpBackend:
                 payload[record.text] = text
             return record.from_reply(self.reply(record.name, payload))
 
-        return FunctionModel(record.name, call, f"{self.spec.name} over HTTP")
+        return FunctionModel(record.name, call, f"{self.spec.name} over HTTP", circuit_open=self.circuit_open)
 
     def close(self) -> None:
         self._client.close()

@@ -59,12 +59,22 @@ class FunctionModel:
     """A model object with exactly one method, named after ``function``, that forwards to ``call``.
 
     Adapters (an engine in this process, a client of a remote deployment) use it so that the
-    registry's check that a backend serves its declared function stays meaningful.
+    registry's check that a backend serves its declared function stays meaningful. An adapter
+    that skips a backend after failures in a row (a circuit breaker) gives ``circuit_open``, which
+    says whether it is skipping it now (for metrics).
     """
 
-    def __init__(self, function: Function, call: Callable[..., Any], label: str):
+    def __init__(
+        self,
+        function: Function,
+        call: Callable[..., Any],
+        label: str,
+        *,
+        circuit_open: Callable[[], bool] | None = None,
+    ):
         self.function = Function(function)
         self.label = label
+        self.circuit_open = circuit_open  # where the adapter skips a failing backend: whether it does now
         setattr(self, self.function.value, call)
 
     def __repr__(self) -> str:

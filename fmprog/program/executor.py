@@ -22,6 +22,8 @@ ran, nothing is charged); the trace lists it in ``memo_hits`` and its site among
 from __future__ import annotations
 
 import math
+import random
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
@@ -148,8 +150,13 @@ class Trace(BaseModel):
 
 class Executor:
     """Runs programs against a registry of backends, within per-run limits; a failed backend
-    call is retried ``retries`` times before the site's alternates are tried; with ``memoise``
-    (the default) a run remembers its detections."""
+    call is retried ``retries`` times before the site's alternates are tried, each retry after a
+    pause drawn uniformly from ``retry_backoff_s`` (jitter: retries of calls that failed together
+    do not arrive together; none by default); with ``memoise`` (the default) a run remembers its
+    detections.
+
+    A failure whose exception says ``retryable = False`` (a backend that refused the request, or
+    one being skipped after failures in a row) is not retried: the alternates are tried at once."""
 
     def __init__(
         self,
@@ -158,13 +165,24 @@ class Executor:
         *,
         retries: int = 0,
         memoise: bool = True,
+        retry_backoff_s: tuple[float, float] = (0.0, 0.0),
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        low, high = retry_backoff_s
+        if not 0 <= low <= high <= 10:
+            raise ValueError(f"retry_backoff_s must be (low, high) with 0 <= low <= high <= 10, got {retry_backoff_s}")
         self.backends = backends
         self.limits = limits or ExecutionLimits()
         self.retries = retries
         self.memoise = memoise
+        self.retry_backoff_s = (float(low), float(high))
+
+    def _pause_before_retry(self, guards: RunGuards) -> None:
+        """Sleep a random pause from ``retry_backoff_s``, never past the run's deadline."""
+        low, high = self.retry_backoff_s
+        if high > 0:
+            time.sleep(max(0.0, min(random.uniform(low, high), guards.deadline - perf_counter())))
 
     def check_decision(
         self, program: Program, decision: Decision, candidates: Mapping[str, Collection[str]] | None = None
@@ -430,9 +448,16 @@ class _Run:
         if plan is None:
             plan = self._executor._attempts(chosen, self._alternates.get(site.id, ()))
             self._plans[(site.id, chosen)] = plan
+        refused: set[str] = set()  # backends whose failure says retrying them cannot help
+        tried, error, failed = 0, None, chosen
         for name, attempt in plan:
+            if name in refused:
+                continue
             backend = self._backends[name]
+            if attempt > 1:
+                self._executor._pause_before_retry(self._guards)
             self._guards.check_deadline()
+            tried, failed = tried + 1, name
             started = perf_counter()
             error = None
             try:
@@ -443,6 +468,8 @@ class _Run:
                 error = str(exc)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
+                if getattr(exc, "retryable", True) is False:
+                    refused.add(name)
             latency = perf_counter() - started
             decided: dict[str, Any] = {}  # under a decider only: a fixed decision's trace stays as it was
             if context is not None:
@@ -466,8 +493,8 @@ class _Run:
             )
             if error is None:
                 return result, name
-        tries = f" (after {len(plan)} attempts)" if len(plan) > 1 else ""
-        raise BackendFailure(f"backend {plan[-1][0]!r} failed at {site.id}{tries}: {error}")
+        tries = f" (after {tried} attempts)" if tried > 1 else ""
+        raise BackendFailure(f"backend {failed!r} failed at {site.id}{tries}: {error}")
 
 
 def _output(site: CallSite, function: Function, backend: str, result: Any) -> EarlierOutput:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -102,3 +103,24 @@ def test_a_policy_that_keeps_timing_out_is_skipped_for_a_cool_down(tmp_path, zoo
             assert answer() is False and policy.decisions_asked == 4
             assert _metric(router, "fmprog_policy_circuit_open 0.0")
             assert answer() is False and policy.decisions_asked == 5
+
+
+def test_the_breaker_does_not_ask_the_policy_one_frame_at_a_time(tmp_path, zoo):
+    """Concurrent frames wait for their decisions together, not in turn behind the breaker."""
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    policy = SlowPolicy(slow=True)  # each decision takes 1 s
+    frame = {"image": base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()}
+    with serving(policy.app()) as policy_url:
+        settings = RouterSettings(
+            database=tmp_path / "router.db", policy_url=policy_url, policy_timeout_s=5, synthesis_backend=None
+        )
+        app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+        with serving(app) as router:
+            body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1}
+            frame["program_id"] = httpx.post(f"{router}/programs", json=body).json()["id"]
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                replies = list(pool.map(lambda _: httpx.post(f"{router}/answer", json=frame, timeout=30), range(3)))
+            assert [r.json()["fallback"] for r in replies] == [False] * 3
+            assert time.perf_counter() - started < 2.5  # in turn: more than 3 s
