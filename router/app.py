@@ -74,8 +74,12 @@ def _service(request: Request) -> RouterService:
 def _serve_backends(catalog: BackendCatalog, settings: RouterSettings) -> BackendRegistry:
     from services.client import HttpBackend
 
-    timeout = settings.backend_timeout_s
-    models = {s.name: HttpBackend(s, settings.serve_url, timeout_s=timeout).model() for s in catalog.backends}
+    options = {
+        "timeout_s": settings.backend_timeout_s,
+        "breaker_failures": settings.backend_breaker_failures,
+        "breaker_reset_s": settings.backend_breaker_reset_s,
+    }
+    models = {s.name: HttpBackend(s, settings.serve_url, **options).model() for s in catalog.backends}
     return BackendRegistry.from_specs(list(catalog.backends), models)
 
 
@@ -148,6 +152,7 @@ def create_app(
             rewards=settings.rewards,
             fallback=settings.fallback,
             retries=settings.backend_retries,
+            retry_backoff_s=settings.backend_retry_backoff_s,
             decide_threads=settings.answer_threads,
             synthesizer=synthesizer,
             synthesis_off=synthesis_off,

@@ -287,3 +287,30 @@ def test_multipart_without_a_file_or_program_is_422(client):
     assert no_program.status_code == 422 and "program_id is required" in no_program.json()["detail"]
     not_image = client.post("/answer", data={"program_id": program["id"]}, files=files)
     assert not_image.status_code == 422 and "not a PNG or JPEG" in not_image.json()["detail"]
+
+
+def test_backend_settings_reach_the_clients_and_the_executor(tmp_path, zoo):
+    """The backoff between retries reaches the executor, and the breaker's threshold the clients of
+    the served backends (here on a port nothing listens on: every call fails to connect)."""
+    from router.app import _serve_backends
+    from services.cluster import free_port
+
+    settings = RouterSettings(
+        database=tmp_path / "router.db",
+        synthesis_backend=None,
+        serve_url=f"http://127.0.0.1:{free_port()}",
+        backend_retry_backoff_s=(0.01, 0.02),
+        backend_breaker_failures=2,
+        backend_breaker_reset_s=60,
+    )
+    app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+    with TestClient(app):
+        assert app.state.service.answerer.executor.retry_backoff_s == (0.01, 0.02)
+    served = _serve_backends(BackendCatalog(backends=zoo.specs), settings)
+    detect = served["detect-small"].model
+    image = np.zeros((8, 8, 3), np.uint8)
+    for _ in range(2):
+        with pytest.raises(Exception, match="unreachable"):
+            detect.detect(image, "cup")
+    with pytest.raises(Exception, match="circuit open"):
+        detect.detect(image, "cup")
