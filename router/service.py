@@ -90,10 +90,19 @@ class RouterService:
         synthesis_off: str = "no synthesizer is configured",
         breaker_failures: int = 5,
         breaker_reset_s: float = 30.0,
+        program_workers: int = 0,
+        program_worker_memory_mb: int = 1536,
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
-        self.answerer = Answerer(self.programs, backends, fallback=fallback, retries=retries)
+        self.answerer = Answerer(
+            self.programs,
+            backends,
+            fallback=fallback,
+            retries=retries,
+            workers=program_workers,
+            worker_memory_mb=program_worker_memory_mb,
+        )
         self.feedback_handler = FeedbackHandler(store, rewards)
         self.policy = policy
         self.outbox = outbox
@@ -140,8 +149,9 @@ class RouterService:
         self._to_policy("delete", program_id)
 
     def close(self) -> None:
-        """Stop the threads that ask the policy (waiting for those in flight)."""
+        """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
         self._deciders.shutdown(wait=True, cancel_futures=True)
+        self.answerer.close()
 
     # -- answers --------------------------------------------------------------------------------
 

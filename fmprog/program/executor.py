@@ -149,7 +149,9 @@ class Trace(BaseModel):
 class Executor:
     """Runs programs against a registry of backends, within per-run limits; a failed backend
     call is retried ``retries`` times before the site's alternates are tried; with ``memoise``
-    (the default) a run remembers its detections."""
+    (the default) a run remembers its detections. ``observe``, when given, is told of each
+    invocation as soon as it is recorded (a worker process reports them as the run goes, so that a
+    run stopped from outside still charges what it invoked)."""
 
     def __init__(
         self,
@@ -158,6 +160,7 @@ class Executor:
         *,
         retries: int = 0,
         memoise: bool = True,
+        observe: Callable[[Invocation], None] | None = None,
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -165,6 +168,7 @@ class Executor:
         self.limits = limits or ExecutionLimits()
         self.retries = retries
         self.memoise = memoise
+        self.observe = observe
 
     def check_decision(
         self, program: Program, decision: Decision, candidates: Mapping[str, Collection[str]] | None = None
@@ -450,20 +454,21 @@ class _Run:
                 if output is not None:
                     self._earlier.append(output)
                 decided = {"escalated_from": escalated_from, "features": _features(context, output)}
-            self.invocations.append(
-                Invocation(
-                    site_id=site.id,
-                    function=function,
-                    backend=name,
-                    cost=backend.cost,
-                    latency_s=latency,
-                    ok=error is None,
-                    attempt=attempt,
-                    fallback_from=chosen if name != chosen else None,
-                    error=error,
-                    **decided,
-                )
+            invocation = Invocation(
+                site_id=site.id,
+                function=function,
+                backend=name,
+                cost=backend.cost,
+                latency_s=latency,
+                ok=error is None,
+                attempt=attempt,
+                fallback_from=chosen if name != chosen else None,
+                error=error,
+                **decided,
             )
+            self.invocations.append(invocation)
+            if self._executor.observe is not None:
+                self._executor.observe(invocation)
             if error is None:
                 return result, name
         tries = f" (after {len(plan)} attempts)" if len(plan) > 1 else ""
