@@ -244,12 +244,19 @@ class WorkerPool:
             self._lock.notify()
 
     def _start(self) -> _Worker:
-        worker = _Worker.start(self._setup)
+        worker = _Worker.spawn()
         with self._lock:
-            self._all.add(worker)
-            if self._closed:
-                worker.kill()
+            self._all.add(worker)  # from now on close() kills it, ready or not
+            closed = self._closed
+        try:
+            if closed:
                 raise RuntimeError("the worker pool is closed")
+            worker.set_up(self._setup)
+        except BaseException:
+            worker.kill()
+            with self._lock:
+                self._all.discard(worker)
+            raise
         return worker
 
 
@@ -273,7 +280,7 @@ class _Worker:
         self._killed = False
 
     @classmethod
-    def start(cls, setup: dict[str, Any]) -> _Worker:
+    def spawn(cls) -> _Worker:
         ours, theirs = socket.socketpair()
         frame_fd = os.memfd_create("fmprog-frame", os.MFD_CLOEXEC)
         args = [sys.executable, "-s", "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno()), str(frame_fd)]
@@ -293,22 +300,19 @@ class _Worker:
             raise
         finally:
             theirs.close()
-        worker = cls(process, Connection(ours.detach()), frame_fd)
+        return cls(process, Connection(ours.detach()), frame_fd)
+
+    def set_up(self, setup: dict[str, Any]) -> None:
+        """Send the worker its backends and limits and wait until it is ready (WorkerStartError)."""
         try:
-            worker.conn.send(("setup", setup))
-            if not worker.conn.poll(START_TIMEOUT_S):
+            self.conn.send(("setup", setup))
+            if not self.conn.poll(START_TIMEOUT_S):
                 raise WorkerStartError(f"a program worker was not ready after {START_TIMEOUT_S:g} s")
-            reply = _loads(worker.conn.recv_bytes(MAX_MESSAGE_BYTES))
+            reply = _loads(self.conn.recv_bytes(MAX_MESSAGE_BYTES))
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
-            worker.kill()
-            raise WorkerStartError(f"a program worker died while starting (exit {process.wait()})") from exc
-        except BaseException:
-            worker.kill()
-            raise
+            raise WorkerStartError(f"a program worker died while starting ({type(exc).__name__})") from exc
         if not (isinstance(reply, tuple) and reply[:1] == ("ready",)):
-            worker.kill()
-            raise WorkerStartError(f"a program worker could not start: {reply[1] if len(reply) > 1 else reply}")
-        return worker
+            raise WorkerStartError(f"a program worker could not start: {reply}")
 
     def kill(self) -> None:
         if self._killed:
@@ -348,7 +352,7 @@ class _Worker:
         timeout_s = pool.limits.timeout_s
         margin = pool.kill_margin_s
         deadline = started + timeout_s + margin
-        invocations: list[Invocation] = []
+        invocations: list[str] = []  # as the worker reported them (JSON), read only if the run is stopped
         reset = len(self.programs) >= PROGRAMS_PER_WORKER
         if reset:
             self.programs.clear()
@@ -378,8 +382,8 @@ class _Worker:
                     data = pickle.dumps(("error", type(exc).__name__, str(exc)))
                 self.conn.send_bytes(data)
                 deadline = max(deadline, perf_counter() + margin)  # backend time is not the worker's
-            elif kind == "invocation" and len(message) == 2:
-                invocations.append(Invocation.model_validate_json(message[1]))
+            elif kind == "invocation" and len(message) == 2 and isinstance(message[1], str):
+                invocations.append(message[1])
             elif kind == "done" and len(message) == 3:
                 trace = Trace.model_validate_json(message[1])
                 trace.latency_s = perf_counter() - started
@@ -391,7 +395,7 @@ class _Worker:
                 self.kill()
                 return _stopped("resource_limit", "the program's worker broke protocol", invocations, started), False
 
-    def _died(self, exc: BaseException, invocations: list[Invocation], started: float) -> Trace:
+    def _died(self, exc: BaseException, invocations: list[str], started: float) -> Trace:
         self.kill()
         code = self.process.returncode
         if code == -signal.SIGXCPU:
@@ -402,8 +406,13 @@ class _Worker:
         return _stopped("resource_limit", f"the program's worker process died ({how})", invocations, started)
 
 
-def _stopped(kind: ErrorKind, message: str, invocations: list[Invocation], started: float) -> Trace:
-    """The trace of a run the pool stopped: what it invoked so far is still charged."""
+def _stopped(kind: ErrorKind, message: str, reported: list[str], started: float) -> Trace:
+    """The trace of a run the pool stopped: what it invoked so far (as the worker reported it, a
+    report that does not validate being left out) is still charged."""
+    invocations = []
+    for report in reported:
+        with contextlib.suppress(ValueError):
+            invocations.append(Invocation.model_validate_json(report))
     return Trace(
         error=ProgramError(kind=kind, message=message),
         invocations=invocations,
@@ -537,7 +546,13 @@ def _resident() -> int:
 
 
 def serve(argv: list[str]) -> None:
-    """A worker's main loop: ``argv`` is the pipe's and the frame memory's descriptors."""
+    """A worker's main loop: ``argv`` is the pipe's and the frame memory's descriptors. Returns
+    (the process ends) when the pool closes the pipe."""
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
+        _serve(argv)
+
+
+def _serve(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(argv[0]))
     remote = _Remote(conn, int(argv[1]))
@@ -564,10 +579,7 @@ def serve(argv: list[str]) -> None:
     baseline = _resident()
     remote.send(("ready", os.getpid()))
     while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
+        message = conn.recv()
         if message[0] != "run":
             return
         _, digest, payload, reset, (height, width, mapped), decision, alternates, candidates = message
