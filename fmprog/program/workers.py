@@ -231,7 +231,8 @@ class WorkerPool:
         try:
             worker = self._start()
         except Exception:
-            logger.exception("could not start a program worker")
+            if not self._closed:
+                logger.exception("could not start a program worker")
             with self._lock:
                 self._slots -= 1
                 self._lock.notify()
@@ -329,14 +330,14 @@ class _Worker:
     def _put_frame(self, pixels: np.ndarray) -> int:
         """Write the frame into the memory the worker maps; the map's size."""
         size = pixels.nbytes
-        if self.frame_map is None or self.frame_map.size() < size:
+        if self.frame_map is None or len(self.frame_map) < size:
             mapped = -(-size // _FRAME_ALIGN) * _FRAME_ALIGN
             if self.frame_map is not None:
                 self.frame_map.close()
             os.ftruncate(self.frame_fd, mapped)
             self.frame_map = mmap.mmap(self.frame_fd, mapped)
         np.frombuffer(self.frame_map, np.uint8, count=size)[:] = pixels.reshape(-1)
-        return self.frame_map.size()
+        return len(self.frame_map)
 
     def run(
         self,
@@ -361,7 +362,10 @@ class _Worker:
         if digest not in self.programs:
             payload = (program.source, program.call_sites, marshal.dumps(program.code))
         frame = (pixels.shape[0], pixels.shape[1], self._put_frame(pixels))
-        self.conn.send(("run", digest, payload, reset, frame, decision, alternates, candidates))
+        try:
+            self.conn.send(("run", digest, payload, reset, frame, decision, alternates, candidates))
+        except OSError as exc:  # the worker died between runs
+            return self._died(exc, [], started), False
         self.programs.add(digest)
         while True:
             wait = deadline - perf_counter()
@@ -388,9 +392,9 @@ class _Worker:
                 trace = Trace.model_validate_json(message[1])
                 trace.latency_s = perf_counter() - started
                 return trace, not message[2]
-            elif kind == "failed" and len(message) == 3:  # the executor raised what the pool checked first
-                error = InvalidDecision if message[1] == "InvalidDecision" else ValueError
-                raise error(str(message[2]))
+            elif kind == "failed" and len(message) == 3:  # what the pool checked first: the worker is broken
+                self.kill()
+                raise RuntimeError(f"a program worker failed: {message[1]}: {message[2]}")
             else:
                 self.kill()
                 return _stopped("resource_limit", "the program's worker broke protocol", invocations, started), False
@@ -490,7 +494,7 @@ class _Remote:
         self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
     def map_frame(self, height: int, width: int, size: int) -> np.ndarray:
-        if self.frame_map is None or self.frame_map.size() != size:
+        if self.frame_map is None or len(self.frame_map) != size:  # the pool grew the memory
             if self.frame_map is not None:
                 with contextlib.suppress(BufferError):  # a view still alive: leave the old map be
                     self.frame_map.close()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Trace, compile_program
+from fmprog.program import CascadeDecider, ExecutionLimits, Executor, InvalidDecision, Trace, compile_program
 from fmprog.program.workers import WorkerPool
 from tests.fakes import Zoo, all_of, box
 
@@ -96,6 +96,30 @@ def test_failures_retries_and_fallbacks_trace_as_in_process(zoo: Zoo, frame: np.
         pooled = pool.run(program, frame, {site: "detect-small"}, alternates)
     assert [i.error for i in pooled.invocations] == ["ConnectionError: detector down"] * 2 + [None]
     assert _without_latency(pooled) == _without_latency(in_process)
+
+
+def test_a_decider_runs_in_the_worker_and_traces_as_in_process(pool: WorkerPool, zoo: Zoo, frame: np.ndarray):
+    program = compile_program((EXAMPLES / "person_on_bike.py").read_text())
+    zoo.set_vqa(lambda image, question: "no")  # so the cascade escalates
+    decider = CascadeDecider.for_backends(zoo.registry())
+    in_process = Executor(zoo.registry(), ExecutionLimits(timeout_s=1.5), retries=1).run(program, frame, decider)
+    pooled = pool.run(program, frame, decider)
+    assert any(i.escalated_from for i in pooled.invocations)
+    assert _without_latency(pooled) == _without_latency(in_process)
+
+
+def test_frames_of_any_size_follow_one_another(pool: WorkerPool, zoo: Zoo):
+    program = compile_program(
+        "def execute_command(image):\n    return ImagePatch(image).find('car')[0].simple_query()\n"
+    )
+    seen: list[np.ndarray] = []
+    zoo.set_vqa(lambda image, question: seen.append(image.copy()) or "ok")
+    rng = np.random.default_rng(1)
+    for shape in [(120, 160, 3), (1500, 2000, 3), (60, 90, 3), (1600, 1200, 3)]:
+        frame = rng.integers(0, 255, shape, dtype=np.uint8)
+        assert pool.run(program, frame, all_of(program, "small")).answer == "ok"
+        rows = frame.shape[0]
+        assert np.array_equal(seen[-1], frame[20:50, 50:90]), rows
 
 
 def test_a_bad_decision_is_refused_before_a_worker_runs(pool: WorkerPool, frame: np.ndarray):
