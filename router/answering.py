@@ -6,6 +6,8 @@ candidates and the backends. When none is available the configured fallback deci
 instead, and the result says so. A backend call that fails is retried (``retries`` times), then
 tried on the site's other candidates, nearest in cost first; the trace records every attempt.
 This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
+With ``workers`` the program runs in a pool of worker processes (``fmprog.program.workers``) that
+kills a run at its deadline; the backend calls are still made here, in the answering thread.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Program, Trace
+from fmprog.program.workers import WorkerPool
 from router.errors import DecisionRejected, FrameRejected
 from router.programs import ProgramRegistry
 from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
@@ -55,7 +58,9 @@ def candidates(program: ProgramPublic) -> dict[str, list[str]]:
 
 
 class Answerer:
-    """Answers frames of registered programs with the given backends and records every answer."""
+    """Answers frames of registered programs with the given backends and records every answer;
+    with ``workers`` (> 0) each program runs in one of that many worker processes, each limited to
+    ``worker_memory_mb`` of address space (in this process when 0)."""
 
     def __init__(
         self,
@@ -66,11 +71,29 @@ class Answerer:
         fallback: FallbackRule = "cheapest",
         retries: int = 1,
         retry_backoff_s: tuple[float, float] = (0.0, 0.0),
+        workers: int = 0,
+        worker_memory_mb: int = 1536,
     ):
         self.programs = programs
         self.store = programs.store
-        self.executor = Executor(backends, limits, retries=retries, retry_backoff_s=retry_backoff_s)
+        self.executor: Executor | WorkerPool = (
+            WorkerPool(
+                backends,
+                limits,
+                workers=workers,
+                retries=retries,
+                retry_backoff_s=retry_backoff_s,
+                memory_mb=worker_memory_mb,
+            )
+            if workers > 0
+            else Executor(backends, limits, retries=retries, retry_backoff_s=retry_backoff_s)
+        )
         self.fallback = fallback
+
+    def close(self) -> None:
+        """Stop the worker processes, if programs run in them."""
+        if isinstance(self.executor, WorkerPool):
+            self.executor.close()
 
     def answer(
         self,

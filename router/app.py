@@ -158,6 +158,8 @@ def create_app(
             synthesis_off=synthesis_off,
             breaker_failures=settings.policy_breaker_failures,
             breaker_reset_s=settings.policy_breaker_reset_s,
+            program_workers=settings.program_workers,
+            program_worker_memory_mb=settings.program_worker_memory_mb,
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)

@@ -91,11 +91,19 @@ class RouterService:
         breaker_failures: int = 5,
         breaker_reset_s: float = 30.0,
         retry_backoff_s: tuple[float, float] = (0.05, 0.2),
+        program_workers: int = 0,
+        program_worker_memory_mb: int = 1536,
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
         self.answerer = Answerer(
-            self.programs, backends, fallback=fallback, retries=retries, retry_backoff_s=retry_backoff_s
+            self.programs,
+            backends,
+            fallback=fallback,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+            workers=program_workers,
+            worker_memory_mb=program_worker_memory_mb,
         )
         self.feedback_handler = FeedbackHandler(store, rewards)
         self.policy = policy
@@ -147,8 +155,9 @@ class RouterService:
         self._to_policy("delete", program_id)
 
     def close(self) -> None:
-        """Stop the threads that ask the policy (waiting for those in flight)."""
+        """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
         self._deciders.shutdown(wait=True, cancel_futures=True)
+        self.answerer.close()
 
     # -- answers --------------------------------------------------------------------------------
 

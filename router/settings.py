@@ -76,6 +76,16 @@ class RouterSettings(BaseSettings):
     answer_threads: int = Field(
         default=32, ge=1, le=256, description="Frames answered at once; more wait (backend calls block a thread)."
     )
+    program_workers: int = Field(
+        default=32,
+        ge=0,
+        le=256,
+        description="Worker processes that run programs, each killed at its run's deadline (a frame holds one "
+        "while its backend calls are made; started on demand); 0: programs run in the router's own process.",
+    )
+    program_worker_memory_mb: int = Field(
+        default=1536, ge=512, description="Address space of each program worker (RLIMIT_AS), interpreter included."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     restarts: int = Field(

@@ -153,7 +153,9 @@ class Executor:
     call is retried ``retries`` times before the site's alternates are tried, each retry after a
     pause drawn uniformly from ``retry_backoff_s`` (jitter: retries of calls that failed together
     do not arrive together; none by default); with ``memoise`` (the default) a run remembers its
-    detections.
+    detections. ``observe``, when given, is told of each invocation as soon as it is recorded (a
+    worker process reports them as the run goes, so that a run stopped from outside still charges
+    what it invoked).
 
     A failure whose exception says ``retryable = False`` (a backend that refused the request, or
     one being skipped after failures in a row) is not retried: the alternates are tried at once."""
@@ -166,6 +168,7 @@ class Executor:
         retries: int = 0,
         memoise: bool = True,
         retry_backoff_s: tuple[float, float] = (0.0, 0.0),
+        observe: Callable[[Invocation], None] | None = None,
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -177,6 +180,7 @@ class Executor:
         self.retries = retries
         self.memoise = memoise
         self.retry_backoff_s = (float(low), float(high))
+        self.observe = observe
 
     def _pause_before_retry(self, guards: RunGuards) -> None:
         """Sleep a random pause from ``retry_backoff_s``, never past the run's deadline."""
@@ -477,20 +481,21 @@ class _Run:
                 if output is not None:
                     self._earlier.append(output)
                 decided = {"escalated_from": escalated_from, "features": _features(context, output)}
-            self.invocations.append(
-                Invocation(
-                    site_id=site.id,
-                    function=function,
-                    backend=name,
-                    cost=backend.cost,
-                    latency_s=latency,
-                    ok=error is None,
-                    attempt=attempt,
-                    fallback_from=chosen if name != chosen else None,
-                    error=error,
-                    **decided,
-                )
+            invocation = Invocation(
+                site_id=site.id,
+                function=function,
+                backend=name,
+                cost=backend.cost,
+                latency_s=latency,
+                ok=error is None,
+                attempt=attempt,
+                fallback_from=chosen if name != chosen else None,
+                error=error,
+                **decided,
             )
+            self.invocations.append(invocation)
+            if self._executor.observe is not None:
+                self._executor.observe(invocation)
             if error is None:
                 return result, name
         tries = f" (after {tried} attempts)" if tried > 1 else ""
