@@ -108,6 +108,7 @@ class WorkerPool:
         self._checks = Executor(
             backends, self.limits, retries=retries, retry_backoff_s=retry_backoff_s, memoise=memoise
         )
+        self.retry_backoff_s = self._checks.retry_backoff_s
         self._setup = {
             "backends": [(b.name, b.function.value, b.cost) for b in backends.values()],
             "limits": self.limits.model_dump(),

@@ -98,6 +98,26 @@ def test_failures_retries_and_fallbacks_trace_as_in_process(zoo: Zoo, frame: np.
     assert _without_latency(pooled) == _without_latency(in_process)
 
 
+def test_a_failure_that_says_it_cannot_be_retried_is_not_retried_in_a_worker(zoo: Zoo, frame: np.ndarray):
+    """``retryable = False`` (a refusal, an open circuit) crosses the pipe: straight to the alternate."""
+    program = compile_program(NORMAL)
+    site = program.call_sites[0].id
+
+    class Refused(RuntimeError):
+        retryable = False
+
+    def refusing(image: np.ndarray, noun: str) -> list:
+        raise Refused("HTTP 422: no")
+
+    zoo.models["detect-small"].detect = refusing  # type: ignore[method-assign]
+    alternates = {site: ["detect-large"]}
+    in_process = Executor(zoo.registry(), retries=2).run(program, frame, {site: "detect-small"}, alternates)
+    with WorkerPool(zoo.registry(), workers=1, retries=2) as pool:
+        pooled = pool.run(program, frame, {site: "detect-small"}, alternates)
+    assert [(i.backend, i.ok) for i in pooled.invocations] == [("detect-small", False), ("detect-large", True)]
+    assert _without_latency(pooled) == _without_latency(in_process)
+
+
 def test_a_decider_runs_in_the_worker_and_traces_as_in_process(pool: WorkerPool, zoo: Zoo, frame: np.ndarray):
     program = compile_program((EXAMPLES / "person_on_bike.py").read_text())
     zoo.set_vqa(lambda image, question: "no")  # so the cascade escalates
