@@ -13,10 +13,10 @@ the one it re-asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fmprog.backends.config import Function
-from fmprog.contract import MAX_RECORDS, InvocationRecord, RewardConfig, SiteGate, score_answer
+from fmprog.contract import MAX_RECORDS, InvocationRecord, RewardConfig, SiteGate, TaskKind, score_answer
 from fmprog.program import GateDecider, Invocation, gate_vectors
 from router.schemas import AnswerRecord, ProgramPublic
 
@@ -46,18 +46,26 @@ def gate_decider(gates: Mapping[str, SiteGate], fixed: Mapping[str, str]) -> Gat
 
 def invocation_records(answer: AnswerRecord, label: str, rewards: RewardConfig) -> list[InvocationRecord] | None:
     """One record per invocation a gate decided in this answer's run (None when no gate decided
-    it): site, backend, call, ``escalated_from``, the gate's vector, cost and, for VQA/LLM/OCR
-    answers, the task reward of that answer against ``label``."""
+    it): see :func:`gate_records`."""
     trace = [Invocation(site_id=i.site, **i.model_dump(exclude={"site"})) for i in answer.trace]
-    if not any(i.features is not None for i in trace):
+    return gate_records(trace, answer.kind, label, rewards)
+
+
+def gate_records(
+    invocations: Sequence[Invocation], kind: TaskKind, label: str, rewards: RewardConfig
+) -> list[InvocationRecord] | None:
+    """One record per invocation of a gated run (None when no decider ran it): site, backend,
+    call, ``escalated_from``, the gate's vector (rebuilt from the trace), cost and, for VQA/LLM/OCR
+    answers, the task reward of that answer against ``label``."""
+    if not any(i.features is not None for i in invocations):
         return None
     records = []
-    for invocation, vector in zip(trace, gate_vectors(trace), strict=True):
+    for invocation, vector in zip(invocations, gate_vectors(invocations), strict=True):
         if vector is None or invocation.features is None:
             continue
         reward = None
         if invocation.function != Function.detect and invocation.features.answer is not None:
-            reward = score_answer(answer.kind, invocation.features.answer, label, rewards).reward
+            reward = score_answer(kind, invocation.features.answer, label, rewards).reward
         records.append(
             InvocationRecord(
                 site=invocation.site_id,
