@@ -4,10 +4,10 @@ The decision (a backend for every call site) comes from the policy (the ``backen
 ``PolicyDecision``) as a plain mapping, checked once, by the executor, against the program's
 candidates and the backends. When none is available the configured fallback decision is used
 instead, and the result says so. When the policy's decision carries gates (per call site, linear
-scores the router evaluates at each invocation, ``router.gating``), the program runs under a
-``GateDecider`` instead, the ``backends`` deciding the sites without a gate; the gates are checked
-against the candidates once, as the mapping is. A backend call that fails is retried (``retries`` times), then
-tried on the site's other candidates, nearest in cost first; the trace records every attempt.
+scores evaluated at each invocation, ``router.gating``), the program runs under a ``GateDecider``
+instead, the ``backends`` deciding the sites without a gate; the gates are checked against the
+candidates once, as the mapping is. A backend call that fails is retried (``retries`` times),
+then tried on the site's other candidates, nearest in cost first; the trace records every attempt.
 This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
 """
 
@@ -24,7 +24,7 @@ from fmprog.backends.base import BackendRegistry
 from fmprog.contract import SiteGate
 from fmprog.program import ExecutionLimits, Executor, GateDecider, InvalidDecision, Program, Trace
 from router.errors import DecisionRejected, FrameRejected
-from router.gating import gate_decider, gate_problem
+from router.gating import gate_problem
 from router.programs import ProgramRegistry
 from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
 from router.store import utc_now
@@ -121,7 +121,7 @@ class Answerer:
                 problem = gate_problem(gates, public)
                 if problem is not None:
                     raise InvalidDecision(problem)
-                runner = gate_decider(gates, chosen)
+                runner = GateDecider(gates, chosen)
             trace = self.executor.run(
                 program, frame, runner, alternates(public, chosen, self.executor.backends), candidates=allowed
             )

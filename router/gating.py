@@ -1,6 +1,6 @@
-"""The policy's gates on the router's side: whether a decision's gates fit the program, the
-decider that evaluates them while the program runs, and the per-invocation records its feedback
-carries.
+"""The policy's gates on the router's side: whether a decision's gates fit the program (the
+``fmprog.program.GateDecider`` evaluates them while the program runs) and the per-invocation
+records the feedback for a gated answer carries.
 
 A gated decision still comes from one policy round trip per frame; the gates (weights of linear
 scores over the numbers of each invocation's context, ``fmprog.contract.SiteGate``) are evaluated
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from fmprog.backends.config import Function
 from fmprog.contract import MAX_RECORDS, InvocationRecord, RewardConfig, SiteGate, TaskKind, score_answer
-from fmprog.program import GateDecider, Invocation, gate_vectors
+from fmprog.program import Invocation, gate_vectors
 from router.schemas import AnswerRecord, ProgramPublic
 
 
@@ -39,14 +39,11 @@ def gate_problem(gates: Mapping[str, SiteGate], program: ProgramPublic) -> str |
     return None
 
 
-def gate_decider(gates: Mapping[str, SiteGate], fixed: Mapping[str, str]) -> GateDecider:
-    """A decider for one run: the gated sites by their gates, the others by ``fixed``."""
-    return GateDecider(gates, fixed)
-
-
 def invocation_records(answer: AnswerRecord, label: str, rewards: RewardConfig) -> list[InvocationRecord] | None:
     """One record per invocation a gate decided in this answer's run (None when no gate decided
     it): see :func:`gate_records`."""
+    if not any(i.features is not None for i in answer.trace):
+        return None
     trace = [Invocation(site_id=i.site, **i.model_dump(exclude={"site"})) for i in answer.trace]
     return gate_records(trace, answer.kind, label, rewards)
 
