@@ -45,7 +45,11 @@ def test_a_cascade_policy_gates_each_invocation_and_learns_from_the_records(tmp_
     state = tmp_path / "policy"
     with serving(create_policy_app(PolicySettings(state_dir=state, train_interval_s=3600))) as policy_url:
         settings = RouterSettings(
-            database=tmp_path / "router.db", policy_url=policy_url, synthesis_backend=None, outbox_retry_s=3600
+            database=tmp_path / "router.db",
+            policy_url=policy_url,
+            synthesis_backend=None,
+            outbox_retry_s=3600,
+            policy_timeout_s=30,  # a loaded machine must not turn the decision into the fallback
         )
         app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
         with TestClient(app) as client:
