@@ -12,8 +12,12 @@ weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
   shape is checked here; whether the algorithm exists and takes those hyper-parameters is the
   policy service's to say (``POST /policies/check``).
 - :class:`PolicyDecision`: the policy's reply for one frame: a backend per call site, the scores
-  and, for sampling algorithms, the propensities.
-- :class:`Feedback`: what the router sends back for one decision.
+  and, for sampling algorithms, the propensities; optionally, per call site, *gates*
+  (:class:`SiteGate`) the router evaluates at each invocation instead of the fixed backend.
+- :class:`Feedback`: what the router sends back for one decision, optionally with one
+  :class:`InvocationRecord` per gated invocation.
+- Gate features: ``CONTEXT_FEATURES`` and ``ESCALATION_FEATURES`` name the values of the vectors a
+  gate scores (computed by ``fmprog.program.deciders.context_vector`` / ``escalation_vector``).
 - Rewards: :class:`RewardConfig` and the reward functions (``task_reward``, ``task_loss``,
   ``score_answer``, ``program_reward``, ``sub_rewards``, ``is_yes``, ``open_match``).
 
@@ -134,13 +138,90 @@ class PolicySpec(BaseModel):
         raise KeyError(site_id)
 
 
+# -- gates: deciding each call when it runs -------------------------------------------------------
+
+CONTEXT_FEATURES: tuple[str, ...] = (
+    "bias",  # 1
+    "patch",  # 1 when the call acts on a patch (not a text-only call)
+    "area",  # the patch's share of the frame (0 without one)
+    "found",  # 1 when a detector found the patch (its box has a score)
+    "score",  # that detector score (0 without one)
+    "call",  # the call's position in the run, min(index, 32) / 32
+    "site_calls",  # this site's earlier calls in the run, min(n, 8) / 8
+    "sites_left",  # call sites not run yet, min(n, 8) / 8
+    "detected",  # 1 when an earlier detection in the run returned a box
+    "top_score",  # the best box score of the run's earlier detections (0 without one)
+    "said_yes",  # 1 when an earlier VQA/LLM/OCR answer of the run said yes
+    "said_no",  # 1 when an earlier VQA/LLM/OCR answer of the run said no
+)
+"""The values of an invocation's context a gate's first choice scores, in order (each in 0..1)."""
+
+ESCALATION_FEATURES: tuple[str, ...] = (
+    *CONTEXT_FEATURES,
+    "answer_yes",  # the first answer says yes
+    "answer_no",  # the first answer starts with no
+    "answer_empty",  # the first answer is empty
+    "no_on_found",  # answer_no * found: "no" about a patch a detector found
+    "yes_on_found",  # answer_yes * found
+)
+"""The values an escalation gate scores: the context's, then the first answer's."""
+
+MAX_GATE_WEIGHT = 1e12
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _finite_weights(weights: list[float], size: int, what: str) -> list[float]:
+    if len(weights) != size:
+        raise ValueError(f"{what} has {len(weights)} weights, the features are {size}")
+    if not all(math.isfinite(w) and abs(w) <= MAX_GATE_WEIGHT for w in weights):
+        raise ValueError(f"{what} weights must be finite and at most {MAX_GATE_WEIGHT:g} in size")
+    return weights
+
+
+class SiteGate(BaseModel):
+    """How one call site decides each of its invocations when it runs.
+
+    *First choice*: each backend in ``choice`` has weights of a linear score over the invocation's
+    ``CONTEXT_FEATURES``; the invocation goes to the backend with the highest score (ties to the
+    first listed). *Escalation* (VQA, LLM, OCR sites): after the first answer, the call is asked
+    again of ``escalate_to`` when ``escalation`` (weights over ``ESCALATION_FEATURES``) scores
+    above 0 and ``escalate_to`` is not the backend that answered. A learning policy draws the
+    weights per frame (a Thompson sample), so one frame's gates are one draw."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    choice: dict[str, list[float]] = Field(min_length=1, max_length=64)
+    escalate_to: str | None = None
+    escalation: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SiteGate:
+        for backend, weights in self.choice.items():
+            _finite_weights(weights, len(CONTEXT_FEATURES), f"the choice of {backend!r}")
+        if (self.escalate_to is None) != (self.escalation is None):
+            raise ValueError("give both escalate_to and escalation, or neither")
+        if self.escalation is not None:
+            _finite_weights(self.escalation, len(ESCALATION_FEATURES), "the escalation")
+        return self
+
+    @property
+    def backends(self) -> set[str]:
+        """Every backend this gate can pick."""
+        return set(self.choice) | ({self.escalate_to} if self.escalate_to else set())
+
+
 # -- a decision and its feedback ------------------------------------------------------------------
 
 
 class PolicyDecision(BaseModel):
     """The policy's decision for one frame as the router sees it: a backend per call site, with the
     scores and, where the algorithm samples from a distribution, the propensities (probability of
-    each backend)."""
+    each backend). ``gates``, when given, decide the named sites at each invocation instead (the
+    ``backends`` stay the decision for the other sites and the fallback when the gates do not fit
+    the program)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -148,6 +229,35 @@ class PolicyDecision(BaseModel):
     backends: dict[str, str]
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
     propensities: dict[str, dict[str, float]] | None = None
+    gates: dict[str, SiteGate] | None = Field(default=None, exclude_if=_is_none)
+
+
+MAX_RECORDS = 4096
+"""The most invocation records one feedback carries (later invocations are left out)."""
+
+
+class InvocationRecord(BaseModel):
+    """One invocation a gate decided, as feedback carries it: the call site, the backend that ran,
+    the run's call it answered (``call``; an escalation shares its first answer's), the backend it
+    re-asked (``escalated_from``), the vector the deciding gate saw (``CONTEXT_FEATURES`` for a
+    first choice, ``ESCALATION_FEATURES`` for an escalation), its cost and, for VQA/LLM/OCR answers,
+    the task reward this answer would have earned as the program's answer (``reward``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str = Field(min_length=1, max_length=200)
+    backend: str = Field(min_length=1, max_length=200)
+    call: int = Field(ge=0)
+    escalated_from: str | None = None
+    features: list[float]
+    cost: float = Field(ge=0, allow_inf_nan=False)
+    reward: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> InvocationRecord:
+        size = len(ESCALATION_FEATURES if self.escalated_from is not None else CONTEXT_FEATURES)
+        _finite_weights(self.features, size, "the record's features")
+        return self
 
 
 class Feedback(BaseModel):
@@ -163,6 +273,7 @@ class Feedback(BaseModel):
     loss: float | None = Field(default=None, allow_inf_nan=False)
     executed_sites: list[str] = Field(default_factory=list)
     costs: dict[str, float] = Field(default_factory=dict)
+    invocations: list[InvocationRecord] | None = Field(default=None, max_length=MAX_RECORDS, exclude_if=_is_none)
 
     @model_validator(mode="after")
     def _check(self) -> Feedback:
@@ -176,6 +287,9 @@ class Feedback(BaseModel):
                 raise ValueError(f"cost of site {site!r} must be finite and >= 0, got {cost}")
         if len(set(self.executed_sites)) != len(self.executed_sites):
             raise ValueError("executed_sites lists a site twice")
+        strays = sorted({r.site for r in self.invocations or ()} - set(self.executed_sites))
+        if strays:
+            raise ValueError(f"an invocation record names site {strays[0]!r}, which is not among executed_sites")
         return self
 
     @property

@@ -57,5 +57,9 @@ class PendingDecision(PolicyDecision):
     def reply(self) -> PolicyDecision:
         """The decision as the router sees it (without the context)."""
         return PolicyDecision(
-            algorithm=self.algorithm, backends=self.backends, scores=self.scores, propensities=self.propensities
+            algorithm=self.algorithm,
+            backends=self.backends,
+            scores=self.scores,
+            propensities=self.propensities,
+            gates=self.gates,
         )

@@ -3,8 +3,11 @@
 The decision (a backend for every call site) comes from the policy (the ``backends`` of its
 ``PolicyDecision``) as a plain mapping, checked once, by the executor, against the program's
 candidates and the backends. When none is available the configured fallback decision is used
-instead, and the result says so. A backend call that fails is retried (``retries`` times), then
-tried on the site's other candidates, nearest in cost first; the trace records every attempt.
+instead, and the result says so. When the policy's decision carries gates (per call site, linear
+scores evaluated at each invocation, ``router.gating``), the program runs under a ``GateDecider``
+instead, the ``backends`` deciding the sites without a gate; the gates are checked against the
+candidates once, as the mapping is. A backend call that fails is retried (``retries`` times),
+then tried on the site's other candidates, nearest in cost first; the trace records every attempt.
 This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
 With ``workers`` the program runs in a pool of worker processes (``fmprog.program.workers``) that
 kills a run at its deadline; the backend calls are still made here, in the answering thread.
@@ -20,9 +23,11 @@ from typing import Literal
 import numpy as np
 
 from fmprog.backends.base import BackendRegistry
-from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Program, Trace
+from fmprog.contract import SiteGate
+from fmprog.program import ExecutionLimits, Executor, GateDecider, InvalidDecision, Program, Trace
 from fmprog.program.workers import WorkerPool
 from router.errors import DecisionRejected, FrameRejected
+from router.gating import gate_problem
 from router.programs import ProgramRegistry
 from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
 from router.store import utc_now
@@ -119,8 +124,10 @@ class Answerer:
         *,
         frame_id: str | None = None,
         decision_id: str | None = None,
+        gates: Mapping[str, SiteGate] | None = None,
     ) -> AnswerRecord:
-        """Run the program on ``frame`` under ``decision`` (the fallback decision when None); the
+        """Run the program on ``frame`` under ``decision`` (the fallback decision when None), or,
+        with ``gates``, under a ``GateDecider`` over them and ``decision``; the
         answer as ``decision_id`` (a new id when None; the router mints it first when it asks the
         policy, so both know the decision by the same id), not stored yet.
 
@@ -130,13 +137,17 @@ class Answerer:
         """
         is_fallback = decision is None
         chosen = dict(fallback_decision(public, self.fallback) if decision is None else decision)
+        allowed = candidates(public)
         try:
+            runner: Mapping[str, str] | GateDecider = chosen
+            if gates and not is_fallback:
+                self.executor.check_decision(program, chosen, allowed)
+                problem = gate_problem(gates, public)
+                if problem is not None:
+                    raise InvalidDecision(problem)
+                runner = GateDecider(gates, chosen)
             trace = self.executor.run(
-                program,
-                frame,
-                chosen,
-                alternates(public, chosen, self.executor.backends),
-                candidates=candidates(public),
+                program, frame, runner, alternates(public, chosen, self.executor.backends), candidates=allowed
             )
         except InvalidDecision as exc:  # not a candidate, or a candidate these backends do not serve
             raise DecisionRejected(str(exc)) from None

@@ -17,12 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints,
 
 from fmprog.backends.config import BackendName, Function
 from fmprog.contract import TaskKind
-from fmprog.program import CallSite
+from fmprog.program import CallSite, InvocationFeatures
 
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
 
 _WIRE = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
@@ -128,7 +133,9 @@ class InvocationPublic(BaseModel):
 
     A failed call is retried, then handed to another backend of the same function: each try is an
     invocation, ``attempt`` counts the tries of one backend, and ``fallback_from`` names the
-    decided backend when this one ran in its place."""
+    decided backend when this one ran in its place. When the policy's gates decided the run,
+    ``features`` holds what the gate saw and what the invocation answered, and ``escalated_from``
+    the backend whose answer this one re-asked (both left out otherwise)."""
 
     model_config = _WIRE
 
@@ -141,6 +148,8 @@ class InvocationPublic(BaseModel):
     attempt: int = 1
     fallback_from: str | None = None
     error: str | None = None
+    escalated_from: str | None = Field(default=None, exclude_if=_is_none)
+    features: InvocationFeatures | None = Field(default=None, exclude_if=_is_none)
 
 
 class ProgramStopped(BaseModel):

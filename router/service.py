@@ -2,9 +2,9 @@
 
 It registers programs (and their policies, checked by the policy service first), answers frames
 (a decision from the policy, or the fallback when the policy cannot be reached or its decision
-does not fit; the program run against the backends), takes feedback (the task reward, forwarded
-to the policy with the executed sites and their costs; kept in the outbox when the policy is
-down) and keeps the metrics.
+does not fit; the program run against the backends, under the decision's gates when it has them),
+takes feedback (the task reward, forwarded to the policy with the executed sites and their costs,
+and for a gated answer a record per invocation; kept in the outbox when the policy is down) and keeps the metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fmprog.images import ImageError, decode_image
 from router.answering import Answerer, FallbackRule
 from router.errors import DecisionRejected, FrameRejected, PolicyInvalid, SynthesisFailed, Unavailable
 from router.feedback import FeedbackHandler
+from router.gating import invocation_records
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
@@ -183,8 +184,11 @@ class RouterService:
         decision = deciding.result()
         decided = time.perf_counter()
         backends = None if decision is None else decision.backends
+        gates = None if decision is None else decision.gates
         try:
-            record = self.answerer.run(public, program, frame, backends, frame_id=frame_id, decision_id=decision_id)
+            record = self.answerer.run(
+                public, program, frame, backends, frame_id=frame_id, decision_id=decision_id, gates=gates
+            )
         except DecisionRejected:
             if backends is None:
                 raise
@@ -242,6 +246,7 @@ class RouterService:
             reward=result.reward,
             executed_sites=result.executed_sites,
             costs=result.site_costs,
+            invocations=invocation_records(answer, result.label, self.feedback_handler.rewards),
         )
         self._to_policy("feedback", result.program_id, message)
         return result

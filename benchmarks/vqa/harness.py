@@ -13,6 +13,12 @@ feedback (``observe``), and ``train`` after every event, as the policy service's
 ``whole_query`` (the paper's whole-query routing) learns on the monolithic program, choosing the
 small or large VQA model per frame; the fmprog policies learn on the program.
 
+``cascade`` decides each call when it runs, so its runs cannot be read from the table: each frame
+is run by the executor (through the same output cache) under a ``GateDecider`` over the policy's
+gates, and its feedback carries the per-invocation records the router would send. With it come
+two reference lines: ``static-detect-large`` (the dearest detector, every other site the
+cheapest; read from the table) and ``cascade-fixed`` (the hand-fixed ``CascadeDecider``).
+
 Cost is the sum of the backends' costs over the invocations that ran, in the cost table's unit.
 """
 
@@ -34,11 +40,23 @@ from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.queries import monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.backends.base import BackendRegistry
-from fmprog.contract import CallSiteSpec, Feedback, PolicySpec, TaskKind, is_yes, task_loss, task_reward
-from fmprog.program import Executor, Program, compile_program
+from fmprog.backends.config import Function
+from fmprog.contract import (
+    CallSiteSpec,
+    Feedback,
+    PolicySpec,
+    RewardConfig,
+    TaskKind,
+    is_yes,
+    task_loss,
+    task_reward,
+)
+from fmprog.program import CascadeDecider, Executor, GateDecider, Program, Trace, compile_program
 from policy.algorithms import build_policy
+from router.gating import gate_records
 
 LEARNED_ON_PROGRAM = ("structured", "fast")
+GATED = frozenset({"cascade"})  # decide each call when it runs: replayed through the executor
 REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
 
 
@@ -128,27 +146,31 @@ def run_all(
     for frame, label in zip(frames, labels, strict=True):
         row = []
         for config in configs:
-            trace = executor.run(program, frame, config)
-            answer = "" if trace.answer is None else str(trace.answer)
-            site_costs: dict[str, float] = {}
-            for invocation in trace.invocations:
-                site_costs[invocation.site_id] = site_costs.get(invocation.site_id, 0.0) + invocation.cost
-            row.append(
-                Outcome(
-                    answer=answer,
-                    correct=task_loss(kind, answer, label) == 0,
-                    positive=is_yes(answer),
-                    cost=trace.cost,
-                    executed_sites=tuple(trace.executed_sites),
-                    site_costs=tuple(site_costs.items()),
-                    backends=tuple(i.backend for i in trace.invocations),
-                )
-            )
+            row.append(outcome(executor.run(program, frame, config), kind, label))
         table.append(row)
     return table
 
 
-def policy_spec(program: Program, backends: BackendRegistry, lam: float, algorithm: str, seed: int) -> PolicySpec:
+def outcome(trace: Trace, kind: TaskKind, label: str) -> Outcome:
+    """What one run gave, scored against its label."""
+    answer = "" if trace.answer is None else str(trace.answer)
+    site_costs: dict[str, float] = {}
+    for invocation in trace.invocations:
+        site_costs[invocation.site_id] = site_costs.get(invocation.site_id, 0.0) + invocation.cost
+    return Outcome(
+        answer=answer,
+        correct=task_loss(kind, answer, label) == 0,
+        positive=is_yes(answer),
+        cost=trace.cost,
+        executed_sites=tuple(trace.executed_sites),
+        site_costs=tuple(site_costs.items()),
+        backends=tuple(i.backend for i in trace.invocations),
+    )
+
+
+def policy_spec(
+    program: Program, backends: BackendRegistry, lam: float, algorithm: str, seed: int, kind: TaskKind = "binary"
+) -> PolicySpec:
     sites = [
         CallSiteSpec(
             id=site.id,
@@ -157,7 +179,10 @@ def policy_spec(program: Program, backends: BackendRegistry, lam: float, algorit
         )
         for site in program.call_sites
     ]
-    hyperparameters = {} if algorithm in ("random", "static") else {"reward_scale": REWARD_SCALE}
+    if algorithm in GATED:
+        hyperparameters: dict = {"kind": kind}  # defaults otherwise: nothing tuned on the tracks
+    else:
+        hyperparameters = {} if algorithm in ("random", "static") else {"reward_scale": REWARD_SCALE}
     return PolicySpec(sites=sites, lam=lam, algorithm=algorithm, hyperparameters=hyperparameters, seed=seed)
 
 
@@ -184,6 +209,35 @@ def replay(
         policy.observe(decision, feedback)
         policy.train()
         chosen.append(outcome)
+    return chosen
+
+
+def replay_gated(
+    spec: PolicySpec,
+    executor: Executor,
+    program: Program,
+    frames: Sequence[np.ndarray],
+    labels: Sequence[str],
+    kind: TaskKind,
+) -> list[Outcome]:
+    """Stream the frames through a fresh gated policy: decide (gates), run the program under a
+    ``GateDecider``, feed back the reward with the per-invocation records, train."""
+    policy = build_policy(spec)
+    rewards = RewardConfig()
+    chosen = []
+    for frame, label in zip(frames, labels, strict=True):
+        decision = policy.decide(frame)
+        trace = executor.run(program, frame, GateDecider(decision.gates or {}, decision.backends))
+        result = outcome(trace, kind, label)
+        feedback = Feedback(
+            reward=task_reward(kind, result.answer, label),
+            executed_sites=list(result.executed_sites),
+            costs=dict(result.site_costs),
+            invocations=gate_records(trace.invocations, kind, label, rewards),
+        )
+        policy.observe(decision, feedback)
+        policy.train()
+        chosen.append(result)
     return chosen
 
 
@@ -255,10 +309,27 @@ def query_outcomes(
     if setup.random:
         spec = policy_spec(program, backends, 0.0, "random", setup.seed)
         runs[("random", None)] = replay(spec, frames, labels, kind, table, configs)
+    if GATED & set(setup.policies):  # the reference lines of deciding each call when it runs
+        detect_large = {
+            site.id: max(backends.for_function(site.function), key=lambda b: b.cost).name
+            if site.function == Function.detect
+            else min(backends.for_function(site.function), key=lambda b: b.cost).name
+            for site in program.call_sites
+        }
+        at = configs.index(detect_large)
+        runs[("static-detect-large", None)] = [row[at] for row in table]
+        fixed = CascadeDecider.for_backends(backends)
+        runs[("cascade-fixed", None)] = [
+            outcome(executor.run(program, frame, fixed), kind, label)
+            for frame, label in zip(frames, labels, strict=True)
+        ]
     for lam in setup.lambdas:
         for algorithm in setup.policies:
-            spec = policy_spec(program, backends, lam, algorithm, setup.seed)
-            runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
+            spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
+            if algorithm in GATED:
+                runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind)
+            else:
+                runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
         if setup.whole_query:
             spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)
             runs[("whole_query", lam)] = replay(spec, frames, labels, kind, mono_table, mono_configs)

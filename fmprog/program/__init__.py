@@ -3,7 +3,16 @@
 from fmprog.program.api import Frame, ImagePatch
 from fmprog.program.callsites import CallSite
 from fmprog.program.compiler import Program, compile_program
-from fmprog.program.deciders import CascadeDecider, Decider, EarlierOutput, InvocationContext, StaticDecider
+from fmprog.program.deciders import (
+    CascadeDecider,
+    Decider,
+    EarlierOutput,
+    GateDecider,
+    InvocationContext,
+    StaticDecider,
+    context_vector,
+    escalation_vector,
+)
 from fmprog.program.errors import InvalidDecision, Problem, ProgramHalt, ProgramRejected
 from fmprog.program.executor import (
     Decision,
@@ -13,6 +22,7 @@ from fmprog.program.executor import (
     MemoHit,
     ProgramError,
     Trace,
+    gate_vectors,
 )
 from fmprog.program.sandbox import ExecutionLimits
 
@@ -25,6 +35,7 @@ __all__ = [
     "ExecutionLimits",
     "Executor",
     "Frame",
+    "GateDecider",
     "ImagePatch",
     "InvalidDecision",
     "Invocation",
@@ -39,4 +50,7 @@ __all__ = [
     "StaticDecider",
     "Trace",
     "compile_program",
+    "context_vector",
+    "escalation_vector",
+    "gate_vectors",
 ]

@@ -42,6 +42,9 @@ from fmprog.program.deciders import (
     EarlierOutput,
     InvocationContext,
     StaticDecider,
+    Vector,
+    context_vector,
+    escalation_vector,
 )
 from fmprog.program.errors import BackendFailure, InvalidChoice, InvalidDecision, ProgramHalt, SandboxViolation
 from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
@@ -526,6 +529,65 @@ def _features(context: InvocationContext, output: EarlierOutput | None) -> Invoc
         top_score=None if output is None else output.top_score,
         answer=None if output is None else output.answer,
     )
+
+
+def gate_vectors(invocations: Sequence[Invocation]) -> list[Vector | None]:
+    """For each invocation of a run under a decider, the vector its gate scored, rebuilt from the
+    trace alone: the context's (``context_vector``) for a first choice, the context's and the first
+    answer's (``escalation_vector``) for an escalation; ``None`` for an invocation that failed, ran
+    in place of the decided backend (``fallback_from``) or has no features (a fixed decision).
+
+    The same numbers the ``GateDecider`` saw: a call's context lists the answers of the run's
+    earlier calls, which are the successful invocations with a smaller ``call``."""
+    vectors: list[Vector | None] = []
+    earlier: list[EarlierOutput] = []
+    first_answers: dict[int, str | None] = {}
+    pending: list[EarlierOutput] = []  # outputs of the current call, seen by later calls only
+    current = -1
+    for invocation in invocations:
+        features = invocation.features
+        if features is None:
+            vectors.append(None)
+            continue
+        if features.call != current:
+            earlier.extend(pending)
+            pending.clear()
+            current = features.call
+        output = None
+        if invocation.ok:
+            output = EarlierOutput(
+                site_id=invocation.site_id,
+                function=invocation.function,
+                backend=invocation.backend,
+                boxes=features.boxes,
+                top_score=features.top_score,
+                answer=features.answer,
+            )
+            pending.append(output)
+        if not invocation.ok or invocation.fallback_from is not None:
+            vectors.append(None)
+            if invocation.ok and invocation.escalated_from is None:
+                first_answers.setdefault(features.call, features.answer)
+            continue
+        context = InvocationContext(
+            site_id=invocation.site_id,
+            function=invocation.function,
+            method="",
+            index=features.call,
+            site_calls=features.site_calls,
+            box=features.box,
+            area=features.area,
+            score=features.score,
+            earlier=tuple(earlier),
+            sites_left=features.sites_left,
+        )
+        vector = context_vector(context)
+        if invocation.escalated_from is None:
+            first_answers.setdefault(features.call, features.answer)
+            vectors.append(vector)
+        else:
+            vectors.append(escalation_vector(vector, first_answers.get(features.call)))
+    return vectors
 
 
 def _program_line(exc: BaseException) -> int | None:

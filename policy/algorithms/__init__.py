@@ -23,6 +23,7 @@ ALGORITHMS: dict[str, str] = {
     "ucb1": "policy.algorithms.ucb1:UCB1Policy",
     "whole_query": "policy.algorithms.whole_query:WholeQueryPolicy",
     "unstructured": "policy.algorithms.unstructured:UnstructuredPolicy",
+    "cascade": "policy.algorithms.cascade:CascadePolicy",
 }
 
 

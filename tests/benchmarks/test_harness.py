@@ -71,6 +71,25 @@ def test_replay_runs_every_baseline_and_policy(vision_config, stream):
     assert runs[("static-large", None)].cost.mean() < 0.2 * 73400
 
 
+def test_replay_runs_the_cascade_through_the_executor_with_its_reference_lines(vision_config, stream):
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    setup = ReplaySetup(
+        backends=backends, images=ImageResolver(), lambdas=(1e-3,), policies=("cascade",), whole_query=False
+    )
+    runs = replay_query(stream, "binary", setup).runs
+    assert {("static-detect-large", None), ("cascade-fixed", None), ("cascade", 1e-3)} <= set(runs)
+    assert ("fast", 1e-3) not in runs
+    for key in (("static-detect-large", None), ("cascade-fixed", None), ("cascade", 1e-3)):
+        assert len(runs[key].cost) == len(stream.frames)
+    assert set(runs[("static-detect-large", None)].invocations) <= {"detect-large", "vqa-small"}
+    # the hand-fixed rule: the dear detector, the cheap VQA, the dear VQA only as its escalation
+    fixed = runs[("cascade-fixed", None)].invocations
+    assert set(fixed) <= {"detect-large", "vqa-small", "vqa-large"} and fixed["vqa-large"] <= fixed["vqa-small"]
+    learned = runs[("cascade", 1e-3)].invocations
+    assert set(learned) <= {"detect-small", "detect-large", "vqa-small", "vqa-large"}
+    assert learned["vqa-large"] <= learned["vqa-small"]  # asked only as an escalation
+
+
 def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys):
     save_binary([stream], tmp_path / "tracks" / "binary.json")
     out = tmp_path / "report"
