@@ -126,6 +126,12 @@ class WorkerPool:
 
     # -- running ---------------------------------------------------------------------------------
 
+    def check_decision(
+        self, program: Program, decision: Decision, candidates: Mapping[str, Collection[str]] | None = None
+    ) -> None:
+        """The executor's check of a decision (``Executor.check_decision``), made in this process."""
+        self._checks.check_decision(program, decision, candidates)
+
     def run(
         self,
         program: Program,
