@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +49,7 @@ from fmprog.contract import (
     task_reward,
 )
 from fmprog.program import CascadeDecider, Executor, GateDecider, Program, Trace, compile_program
+from fmprog.program.workers import exit_with_parent
 from policy.algorithms import build_policy
 from router.gating import gate_records
 
@@ -372,24 +370,11 @@ def worker_init(
     import torch
 
     torch.set_num_threads(1)
-    _exit_with_parent()
+    exit_with_parent()
     cache = OutputCache(cache_path)
     backends = cached_registry(load_backends(config, costs), cache)
     _WORKER["cache"] = cache
     _WORKER["setup"] = ReplaySetup(backends=backends, images=images, **setup)  # type: ignore[arg-type]
-
-
-def _exit_with_parent(interval_s: float = 1.0) -> None:
-    """End this worker when the process that started it is gone: a pool's workers outlive a
-    parent killed by a signal (SIGTERM, SIGKILL) and would replay on for nobody."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def worker_replay(query: TrackQuery, kind: TaskKind) -> tuple[QueryResult, dict[str, tuple[int, int, float]]]:

@@ -545,8 +545,9 @@ class _Remote:
         return ("array", tuple(int(v) for v in array.shape), array.tobytes())
 
 
-def _exit_with_parent(interval_s: float = 1.0) -> None:
-    """End this worker when the process that started it is gone."""
+def exit_with_parent(interval_s: float = 1.0) -> None:
+    """End this process when the process that started it is gone: a worker outlives a parent
+    killed by a signal (SIGTERM, SIGKILL) and would work on for nobody. Starts a daemon thread."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -573,7 +574,7 @@ def _serve(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(argv[0]))
     remote = _Remote(conn, int(argv[1]))
-    _exit_with_parent()
+    exit_with_parent()
     setup = conn.recv()[1]
     registry = BackendRegistry(
         [

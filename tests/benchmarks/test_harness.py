@@ -128,10 +128,10 @@ POOL_SCRIPT = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from benchmarks.vqa.harness import _exit_with_parent
+from fmprog.program.workers import exit_with_parent
 
 if __name__ == "__main__":
-    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(0.1,))
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=exit_with_parent, initargs=(0.1,))
     print(pool.submit(os.getpid).result(), flush=True)
     pool.submit(time.sleep, 120)
     time.sleep(120)
