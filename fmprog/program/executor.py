@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry
@@ -242,13 +243,7 @@ class Executor:
         stops the run with ``invalid_decision``). Raises InvalidDecision (a ValueError) for a bad
         decision or alternate and ImageError (a ValueError) for a bad image; every failure of the
         program itself is reported in the trace."""
-        if isinstance(decision, StaticDecider):
-            decision = decision.decision
-        if not isinstance(decision, Decider):
-            self.check_decision(program, decision, candidates)
-        alternates = alternates or {}
-        self._check_alternates(program, alternates)
-        pixels = api.as_pixels(image)
+        decision, alternates, pixels = self.prepare(program, image, decision, alternates, candidates)
         started = perf_counter()
         guards = RunGuards(self.limits, started)
         if isinstance(decision, Decider):
@@ -284,6 +279,25 @@ class Executor:
             output=guards.output,
             memo_hits=run.memo_hits,
         )
+
+    def prepare(
+        self,
+        program: Program,
+        image: Any,
+        decision: Decision | Decider,
+        alternates: Mapping[str, Sequence[str]] | None = None,
+        candidates: Mapping[str, Collection[str]] | None = None,
+    ) -> tuple[Decision | Decider, Mapping[str, Sequence[str]], np.ndarray]:
+        """What a run starts from, checked: the decision (a ``StaticDecider`` unwrapped to its
+        mapping, which is checked; a ``Decider`` as it is), the alternates (checked) and the frame's
+        pixels (the one frame check). Raises InvalidDecision or ImageError (ValueErrors)."""
+        if isinstance(decision, StaticDecider):
+            decision = decision.decision
+        if not isinstance(decision, Decider):
+            self.check_decision(program, decision, candidates)
+        alternates = alternates or {}
+        self._check_alternates(program, alternates)
+        return decision, alternates, api.as_pixels(image)
 
     def _check_alternates(self, program: Program, alternates: Mapping[str, Sequence[str]]) -> None:
         sites = {site.id: site for site in program.call_sites}

@@ -51,9 +51,8 @@ import numpy as np
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
 from fmprog.backends.functions import FUNCTIONS
-from fmprog.program import api
 from fmprog.program.compiler import Program
-from fmprog.program.deciders import Decider, StaticDecider
+from fmprog.program.deciders import Decider
 from fmprog.program.errors import InvalidDecision
 from fmprog.program.executor import Decision, ErrorKind, Executor, Invocation, ProgramError, Trace
 from fmprog.program.sandbox import ExecutionLimits
@@ -145,14 +144,10 @@ class WorkerPool:
         here before anything is sent; a run the pool had to stop is a trace with ``timeout`` (past
         its deadline) or ``resource_limit`` (the worker died or ran out of memory). A ``Decider``
         is sent to the worker, so it must pickle."""
-        if isinstance(decision, StaticDecider):
-            decision = decision.decision
+        decision, alternates, pixels = self._checks.prepare(program, image, decision, alternates, candidates)
         if not isinstance(decision, Decider):
-            self._checks.check_decision(program, decision, candidates)
             decision = dict(decision)
-        alternates = {site: list(names) for site, names in (alternates or {}).items()}
-        self._checks._check_alternates(program, alternates)
-        pixels = api.as_pixels(image)
+        alternates = {site: list(names) for site, names in alternates.items()}  # what pickles plainly
         if candidates is not None:
             candidates = {site: list(names) for site, names in candidates.items()}
         worker = self._acquire()
