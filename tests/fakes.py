@@ -122,3 +122,15 @@ class RecordingDecider(Decider):
     def escalate(self, context: InvocationContext, answer: str) -> str | None:
         self.escalations.append((context, answer))
         return self.escalate_to(context, answer)
+
+
+# A program with a detection that short-circuits and a VQA question on the first found patch: the
+# shape the deciders' and the gates' tests decide over.
+CANDIDATE = """
+def execute_command(image):
+    p = ImagePatch(image)
+    cars = p.find("car")
+    if not cars:
+        return "no"
+    return bool_to_yesno(cars[0].verify_property("car", "red"))
+"""

@@ -15,16 +15,7 @@ from fmprog.program import (
     StaticDecider,
     compile_program,
 )
-from tests.fakes import COSTS, RecordingDecider, all_of, box
-
-CANDIDATE = """
-def execute_command(image):
-    p = ImagePatch(image)
-    cars = p.find("car")
-    if not cars:
-        return "no"
-    return bool_to_yesno(cars[0].verify_property("car", "red"))
-"""
+from tests.fakes import CANDIDATE, COSTS, RecordingDecider, all_of, box
 
 LEGACY_FIELDS = {"site_id", "function", "backend", "cost", "latency_s", "ok", "attempt", "fallback_from", "error"}
 

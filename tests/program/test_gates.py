@@ -15,16 +15,7 @@ from fmprog.program import (
     gate_vectors,
 )
 from fmprog.program.deciders import Decider
-from tests.fakes import box
-
-CANDIDATE = """
-def execute_command(image):
-    p = ImagePatch(image)
-    cars = p.find("car")
-    if not cars:
-        return "no"
-    return bool_to_yesno(cars[0].verify_property("car", "red"))
-"""
+from tests.fakes import CANDIDATE, box
 
 N, M = len(CONTEXT_FEATURES), len(ESCALATION_FEATURES)
 
