@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from policy.algorithms import build_policy, check_spec
 from policy.algorithms.base import Policy
+from policy.algorithms.evidence import Evidence, pooled
 from policy.schemas import PolicyInfo, SpecAccepted
 from policy.settings import PolicySettings
 from policy.snapshots import load_policy, policy_bytes
@@ -122,9 +123,15 @@ class PolicyService:
                 if current is not None:
                     self.state.delete(program_id)
                 self.state.put_spec(program_id, spec)
-                self._slots[program_id] = _Slot(build_policy(spec))
+                self._slots[program_id] = _Slot(build_policy(spec, self._pooled_evidence()))
         self.snapshot(program_id)
         return self.info(program_id)
+
+    def _pooled_evidence(self) -> dict[str, Evidence]:
+        """What every program's policy learned, per model key, for a new policy to start from
+        (algorithms that pool evidence; a program's own evidence lives in its snapshots, so the
+        pool is rebuilt from them after a restart)."""
+        return pooled(*(slot.policy.evidence() for slot in list(self._slots.values()) if slot.policy.pools_evidence))
 
     def delete(self, program_id: str) -> None:
         with self._lock:

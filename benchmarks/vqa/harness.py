@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.queries import monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
-from fmprog.backends.base import BackendRegistry
+from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import Function
 from fmprog.contract import (
     CallSiteSpec,
@@ -51,6 +51,7 @@ from fmprog.contract import (
 from fmprog.program import CascadeDecider, Executor, GateDecider, Program, Trace, compile_program
 from fmprog.program.workers import exit_with_parent
 from policy.algorithms import build_policy
+from policy.algorithms.base import Policy
 from router.gating import gate_records
 
 LEARNED_ON_PROGRAM = ("structured", "fast")
@@ -107,6 +108,47 @@ class QueryResult:
     configurations: int
     sites: list[str]
     best_reward: dict[float, float] = field(default_factory=dict)  # per lambda: see hindsight_reward
+    best_frames: dict[float, np.ndarray] = field(default_factory=dict)  # per lambda, per frame: the same
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A backend that degrades mid-stream: from frame ``at`` (a share of the stream) on, each of
+    ``backend``'s answers is corrupted with probability ``rate`` (a yes/no answer is flipped, any
+    other emptied)."""
+
+    backend: str
+    rate: float
+    at: float = 0.5
+
+
+class _Degrading:
+    """Wraps one backend's calls; corrupts answers once ``active`` (seeded, so runs repeat)."""
+
+    def __init__(self, call: Callable[..., object], rate: float, seed: int):
+        self.call, self.rate = call, rate
+        self.rng = np.random.default_rng(seed)
+        self.active = False
+
+    def __call__(self, *args: object) -> object:
+        answer = self.call(*args)
+        if not self.active or self.rng.random() >= self.rate:
+            return answer
+        text = str(answer)
+        if is_yes(text):
+            return "no"
+        return "yes" if text.strip().lower().startswith("no") else ""
+
+
+def degrading(backends: BackendRegistry, drift: Drift, seed: int) -> tuple[BackendRegistry, _Degrading]:
+    """The same backends with ``drift.backend`` answering through a switchable corruption."""
+    target = backends[drift.backend]
+    if target.function == Function.detect:
+        raise ValueError(f"drift corrupts answers; {drift.backend!r} is a detector")
+    switch = _Degrading(getattr(target.model, target.function.value), drift.rate, seed)
+    model = FunctionModel(target.function, switch, f"{target.name} (degrading)")
+    swapped = [Backend(b.spec, model) if b.name == drift.backend else b for b in backends.values()]
+    return BackendRegistry(swapped), switch
 
 
 @dataclass(frozen=True)
@@ -120,6 +162,9 @@ class ReplaySetup:
     whole_query: bool = True
     random: bool = True
     seed: int = 42
+    drift: Drift | None = None
+    """Binary track, gated policies at each lambda: a run whose backend degrades mid-stream, beside
+    the hand-fixed cascade under the same drift."""
 
 
 def configurations(program: Program, backends: BackendRegistry) -> list[dict[str, str]]:
@@ -217,13 +262,19 @@ def replay_gated(
     frames: Sequence[np.ndarray],
     labels: Sequence[str],
     kind: TaskKind,
+    policy: Policy | None = None,
+    drift: tuple[int, _Degrading] | None = None,
 ) -> list[Outcome]:
-    """Stream the frames through a fresh gated policy: decide (gates), run the program under a
-    ``GateDecider``, feed back the reward with the per-invocation records, train."""
-    policy = build_policy(spec)
+    """Stream the frames through a fresh gated policy (or ``policy``, built from ``spec``):
+    decide (gates), run the program under a ``GateDecider``, feed back the reward with the
+    per-invocation records, train. With ``drift`` (a frame index and the executor's degrading
+    backend), the backend degrades from that frame on."""
+    policy = policy or build_policy(spec)
     rewards = RewardConfig()
     chosen = []
-    for frame, label in zip(frames, labels, strict=True):
+    for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+        if drift is not None:
+            drift[1].active = i >= drift[0]
         decision = policy.decide(frame)
         trace = executor.run(program, frame, GateDecider(decision.gates or {}, decision.backends))
         result = outcome(trace, kind, label)
@@ -239,14 +290,16 @@ def replay_gated(
     return chosen
 
 
-def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TaskKind, lam: float) -> float:
-    """The most program reward ``R = task - lambda * cost`` any policy over these configurations
-    could have had on these frames: per frame, the best configuration in hindsight. Regret is
-    measured against it (the ``oracle`` run, the cheapest right answer, can score less when lambda
-    prices a right answer above its reward)."""
-    return math.fsum(
-        max(task_reward(kind, o.answer, label) - lam * o.cost for o in row)
-        for row, label in zip(table, labels, strict=True)
+def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TaskKind, lam: float) -> np.ndarray:
+    """Per frame, the most program reward ``R = task - lambda * cost`` any policy over these
+    configurations could have had: the best configuration in hindsight. Regret is measured against
+    it (the ``oracle`` run, the cheapest right answer, can score less when lambda prices a right
+    answer above its reward)."""
+    return np.array(
+        [
+            max(task_reward(kind, o.answer, label) - lam * o.cost for o in row)
+            for row, label in zip(table, labels, strict=True)
+        ]
     )
 
 
@@ -270,13 +323,14 @@ def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> Query
         runs={key: RunStats.of(outcomes, kind, query.labels) for key, outcomes in runs.items()},
         configurations=configs,
         sites=[s.id for s in program.call_sites],
-        best_reward=best,
+        best_reward={lam: math.fsum(frames) for lam, frames in best.items()},
+        best_frames=best,
     )
 
 
 def query_outcomes(
     query: TrackQuery, kind: TaskKind, setup: ReplaySetup
-) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, float]]:
+) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, np.ndarray]]:
     """Every baseline's and policy's outcome on each frame of one query's stream; also the
     compiled program, its number of configurations and, per lambda, the hindsight reward."""
     backends = setup.backends
@@ -321,6 +375,13 @@ def query_outcomes(
             outcome(executor.run(program, frame, fixed), kind, label)
             for frame, label in zip(frames, labels, strict=True)
         ]
+        if setup.drift is not None and kind == "binary":
+            drifting, switch = degrading(backends, setup.drift, setup.seed)
+            under, at = Executor(drifting), int(len(frames) * setup.drift.at)
+            runs[("cascade-fixed-drift", None)] = []
+            for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+                switch.active = i >= at
+                runs[("cascade-fixed-drift", None)].append(outcome(under.run(program, frame, fixed), kind, label))
     for lam in setup.lambdas:
         for algorithm in setup.policies:
             spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
@@ -328,6 +389,14 @@ def query_outcomes(
                 runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind)
             else:
                 runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
+        if setup.drift is not None and kind == "binary":
+            at = int(len(frames) * setup.drift.at)
+            for algorithm in sorted(GATED & set(setup.policies)):
+                drifting, switch = degrading(backends, setup.drift, setup.seed)
+                spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
+                runs[(f"{algorithm}-drift", lam)] = replay_gated(
+                    spec, Executor(drifting), program, frames, labels, kind, drift=(at, switch)
+                )
         if setup.whole_query:
             spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)
             runs[("whole_query", lam)] = replay(spec, frames, labels, kind, mono_table, mono_configs)

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from benchmarks.vqa.harness import LEARNED_ON_PROGRAM, QueryResult, RunStats, worker_init, worker_replay
+from benchmarks.vqa.harness import LEARNED_ON_PROGRAM, Drift, QueryResult, RunStats, worker_init, worker_replay
 from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 
 RunKey = tuple[str, float | None]
 CURVE_POINTS = 100
+DRIFT_WINDOW = 250  # frames per window of the drift's recovery measure
+DRIFT_TOLERANCE = 0.02  # back within 2 F1 points of the frames before the drift
 
 
 class BenchSettings(BaseModel):
@@ -56,6 +59,11 @@ class BenchSettings(BaseModel):
     coco_root: Path | None = None
     images_root: Path | None = None
     seed: int = 42
+    drift_backend: str | None = Field(
+        default="vqa-small",
+        description="Binary track, gated policies: this backend degrades halfway (None: no drift run).",
+    )
+    drift_rate: float = Field(default=0.3, gt=0, le=1, description="Share of the degraded backend's answers corrupted.")
 
     @model_validator(mode="after")
     def _check(self) -> BenchSettings:
@@ -103,6 +111,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
         "policies": settings.policies,
         "whole_query": settings.whole_query,
         "seed": settings.seed,
+        "drift": None if settings.drift_backend is None else Drift(settings.drift_backend, settings.drift_rate),
     }
     calls: dict[str, Counter] = {}
     results: dict[str, list[QueryResult]] = {}
@@ -127,10 +136,71 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
         "settings": settings.model_dump(mode="json"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "seconds": round(time.perf_counter() - started, 1),
-        "tracks": {track.name: summarize_track(track, results[track.name], settings.lambdas) for track in tracks},
+        "tracks": summaries(tracks, results, settings.lambdas, setup["drift"]),
         "backend_calls": {name: dict(c) for name, c in sorted(calls.items())},
         "standalone": standalone,
     }
+
+
+def drift_recovery(
+    results: Sequence[QueryResult], key: RunKey, at: float, window: int = DRIFT_WINDOW, step: int = 25
+) -> dict[str, Any]:
+    """How a run under drift recovers, on a binary track: F1 pooled over every query's frames in a
+    window (a window holds too few positives of one query for a per-query F1) before the drift
+    (the ``window`` frames before it), right after it, and the first window after it that is back
+    within ``DRIFT_TOLERANCE`` of the frames before, as frames after the drift (``None``: never
+    within the stream)."""
+    runs = [(q.runs[key], np.array([y == "yes" for y in q.labels])) for q in results]
+    length = min(len(r.cost) for r, _ in runs)
+    start = int(length * at)
+
+    def pooled_f1(begin: int, end: int) -> float:
+        predicted = np.concatenate([r.predicted_positive[begin:end] for r, _ in runs])
+        actual = np.concatenate([y[begin:end] for _, y in runs])
+        return f1_score(predicted, actual)
+
+    before = pooled_f1(max(0, start - window), start)
+    after = pooled_f1(start, start + window)
+    recovered = next(
+        (
+            k
+            for k in range(0, length - start - window + 1, step)
+            if pooled_f1(start + k, start + k + window) >= before - DRIFT_TOLERANCE
+        ),
+        None,
+    )
+    return {
+        "policy": key[0],
+        "lambda": key[1],
+        "drift_frame": start,
+        "window": window,
+        "f1_before": before,
+        "f1_first_window_after": after,
+        "frames_to_recover": recovered,
+    }
+
+
+def summaries(
+    tracks: Sequence[Track], results: dict[str, list[QueryResult]], lambdas: Sequence[float], drift: Drift | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each track's summary; an open-form track also without its knowledge queries, where the
+    zoo's VQA scores 0 (the monolithic baselines cannot answer them; programs ask an LLM), which
+    flatters every program against them."""
+    out = {}
+    for track in tracks:
+        out[track.name] = summarize_track(track, results[track.name], lambdas)
+        drifted = [k for k in results[track.name][0].runs if k[0].endswith("-drift")] if results[track.name] else []
+        if drift is not None and drifted:
+            out[track.name]["drift"] = {
+                "backend": drift.backend,
+                "rate": drift.rate,
+                "runs": [drift_recovery(results[track.name], key, drift.at) for key in drifted],
+            }
+        rest = [q for q in results[track.name] if q.type != "knowledge"]
+        if track.kind == "open" and 0 < len(rest) < len(results[track.name]):
+            name = f"{track.name}-without-knowledge"
+            out[name] = summarize_track(replace(track, name=name), rest, lambdas)
+    return out
 
 
 def _init(initargs: tuple, setup: dict[str, Any]) -> None:
@@ -203,7 +273,12 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
         )
     curve_lambda = sorted(lambdas)[len(lambdas) // 2]
     curves = {
-        _label(key): _curve([q.runs[key] for q in results]) for key in keys if key[1] is None or key[1] == curve_lambda
+        _label(key): _curve(
+            [q.runs[key] for q in results],
+            None if key[1] is None else ([q.best_frames[key[1]] for q in results], key[1]),
+        )
+        for key in keys
+        if key[1] is None or key[1] == curve_lambda
     }
     return {
         "kind": track.kind,
@@ -228,19 +303,29 @@ def _label(key: RunKey) -> str:
     return key[0] if key[1] is None else f"{key[0]} (lambda {key[1]:g})"
 
 
-def _curve(runs: Sequence[RunStats]) -> dict[str, list[float]]:
-    """Mean over queries, by stream position: cumulative cost per query and running accuracy."""
+def _curve(runs: Sequence[RunStats], best: tuple[Sequence[np.ndarray], float] | None = None) -> dict[str, list[float]]:
+    """Mean over queries, by stream position: cumulative cost per query, running accuracy and,
+    for a learned policy (``best``: each query's hindsight-best reward per frame, and the lambda),
+    the regret per frame so far (the hindsight-best reward less the policy's ``task - lambda * cost``)."""
     length = min(len(r.cost) for r in runs)
     cost = np.mean([r.cost[:length] for r in runs], axis=0)
     correct = np.mean([r.correct[:length] for r in runs], axis=0)
     positions = np.unique(np.linspace(0, length - 1, min(CURVE_POINTS, length)).round().astype(int))
     cumulative = np.cumsum(cost)
-    running = np.cumsum(correct) / np.arange(1, length + 1)
-    return {
+    so_far = np.arange(1, length + 1)
+    running = np.cumsum(correct) / so_far
+    curve = {
         "frame": [int(p) + 1 for p in positions],
         "cumulative_cost": [float(cumulative[p]) for p in positions],
         "running_accuracy": [float(running[p]) for p in positions],
     }
+    if best is not None:
+        frames, lam = best
+        regret = np.zeros(length)
+        for r, b in zip(runs, frames, strict=True):
+            regret += b[:length] - (r.task[:length] - lam * r.cost[:length])
+        curve["regret_per_frame"] = [float(v) for v in (np.cumsum(regret / len(runs)) / so_far)[positions]]
+    return curve
 
 
 # -- standalone accuracy of each backend -------------------------------------------------------------------

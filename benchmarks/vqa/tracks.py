@@ -155,6 +155,7 @@ def build_streams(
     open_answered: float = 0.6,
     lookalike_share: float = 0.3,
     max_candidates: int = 300_000,
+    first_seed: int = 0,
 ) -> list[TrackQuery]:
     """A stream per query from generated scenes (equal thirds of easy, medium and hard frames):
 
@@ -164,7 +165,8 @@ def build_streams(
       look-alike distractors where the candidates offer enough.
 
     Frames a query is ambiguous on are skipped for it. Raises ValueError when ``max_candidates``
-    scenes do not fill a query's positives.
+    scenes do not fill a query's positives. Scenes are drawn from seed ``first_seed`` on (the
+    tracks: from 0).
     """
     buckets = []
     for spec in specs:
@@ -177,7 +179,7 @@ def build_streams(
         quotas["other"] = negatives  # also tops up look-alikes that run short
         buckets.append(_Buckets(spec, quotas))
     pending = list(buckets)
-    for index in range(max_candidates):
+    for index in range(first_seed, first_seed + max_candidates):
         difficulty = DIFFICULTIES[index % len(DIFFICULTIES)]
         scene = generate_scene(index, difficulty)
         ref = f"scene/{difficulty}/{index}"

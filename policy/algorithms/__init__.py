@@ -6,6 +6,7 @@ Algorithms are found by import path, so nothing heavy (torch) is imported until 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -53,9 +54,13 @@ def check_spec(spec: PolicySpec) -> Any:
     return params
 
 
-def build_policy(spec: PolicySpec) -> Policy:
-    """A fresh policy for ``spec`` (the algorithm checks it; :func:`check_spec` names the problem better)."""
-    return algorithm_class(spec.algorithm)(spec)
+def build_policy(spec: PolicySpec, evidence: Mapping[str, Any] | None = None) -> Policy:
+    """A fresh policy for ``spec`` (the algorithm checks it; :func:`check_spec` names the problem
+    better), starting from ``evidence`` pooled from other programs where the algorithm pools it."""
+    cls = algorithm_class(spec.algorithm)
+    if cls.pools_evidence:
+        return cls(spec, evidence=evidence)  # type: ignore[call-arg]
+    return cls(spec)
 
 
 __all__ = ["ALGORITHMS", "algorithm_class", "build_policy", "check_spec"]

@@ -50,6 +50,9 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
+    pools_evidence: ClassVar[bool] = False
+    """Whether the algorithm starts from, and gives, evidence pooled across programs
+    (:mod:`policy.algorithms.evidence`): built with ``evidence=``, read with :meth:`evidence`."""
 
     def __init__(self, spec: PolicySpec):
         if spec.algorithm != self.name:
@@ -70,6 +73,11 @@ class Policy(ABC):
     @abstractmethod
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         """Record the feedback for a decision this policy made."""
+
+    def evidence(self) -> dict[str, Any]:
+        """The evidence of this policy's own observations per model key, for other programs'
+        policies to start from (algorithms that pool evidence)."""
+        return {}
 
     def train(self) -> TrainReport | None:
         """Do pending training work; ``None`` when there was none."""

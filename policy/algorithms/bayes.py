@@ -31,6 +31,12 @@ class LinearArms:
         var = self.reg * (ax @ x)
         return mean, np.sqrt(np.maximum(var, 0.0))
 
+    def start_from(self, arm: int, mean: np.ndarray, cov: np.ndarray) -> None:
+        """Replace one arm's prior with ``N(mean, cov)`` (before it has seen data)."""
+        self.a_inv[arm] = cov
+        self.b[arm] = np.linalg.solve(cov, mean)
+        self.theta[arm] = mean
+
     def update(self, arm: int, x: np.ndarray, reward: float) -> None:
         a_inv = self.a_inv[arm]
         ax = a_inv @ x

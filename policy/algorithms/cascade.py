@@ -18,18 +18,20 @@ the cheaper answer's cost where the gate escalates every time.
 
 Models, all Bayesian linear regressions with Thompson sampling (:class:`.bayes.LinearArms`,
 closed-form posterior, Sherman-Morrison updates; a weight vector is drawn once per frame, so one
-frame's gates are one draw from the posterior):
+frame's gates are one draw from the posterior). They learn task rewards only; the known cost
+``lambda * cost`` is taken off a gate's bias when the gate is drawn, so what a model learned
+holds at any ``lambda``:
 
 - *First choice*, per site and candidate: the task reward against a per-program running
-  baseline, less the cost of the escalations the choice led to, ``R - baseline - lambda *
-  C_escalations``, plus what an escalation that did not pay lost (``max(0, -gain)``, known from
-  its pair): a cheap first answer is worth what it is worth with a right escalation gate, so the
-  early, random escalations do not push the first choice (where a site has three or more
-  candidates) toward a dearer one. A candidate's gate weights are its draw minus ``lambda *
+  baseline, ``R - baseline``, plus what an escalation lost (``max(0, r_first - r_escalated)``,
+  known from its pair): a cheap first answer is worth what it is worth with a right escalation
+  gate, so the early, random escalations do not push the first choice (where a site has three or
+  more candidates) toward a dearer one. A candidate's gate weights are its draw minus ``lambda *
   cost`` on the bias, so a dearer first choice is made where its drawn advantage pays for its
   known extra cost.
 - *Escalation*, per VQA/LLM/OCR site: the *paired gain* of an escalated call, whose two answers
-  are both known with the label: ``gain = r_escalated - r_first - lambda * cost_escalated``.
+  are both known with the label, ``r_escalated - r_first``; the gate re-asks where the drawn gain
+  beats ``lambda * cost`` of the dearer call.
 
 Scale and prior come from the reward table, not from data: rewards are divided by ``sigma``, the
 standard deviation of one answer's task reward when it is right or wrong at even odds, labels
@@ -40,19 +42,33 @@ swing between a right and a wrong answer. Each of a gate's ``d`` weights has the
 ``N(0, sigma^2 / (reg * d))``, so a score's prior spread is about ``sigma`` (the features are in
 0..1), and the observation noise is fixed at that scale.
 
-Why it cannot lock in: a gate's prior mean is 0, so at first every answer is escalated with
-probability 1/2 and the first choice is a coin flip between candidates (shifted by the known
-cost); a candidate or an escalation the data has not seen keeps its prior spread, so its draw
-still wins with a probability that shrinks only as its own data accrues; since the noise is known
-rather than estimated, a run of identical outcomes (many true negatives while positives are rare)
-narrows the posterior as ``1 / sqrt(n)``, never to 0, so the rare paying case keeps being tried
-until enough pairs say it does not pay; and the dearest candidate of an escalating site is asked
-only as an escalation, so no first choice can starve the escalation gate of pairs.
+Shared across programs: every model is keyed by what it means, not by the program it serves
+(``model_key``: the task kind and reward scheme, the function, the site's candidate backends, the
+role and the backend), and keeps the *evidence* of its own observations (:mod:`.evidence`). A new
+policy starts from the evidence pooled under its models' keys: the prior the project ships
+(``policy/priors/cascade.json``, built by ``python -m benchmarks.cascade_prior`` from the zoo's
+held-out scenes and queries of its own, never from the benchmark's tracks; ``warm_start``) and,
+in the policy service, every other program's (``share``). The posterior that evidence gives is the
+new policy's prior, with a per-program intercept: an escalation gate's bias gets the base prior's
+variance back (how often re-asking pays differs from program to program), and a first choice is
+scored against the program's own running baseline (the level is the program's; what differs
+between candidates is shared).
+
+Why it cannot lock in: a gate's prior mean is 0 (or the pooled evidence's), so a fresh policy
+without evidence escalates every answer with probability 1/2 and flips a coin between candidates
+(shifted by the known cost); a candidate or an escalation the data has not seen keeps its prior
+spread, so its draw still wins with a probability that shrinks only as its own data accrues;
+since the noise is known rather than estimated, a run of identical outcomes (many true negatives
+while positives are rare) narrows the posterior as ``1 / sqrt(n)``, never to 0, so the rare paying
+case keeps being tried until enough pairs say it does not pay; and the dearest candidate of an
+escalating site is asked only as an escalation, so no first choice can starve the escalation gate
+of pairs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -62,6 +78,7 @@ from fmprog.backends.config import Function
 from fmprog.contract import (
     CONTEXT_FEATURES,
     ESCALATION_FEATURES,
+    CallSiteSpec,
     Feedback,
     PolicySpec,
     RewardConfig,
@@ -70,9 +87,12 @@ from fmprog.contract import (
 )
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
+from policy.algorithms.evidence import Evidence, pooled, shipped_prior
 from policy.decisions import PendingDecision
 
 ESCALATING = frozenset({Function.vqa, Function.llm, Function.ocr})
+PRIOR_FEATURES = (("choice", CONTEXT_FEATURES), ("escalation", ESCALATION_FEATURES))
+"""The features the shipped prior must have been built over."""
 
 
 class CascadeParams(BaseModel):
@@ -90,6 +110,8 @@ class CascadeParams(BaseModel):
     baseline_window: int = Field(
         default=200, ge=1, description="The running baseline averages about this many recent rewards."
     )
+    warm_start: bool = Field(default=True, description="Start from the prior the project ships (policy/priors).")
+    share: bool = Field(default=True, description="Start from the evidence of the service's other programs.")
 
 
 def reward_sigma(params: CascadeParams) -> float:
@@ -104,6 +126,12 @@ def reward_sigma(params: CascadeParams) -> float:
     return max(math.sqrt(p * positive**2 + (1 - p) * negative**2), 1e-9)
 
 
+def model_key(params: CascadeParams, site: CallSiteSpec, role: str, backend: str) -> str:
+    """What a model means, the same for every program: models under one key pool their evidence."""
+    candidates = "+".join(sorted(site.backend_names))
+    return f"{params.kind}:{params.rewards.scheme}/{site.function.value}/{candidates}/{role}/{backend}"
+
+
 def _draw(arms: LinearArms, arm: int, nu: float, rng: np.random.Generator) -> np.ndarray:
     """A draw of one arm's weights from its posterior ``N(theta, A^-1)`` (exploration ``nu``)."""
     cov = arms.a_inv[arm]  # (reg I + X'X)^-1: the posterior covariance under unit noise
@@ -114,24 +142,63 @@ def _draw(arms: LinearArms, arm: int, nu: float, rng: np.random.Generator) -> np
     return arms.theta[arm] + nu * (root @ rng.standard_normal(len(cov)))
 
 
+def _start_from(arms: LinearArms, arm: int, evidence: Evidence, intercept_variance: float = 0.0) -> None:
+    """Set one arm's prior to the posterior ``evidence`` gives from the base prior, the bias's
+    variance widened by ``intercept_variance`` (a per-program intercept around the pooled one)."""
+    precision = arms.reg * np.eye(evidence.dim) + evidence.xtx
+    cov = np.linalg.inv(precision)
+    mean = cov @ evidence.xty
+    if intercept_variance:
+        cov[0, 0] += intercept_variance
+    arms.start_from(arm, mean, cov)
+
+
 class CascadePolicy(Policy):
     name = "cascade"
     Params = CascadeParams
+    pools_evidence = True
 
-    def __init__(self, spec: PolicySpec):
+    def __init__(self, spec: PolicySpec, evidence: Mapping[str, Evidence] | None = None):
         super().__init__(spec)
-        self.sigma = reward_sigma(self.params)
+        params = self.params
+        self.sigma = reward_sigma(params)
         n, m = len(CONTEXT_FEATURES), len(ESCALATION_FEATURES)
         # each weight's prior is N(0, sigma^2 / (reg * d)): a score's prior spread is about sigma
         # at a vector of d values near 1, however many features there are
-        self.choice = {site.id: LinearArms(len(site.backends), n, self.params.reg * n) for site in spec.sites}
+        self.choice = {site.id: LinearArms(len(site.backends), n, params.reg * n) for site in spec.sites}
         self.escalation = {
-            site.id: LinearArms(1, m, self.params.reg * m)
+            site.id: LinearArms(1, m, params.reg * m)
             for site in spec.sites
             if site.function in ESCALATING and len(site.backends) > 1
         }
+        self.keys: dict[tuple[str, str], str] = {}  # (site, backend or "escalation") -> model key
+        self.own: dict[str, Evidence] = {}  # per model key: this policy's own observations
+        for site in spec.sites:
+            for option in site.backends:
+                key = self.keys[site.id, option.name] = model_key(params, site, "choice", option.name)
+                self.own.setdefault(key, Evidence.empty(n))
+            if site.id in self.escalation:
+                key = self.keys[site.id, "escalation"] = model_key(params, site, "escalation", site.largest)
+                self.own.setdefault(key, Evidence.empty(m))
+        prior = pooled(
+            shipped_prior("cascade", PRIOR_FEATURES) if params.warm_start else {},
+            evidence if evidence is not None and params.share else {},
+        )
+        for site in spec.sites:
+            for arm, option in enumerate(site.backends):
+                found = prior.get(self.keys[site.id, option.name])
+                if found is not None and found.dim == n:
+                    _start_from(self.choice[site.id], arm, found)
+            found = prior.get(self.keys.get((site.id, "escalation"), ""))
+            if found is not None and found.dim == m:
+                _start_from(self.escalation[site.id], 0, found, intercept_variance=1.0 / (params.reg * m))
         self.baseline = 0.0
         self.rewards_seen = 0
+
+    def evidence(self) -> dict[str, Evidence]:
+        """The evidence of this policy's own observations, per model key (the prior left out)."""
+        with self.lock:
+            return {key: e.copy() for key, e in self.own.items() if e.n}
 
     # -- deciding -----------------------------------------------------------------------------------
 
@@ -159,7 +226,9 @@ class CascadePolicy(Policy):
                 escalate_to = escalation = None
                 if escalates:
                     escalate_to = site.largest
-                    escalation = (2 * sigma * _draw(self.escalation[site.id], 0, nu, self.rng)).tolist()
+                    weights = 2 * sigma * _draw(self.escalation[site.id], 0, nu, self.rng)
+                    weights[0] -= lam * site.backends[site.backend_names.index(site.largest)].cost
+                    escalation = weights.tolist()
                 gates[site.id] = SiteGate(choice=choice, escalate_to=escalate_to, escalation=escalation)
         return PendingDecision(algorithm=self.name, backends=backends, scores=scores, gates=gates)
 
@@ -172,32 +241,41 @@ class CascadePolicy(Policy):
             if record.backend not in site.backend_names:
                 raise ValueError(f"invocation record names {record.backend!r}, not a candidate of {record.site!r}")
 
+    def _learn(self, models: LinearArms, arm: int, key: str, x: np.ndarray, y: float) -> None:
+        models.update(arm, x, y)
+        self.own[key].add(x, y)
+
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
         records = feedback.invocations or []
         task = feedback.task_term
-        lam, sigma = self.spec.lam, self.sigma
+        sigma = self.sigma
         firsts = {(r.site, r.call): r for r in records if r.escalated_from is None}
-        # what the escalations at a call changed: the cost they added, and what they lost when known
-        escalated_cost: dict[tuple[str, int], float] = {}
-        lost: dict[tuple[str, int], float] = {}
+        lost: dict[tuple[str, int], float] = {}  # what the escalations at a call lost, when known
         with self.lock:
             advantage = task - self.baseline
             for record in records:
-                if record.escalated_from is None:
-                    continue
                 key = (record.site, record.call)
-                escalated_cost[key] = escalated_cost.get(key, 0.0) + record.cost
                 first = firsts.get(key)
-                if first is None or first.reward is None or record.reward is None or record.site not in self.escalation:
+                if (
+                    record.escalated_from is None
+                    or first is None
+                    or first.reward is None
+                    or record.reward is None
+                    or record.site not in self.escalation
+                ):
                     continue
-                gain = record.reward - first.reward - lam * record.cost
+                gain = record.reward - first.reward
                 lost[key] = lost.get(key, 0.0) + max(0.0, -gain)
-                self.escalation[record.site].update(0, np.asarray(record.features), gain / (2 * sigma))
+                x = np.asarray(record.features)
+                self._learn(
+                    self.escalation[record.site], 0, self.keys[record.site, "escalation"], x, gain / (2 * sigma)
+                )
             for key, record in firsts.items():
                 arm = self.spec.site(key[0]).backend_names.index(record.backend)
-                target = advantage - lam * escalated_cost.get(key, 0.0) + lost.get(key, 0.0)
-                self.choice[key[0]].update(arm, np.asarray(record.features), target / sigma)
+                target = (advantage + lost.get(key, 0.0)) / sigma
+                x = np.asarray(record.features)
+                self._learn(self.choice[key[0]], arm, self.keys[key[0], record.backend], x, target)
             self.rewards_seen += 1
             self.baseline += (task - self.baseline) / min(self.rewards_seen, self.params.baseline_window)
             self.observed += 1
@@ -205,11 +283,17 @@ class CascadePolicy(Policy):
     # -- state --------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
+        import torch
+
         return {
             "choice": {site: model.state() for site, model in self.choice.items()},
             "escalation": {site: model.state() for site, model in self.escalation.items()},
             "baseline": float(self.baseline),
             "rewards_seen": int(self.rewards_seen),
+            "evidence": {
+                key: {"xtx": torch.from_numpy(e.xtx.copy()), "xty": torch.from_numpy(e.xty.copy()), "n": e.n}
+                for key, e in self.own.items()
+            },
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -219,3 +303,6 @@ class CascadePolicy(Policy):
             model.load(state["escalation"][site])
         self.baseline = float(state["baseline"])
         self.rewards_seen = int(state["rewards_seen"])
+        for key, e in state.get("evidence", {}).items():  # snapshots before evidence was kept have none
+            if key in self.own:
+                self.own[key] = Evidence(e["xtx"].numpy().copy(), e["xty"].numpy().copy(), int(e["n"]))

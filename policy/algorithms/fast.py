@@ -10,9 +10,16 @@ the closed-form posterior replaces REINFORCE's gradient steps (a regression on t
 the fixed point REINFORCE with a learned baseline moves toward). Everything happens in
 ``observe``; ``train`` has nothing to do.
 
-``nu`` scales exploration and should be set on the scale of the rewards (e.g. ~1 for the 0/1
-loss, ~100 for the authors' rewards); ``reward_scale`` divides rewards before fitting, so the
-prior ``reg`` means the same at any scale.
+The Thompson spread includes the residual noise: a draw is ``N(mean, nu^2 s^2 x^T A^-1 x)`` with
+``s^2`` the site's residual variance, estimated from the residuals of its own observations
+(``(x . theta_before - r)^2``, each against the model before the update) and a prior of
+``noise_prior`` pseudo-observations at one reward unit (``s^2 = 1`` after ``reward_scale``): a
+site whose rewards barely move once the cost term is known (true negatives) narrows its draws
+and commits, one whose rewards swing (rare positives) keeps exploring.
+
+``nu`` scales exploration; ``reward_scale`` divides rewards before fitting (e.g. ~1 for the 0/1
+loss, ~100 for the authors' rewards), so the prior ``reg`` and the noise prior mean the same at
+any scale.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ class FastParams(BaseModel):
     reg: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Ridge prior precision.")
     nu: float = Field(default=0.3, ge=0, allow_inf_nan=False, description="Exploration scale.")
     reward_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Rewards are divided by this.")
+    noise_prior: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="Pseudo-observations of unit residual variance."
+    )
 
 
 class FastPolicy(Policy):
@@ -44,6 +54,12 @@ class FastPolicy(Policy):
     def __init__(self, spec):
         super().__init__(spec)
         self.models = {site.id: LinearArms(len(site.backends), FEATURE_DIM, self.params.reg) for site in spec.sites}
+        # per site: the residuals' sum of squares and count, the prior's pseudo-observations included
+        self.noise = {site.id: [self.params.noise_prior, self.params.noise_prior] for site in spec.sites}
+
+    def residual_sd(self, site_id: str) -> float:
+        squares, count = self.noise[site_id]
+        return float(np.sqrt(squares / count))
 
     def decide(self, frame: np.ndarray) -> PendingDecision:
         x = frame_features(as_frame(frame))
@@ -52,7 +68,8 @@ class FastPolicy(Policy):
         with self.lock:
             for site in self.spec.sites:
                 mean, sigma = self.models[site.id].mean_and_sigma(x)
-                sample = mean + self.params.nu * sigma * self.rng.standard_normal(len(mean))
+                spread = self.params.nu * self.residual_sd(site.id) * sigma
+                sample = mean + spread * self.rng.standard_normal(len(mean))
                 names = site.backend_names
                 backends[site.id] = names[int(np.argmax(sample))]
                 scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
@@ -65,12 +82,22 @@ class FastPolicy(Policy):
         with self.lock:
             for site_id, reward in rewards.items():
                 arm = self.spec.site(site_id).backend_names.index(decision.backends[site_id])
-                self.models[site_id].update(arm, x, reward / self.params.reward_scale)
+                model, target = self.models[site_id], reward / self.params.reward_scale
+                noise = self.noise[site_id]
+                noise[0] += float(model.theta[arm] @ x - target) ** 2
+                noise[1] += 1
+                model.update(arm, x, target)
             self.observed += 1
 
     def _state(self) -> dict[str, Any]:
-        return {"models": {site: model.state() for site, model in self.models.items()}}
+        return {
+            "models": {site: model.state() for site, model in self.models.items()},
+            "noise": {site: list(noise) for site, noise in self.noise.items()},
+        }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         for site, model in self.models.items():
             model.load(state["models"][site])
+        for site, noise in state.get("noise", {}).items():  # older snapshots: the prior alone
+            if site in self.noise:
+                self.noise[site] = [float(noise[0]), float(noise[1])]

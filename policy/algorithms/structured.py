@@ -18,9 +18,11 @@ activation ``h`` (with a 1 for the bias) in row ``a`` and zero elsewhere, so
 
 Training is REINFORCE on the paper's sub-rewards ``r_i = -lambda * C_i - L / N`` of executed
 sites: loss ``-A * log softmax(r')[a]``. The advantage ``A = (r_i - m) / s - v(x)`` uses a baseline
-for variance reduction: ``m`` and ``s`` are the running mean and standard deviation of the site's
-sub-rewards and ``v(x)``, the extra output, is trained (squared error, weight ``value_weight``) to
-predict ``(r_i - m) / s`` for the frame. The baseline must depend on the frame: Thompson sampling
+for variance reduction: ``m`` is the running mean of the site's sub-rewards, ``s`` their running
+standard deviation but at least ``reward_scale`` (the reward's unit: a cost gap between two
+backends on frames whose task reward never changes stays the small number it is), and ``v(x)``,
+the extra output, is trained (squared error, weight ``value_weight``) to predict ``(r_i - m) / s``
+for the frame. The baseline must depend on the frame: Thompson sampling
 mostly picks the backend with the highest score, not one drawn from ``softmax(r')``, so with a
 frame-independent baseline a backend whose reward beats the average keeps being pushed up on
 every frame it is chosen for (the right backend on hard frames is pushed down once the policy
@@ -232,7 +234,10 @@ class StructuredPolicy(Policy):
         count, mean, m2 = stats
         if self.params.baseline == "none":
             return rewards, value.new_zeros(())
-        std = max(float(np.sqrt(m2 / count)) if count > 1 else 1.0, 1e-6)
+        # the spread of the site's sub-rewards, never below the reward unit: on a stream of true
+        # negatives the sub-rewards differ only by the cost term, and dividing that gap by its own
+        # tiny spread would turn it into an advantage of about +-1 on every frame
+        std = max(float(np.sqrt(m2 / count)) if count > 1 else 0.0, self.params.reward_scale)
         normalised = (rewards - mean) / std
         if self.params.baseline == "mean":
             return normalised, value.new_zeros(())

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.vqa.cache import OutputCache, cached_registry
-from benchmarks.vqa.harness import ReplaySetup, load_backends, replay_query
+from benchmarks.vqa.harness import Drift, QueryResult, ReplaySetup, RunStats, degrading, load_backends, replay_query
 from benchmarks.vqa.queries import binary_queries
-from benchmarks.vqa.tracks import ImageResolver, build_streams, save_binary
+from benchmarks.vqa.runner import drift_recovery, summaries
+from benchmarks.vqa.tracks import ImageResolver, Track, build_streams, save_binary
 from launcher.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +92,67 @@ def test_replay_runs_the_cascade_through_the_executor_with_its_reference_lines(v
     assert learned["vqa-large"] <= learned["vqa-small"]  # asked only as an escalation
 
 
+def test_a_drift_corrupts_the_backend_from_its_frame_on(vision_config):
+    """Every answer of the degraded backend flipped from the drift on (rate 1): the hand-fixed
+    cascade (which asks the cheap VQA about every red candidate) answers as before up to the drift;
+    after it, each flipped "yes" is a "no" about a found candidate, which it re-asks of the dear VQA."""
+    built = build_streams([binary_queries()[0]], binary_frames=60, binary_positives=10)[0]
+    # built streams list positives first: reversed, they come after the drift
+    stream = replace(built, frames=built.frames[::-1], labels=built.labels[::-1])
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    setup = ReplaySetup(
+        backends=backends, images=ImageResolver(), lambdas=(1e-3,), policies=("cascade",), whole_query=False,
+        random=False, drift=Drift("vqa-small", rate=1.0, at=0.5),
+    )  # fmt: skip
+    runs = replay_query(stream, "binary", setup).runs
+    assert {("cascade-drift", 1e-3), ("cascade-fixed-drift", None)} <= set(runs)
+    fixed, drifted = runs[("cascade-fixed", None)], runs[("cascade-fixed-drift", None)]
+    half = len(stream.frames) // 2
+    np.testing.assert_array_equal(fixed.predicted_positive[:half], drifted.predicted_positive[:half])
+    assert drifted.invocations["vqa-large"] > fixed.invocations["vqa-large"]
+    assert len(runs[("cascade-drift", 1e-3)].cost) == len(stream.frames)
+    with pytest.raises(ValueError, match="detector"):
+        degrading(backends, Drift("detect-small", rate=0.5), seed=0)
+
+
+def _result(type_: str, correct: list[bool], predicted: list[bool], labels: list[str]) -> QueryResult:
+    n = len(correct)
+    stats = RunStats(np.array(correct), np.ones(n), np.zeros(n), np.array(predicted))
+    return QueryResult(
+        query=type_, type=type_, kind="open", labels=labels, runs={("p", None): stats, ("p-drift", 0.1): stats},
+        configurations=1, sites=["s"],
+    )  # fmt: skip
+
+
+def test_the_open_track_is_also_summarised_without_its_knowledge_queries():
+    results = [
+        _result("spatial", [True] * 4, [False] * 4, ["a"] * 4),
+        _result("knowledge", [False] * 4, [False] * 4, ["b"] * 4),
+    ]
+    track = Track("open", "open")
+    out = summaries([track], {"open": results}, [0.1])
+    assert set(out) == {"open", "open-without-knowledge"}
+    entry = lambda name: next(e for e in out[name]["entries"] if e["policy"] == "p")  # noqa: E731
+    assert entry("open")["metric"] == 0.5 and entry("open-without-knowledge")["metric"] == 1.0
+
+
+def test_drift_recovery_counts_frames_until_the_pooled_f1_is_back():
+    """Right on every positive, then wrong on all of them for 100 frames after the drift."""
+    labels = ["yes" if i % 10 == 0 else "no" for i in range(1000)]
+    truth = np.array([y == "yes" for y in labels])
+    predicted = truth.copy()
+    predicted[500:600] = False
+    result = _result("t", list(predicted == truth), list(predicted), labels)
+    report = drift_recovery([result], ("p-drift", 0.1), at=0.5, window=100, step=25)
+    assert report["f1_before"] == 1.0 and report["f1_first_window_after"] == 0.0
+    assert report["frames_to_recover"] == 100
+    predicted[500:] = False
+    never = drift_recovery(
+        [_result("t", list(predicted == truth), list(predicted), labels)], ("p-drift", 0.1), 0.5, 100
+    )
+    assert never["frames_to_recover"] is None
+
+
 def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys):
     save_binary([stream], tmp_path / "tracks" / "binary.json")
     out = tmp_path / "report"
@@ -106,6 +169,9 @@ def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys)
     assert mono["cost_per_frame"] == 73400 and mono["saving_vs_monolithic_large"] == 0
     learned = next(e for e in track["entries"] if e["policy"] == "fast")
     assert learned["regret_per_frame"] >= 0 and learned["frames"] == 60
+    # the regret curve ends at the run's regret per frame
+    assert track["curves"]["fast (lambda 0.001)"]["regret_per_frame"][-1] == pytest.approx(learned["regret_per_frame"])
+    assert "regret_per_frame" not in track["curves"]["oracle"]
     assert learned["backend_mix"]["detect-small"] + learned["backend_mix"].get("detect-large", 0) >= 1
     assert set(results["standalone"]) == {"detect-small", "detect-large", "vqa-small", "vqa-large"}
     assert results["backend_calls"]["detect-small"]["misses"] > 0

@@ -163,3 +163,18 @@ def test_learns_large_on_hard_frames(algorithm, events, margin, hyper, seeds):
         gaps.append(share["hard"] - share["easy"])
     assert np.mean(gaps) > margin, gaps
     assert min(gaps) > 0, gaps
+
+
+def test_fast_draws_as_wide_as_the_residual_noise(frames):
+    """``fast``'s draws scale with each site's residual noise: rewards that never move narrow
+    them below the prior's unit, rewards that swing widen them above it."""
+    steady = one_site_policy("fast", seed=1)
+    swinging = one_site_policy("fast", seed=1)
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        frame = frames[i % len(frames)]
+        for policy, reward in ((steady, 1.0), (swinging, float(rng.choice([-6.0, 6.0])))):
+            decision = policy.decide(frame)
+            policy.observe(decision, Feedback(reward=reward, executed_sites=[SITE], costs={}))
+    assert steady.residual_sd(SITE) < 0.4
+    assert swinging.residual_sd(SITE) > 3.0

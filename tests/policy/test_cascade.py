@@ -32,7 +32,7 @@ def spec(seed: int = 0, **hyper) -> PolicySpec:
             "sites": sites,
             "lambda": LAMBDA,
             "algorithm": "cascade",
-            "hyperparameters": {"base_rate": BASE_RATE, **hyper},
+            "hyperparameters": {"base_rate": BASE_RATE, "warm_start": False, **hyper},
             "seed": seed,
         }
     )
@@ -98,15 +98,19 @@ def frame_event(policy, rng: np.random.Generator, decision_id: str | None = None
     return decision, feedback
 
 
-def escalation_rates(policy: CascadePolicy, draws: int = 200) -> dict[str, float]:
-    """How often fresh draws of the escalation gate re-ask, per kind of first answer."""
+def escalation_cases() -> dict[str, tuple[float, ...]]:
     found = context(ASK, "vqa", 1, True, (EarlierOutput(FIND, "detect", "detect-large", boxes=1, top_score=0.8),))
     whole = context(ASK, "vqa", 1, False, (EarlierOutput(FIND, "detect", "detect-large", boxes=0),))
-    cases = {
+    return {
         "no_on_found": escalation_vector(context_vector(found), "no"),
         "yes_on_found": escalation_vector(context_vector(found), "yes"),
         "no_unfound": escalation_vector(context_vector(whole), "no"),
     }
+
+
+def escalation_rates(policy: CascadePolicy, draws: int = 200) -> dict[str, float]:
+    """How often fresh draws of the escalation gate re-ask, per kind of first answer."""
+    cases = escalation_cases()
     counts = dict.fromkeys(cases, 0)
     for _ in range(draws):
         gate = policy.decide(FRAME).gates[ASK]
@@ -130,8 +134,20 @@ def test_the_reply_carries_a_gate_per_site_that_fits_the_contract():
 
 
 def test_the_prior_explores_both_ways_before_any_data():
-    rates = escalation_rates(build_policy(spec(seed=1)))
-    assert all(0.3 < rate < 0.7 for rate in rates.values()), rates
+    """A fresh gate (no shipped prior, nothing shared) re-asks where a draw from the base prior
+    beats the known cost of the dearer call: ``2 sigma w.z ~ N(0, 4 sigma^2 |z|^2 / (reg d))``
+    against ``lambda * cost``, at odds between 1/2 (lambda 0) and 0."""
+    from statistics import NormalDist
+
+    policy = build_policy(spec(seed=1))
+    rates = escalation_rates(policy, draws=400)
+    sigma, d = policy.sigma, len(escalation_cases()["no_on_found"])
+    for name, z in escalation_cases().items():
+        spread = 2 * sigma * float(np.linalg.norm(z)) / np.sqrt(d)
+        expected = NormalDist().cdf(-LAMBDA * COST["vqa-large"] / spread)
+        assert 0.05 < expected < 0.45 and abs(rates[name] - expected) < 0.08, (name, rates[name], expected)
+    free = escalation_rates(build_policy(spec(seed=1).model_copy(update={"lam": 0.0})), draws=400)
+    assert all(0.4 < rate < 0.6 for rate in free.values()), free
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -188,6 +204,63 @@ def test_a_crash_loses_no_acknowledged_feedback(tmp_path):
     np.testing.assert_allclose(after.escalation[ASK].a_inv, before.escalation[ASK].a_inv)
 
 
+def test_a_new_program_starts_from_what_earlier_programs_learned(tmp_path):
+    """The service pools every program's evidence per model key: a program registered after
+    another has learned starts with its escalation gate where the other's ended (its intercept
+    widened), and learns on; with ``share`` off it starts from the base prior."""
+    service = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
+    service.restore()
+    service.put("first", spec(seed=3))
+    rng = np.random.default_rng(11)
+    for i in range(600):
+        decision = service.decide("first", f"d{i}", FRAME)
+        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
+        service.feedback("first", feedback)
+    learned = escalation_rates(service._slot("first").policy)
+    service.put("second", spec(seed=4))
+    second = service._slot("second").policy
+    assert second.observed == 0
+    started = escalation_rates(second)
+    assert started["no_on_found"] > 0.8 and started["no_unfound"] < 0.25, (learned, started)
+    service.put("alone", spec(seed=4, share=False))
+    alone = escalation_rates(service._slot("alone").policy)
+    assert alone["no_on_found"] < 0.6, alone
+    # the pool holds the first program's own evidence only (the second has seen nothing)
+    key = service._slot("first").policy.keys[ASK, "escalation"]
+    assert service._pooled_evidence()[key].n == service._slot("first").policy.own[key].n > 0
+
+
+def test_evidence_survives_a_snapshot_and_pools_after_a_restart(tmp_path):
+    settings = PolicySettings(state_dir=tmp_path / "state", snapshot_every=10)
+    running = PolicyService(settings)
+    running.restore()
+    running.put("p", spec(seed=5))
+    rng = np.random.default_rng(8)
+    for i in range(25):
+        decision = running.decide("p", f"d{i}", FRAME)
+        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
+        running.feedback("p", feedback)
+    again = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
+    again.restore()
+    before, after = running._pooled_evidence(), again._pooled_evidence()
+    assert set(before) == set(after) and before
+    for key in before:
+        assert after[key].n == before[key].n
+        np.testing.assert_allclose(after[key].xtx, before[key].xtx)
+        np.testing.assert_allclose(after[key].xty, before[key].xty)
+
+
+def test_a_prior_built_over_other_features_is_refused():
+    from policy.algorithms.cascade import PRIOR_FEATURES
+    from policy.algorithms.evidence import Evidence, dump_prior, load_prior
+
+    models = {"k": Evidence(np.eye(2), np.ones(2), 3)}
+    text = dump_prior(models, {"choice": ["bias", "x"]}, "test")
+    assert load_prior(text, {"choice": ["bias", "x"]})["k"].n == 3
+    with pytest.raises(ValueError, match="rebuild"):
+        load_prior(text, dict(PRIOR_FEATURES))
+
+
 class _Replier:
     """Hands frame_event the decision the service already made."""
 
@@ -196,3 +269,29 @@ class _Replier:
 
     def decide(self, frame):
         return self.decision
+
+
+def test_the_shipped_prior_starts_a_binary_detector_on_the_dear_detector():
+    """``policy/priors/cascade.json`` (built from the zoo's held-out scenes) matches today's
+    features, and a fresh binary program with the zoo's detectors draws detect-large first on most
+    frames at lambda 0.001 (the prior saw it find the positives detect-small misses)."""
+    from policy.algorithms.cascade import PRIOR_FEATURES
+    from policy.algorithms.evidence import shipped_prior
+
+    prior = shipped_prior("cascade", PRIOR_FEATURES)
+    assert any(key.startswith("binary:authors/detect/") for key in prior)
+    sites = [
+        {"id": FIND, "function": "detect", "backends": [{"name": n, "cost": COST[n]} for n in COST if "detect" in n]}
+    ]
+    shaped = {"sites": sites, "lambda": 0.001, "algorithm": "cascade", "seed": 2}
+    warm = build_policy(PolicySpec.model_validate({**shaped, "hyperparameters": {"kind": "binary"}}))
+    cold = build_policy(
+        PolicySpec.model_validate({**shaped, "hyperparameters": {"kind": "binary", "warm_start": False}})
+    )
+    find = context(FIND, "detect", 0, False)
+
+    def share_large(policy) -> float:
+        picks = [GateDecider(policy.decide(FRAME).gates, {}).decide(find) for _ in range(200)]
+        return picks.count("detect-large") / len(picks)
+
+    assert share_large(warm) > 0.8 and share_large(cold) < 0.7
