@@ -2,15 +2,29 @@
 
     python -m benchmarks.cascade_prior [--out policy/priors/cascade.json]
 
-Queries of its own (the track's templates with other objects; none is a track query) stream
+Queries of its own (the track's templates on other objects; none is a track query) stream
 scenes from the zoo's held-out range (seeds from ``HELD_OUT_SEED_BASE + 90,000,000``: never a
-training frame of the zoo, never a frame of the benchmark's tracks, which draw seeds from 0). Each
-stream runs through the executor under a fresh ``cascade`` policy with no prior (nothing shipped,
-nothing shared) at lambda ``--lam``, learning from the label after every frame, as the benchmark
-replays a track; what every policy observed is pooled per model key (``policy.algorithms.
-evidence``) and written as the prior file ``cascade`` policies start from. The evidence is of task
-rewards only, so the prior holds at any lambda; the lambda here only steers which gates the runs
-explore. Deterministic for a given zoo and configuration; a few minutes on 2 cores.
+training frame of the zoo, never a frame of the benchmark's tracks, which draw seeds from 0).
+
+Two kinds of evidence, pooled per model key (``policy.algorithms.evidence``) into the prior file
+``cascade`` policies start from:
+
+- *Which detector to ask first*, counterfactually: every frame runs under every configuration of
+  the program (a backend per call site, as the benchmark's table), so each detector's task reward
+  is known on every frame the site ran, with the rest of the program averaged over; each
+  detector gets the evidence ``(its mean reward - the detectors' mean) / sigma`` at the site's
+  choice features on every such frame. A learning policy sees one detector per frame, and with a
+  positive in a hundred frames the few thousand frames here cannot tell the detectors apart that
+  way (two builds of that kind, with different seeds, locked onto opposite detectors); paired on
+  the same frames, they can.
+- *When to re-ask a dearer model* (and the single first choice of VQA, LLM and OCR sites), from
+  use: each stream runs through the executor under a fresh ``cascade`` policy with no prior
+  (nothing shipped, nothing shared) at lambda ``--lam``, learning from the label after every frame,
+  as the benchmark replays a track; its escalation pairs are paired already.
+
+The evidence is of task rewards only, so the prior holds at any lambda; the lambda here only
+steers which gates the runs explore. Deterministic for a given zoo and configuration; about ten
+minutes on 2 cores, most of it finding the scenes for the streams.
 """
 
 from __future__ import annotations
@@ -19,8 +33,10 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.vqa.cache import OutputCache, cached_registry
-from benchmarks.vqa.harness import load_backends, policy_spec, replay_gated
+from benchmarks.vqa.harness import configurations, load_backends, policy_spec, replay_gated
 from benchmarks.vqa.queries import (
     QuerySpec,
     all_queries,
@@ -36,10 +52,20 @@ from benchmarks.vqa.queries import (
     sides,
 )
 from benchmarks.vqa.tracks import ImageResolver, build_streams
-from fmprog.program import Executor, compile_program
+from fmprog.backends.base import BackendRegistry
+from fmprog.backends.config import Function
+from fmprog.contract import PolicySpec, task_reward
+from fmprog.program import Decider, Executor, InvocationContext, Program, compile_program, context_vector
 from fmprog.zoo.evaluate import HELD_OUT_SEED_BASE
 from policy.algorithms import build_policy
-from policy.algorithms.cascade import PRIOR_FEATURES
+from policy.algorithms.cascade import (
+    CHOICE_FEATURES,
+    CHOICE_INDEX,
+    PRIOR_FEATURES,
+    CascadeParams,
+    model_key,
+    reward_sigma,
+)
 from policy.algorithms.evidence import Evidence, dump_prior, pooled
 
 FIRST_SEED = HELD_OUT_SEED_BASE + 90_000_000
@@ -62,6 +88,60 @@ def prior_queries() -> list[QuerySpec]:
         sides("purple"),
         french("hexagon"),
     ]
+
+
+class _Recording(Decider):
+    """A fixed configuration that keeps the choice features of each site's first invocation."""
+
+    def __init__(self, configuration: dict[str, str]):
+        self.configuration = configuration
+        self.features: dict[str, np.ndarray] = {}
+
+    def decide(self, context: InvocationContext) -> str:
+        if context.site_id not in self.features:
+            self.features[context.site_id] = np.asarray(context_vector(context))[CHOICE_INDEX]
+        return self.configuration[context.site_id]
+
+
+def detector_evidence(
+    spec: PolicySpec,
+    program: Program,
+    executor: Executor,
+    backends: BackendRegistry,
+    frames: list[np.ndarray],
+    labels: list[str],
+) -> dict[str, Evidence]:
+    """Each detector's task reward on each frame against the detectors' mean, every configuration
+    of the rest of the program averaged over, as evidence for the detect sites' first choices."""
+    params = CascadeParams.model_validate(spec.hyperparameters)
+    sigma = reward_sigma(params)
+    sites = [site for site in spec.sites if site.function == Function.detect and len(site.backends) > 1]
+    evidence = {
+        model_key(params, site, "choice", name): Evidence.empty(len(CHOICE_FEATURES))
+        for site in sites
+        for name in site.backend_names
+    }
+    configs = configurations(program, backends)
+    for frame, label in zip(frames, labels, strict=True):
+        runs = []
+        for config in configs:
+            recording = _Recording(config)
+            trace = executor.run(program, frame, recording)
+            answer = "" if trace.answer is None else str(trace.answer)
+            runs.append((config, recording.features, task_reward(params.kind, answer, label)))
+        for site in sites:
+            means, seen = {}, None
+            for name in site.backend_names:
+                rewards = [r for config, features, r in runs if config[site.id] == name and site.id in features]
+                if rewards:
+                    means[name] = float(np.mean(rewards))
+                    seen = seen if seen is not None else next(f[site.id] for c, f, _ in runs if site.id in f)
+            if len(means) < len(site.backend_names) or seen is None:
+                continue  # the site did not run under every detector on this frame
+            level = float(np.mean(list(means.values())))
+            for name, mean in means.items():
+                evidence[model_key(params, site, "choice", name)].add(seen, (mean - level) / sigma)
+    return {key: e for key, e in evidence.items() if e.n}
 
 
 def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
@@ -92,7 +172,9 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
         frames = [images(ref) for ref in query.frames]
         started = time.perf_counter()
         replay_gated(policy_, executor, program, frames, query.labels, spec_.kind, policy=policy)
-        evidence.append(policy.evidence())
+        detectors = detector_evidence(policy_, program, executor, backends, frames, query.labels)
+        evidence.append({key: e for key, e in policy.evidence().items() if key not in detectors})
+        evidence.append(detectors)
         cache.flush()
         frames_seen += len(frames)
         print(f"{spec_.kind:6} {query.query}: {len(frames)} frames, {time.perf_counter() - started:.0f} s", flush=True)

@@ -8,6 +8,8 @@ copies and swap parameters in under a short lock.
 
 from __future__ import annotations
 
+import logging
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from policy.schemas import PolicyInfo, SpecAccepted
 from policy.settings import PolicySettings
 from policy.snapshots import load_policy, policy_bytes
 from policy.state import PolicyState
+
+logger = logging.getLogger(__name__)
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -92,7 +96,13 @@ class PolicyService:
                 slot = _Slot(build_policy(spec))
             else:
                 blob, seq = snapshot
-                slot = _Slot(load_policy(blob), seq=seq)
+                try:
+                    slot = _Slot(load_policy(blob), seq=seq)
+                except (ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+                    # written by a version whose state this one cannot read (a model's shape
+                    # changed): rebuilt from the whole feedback log, which holds every event
+                    logger.warning("snapshot of %s unreadable (%s); replaying its whole feedback log", program_id, exc)
+                    slot = _Slot(build_policy(spec))
             for seq, decision, feedback in self.state.feedback_after(program_id, slot.seq):
                 slot.policy.observe(decision, feedback)
                 slot.seq, slot.since_snapshot = seq, slot.since_snapshot + 1

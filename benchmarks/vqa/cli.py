@@ -24,8 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="price backends as the same names in this configuration, or 'own' (default: deploy/config/gpu.yaml)",
     )
     parser.add_argument("--lambdas", help="comma-separated lambdas to sweep (default: 0.0001,0.001,0.01)")
-    parser.add_argument("--policies", help="learned policies on the program (default: structured,fast)")
+    parser.add_argument("--policies", help="learned policies on the program (default: structured,fast,cascade)")
     parser.add_argument("--no-whole-query", action="store_true", help="leave out whole-query routing")
+    parser.add_argument(
+        "--drift-backend",
+        help="binary track: this backend degrades halfway through (default vqa-small; 'none': no drift runs)",
+    )
+    parser.add_argument("--drift-rate", type=float, help="share of its answers corrupted after the drift (default 0.3)")
     parser.add_argument("--queries-per-type", type=int)
     parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
     parser.add_argument("--workers", type=int, help="worker processes (default: CPUs, at most 8)")
@@ -61,6 +66,10 @@ def settings_from(args: argparse.Namespace) -> Any:
         values["policies"] = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     if args.no_whole_query:
         values["whole_query"] = False
+    if args.drift_backend is not None:
+        values["drift_backend"] = None if args.drift_backend == "none" else args.drift_backend
+    if args.drift_rate is not None:
+        values["drift_rate"] = args.drift_rate
     return BenchSettings.quick(**values) if args.quick else BenchSettings(**values)
 
 

@@ -54,7 +54,7 @@ from policy.algorithms import build_policy
 from policy.algorithms.base import Policy
 from router.gating import gate_records
 
-LEARNED_ON_PROGRAM = ("structured", "fast")
+LEARNED_ON_PROGRAM = ("structured", "fast", "cascade")
 GATED = frozenset({"cascade"})  # decide each call when it runs: replayed through the executor
 REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
 

@@ -80,6 +80,12 @@ class BenchSettings(BaseModel):
         for path in (self.binary, self.open, self.config, self.costs):
             if path is not None and not path.exists():
                 raise ValueError(f"{path} does not exist")
+        if self.drift_backend is not None:
+            from fmprog.backends import load_catalog
+
+            answering = {b.name for b in load_catalog(self.config).backends if b.function.value != "detect"}
+            if self.drift_backend not in answering:
+                raise ValueError(f"drift backend {self.drift_backend!r} is not an answering backend of {self.config}")
         return self
 
     @staticmethod

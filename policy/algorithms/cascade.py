@@ -1,10 +1,11 @@
 """``cascade``: gates decided per frame and evaluated by the router at each invocation.
 
 The reply to a frame carries, for every call site, a *gate* (``fmprog.contract.SiteGate``): for
-the *first choice*, one weight vector per candidate backend over the invocation's context
-(``CONTEXT_FEATURES``: the patch, the detector score that found it, what the run found and
-answered before); for VQA, LLM and OCR sites with a dearer candidate, an *escalation* gate over
-the context and the first answer (``ESCALATION_FEATURES``: said yes, said no, empty, "no" about a
+the *first choice*, one weight vector per candidate backend over what the call acts on
+(``CHOICE_FEATURES``: the patch, its area, the detector score that found it; the weights on the
+rest of ``CONTEXT_FEATURES``, the run's history, are 0); for VQA, LLM and OCR sites with a dearer
+candidate, an *escalation* gate over the whole context (what the run found and answered before
+included) and the first answer (``ESCALATION_FEATURES``: said yes, said no, empty, "no" about a
 found patch, ...) that re-asks the dearest candidate when it scores above 0. The router runs the
 program under these gates and its feedback lists every gated invocation with the vector the gate
 saw, its cost and, for answers, the task reward the answer alone would have earned.
@@ -22,7 +23,12 @@ frame's gates are one draw from the posterior). They learn task rewards only; th
 ``lambda * cost`` is taken off a gate's bias when the gate is drawn, so what a model learned
 holds at any ``lambda``:
 
-- *First choice*, per site and candidate: the task reward against a per-program running
+- *First choice*, per site and candidate: over ``CHOICE_FEATURES`` only. With rare positives a
+  first choice's reward moves on a few frames in a hundred, so each feature it scores costs
+  thousands of frames to learn; scoring the run's history too made the second detector of a
+  program draw at random (its history features had no evidence) where the first, always seen
+  with the same history, had learned which detector pays. The escalation gate, learning from
+  pairs, scores the history. Learned: the task reward against a per-program running
   baseline, ``R - baseline``, plus what an escalation lost (``max(0, r_first - r_escalated)``,
   known from its pair): a cheap first answer is worth what it is worth with a right escalation
   gate, so the early, random escalations do not push the first choice (where a site has three or
@@ -91,7 +97,11 @@ from policy.algorithms.evidence import Evidence, pooled, shipped_prior
 from policy.decisions import PendingDecision
 
 ESCALATING = frozenset({Function.vqa, Function.llm, Function.ocr})
-PRIOR_FEATURES = (("choice", CONTEXT_FEATURES), ("escalation", ESCALATION_FEATURES))
+CHOICE_FEATURES = ("bias", "patch", "area", "found", "score")
+"""The context values a first choice scores (what the call acts on); its gate's weights on the
+other ``CONTEXT_FEATURES`` (the run's history) are 0."""
+CHOICE_INDEX = [CONTEXT_FEATURES.index(name) for name in CHOICE_FEATURES]
+PRIOR_FEATURES = (("choice", CHOICE_FEATURES), ("escalation", ESCALATION_FEATURES))
 """The features the shipped prior must have been built over."""
 
 
@@ -162,7 +172,7 @@ class CascadePolicy(Policy):
         super().__init__(spec)
         params = self.params
         self.sigma = reward_sigma(params)
-        n, m = len(CONTEXT_FEATURES), len(ESCALATION_FEATURES)
+        n, m = len(CHOICE_FEATURES), len(ESCALATION_FEATURES)
         # each weight's prior is N(0, sigma^2 / (reg * d)): a score's prior spread is about sigma
         # at a vector of d values near 1, however many features there are
         self.choice = {site.id: LinearArms(len(site.backends), n, params.reg * n) for site in spec.sites}
@@ -215,7 +225,8 @@ class CascadePolicy(Policy):
                 for arm, option in enumerate(site.backends):
                     if escalates and option.name == site.largest:
                         continue  # asked only as an escalation
-                    weights = sigma * _draw(self.choice[site.id], arm, nu, self.rng)
+                    weights = np.zeros(len(CONTEXT_FEATURES))
+                    weights[CHOICE_INDEX] = sigma * _draw(self.choice[site.id], arm, nu, self.rng)
                     weights[0] -= lam * option.cost
                     choice[option.name] = weights.tolist()
                 # the up-front decision (the fallback, and what the other algorithms' replies
@@ -274,7 +285,7 @@ class CascadePolicy(Policy):
             for key, record in firsts.items():
                 arm = self.spec.site(key[0]).backend_names.index(record.backend)
                 target = (advantage + lost.get(key, 0.0)) / sigma
-                x = np.asarray(record.features)
+                x = np.asarray(record.features)[CHOICE_INDEX]
                 self._learn(self.choice[key[0]], arm, self.keys[key[0], record.backend], x, target)
             self.rewards_seen += 1
             self.baseline += (task - self.baseline) / min(self.rewards_seen, self.params.baseline_window)

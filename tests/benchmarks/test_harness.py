@@ -49,6 +49,7 @@ def test_replay_runs_every_baseline_and_policy(vision_config, stream):
         ("monolithic-large", None), ("oracle", None), ("random", None),
         ("structured", 1e-3), ("fast", 1e-3), ("whole_query", 1e-3),
         ("structured", 1e-2), ("fast", 1e-2), ("whole_query", 1e-2),
+        ("cascade", 1e-3), ("cascade", 1e-2), ("static-detect-large", None), ("cascade-fixed", None),
     }  # fmt: skip
     for stats in runs.values():
         assert len(stats.cost) == len(stream.frames)
@@ -188,6 +189,8 @@ def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--binary", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--drift-backend", "detect-small"]) == 2
+    assert "not an answering backend" in capsys.readouterr().err
 
 
 POOL_SCRIPT = """
@@ -232,3 +235,26 @@ def test_replay_workers_exit_when_their_parent_is_killed(tmp_path):
         assert not _running(worker), "the pool's worker outlived its parent"
     finally:
         parent.kill()
+
+
+def test_the_prior_learns_the_detectors_from_every_configuration_of_each_frame(vision_config):
+    """The prior script's counterfactual evidence: on every frame both detectors get a target
+    (their reward against the detectors' mean, so the two sum to zero), at the site's choice
+    features; on a stream rich in positives the dear detector, which finds what the cheap one
+    misses, comes out ahead."""
+    from benchmarks.cascade_prior import detector_evidence
+    from benchmarks.vqa.harness import policy_spec
+    from fmprog.program import Executor, compile_program
+
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    stream = build_streams([binary_queries()[0]], binary_frames=40, binary_positives=20)[0]
+    program = compile_program(stream.program)
+    spec = policy_spec(program, backends, 1e-3, "cascade", seed=0, kind="binary")
+    frames = [ImageResolver()(ref) for ref in stream.frames]
+    evidence = detector_evidence(spec, program, Executor(backends), backends, frames, stream.labels)
+    large, small = (
+        next(e for k, e in evidence.items() if k.endswith(f"/choice/{n}")) for n in ("detect-large", "detect-small")
+    )
+    assert large.n == small.n == len(frames)
+    np.testing.assert_allclose(large.xty + small.xty, 0, atol=1e-9)
+    assert large.xty[0] > 0
