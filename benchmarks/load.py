@@ -243,6 +243,7 @@ def main() -> None:
             program = httpx.post(f"{settings.router_url}/programs", json=body, timeout=60)
             program.raise_for_status()
             program_id = program.json()["id"]
+            load_before = os.getloadavg()[0]
             with MemorySampler(router_pid) as memory:
                 # The router starts its program workers on demand (about 0.3 s of CPU each): a
                 # burst at full concurrency first, not counted, so that the run sees the pool warm.
@@ -252,6 +253,7 @@ def main() -> None:
                 tally, elapsed = asyncio.run(
                     load(settings.router_url, program_id, frames, args.requests, args.concurrency)
                 )
+            load_after = os.getloadavg()[0]
             policy_learned = learned(settings, program_id)
             router_hwm, policy_hwm = _status_kb(router_pid, "VmHWM"), _status_kb(policy_pid, "VmHWM")
             restarts = [line for line in stack.output().splitlines() if "restarted" in line]
@@ -260,6 +262,7 @@ def main() -> None:
 
     results = {
         "machine": f"{os.cpu_count()} CPUs",
+        "load_average_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},  # others' work too
         "backends": args.backends.split(","),
         "requests": args.requests,
         "concurrency": args.concurrency,
