@@ -34,6 +34,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -54,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
 SAMPLE_EVERY_S = 0.2
+_PROBLEM = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error\b|Exception\b|HTTP/1\.1\" [13-5]\d\d")
 
 
 def truth(scene: Any) -> str:
@@ -152,6 +154,8 @@ class Tally:
     feedback_s: list[float] = field(default_factory=list)
     answers: int = 0  # /answer requests answered 200
     failures: Counter[str] = field(default_factory=Counter)  # "route status" or "route ExceptionName"
+    failed_at_s: list[float] = field(default_factory=list)  # when each failure came, from the run's start
+    started: float = field(default_factory=time.perf_counter)
     program_errors: Counter[str] = field(default_factory=Counter)  # error kinds of 200 answers
     fallback_answers: int = 0
     acknowledged: int = 0  # labels the router took as new
@@ -164,10 +168,12 @@ async def _post(client: httpx.AsyncClient, tally: Tally, route: str, body: dict[
         reply = await client.post(route, json=body)
     except httpx.HTTPError as exc:
         tally.failures[f"{route} {type(exc).__name__}"] += 1
+        tally.failed_at_s.append(round(time.perf_counter() - tally.started, 1))
         return None
     (tally.answer_s if route == "/answer" else tally.feedback_s).append(time.perf_counter() - started)
     if reply.status_code != 200:
         tally.failures[f"{route} {reply.status_code}"] += 1
+        tally.failed_at_s.append(round(time.perf_counter() - tally.started, 1))
         return None
     return reply.json()
 
@@ -207,9 +213,17 @@ async def load(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=router, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
+        tally.started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        return tally, time.perf_counter() - started
+        return tally, time.perf_counter() - tally.started
+
+
+def logged_problems(log_dir: Path, service: str) -> list[str]:
+    """Lines of a service's log that say something went wrong: warnings, errors, tracebacks, and
+    access lines of replies other than 2xx."""
+    log = log_dir / f"{service}.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [f"{service}: {line[:300]}" for line in lines if _PROBLEM.search(line)]
 
 
 def learned(settings: StackSettings, program_id: str, timeout_s: float = 120) -> int:
@@ -257,6 +271,7 @@ def main() -> None:
             policy_learned = learned(settings, program_id)
             router_hwm, policy_hwm = _status_kb(router_pid, "VmHWM"), _status_kb(policy_pid, "VmHWM")
             restarts = [line for line in stack.output().splitlines() if "restarted" in line]
+            problems = [line for name in ("router", "policy") for line in logged_problems(settings.log_dir, name)]
             if stack.stop() != 0:
                 raise RuntimeError(f"fmprog up did not stop cleanly:\n{stack.output(20)}")
 
@@ -274,6 +289,8 @@ def main() -> None:
         "answers_per_s": round(tally.answers / elapsed, 2),
         "errors": sum(tally.failures.values()),
         "errors_by_route": dict(tally.failures),
+        "errors_at_s": tally.failed_at_s[:20],
+        "service_log_problems": problems[:20],
         "program_errors": dict(tally.program_errors),
         "fallback_answers": tally.fallback_answers,
         "answer_latency": latency(tally.answer_s),
