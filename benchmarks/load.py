@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
 SAMPLE_EVERY_S = 0.2
+KEEPALIVE_S = 1.0
 _PROBLEM = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error\b|Exception\b|HTTP/1\.1\" [13-5]\d\d")
 
 
@@ -211,7 +212,12 @@ async def load(
                 tally.acknowledged += 1
                 tally.for_the_policy += not answer["fallback"]
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # An idle connection is dropped after KEEPALIVE_S, before uvicorn closes it (after 5 s): with
+    # httpx's default (5 s, the same) a request sent on a connection the server is closing at
+    # that moment fails with a ReadError, the client's race, not the router's failure.
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=KEEPALIVE_S
+    )
     async with httpx.AsyncClient(base_url=router, timeout=120, limits=limits) as client:
         tally.started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
