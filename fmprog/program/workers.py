@@ -10,7 +10,9 @@ other thread. A ``WorkerPool`` runs each program in one of a few worker processe
   space limit (``RLIMIT_AS``) and, per run, a CPU-time limit as a backstop (``RLIMIT_CPU``);
 - the pool waits for a run at most ``timeout_s`` plus a margin (the time spent in backend calls
   is not the worker's), then kills the worker (SIGKILL) and answers with a ``timeout`` trace; a
-  worker that dies, or runs out of memory, is replaced too (``resource_limit``);
+  worker that dies, or runs out of memory, is replaced too (``resource_limit``). Such a trace
+  keeps what the worker reported as the run went (each invocation and memo hit, with the run's
+  steps and printed output so far);
 - the program, its guards and the executor's retries and fallbacks run in the worker, against
   proxy models: each backend call comes back to the pool over the worker's pipe and is made here,
   in the calling thread, with the pool's backends (their clients, batching, timeouts). A crop is
