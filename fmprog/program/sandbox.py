@@ -9,7 +9,8 @@ Two layers:
    specifications, and module-level code other than imports, definitions and constants. The same
    pass rewrites every routed call into ``_fm_routed_(site_id, receiver, method, ...)``, counts a
    step at each loop iteration and function entry, and routes the amplifying operators
-   (``+ * ** << %``) and direct ``str()``/``repr()`` calls through size guards.
+   (``+ * ** << %``), direct ``str()``/``repr()`` calls and f-strings (each replacement field,
+   and the text built so far) through size guards.
 
 2. **Run guards** (``RunGuards``), one per run: an allow-list of attributes per type (nothing
    outside it is reachable, so the program sees only the program API and plain data), a step
@@ -165,6 +166,7 @@ class ProgramTransformer(RestrictingNodeTransformer):
     visit_Import = visit_ImportFrom = _check_import
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        spec = ""
         if node.format_spec is not None:
             for part in ast.walk(node.format_spec):
                 if isinstance(part, ast.FormattedValue):
@@ -175,9 +177,22 @@ class ProgramTransformer(RestrictingNodeTransformer):
                     and any(len(d) > _MAX_FORMAT_DIGITS for d in re.findall(r"\d+", part.value))
                 ):
                     self.error(node, "format width or precision too large (at most 9999)")
+            spec = "".join(str(part.value) for part in ast.walk(node.format_spec) if isinstance(part, ast.Constant))
+        # The guards format the piece themselves (conversion, then specification) and count it
+        # towards the f-string it belongs to; what is left for Python is to join plain text.
+        conversion = chr(node.conversion) if node.conversion >= 0 else ""
+        piece = _call("_fm_fpiece_", self.visit(node.value), ast.Constant(conversion), ast.Constant(spec))
+        return ast.copy_location(
+            ast.FormattedValue(value=ast.copy_location(piece, node.value), conversion=-1, format_spec=None), node
+        )
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        literal_chars = sum(len(v.value) for v in node.values if isinstance(v, ast.Constant) and type(v.value) is str)
         node = self.node_contents_visit(node)
-        node.value = ast.copy_location(_call("_fm_fmt_", node.value), node.value)
-        return node
+        # _fm_fclose_(_fm_fopen_(n), f"..."): arguments run left to right, so the f-string is opened
+        # before its first piece is formatted and closed (its result checked) after the last.
+        opened = ast.copy_location(_call("_fm_fopen_", ast.Constant(literal_chars)), node)
+        return ast.copy_location(_call("_fm_fclose_", opened, node), node)
 
     # Instrumentation.
 
@@ -360,6 +375,7 @@ _EXCEPTIONS = (
     ValueError,
     ZeroDivisionError,
 )
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {"s": str, "r": repr, "a": ascii}
 _PRINTF_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?[a-zA-Z%]")
 
 SAFE_BUILTINS: dict[str, Any] = {
@@ -421,6 +437,7 @@ class RunGuards:
         self._max_bits = limits.max_int_bits
         self._output: list[str] = []
         self._output_chars = 0
+        self._fstrings: list[int] = []  # characters built so far by each f-string being built
         self._rss_start = _resident_bytes() if limits.max_memory_mb else None
 
     # Budget and clock.
@@ -585,9 +602,33 @@ class RunGuards:
                 pending.extend(item.keys())
                 pending.extend(item.values())
 
-    def fmt(self, value: Any) -> Any:
+    # f-strings: the size of the text built so far is checked piece by piece, as str.join's
+    # result is checked before it is built, so 1,000 pieces of 9,999 characters each stop at the
+    # piece that crosses the limit instead of after ten million characters.
+
+    def fstring_open(self, literal_chars: int) -> int:
+        """Start one f-string whose literal text has ``literal_chars`` characters; its depth."""
+        self._check_length(literal_chars)
+        self._fstrings.append(literal_chars)
+        return len(self._fstrings) - 1
+
+    def fstring_piece(self, value: Any, conversion: str, spec: str) -> str:
+        """Format one replacement field as Python would, counting it towards its f-string."""
         self.check_render(value)
-        return value
+        if conversion:
+            value = _CONVERSIONS[conversion](value)
+        text = format(value, spec)
+        if self._fstrings:
+            built = self._fstrings[-1] + len(text)
+            self._check_length(built)
+            self._fstrings[-1] = built
+        return text
+
+    def fstring_close(self, depth: int, text: str) -> str:
+        """End the f-string opened at ``depth`` (and any a raised error left open inside it)."""
+        del self._fstrings[depth:]
+        self._check_length(len(text))
+        return text
 
     def render(self, func: Callable[[Any], Any], value: Any) -> Any:
         if func is str or func is repr or func is self.repr:
@@ -709,7 +750,9 @@ class RunGuards:
             "_fm_pow_": self.pow,
             "_fm_lshift_": self.lshift,
             "_fm_mod_": self.mod,
-            "_fm_fmt_": self.fmt,
+            "_fm_fopen_": self.fstring_open,
+            "_fm_fpiece_": self.fstring_piece,
+            "_fm_fclose_": self.fstring_close,
             "_fm_render_": self.render,
             "_getattr_": self.getattr,
             "_getitem_": self.getitem,

@@ -10,7 +10,9 @@ other thread. A ``WorkerPool`` runs each program in one of a few worker processe
   space limit (``RLIMIT_AS``) and, per run, a CPU-time limit as a backstop (``RLIMIT_CPU``);
 - the pool waits for a run at most ``timeout_s`` plus a margin (the time spent in backend calls
   is not the worker's), then kills the worker (SIGKILL) and answers with a ``timeout`` trace; a
-  worker that dies, or runs out of memory, is replaced too (``resource_limit``);
+  worker that dies, or runs out of memory, is replaced too (``resource_limit``). Such a trace
+  keeps what the worker reported as the run went (each invocation and memo hit, with the run's
+  steps and printed output so far);
 - the program, its guards and the executor's retries and fallbacks run in the worker, against
   proxy models: each backend call comes back to the pool over the worker's pipe and is made here,
   in the calling thread, with the pool's backends (their clients, batching, timeouts). A crop is
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from multiprocessing.connection import Connection
 from time import perf_counter
 from typing import Any
@@ -54,7 +56,7 @@ from fmprog.backends.functions import FUNCTIONS
 from fmprog.program.compiler import Program
 from fmprog.program.deciders import Decider
 from fmprog.program.errors import InvalidDecision
-from fmprog.program.executor import Decision, ErrorKind, Executor, Invocation, ProgramError, Trace
+from fmprog.program.executor import Decision, ErrorKind, Executor, Invocation, MemoHit, ProgramError, Trace
 from fmprog.program.sandbox import ExecutionLimits
 
 logger = logging.getLogger(__name__)
@@ -359,7 +361,7 @@ class _Worker:
         timeout_s = pool.limits.timeout_s
         margin = pool.kill_margin_s
         deadline = started + timeout_s + margin
-        invocations: list[str] = []  # as the worker reported them (JSON), read only if the run is stopped
+        progress = _Progress(pool.limits)  # what the worker reported, read only if the run is stopped
         reset = len(self.programs) >= PROGRAMS_PER_WORKER
         if reset:
             self.programs.clear()
@@ -371,7 +373,7 @@ class _Worker:
         try:
             self.conn.send(("run", digest, payload, reset, frame, decision, alternates, candidates))
         except OSError as exc:  # the worker died between runs
-            return self._died(exc, [], started), False
+            return self._died(exc, progress, started), False
         self.programs.add(digest)
         while True:
             wait = deadline - perf_counter()
@@ -379,10 +381,10 @@ class _Worker:
                 if wait <= 0 or not self.conn.poll(wait):
                     self.kill()
                     message = f"the program ran past its time limit of {timeout_s:g} s and was stopped"
-                    return _stopped("timeout", message, invocations, started), False
+                    return progress.stopped("timeout", message, started), False
                 message = _loads(self.conn.recv_bytes(MAX_MESSAGE_BYTES))
             except (EOFError, OSError, pickle.UnpicklingError) as exc:
-                return self._died(exc, invocations, started), False
+                return self._died(exc, progress, started), False
             kind = message[0] if isinstance(message, tuple) and message else None
             if kind == "call" and len(message) == 3:
                 reply = _serve_call(pool.backends, pixels, message[1], message[2])
@@ -392,8 +394,8 @@ class _Worker:
                     data = pickle.dumps(("error", type(exc).__name__, str(exc)))
                 self.conn.send_bytes(data)
                 deadline = max(deadline, perf_counter() + margin)  # backend time is not the worker's
-            elif kind == "invocation" and len(message) == 2 and isinstance(message[1], str):
-                invocations.append(message[1])
+            elif kind in ("invocation", "memo_hit") and _Progress.is_report(message):
+                progress.add(*message)
             elif kind == "done" and len(message) == 3:
                 trace = Trace.model_validate_json(message[1])
                 trace.latency_s = perf_counter() - started
@@ -403,34 +405,77 @@ class _Worker:
                 raise RuntimeError(f"a program worker failed: {message[1]}: {message[2]}")
             else:
                 self.kill()
-                return _stopped("resource_limit", "the program's worker broke protocol", invocations, started), False
+                return progress.stopped("resource_limit", "the program's worker broke protocol", started), False
 
-    def _died(self, exc: BaseException, invocations: list[str], started: float) -> Trace:
+    def _died(self, exc: BaseException, progress: _Progress, started: float) -> Trace:
         self.kill()
         code = self.process.returncode
         if code == -signal.SIGXCPU:
-            return _stopped("timeout", "the program used up its CPU time and was stopped", invocations, started)
+            return progress.stopped("timeout", "the program used up its CPU time and was stopped", started)
         how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
         if isinstance(exc, OSError | pickle.UnpicklingError):
             how = f"{type(exc).__name__}: {exc}"
-        return _stopped("resource_limit", f"the program's worker process died ({how})", invocations, started)
+        return progress.stopped("resource_limit", f"the program's worker process died ({how})", started)
 
 
-def _stopped(kind: ErrorKind, message: str, reported: list[str], started: float) -> Trace:
-    """The trace of a run the pool stopped: what it invoked so far (as the worker reported it, a
-    report that does not validate being left out) is still charged."""
-    invocations = []
-    for report in reported:
-        with contextlib.suppress(ValueError):
-            invocations.append(Invocation.model_validate_json(report))
-    return Trace(
-        error=ProgramError(kind=kind, message=message),
-        invocations=invocations,
-        executed_sites=list(dict.fromkeys(i.site_id for i in invocations)),
-        cost=math.fsum(i.cost for i in invocations),
-        latency_s=perf_counter() - started,
-        steps=0,
-    )
+class _Progress:
+    """What a worker reported of its run as it went: each invocation and memo hit (as JSON), and
+    with each the run's steps and the output printed since the previous report. Kept as reported
+    and validated only if the pool has to stop the run, to build its trace."""
+
+    def __init__(self, limits: ExecutionLimits):
+        self._limits = limits
+        self._reports: list[tuple[str, str]] = []
+        self._steps = 0
+        self._output: list[str] = []
+        self._output_chars = 0
+
+    @staticmethod
+    def is_report(message: tuple[Any, ...]) -> bool:
+        """Whether ``message`` is ``(kind, json, steps, output)`` as a worker sends it."""
+        return (
+            len(message) == 4
+            and isinstance(message[1], str)
+            and type(message[2]) is int
+            and isinstance(message[3], str)
+        )
+
+    def add(self, kind: str, report: str, steps: int, output: str) -> None:
+        """Keep one report: an invocation or a memo hit, the steps so far and the new output."""
+        self._reports.append((kind, report))
+        self._steps = max(self._steps, min(steps, self._limits.max_steps + 1))
+        room = self._limits.max_output_chars - self._output_chars
+        if output and room > 0:
+            self._output.append(output[:room])
+            self._output_chars += min(len(output), room)
+
+    def stopped(self, kind: ErrorKind, message: str, started: float) -> Trace:
+        """The trace of a run the pool stopped: what it invoked so far is still charged, and its
+        memo hits, steps and output are kept as far as the worker reported them (a report that does
+        not validate is left out)."""
+        invocations: list[Invocation] = []
+        memo_hits: list[MemoHit] = []
+        executed: dict[str, None] = {}
+        for what, report in self._reports:
+            try:
+                if what == "invocation":
+                    invocations.append(Invocation.model_validate_json(report))
+                    executed[invocations[-1].site_id] = None
+                else:
+                    memo_hits.append(MemoHit.model_validate_json(report))
+                    executed[memo_hits[-1].site_id] = None
+            except ValueError:
+                continue
+        return Trace(
+            error=ProgramError(kind=kind, message=message),
+            invocations=invocations,
+            executed_sites=list(executed),
+            cost=math.fsum(i.cost for i in invocations),
+            latency_s=perf_counter() - started,
+            steps=self._steps,
+            output="".join(self._output),
+            memo_hits=memo_hits,
+        )
 
 
 def _serve_call(backends: BackendRegistry, pixels: np.ndarray, name: object, arguments: object) -> tuple[Any, ...]:
@@ -540,6 +585,24 @@ class _Remote:
         return ("array", tuple(int(v) for v in array.shape), array.tobytes())
 
 
+class _Reporter:
+    """The executor's observer in a worker: sends each invocation and memo hit to the pool as it is
+    recorded, with the run's steps and the output printed since the previous report."""
+
+    def __init__(self, remote: _Remote):
+        self._remote = remote
+        self._output_sent = 0
+
+    def start(self) -> None:
+        """A new run begins: its output starts empty."""
+        self._output_sent = 0
+
+    def __call__(self, record: Invocation | MemoHit, steps: int, output: str) -> None:
+        kind = "invocation" if isinstance(record, Invocation) else "memo_hit"
+        self._remote.send((kind, record.model_dump_json(), steps, output[self._output_sent :]))
+        self._output_sent = len(output)
+
+
 def exit_with_parent(interval_s: float = 1.0) -> None:
     """End this process when the process that started it is gone: a worker outlives a parent
     killed by a signal (SIGTERM, SIGKILL) and would work on for nobody. Starts a daemon thread."""
@@ -578,14 +641,14 @@ def _serve(argv: list[str]) -> None:
         ]
     )
     limits = ExecutionLimits(**setup["limits"])
-    observe: Callable[[Invocation], None] = lambda i: remote.send(("invocation", i.model_dump_json()))  # noqa: E731
+    reporter = _Reporter(remote)
     executor = Executor(
         registry,
         limits,
         retries=setup["retries"],
         retry_backoff_s=tuple(setup["retry_backoff_s"]),
         memoise=setup["memoise"],
-        observe=observe,
+        observe=reporter,
     )
     cap = setup["memory_mb"] * 2**20
     with open("/proc/self/statm", "rb") as statm:
@@ -613,6 +676,7 @@ def _serve(argv: list[str]) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (soft if cpu_hard < 0 else min(soft, cpu_hard), cpu_hard))
         try:
             frame = remote.map_frame(height, width, mapped)
+            reporter.start()
             trace = executor.run(programs[digest], frame, decision, alternates, candidates=candidates)
             del frame
             remote.frame = None

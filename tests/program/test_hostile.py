@@ -135,6 +135,22 @@ STOPPED = {
         "resource_limit",
         5,
     ),
+    "f-string of many pieces": (
+        "def execute_command(image):\n    s = 'a' * 9999\n    return f'" + "{s}" * 1000 + "'",
+        "resource_limit",
+        3,
+    ),
+    "f-strings kept by the hundred": (
+        "def execute_command(image):\n    s = 'a' * 70\n    keep = []\n    for i in range(150):\n"
+        "        keep.append(f'" + "{s}" * 1000 + "')",
+        "resource_limit",
+        5,
+    ),
+    "f-string of long literal text": (
+        "def execute_command(image):\n    s = 'a'\n    return f'{s}" + "b" * 10_000 + "'",
+        "resource_limit",
+        3,
+    ),
     "str.format escape": ("def execute_command(image):\n    return '{0.__class__}'.format(1)", "sandbox_violation", 2),
     "format_map escape": ("def execute_command(image):\n    return '{a}'.format_map({'a': 1})", "sandbox_violation", 2),
     "math outside the allow-list": (
@@ -208,3 +224,47 @@ def test_programs_cannot_share_state_between_runs(executor, frame):
     program = compile_program("SEEN = []\ndef execute_command(image):\n    SEEN.append(1)\n    return len(SEEN)")
     answers = [executor.run(program, frame, {}).answer for _ in range(3)]
     assert answers == [1, 1, 1]
+
+
+def test_an_f_string_is_bounded_piece_by_piece(executor, frame):
+    """The f-string stops at the piece that crosses the length limit: of four pieces of 6,000
+    characters, the third and fourth are never formatted (each piece is a function call, a step)."""
+    source = (
+        "def piece(s):\n    return s\n"
+        "def execute_command(image):\n    s = 'a' * 6000\n    return f'{piece(s)}{piece(s)}{piece(s)}{piece(s)}'"
+    )
+    trace = run(executor, source, frame)
+    assert trace.error is not None and trace.error.kind == "resource_limit", trace.error
+    assert trace.error.line == 5
+    assert trace.steps == 3  # execute_command and two pieces
+
+
+def test_an_f_string_left_open_by_a_caught_error_does_not_unbound_the_next(executor, frame):
+    source = (
+        "def shout():\n    try:\n        return f'{1 / 0}'\n    except ZeroDivisionError:\n        return '!'\n"
+        "def execute_command(image):\n    s = 'a' * {n}\n    return len(f'{s}{shout()}{s}')"
+    )
+    assert run(executor, source.replace("{n}", "4000"), frame).answer == 8001
+    trace = run(executor, source.replace("{n}", "6000"), frame)
+    assert trace.error is not None and trace.error.kind == "resource_limit", trace.error
+
+
+def test_f_strings_format_as_python_does(executor, frame):
+    expressions = [
+        "f'{x:.2f}|{x!r}|{word!a}|{x=}|{n:>6}|{n:#x}|{n:,}|{items}|{items!s:>12}|{word:^9}'",
+        "f'{f\"[{word}]\"}<{n * 2}>{{literal}}'",
+        "f'{ImagePatch(image).width}x{ImagePatch(image).height}'",
+    ]
+    body = "    x = 3.14159\n    n = 255000\n    word = 'caf\u00e9'\n    items = [1, 'two', (3.0,)]\n"
+    for expression in expressions:
+        source = f"def execute_command(image):\n{body}    return {expression}"
+        names = {"x": 3.14159, "n": 255000, "word": "caf\u00e9", "items": [1, "two", (3.0,)]}
+        expected = eval(expression, {"ImagePatch": _Size, "image": frame, **names})
+        trace = run(executor, source, frame)
+        assert trace.error is None, trace.error
+        assert trace.answer == expected
+
+
+class _Size:
+    def __init__(self, image):
+        self.height, self.width = image.shape[:2]

@@ -191,6 +191,34 @@ def test_a_killed_run_still_charges_what_it_invoked(pool: WorkerPool, frame: np.
     assert trace.cost == trace.invocations[0].cost and trace.executed_sites == [program.call_sites[0].id]
 
 
+def test_a_killed_run_keeps_the_trace_the_worker_reported(pool: WorkerPool, frame: np.ndarray):
+    """Killed at its deadline, a run keeps what the worker reported before the stall: its
+    invocations, its memo hits (and their sites as executed), its steps and its printed output,
+    the same as an in-process run of the program up to the stall."""
+    before_stall = (
+        "def execute_command(image):\n"
+        "    p = ImagePatch(image)\n"
+        "    print('looking for cars')\n"
+        "    n = len(p.find('car'))\n"
+        "    print('found', n)\n"
+        "    seen = p.exists('car')\n"
+    )
+    stall = (
+        "    x = [1]\n    y = [1]\n    for i in range(60):\n        x = [x, x]\n        y = [y, y]\n    return x == y\n"
+    )
+    killed = compile_program(before_stall + stall)
+    trace = pool.run(killed, frame, all_of(killed, "small"))
+    assert trace.error is not None and trace.error.kind == "timeout"
+    unkilled = compile_program(before_stall + "    return seen\n")
+    expected = Executor(pool.backends, pool.limits, retries=1).run(unkilled, frame, all_of(unkilled, "small"))
+    assert [hit.site_id for hit in expected.memo_hits] == [unkilled.call_sites[1].id]  # exists answered from memory
+    assert _without_latency(trace) | {"answer": None, "error": None} == _without_latency(expected) | {
+        "answer": None,
+        "error": None,
+    }
+    assert trace.steps > 0 and trace.output == "looking for cars\nfound 1\n"
+
+
 def test_the_killed_worker_is_replaced(zoo: Zoo, frame: np.ndarray):
     with WorkerPool(zoo.registry(), ExecutionLimits(timeout_s=0.5), workers=1, kill_margin_s=0.2) as pool:
         normal = compile_program(NORMAL)

@@ -87,3 +87,25 @@ def test_a_run_killed_at_its_deadline_is_answered_and_recorded_while_others_answ
         assert len(latencies) > 3 and sorted(latencies)[len(latencies) // 2] < 0.1
     finally:
         answerer.close()
+
+
+def test_a_killed_run_s_answer_keeps_what_it_invoked_and_what_it_remembered(programs: ProgramRegistry, zoo: Zoo):
+    """The record of a run killed at its deadline charges the detection it made and counts as
+    executed the site answered from the run's memory, as an answer that ran to the end would."""
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)]})
+    remembered = NESTED_EQUAL.replace(
+        "    n = len(ImagePatch(image).find('person'))\n",
+        "    p = ImagePatch(image)\n    n = len(p.find('person'))\n    seen = p.exists('person')\n",
+    )
+    answerer = Answerer(programs, zoo.registry(), limits=ExecutionLimits(timeout_s=0.5), workers=1)
+    try:
+        program = programs.register(create("person_on_bike").model_copy(update={"source": remembered}))
+        stopped = answerer.answer(program.id, np.zeros((80, 100, 3), np.uint8), None)
+        assert stopped.error is not None and stopped.error.kind == "timeout"
+        record = programs.store.get_answer(stopped.decision_id)
+        find, exists = (site.id for site in program.call_sites)
+        assert [(call.site, call.backend) for call in record.trace] == [(find, "detect-small")]
+        assert record.executed_sites == [find, exists]
+        assert record.site_costs == {find: record.trace[0].cost} and record.cost == record.trace[0].cost > 0
+    finally:
+        answerer.close()
