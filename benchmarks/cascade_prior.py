@@ -55,7 +55,7 @@ from benchmarks.vqa.tracks import ImageResolver, build_streams
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
 from fmprog.contract import PolicySpec, task_reward
-from fmprog.program import Decider, Executor, InvocationContext, Program, compile_program, context_vector
+from fmprog.program import Decider, Executor, GateDecider, InvocationContext, Program, compile_program, context_vector
 from fmprog.zoo.evaluate import HELD_OUT_SEED_BASE
 from policy.algorithms import build_policy
 from policy.algorithms.cascade import (
@@ -69,6 +69,9 @@ from policy.algorithms.cascade import (
 from policy.algorithms.evidence import Evidence, dump_prior, pooled
 
 FIRST_SEED = HELD_OUT_SEED_BASE + 90_000_000
+MIN_SPREAD = 0.01
+"""The least variance (in sigma^2) the detector evidence is weighted by: it then counts as at most
+a hundred observations of one reward's noise per frame."""
 
 
 def prior_queries() -> list[QuerySpec]:
@@ -88,6 +91,18 @@ def prior_queries() -> list[QuerySpec]:
         sides("purple"),
         french("hexagon"),
     ]
+
+
+class _Escalating(GateDecider):
+    """The policy's gates for first choices, and every answer re-asked where a site can escalate:
+    each first answer gets its pair."""
+
+    def escalate(self, context: InvocationContext, answer: str) -> str | None:
+        target = self._escalation.get(context.site_id)
+        last = self._last
+        if target is None or last is None or last[0] is not context or last[1] == target[0]:
+            return None
+        return target[0]
 
 
 class _Recording(Decider):
@@ -121,6 +136,7 @@ def detector_evidence(
         for site in sites
         for name in site.backend_names
     }
+    squares = dict.fromkeys(evidence, 0.0)
     configs = configurations(program, backends)
     for frame, label in zip(frames, labels, strict=True):
         runs = []
@@ -140,8 +156,19 @@ def detector_evidence(
                 continue  # the site did not run under every detector on this frame
             level = float(np.mean(list(means.values())))
             for name, mean in means.items():
-                evidence[model_key(params, site, "choice", name)].add(seen, (mean - level) / sigma)
-    return {key: e for key, e in evidence.items() if e.n}
+                key = model_key(params, site, "choice", name)
+                evidence[key].add(seen, (mean - level) / sigma)
+                squares[key] += ((mean - level) / sigma) ** 2
+    # a policy's models assume one reward's noise (sigma) per observation; these targets, a
+    # detector's reward against the other's on the same frame, are 0 wherever the detectors agree
+    # and their noise is their own spread: weighted by its inverse, they count as what they know
+    weighted = {}
+    for key, e in evidence.items():
+        if e.n:
+            mean = e.xty[0] / e.n  # the bias feature is 1
+            spread = max(squares[key] / e.n - mean**2, MIN_SPREAD)
+            weighted[key] = Evidence(e.xtx / spread, e.xty / spread, e.n)
+    return weighted
 
 
 def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
@@ -171,7 +198,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
         policy = build_policy(policy_)
         frames = [images(ref) for ref in query.frames]
         started = time.perf_counter()
-        replay_gated(policy_, executor, program, frames, query.labels, spec_.kind, policy=policy)
+        replay_gated(policy_, executor, program, frames, query.labels, spec_.kind, policy=policy, decider=_Escalating)
         detectors = detector_evidence(policy_, program, executor, backends, frames, query.labels)
         evidence.append({key: e for key, e in policy.evidence().items() if key not in detectors})
         evidence.append(detectors)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +43,13 @@ from fmprog.contract import (
     Feedback,
     PolicySpec,
     RewardConfig,
+    SiteGate,
     TaskKind,
     is_yes,
     task_loss,
     task_reward,
 )
-from fmprog.program import CascadeDecider, Executor, GateDecider, Program, Trace, compile_program
+from fmprog.program import CascadeDecider, Decider, Executor, GateDecider, Program, Trace, compile_program
 from fmprog.program.workers import exit_with_parent
 from policy.algorithms import build_policy
 from policy.algorithms.base import Policy
@@ -56,7 +57,8 @@ from router.gating import gate_records
 
 LEARNED_ON_PROGRAM = ("structured", "fast", "cascade")
 GATED = frozenset({"cascade"})  # decide each call when it runs: replayed through the executor
-REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
+REWARD_SCALE = 100.0
+SiteGates = Mapping[str, SiteGate]  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,11 +266,12 @@ def replay_gated(
     kind: TaskKind,
     policy: Policy | None = None,
     drift: tuple[int, _Degrading] | None = None,
+    decider: Callable[[SiteGates, dict[str, str]], Decider] = GateDecider,
 ) -> list[Outcome]:
     """Stream the frames through a fresh gated policy (or ``policy``, built from ``spec``):
-    decide (gates), run the program under a ``GateDecider``, feed back the reward with the
-    per-invocation records, train. With ``drift`` (a frame index and the executor's degrading
-    backend), the backend degrades from that frame on."""
+    decide (gates), run the program under a ``GateDecider`` (or ``decider(gates, backends)``),
+    feed back the reward with the per-invocation records, train. With ``drift`` (a frame index
+    and the executor's degrading backend), the backend degrades from that frame on."""
     policy = policy or build_policy(spec)
     rewards = RewardConfig()
     chosen = []
@@ -276,7 +279,7 @@ def replay_gated(
         if drift is not None:
             drift[1].active = i >= drift[0]
         decision = policy.decide(frame)
-        trace = executor.run(program, frame, GateDecider(decision.gates or {}, decision.backends))
+        trace = executor.run(program, frame, decider(decision.gates or {}, decision.backends))
         result = outcome(trace, kind, label)
         feedback = Feedback(
             reward=task_reward(kind, result.answer, label),
