@@ -13,18 +13,21 @@ Two kinds of evidence, pooled per model key (``policy.algorithms.evidence``) int
   the program (a backend per call site, as the benchmark's table), so each detector's task reward
   is known on every frame the site ran, with the rest of the program averaged over; each
   detector gets the evidence ``(its mean reward - the detectors' mean) / sigma`` at the site's
-  choice features on every such frame. A learning policy sees one detector per frame, and with a
-  positive in a hundred frames the few thousand frames here cannot tell the detectors apart that
-  way (two builds of that kind, with different seeds, locked onto opposite detectors); paired on
-  the same frames, they can.
+  choice features on every such frame, weighted by the inverse of that target's own spread (a
+  policy's models assume one reward's noise per observation; these targets are 0 wherever the
+  detectors agree). A learning policy sees one detector per frame, and with a positive in a
+  hundred frames the few thousand frames here cannot tell the detectors apart that way (two
+  builds of that kind locked onto opposite detectors); paired on the same frames, they can.
 - *When to re-ask a dearer model* (and the single first choice of VQA, LLM and OCR sites), from
   use: each stream runs through the executor under a fresh ``cascade`` policy with no prior
-  (nothing shipped, nothing shared) at lambda ``--lam``, learning from the label after every frame,
-  as the benchmark replays a track; its escalation pairs are paired already.
+  (nothing shipped, nothing shared) at lambda ``--lam``, learning from the label after every
+  frame, as the benchmark replays a track, except that every first answer of a site that can
+  escalate is re-asked, so each gets its pair.
 
 The evidence is of task rewards only, so the prior holds at any lambda; the lambda here only
-steers which gates the runs explore. Deterministic for a given zoo and configuration; about ten
-minutes on 2 cores, most of it finding the scenes for the streams.
+steers which first choices the runs explore. Deterministic for a given zoo and configuration;
+about ten minutes on 2 cores, most of it finding the scenes for the streams (75 s with the
+backends' outputs cached: ``--cache``).
 """
 
 from __future__ import annotations

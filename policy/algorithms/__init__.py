@@ -50,6 +50,11 @@ def check_spec(spec: PolicySpec) -> Any:
             f"{'.'.join(('hyperparameters', *map(str, e['loc'])))}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise ValueError(problems) from None
+    if cls.max_sites is not None and len(spec.sites) > cls.max_sites:
+        raise ValueError(
+            f"{spec.algorithm} decides for at most {cls.max_sites} call sites in time (its cost grows with each "
+            f"site's network); this program has {len(spec.sites)}: choose fast or cascade"
+        )
     cls.check_spec(spec)
     return params
 

@@ -50,6 +50,9 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
+    max_sites: ClassVar[int | None] = None
+    """The most call sites the algorithm serves within the router's policy timeout (``None``: as
+    many as a spec may have); :func:`policy.algorithms.check_spec` refuses larger programs."""
     pools_evidence: ClassVar[bool] = False
     """Whether the algorithm starts from, and gives, evidence pooled across programs
     (:mod:`policy.algorithms.evidence`): built with ``evidence=``, read with :meth:`evidence`."""

@@ -101,6 +101,10 @@ def downsample(frame: np.ndarray, size: int) -> np.ndarray:
 class StructuredPolicy(Policy):
     name = "structured"
     Params = StructuredParams
+    # deciding runs one network per site (about 1 ms each on a busy CPU core) and a training
+    # round grows with the sites too: 256 sites made every answer wait out the router's 2 s
+    # policy timeout
+    max_sites = 64
 
     def __init__(self, spec: PolicySpec):
         import torch

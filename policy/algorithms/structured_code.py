@@ -98,6 +98,9 @@ def as_batch(inputs: list[np.ndarray]):
 class StructuredCodePolicy(Policy):
     name = "structured_code"
     Params = StructuredCodeParams
+    # a ResNet-18 per site: about 0.18 s of deciding and, with its optimizer, some 140 MB per site
+    # (256 sites grew the policy past 9 GB)
+    max_sites = 8
 
     def __init__(self, spec: PolicySpec):
         import torch

@@ -178,3 +178,14 @@ def test_fast_draws_as_wide_as_the_residual_noise(frames):
             policy.observe(decision, Feedback(reward=reward, executed_sites=[SITE], costs={}))
     assert steady.residual_sd(SITE) < 0.4
     assert swinging.residual_sd(SITE) > 3.0
+
+
+@pytest.mark.parametrize(("algorithm", "limit"), [("structured", 64), ("structured_code", 8)])
+def test_a_program_too_large_for_the_algorithm_is_refused(algorithm, limit):
+    def sites(n: int) -> list[dict]:
+        return [{"id": f"find@{i}:1", "function": "detect", "backends": [{"name": "a", "cost": 1}]} for i in range(n)]
+
+    check_spec(make_spec(algorithm, sites(limit)))
+    with pytest.raises(ValueError, match=f"at most {limit} call sites.*has {limit + 1}: choose fast or cascade"):
+        check_spec(make_spec(algorithm, sites(limit + 1)))
+    check_spec(make_spec("fast", sites(256)))
