@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fmprog.contract import RewardConfig, TaskKind, score_answer
+from fmprog.contract import RewardConfig, TaskKind, is_yes, score_answer
 from router.errors import LabelRejected
 from router.schemas import AnswerRecord, FeedbackIn, FeedbackResult
-from router.store import Store
+from router.store import LabelOutcome, Store
 
 BINARY_LABELS = frozenset({"yes", "no"})
 
@@ -23,6 +23,14 @@ def check_label(kind: TaskKind, label: str) -> None:
     """A binary task's label must be yes or no, in any case (what the contract's rewards read)."""
     if kind == "binary" and label.strip().lower() not in BINARY_LABELS:
         raise LabelRejected(f"a binary task's label must be yes or no, got {label!r}")
+
+
+def label_outcome(answer: AnswerRecord, label: str, correct: bool) -> LabelOutcome:
+    """Right or wrong, and for a binary task which of TP, FP, FN, TN (positive: yes)."""
+    if answer.kind != "binary":
+        return LabelOutcome(right=correct)
+    said, truth = is_yes(answer.answer), is_yes(label)
+    return LabelOutcome(right=correct, binary=("tp" if truth else "fp") if said else ("fn" if truth else "tn"))
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class FeedbackHandler:
         answer = self.store.get_answer(request.decision_id)
         check_label(answer.kind, request.label)
         score = score_answer(answer.kind, answer.answer, request.label, self.rewards)
-        stored, repeat = self.store.record_feedback(answer.id, request.label, score.reward)
+        outcome = label_outcome(answer, request.label, score.correct)
+        stored, repeat = self.store.record_feedback(answer.id, request.label, score.reward, outcome)
         result = FeedbackResult(
             decision_id=answer.id,
             program_id=answer.program_id,

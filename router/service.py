@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
 
@@ -30,7 +31,7 @@ from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
 from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
-from router.store import Store
+from router.store import Pruned, Store, utc_now
 from router.synthesis import ProgramSynthesizer
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class RouterService:
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
+        self.metrics.watch_quality(store.quality)
         for name in backends:  # backends skipped after failures in a row (their clients' circuit breakers)
             circuit_open = getattr(backends[name].model, "circuit_open", None)
             if circuit_open is not None:
@@ -238,7 +240,6 @@ class RouterService:
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
         if result.repeat:
             return result
-        self.metrics.labelled(result.program_id, answer.kind, answer.answer, result.label, labelled.correct)
         if answer.fallback:
             return result  # the policy did not make this decision, so it has nothing to learn from it
         message = Feedback(
@@ -250,6 +251,18 @@ class RouterService:
         )
         self._to_policy("feedback", result.program_id, message)
         return result
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def prune(self, retention: timedelta) -> Pruned:
+        """Delete decisions answered more than ``retention`` ago and their feedback (the label
+        counts per program, the programs and the policy's messages stay)."""
+        pruned = self.store.prune(utc_now() - retention)
+        self.metrics.pruned.labels("decisions").inc(pruned.decisions)
+        self.metrics.pruned.labels("feedback").inc(pruned.feedback)
+        if pruned.decisions:
+            logger.info("retention: pruned %d decisions and %d labels", pruned.decisions, pruned.feedback)
+        return pruned
 
     # -- delivery to the policy -------------------------------------------------------------------
 

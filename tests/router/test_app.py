@@ -123,7 +123,8 @@ def test_register_answer_feedback_round_trip(client, policy):
     metrics = client.get("/metrics", headers={"Authorization": ""}).text
     assert f'fmprog_answers_total{{fallback="false",program="{program["id"]}"}} 1.0' in metrics
     assert "fmprog_cost_total" in metrics
-    assert f'fmprog_program_accuracy{{program="{program["id"]}"}} 1.0' in metrics
+    assert f'fmprog_program_labels_total{{outcome="right",program="{program["id"]}"}} 1.0' in metrics
+    assert f'fmprog_program_labels_total{{outcome="wrong",program="{program["id"]}"}} 0.0' in metrics
 
     assert client.delete(f"/programs/{program['id']}").status_code == 204
     assert client.get(f"/programs/{program['id']}").status_code == 404
