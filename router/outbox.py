@@ -35,7 +35,7 @@ from router.errors import PolicyInvalid
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import policy_spec
 from router.schemas import ProgramPublic
-from router.store import Store
+from router.store import QueuedMessage, Store, queue
 from router.tables import policy_dead_letters, policy_outbox
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Outbox:
         """Queue a message: ``register`` (a PolicySpec), ``feedback`` (a Feedback) or ``delete``."""
         body = "{}" if payload is None else payload.model_dump_json(by_alias=True)
         with self.store.transaction() as db:
-            db.execute(policy_outbox.insert().values(kind=kind, program_id=program_id, payload=body))
+            queue(db, QueuedMessage(kind, program_id, body))
 
     def pending(self, program_id: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(policy_outbox)

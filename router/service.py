@@ -30,8 +30,16 @@ from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
-from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
-from router.store import Pruned, Store, utc_now
+from router.schemas import (
+    AnswerRecord,
+    AnswerResult,
+    DeadLetter,
+    FeedbackIn,
+    FeedbackResult,
+    ProgramCreate,
+    ProgramPublic,
+)
+from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
 
 logger = logging.getLogger(__name__)
@@ -235,22 +243,29 @@ class RouterService:
     # -- feedback -------------------------------------------------------------------------------
 
     def feedback(self, request: FeedbackIn) -> FeedbackResult:
-        labelled = self.feedback_handler.feedback(request)
-        result, answer = labelled.result, labelled.answer
+        """Take a label; a new one for a decision the policy made is queued for the policy in the
+        transaction that stores it, so a router that dies right after cannot lose it (another
+        router delivers the outbox, and the label sent again is a repeat)."""
+        labelled = self.feedback_handler.feedback(request, self._feedback_message)
+        result = labelled.result
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
-        if result.repeat:
-            return result
-        if answer.fallback:
-            return result  # the policy did not make this decision, so it has nothing to learn from it
-        message = Feedback(
-            decision_id=result.decision_id,
-            reward=result.reward,
-            executed_sites=result.executed_sites,
-            costs=result.site_costs,
-            invocations=invocation_records(answer, result.label, self.feedback_handler.rewards),
-        )
-        self._to_policy("feedback", result.program_id, message)
+        if not result.repeat and labelled.queued:
+            self.deliver()
         return result
+
+    def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
+        """The policy's feedback message for a new label, or None: no policy, or a fallback decision
+        (the policy did not make it, so it has nothing to learn from it)."""
+        if self.policy is None or answer.fallback:
+            return None
+        message = Feedback(
+            decision_id=answer.id,
+            reward=reward,
+            executed_sites=answer.executed_sites,
+            costs=answer.site_costs,
+            invocations=invocation_records(answer, label, self.feedback_handler.rewards),
+        )
+        return QueuedMessage("feedback", answer.program_id, message.model_dump_json(by_alias=True))
 
     # -- retention ------------------------------------------------------------------------------
 

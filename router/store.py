@@ -53,7 +53,15 @@ from router.schemas import (
     ProgramPublic,
     SynthesisPublic,
 )
-from router.tables import decisions, feedback, policy_dead_letters, program_quality, programs, synthesized_programs
+from router.tables import (
+    decisions,
+    feedback,
+    policy_dead_letters,
+    policy_outbox,
+    program_quality,
+    programs,
+    synthesized_programs,
+)
 
 # ``schema_version`` as the newest migration leaves it; routers from before Alembic read up to 4.
 SCHEMA_VERSION = 5
@@ -85,6 +93,15 @@ class QualityCounts:
     fp: int = 0
     fn: int = 0
     tn: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message for the policy, for the outbox (``router.outbox``): its kind, program and JSON."""
+
+    kind: str
+    program_id: str
+    payload: str
 
 
 @dataclass(frozen=True)
@@ -333,10 +350,15 @@ class Store:
             return db.execute(sa.select(sa.func.count()).select_from(feedback)).scalar_one()
 
     def record_feedback(
-        self, decision_id: str, label: str, reward: float, outcome: LabelOutcome | None = None
+        self,
+        decision_id: str,
+        label: str,
+        reward: float,
+        outcome: LabelOutcome | None = None,
+        message: QueuedMessage | None = None,
     ) -> tuple[FeedbackRecord, bool]:
         """Store the label for a decision and resolve it, once; count it in ``program_quality``
-        (when ``outcome`` is given) in the same transaction.
+        (when ``outcome`` is given) and queue ``message`` for the policy, in the same transaction.
 
         Returns the stored feedback and whether it is a repeat (the same label was already stored;
         the first reward stands). Raises NotFound for an unknown decision, Conflict for a
@@ -366,6 +388,8 @@ class Store:
             db.execute(decisions.update().where(decisions.c.id == decision_id).values(status="resolved"))
             if outcome is not None:
                 self._count(db, row.program_id, outcome)
+            if message is not None:
+                queue(db, message)
             return record, False
 
     def _count(self, db: Connection, program_id: str, outcome: LabelOutcome) -> None:
@@ -433,6 +457,11 @@ class Store:
     def count_dead_letters(self) -> int:
         with self.reading() as db:
             return db.execute(sa.select(sa.func.count()).select_from(policy_dead_letters)).scalar_one()
+
+
+def queue(db: Connection, message: QueuedMessage) -> None:
+    """Add ``message`` to the policy outbox (in the caller's transaction)."""
+    db.execute(policy_outbox.insert().values(kind=message.kind, program_id=message.program_id, payload=message.payload))
 
 
 def _sqlite_engine(url: URL, timeout_s: float) -> Engine:
