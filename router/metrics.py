@@ -136,11 +136,14 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.quality = _QualityCollector(dict)
+        r.register(self.quality)
+
     def watch_quality(self, read: Callable[[], dict[str, QualityCounts]]) -> None:
         """Publish the label counts per program that ``read()`` returns at each scrape (the store's,
         shared by every router on the database): ``fmprog_program_labels_total{program, outcome}``
         (right, wrong) and ``fmprog_program_binary_labels_total{program, outcome}`` (tp, fp, fn, tn)."""
-        self.registry.register(_QualityCollector(read))
+        self.quality.read = read
 
     def watch_backend_circuit(self, backend: str, circuit_open: Callable[[], bool]) -> None:
         """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
@@ -172,10 +175,16 @@ class _QualityCollector(Collector):
     """Label counts read from the store when scraped. Every router on one database reports the same
     cluster-wide counts, so dashboards take ``max`` over routers, not ``sum``."""
 
+    _labelnames = ("program", "outcome")
+
     def __init__(self, read: Callable[[], dict[str, QualityCounts]]):
         self.read = read
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The families without samples (what the registry checks at registration: no store read)."""
+        yield from self._families()
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
         labels = CounterMetricFamily(
             "fmprog_program_labels",
             "Labelled answers per program since its first label, right or wrong, counted by the store for every "
@@ -188,6 +197,10 @@ class _QualityCollector(Collector):
             "router on it (take max over routers): F1 over a window is 2 tp / (2 tp + fp + fn) of the increases.",
             labels=["program", "outcome"],
         )
+        return labels, binary
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        labels, binary = self._families()
         try:
             counts = self.read()
         except Exception as exc:  # a scrape must not fail with the database: the counts are skipped
