@@ -4,13 +4,14 @@ The routers run as processes (``python -m benchmarks.router_replicas serve``) wi
 in process (a detector and a VQA model that answer from the frame's pixels at once), programs run
 in the router's own process, and one policy service process decides for both; so what is measured
 is the router itself, its store on PostgreSQL and the policy's round trip, not the models. The same
-frames go to one router, then, split between them, to two, from the same number of clients.
+frames go to one router, then, split between them, to two, from the same number of clients; both
+routers run throughout, and the two measurements alternate for ``--rounds`` rounds (medians).
 
 Everything shares this machine's cores (PostgreSQL, the policy, the routers and the clients), so
 the ratio says how much a second router process gains on this machine, not on a cluster where each
 replica has cores of its own.
 
-    .venv/bin/python -m benchmarks.router_replicas [--frames 400] [--clients 16] [--database URL]
+    .venv/bin/python -m benchmarks.router_replicas [--frames 400] [--clients 16] [--rounds 3] [--database URL]
         [--out benchmarks/results/router_replicas.json]
 
 Without ``--database`` a throwaway PostgreSQL server is started (Debian's ``postgresql`` binaries,
@@ -184,6 +185,7 @@ def throughput(routers: list[str], program_id: str, images: list[str], clients: 
     lock, frames = threading.Lock(), iter(images)
     latencies: list[float] = []
     failures: list[int] = []
+    fallbacks: list[bool] = []
 
     def client_loop(router: str) -> None:
         with httpx.Client(timeout=120) as client:
@@ -198,6 +200,8 @@ def throughput(routers: list[str], program_id: str, images: list[str], clients: 
                     latencies.append(time.perf_counter() - started)
                     if response.status_code != 200:
                         failures.append(response.status_code)
+                    else:
+                        fallbacks.append(response.json()["fallback"])
 
     threads = [threading.Thread(target=client_loop, args=(routers[c % len(routers)],)) for c in range(clients)]
     started = time.perf_counter()
@@ -209,9 +213,9 @@ def throughput(routers: list[str], program_id: str, images: list[str], clients: 
     p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])
     return {
         "routers": len(routers),
-        "clients": clients,
         "answers": len(latencies) - len(failures),
         "failures": len(failures),
+        "fallbacks": sum(fallbacks),
         "seconds": round(elapsed, 2),
         "answers_per_s": round((len(latencies) - len(failures)) / elapsed, 2),
         "p50_ms": round(float(p50), 1),
@@ -219,26 +223,41 @@ def throughput(routers: list[str], program_id: str, images: list[str], clients: 
     }
 
 
-def run(database: str, frames: int, clients: int, state: Path) -> dict[str, object]:
+def run(database: str, frames: int, clients: int, rounds: int, state: Path) -> dict[str, object]:
+    """Both routers run throughout; each round measures one router, then the two, on the same frames."""
     images = [frame(i) for i in range(frames)]
+    load_before = os.getloadavg()
     policy = start_policy(state / "policy")
     with stopping(policy):
-        first = start_router(database, policy.url, state / "router-1.log")
-        with stopping(first):
+        # a generous policy timeout: on a shared 2-core machine a decision can wait seconds for a
+        # core, and a router that gave up on it would measure its fallback instead
+        first = start_router(database, policy.url, state / "router-1.log", policy_timeout_s="30")
+        second = start_router(database, policy.url, state / "router-2.log", policy_timeout_s="30")
+        with stopping(first, second):
             program_id = register(first.url)
-            throughput([first.url], program_id, images[: max(1, frames // 10)], clients)  # warm up
-            one = throughput([first.url], program_id, images, clients)
-            second = start_router(database, policy.url, state / "router-2.log")
-            with stopping(second):
-                throughput([second.url], program_id, images[: max(1, frames // 10)], clients)  # warm up
-                two = throughput([first.url, second.url], program_id, images, clients)
+            warm = images[: max(1, frames // 10)]
+            throughput([first.url, second.url], program_id, warm, clients)
+            one, two = [], []
+            for _ in range(rounds):
+                one.append(throughput([first.url], program_id, images, clients))
+                two.append(throughput([first.url, second.url], program_id, images, clients))
+    one_median = float(np.median([r["answers_per_s"] for r in one]))
+    two_median = float(np.median([r["answers_per_s"] for r in two]))
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m_before": round(load_before[0], 2),
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        },
         "frames": frames,
         "clients": clients,
+        "rounds": rounds,
         "one_router": one,
         "two_routers": two,
-        "ratio": round(float(two["answers_per_s"]) / float(one["answers_per_s"]), 3),
+        "one_router_median_answers_per_s": one_median,
+        "two_routers_median_answers_per_s": two_median,
+        "ratio": round(two_median / one_median, 3),
     }
 
 
@@ -251,6 +270,7 @@ def main() -> None:
     one.add_argument("--policy-url", required=True)
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each, alternating")
     parser.add_argument("--database", help="a PostgreSQL URL; default: a throwaway server")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -263,7 +283,7 @@ def main() -> None:
             from tests.postgres import PostgresServer  # the tests' throwaway server (a checkout, not a wheel)
 
             database = stack.enter_context(PostgresServer()).database()
-        result = run(database, args.frames, args.clients, Path(state))
+        result = run(database, args.frames, args.clients, args.rounds, Path(state))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
