@@ -147,7 +147,7 @@ class RouterSettings(BaseSettings):
 
             try:
                 url = make_url(value)
-            except ArgumentError as exc:
+            except (ArgumentError, ValueError) as exc:
                 raise ValueError(f"not a database URL: {exc}") from None
             if url.drivername in {"postgresql", "postgres"}:
                 url = url.set(drivername="postgresql+psycopg")

@@ -75,6 +75,10 @@ class StoreVersionError(RouterError):
     """The database was written by a different schema version."""
 
 
+class StoreUnavailable(RouterError):
+    """The database cannot be reached or opened."""
+
+
 @dataclass(frozen=True)
 class LabelOutcome:
     """How one label judged its answer: right or wrong, and for a binary task which of TP, FP, FN, TN."""
@@ -147,6 +151,10 @@ class Store:
             raise StoreVersionError(f"unsupported database {self.url.drivername!r}: use SQLite or PostgreSQL")
         try:
             self._migrate()
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            where = self.url.render_as_string(hide_password=True)
+            raise StoreUnavailable(f"cannot open the router's store at {where}: {exc.orig}") from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -170,15 +178,16 @@ class Store:
             if "alembic_version" not in tables and "schema_version" in tables:
                 version = db.execute(sa.text("SELECT version FROM schema_version")).scalar()
                 if version not in LEGACY_VERSIONS:
+                    where = self.url.render_as_string(hide_password=True)
                     raise StoreVersionError(
-                        f"{self.url.render_as_string()}: store schema version {version}, this router reads "
+                        f"{where}: store schema version {version}, this router reads "
                         f"versions {LEGACY_VERSIONS[0]} to {LEGACY_VERSIONS[-1]} and {SCHEMA_VERSION}"
                     )
             config.attributes["connection"] = db
             try:
                 command.upgrade(config, "head")
             except CommandError as exc:  # e.g. a revision this router does not know: a newer router's
-                raise StoreVersionError(f"{self.url.render_as_string()}: {exc}") from None
+                raise StoreVersionError(f"{self.url.render_as_string(hide_password=True)}: {exc}") from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
