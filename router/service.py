@@ -29,7 +29,7 @@ from router.gating import invocation_records
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
-from router.programs import ProgramRegistry, policy_spec
+from router.programs import ProgramRegistry
 from router.schemas import (
     AnswerRecord,
     AnswerResult,
@@ -133,7 +133,7 @@ class RouterService:
     def register(self, request: ProgramCreate) -> ProgramPublic:
         started = time.perf_counter()
         try:
-            program = self.programs.register(request, self._check_policy)
+            program = self.programs.register(request, self._check_policy, tell_policy=self.policy is not None)
         except SynthesisFailed as exc:
             self.metrics.synthesised("failed", exc.attempts, time.perf_counter() - started)
             raise
@@ -144,7 +144,7 @@ class RouterService:
             cached = program.synthesis.cached
             attempts = 0 if cached else program.synthesis.attempts
             self.metrics.synthesised("cached" if cached else "synthesised", attempts, time.perf_counter() - started)
-        self._to_policy("register", program.id, policy_spec(program))
+        self.deliver()  # the registration was queued with the program
         return program
 
     def _check_policy(self, spec: PolicySpec) -> None:
@@ -162,8 +162,8 @@ class RouterService:
             logger.warning("policy spec not checked, the policy is unavailable (it checks on delivery): %s", exc)
 
     def delete(self, program_id: str) -> None:
-        self.programs.delete(program_id)
-        self._to_policy("delete", program_id)
+        self.programs.delete(program_id, tell_policy=self.policy is not None)
+        self.deliver()
 
     def close(self) -> None:
         """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
@@ -280,13 +280,6 @@ class RouterService:
         return pruned
 
     # -- delivery to the policy -------------------------------------------------------------------
-
-    def _to_policy(self, kind: str, program_id: str, message: PolicySpec | Feedback | None = None) -> None:
-        """Queue a message for the policy and try to deliver the queue now (in order)."""
-        if self.policy is None:
-            return
-        self.outbox.put(kind, program_id, message)
-        self.deliver()
 
     def _dead_lettered(self, kind: str) -> None:
         self.metrics.dead_letters.labels(kind).inc()

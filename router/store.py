@@ -216,7 +216,8 @@ class Store:
 
     # Programs
 
-    def add_program(self, program: ProgramPublic) -> None:
+    def add_program(self, program: ProgramPublic, message: QueuedMessage | None = None) -> None:
+        """Store a program, and queue ``message`` (its registration) for the policy with it."""
         row = {
             "id": program.id,
             "source": program.source,
@@ -232,6 +233,8 @@ class Store:
         }
         with self.transaction() as db:
             db.execute(programs.insert().values(row))
+            if message is not None:
+                queue(db, message)
 
     def get_program(self, program_id: str) -> ProgramPublic:
         with self.reading() as db:
@@ -255,10 +258,13 @@ class Store:
             rows = db.execute(query).mappings().all()
         return [_program(row) for row in rows]
 
-    def delete_program(self, program_id: str) -> None:
+    def delete_program(self, program_id: str, message: QueuedMessage | None = None) -> None:
+        """Delete a program, and queue ``message`` (its delete) for the policy with it."""
         with self.transaction() as db:
             if db.execute(programs.delete().where(programs.c.id == program_id)).rowcount == 0:
                 raise NotFound(f"no program with id {program_id!r}")
+            if message is not None:
+                queue(db, message)
 
     # Synthesised programs, by task (the synthesis cache)
 

@@ -132,8 +132,11 @@ def test_two_routers_one_killed_mid_stream_lose_nothing_and_count_everything_onc
     database = postgres.database()
     policy = start_policy(tmp_path / "policy")
     with stopping(policy):
-        a = start_router(database, policy.url, tmp_path / "a.log", outbox_retry_s="0.2")
-        b = start_router(database, policy.url, tmp_path / "b.log", outbox_retry_s="0.2")
+        # a policy decision may wait seconds for a core on a busy machine: a generous timeout keeps
+        # the decisions the policy's (a fallback decision's label is not sent to the policy)
+        options = {"outbox_retry_s": "0.2", "policy_timeout_s": "30"}
+        a = start_router(database, policy.url, tmp_path / "a.log", **options)
+        b = start_router(database, policy.url, tmp_path / "b.log", **options)
         with stopping(a, b):
             program_id = register(a.url)
             stream = Stream([a, b], program_id)
