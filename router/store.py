@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -69,6 +69,22 @@ LEGACY_VERSIONS = (1, 2, 3, 4)
 MIGRATION_LOCK = 0x666D70726F67  # PostgreSQL advisory lock held while a router migrates ("fmprog")
 
 BinaryOutcome = Literal["tp", "fp", "fn", "tn"]
+
+# The statements of the frequent calls, built once (binding values to a prebuilt statement costs a
+# fraction of building it anew, and the compiled form is cached by the engine).
+_ADD_ANSWER = decisions.insert()
+_ADD_FEEDBACK = feedback.insert()
+_QUEUE = policy_outbox.insert()
+_ANSWER = sa.select(decisions).where(decisions.c.id == sa.bindparam("id"))
+_DIGEST = sa.select(programs.c.digest).where(programs.c.id == sa.bindparam("id"))
+_PROGRAM = sa.select(programs).where(programs.c.id == sa.bindparam("id"))
+_DECISION_TO_LABEL = (
+    sa.select(decisions.c.status, decisions.c.program_id)
+    .where(decisions.c.id == sa.bindparam("id"))
+    .with_for_update()  # PostgreSQL: one label at a time per decision, across routers
+)
+_FEEDBACK = sa.select(feedback).where(feedback.c.decision_id == sa.bindparam("id"))
+_RESOLVE = decisions.update().where(decisions.c.id == sa.bindparam("label_of")).values(status="resolved")
 
 
 class StoreVersionError(RouterError):
@@ -136,7 +152,8 @@ class Store:
         self.path = str(target)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
-            self.engine = _sqlite_engine(self.url, timeout_s)
+            self._writing = False  # read by the engine's "begin" hook, under the lock
+            self.engine = _sqlite_engine(self.url, timeout_s, lambda: self._writing)
             self._lock: contextlib.AbstractContextManager[Any] = threading.RLock()
         elif self.dialect == "postgresql":
             self.engine = sa.create_engine(
@@ -191,12 +208,19 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection in a transaction, committed when the block ends (rolled back on error)."""
-        with self._lock, self.engine.begin() as db:
-            yield db
+        """A connection in a transaction, committed when the block ends (rolled back on error); on
+        SQLite it begins with ``BEGIN IMMEDIATE`` (the write lock, taken at once)."""
+        with self._lock:
+            self._writing = True
+            try:
+                with self.engine.begin() as db:
+                    yield db
+            finally:
+                self._writing = False
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
+        """A connection for reads (on SQLite each statement reads a committed snapshot, no lock taken)."""
         with self._lock, self.engine.connect() as db:
             yield db
 
@@ -238,7 +262,7 @@ class Store:
 
     def get_program(self, program_id: str) -> ProgramPublic:
         with self.reading() as db:
-            row = db.execute(sa.select(programs).where(programs.c.id == program_id)).mappings().first()
+            row = db.execute(_PROGRAM, {"id": program_id}).mappings().first()
         if row is None:
             raise NotFound(f"no program with id {program_id!r}")
         return _program(row)
@@ -246,7 +270,7 @@ class Store:
     def program_digest(self, program_id: str) -> str:
         """The stored program's digest (a cheap check that it still exists and has not changed)."""
         with self.reading() as db:
-            digest = db.execute(sa.select(programs.c.digest).where(programs.c.id == program_id)).scalar()
+            digest = db.execute(_DIGEST, {"id": program_id}).scalar()
         if digest is None:
             raise NotFound(f"no program with id {program_id!r}")
         return digest
@@ -319,11 +343,11 @@ class Store:
             "created_at": decision.created_at.isoformat(),
         }
         with self.transaction() as db:
-            db.execute(decisions.insert().values(row))
+            db.execute(_ADD_ANSWER, row)
 
     def get_answer(self, decision_id: str) -> AnswerRecord:
         with self.reading() as db:
-            row = db.execute(sa.select(decisions).where(decisions.c.id == decision_id)).mappings().first()
+            row = db.execute(_ANSWER, {"id": decision_id}).mappings().first()
         if row is None:
             raise NotFound(f"no decision with id {decision_id!r}")
         return _answer(row)
@@ -357,7 +381,7 @@ class Store:
 
     def get_feedback(self, decision_id: str) -> FeedbackRecord | None:
         with self.reading() as db:
-            row = db.execute(sa.select(feedback).where(feedback.c.decision_id == decision_id)).mappings().first()
+            row = db.execute(_FEEDBACK, {"id": decision_id}).mappings().first()
         return _feedback(row) if row else None
 
     def count_feedback(self) -> int:
@@ -380,14 +404,10 @@ class Store:
         different label than the stored one or for an expired decision.
         """
         with self.transaction() as db:
-            row = db.execute(
-                sa.select(decisions.c.status, decisions.c.program_id)
-                .where(decisions.c.id == decision_id)
-                .with_for_update()  # PostgreSQL: one label at a time per decision, across routers
-            ).first()
+            row = db.execute(_DECISION_TO_LABEL, {"id": decision_id}).first()
             if row is None:
                 raise NotFound(f"no decision with id {decision_id!r}")
-            existing = db.execute(sa.select(feedback).where(feedback.c.decision_id == decision_id)).mappings().first()
+            existing = db.execute(_FEEDBACK, {"id": decision_id}).mappings().first()
             if existing is not None:
                 if existing["label"] != label:
                     raise Conflict(f"decision {decision_id!r} already has label {existing['label']!r}; got {label!r}")
@@ -395,12 +415,11 @@ class Store:
             if row.status == "expired":
                 raise Conflict(f"decision {decision_id!r} expired without feedback")
             record = FeedbackRecord(decision_id=decision_id, label=label, reward=reward, created_at=utc_now())
+            created = record.created_at.isoformat()
             db.execute(
-                feedback.insert().values(
-                    decision_id=decision_id, label=label, reward=reward, created_at=record.created_at.isoformat()
-                )
+                _ADD_FEEDBACK, {"decision_id": decision_id, "label": label, "reward": reward, "created_at": created}
             )
-            db.execute(decisions.update().where(decisions.c.id == decision_id).values(status="resolved"))
+            db.execute(_RESOLVE, {"label_of": decision_id})
             if outcome is not None:
                 self._count(db, row.program_id, outcome)
             if message is not None:
@@ -476,13 +495,14 @@ class Store:
 
 def queue(db: Connection, message: QueuedMessage) -> None:
     """Add ``message`` to the policy outbox (in the caller's transaction)."""
-    db.execute(policy_outbox.insert().values(kind=message.kind, program_id=message.program_id, payload=message.payload))
+    db.execute(_QUEUE, {"kind": message.kind, "program_id": message.program_id, "payload": message.payload})
 
 
-def _sqlite_engine(url: URL, timeout_s: float) -> Engine:
-    """One shared connection (the store's lock serialises its users) in WAL mode, whose
-    transactions begin with ``BEGIN IMMEDIATE``: a writer waits for another process's writer
-    up to ``timeout_s`` rather than failing halfway through."""
+def _sqlite_engine(url: URL, timeout_s: float, writing: Callable[[], bool]) -> Engine:
+    """One shared connection (the store's lock serialises its users) in WAL mode, whose write
+    transactions (``writing()`` true) begin with ``BEGIN IMMEDIATE``: a writer waits for another
+    process's writer up to ``timeout_s`` rather than failing halfway through. Reads run in the
+    driver's autocommit mode, each statement on a committed snapshot."""
     engine = sa.create_engine(
         url, poolclass=StaticPool, connect_args={"timeout": timeout_s, "check_same_thread": False}
     )
@@ -499,7 +519,8 @@ def _sqlite_engine(url: URL, timeout_s: float) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if writing():
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
