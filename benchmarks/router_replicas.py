@@ -11,7 +11,7 @@ Everything shares this machine's cores (PostgreSQL, the policy, the routers and 
 the ratio says how much a second router process gains on this machine, not on a cluster where each
 replica has cores of its own.
 
-    .venv/bin/python -m benchmarks.router_replicas [--frames 400] [--clients 16] [--rounds 3] [--database URL]
+    .venv/bin/python -m benchmarks.router_replicas [--frames 600] [--clients 16] [--rounds 5] [--database URL]
         [--out benchmarks/results/router_replicas.json]
 
 Without ``--database`` a throwaway PostgreSQL server is started (Debian's ``postgresql`` binaries,
@@ -268,9 +268,9 @@ def main() -> None:
     one.add_argument("--port", type=int, required=True)
     one.add_argument("--database", required=True)
     one.add_argument("--policy-url", required=True)
-    parser.add_argument("--frames", type=int, default=400)
+    parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="measurements of each, alternating")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements of each, alternating")
     parser.add_argument("--database", help="a PostgreSQL URL; default: a throwaway server")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
