@@ -144,7 +144,7 @@ class RouterService:
             cached = program.synthesis.cached
             attempts = 0 if cached else program.synthesis.attempts
             self.metrics.synthesised("cached" if cached else "synthesised", attempts, time.perf_counter() - started)
-        self.deliver()  # the registration was queued with the program
+        self._deliver_now()  # the registration was queued with the program
         return program
 
     def _check_policy(self, spec: PolicySpec) -> None:
@@ -163,7 +163,7 @@ class RouterService:
 
     def delete(self, program_id: str) -> None:
         self.programs.delete(program_id, tell_policy=self.policy is not None)
-        self.deliver()
+        self._deliver_now()
 
     def close(self) -> None:
         """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
@@ -250,7 +250,7 @@ class RouterService:
         result = labelled.result
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
         if not result.repeat and labelled.queued:
-            self.deliver()
+            self._deliver_now()
         return result
 
     def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
@@ -287,6 +287,14 @@ class RouterService:
     def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Policy messages the policy refused, oldest first (kept for an operator)."""
         return self.store.list_dead_letters(limit=limit, offset=offset)
+
+    def _deliver_now(self) -> None:
+        """Try to deliver what was just queued (and committed): a failure here is logged, not the
+        client's (the outbox's background loop delivers it later)."""
+        try:
+            self.deliver()
+        except Exception:
+            logger.exception("delivery to the policy failed; the outbox retries it")
 
     def deliver(self) -> int:
         """Deliver queued policy messages, oldest first; returns how many were delivered."""

@@ -315,3 +315,20 @@ def test_backend_settings_reach_the_clients_and_the_executor(tmp_path, zoo):
             detect.detect(image, "cup")
     with pytest.raises(Exception, match="circuit open"):
         detect.detect(image, "cup")
+
+
+def test_a_label_is_acknowledged_once_stored_even_when_delivering_it_fails(client, policy, monkeypatch):
+    """The label and its message for the policy are committed together; a failure while sending
+    the message at once is the outbox's to retry, not the client's."""
+    program = _register(client)
+    answer = client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).json()
+
+    def broken(program_id: str, feedback: Feedback) -> None:
+        raise RuntimeError("the connection broke mid-delivery")
+
+    monkeypatch.setattr(policy, "feedback", broken)
+    reply = client.post("/feedback", json={"decision_id": answer["decision_id"], "label": "yes"})
+    assert reply.status_code == 200, reply.text
+    assert client.get("/readyz").json()["policy_outbox"] == 1  # kept for the next round
+    monkeypatch.undo()
+    assert client.app.state.service.deliver() == 1 and policy.received[-1]["decision_id"] == answer["decision_id"]
