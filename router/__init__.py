@@ -7,8 +7,10 @@ router imports nothing of the policy.
 - ``schemas``: wire types (``ProgramCreate``/``ProgramPublic``, ``AnswerResult``, ``FeedbackIn``/
   ``FeedbackResult``) and the stored ``AnswerRecord`` (one answered frame: its decision, trace,
   costs, answer) and ``FeedbackRecord``.
-- ``store.Store``: SQLite (WAL) persistence of programs, answers and feedback; thread-safe;
-  feedback is resolved once per decision.
+- ``store.Store``: persistence of programs, answers, feedback, label counts and the policy outbox
+  on SQLite (the default) or PostgreSQL (several routers), SQLAlchemy Core over ``tables``, the
+  schema migrated by Alembic (``migrations``) on open; thread-safe; feedback is resolved once per
+  decision, whichever router takes it; old decisions are pruned (retention).
 - ``candidates``: each function's candidate backends and costs, from the catalog.
 - ``programs.ProgramRegistry``: validate a program with the runtime (or synthesise it first, for
   a task in words), resolve its candidates, have its policy spec checked, store it; delete keeps
@@ -24,7 +26,8 @@ router imports nothing of the policy.
 - ``feedback.FeedbackHandler``: the task reward (``fmprog.contract.score_answer``) of the stored
   answer against the label, idempotent per decision; returns reward, executed sites and their costs.
 - ``policy_client``: the policy service over HTTP (check, register, decide on the frame's raw
-  bytes, feedback, delete); ``outbox``: messages for the policy kept until delivered, in order.
+  bytes, feedback, delete); ``outbox``: messages for the policy kept until delivered, in order
+  per program, each claimed by one router.
 - ``errors``: ``NotFound`` (404), ``Conflict`` (409), ``Unavailable`` (503), the other
   ``RouterError``s (422).
 """

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Annotated
 
 import anyio
@@ -132,14 +133,19 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.database.parent.mkdir(parents=True, exist_ok=True)
+        database_file = settings.database_file()
+        if database_file is not None:
+            database_file.parent.mkdir(parents=True, exist_ok=True)
         the_catalog = catalog or settings.load_catalog()  # the configuration, restricted to settings.backends
         the_backends = backends or _serve_backends(the_catalog, settings)
         the_policy = policy
         if the_policy is None and settings.policy_url:
             key = settings.policy_api_key.get_secret_value() if settings.policy_api_key else None
             the_policy = HttpPolicyClient(settings.policy_url, timeout_s=settings.policy_timeout_s, api_key=key)
-        store, outbox = Store(settings.database), Outbox(settings.database)
+        store = await anyio.to_thread.run_sync(
+            functools.partial(Store, settings.database, pool_size=settings.database_pool_size)
+        )
+        outbox = Outbox(store)
         synthesizer, synthesis_off, owned_model = _synthesizer(settings, the_catalog, the_backends, store, synthesis)
         if owned_model is not None and settings.synthesis_preload:
             await anyio.to_thread.run_sync(owned_model.load)
@@ -164,8 +170,12 @@ def create_app(
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
+        retention = timedelta(days=settings.retention_days)
         try:
-            with every(settings.outbox_retry_s, service.deliver, name="policy-outbox", join_timeout_s=5):
+            with (
+                every(settings.outbox_retry_s, _logged(service.deliver), name="policy-outbox", join_timeout_s=5),
+                every(settings.prune_interval_s, _logged(lambda: service.prune(retention)), name="retention"),
+            ):
                 yield
         finally:
             service.close()
@@ -255,6 +265,19 @@ def create_app(
 
     add_operations_routes(app, _readiness)
     return app
+
+
+def _logged(work: Callable[[], object]) -> Callable[[], None]:
+    """``work`` for a background loop: a failure (the database unreachable a while) is logged and
+    the loop tries again next round instead of dying."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            logger.exception("background work failed; retried next round")
+
+    return run
 
 
 def _readiness(service: RouterService) -> dict[str, int]:

@@ -1,34 +1,28 @@
 """The router's Prometheus metrics, in a registry of its own (one per app, so tests stay apart).
 
-Cost is in the paper's unit (millions of parameters per invocation), labelled by program,
+Label counts per program (right, wrong; TP, FP, FN, TN) come from the store at each scrape, so
+they are exact across several routers and restarts. Cost is in the paper's unit (millions of
+parameters per invocation), labelled by program,
 function and backend, so a dashboard can sum cost per program or per backend over time.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-from fmprog.contract import is_yes
 from router.schemas import AnswerResult
+from router.store import QualityCounts
+
+logger = logging.getLogger(__name__)
 
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-@dataclass
-class _Running:
-    """Running accuracy and F1 of one program, from feedback."""
-
-    right: int = 0
-    total: int = 0
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RouterMetrics:
@@ -47,7 +41,7 @@ class RouterMetrics:
             "fmprog_answer_stage_seconds",
             "Time of each stage of answering a frame in the router: program (read and compiled), decode "
             "(the frame), policy_wait (for the policy's decision, after decoding), run (the program, "
-            "backend calls included), record (SQLite).",
+            "backend calls included), record (the store).",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -75,8 +69,6 @@ class RouterMetrics:
             registry=r,
         )
         self.feedback = Counter("fmprog_feedback_total", "Feedback received.", ["program", "outcome"], registry=r)
-        self.accuracy = Gauge("fmprog_program_accuracy", "Running accuracy from feedback.", ["program"], registry=r)
-        self.f1 = Gauge("fmprog_program_f1", "Running F1 on positives (binary tasks).", ["program"], registry=r)
         self.policy_latency = Histogram(
             "fmprog_policy_decision_latency_seconds",
             "Time to get a decision from the policy.",
@@ -93,7 +85,17 @@ class RouterMetrics:
         self.errors = Counter(
             "fmprog_errors_total", "Requests answered with an error.", ["route", "status"], registry=r
         )
-        self.outbox = Gauge("fmprog_policy_outbox", "Policy messages waiting for delivery.", registry=r)
+        self.outbox = Gauge(
+            "fmprog_policy_outbox",
+            "Policy messages waiting for delivery (the store's outbox, shared by the routers on one database).",
+            registry=r,
+        )
+        self.pruned = Counter(
+            "fmprog_pruned_total",
+            "Rows deleted by retention (decisions and their feedback older than retention_days).",
+            ["table"],
+            registry=r,
+        )
         self.policy_circuit_open = Gauge(
             "fmprog_policy_circuit_open",
             "1 while the policy is skipped after failing decisions in a row (frames get the fallback), else 0.",
@@ -133,8 +135,15 @@ class RouterMetrics:
             "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
             registry=r,
         )
-        self._running: dict[str, _Running] = {}
-        self._lock = threading.Lock()
+
+        self.quality = _QualityCollector(dict)
+        r.register(self.quality)
+
+    def watch_quality(self, read: Callable[[], dict[str, QualityCounts]]) -> None:
+        """Publish the label counts per program that ``read()`` returns at each scrape (the store's,
+        shared by every router on the database): ``fmprog_program_labels_total{program, outcome}``
+        (right, wrong) and ``fmprog_program_binary_labels_total{program, outcome}`` (tp, fp, fn, tn)."""
+        self.quality.read = read
 
     def watch_backend_circuit(self, backend: str, circuit_open: Callable[[], bool]) -> None:
         """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
@@ -161,18 +170,47 @@ class RouterMetrics:
         self.synthesis_attempts.inc(attempts)
         self.synthesis_latency.observe(latency_s)
 
-    def labelled(self, program_id: str, kind: str, answer: object, label: str, right: bool) -> None:
-        """Update running accuracy (and F1 for binary tasks) with one new label."""
-        with self._lock:
-            running = self._running.setdefault(program_id, _Running())
-        with running.lock:
-            running.total += 1
-            running.right += right
-            if kind == "binary":
-                said, truth = is_yes(answer), is_yes(label)
-                running.tp += said and truth
-                running.fp += said and not truth
-                running.fn += truth and not said
-                denominator = 2 * running.tp + running.fp + running.fn
-                self.f1.labels(program_id).set(2 * running.tp / denominator if denominator else 1.0)
-            self.accuracy.labels(program_id).set(running.right / running.total)
+
+class _QualityCollector(Collector):
+    """Label counts read from the store when scraped. Every router on one database reports the same
+    cluster-wide counts, so dashboards take ``max`` over routers, not ``sum``."""
+
+    _labelnames = ("program", "outcome")
+
+    def __init__(self, read: Callable[[], dict[str, QualityCounts]]):
+        self.read = read
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The families without samples (what the registry checks at registration: no store read)."""
+        yield from self._families()
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        labels = CounterMetricFamily(
+            "fmprog_program_labels",
+            "Labelled answers per program since its first label, right or wrong, counted by the store for every "
+            "router on it (take max over routers): accuracy over a window is increase(right) / increase(all).",
+            labels=["program", "outcome"],
+        )
+        binary = CounterMetricFamily(
+            "fmprog_program_binary_labels",
+            "Labelled answers of binary programs (positive: yes) as tp, fp, fn, tn, counted by the store for every "
+            "router on it (take max over routers): F1 over a window is 2 tp / (2 tp + fp + fn) of the increases.",
+            labels=["program", "outcome"],
+        )
+        return labels, binary
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        labels, binary = self._families()
+        try:
+            counts = self.read()
+        except Exception as exc:  # a scrape must not fail with the database: the counts are skipped
+            logger.warning("label counts not published, the store cannot be read: %s", exc)
+            counts = {}
+        for program, count in sorted(counts.items()):
+            labels.add_metric([program, "right"], count.right)
+            labels.add_metric([program, "wrong"], count.wrong)
+            if count.tp + count.fp + count.fn + count.tn:
+                for field in fields(QualityCounts)[2:]:
+                    binary.add_metric([program, field.name], getattr(count, field.name))
+        yield labels
+        yield binary

@@ -17,7 +17,7 @@ from fmprog.program import CallSite, Program, ProgramRejected, compile_program
 from router.candidates import candidate_backends
 from router.errors import PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
-from router.store import Store, utc_now
+from router.store import QueuedMessage, Store, utc_now
 
 if TYPE_CHECKING:
     from router.synthesis import ProgramSynthesizer
@@ -76,9 +76,12 @@ class ProgramRegistry:
         self._compiled: dict[str, tuple[ProgramPublic, Program]] = {}
         self._lock = threading.Lock()
 
-    def register(self, request: ProgramCreate, check_policy: PolicyCheck | None = None) -> ProgramPublic:
+    def register(
+        self, request: ProgramCreate, check_policy: PolicyCheck | None = None, *, tell_policy: bool = False
+    ) -> ProgramPublic:
         """Synthesise (for a query), validate, resolve candidates, check the policy's spec (its
-        shape here, the rest with ``check_policy``), store; raise SynthesisUnavailable,
+        shape here, the rest with ``check_policy``), store (with ``tell_policy``, its registration
+        for the policy queued in the outbox in the same transaction); raise SynthesisUnavailable,
         SynthesisFailed, Unavailable, ProgramInvalid, BackendsRejected or PolicyInvalid without
         storing a program."""
         source, synthesis = request.source, None
@@ -105,7 +108,8 @@ class ProgramRegistry:
         spec = policy_spec(public)
         if check_policy is not None:
             check_policy(spec)
-        self.store.add_program(public)
+        message = QueuedMessage("register", public.id, spec.model_dump_json(by_alias=True)) if tell_policy else None
+        self.store.add_program(public, message)
         with self._lock:
             self._compiled[public.id] = (public, program)
         return public
@@ -127,9 +131,10 @@ class ProgramRegistry:
     def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
         return self.store.list_programs(limit=limit, offset=offset)
 
-    def delete(self, program_id: str) -> None:
-        """Remove the program; its decisions stay in the store and still accept feedback."""
-        self.store.delete_program(program_id)
+    def delete(self, program_id: str, *, tell_policy: bool = False) -> None:
+        """Remove the program (with ``tell_policy``, queueing its delete for the policy in the same
+        transaction); its decisions stay in the store and still accept feedback."""
+        self.store.delete_program(program_id, QueuedMessage("delete", program_id, "{}") if tell_policy else None)
         with self._lock:
             self._compiled.pop(program_id, None)
 

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
 
@@ -28,9 +29,17 @@ from router.gating import invocation_records
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
-from router.programs import ProgramRegistry, policy_spec
-from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
-from router.store import Store
+from router.programs import ProgramRegistry
+from router.schemas import (
+    AnswerRecord,
+    AnswerResult,
+    DeadLetter,
+    FeedbackIn,
+    FeedbackResult,
+    ProgramCreate,
+    ProgramPublic,
+)
+from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
 
 logger = logging.getLogger(__name__)
@@ -110,6 +119,7 @@ class RouterService:
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
+        self.metrics.watch_quality(store.quality)
         for name in backends:  # backends skipped after failures in a row (their clients' circuit breakers)
             circuit_open = getattr(backends[name].model, "circuit_open", None)
             if circuit_open is not None:
@@ -123,7 +133,7 @@ class RouterService:
     def register(self, request: ProgramCreate) -> ProgramPublic:
         started = time.perf_counter()
         try:
-            program = self.programs.register(request, self._check_policy)
+            program = self.programs.register(request, self._check_policy, tell_policy=self.policy is not None)
         except SynthesisFailed as exc:
             self.metrics.synthesised("failed", exc.attempts, time.perf_counter() - started)
             raise
@@ -134,7 +144,7 @@ class RouterService:
             cached = program.synthesis.cached
             attempts = 0 if cached else program.synthesis.attempts
             self.metrics.synthesised("cached" if cached else "synthesised", attempts, time.perf_counter() - started)
-        self._to_policy("register", program.id, policy_spec(program))
+        self._deliver_now()  # the registration was queued with the program
         return program
 
     def _check_policy(self, spec: PolicySpec) -> None:
@@ -152,8 +162,8 @@ class RouterService:
             logger.warning("policy spec not checked, the policy is unavailable (it checks on delivery): %s", exc)
 
     def delete(self, program_id: str) -> None:
-        self.programs.delete(program_id)
-        self._to_policy("delete", program_id)
+        self.programs.delete(program_id, tell_policy=self.policy is not None)
+        self._deliver_now()
 
     def close(self) -> None:
         """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
@@ -233,32 +243,43 @@ class RouterService:
     # -- feedback -------------------------------------------------------------------------------
 
     def feedback(self, request: FeedbackIn) -> FeedbackResult:
-        labelled = self.feedback_handler.feedback(request)
-        result, answer = labelled.result, labelled.answer
+        """Take a label; a new one for a decision the policy made is queued for the policy in the
+        transaction that stores it, so a router that dies right after cannot lose it (another
+        router delivers the outbox, and the label sent again is a repeat)."""
+        labelled = self.feedback_handler.feedback(request, self._feedback_message)
+        result = labelled.result
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
-        if result.repeat:
-            return result
-        self.metrics.labelled(result.program_id, answer.kind, answer.answer, result.label, labelled.correct)
-        if answer.fallback:
-            return result  # the policy did not make this decision, so it has nothing to learn from it
-        message = Feedback(
-            decision_id=result.decision_id,
-            reward=result.reward,
-            executed_sites=result.executed_sites,
-            costs=result.site_costs,
-            invocations=invocation_records(answer, result.label, self.feedback_handler.rewards),
-        )
-        self._to_policy("feedback", result.program_id, message)
+        if not result.repeat and labelled.queued:
+            self._deliver_now()
         return result
 
-    # -- delivery to the policy -------------------------------------------------------------------
+    def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
+        """The policy's feedback message for a new label, or None: no policy, or a fallback decision
+        (the policy did not make it, so it has nothing to learn from it)."""
+        if self.policy is None or answer.fallback:
+            return None
+        message = Feedback(
+            decision_id=answer.id,
+            reward=reward,
+            executed_sites=answer.executed_sites,
+            costs=answer.site_costs,
+            invocations=invocation_records(answer, label, self.feedback_handler.rewards),
+        )
+        return QueuedMessage("feedback", answer.program_id, message.model_dump_json(by_alias=True))
 
-    def _to_policy(self, kind: str, program_id: str, message: PolicySpec | Feedback | None = None) -> None:
-        """Queue a message for the policy and try to deliver the queue now (in order)."""
-        if self.policy is None:
-            return
-        self.outbox.put(kind, program_id, message)
-        self.deliver()
+    # -- retention ------------------------------------------------------------------------------
+
+    def prune(self, retention: timedelta) -> Pruned:
+        """Delete decisions answered more than ``retention`` ago and their feedback (the label
+        counts per program, the programs and the policy's messages stay)."""
+        pruned = self.store.prune(utc_now() - retention)
+        self.metrics.pruned.labels("decisions").inc(pruned.decisions)
+        self.metrics.pruned.labels("feedback").inc(pruned.feedback)
+        if pruned.decisions:
+            logger.info("retention: pruned %d decisions and %d labels", pruned.decisions, pruned.feedback)
+        return pruned
+
+    # -- delivery to the policy -------------------------------------------------------------------
 
     def _dead_lettered(self, kind: str) -> None:
         self.metrics.dead_letters.labels(kind).inc()
@@ -266,6 +287,14 @@ class RouterService:
     def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Policy messages the policy refused, oldest first (kept for an operator)."""
         return self.store.list_dead_letters(limit=limit, offset=offset)
+
+    def _deliver_now(self) -> None:
+        """Try to deliver what was just queued (and committed): a failure here is logged, not the
+        client's (the outbox's background loop delivers it later)."""
+        try:
+            self.deliver()
+        except Exception:
+            logger.exception("delivery to the policy failed; the outbox retries it")
 
     def deliver(self) -> int:
         """Deliver queued policy messages, oldest first; returns how many were delivered."""

@@ -21,7 +21,24 @@ class RouterSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FMPROG_ROUTER_", extra="forbid", frozen=True)
 
-    database: Path = Field(default=Path("state/router.sqlite3"), description="SQLite file for programs and decisions.")
+    database: Path | str = Field(
+        default=Path("state/router.sqlite3"),
+        description="Where programs, decisions, feedback and the policy outbox live: a SQLite file (one router), or a "
+        "PostgreSQL URL, postgresql+psycopg://user:password@host:5432/db (several routers on one database).",
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=200, description="PostgreSQL connections kept open (as many again may open under load)."
+    )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36500,
+        description="Decisions (answers) and their feedback older than this are deleted in the background; the "
+        "label counts per program, the programs, the policy outbox and the dead letters are kept.",
+    )
+    prune_interval_s: float = Field(
+        default=3600.0, gt=0, le=86400, description="How often decisions past retention_days are pruned."
+    )
     backends_config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="Backend configuration (YAML).")
     backends: list[BackendName] | None = Field(
         default=None,
@@ -119,6 +136,37 @@ class RouterSettings(BaseSettings):
     synthesis_preload: bool = Field(
         default=False, description="Load the synthesizer's model at start-up rather than on first use."
     )
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _file_or_url(cls, value: object) -> object:
+        """A URL stays text (its driver checked: SQLite, or PostgreSQL through psycopg); anything else is a path."""
+        if isinstance(value, str) and "://" in value:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                url = make_url(value)
+            except (ArgumentError, ValueError) as exc:
+                raise ValueError(f"not a database URL: {exc}") from None
+            if url.drivername in {"postgresql", "postgres"}:
+                url = url.set(drivername="postgresql+psycopg")
+            if url.drivername not in {"postgresql+psycopg", "sqlite", "sqlite+pysqlite"}:
+                raise ValueError(
+                    f"database URL driver {url.drivername!r}: use postgresql+psycopg://... or a SQLite file path"
+                )
+            if url.drivername == "postgresql+psycopg" and not url.database:
+                raise ValueError("a PostgreSQL URL must name the database: postgresql+psycopg://user@host:5432/db")
+            return url.render_as_string(hide_password=False)
+        if isinstance(value, str):
+            return Path(value)
+        return value
+
+    def database_file(self) -> Path | None:
+        """The SQLite file of ``database``, or None for a database server."""
+        if isinstance(self.database, Path):
+            return self.database
+        return None
 
     @field_validator("synthesis_backend", mode="before")
     @classmethod

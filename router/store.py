@@ -1,17 +1,25 @@
-"""SQLite persistence of programs, answers (one per decision) and feedback.
+"""Persistence of programs, answers (one per decision), feedback, the policy outbox and the
+synthesis cache: SQLAlchemy Core over SQLite (the embedded default) or PostgreSQL (several routers
+on one database).
 
-One database file (``":memory:"`` for a throwaway store) in WAL mode, so readers in other
-connections and processes never block the writer. One connection per ``Store``, shared by the
-server's threads under a lock; every change is committed before a method returns, and the
-changes that must be atomic (a label for a decision) run in one ``BEGIN IMMEDIATE`` transaction,
-so two stores over the same file cannot both resolve a decision. The schema is created on open;
-``schema_version`` records its version and a file of another version is refused.
+``Store(target)`` takes a file path (SQLite; ``":memory:"`` for a throwaway store) or a database
+URL (``sqlite:///...``, ``postgresql+psycopg://user:password@host/db``) and brings the schema to the
+newest Alembic revision on open (``router/migrations``; a SQLite file written before Alembic, schema
+version 1 to 4, is migrated forward, one of another version refused). Every change is committed
+before a method returns.
+
+SQLite: one connection in WAL mode, shared by the server's threads under a lock; writes run in
+``BEGIN IMMEDIATE`` transactions, so two stores over the same file (two processes) cannot both
+resolve a decision. PostgreSQL: a connection pool; the decision being labelled is locked
+(``SELECT ... FOR UPDATE``) in the transaction that stores its label, so the same label sent to two
+routers at once is one event and a different one a Conflict, whichever router it reaches.
 
 A cache of synthesised programs (``synthesized_programs``) is keyed by the normalised task, its
 kind, the synthesis prompt's version and the model, so registering a task again costs no model call.
-
 Policy messages the policy refused (``policy_dead_letters``) are kept for an operator rather than
-dropped; the outbox (``router.outbox``) moves them there.
+dropped; the outbox (``router.outbox``) moves them there. ``program_quality`` counts labels per
+program (right and wrong; TP, FP, FN, TN for binary tasks) in the transaction that stores each new
+label: exact across routers, and kept when old decisions and feedback are pruned (``prune``).
 
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.
@@ -19,12 +27,21 @@ rewarded), so feedback for frames answered before the delete is still accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sqlite3
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
 
 from router.errors import Conflict, NotFound, RouterError
 from router.schemas import (
@@ -36,135 +53,180 @@ from router.schemas import (
     ProgramPublic,
     SynthesisPublic,
 )
-
-SCHEMA_VERSION = 4
-
-DEAD_LETTERS = """
-CREATE TABLE IF NOT EXISTS policy_dead_letters (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL,  -- register, feedback or delete (the outbox's kinds)
-    program_id  TEXT NOT NULL,
-    payload     TEXT NOT NULL,  -- JSON: the message as it was queued
-    reason      TEXT NOT NULL,  -- the policy's reply
-    attempts    INTEGER NOT NULL,
-    created_at  TEXT NOT NULL   -- when the policy refused it
-)
-"""
-
-SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS programs (
-    id          TEXT PRIMARY KEY,
-    source      TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('binary', 'open')),
-    lambda      REAL NOT NULL CHECK (lambda >= 0),
-    algorithm   TEXT NOT NULL,
-    hyperparameters TEXT NOT NULL DEFAULT '{}',  -- JSON: the algorithm's hyper-parameters
-    call_sites  TEXT NOT NULL,  -- JSON: [CallSitePublic], each with its candidate backends and costs
-    created_at  TEXT NOT NULL,  -- ISO 8601, UTC
-    query       TEXT,           -- the natural-language task the program was synthesised from, or NULL
-    synthesis   TEXT            -- JSON: SynthesisPublic, or NULL for a program sent as source
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    id              TEXT PRIMARY KEY,
-    program_id      TEXT NOT NULL,  -- no foreign key: decisions outlive a deleted program
-    kind            TEXT NOT NULL CHECK (kind IN ('binary', 'open')),
-    frame_id        TEXT,
-    decision        TEXT NOT NULL,  -- JSON: {site id: backend}
-    fallback        INTEGER NOT NULL CHECK (fallback IN (0, 1)),
-    answer          TEXT NOT NULL,  -- JSON
-    error           TEXT,           -- JSON: ProgramStopped, or NULL when the program answered
-    trace           TEXT NOT NULL,  -- JSON: [InvocationPublic]
-    executed_sites  TEXT NOT NULL,  -- JSON: [site id], in order of first execution
-    site_costs      TEXT NOT NULL,  -- JSON: {site id: cost charged}
-    cost            REAL NOT NULL,
-    latency_s       REAL NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('pending', 'answered', 'resolved', 'expired')),
-    created_at      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_by_program ON decisions (program_id, created_at);
-CREATE INDEX IF NOT EXISTS decisions_by_status ON decisions (status, created_at);
-CREATE TABLE IF NOT EXISTS synthesized_programs (
-    query        TEXT NOT NULL,  -- normalised: lower case, single spaces, no trailing punctuation
-    kind         TEXT NOT NULL CHECK (kind IN ('binary', 'open')),
-    api_version  TEXT NOT NULL,  -- hash of the synthesis prompt (the program API it documents)
-    synthesizer  TEXT NOT NULL,  -- the model that wrote it
-    source       TEXT NOT NULL,
-    attempts     INTEGER NOT NULL,
-    latency_s    REAL NOT NULL,
-    created_at   TEXT NOT NULL,
-    PRIMARY KEY (query, kind, api_version, synthesizer)
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    decision_id  TEXT PRIMARY KEY REFERENCES decisions (id),
-    label        TEXT NOT NULL,
-    reward       REAL NOT NULL,
-    created_at   TEXT NOT NULL
-);
-"""
-    + DEAD_LETTERS
+from router.tables import (
+    decisions,
+    feedback,
+    policy_dead_letters,
+    policy_outbox,
+    program_quality,
+    programs,
+    synthesized_programs,
 )
 
+# ``schema_version`` as the newest migration leaves it; routers from before Alembic read up to 4.
+SCHEMA_VERSION = 5
+LEGACY_VERSIONS = (1, 2, 3, 4)
+MIGRATION_LOCK = 0x666D70726F67  # PostgreSQL advisory lock held while a router migrates ("fmprog")
 
-# Statements that take a store of version N (the key) to version N + 1.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE programs ADD COLUMN hyperparameters TEXT NOT NULL DEFAULT '{}'",),
-    2: ("ALTER TABLE programs ADD COLUMN query TEXT", "ALTER TABLE programs ADD COLUMN synthesis TEXT"),
-    3: (DEAD_LETTERS,),
-}
+BinaryOutcome = Literal["tp", "fp", "fn", "tn"]
+
+# The statements of the frequent calls, built once (binding values to a prebuilt statement costs a
+# fraction of building it anew, and the compiled form is cached by the engine).
+_ADD_ANSWER = decisions.insert()
+_ADD_FEEDBACK = feedback.insert()
+_QUEUE = policy_outbox.insert()
+_ANSWER = sa.select(decisions).where(decisions.c.id == sa.bindparam("id"))
+_DIGEST = sa.select(programs.c.digest).where(programs.c.id == sa.bindparam("id"))
+_PROGRAM = sa.select(programs).where(programs.c.id == sa.bindparam("id"))
+_DECISION_TO_LABEL = (
+    sa.select(decisions.c.status, decisions.c.program_id)
+    .where(decisions.c.id == sa.bindparam("id"))
+    .with_for_update()  # PostgreSQL: one label at a time per decision, across routers
+)
+_FEEDBACK = sa.select(feedback).where(feedback.c.decision_id == sa.bindparam("id"))
+_RESOLVE = decisions.update().where(decisions.c.id == sa.bindparam("label_of")).values(status="resolved")
 
 
 class StoreVersionError(RouterError):
-    """The database file was written by a different schema version."""
+    """The database was written by a different schema version."""
+
+
+class StoreUnavailable(RouterError):
+    """The database cannot be reached or opened."""
+
+
+@dataclass(frozen=True)
+class LabelOutcome:
+    """How one label judged its answer: right or wrong, and for a binary task which of TP, FP, FN, TN."""
+
+    right: bool
+    binary: BinaryOutcome | None = None
+
+
+@dataclass(frozen=True)
+class QualityCounts:
+    """Labels counted for one program since its first (kept through retention)."""
+
+    right: int = 0
+    wrong: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message for the policy, for the outbox (``router.outbox``): its kind, program and JSON."""
+
+    kind: str
+    program_id: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Pruned:
+    decisions: int
+    feedback: int
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def database_url(target: str | Path) -> URL:
+    """The SQLAlchemy URL of a store: a URL as given, a path (or ":memory:") as a SQLite file."""
+    text = str(target)
+    if "://" in text:
+        return make_url(text)
+    if text == ":memory:":
+        return make_url("sqlite://")
+    return URL.create("sqlite", database=str(Path(text).resolve()))
+
+
 class Store:
-    """Programs, decisions and feedback in one SQLite file; safe to share between threads."""
+    """Programs, decisions, feedback and the outbox in one database; safe to share between threads."""
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0):
-        self.path = str(path)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._create_schema()
+    def __init__(self, target: str | Path, *, timeout_s: float = 30.0, pool_size: int = 10):
+        self.url = database_url(target)
+        self.path = str(target)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self._writing = False  # read by the engine's "begin" hook, under the lock
+            self.engine = _sqlite_engine(self.url, timeout_s, lambda: self._writing)
+            self._lock: contextlib.AbstractContextManager[Any] = threading.RLock()
+        elif self.dialect == "postgresql":
+            self.engine = sa.create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=2 * pool_size,
+                pool_pre_ping=True,
+                pool_timeout=timeout_s,
+            )
+            self._lock = contextlib.nullcontext()
+        else:
+            raise StoreVersionError(f"unsupported database {self.url.drivername!r}: use SQLite or PostgreSQL")
+        try:
+            self._migrate()
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            where = self.url.render_as_string(hide_password=True)
+            raise StoreUnavailable(f"cannot open the router's store at {where}: {exc.orig}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
-    def _create_schema(self) -> None:
-        with self._transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                return
-            version = row["version"]
-            if version not in _MIGRATIONS and version != SCHEMA_VERSION:
-                raise StoreVersionError(
-                    f"{self.path}: store schema version {version}, this router reads version {SCHEMA_VERSION}"
-                )
-            while version in _MIGRATIONS:
-                for statement in _MIGRATIONS[version]:
-                    db.execute(statement)
-                version += 1
-            db.execute("UPDATE schema_version SET version = ?", (version,))
+    @property
+    def claims_rows(self) -> bool:
+        """Whether several routers may share this database (``SELECT ... FOR UPDATE SKIP LOCKED``)."""
+        return self.dialect == "postgresql"
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.util import CommandError
+
+        config = Config()
+        config.set_main_option("script_location", str(resources.files("router") / "migrations"))
+        with self.transaction() as db:
+            if self.dialect == "postgresql":
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            tables = set(sa.inspect(db).get_table_names())
+            if "alembic_version" not in tables and "schema_version" in tables:
+                version = db.execute(sa.text("SELECT version FROM schema_version")).scalar()
+                if version not in LEGACY_VERSIONS:
+                    where = self.url.render_as_string(hide_password=True)
+                    raise StoreVersionError(
+                        f"{where}: store schema version {version}, this router reads "
+                        f"versions {LEGACY_VERSIONS[0]} to {LEGACY_VERSIONS[-1]} and {SCHEMA_VERSION}"
+                    )
+            config.attributes["connection"] = db
+            try:
+                command.upgrade(config, "head")
+            except CommandError as exc:  # e.g. a revision this router does not know: a newer router's
+                raise StoreVersionError(f"{self.url.render_as_string(hide_password=True)}: {exc}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a transaction, committed when the block ends (rolled back on error); on
+        SQLite it begins with ``BEGIN IMMEDIATE`` (the write lock, taken at once)."""
+        with self._lock:
+            self._writing = True
+            try:
+                with self.engine.begin() as db:
+                    yield db
+            finally:
+                self._writing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads (on SQLite each statement reads a committed snapshot, no lock taken)."""
+        with self._lock, self.engine.connect() as db:
+            yield db
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self.engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -172,66 +234,70 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _insert(self, table: sa.Table) -> Any:
+        """An INSERT that can take ``on_conflict_do_update`` in this store's dialect."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
     # Programs
 
-    def add_program(self, program: ProgramPublic) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO programs (id, source, digest, kind, lambda, algorithm, hyperparameters, call_sites,"
-                " created_at, query, synthesis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    program.id,
-                    program.source,
-                    program.digest,
-                    program.kind,
-                    program.lambda_,
-                    program.algorithm,
-                    json.dumps(program.hyperparameters),
-                    json.dumps([site.model_dump(mode="json") for site in program.call_sites]),
-                    program.created_at.isoformat(),
-                    program.query,
-                    program.synthesis.model_dump_json() if program.synthesis else None,
-                ),
-            )
+    def add_program(self, program: ProgramPublic, message: QueuedMessage | None = None) -> None:
+        """Store a program, and queue ``message`` (its registration) for the policy with it."""
+        row = {
+            "id": program.id,
+            "source": program.source,
+            "digest": program.digest,
+            "kind": program.kind,
+            "lambda": program.lambda_,
+            "algorithm": program.algorithm,
+            "hyperparameters": json.dumps(program.hyperparameters),
+            "call_sites": json.dumps([site.model_dump(mode="json") for site in program.call_sites]),
+            "created_at": program.created_at.isoformat(),
+            "query": program.query,
+            "synthesis": program.synthesis.model_dump_json() if program.synthesis else None,
+        }
+        with self.transaction() as db:
+            db.execute(programs.insert().values(row))
+            if message is not None:
+                queue(db, message)
 
     def get_program(self, program_id: str) -> ProgramPublic:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM programs WHERE id = ?", (program_id,)).fetchone()
+        with self.reading() as db:
+            row = db.execute(_PROGRAM, {"id": program_id}).mappings().first()
         if row is None:
             raise NotFound(f"no program with id {program_id!r}")
         return _program(row)
 
     def program_digest(self, program_id: str) -> str:
         """The stored program's digest (a cheap check that it still exists and has not changed)."""
-        with self._lock:
-            row = self._db.execute("SELECT digest FROM programs WHERE id = ?", (program_id,)).fetchone()
-        if row is None:
+        with self.reading() as db:
+            digest = db.execute(_DIGEST, {"id": program_id}).scalar()
+        if digest is None:
             raise NotFound(f"no program with id {program_id!r}")
-        return row["digest"]
+        return digest
 
     def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
         """Programs, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM programs ORDER BY created_at, id LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
+        query = sa.select(programs).order_by(programs.c.created_at, programs.c.id).limit(limit).offset(offset)
+        with self.reading() as db:
+            rows = db.execute(query).mappings().all()
         return [_program(row) for row in rows]
 
-    def delete_program(self, program_id: str) -> None:
-        with self._transaction() as db:
-            if db.execute("DELETE FROM programs WHERE id = ?", (program_id,)).rowcount == 0:
+    def delete_program(self, program_id: str, message: QueuedMessage | None = None) -> None:
+        """Delete a program, and queue ``message`` (its delete) for the policy with it."""
+        with self.transaction() as db:
+            if db.execute(programs.delete().where(programs.c.id == program_id)).rowcount == 0:
                 raise NotFound(f"no program with id {program_id!r}")
+            if message is not None:
+                queue(db, message)
 
     # Synthesised programs, by task (the synthesis cache)
 
     def get_synthesized(self, query: str, kind: str, api_version: str, synthesizer: str) -> CachedProgram | None:
         """The program synthesised before for this normalised query, task kind, prompt and model."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM synthesized_programs"
-                " WHERE query = ? AND kind = ? AND api_version = ? AND synthesizer = ?",
-                (query, kind, api_version, synthesizer),
-            ).fetchone()
+        t = synthesized_programs
+        where = (t.c.query == query, t.c.kind == kind, t.c.api_version == api_version, t.c.synthesizer == synthesizer)
+        with self.reading() as db:
+            row = db.execute(sa.select(t).where(*where)).mappings().first()
         if row is None:
             return None
         return CachedProgram(
@@ -245,110 +311,170 @@ class Store:
         self, query: str, kind: str, api_version: str, synthesizer: str, *, source: str, attempts: int, latency_s: float
     ) -> None:
         """Remember a validated synthesised program (replacing an older one for the same key)."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO synthesized_programs"
-                " (query, kind, api_version, synthesizer, source, attempts, latency_s, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (query, kind, api_version, synthesizer, source, attempts, latency_s, utc_now().isoformat()),
-            )
+        values = {"source": source, "attempts": attempts, "latency_s": latency_s, "created_at": utc_now().isoformat()}
+        key = {"query": query, "kind": kind, "api_version": api_version, "synthesizer": synthesizer}
+        statement = self._insert(synthesized_programs).values(**key, **values)
+        statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
+        with self.transaction() as db:
+            db.execute(statement)
 
     def count_synthesized(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM synthesized_programs").fetchone()[0]
+        with self.reading() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(synthesized_programs)).scalar_one()
 
     # Answers: one row per decision (the ``decisions`` table), keyed by the decision id
 
     def add_answer(self, decision: AnswerRecord) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO decisions (id, program_id, kind, frame_id, decision, fallback, answer, error, trace,"
-                " executed_sites, site_costs, cost, latency_s, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    decision.id,
-                    decision.program_id,
-                    decision.kind,
-                    decision.frame_id,
-                    json.dumps(decision.decision),
-                    int(decision.fallback),
-                    json.dumps(decision.answer),
-                    decision.error.model_dump_json() if decision.error else None,
-                    json.dumps([i.model_dump(mode="json") for i in decision.trace]),
-                    json.dumps(decision.executed_sites),
-                    json.dumps(decision.site_costs),
-                    decision.cost,
-                    decision.latency_s,
-                    decision.status,
-                    decision.created_at.isoformat(),
-                ),
-            )
+        row = {
+            "id": decision.id,
+            "program_id": decision.program_id,
+            "kind": decision.kind,
+            "frame_id": decision.frame_id,
+            "decision": json.dumps(decision.decision),
+            "fallback": int(decision.fallback),
+            "answer": json.dumps(decision.answer),
+            "error": decision.error.model_dump_json() if decision.error else None,
+            "trace": json.dumps([i.model_dump(mode="json") for i in decision.trace]),
+            "executed_sites": json.dumps(decision.executed_sites),
+            "site_costs": json.dumps(decision.site_costs),
+            "cost": decision.cost,
+            "latency_s": decision.latency_s,
+            "status": decision.status,
+            "created_at": decision.created_at.isoformat(),
+        }
+        with self.transaction() as db:
+            db.execute(_ADD_ANSWER, row)
 
     def get_answer(self, decision_id: str) -> AnswerRecord:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        with self.reading() as db:
+            row = db.execute(_ANSWER, {"id": decision_id}).mappings().first()
         if row is None:
             raise NotFound(f"no decision with id {decision_id!r}")
         return _answer(row)
 
     def list_answers(self, program_id: str | None = None, *, limit: int = 100, offset: int = 0) -> list[AnswerRecord]:
         """Answers, oldest first; those of one program when ``program_id`` is given."""
-        where, args = ("WHERE program_id = ?", (program_id,)) if program_id else ("", ())
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM decisions {where} ORDER BY created_at, id LIMIT ? OFFSET ?", (*args, limit, offset)
-            ).fetchall()
+        query = sa.select(decisions).order_by(decisions.c.created_at, decisions.c.id).limit(limit).offset(offset)
+        if program_id:
+            query = query.where(decisions.c.program_id == program_id)
+        with self.reading() as db:
+            rows = db.execute(query).mappings().all()
         return [_answer(row) for row in rows]
+
+    def count_answers(self) -> int:
+        with self.reading() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one()
 
     def expire_answers(self, answered_before: datetime) -> int:
         """Mark answers given before ``answered_before`` and never labelled as expired; how many."""
-        with self._transaction() as db:
-            return db.execute(
-                "UPDATE decisions SET status = 'expired' WHERE status IN ('pending', 'answered') AND created_at < ?",
-                (answered_before.isoformat(),),
-            ).rowcount
+        statement = (
+            decisions.update()
+            .where(
+                decisions.c.status.in_(("pending", "answered")), decisions.c.created_at < answered_before.isoformat()
+            )
+            .values(status="expired")
+        )
+        with self.transaction() as db:
+            return db.execute(statement).rowcount
 
     # Feedback
 
     def get_feedback(self, decision_id: str) -> FeedbackRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone()
+        with self.reading() as db:
+            row = db.execute(_FEEDBACK, {"id": decision_id}).mappings().first()
         return _feedback(row) if row else None
 
-    def record_feedback(self, decision_id: str, label: str, reward: float) -> tuple[FeedbackRecord, bool]:
-        """Store the label for a decision and resolve it, once.
+    def count_feedback(self) -> int:
+        with self.reading() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(feedback)).scalar_one()
+
+    def record_feedback(
+        self,
+        decision_id: str,
+        label: str,
+        reward: float,
+        outcome: LabelOutcome | None = None,
+        message: QueuedMessage | None = None,
+    ) -> tuple[FeedbackRecord, bool]:
+        """Store the label for a decision and resolve it, once; count it in ``program_quality``
+        (when ``outcome`` is given) and queue ``message`` for the policy, in the same transaction.
 
         Returns the stored feedback and whether it is a repeat (the same label was already stored;
         the first reward stands). Raises NotFound for an unknown decision, Conflict for a
         different label than the stored one or for an expired decision.
         """
-        with self._transaction() as db:
-            row = db.execute("SELECT status FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        with self.transaction() as db:
+            row = db.execute(_DECISION_TO_LABEL, {"id": decision_id}).first()
             if row is None:
                 raise NotFound(f"no decision with id {decision_id!r}")
-            existing = db.execute("SELECT * FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone()
+            existing = db.execute(_FEEDBACK, {"id": decision_id}).mappings().first()
             if existing is not None:
                 if existing["label"] != label:
                     raise Conflict(f"decision {decision_id!r} already has label {existing['label']!r}; got {label!r}")
                 return _feedback(existing), True
-            if row["status"] == "expired":
+            if row.status == "expired":
                 raise Conflict(f"decision {decision_id!r} expired without feedback")
             record = FeedbackRecord(decision_id=decision_id, label=label, reward=reward, created_at=utc_now())
+            created = record.created_at.isoformat()
             db.execute(
-                "INSERT INTO feedback (decision_id, label, reward, created_at) VALUES (?, ?, ?, ?)",
-                (decision_id, label, reward, record.created_at.isoformat()),
+                _ADD_FEEDBACK, {"decision_id": decision_id, "label": label, "reward": reward, "created_at": created}
             )
-            db.execute("UPDATE decisions SET status = 'resolved' WHERE id = ?", (decision_id,))
+            db.execute(_RESOLVE, {"label_of": decision_id})
+            if outcome is not None:
+                self._count(db, row.program_id, outcome)
+            if message is not None:
+                queue(db, message)
             return record, False
+
+    def _count(self, db: Connection, program_id: str, outcome: LabelOutcome) -> None:
+        counted = ["right" if outcome.right else "wrong"] + ([outcome.binary] if outcome.binary else [])
+        statement = self._insert(program_quality).values({"program_id": program_id, **dict.fromkeys(counted, 1)})
+        columns = program_quality.c
+        statement = statement.on_conflict_do_update(
+            index_elements=["program_id"], set_={name: columns[name] + 1 for name in counted}
+        )
+        db.execute(statement)
+
+    def quality(self) -> dict[str, QualityCounts]:
+        """Labels counted per program (every router's, since each program's first label)."""
+        with self.reading() as db:
+            rows = db.execute(sa.select(program_quality)).mappings().all()
+        return {
+            row["program_id"]: QualityCounts(**{k: int(v) for k, v in row.items() if k != "program_id"}) for row in rows
+        }
+
+    # Retention
+
+    def prune(self, older_than: datetime, *, batch: int = 1000) -> Pruned:
+        """Delete the decisions answered before ``older_than`` and their feedback, ``batch``
+        decisions per transaction (so answers are not held up behind one long delete); the label
+        counts (``program_quality``), programs, outbox and dead letters are kept."""
+        cutoff = older_than.isoformat()
+        pruned_decisions = pruned_feedback = 0
+        while True:
+            with self.transaction() as db:
+                ids = (
+                    db.execute(
+                        sa.select(decisions.c.id)
+                        .where(decisions.c.created_at < cutoff)
+                        .order_by(decisions.c.created_at)
+                        .limit(batch)
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not ids:
+                    return Pruned(pruned_decisions, pruned_feedback)
+                pruned_feedback += db.execute(feedback.delete().where(feedback.c.decision_id.in_(ids))).rowcount
+                pruned_decisions += db.execute(decisions.delete().where(decisions.c.id.in_(ids))).rowcount
 
     # Policy messages the policy refused (moved here from the outbox by ``Outbox.deliver``)
 
     def list_dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Refused policy messages, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM policy_dead_letters ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
+        query = sa.select(policy_dead_letters).order_by(policy_dead_letters.c.id).limit(limit).offset(offset)
+        with self.reading() as db:
+            rows = db.execute(query).mappings().all()
         return [
             DeadLetter(
                 id=row["id"],
@@ -363,34 +489,43 @@ class Store:
         ]
 
     def count_dead_letters(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM policy_dead_letters").fetchone()[0]
+        with self.reading() as db:
+            return db.execute(sa.select(sa.func.count()).select_from(policy_dead_letters)).scalar_one()
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) under the store's lock."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._db
-
-    def __exit__(self, exc_type: Any, *exc: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._lock.release()
+def queue(db: Connection, message: QueuedMessage) -> None:
+    """Add ``message`` to the policy outbox (in the caller's transaction)."""
+    db.execute(_QUEUE, {"kind": message.kind, "program_id": message.program_id, "payload": message.payload})
 
 
-def _program(row: sqlite3.Row) -> ProgramPublic:
+def _sqlite_engine(url: URL, timeout_s: float, writing: Callable[[], bool]) -> Engine:
+    """One shared connection (the store's lock serialises its users) in WAL mode, whose write
+    transactions (``writing()`` true) begin with ``BEGIN IMMEDIATE``: a writer waits for another
+    process's writer up to ``timeout_s`` rather than failing halfway through. Reads run in the
+    driver's autocommit mode, each statement on a committed snapshot."""
+    engine = sa.create_engine(
+        url, poolclass=StaticPool, connect_args={"timeout": timeout_s, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None  # the driver leaves BEGIN to the "begin" hook below
+        cursor = dbapi_connection.cursor()
+        if url.database:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        if writing():
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _program(row: Any) -> ProgramPublic:
     return ProgramPublic(
         id=row["id"],
         source=row["source"],
@@ -406,7 +541,7 @@ def _program(row: sqlite3.Row) -> ProgramPublic:
     )
 
 
-def _answer(row: sqlite3.Row) -> AnswerRecord:
+def _answer(row: Any) -> AnswerRecord:
     return AnswerRecord(
         id=row["id"],
         program_id=row["program_id"],
@@ -426,7 +561,7 @@ def _answer(row: sqlite3.Row) -> AnswerRecord:
     )
 
 
-def _feedback(row: sqlite3.Row) -> FeedbackRecord:
+def _feedback(row: Any) -> FeedbackRecord:
     return FeedbackRecord(
         decision_id=row["decision_id"],
         label=row["label"],

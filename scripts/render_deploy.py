@@ -35,9 +35,18 @@ OVERLAYS = {"dev-cpu": Path("deploy/config/cpu.yaml"), "prod-gpu": Path("deploy/
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 PROGRAM = 'program=~"$program"'
+QUALITY_WINDOW = "1h"
+LABELS = "fmprog_program_labels_total"
+BINARY = "fmprog_program_binary_labels_total"
 
 
 # -- the Grafana dashboard ---------------------------------------------------------------------
+
+
+def _labels(outcome: str, metric: str = LABELS) -> str:
+    """Labels counted with ``outcome`` per program over the quality window: every router exports the
+    store's counts for the whole database, so any one of them (max) is the cluster's."""
+    return f'max by (program) (increase({metric}{{{PROGRAM}, outcome="{outcome}"}}[{QUALITY_WINDOW}]))'
 
 
 def _target(expr: str, legend: str) -> dict[str, Any]:
@@ -142,15 +151,27 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
             "Quality and traffic",
             [
                 _panel(
-                    "Accuracy by program",
-                    "Running accuracy from feedback since each router process started (averaged over routers).",
-                    [(f"avg by (program) (fmprog_program_accuracy{{{PROGRAM}}})", "{{program}}")],
+                    f"Accuracy by program (labels of the last {QUALITY_WINDOW})",
+                    "Right answers over labelled answers, from the label counters the store keeps for every "
+                    "router on the database (each router reports the same counts, hence max, not sum).",
+                    [
+                        (
+                            f"{_labels('right')} / ({_labels('right')} + {_labels('wrong')})",
+                            "{{program}}",
+                        )
+                    ],
                     unit="percentunit",
                 ),
                 _panel(
-                    "F1 on positives by program",
-                    "Running F1 of binary programs from feedback (averaged over routers).",
-                    [(f"avg by (program) (fmprog_program_f1{{{PROGRAM}}})", "{{program}}")],
+                    f"F1 on positives by program (labels of the last {QUALITY_WINDOW})",
+                    "2 TP / (2 TP + FP + FN) of binary programs (positive: yes), from the store's label counters.",
+                    [
+                        (
+                            f"2 * {_labels('tp', BINARY)} / "
+                            f"(2 * {_labels('tp', BINARY)} + {_labels('fp', BINARY)} + {_labels('fn', BINARY)})",
+                            "{{program}}",
+                        )
+                    ],
                     unit="percentunit",
                 ),
                 _panel(
@@ -203,7 +224,7 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                     "training steps per second.",
                     [
                         ("sum(fmprog_policy_pending_decisions)", "pending decisions"),
-                        ("sum(fmprog_policy_outbox)", "outbox"),
+                        ("max(fmprog_policy_outbox)", "outbox"),  # one outbox, shared by the routers
                         (f"sum(rate(fmprog_policy_training_steps_total[{RATE}]))", "training steps/s"),
                     ],
                 ),

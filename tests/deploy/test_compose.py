@@ -138,7 +138,12 @@ def test_settings_and_urls_are_the_services_own(name: str, model: dict[str, Any]
     """The router and the policy get only variables they read, with values they accept; their URLs
     name services of this file; the backend configurations they name are in the image."""
     services = model["services"]
-    env = {"FMPROG_ROUTER_API_KEY": "k" * 24, "FMPROG_POLICY_API_KEY": "p" * 24, "FMPROG_HF_HOME": "/srv/hf"}
+    env = {
+        "FMPROG_ROUTER_API_KEY": "k" * 24,
+        "FMPROG_POLICY_API_KEY": "p" * 24,
+        "FMPROG_HF_HOME": "/srv/hf",
+        "FMPROG_POSTGRES_PASSWORD": "d" * 24,
+    }
     for service_name, prefix, settings in (
         ("router", "FMPROG_ROUTER_", RouterSettings),
         ("policy", "FMPROG_POLICY_", PolicySettings),
@@ -160,6 +165,15 @@ def test_settings_and_urls_are_the_services_own(name: str, model: dict[str, Any]
     assert (ROOT / Path(config).relative_to("/app")).is_file()
     expected = "gpu.yaml" if "GPU" in name else "cpu.yaml"
     assert Path(config).name == expected
+    # the router's state is in the postgres service, with the credentials that service is given
+    database = urlsplit(str(router.database))
+    postgres = {k: interpolate(str(v), env) for k, v in services["postgres"]["environment"].items()}
+    assert database.scheme == "postgresql+psycopg" and database.hostname in services
+    assert str(database.port) in services[database.hostname]["expose"]
+    assert database.username == postgres["POSTGRES_USER"] and database.password == postgres["POSTGRES_PASSWORD"]
+    assert database.path == f"/{postgres['POSTGRES_DB']}"
+    assert "postgres" in services["router"]["depends_on"] and has_healthcheck(services["postgres"])
+    assert "ports" not in services["postgres"], "only the routers reach the database"
 
 
 def test_the_router_needs_an_api_key_and_is_the_only_public_port() -> None:

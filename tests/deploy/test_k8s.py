@@ -32,6 +32,7 @@ from tests.deploy.manifests import (
 FOLDERS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
 CONFIGS = {"dev-cpu": ROOT / "deploy/config/cpu.yaml", "prod-gpu": ROOT / "deploy/config/gpu.yaml"}
 WORKLOADS = ("Deployment", "StatefulSet")
+DEV_DATABASE_URL = "postgresql+psycopg://fmprog:dev-database-password-not-a-secret@fmprog-postgres:5432/fmprog"
 
 
 def pod_templates(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
@@ -234,9 +235,11 @@ def test_selectors_and_names_resolve(overlay: str) -> None:
     for statefulset in by_kind(objects, "StatefulSet"):
         governing = one(objects, "Service", statefulset["spec"]["serviceName"])
         assert governing["spec"].get("clusterIP") == "None"
-        assert statefulset["spec"]["replicas"] == 1, "the policy is its state's only writer"
+        assert statefulset["spec"]["replicas"] == 1, "the policy and the database are their state's only writers"
         assert statefulset["spec"]["volumeClaimTemplates"]
-    external_secrets = {"fmprog-router-api-key", "fmprog-policy-api-key"} if overlay == "prod-gpu" else set()
+    external_secrets = (
+        {"fmprog-router-api-key", "fmprog-policy-api-key", "fmprog-postgres"} if overlay == "prod-gpu" else set()
+    )
     claims = {o["metadata"]["name"] for o in by_kind(objects, "PersistentVolumeClaim")}
     for owner, template in templates:
         spec = template["spec"]
@@ -271,6 +274,7 @@ def test_settings_are_the_services_own(overlay: str, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FMPROG_ROUTER_API_KEY", "x" * 24)  # the Secrets', at run time
     monkeypatch.setenv("FMPROG_ROUTER_POLICY_API_KEY", "y" * 24)
+    monkeypatch.setenv("FMPROG_ROUTER_DATABASE", DEV_DATABASE_URL)  # the Secret's, at run time
     monkeypatch.setenv("FMPROG_POLICY_API_KEY", "y" * 24)
     router, policy = RouterSettings(), PolicySettings()
     ray_service = one(objects, "RayService")
@@ -284,7 +288,7 @@ def test_settings_are_the_services_own(overlay: str, monkeypatch: pytest.MonkeyP
     deployment = one(objects, "Deployment", "fmprog-router")
     mounts = {m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert router.backends_config.parent.as_posix() in mounts
-    assert router.database.parent.as_posix() in mounts
+    assert "FMPROG_ROUTER_DATABASE" not in router_env, "the database URL holds a password: it is in a Secret"
     statefulset = one(objects, "StatefulSet", "fmprog-policy")
     mounts = {m["mountPath"] for m in statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert policy.state_dir.as_posix() in mounts
@@ -303,5 +307,48 @@ def test_pods_run_as_the_images_non_root_user_with_tagged_images(overlay: str) -
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, owner
             if owner.startswith("ray "):
                 assert name == serve_image, owner
+            elif owner == "StatefulSet fmprog-postgres":
+                assert name == "postgres", owner
             else:
                 assert name in {"fmprog/router", "fmprog/policy"}, owner
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_several_routers_share_one_postgresql_on_any_nodes(overlay: str) -> None:
+    """The routers are not pinned to a node and scale to several replicas; each reads its database
+    URL from the Secret fmprog-postgres, which names the PostgreSQL Service, its port and the
+    database and user the StatefulSet creates, with the password the StatefulSet is given."""
+    objects = kustomize(f"overlays/{overlay}")
+    deployment = one(objects, "Deployment", "fmprog-router")
+    spec = deployment["spec"]["template"]["spec"]
+    assert "podAffinity" not in spec.get("affinity", {}), "the routers are pinned to one node"
+    assert not any("persistentVolumeClaim" in v for v in spec.get("volumes", [])), "a router volume pins it"
+    assert not [c for c in by_kind(objects, "PersistentVolumeClaim") if "router" in c["metadata"]["name"]]
+    hpa = one(objects, "HorizontalPodAutoscaler", "fmprog-router")
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"]
+    (container,) = spec["containers"]
+    env = {v["name"]: v for v in container.get("env", [])}
+    ref = env["FMPROG_ROUTER_DATABASE"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith("fmprog-postgres") and ref["key"] == "url"
+
+    postgres = one(objects, "StatefulSet", "fmprog-postgres")
+    (server,) = postgres["spec"]["template"]["spec"]["containers"]
+    server_env = {v["name"]: v for v in server["env"]}
+    assert server_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {**ref, "key": "password"}
+    service = one(objects, "Service", postgres["spec"]["serviceName"])
+    if overlay == "dev-cpu":  # the generated Secret (prod-gpu's is created by hand, as its kustomization says)
+        import base64
+
+        secret = one(objects, "Secret", ref["name"])["data"]
+        url = urlsplit(base64.b64decode(secret["url"]).decode())
+        assert RouterSettings(database=url.geturl(), api_key="x" * 24).database == url.geturl()
+        assert url.hostname == service["metadata"]["name"]
+        assert url.port in {p["port"] for p in service["spec"]["ports"]}
+        assert (
+            url.username == server_env["POSTGRES_USER"]["value"]
+            and url.path == f"/{server_env['POSTGRES_DB']['value']}"
+        )
+        assert url.password == base64.b64decode(secret["password"]).decode()
+    policy = one(objects, "NetworkPolicy", "fmprog-postgres")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "fmprog-router"}}}]

@@ -151,7 +151,8 @@ def test_answer_feedback_learn_and_metrics(cluster):
     assert _total(router_metrics, "fmprog_feedback_total", program=pid, outcome="new") == n
     assert _total(router_metrics, "fmprog_feedback_total", program=pid, outcome="repeat") == 1
     right = sum(a["answer"] == label for a, label in zip(answers, labels, strict=True))
-    assert _total(router_metrics, "fmprog_program_accuracy", program=pid) == pytest.approx(right / n)
+    assert _total(router_metrics, "fmprog_program_labels_total", program=pid, outcome="right") == right
+    assert _total(router_metrics, "fmprog_program_labels_total", program=pid) == n
 
     policy_metrics = _metrics(policy)
     assert _total(policy_metrics, "fmprog_policy_decisions_total", program=pid, algorithm="fast") == n

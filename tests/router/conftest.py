@@ -1,4 +1,5 @@
-"""Router fixtures: a store in a real file, the fake zoo's catalog, and the domain handlers over them."""
+"""Router fixtures: a store in a real SQLite file and in a real PostgreSQL database (the store's
+tests run on both), the fake zoo's catalog, and the domain handlers over them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from router.programs import ProgramRegistry
 from router.schemas import ProgramCreate
 from router.store import Store
 from tests.fakes import Zoo
+from tests.postgres import PostgresServer, unavailable
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "programs"
 
@@ -32,9 +34,27 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "router.db"
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (skipped, with the reason, where it cannot run)."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, db_path: Path) -> str | Path:
+    """Where a store lives: a SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return db_path
+    return request.getfixturevalue("postgres_server").database()
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    with Store(db_path) as store:
+def store(database: str | Path) -> Iterator[Store]:
+    with Store(database) as store:
         yield store
 
 

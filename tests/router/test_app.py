@@ -123,7 +123,8 @@ def test_register_answer_feedback_round_trip(client, policy):
     metrics = client.get("/metrics", headers={"Authorization": ""}).text
     assert f'fmprog_answers_total{{fallback="false",program="{program["id"]}"}} 1.0' in metrics
     assert "fmprog_cost_total" in metrics
-    assert f'fmprog_program_accuracy{{program="{program["id"]}"}} 1.0' in metrics
+    assert f'fmprog_program_labels_total{{outcome="right",program="{program["id"]}"}} 1.0' in metrics
+    assert f'fmprog_program_labels_total{{outcome="wrong",program="{program["id"]}"}} 0.0' in metrics
 
     assert client.delete(f"/programs/{program['id']}").status_code == 204
     assert client.get(f"/programs/{program['id']}").status_code == 404
@@ -314,3 +315,20 @@ def test_backend_settings_reach_the_clients_and_the_executor(tmp_path, zoo):
             detect.detect(image, "cup")
     with pytest.raises(Exception, match="circuit open"):
         detect.detect(image, "cup")
+
+
+def test_a_label_is_acknowledged_once_stored_even_when_delivering_it_fails(client, policy, monkeypatch):
+    """The label and its message for the policy are committed together; a failure while sending
+    the message at once is the outbox's to retry, not the client's."""
+    program = _register(client)
+    answer = client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).json()
+
+    def broken(program_id: str, feedback: Feedback) -> None:
+        raise RuntimeError("the connection broke mid-delivery")
+
+    monkeypatch.setattr(policy, "feedback", broken)
+    reply = client.post("/feedback", json={"decision_id": answer["decision_id"], "label": "yes"})
+    assert reply.status_code == 200, reply.text
+    assert client.get("/readyz").json()["policy_outbox"] == 1  # kept for the next round
+    monkeypatch.undo()
+    assert client.app.state.service.deliver() == 1 and policy.received[-1]["decision_id"] == answer["decision_id"]

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,21 +136,23 @@ def _race(handlers: list[FeedbackHandler], decision_id: str, labels: list[str]) 
     return results
 
 
-def test_concurrent_feedback_for_one_decision_resolves_once(programs, answerer, zoo, frame, feedback, db_path: Path):
+def test_concurrent_feedback_for_one_decision_resolves_once(programs, answerer, zoo, frame, feedback, database):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
-    with Store(db_path) as other:  # a second connection to the same file races too
+    with Store(database) as other:  # a second store on the same database (another router) races too
         results = _race([feedback, FeedbackHandler(other)], decision_id, ["yes"] * 16)
     assert all(isinstance(r, FeedbackResult) for r in results)
     assert sum(not r.repeat for r in results) == 1
     assert {r.reward for r in results} == {1000.0}
 
 
-def test_concurrent_conflicting_labels_keep_exactly_one(programs, answerer, zoo, frame, feedback, db_path: Path):
+def test_concurrent_conflicting_labels_keep_exactly_one(programs, answerer, zoo, frame, feedback, database):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
-    with Store(db_path) as other:
+    with Store(database) as other:
         results = _race([feedback, FeedbackHandler(other)], decision_id, ["yes", "no"] * 8)
     accepted = [r for r in results if isinstance(r, FeedbackResult)]
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(accepted) + len(conflicts) == 16 and sum(not r.repeat for r in accepted) == 1
     winner = feedback.store.get_feedback(decision_id).label
     assert {r.label for r in accepted} == {winner} and len(conflicts) == 8
+    [counts] = feedback.store.quality().values()  # the one label is counted once
+    assert (counts.right, counts.wrong, counts.tp, counts.fp) == ((1, 0, 1, 0) if winner == "yes" else (0, 1, 0, 1))

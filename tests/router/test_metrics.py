@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.metrics import RouterMetrics
 from router.schemas import AnswerResult, InvocationPublic
+from router.store import QualityCounts
 
 PROGRAM = "a" * 32
 
@@ -54,10 +55,23 @@ def test_an_answer_counts_cost_seconds_retries_and_replacements():
     assert got[("fmprog_answer_latency_seconds_sum", (("program", PROGRAM),))] == 1.0
 
 
-def test_running_accuracy_and_f1_follow_the_labels():
-    metrics = RouterMetrics()
-    for answer, label in [("yes", "yes"), ("no", "yes"), ("yes", "no"), ("no", "no")]:
-        metrics.labelled(PROGRAM, "binary", answer, label, right=answer == label)
+def test_label_counts_are_published_from_the_store_at_each_scrape():
+    metrics, counts = RouterMetrics(), {PROGRAM: QualityCounts(right=2, wrong=1, tp=1, fp=1, fn=0, tn=1)}
+    metrics.watch_quality(lambda: counts)
     got = samples(metrics)
-    assert got[("fmprog_program_accuracy", (("program", PROGRAM),))] == 0.5
-    assert got[("fmprog_program_f1", (("program", PROGRAM),))] == 0.5  # tp 1, fp 1, fn 1
+    assert got[("fmprog_program_labels_total", (("outcome", "right"), ("program", PROGRAM)))] == 2
+    assert got[("fmprog_program_labels_total", (("outcome", "wrong"), ("program", PROGRAM)))] == 1
+    assert got[("fmprog_program_binary_labels_total", (("outcome", "tn"), ("program", PROGRAM)))] == 1
+    counts[PROGRAM] = QualityCounts(right=3, wrong=1, tp=2, fp=1, fn=0, tn=1)  # another router labelled one
+    assert samples(metrics)[("fmprog_program_binary_labels_total", (("outcome", "tp"), ("program", PROGRAM)))] == 2
+    counts["open"] = QualityCounts(right=1)
+    assert ("fmprog_program_binary_labels_total", (("outcome", "tp"), ("program", "open"))) not in samples(metrics)
+
+
+def test_a_store_that_cannot_be_read_leaves_the_counts_out_of_the_scrape():
+    def broken() -> dict[str, QualityCounts]:
+        raise OSError("database unreachable")
+
+    metrics = RouterMetrics()
+    metrics.watch_quality(broken)
+    assert not any(name.startswith("fmprog_program_") for name, _ in samples(metrics))

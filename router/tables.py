@@ -1,0 +1,106 @@
+"""The router's tables (SQLAlchemy Core), as the newest migration leaves them.
+
+Times are ISO 8601 text in UTC and the structured fields JSON text, as the SQLite files of older
+routers hold them, so the same rows read the same on SQLite and PostgreSQL. The migrations in
+``router/migrations`` create and change the tables; this module only describes them to queries.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+programs = sa.Table(
+    "programs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("lambda", sa.Float, nullable=False),
+    sa.Column("algorithm", sa.Text, nullable=False),
+    sa.Column("hyperparameters", sa.Text, nullable=False),
+    sa.Column("call_sites", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("query", sa.Text),
+    sa.Column("synthesis", sa.Text),
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("program_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("frame_id", sa.Text),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("fallback", sa.Integer, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("trace", sa.Text, nullable=False),
+    sa.Column("executed_sites", sa.Text, nullable=False),
+    sa.Column("site_costs", sa.Text, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("latency_s", sa.Float, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+synthesized_programs = sa.Table(
+    "synthesized_programs",
+    metadata,
+    sa.Column("query", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("api_version", sa.Text, primary_key=True),
+    sa.Column("synthesizer", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("latency_s", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("decision_id", sa.Text, sa.ForeignKey("decisions.id"), primary_key=True),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("reward", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+policy_dead_letters = sa.Table(
+    "policy_dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("program_id", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+policy_outbox = sa.Table(
+    "policy_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("program_id", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+)
+
+# Labels counted per program since it was first labelled, updated in the transaction that stores
+# each new label: exact whichever router took the label, and untouched by retention.
+program_quality = sa.Table(
+    "program_quality",
+    metadata,
+    sa.Column("program_id", sa.Text, primary_key=True),
+    sa.Column("right", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("wrong", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tp", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("fp", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("fn", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tn", sa.BigInteger, nullable=False, server_default="0"),
+)
