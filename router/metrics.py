@@ -49,6 +49,18 @@ class RouterMetrics:
         self.backend_calls = Counter(
             "fmprog_backend_calls_total", "Backend invocations.", ["program", "function", "backend", "ok"], registry=r
         )
+        self.gated_answers = Counter(
+            "fmprog_gated_answers_total",
+            "Frames answered with calls decided by the policy's gates at each invocation.",
+            ["program"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "fmprog_escalations_total",
+            "Answers re-asked of a dearer backend (its call also counts in fmprog_backend_calls_total).",
+            ["program", "function", "from_backend", "backend"],
+            registry=r,
+        )
         self.cost = Counter(
             "fmprog_cost_total",
             "Cost units (millions of parameters) charged.",
@@ -154,7 +166,11 @@ class RouterMetrics:
         program = result.program_id
         self.answers.labels(program, str(result.fallback).lower()).inc()
         self.answer_latency.labels(program).observe(latency_s)
+        if any(call.features is not None for call in result.trace):
+            self.gated_answers.labels(program).inc()
         for call in result.trace:
+            if call.escalated_from is not None:
+                self.escalations.labels(program, call.function, call.escalated_from, call.backend).inc()
             self.backend_calls.labels(program, call.function, call.backend, str(call.ok).lower()).inc()
             self.cost.labels(program, call.function, call.backend).inc(call.cost)
             self.backend_latency.labels(call.backend).observe(call.latency_s)

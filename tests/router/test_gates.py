@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from fmprog.backends import BackendCatalog
 from fmprog.contract import CONTEXT_FEATURES, ESCALATION_FEATURES, Feedback, PolicyDecision, PolicySpec, SiteGate
@@ -159,6 +160,20 @@ def test_gates_run_the_program_and_the_feedback_carries_the_records(tmp_path, zo
             ("vqa-large", "vqa-small"),
         ]
         assert set(result["decision"].values()) == {"detect-small", "vqa-small"}  # the up-front backends, kept
+        program_id = program.json()["id"]
+        counted = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+        }
+        assert counted[("fmprog_gated_answers_total", (("program", program_id),))] == 1
+        escalation = (
+            ("backend", "vqa-large"),
+            ("from_backend", "vqa-small"),
+            ("function", "vqa"),
+            ("program", program_id),
+        )
+        assert counted[("fmprog_escalations_total", escalation)] == 1
         client.post("/feedback", json={"decision_id": result["decision_id"], "label": "no"})
     (feedback,) = policy.received
     assert [(r.backend, r.escalated_from, r.reward) for r in feedback.invocations] == [
