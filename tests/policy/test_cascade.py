@@ -190,11 +190,7 @@ def test_a_crash_loses_no_acknowledged_feedback(tmp_path):
     running = PolicyService(settings)
     running.restore()
     running.put("p", spec(seed=5))
-    rng = np.random.default_rng(7)
-    for i in range(40):
-        decision = running.decide("p", f"d{i}", FRAME)
-        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
-        running.feedback("p", feedback)
+    feed(running, "p", 40, seed=7)
     again = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
     again.restore()
     before, after = running._slot("p").policy, again._slot("p").policy
@@ -212,11 +208,7 @@ def test_a_new_program_starts_from_what_earlier_programs_learned(tmp_path):
     service = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
     service.restore()
     service.put("first", spec(seed=3))
-    rng = np.random.default_rng(11)
-    for i in range(600):
-        decision = service.decide("first", f"d{i}", FRAME)
-        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
-        service.feedback("first", feedback)
+    feed(service, "first", 600, seed=11)
     learned = escalation_rates(service._slot("first").policy)
     service.put("second", spec(seed=4))
     second = service._slot("second").policy
@@ -236,11 +228,7 @@ def test_evidence_survives_a_snapshot_and_pools_after_a_restart(tmp_path):
     running = PolicyService(settings)
     running.restore()
     running.put("p", spec(seed=5))
-    rng = np.random.default_rng(8)
-    for i in range(25):
-        decision = running.decide("p", f"d{i}", FRAME)
-        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
-        running.feedback("p", feedback)
+    feed(running, "p", 25, seed=8)
     again = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
     again.restore()
     before, after = running._pooled_evidence(), again._pooled_evidence()
@@ -260,6 +248,15 @@ def test_a_prior_built_over_other_features_is_refused():
     assert load_prior(text, {"choice": ["bias", "x"]})["k"].n == 3
     with pytest.raises(ValueError, match="rebuild"):
         load_prior(text, dict(PRIOR_FEATURES))
+
+
+def feed(service: PolicyService, program_id: str, events: int, seed: int) -> None:
+    """``events`` frames through the service: decide, run the synthetic program, feed back."""
+    rng = np.random.default_rng(seed)
+    for i in range(events):
+        decision = service.decide(program_id, f"d{i}", FRAME)
+        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
+        service.feedback(program_id, feedback)
 
 
 class _Replier:
@@ -307,11 +304,7 @@ def test_a_snapshot_this_version_cannot_read_is_rebuilt_from_the_whole_log(tmp_p
     running = PolicyService(settings)
     running.restore()
     running.put("p", spec(seed=6))
-    rng = np.random.default_rng(9)
-    for i in range(12):
-        decision = running.decide("p", f"d{i}", FRAME)
-        _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
-        running.feedback("p", feedback)
+    feed(running, "p", 12, seed=9)
     running.train_once()  # snapshots
     policy = running._slot("p").policy
     state = policy.state_dict()
