@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--drift-rate", type=float, help="share of its answers corrupted after the drift (default 0.3)")
     parser.add_argument("--queries-per-type", type=int)
+    parser.add_argument("--queries", type=int, help="at most this many queries per track (after --queries-per-type)")
     parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
     parser.add_argument("--workers", type=int, help="worker processes (default: CPUs, at most 8)")
     parser.add_argument("--cache", type=Path, help="output cache file (default: <out>/cache.sqlite3)")
@@ -48,6 +49,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         "open",
         "config",
         "queries_per_type",
+        "queries",
         "frames",
         "workers",
         "cache",

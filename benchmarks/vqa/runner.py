@@ -53,6 +53,9 @@ class BenchSettings(BaseModel):
     policies: tuple[str, ...] = LEARNED_ON_PROGRAM
     whole_query: bool = True
     queries_per_type: int | None = Field(default=None, ge=1)
+    queries: int | None = Field(
+        default=None, ge=1, description="At most this many queries per track (after the per-type cut)."
+    )
     frames: int | None = Field(default=None, ge=10, description="Cut every stream to its first N frames.")
     workers: int = Field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)), ge=1, le=64)
     cache: Path | None = Field(default=None, description="Output cache (SQLite); default <out>/cache.sqlite3.")
@@ -104,7 +107,7 @@ def load_tracks(settings: BenchSettings) -> list[Track]:
         tracks.append(load_binary(settings.binary))
     if settings.open is not None:
         tracks.append(load_open(settings.open))
-    return [t.subset(settings.queries_per_type, settings.frames) for t in tracks]
+    return [t.subset(settings.queries_per_type, settings.frames, settings.queries) for t in tracks]
 
 
 def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:

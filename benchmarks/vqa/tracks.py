@@ -50,16 +50,19 @@ class Track:
     kind: TaskKind
     queries: list[TrackQuery] = field(default_factory=list)
 
-    def subset(self, queries_per_type: int | None = None, frames: int | None = None) -> Track:
-        """The first ``queries_per_type`` queries of each type, each stream cut to ``frames`` frames
-        that keep its label mix (the first frames of each label, in stream order)."""
+    def subset(
+        self, queries_per_type: int | None = None, frames: int | None = None, queries: int | None = None
+    ) -> Track:
+        """The first ``queries_per_type`` queries of each type (of those, the first ``queries``),
+        each stream cut to ``frames`` frames that keep its label mix (the first frames of each
+        label, in stream order)."""
         taken: dict[str, int] = {}
         chosen = []
         for q in self.queries:
             taken[q.type] = taken.get(q.type, 0) + 1
             if queries_per_type is None or taken[q.type] <= queries_per_type:
                 chosen.append(q if frames is None else _cut(q, frames))
-        return Track(self.name, self.kind, chosen)
+        return Track(self.name, self.kind, chosen[:queries])
 
 
 def _cut(query: TrackQuery, frames: int) -> TrackQuery:

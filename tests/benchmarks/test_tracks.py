@@ -13,6 +13,7 @@ from PIL import Image
 from benchmarks.vqa.queries import NOT_APPLICABLE, binary_queries, open_queries
 from benchmarks.vqa.tracks import (
     ImageResolver,
+    Track,
     TrackFormatError,
     build_streams,
     load_binary,
@@ -97,3 +98,11 @@ def test_image_references_resolve(tmp_path):
         coco(43)
     with pytest.raises(TrackFormatError, match="bad scene reference"):
         ImageResolver()("scene/hard/x")
+
+
+def test_a_subset_takes_queries_per_type_then_at_most_so_many_cut_to_their_label_mix(small_streams):
+    track = Track("binary", "binary", small_streams[:2])  # one attributes query, one relations query
+    assert [q.type for q in track.subset(queries_per_type=1).queries] == ["attributes", "relations"]
+    cut = track.subset(queries_per_type=1, frames=20, queries=1).queries
+    assert [q.query for q in cut] == [small_streams[0].query]
+    assert Counter(cut[0].labels) == {"yes": 1, "no": 19}
