@@ -51,7 +51,7 @@ from fmprog.contract import (
 )
 from fmprog.program import CascadeDecider, Decider, Executor, GateDecider, Program, Trace, compile_program
 from fmprog.program.workers import exit_with_parent
-from policy.algorithms import build_policy
+from policy.algorithms import algorithm_class, build_policy
 from policy.algorithms.base import Policy
 from router.gating import gate_records
 
@@ -117,7 +117,7 @@ class QueryResult:
 class Drift:
     """A backend that degrades mid-stream: from frame ``at`` (a share of the stream) on, each of
     ``backend``'s answers is corrupted with probability ``rate`` (a yes/no answer is flipped, any
-    other emptied)."""
+    other emptied; a detector loses each detection)."""
 
     backend: str
     rate: float
@@ -134,7 +134,11 @@ class _Degrading:
 
     def __call__(self, *args: object) -> object:
         answer = self.call(*args)
-        if not self.active or self.rng.random() >= self.rate:
+        if not self.active:
+            return answer
+        if isinstance(answer, list):  # detections: each lost at the rate
+            return [detection for detection in answer if self.rng.random() >= self.rate]
+        if self.rng.random() >= self.rate:
             return answer
         text = str(answer)
         if is_yes(text):
@@ -145,8 +149,6 @@ class _Degrading:
 def degrading(backends: BackendRegistry, drift: Drift, seed: int) -> tuple[BackendRegistry, _Degrading]:
     """The same backends with ``drift.backend`` answering through a switchable corruption."""
     target = backends[drift.backend]
-    if target.function == Function.detect:
-        raise ValueError(f"drift corrupts answers; {drift.backend!r} is a detector")
     switch = _Degrading(getattr(target.model, target.function.value), drift.rate, seed)
     model = FunctionModel(target.function, switch, f"{target.name} (degrading)")
     swapped = [Backend(b.spec, model) if b.name == drift.backend else b for b in backends.values()]
@@ -226,8 +228,9 @@ def policy_spec(
     ]
     if algorithm in GATED:
         hyperparameters: dict = {"kind": kind}  # defaults otherwise: nothing tuned on the tracks
-    else:
-        hyperparameters = {} if algorithm in ("random", "static") else {"reward_scale": REWARD_SCALE}
+    else:  # the authors' own variant (structured_code) takes the raw task reward, as their code does
+        scaled = "reward_scale" in algorithm_class(algorithm).Params.model_fields
+        hyperparameters = {"reward_scale": REWARD_SCALE} if scaled else {}
     return PolicySpec(sites=sites, lam=lam, algorithm=algorithm, hyperparameters=hyperparameters, seed=seed)
 
 

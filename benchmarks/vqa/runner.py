@@ -86,9 +86,9 @@ class BenchSettings(BaseModel):
         if self.drift_backend is not None:
             from fmprog.backends import load_catalog
 
-            answering = {b.name for b in load_catalog(self.config).backends if b.function.value != "detect"}
-            if self.drift_backend not in answering:
-                raise ValueError(f"drift backend {self.drift_backend!r} is not an answering backend of {self.config}")
+            served = {b.name for b in load_catalog(self.config).backends}
+            if self.drift_backend not in served:
+                raise ValueError(f"drift backend {self.drift_backend!r} is not a backend of {self.config}")
         return self
 
     @staticmethod

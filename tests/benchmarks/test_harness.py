@@ -112,8 +112,12 @@ def test_a_drift_corrupts_the_backend_from_its_frame_on(vision_config):
     np.testing.assert_array_equal(fixed.predicted_positive[:half], drifted.predicted_positive[:half])
     assert drifted.invocations["vqa-large"] > fixed.invocations["vqa-large"]
     assert len(runs[("cascade-drift", 1e-3)].cost) == len(stream.frames)
-    with pytest.raises(ValueError, match="detector"):
-        degrading(backends, Drift("detect-small", rate=0.5), seed=0)
+    # a detector that degrades loses each detection at the rate
+    drifting, switch = degrading(backends, Drift("detect-large", rate=1.0), seed=0)
+    frame = ImageResolver()(stream.frames[-1])  # a positive: there is a red triangle to find
+    assert drifting["detect-large"].model.detect(frame, "red triangle")
+    switch.active = True
+    assert drifting["detect-large"].model.detect(frame, "red triangle") == []
 
 
 def _result(type_: str, correct: list[bool], predicted: list[bool], labels: list[str]) -> QueryResult:
@@ -189,8 +193,8 @@ def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--binary", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["bench", "--out", str(tmp_path), "--drift-backend", "detect-small"]) == 2
-    assert "not an answering backend" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--drift-backend", "nope"]) == 2
+    assert "not a backend" in capsys.readouterr().err
 
 
 POOL_SCRIPT = """
