@@ -59,7 +59,7 @@ bench-load: install
 	$(BIN)/python -m benchmarks.load --out benchmarks/results/load.json
 
 # The streaming VQA benchmark: every policy and baseline on both tracks; the report
-# (results.json, results.md, PNG plots) goes to benchmarks/results/vqa. About 20 minutes on 2 cores.
+# (results.json, results.md, PNG plots) goes to benchmarks/results/vqa. 20 to 60 minutes on 2 cores.
 bench-vqa: install
 	$(BIN)/fmprog bench --out benchmarks/results/vqa
 	$(BIN)/python -m benchmarks.http_agreement --out benchmarks/results/vqa/http_agreement.json

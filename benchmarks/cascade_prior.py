@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ from benchmarks.vqa.queries import (
 from benchmarks.vqa.tracks import ImageResolver, build_streams
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
-from fmprog.contract import PolicySpec, task_reward
+from fmprog.contract import PolicySpec, SiteGate, task_reward
 from fmprog.program import Decider, Executor, GateDecider, InvocationContext, Program, compile_program, context_vector
 from fmprog.zoo.evaluate import HELD_OUT_SEED_BASE
 from policy.algorithms import build_policy
@@ -100,12 +101,21 @@ class _Escalating(GateDecider):
     """The policy's gates for first choices, and every answer re-asked where a site can escalate:
     each first answer gets its pair."""
 
+    def __init__(self, gates: Mapping[str, SiteGate], fixed: Mapping[str, str]):
+        super().__init__(gates, fixed)
+        self.targets = {site: gate.escalate_to for site, gate in gates.items() if gate.escalate_to is not None}
+        self.last: tuple[InvocationContext, str] | None = None
+
+    def decide(self, context: InvocationContext) -> str:
+        backend = super().decide(context)
+        self.last = (context, backend)
+        return backend
+
     def escalate(self, context: InvocationContext, answer: str) -> str | None:
-        target = self._escalation.get(context.site_id)
-        last = self._last
-        if target is None or last is None or last[0] is not context or last[1] == target[0]:
+        target = self.targets.get(context.site_id)
+        if target is None or self.last is None or self.last[0] is not context or self.last[1] == target:
             return None
-        return target[0]
+        return target
 
 
 class _Recording(Decider):

@@ -1,6 +1,6 @@
 """The benchmark's report: ``results.json`` (every number), ``results.md`` (tables) and PNG plots
-(the Pareto view of metric against cost per track, and cumulative cost and running accuracy
-along the stream)."""
+(the Pareto view of metric against cost per track, and cumulative cost, running accuracy and the
+learned policies' regret along the stream)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"|{accuracy} {e['cost_per_frame']:.0f} "
                 f"| {100 * e['saving_vs_monolithic_large']:.1f}% | {regret} |"
             )
+        if "drift" in track:
+            drift = track["drift"]
+            lines += [
+                "",
+                f"Drift: from the middle of each stream, `{drift['backend']}` corrupts "
+                f"{100 * drift['rate']:.0f}% of its answers. F1 pooled over all queries per window of frames:",
+                "",
+                "| Run | F1 before | F1 right after | Frames to recover (within 2 pts) |",
+                "|---|---|---|---|",
+            ]
+            for run in drift["runs"]:
+                recovered = "not within the stream" if run["frames_to_recover"] is None else run["frames_to_recover"]
+                lines.append(
+                    f"| {_name(run)} | {run['f1_before']:.3f} | {run['f1_first_window_after']:.3f} | {recovered} |"
+                )
         types = list(track["entries"][0]["by_type"])
         lines += ["", f"{metric} (cost/frame) by query type:", ""]
         lines.append("| Policy | " + " | ".join(types) + " |")
@@ -115,12 +130,20 @@ def plot_pareto(name: str, track: dict[str, Any], path: Path) -> Path:
 
 
 def plot_stream(name: str, track: dict[str, Any], path: Path) -> Path:
-    """Cumulative cost per query and running accuracy along the stream (learned policies at the middle lambda)."""
+    """Cumulative cost per query, running accuracy and, for learned policies, regret per frame
+    so far, along the stream (learned policies at the middle lambda)."""
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, regret) = plt.subplots(1, 3, figsize=(16, 4))
     for label, curve in track["curves"].items():
         left.plot(curve["frame"], curve["cumulative_cost"], label=label)
         right.plot(curve["frame"], curve["running_accuracy"], label=label)
+        if "regret_per_frame" in curve:
+            regret.plot(curve["frame"], curve["regret_per_frame"], label=label)
+    regret.set_xlabel("frame")
+    regret.set_ylabel("regret per frame so far (reward units)")
+    regret.set_title(f"{name}: regret (λ={track['curve_lambda']:g})")
+    regret.grid(True, alpha=0.3)
+    regret.legend(fontsize=7, loc="upper right")
     left.set_yscale("log")
     left.set_xlabel("frame")
     left.set_ylabel("cumulative cost (mean over queries, log)")
