@@ -64,8 +64,8 @@ def markdown(results: dict[str, Any]) -> str:
             drift = track["drift"]
             lines += [
                 "",
-                f"Drift: from the middle of each stream, `{drift['backend']}` corrupts "
-                f"{100 * drift['rate']:.0f}% of its answers. F1 pooled over all queries per window of frames:",
+                f"Drift: from the middle of each stream, `{drift['backend']}` degrades: {100 * drift['rate']:.0f}% of "
+                "its answers corrupted (a detector's detections each lost). F1 pooled over all queries per window:",
                 "",
                 "| Run | F1 before | F1 right after | Frames to recover (within 2 pts) |",
                 "|---|---|---|---|",

@@ -124,8 +124,9 @@ def _result(type_: str, correct: list[bool], predicted: list[bool], labels: list
     n = len(correct)
     stats = RunStats(np.array(correct), np.ones(n), np.zeros(n), np.array(predicted))
     return QueryResult(
-        query=type_, type=type_, kind="open", labels=labels, runs={("p", None): stats, ("p-drift", 0.1): stats},
-        configurations=1, sites=["s"],
+        query=type_, type=type_, kind="open", labels=labels,
+        runs={("p", None): stats, ("p-drift", 0.1): stats, ("monolithic-large", None): stats},
+        configurations=1, sites=["s"], best_reward={0.1: 0.0}, best_frames={0.1: np.zeros(n)},
     )  # fmt: skip
 
 
