@@ -149,13 +149,18 @@ def measure_policy(
     return percentiles(times)
 
 
-def measure_throughput(router: str, program_id: str, images: list[str], concurrency: int) -> dict[str, float]:
-    """Answers per second with ``concurrency`` clients sharing ``images`` between them."""
+def stream_answers(
+    routers: list[str], program_id: str, images: list[str], clients: int
+) -> tuple[list[float], list[int], list[bool], float]:
+    """``images`` sent to ``POST /answer`` by ``clients`` threads sharing them, client ``c`` to
+    router ``c % len(routers)``: each answer's latency, the status of each failure, each answer's
+    ``fallback`` and the seconds it all took."""
     lock, frames = threading.Lock(), iter(images)
     latencies: list[float] = []
     failures: list[int] = []
+    fallbacks: list[bool] = []
 
-    def client_loop() -> None:
+    def client_loop(router: str) -> None:
         with httpx.Client(timeout=120) as client:
             while True:
                 with lock:
@@ -168,14 +173,21 @@ def measure_throughput(router: str, program_id: str, images: list[str], concurre
                     latencies.append(time.perf_counter() - started)
                     if response.status_code != 200:
                         failures.append(response.status_code)
+                    else:
+                        fallbacks.append(response.json()["fallback"])
 
-    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client_loop, args=(routers[c % len(routers)],)) for c in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    return latencies, failures, fallbacks, time.perf_counter() - started
+
+
+def measure_throughput(router: str, program_id: str, images: list[str], concurrency: int) -> dict[str, float]:
+    """Answers per second with ``concurrency`` clients sharing ``images`` between them."""
+    latencies, failures, _, elapsed = stream_answers([router], program_id, images, concurrency)
     return {
         "concurrency": concurrency,
         "answers": len(latencies),

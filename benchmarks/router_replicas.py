@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.router_http import stream_answers
 from fmprog.backends import BackendCatalog, BackendRegistry, BackendSpec, Detection, Function
 from fmprog.images import encode_png
 from services.cluster import free_port
@@ -182,34 +182,7 @@ def register(router: str) -> str:
 
 def throughput(routers: list[str], program_id: str, images: list[str], clients: int) -> dict[str, float]:
     """Answers per second with ``clients`` clients, client ``c`` sending to router ``c % len(routers)``."""
-    lock, frames = threading.Lock(), iter(images)
-    latencies: list[float] = []
-    failures: list[int] = []
-    fallbacks: list[bool] = []
-
-    def client_loop(router: str) -> None:
-        with httpx.Client(timeout=120) as client:
-            while True:
-                with lock:
-                    image = next(frames, None)
-                if image is None:
-                    return
-                started = time.perf_counter()
-                response = client.post(f"{router}/answer", json={"program_id": program_id, "image": image})
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    if response.status_code != 200:
-                        failures.append(response.status_code)
-                    else:
-                        fallbacks.append(response.json()["fallback"])
-
-    threads = [threading.Thread(target=client_loop, args=(routers[c % len(routers)],)) for c in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    latencies, failures, fallbacks, elapsed = stream_answers(routers, program_id, images, clients)
     p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])
     return {
         "routers": len(routers),
