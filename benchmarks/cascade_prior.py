@@ -159,12 +159,12 @@ def detector_evidence(
             answer = "" if trace.answer is None else str(trace.answer)
             runs.append((config, recording.features, task_reward(params.kind, answer, label)))
         for site in sites:
-            means, seen = {}, None
+            seen = next((features[site.id] for _, features, _ in runs if site.id in features), None)
+            means = {}
             for name in site.backend_names:
                 rewards = [r for config, features, r in runs if config[site.id] == name and site.id in features]
                 if rewards:
                     means[name] = float(np.mean(rewards))
-                    seen = seen if seen is not None else next(f[site.id] for c, f, _ in runs if site.id in f)
             if len(means) < len(site.backend_names) or seen is None:
                 continue  # the site did not run under every detector on this frame
             level = float(np.mean(list(means.values())))

@@ -57,8 +57,8 @@ from router.gating import gate_records
 
 LEARNED_ON_PROGRAM = ("structured", "fast", "cascade")
 GATED = frozenset({"cascade"})  # decide each call when it runs: replayed through the executor
-REWARD_SCALE = 100.0
-SiteGates = Mapping[str, SiteGate]  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
+REWARD_SCALE = 100.0  # the authors' task rewards are in hundreds (binary TP +1000, open +-100)
+SiteGates = Mapping[str, SiteGate]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +109,12 @@ class QueryResult:
     runs: dict[tuple[str, float | None], RunStats]
     configurations: int
     sites: list[str]
-    best_reward: dict[float, float] = field(default_factory=dict)  # per lambda: see hindsight_reward
-    best_frames: dict[float, np.ndarray] = field(default_factory=dict)  # per lambda, per frame: the same
+    best_frames: dict[float, np.ndarray] = field(default_factory=dict)  # per lambda, per frame: see hindsight_reward
+
+    @property
+    def best_reward(self) -> dict[float, float]:
+        """Per lambda, the hindsight-best reward summed over the stream."""
+        return {lam: math.fsum(frames) for lam, frames in self.best_frames.items()}
 
 
 @dataclass(frozen=True)
@@ -125,12 +129,16 @@ class Drift:
 
 
 class _Degrading:
-    """Wraps one backend's calls; corrupts answers once ``active`` (seeded, so runs repeat)."""
+    """Wraps one backend's calls; corrupts answers from frame ``start`` of the stream on (seeded,
+    so runs repeat). Told each frame's position with :meth:`at_frame`."""
 
-    def __init__(self, call: Callable[..., object], rate: float, seed: int):
-        self.call, self.rate = call, rate
+    def __init__(self, call: Callable[..., object], rate: float, start: int, seed: int):
+        self.call, self.rate, self.start = call, rate, start
         self.rng = np.random.default_rng(seed)
         self.active = False
+
+    def at_frame(self, index: int) -> None:
+        self.active = index >= self.start
 
     def __call__(self, *args: object) -> object:
         answer = self.call(*args)
@@ -146,10 +154,11 @@ class _Degrading:
         return "yes" if text.strip().lower().startswith("no") else ""
 
 
-def degrading(backends: BackendRegistry, drift: Drift, seed: int) -> tuple[BackendRegistry, _Degrading]:
-    """The same backends with ``drift.backend`` answering through a switchable corruption."""
+def degrading(backends: BackendRegistry, drift: Drift, frames: int, seed: int) -> tuple[BackendRegistry, _Degrading]:
+    """The same backends with ``drift.backend`` answering through a corruption that starts at
+    ``drift.at`` of a stream of ``frames`` frames."""
     target = backends[drift.backend]
-    switch = _Degrading(getattr(target.model, target.function.value), drift.rate, seed)
+    switch = _Degrading(getattr(target.model, target.function.value), drift.rate, int(frames * drift.at), seed)
     model = FunctionModel(target.function, switch, f"{target.name} (degrading)")
     swapped = [Backend(b.spec, model) if b.name == drift.backend else b for b in backends.values()]
     return BackendRegistry(swapped), switch
@@ -268,19 +277,19 @@ def replay_gated(
     labels: Sequence[str],
     kind: TaskKind,
     policy: Policy | None = None,
-    drift: tuple[int, _Degrading] | None = None,
+    drift: _Degrading | None = None,
     decider: Callable[[SiteGates, dict[str, str]], Decider] = GateDecider,
 ) -> list[Outcome]:
     """Stream the frames through a fresh gated policy (or ``policy``, built from ``spec``):
     decide (gates), run the program under a ``GateDecider`` (or ``decider(gates, backends)``),
-    feed back the reward with the per-invocation records, train. With ``drift`` (a frame index
-    and the executor's degrading backend), the backend degrades from that frame on."""
+    feed back the reward with the per-invocation records, train. With ``drift`` (the executor's
+    degrading backend), it is told each frame's position."""
     policy = policy or build_policy(spec)
     rewards = RewardConfig()
     chosen = []
     for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
         if drift is not None:
-            drift[1].active = i >= drift[0]
+            drift.at_frame(i)
         decision = policy.decide(frame)
         trace = executor.run(program, frame, decider(decision.gates or {}, decision.backends))
         result = outcome(trace, kind, label)
@@ -294,6 +303,24 @@ def replay_gated(
         policy.train()
         chosen.append(result)
     return chosen
+
+
+def run_decider(
+    executor: Executor,
+    program: Program,
+    frames: Sequence[np.ndarray],
+    labels: Sequence[str],
+    kind: TaskKind,
+    decider: Decider,
+    drift: _Degrading | None = None,
+) -> list[Outcome]:
+    """Each frame's outcome under one fixed ``decider`` (told each frame's position, ``drift``)."""
+    outcomes = []
+    for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+        if drift is not None:
+            drift.at_frame(i)
+        outcomes.append(outcome(executor.run(program, frame, decider), kind, label))
+    return outcomes
 
 
 def hindsight_reward(table: list[list[Outcome]], labels: Sequence[str], kind: TaskKind, lam: float) -> np.ndarray:
@@ -329,7 +356,6 @@ def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> Query
         runs={key: RunStats.of(outcomes, kind, query.labels) for key, outcomes in runs.items()},
         configurations=configs,
         sites=[s.id for s in program.call_sites],
-        best_reward={lam: math.fsum(frames) for lam, frames in best.items()},
         best_frames=best,
     )
 
@@ -377,17 +403,12 @@ def query_outcomes(
         at = configs.index(detect_large)
         runs[("static-detect-large", None)] = [row[at] for row in table]
         fixed = CascadeDecider.for_backends(backends)
-        runs[("cascade-fixed", None)] = [
-            outcome(executor.run(program, frame, fixed), kind, label)
-            for frame, label in zip(frames, labels, strict=True)
-        ]
+        runs[("cascade-fixed", None)] = run_decider(executor, program, frames, labels, kind, fixed)
         if setup.drift is not None and kind == "binary":
-            drifting, switch = degrading(backends, setup.drift, setup.seed)
-            under, at = Executor(drifting), int(len(frames) * setup.drift.at)
-            runs[("cascade-fixed-drift", None)] = []
-            for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
-                switch.active = i >= at
-                runs[("cascade-fixed-drift", None)].append(outcome(under.run(program, frame, fixed), kind, label))
+            drifting, switch = degrading(backends, setup.drift, len(frames), setup.seed)
+            runs[("cascade-fixed-drift", None)] = run_decider(
+                Executor(drifting), program, frames, labels, kind, fixed, drift=switch
+            )
     for lam in setup.lambdas:
         for algorithm in setup.policies:
             spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
@@ -396,12 +417,11 @@ def query_outcomes(
             else:
                 runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
         if setup.drift is not None and kind == "binary":
-            at = int(len(frames) * setup.drift.at)
             for algorithm in sorted(GATED & set(setup.policies)):
-                drifting, switch = degrading(backends, setup.drift, setup.seed)
+                drifting, switch = degrading(backends, setup.drift, len(frames), setup.seed)
                 spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
                 runs[(f"{algorithm}-drift", lam)] = replay_gated(
-                    spec, Executor(drifting), program, frames, labels, kind, drift=(at, switch)
+                    spec, Executor(drifting), program, frames, labels, kind, drift=switch
                 )
         if setup.whole_query:
             spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)

@@ -238,7 +238,7 @@ class CascadePolicy(Policy):
                 if escalates:
                     escalate_to = site.largest
                     weights = 2 * sigma * _draw(self.escalation[site.id], 0, nu, self.rng)
-                    weights[0] -= lam * site.backends[site.backend_names.index(site.largest)].cost
+                    weights[0] -= lam * max(site.costs)  # the cost of asking site.largest
                     escalation = weights.tolist()
                 gates[site.id] = SiteGate(choice=choice, escalate_to=escalate_to, escalation=escalation)
         return PendingDecision(algorithm=self.name, backends=backends, scores=scores, gates=gates)

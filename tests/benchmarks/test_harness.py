@@ -113,10 +113,11 @@ def test_a_drift_corrupts_the_backend_from_its_frame_on(vision_config):
     assert drifted.invocations["vqa-large"] > fixed.invocations["vqa-large"]
     assert len(runs[("cascade-drift", 1e-3)].cost) == len(stream.frames)
     # a detector that degrades loses each detection at the rate
-    drifting, switch = degrading(backends, Drift("detect-large", rate=1.0), seed=0)
+    drifting, switch = degrading(backends, Drift("detect-large", rate=1.0), frames=10, seed=0)
     frame = ImageResolver()(stream.frames[-1])  # a positive: there is a red triangle to find
+    switch.at_frame(4)
     assert drifting["detect-large"].model.detect(frame, "red triangle")
-    switch.active = True
+    switch.at_frame(5)
     assert drifting["detect-large"].model.detect(frame, "red triangle") == []
 
 
@@ -126,7 +127,7 @@ def _result(type_: str, correct: list[bool], predicted: list[bool], labels: list
     return QueryResult(
         query=type_, type=type_, kind="open", labels=labels,
         runs={("p", None): stats, ("p-drift", 0.1): stats, ("monolithic-large", None): stats},
-        configurations=1, sites=["s"], best_reward={0.1: 0.0}, best_frames={0.1: np.zeros(n)},
+        configurations=1, sites=["s"], best_frames={0.1: np.zeros(n)},
     )  # fmt: skip
 
 
