@@ -41,6 +41,7 @@ class Labelled:
     answer: dict[str, Any]
     feedback: dict[str, Any]
     at: float  # time.monotonic() when the label was acknowledged
+    feedback_sends: int  # 1, or more where the router did not answer the label's first sends
 
 
 @dataclass
@@ -86,23 +87,25 @@ class FrameStream:
                 if self._stop.is_set():
                     return
                 try:
-                    answer = self._post(http, "/answer", {"program_id": self.program_id, "image": image})
-                    feedback = self._post(http, "/feedback", {"decision_id": answer["decision_id"], "label": label})
+                    answer, _ = self._post(http, "/answer", {"program_id": self.program_id, "image": image})
+                    body = {"decision_id": answer["decision_id"], "label": label}
+                    feedback, sends = self._post(http, "/feedback", body)
                 except AssertionError as exc:
                     self.failure = str(exc)
                     return
-                self.labelled.append(Labelled(answer, feedback, time.monotonic()))
+                self.labelled.append(Labelled(answer, feedback, time.monotonic(), sends))
 
-    def _post(self, http: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, http: httpx.Client, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The router's reply to ``body``, and how many times it was sent."""
         deadline = time.monotonic() + GIVE_UP_AFTER_S
-        while True:
+        for sends in itertools.count(1):
             try:
                 reply = http.post(f"{self.router}{path}", json=body)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if reply.status_code == 200:
-                    return reply.json()
+                    return reply.json(), sends
                 assert reply.status_code >= 500, f"{path}: {reply.status_code} {reply.text}"
                 problem = f"{reply.status_code} {reply.text[:200]}"
             assert time.monotonic() < deadline, f"{path} unanswered for {GIVE_UP_AFTER_S:g} s: {problem}"
@@ -111,13 +114,13 @@ class FrameStream:
 
 
 def learned_by_the_policy(stream: FrameStream) -> list[str]:
-    """The decisions whose labels the policy must learn: every one the router acknowledged as new
-    for an answer the policy decided (a fallback answer's label is not the policy's to learn)."""
-    return [
-        done.answer["decision_id"]
-        for done in stream.labelled
-        if not done.feedback["repeat"] and not done.answer["fallback"]
-    ]
+    """The decisions whose labels the policy must learn: every labelled answer the policy decided
+    (a fallback answer's label is not the policy's to learn). The stream labels each decision once,
+    so the router calls a label a repeat only when an earlier send of it was recorded but its reply
+    lost (the router killed between the two); that label was learned from the earlier send."""
+    for done in stream.labelled:
+        assert not done.feedback["repeat"] or done.feedback_sends > 1, done
+    return [done.answer["decision_id"] for done in stream.labelled if not done.answer["fallback"]]
 
 
 def children(pid: int) -> Iterator[int]:
