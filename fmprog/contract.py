@@ -15,7 +15,8 @@ weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
   and, for sampling algorithms, the propensities; optionally, per call site, *gates*
   (:class:`SiteGate`) the router evaluates at each invocation instead of the fixed backend.
 - :class:`Feedback`: what the router sends back for one decision, optionally with one
-  :class:`InvocationRecord` per gated invocation.
+  :class:`InvocationRecord` per gated invocation; :class:`ExpiredDecisions`: decisions whose
+  label never came, to forget.
 - Gate features: ``CONTEXT_FEATURES`` and ``ESCALATION_FEATURES`` name the values of the vectors a
   gate scores (computed by ``fmprog.program.deciders.context_vector`` / ``escalation_vector``).
 - Rewards: :class:`RewardConfig` and the reward functions (``task_reward``, ``task_loss``,
@@ -34,6 +35,7 @@ Two reward schemes, selectable:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -181,6 +183,46 @@ def _finite_weights(weights: list[float], size: int, what: str) -> list[float]:
     return weights
 
 
+class GateSpread(BaseModel):
+    """The posterior a gate's weights were drawn from, so that the router can tell how sure the
+    policy was of each decision a gate made: ``mean``, the posterior mean of the weights (over the
+    gate's whole vector, in the units of the drawn weights, the known cost included), and ``root``,
+    a lower-triangular ``L`` with ``L L^T`` the weights' covariance over the features ``over``
+    (indices into the vector; the other weights are certain), its rows concatenated (row ``i``
+    holds ``i + 1`` values). A score's standard deviation at a vector ``x`` is ``|L^T x[over]|``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: list[float]
+    over: list[int]
+    root: list[float]
+
+    def check(self, size: int, what: str) -> None:
+        _finite_weights(self.mean, size, f"the mean of {what}")
+        if len(set(self.over)) != len(self.over) or any(not 0 <= i < size for i in self.over):
+            raise ValueError(f"the spread of {what} names features outside 0..{size - 1} or one twice")
+        k = len(self.over)
+        if len(self.root) != k * (k + 1) // 2:
+            raise ValueError(f"the spread of {what} over {k} features needs {k * (k + 1) // 2} root values")
+        if not all(math.isfinite(v) and abs(v) <= MAX_GATE_WEIGHT for v in self.root):
+            raise ValueError(f"the spread of {what} must be finite")
+
+    def mean_score(self, x: Sequence[float]) -> float:
+        return math.fsum(w * v for w, v in zip(self.mean, x, strict=True))
+
+    def variance(self, x: Sequence[float]) -> float:
+        """The score's variance at ``x``: ``|L^T x[over]|^2``."""
+        picked = [x[i] for i in self.over]
+        k = len(picked)
+        column = [0.0] * k  # (L^T x)_j = sum over i >= j of L_ij x_i
+        at = 0
+        for i in range(k):
+            for j in range(i + 1):
+                column[j] += self.root[at] * picked[i]
+                at += 1
+        return math.fsum(c * c for c in column)
+
+
 class SiteGate(BaseModel):
     """How one call site decides each of its invocations when it runs.
 
@@ -189,13 +231,17 @@ class SiteGate(BaseModel):
     first listed). *Escalation* (VQA, LLM, OCR sites): after the first answer, the call is asked
     again of ``escalate_to`` when ``escalation`` (weights over ``ESCALATION_FEATURES``) scores
     above 0 and ``escalate_to`` is not the backend that answered. A learning policy draws the
-    weights per frame (a Thompson sample), so one frame's gates are one draw."""
+    weights per frame (a Thompson sample), so one frame's gates are one draw; it may add the
+    posterior each draw came from (``choice_spread`` per backend, ``escalation_spread``), from
+    which the router tells how sure the policy was of each decision (the value of a label)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     choice: dict[str, list[float]] = Field(min_length=1, max_length=64)
     escalate_to: str | None = None
     escalation: list[float] | None = None
+    choice_spread: dict[str, GateSpread] | None = Field(default=None, exclude_if=_is_none)
+    escalation_spread: GateSpread | None = Field(default=None, exclude_if=_is_none)
 
     @model_validator(mode="after")
     def _check(self) -> SiteGate:
@@ -205,6 +251,15 @@ class SiteGate(BaseModel):
             raise ValueError("give both escalate_to and escalation, or neither")
         if self.escalation is not None:
             _finite_weights(self.escalation, len(ESCALATION_FEATURES), "the escalation")
+        if self.choice_spread is not None:
+            if set(self.choice_spread) != set(self.choice):
+                raise ValueError("choice_spread must give a spread for each backend of choice, and only those")
+            for backend, spread in self.choice_spread.items():
+                spread.check(len(CONTEXT_FEATURES), f"the choice of {backend!r}")
+        if self.escalation_spread is not None:
+            if self.escalation is None:
+                raise ValueError("escalation_spread needs an escalation")
+            self.escalation_spread.check(len(ESCALATION_FEATURES), "the escalation")
         return self
 
     @property
@@ -300,6 +355,15 @@ class Feedback(BaseModel):
     @property
     def total_cost(self) -> float:
         return float(sum(self.costs.values()))
+
+
+class ExpiredDecisions(BaseModel):
+    """Decisions whose label window closed without a label: the policy forgets them, learning
+    nothing from them (a decision the router gives a default reward comes as a Feedback instead)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_ids: list[str] = Field(min_length=1, max_length=10_000)
 
 
 # -- rewards ----------------------------------------------------------------------------------------

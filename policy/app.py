@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
 from fmprog.images import ImageError, base64_bytes, decode_image
 from fmprog.web import (
     BearerAuth,
@@ -26,7 +26,7 @@ from fmprog.web import (
     every,
     validation_error_handler,
 )
-from policy.schemas import DecideRequest, FeedbackAccepted, PolicyInfo, SpecAccepted
+from policy.schemas import DecideRequest, ExpiredAccepted, FeedbackAccepted, PolicyInfo, SpecAccepted
 from policy.service import DuplicateDecision, FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
@@ -133,6 +133,16 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def feedback(request: Request, program_id: str, body: Feedback) -> FeedbackAccepted:
         repeat = await run_in_threadpool(_service(request).feedback, program_id, body)
         return FeedbackAccepted(decision_id=body.decision_id or "", repeat=repeat)
+
+    @app.post(
+        "/policies/{program_id}/expired",
+        response_model=ExpiredAccepted,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def expired(request: Request, program_id: str, body: ExpiredDecisions) -> ExpiredAccepted:
+        """Forget decisions whose label window closed at the router: nothing is learned from them."""
+        dropped = await run_in_threadpool(_service(request).forget, program_id, body)
+        return ExpiredAccepted(dropped=dropped)
 
     add_operations_routes(app, lambda service: {"policies": len(service.programs())})
     return app

@@ -22,6 +22,10 @@ class FeedbackAccepted(BaseModel):
     repeat: bool
 
 
+class ExpiredAccepted(BaseModel):
+    dropped: int = Field(description="How many of the decisions were pending (the rest were resolved before).")
+
+
 class SpecAccepted(BaseModel):
     """A policy spec the service can build: the algorithm and its hyper-parameters with defaults filled in."""
 

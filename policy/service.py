@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
 from policy.algorithms import build_policy, check_spec
 from policy.algorithms.base import Policy
 from policy.algorithms.evidence import Evidence, pooled
@@ -211,24 +211,25 @@ class PolicyService:
         self.metrics.pending.dec()
         return False
 
+    def forget(self, program_id: str, expired: ExpiredDecisions) -> int:
+        """Drop the program's pending decisions whose label window closed at the router (it
+        refuses their labels from then on): nothing is learned from them. Returns how many were
+        pending (the others were resolved or dropped before)."""
+        self._slot(program_id)  # UnknownPolicy for an unknown program
+        dropped = self.state.drop_pending_of(program_id, expired.decision_ids)
+        self.metrics.pending.dec(dropped)
+        self.metrics.expired.labels("router").inc(dropped)
+        return dropped
+
     def expire(self) -> int:
-        """Resolve decisions that waited longer than ``pending_timeout_s``: drop them, or learn
-        from them with ``default_reward`` (credited to every site the decision covered)."""
+        """Drop the decisions that waited longer than ``pending_timeout_s`` (a backstop: the router
+        expires its decisions sooner, and says so). Nothing is learned from them: a reward made up
+        here would charge no cost, and bias the policy toward dear backends."""
         expired = self.state.expired(self.settings.pending_timeout_s)
-        for decision_id, program_id, decision in expired:
-            if self.settings.pending_expiry == "default_reward" and program_id in self._slots:
-                feedback = Feedback(
-                    decision_id=decision_id, reward=self.settings.default_reward, executed_sites=list(decision.backends)
-                )
-                try:
-                    self.feedback(program_id, feedback)
-                except (UnknownDecision, FeedbackConflict):
-                    continue
-                self.metrics.expired.labels("default_reward").inc()
-            else:
-                self.state.drop_pending(decision_id)
-                self.metrics.pending.dec()
-                self.metrics.expired.labels("dropped").inc()
+        for decision_id, _program_id, _decision in expired:
+            self.state.drop_pending(decision_id)
+            self.metrics.pending.dec()
+            self.metrics.expired.labels("timeout").inc()
         return len(expired)
 
     # -- training and snapshots -------------------------------------------------------------------

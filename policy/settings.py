@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,9 +16,12 @@ class PolicySettings(BaseSettings):
     state_dir: Path = Field(default=Path("state/policy"), description="SQLite log and parameter snapshots.")
     train_interval_s: float = Field(default=0.5, gt=0, description="How often the trainer looks for work.")
     snapshot_every: int = Field(default=64, ge=1, description="Snapshot a policy after this many new observations.")
-    pending_timeout_s: float = Field(default=3600.0, gt=0, description="Wait for a decision's feedback.")
-    pending_expiry: Literal["drop", "default_reward"] = "drop"
-    default_reward: float = Field(default=0.0, allow_inf_nan=False, description="Task reward of an expired decision.")
+    pending_timeout_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A decision still pending after this long is dropped, unlearned: a backstop for decisions "
+        "the router never reports on (it expires its own sooner, after its label_window_s, and tells the policy).",
+    )
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     api_key: SecretStr | None = Field(
         default=None,

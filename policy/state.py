@@ -110,6 +110,23 @@ class PolicyState:
         with self._lock:
             self._db.execute("DELETE FROM pending WHERE decision_id = ?", (decision_id,))
 
+    def drop_pending_of(self, program_id: str, decision_ids: list[str]) -> int:
+        """Drop those of ``decision_ids`` pending for ``program_id``; how many there were."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                dropped = sum(
+                    self._db.execute(
+                        "DELETE FROM pending WHERE decision_id = ? AND program_id = ?", (decision_id, program_id)
+                    ).rowcount
+                    for decision_id in decision_ids
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return dropped
+
     # -- feedback log -------------------------------------------------------------------------------
 
     def logged(self, decision_id: str) -> Feedback | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
@@ -32,10 +33,19 @@ from fmprog.web import (
     every,
     validation_error_handler,
 )
-from router.errors import Conflict, NotFound, RouterError, Unavailable
+from router.errors import Conflict, Expired, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
-from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
+from router.schemas import (
+    MAX_FEEDBACK_BATCH,
+    AnswerResult,
+    DeadLetter,
+    FeedbackBatch,
+    FeedbackIn,
+    FeedbackResult,
+    ProgramCreate,
+    ProgramPublic,
+)
 from router.service import RouterService
 from router.settings import RouterSettings
 from router.store import Store
@@ -46,6 +56,8 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 MAX_OFFSET = 1_000_000_000
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
+_ONE_LABEL = TypeAdapter(FeedbackIn)
+_LABELS = TypeAdapter(Annotated[list[FeedbackIn], Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)])
 
 
 class AnswerRequest(BaseModel):
@@ -63,6 +75,8 @@ def _status(exc: RouterError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
+    if isinstance(exc, Expired):
+        return 410
     if isinstance(exc, Unavailable):
         return 503
     return 422
@@ -166,6 +180,10 @@ def create_app(
             breaker_reset_s=settings.policy_breaker_reset_s,
             program_workers=settings.program_workers,
             program_worker_memory_mb=settings.program_worker_memory_mb,
+            label_window_s=settings.label_window_s,
+            expiry_reward=settings.expiry_reward,
+            teacher_threads=settings.teacher_threads,
+            teacher_queue=settings.teacher_queue,
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
@@ -175,6 +193,7 @@ def create_app(
             with (
                 every(settings.outbox_retry_s, _logged(service.deliver), name="policy-outbox", join_timeout_s=5),
                 every(settings.prune_interval_s, _logged(lambda: service.prune(retention)), name="retention"),
+                every(settings.expire_interval_s, _logged(service.expire), name="label-expiry"),
             ):
                 yield
         finally:
@@ -254,8 +273,37 @@ def create_app(
         answer = functools.partial(_service(request).answer, program_id, image, frame_id=frame_id)
         return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
 
-    @app.post("/feedback", response_model=FeedbackResult, responses=error_responses(400, 401, 404, 409, 413, 422))
-    async def feedback(request: Request, body: FeedbackIn) -> FeedbackResult:
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResult | FeedbackBatch,
+        responses=error_responses(400, 401, 404, 409, 410, 413, 422),
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                FeedbackIn.model_json_schema(),
+                                {
+                                    "type": "array",
+                                    "items": FeedbackIn.model_json_schema(),
+                                    "minItems": 1,
+                                    "maxItems": MAX_FEEDBACK_BATCH,
+                                },
+                            ]
+                        }
+                    }
+                },
+                "required": True,
+            }
+        },
+    )
+    async def feedback(request: Request) -> FeedbackResult | FeedbackBatch:
+        """A label for an answered frame; or a list of labels (at most 1000), each answered on its
+        own in ``results``: accepted, repeat, conflict, unknown, expired or rejected."""
+        body = await _read_feedback(request)
+        if isinstance(body, list):
+            return await run_in_threadpool(_service(request).feedback_batch, body)
         return await run_in_threadpool(_service(request).feedback, body)
 
     @app.get("/dead-letters", response_model=list[DeadLetter], responses=error_responses(401, 422))
@@ -282,6 +330,20 @@ def _logged(work: Callable[[], object]) -> Callable[[], None]:
 
 def _readiness(service: RouterService) -> dict[str, int]:
     return {"policy_outbox": service.outbox.pending(), "policy_dead_letters": service.store.count_dead_letters()}
+
+
+async def _read_feedback(request: Request) -> FeedbackIn | list[FeedbackIn]:
+    """One label (a JSON object) or a list of them (a JSON array), checked as such."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "not JSON"}]) from None
+    try:
+        return (_LABELS if isinstance(data, list) else _ONE_LABEL).validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None]:

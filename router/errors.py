@@ -1,6 +1,6 @@
 """The router's domain errors. Each says what went wrong in the paper's terms; the HTTP layer maps
-them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Unavailable`` 503, the rest 422) without
-knowing more."""
+them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Expired`` 410, ``Unavailable`` 503,
+the rest 422) without knowing more."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ class NotFound(RouterError):
 
 class Conflict(RouterError):
     """The request contradicts what is already stored, e.g. a second, different label for a decision."""
+
+
+class Expired(RouterError):
+    """The decision's label window closed before its label came: the label is refused, not learned."""
 
 
 class ProgramInvalid(RouterError):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fmprog.contract import RewardConfig, TaskKind, is_yes, score_answer
 from router.errors import LabelRejected
-from router.schemas import AnswerRecord, FeedbackIn, FeedbackResult
-from router.store import LabelOutcome, QueuedMessage, Store
+from router.schemas import AnswerRecord, FeedbackIn, FeedbackResult, TeacherRun
+from router.store import LabelOutcome, QueuedMessage, Store, utc_now
 
 BINARY_LABELS = frozenset({"yes", "no"})
 
@@ -46,31 +47,47 @@ class Labelled:
 
 
 class FeedbackHandler:
-    """Turns labels into task rewards and resolves each decision exactly once."""
+    """Turns labels into task rewards and resolves each decision exactly once, within its label
+    window (``window_s`` after its answer; no window when None)."""
 
-    def __init__(self, store: Store, rewards: RewardConfig | None = None):
+    def __init__(self, store: Store, rewards: RewardConfig | None = None, window_s: float | None = None):
         self.store = store
         self.rewards = rewards or RewardConfig()
+        self.window_s = window_s
 
     def feedback(
         self,
         request: FeedbackIn,
         message: Callable[[AnswerRecord, str, float], QueuedMessage | None] | None = None,
+        *,
+        teacher: TeacherRun | None = None,
     ) -> Labelled:
         """Reward the decision's answer against the label and resolve the decision.
 
         The same label again returns the stored result with ``repeat`` set (the first reward
-        stands); a different label raises Conflict, as does a label for an expired decision; an
-        unknown decision raises NotFound, a label the task cannot read LabelRejected. A new label's
-        ``message(answer, label, reward)``, when there is one, is queued in the outbox in the
-        transaction that stores the label.
+        stands); a different label raises Conflict; a label for a decision whose label window has
+        closed raises Expired; an unknown decision raises NotFound, a label the task cannot read
+        LabelRejected. A new label's ``message(answer, label, reward)``, when there is one, is
+        queued in the outbox in the transaction that stores the label. A label from the program's
+        ``teacher`` (its run given) is learned like any other but not counted as ground truth in
+        the program's right and wrong answers.
         """
         answer = self.store.get_answer(request.decision_id)
         check_label(answer.kind, request.label)
         score = score_answer(answer.kind, answer.answer, request.label, self.rewards)
-        outcome = label_outcome(answer, request.label, score.correct)
+        outcome = None if teacher is not None else label_outcome(answer, request.label, score.correct)
         queued = message(answer, request.label, score.reward) if message is not None else None
-        stored, repeat = self.store.record_feedback(answer.id, request.label, score.reward, outcome, queued)
+        opened = None if self.window_s is None else utc_now() - timedelta(seconds=self.window_s)
+        stored, repeat = self.store.record_feedback(
+            answer.id,
+            request.label,
+            score.reward,
+            outcome,
+            queued,
+            source="teacher" if teacher is not None else "client",
+            teacher=teacher,
+            window_opened=opened,
+        )
         result = FeedbackResult(
             decision_id=answer.id,
             program_id=answer.program_id,
@@ -80,5 +97,6 @@ class FeedbackHandler:
             site_costs=answer.site_costs,
             cost=answer.cost,
             repeat=repeat,
+            source=stored.source,
         )
         return Labelled(result, answer, score.correct, queued=queued is not None and not repeat)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from fmprog.backends.config import Function
 from fmprog.contract import MAX_RECORDS, InvocationRecord, RewardConfig, SiteGate, TaskKind, score_answer
 from fmprog.program import Invocation, gate_vectors
-from router.schemas import AnswerRecord, ProgramPublic
+from router.schemas import AnswerRecord, InvocationPublic, ProgramPublic
 
 
 def gate_problem(gates: Mapping[str, SiteGate], program: ProgramPublic) -> str | None:
@@ -44,8 +44,12 @@ def invocation_records(answer: AnswerRecord, label: str, rewards: RewardConfig) 
     it): see :func:`gate_records`."""
     if not any(i.features is not None for i in answer.trace):
         return None
-    trace = [Invocation(site_id=i.site, **i.model_dump(exclude={"site"})) for i in answer.trace]
-    return gate_records(trace, answer.kind, label, rewards)
+    return gate_records(runtime_trace(answer.trace), answer.kind, label, rewards)
+
+
+def runtime_trace(trace: Sequence[InvocationPublic]) -> list[Invocation]:
+    """A stored trace as the runtime's invocations."""
+    return [Invocation(site_id=i.site, **i.model_dump(exclude={"site"})) for i in trace]
 
 
 def gate_records(

@@ -80,7 +80,37 @@ class RouterMetrics:
             ["program", "function", "backend"],
             registry=r,
         )
-        self.feedback = Counter("fmprog_feedback_total", "Feedback received.", ["program", "outcome"], registry=r)
+        self.feedback = Counter(
+            "fmprog_feedback_total",
+            "Labels taken (new, repeat, teacher) and refused because the decision had expired (expired).",
+            ["program", "outcome"],
+            registry=r,
+        )
+        self.labels_requested = Counter(
+            "fmprog_labels_requested_total",
+            "Answers whose label was asked for within the program's label budget (label_requested).",
+            ["program"],
+            registry=r,
+        )
+        self.teacher_cost = Counter(
+            "fmprog_teacher_cost_total",
+            "Cost units charged by programs' teachers (apart from fmprog_cost_total, the answers' own).",
+            ["program", "function", "backend"],
+            registry=r,
+        )
+        self.teacher_labels = Counter(
+            "fmprog_teacher_labels_total",
+            "Teacher runs by outcome: labelled, failed (no label from it), refused (the decision was labelled "
+            "otherwise or expired meanwhile), skipped (the teachers' queue was full).",
+            ["program", "outcome"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "fmprog_decisions_expired_total",
+            "Decisions expired unlabelled after the label window (label_window_s).",
+            ["program"],
+            registry=r,
+        )
         self.policy_latency = Histogram(
             "fmprog_policy_decision_latency_seconds",
             "Time to get a decision from the policy.",

@@ -5,8 +5,8 @@ they wait here and a background thread retries them (``deliver``), oldest first,
 first failure so that order per program is kept. A message the policy refuses (a 4xx: resending
 cannot help) is moved, in one transaction, to the store's ``policy_dead_letters`` table, logged and
 counted, never silently dropped. Payloads are the contract's messages as JSON: a ``PolicySpec`` to
-register, a ``Feedback``; a registration queued by an older router (the whole ``ProgramPublic``)
-is still delivered.
+register, a ``Feedback``, an ``ExpiredDecisions`` to forget; a registration queued by an older
+router (the whole ``ProgramPublic``) is still delivered.
 
 Several routers on one PostgreSQL database share the outbox: each message is claimed with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` in a transaction that lasts until it is delivered and deleted
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
-from fmprog.contract import Feedback, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec
 from router.errors import PolicyInvalid
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import policy_spec
@@ -97,6 +97,8 @@ class Outbox:
                 policy.register(program_id, _spec(payload))
             elif kind == "feedback":
                 policy.feedback(program_id, Feedback.model_validate_json(payload))
+            elif kind == "expire":
+                policy.expire(program_id, ExpiredDecisions.model_validate_json(payload))
             elif kind == "delete":
                 policy.delete(program_id)
         except (PolicyRejected, PolicyInvalid, ValidationError) as exc:

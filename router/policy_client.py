@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import ValidationError
 
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
 from router.errors import RouterError
 
 
@@ -33,6 +33,7 @@ class PolicyPort(Protocol):
     def register(self, program_id: str, spec: PolicySpec) -> None: ...
     def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision: ...
     def feedback(self, program_id: str, feedback: Feedback) -> None: ...
+    def expire(self, program_id: str, expired: ExpiredDecisions) -> None: ...
     def delete(self, program_id: str) -> None: ...
 
 
@@ -92,6 +93,9 @@ class HttpPolicyClient:
     def feedback(self, program_id: str, feedback: Feedback) -> None:
         body = feedback.model_dump_json()
         self._call("POST", f"/policies/{program_id}/feedback", content=body, headers=_JSON)
+
+    def expire(self, program_id: str, expired: ExpiredDecisions) -> None:
+        self._call("POST", f"/policies/{program_id}/expired", content=expired.model_dump_json(), headers=_JSON)
 
     def delete(self, program_id: str) -> None:
         self._call("DELETE", f"/policies/{program_id}")

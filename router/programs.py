@@ -15,7 +15,7 @@ from fmprog.backends.config import BackendCatalog
 from fmprog.contract import PolicySpec
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
 from router.candidates import candidate_backends
-from router.errors import PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
+from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
 from router.store import QueuedMessage, Store, utc_now
 
@@ -49,6 +49,24 @@ def policy_spec(program: ProgramPublic) -> PolicySpec:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}" for e in exc.errors())
         raise PolicyInvalid(f"policy rejected: {problems}") from None
+
+
+def teacher_decision(program: ProgramPublic) -> dict[str, str]:
+    """The decision the program's teacher runs under: per call site, the backend its teacher names
+    for the site's function, else the site's dearest candidate. BackendsRejected for a named
+    backend that is not a candidate of every call site of its function."""
+    named = program.teacher.backends if program.teacher is not None else "largest"
+    decision = {}
+    for site in program.call_sites:
+        choice = named.get(site.function) if isinstance(named, dict) else None
+        names = [c.name for c in site.candidates]
+        if choice is not None and choice not in names:
+            raise BackendsRejected(
+                f"the teacher names {choice!r} for {site.function.value}, which is not a candidate of call site "
+                f"{site.id} (its candidates: {', '.join(names)})"
+            )
+        decision[site.id] = choice or max(site.candidates, key=lambda c: c.cost).name
+    return decision
 
 
 def public_call_site(site: CallSite, candidates: list[CandidateBackend]) -> CallSitePublic:
@@ -104,7 +122,10 @@ class ProgramRegistry:
             digest=program.digest,
             query=request.query,
             synthesis=synthesis,
+            labels=request.labels,
+            teacher=request.teacher,
         )
+        teacher_decision(public)  # BackendsRejected for a teacher's backend no call site can use
         spec = policy_spec(public)
         if check_policy is not None:
             check_policy(spec)

@@ -32,6 +32,43 @@ def _is_none(value: object) -> bool:
 _WIRE = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
 
+MAX_FEEDBACK_BATCH = 1000
+"""The most labels one ``POST /feedback`` list may carry."""
+
+
+class LabelBudget(BaseModel):
+    """How many of a program's frames an operator can label: a ``fraction`` of the frames
+    answered, or a number ``per_hour``. The router asks for those labels (``label_requested``) on
+    the frames whose label the policy values most."""
+
+    model_config = _WIRE
+
+    fraction: float | None = Field(default=None, gt=0, le=1, description="Share of the frames answered.")
+    per_hour: float | None = Field(
+        default=None, gt=0, le=1e9, allow_inf_nan=False, description="Labels per hour (per router)."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> LabelBudget:
+        if (self.fraction is None) == (self.per_hour is None):
+            raise ValueError("a label budget gives exactly one of 'fraction' or 'per_hour'")
+        return self
+
+
+class Teacher(BaseModel):
+    """A dearer configuration of the program that labels a share of its frames itself: the router
+    runs it on the frames it picks (those the policy values most, ``fraction`` of them) and takes
+    its answer as the label. ``backends``: ``"largest"`` (every call site's dearest candidate) or
+    a backend per function (the others' dearest candidates)."""
+
+    model_config = _WIRE
+
+    fraction: float = Field(gt=0, le=1, description="Share of the frames answered that the teacher labels.")
+    backends: Literal["largest"] | dict[Function, BackendName] = Field(
+        default="largest", description='"largest", or a backend per function (the rest: their dearest).'
+    )
+
+
 class ProgramCreate(BaseModel):
     """A task to register: its program (``source``) or a question to synthesise one from (``query``)."""
 
@@ -51,6 +88,10 @@ class ProgramCreate(BaseModel):
         default=None,
         description="Allowed backends per function; a function left out may use all of its backends in the catalog.",
     )
+    labels: LabelBudget | None = Field(
+        default=None, description="The labels an operator can afford; none: every frame's label is asked for."
+    )
+    teacher: Teacher | None = Field(default=None, description="A configuration that labels a share of frames.")
 
     @model_validator(mode="after")
     def _source_xor_query(self) -> ProgramCreate:
@@ -126,6 +167,8 @@ class ProgramPublic(BaseModel):
     digest: str = Field(description="sha256 of the source.")
     query: str | None = Field(default=None, description="The task in words, when the program was synthesised.")
     synthesis: SynthesisPublic | None = Field(default=None, description="How it was synthesised; None for source.")
+    labels: LabelBudget | None = Field(default=None, description="The label budget; none: every label is asked for.")
+    teacher: Teacher | None = Field(default=None, description="The teacher that labels a share of frames, if any.")
 
 
 class InvocationPublic(BaseModel):
@@ -177,6 +220,10 @@ class AnswerResult(BaseModel):
     cost: float
     latency_s: float
     error: ProgramStopped | None = None
+    label_requested: bool = Field(
+        default=True, description="Whether a label for this frame is wanted (within the program's label budget)."
+    )
+    teacher: bool = Field(default=False, description="Whether the program's teacher labels this frame.")
 
 
 class FeedbackIn(BaseModel):
@@ -186,6 +233,10 @@ class FeedbackIn(BaseModel):
 
     decision_id: Id
     label: Label
+
+
+LabelSource = Literal["client", "teacher"]
+FeedbackOutcome = Literal["accepted", "repeat", "conflict", "unknown", "expired", "rejected"]
 
 
 class FeedbackResult(BaseModel):
@@ -201,6 +252,28 @@ class FeedbackResult(BaseModel):
     site_costs: dict[str, float] = Field(description="Cost charged to each executed site.")
     cost: float
     repeat: bool = Field(description="True when this label had already been received for the decision.")
+    source: LabelSource = Field(default="client", description="Who gave the label: a client, or the teacher.")
+
+
+class FeedbackItem(BaseModel):
+    """What became of one label of a list: ``accepted`` (new), ``repeat``, ``conflict`` (the
+    decision has another label), ``unknown`` (no such decision), ``expired`` (its label window
+    closed) or ``rejected`` (a label the task cannot read); ``feedback`` for the first two."""
+
+    model_config = _WIRE
+
+    decision_id: str
+    outcome: FeedbackOutcome
+    detail: str | None = None
+    feedback: FeedbackResult | None = None
+
+
+class FeedbackBatch(BaseModel):
+    """One outcome per label of a list, in its order."""
+
+    model_config = _WIRE
+
+    results: list[FeedbackItem]
 
 
 class AnswerRecord(BaseModel):
@@ -227,6 +300,18 @@ class AnswerRecord(BaseModel):
     created_at: datetime
 
 
+class TeacherRun(BaseModel):
+    """The teacher's run that gave a label: its decision, what it answered, cost and trace
+    (storage, and the ``teacher`` of a stored label)."""
+
+    model_config = _WIRE
+
+    decision: dict[str, str]
+    answer: JsonValue
+    cost: float
+    trace: list[InvocationPublic]
+
+
 class FeedbackRecord(BaseModel):
     """A stored label and the reward it earned (storage, not wire)."""
 
@@ -236,6 +321,8 @@ class FeedbackRecord(BaseModel):
     label: str
     reward: float
     created_at: datetime
+    source: LabelSource = "client"
+    teacher: TeacherRun | None = None
 
 
 class DeadLetter(BaseModel):
@@ -245,7 +332,7 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: int
-    kind: Literal["register", "feedback", "delete"]
+    kind: Literal["register", "feedback", "delete", "expire"]
     program_id: str
     payload: JsonValue = Field(description="The message as it was queued (a policy spec, a feedback, or {}).")
     reason: str = Field(description="The policy's reply.")

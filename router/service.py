@@ -5,6 +5,11 @@ It registers programs (and their policies, checked by the policy service first),
 does not fit; the program run against the backends, under the decision's gates when it has them),
 takes feedback (the task reward, forwarded to the policy with the executed sites and their costs,
 and for a gated answer a record per invocation; kept in the outbox when the policy is down) and keeps the metrics.
+
+A program may have a label budget and a teacher (``router.labels``): each answer says whether its
+label is wanted, and on the frames its teacher labels the router runs the teacher's configuration
+in the background and takes its answer as the label. Decisions left unlabelled past the label
+window expire (``expire``, run in the background): their labels are refused from then on.
 """
 
 from __future__ import annotations
@@ -16,28 +21,46 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import numpy as np
 from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
+from pydantic import ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec, RewardConfig
+from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec, RewardConfig
 from fmprog.images import ImageError, decode_image
+from fmprog.program import Program
 from router.answering import Answerer, FallbackRule
-from router.errors import DecisionRejected, FrameRejected, PolicyInvalid, SynthesisFailed, Unavailable
+from router.errors import (
+    Conflict,
+    DecisionRejected,
+    Expired,
+    FrameRejected,
+    LabelRejected,
+    NotFound,
+    PolicyInvalid,
+    SynthesisFailed,
+    Unavailable,
+)
 from router.feedback import FeedbackHandler
-from router.gating import invocation_records
+from router.gating import invocation_records, runtime_trace
+from router.labels import LabelRequests, label_value
 from router.metrics import RouterMetrics
 from router.outbox import Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
-from router.programs import ProgramRegistry
+from router.programs import ProgramRegistry, teacher_decision
 from router.schemas import (
     AnswerRecord,
     AnswerResult,
     DeadLetter,
+    FeedbackBatch,
     FeedbackIn,
+    FeedbackItem,
     FeedbackResult,
+    LabelBudget,
     ProgramCreate,
     ProgramPublic,
+    TeacherRun,
 )
 from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
@@ -103,6 +126,10 @@ class RouterService:
         retry_backoff_s: tuple[float, float] = (0.05, 0.2),
         program_workers: int = 0,
         program_worker_memory_mb: int = 1536,
+        label_window_s: float | None = None,
+        expiry_reward: float | None = None,
+        teacher_threads: int = 2,
+        teacher_queue: int = 64,
     ):
         self.store = store
         self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
@@ -115,7 +142,13 @@ class RouterService:
             workers=program_workers,
             worker_memory_mb=program_worker_memory_mb,
         )
-        self.feedback_handler = FeedbackHandler(store, rewards)
+        self.feedback_handler = FeedbackHandler(store, rewards, label_window_s)
+        self.label_window_s = label_window_s
+        self.expiry_reward = expiry_reward
+        self.label_requests = LabelRequests()  # per program: the frames whose label is asked for
+        self.teacher_picks = LabelRequests()  # per program: the frames its teacher labels
+        self._teachers = ThreadPoolExecutor(max_workers=teacher_threads, thread_name_prefix="teacher")
+        self._teacher_slots = threading.BoundedSemaphore(teacher_queue)
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
@@ -166,8 +199,10 @@ class RouterService:
         self._deliver_now()
 
     def close(self) -> None:
-        """Stop the threads that ask the policy (waiting for those in flight) and the program workers."""
+        """Stop the threads that ask the policy and run teachers (waiting for those in flight) and
+        the program workers."""
         self._deciders.shutdown(wait=True, cancel_futures=True)
+        self._teachers.shutdown(wait=True, cancel_futures=True)
         self.answerer.close()
 
     # -- answers --------------------------------------------------------------------------------
@@ -206,6 +241,10 @@ class RouterService:
             record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
         ran = time.perf_counter()
         result = self.answerer.record(record)
+        requested, taught = self._labelling(public, None if record.fallback else decision, record)
+        if taught:
+            self._teach(public, program, frame, record.id)
+        result = result.model_copy(update={"label_requested": requested, "teacher": taught})
         recorded = time.perf_counter()
         stage.labels("program").observe(read - started)
         stage.labels("decode").observe(decoded - read)
@@ -240,18 +279,123 @@ class RouterService:
         self.metrics.policy_latency.observe(time.perf_counter() - start)
         return decision
 
+    # -- labels: which frames, and the teacher -----------------------------------------------------
+
+    def _labelling(
+        self, program: ProgramPublic, decision: PolicyDecision | None, record: AnswerRecord
+    ) -> tuple[bool, bool]:
+        """Whether this answer's label is asked for, and whether the program's teacher labels it:
+        the frames the policy doubts most, within the program's label budget and teacher share (a
+        program with no budget asks for every label; a fallback answer, which the policy did not
+        decide, is not worth a budgeted label)."""
+        if program.labels is None and program.teacher is None:
+            return True, False
+        if decision is None:
+            return program.labels is None, False
+        value = label_value(decision.gates, decision.propensities, runtime_trace(record.trace))
+        teacher = program.teacher
+        if teacher is not None and self.teacher_picks.wanted(program.id, LabelBudget(fraction=teacher.fraction), value):
+            return False, True
+        if program.labels is None:
+            return True, False
+        requested = self.label_requests.wanted(program.id, program.labels, value)
+        if requested:
+            self.metrics.labels_requested.labels(program.id).inc()
+        return requested, False
+
+    def _teach(self, program: ProgramPublic, compiled: Program, frame: np.ndarray, decision_id: str) -> None:
+        """Run the program's teacher on the frame in the background, its answer the label; a frame
+        finding the teacher's queue full is not taught (counted as ``skipped``)."""
+        if not self._teacher_slots.acquire(blocking=False):
+            self.metrics.teacher_labels.labels(program.id, "skipped").inc()
+            return
+
+        def run() -> None:
+            try:
+                self.teach(program, compiled, frame, decision_id)
+            except Exception:
+                logger.exception("the teacher of program %s failed on decision %s", program.id, decision_id)
+                self.metrics.teacher_labels.labels(program.id, "failed").inc()
+            finally:
+                self._teacher_slots.release()
+
+        try:
+            self._teachers.submit(run)
+        except RuntimeError:  # shutting down
+            self._teacher_slots.release()
+
+    def teach(self, program: ProgramPublic, compiled: Program, frame: np.ndarray, decision_id: str) -> str:
+        """Run the program's teacher on ``frame`` and take its answer as the label of
+        ``decision_id``: its calls charged and traced (``fmprog_teacher_cost_total``; the run kept
+        with the label), the label learned like a client's. Returns the outcome: ``labelled``,
+        ``failed`` (the run stopped, or answered nothing the task can take as a label) or
+        ``refused`` (the decision was labelled otherwise meanwhile, or expired)."""
+        run = self.answerer.run(program, compiled, frame, teacher_decision(program))
+        for call in run.trace:
+            self.metrics.teacher_cost.labels(program.id, call.function, call.backend).inc(call.cost)
+        teacher = TeacherRun(decision=run.decision, answer=run.answer, cost=run.cost, trace=run.trace)
+        outcome = "failed"
+        if run.error is None and isinstance(run.answer, (str, bool, int)) and str(run.answer).strip():
+            label = ("yes" if run.answer else "no") if isinstance(run.answer, bool) else str(run.answer)
+            try:
+                request = FeedbackIn(decision_id=decision_id, label=label)
+                labelled = self.feedback_handler.feedback(request, self._feedback_message, teacher=teacher)
+            except (ValidationError, LabelRejected):
+                pass
+            except (Conflict, Expired, NotFound):
+                outcome = "refused"
+            else:
+                outcome = "labelled"
+                self.metrics.feedback.labels(program.id, "teacher").inc()
+                if labelled.queued:
+                    self._deliver_now()
+        self.metrics.teacher_labels.labels(program.id, outcome).inc()
+        return outcome
+
     # -- feedback -------------------------------------------------------------------------------
 
     def feedback(self, request: FeedbackIn) -> FeedbackResult:
         """Take a label; a new one for a decision the policy made is queued for the policy in the
         transaction that stores it, so a router that dies right after cannot lose it (another
         router delivers the outbox, and the label sent again is a repeat)."""
-        labelled = self.feedback_handler.feedback(request, self._feedback_message)
-        result = labelled.result
-        self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
-        if not result.repeat and labelled.queued:
+        result, queued = self._take(request)
+        if queued:
             self._deliver_now()
         return result
+
+    def _take(self, request: FeedbackIn) -> tuple[FeedbackResult, bool]:
+        """Take one label (see :meth:`feedback`); whether a message for the policy was queued."""
+        try:
+            labelled = self.feedback_handler.feedback(request, self._feedback_message)
+        except Expired:
+            self.metrics.feedback.labels(self.store.get_answer(request.decision_id).program_id, "expired").inc()
+            raise
+        result = labelled.result
+        self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
+        return result, labelled.queued
+
+    def feedback_batch(self, requests: list[FeedbackIn]) -> FeedbackBatch:
+        """Take a list of labels, each on its own (one refused does not stop the others): per label
+        its outcome, in order; what was queued for the policy is delivered once, after them all."""
+        items, queued = [], False
+        for request in requests:
+            try:
+                result, sent = self._take(request)
+            except NotFound as exc:
+                items.append(FeedbackItem(decision_id=request.decision_id, outcome="unknown", detail=str(exc)))
+            except Conflict as exc:
+                items.append(FeedbackItem(decision_id=request.decision_id, outcome="conflict", detail=str(exc)))
+            except Expired as exc:
+                items.append(FeedbackItem(decision_id=request.decision_id, outcome="expired", detail=str(exc)))
+            except LabelRejected as exc:
+                items.append(FeedbackItem(decision_id=request.decision_id, outcome="rejected", detail=str(exc)))
+            else:
+                queued = queued or sent
+                outcome = "repeat" if result.repeat else "accepted"
+                items.append(FeedbackItem(decision_id=request.decision_id, outcome=outcome, feedback=result))
+        if queued:
+            self._deliver_now()
+        return FeedbackBatch(results=items)
 
     def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
         """The policy's feedback message for a new label, or None: no policy, or a fallback decision
@@ -266,6 +410,49 @@ class RouterService:
             invocations=invocation_records(answer, label, self.feedback_handler.rewards),
         )
         return QueuedMessage("feedback", answer.program_id, message.model_dump_json(by_alias=True))
+
+    # -- expiry -----------------------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Expire the decisions answered more than ``label_window_s`` ago and never labelled: their
+        labels are refused from now on (410), and the policy is told in the same transaction,
+        through the outbox: forget them (``ExpiredDecisions``) or, with ``expiry_reward``, learn
+        from each as if labelled with that task reward, charged its real costs. How many expired."""
+        if self.label_window_s is None:
+            return 0
+        expired = self.store.expire_answers(utc_now() - timedelta(seconds=self.label_window_s), self._expiry_messages)
+        for answer in expired:
+            self.metrics.expired.labels(answer.program_id).inc()
+        if expired:
+            logger.info("expired %d decisions unlabelled after %g s", len(expired), self.label_window_s)
+            self._deliver_now()
+        return len(expired)
+
+    def _expiry_messages(self, expired: list[AnswerRecord]) -> list[QueuedMessage]:
+        if self.policy is None:
+            return []
+        decided = [answer for answer in expired if not answer.fallback]  # fallbacks were never the policy's
+        if self.expiry_reward is not None:
+            return [
+                QueuedMessage(
+                    "feedback",
+                    answer.program_id,
+                    Feedback(
+                        decision_id=answer.id,
+                        reward=self.expiry_reward,
+                        executed_sites=answer.executed_sites,
+                        costs=answer.site_costs,
+                    ).model_dump_json(by_alias=True),
+                )
+                for answer in decided
+            ]
+        by_program: dict[str, list[str]] = {}
+        for answer in decided:
+            by_program.setdefault(answer.program_id, []).append(answer.id)
+        return [
+            QueuedMessage("expire", program_id, ExpiredDecisions(decision_ids=ids).model_dump_json())
+            for program_id, ids in by_program.items()
+        ]
 
     # -- retention ------------------------------------------------------------------------------
 

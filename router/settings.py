@@ -39,6 +39,26 @@ class RouterSettings(BaseSettings):
     prune_interval_s: float = Field(
         default=3600.0, gt=0, le=86400, description="How often decisions past retention_days are pruned."
     )
+    label_window_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="A decision's label is taken for this long after its answer; then the decision expires "
+        "(a later label is refused with 410). Keep it below the policy's pending_timeout_s.",
+    )
+    expiry_reward: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="None: an expired decision teaches the policy nothing. A number: the policy learns from it "
+        "as if labelled with this task reward, charged the decision's real costs.",
+    )
+    expire_interval_s: float = Field(
+        default=60.0, gt=0, le=86400, description="How often decisions past label_window_s are expired."
+    )
+    teacher_threads: int = Field(default=2, ge=1, le=64, description="Threads that run programs' teachers.")
+    teacher_queue: int = Field(
+        default=64, ge=1, le=100000, description="Teacher runs waiting at most; a frame past it is not taught."
+    )
     backends_config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="Backend configuration (YAML).")
     backends: list[BackendName] | None = Field(
         default=None,

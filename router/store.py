@@ -43,15 +43,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from router.errors import Conflict, NotFound, RouterError
+from router.errors import Conflict, Expired, NotFound, RouterError
 from router.schemas import (
     AnswerRecord,
     CachedProgram,
     CallSitePublic,
     DeadLetter,
     FeedbackRecord,
+    LabelBudget,
+    LabelSource,
     ProgramPublic,
     SynthesisPublic,
+    Teacher,
+    TeacherRun,
 )
 from router.tables import (
     decisions,
@@ -79,7 +83,7 @@ _ANSWER = sa.select(decisions).where(decisions.c.id == sa.bindparam("id"))
 _DIGEST = sa.select(programs.c.digest).where(programs.c.id == sa.bindparam("id"))
 _PROGRAM = sa.select(programs).where(programs.c.id == sa.bindparam("id"))
 _DECISION_TO_LABEL = (
-    sa.select(decisions.c.status, decisions.c.program_id)
+    sa.select(decisions.c.status, decisions.c.program_id, decisions.c.created_at)
     .where(decisions.c.id == sa.bindparam("id"))
     .with_for_update()  # PostgreSQL: one label at a time per decision, across routers
 )
@@ -254,6 +258,7 @@ class Store:
             "created_at": program.created_at.isoformat(),
             "query": program.query,
             "synthesis": program.synthesis.model_dump_json() if program.synthesis else None,
+            "labels": _labels(program),
         }
         with self.transaction() as db:
             db.execute(programs.insert().values(row))
@@ -365,17 +370,36 @@ class Store:
         with self.reading() as db:
             return db.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one()
 
-    def expire_answers(self, answered_before: datetime) -> int:
-        """Mark answers given before ``answered_before`` and never labelled as expired; how many."""
-        statement = (
-            decisions.update()
-            .where(
-                decisions.c.status.in_(("pending", "answered")), decisions.c.created_at < answered_before.isoformat()
-            )
-            .values(status="expired")
-        )
-        with self.transaction() as db:
-            return db.execute(statement).rowcount
+    def expire_answers(
+        self,
+        answered_before: datetime,
+        messages: Callable[[list[AnswerRecord]], list[QueuedMessage]] | None = None,
+        *,
+        batch: int = 1000,
+    ) -> list[AnswerRecord]:
+        """Mark the answers given before ``answered_before`` and never labelled as expired (their
+        labels are refused from then on) and queue ``messages(expired)`` for the policy with them,
+        ``batch`` answers per transaction; the answers expired. A label being stored for one of
+        them at the same moment wins (its row is locked, then no longer unlabelled)."""
+        cutoff = answered_before.isoformat()
+        unlabelled = (decisions.c.status.in_(("pending", "answered")), decisions.c.created_at < cutoff)
+        expired: list[AnswerRecord] = []
+        while True:
+            with self.transaction() as db:
+                query = sa.select(decisions).where(*unlabelled).order_by(decisions.c.created_at).limit(batch)
+                if self.claims_rows:
+                    query = query.with_for_update(skip_locked=True)
+                found = [_answer(row) for row in db.execute(query).mappings().all()]
+                if not found:
+                    return expired
+                ids = [answer.id for answer in found]
+                db.execute(decisions.update().where(decisions.c.id.in_(ids)).values(status="expired"))
+                found = [answer.model_copy(update={"status": "expired"}) for answer in found]
+                for message in messages(found) if messages is not None else ():
+                    queue(db, message)
+            expired += found
+            if len(found) < batch:
+                return expired
 
     # Feedback
 
@@ -395,13 +419,18 @@ class Store:
         reward: float,
         outcome: LabelOutcome | None = None,
         message: QueuedMessage | None = None,
+        *,
+        source: LabelSource = "client",
+        teacher: TeacherRun | None = None,
+        window_opened: datetime | None = None,
     ) -> tuple[FeedbackRecord, bool]:
         """Store the label for a decision and resolve it, once; count it in ``program_quality``
         (when ``outcome`` is given) and queue ``message`` for the policy, in the same transaction.
 
         Returns the stored feedback and whether it is a repeat (the same label was already stored;
         the first reward stands). Raises NotFound for an unknown decision, Conflict for a
-        different label than the stored one or for an expired decision.
+        different label than the stored one, Expired for a decision that expired unlabelled or was
+        answered before ``window_opened`` (its label window has closed).
         """
         with self.transaction() as db:
             row = db.execute(_DECISION_TO_LABEL, {"id": decision_id}).first()
@@ -410,14 +439,31 @@ class Store:
             existing = db.execute(_FEEDBACK, {"id": decision_id}).mappings().first()
             if existing is not None:
                 if existing["label"] != label:
-                    raise Conflict(f"decision {decision_id!r} already has label {existing['label']!r}; got {label!r}")
+                    by = " from the teacher" if existing["source"] == "teacher" else ""
+                    raise Conflict(
+                        f"decision {decision_id!r} already has label {existing['label']!r}{by}; got {label!r}"
+                    )
                 return _feedback(existing), True
-            if row.status == "expired":
-                raise Conflict(f"decision {decision_id!r} expired without feedback")
-            record = FeedbackRecord(decision_id=decision_id, label=label, reward=reward, created_at=utc_now())
-            created = record.created_at.isoformat()
+            if row.status == "expired" or (window_opened is not None and row.created_at < window_opened.isoformat()):
+                raise Expired(f"decision {decision_id!r} expired without a label: its label window has closed")
+            record = FeedbackRecord(
+                decision_id=decision_id,
+                label=label,
+                reward=reward,
+                created_at=utc_now(),
+                source=source,
+                teacher=teacher,
+            )
             db.execute(
-                _ADD_FEEDBACK, {"decision_id": decision_id, "label": label, "reward": reward, "created_at": created}
+                _ADD_FEEDBACK,
+                {
+                    "decision_id": decision_id,
+                    "label": label,
+                    "reward": reward,
+                    "created_at": record.created_at.isoformat(),
+                    "source": source,
+                    "teacher": teacher.model_dump_json() if teacher is not None else None,
+                },
             )
             db.execute(_RESOLVE, {"label_of": decision_id})
             if outcome is not None:
@@ -538,7 +584,29 @@ def _program(row: Any) -> ProgramPublic:
         digest=row["digest"],
         query=row["query"],
         synthesis=SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None,
+        **_labels_of(row["labels"]),
     )
+
+
+def _labels(program: ProgramPublic) -> str | None:
+    """The ``labels`` column: the program's label budget and teacher (None when it has neither)."""
+    if program.labels is None and program.teacher is None:
+        return None
+    return json.dumps(
+        {
+            "budget": program.labels.model_dump(mode="json") if program.labels else None,
+            "teacher": program.teacher.model_dump(mode="json") if program.teacher else None,
+        }
+    )
+
+
+def _labels_of(column: str | None) -> dict[str, Any]:
+    stored = json.loads(column) if column else {}
+    budget, teacher = stored.get("budget"), stored.get("teacher")
+    return {
+        "labels": LabelBudget.model_validate(budget) if budget else None,
+        "teacher": Teacher.model_validate(teacher) if teacher else None,
+    }
 
 
 def _answer(row: Any) -> AnswerRecord:
@@ -567,4 +635,6 @@ def _feedback(row: Any) -> FeedbackRecord:
         label=row["label"],
         reward=row["reward"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        source=row["source"],
+        teacher=TeacherRun.model_validate_json(row["teacher"]) if row["teacher"] else None,
     )

@@ -25,6 +25,7 @@ programs = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("query", sa.Text),
     sa.Column("synthesis", sa.Text),
+    sa.Column("labels", sa.Text),  # {"budget": LabelBudget | null, "teacher": Teacher | null}
 )
 
 decisions = sa.Table(
@@ -67,6 +68,8 @@ feedback = sa.Table(
     sa.Column("label", sa.Text, nullable=False),
     sa.Column("reward", sa.Float, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, server_default="client"),
+    sa.Column("teacher", sa.Text),  # the teacher's run (TeacherRun) when the teacher gave the label
 )
 
 policy_dead_letters = sa.Table(

@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="binary track: this backend degrades halfway through (default vqa-small; 'none': no drift runs)",
     )
     parser.add_argument("--drift-rate", type=float, help="share of its answers corrupted after the drift (default 0.3)")
+    parser.add_argument(
+        "--label-fractions",
+        help="gated policies: also learn from labels on these shares of frames only (default 0.1,0.01; 'none')",
+    )
+    parser.add_argument(
+        "--teacher-fraction",
+        help="gated policies: also learn from a teacher on this share of frames (default 0.1; 'none')",
+    )
     parser.add_argument("--queries-per-type", type=int)
     parser.add_argument("--queries", type=int, help="at most this many queries per track (after --queries-per-type)")
     parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
@@ -72,6 +80,11 @@ def settings_from(args: argparse.Namespace) -> Any:
         values["drift_backend"] = None if args.drift_backend == "none" else args.drift_backend
     if args.drift_rate is not None:
         values["drift_rate"] = args.drift_rate
+    if args.label_fractions is not None:
+        none = args.label_fractions == "none"
+        values["label_fractions"] = () if none else tuple(float(v) for v in args.label_fractions.split(","))
+    if args.teacher_fraction is not None:
+        values["teacher_fraction"] = None if args.teacher_fraction == "none" else float(args.teacher_fraction)
     return BenchSettings.quick(**values) if args.quick else BenchSettings(**values)
 
 

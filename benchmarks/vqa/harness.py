@@ -28,7 +28,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,8 @@ from fmprog.program.workers import exit_with_parent
 from policy.algorithms import algorithm_class, build_policy
 from policy.algorithms.base import Policy
 from router.gating import gate_records
+from router.labels import LabelRequests, label_value
+from router.schemas import LabelBudget
 
 LEARNED_ON_PROGRAM = ("structured", "fast", "cascade")
 GATED = frozenset({"cascade"})  # decide each call when it runs: replayed through the executor
@@ -72,6 +74,7 @@ class Outcome:
     executed_sites: tuple[str, ...]
     site_costs: tuple[tuple[str, float], ...]
     backends: tuple[str, ...]  # one entry per invocation
+    teacher_cost: float = 0.0  # what a teacher's run cost on this frame, beside the answer's own cost
 
 
 @dataclass
@@ -79,19 +82,22 @@ class RunStats:
     """One policy's (or baseline's) outcomes along one query's stream."""
 
     correct: np.ndarray
-    cost: np.ndarray
+    cost: np.ndarray  # per frame, a teacher's run included
     task: np.ndarray  # the authors' task reward per frame
     predicted_positive: np.ndarray
     invocations: Counter = field(default_factory=Counter)
+    teacher_cost: np.ndarray | None = None  # per frame, where a teacher ran
 
     @staticmethod
     def of(outcomes: Sequence[Outcome], kind: TaskKind, labels: Sequence[str]) -> RunStats:
         invocations: Counter = Counter()
         for o in outcomes:
             invocations.update(o.backends)
+        taught = any(o.teacher_cost for o in outcomes)
         return RunStats(
+            teacher_cost=np.array([o.teacher_cost for o in outcomes], float) if taught else None,
             correct=np.array([o.correct for o in outcomes], bool),
-            cost=np.array([o.cost for o in outcomes], float),
+            cost=np.array([o.cost + o.teacher_cost for o in outcomes], float),
             task=np.array([task_reward(kind, o.answer, y) for o, y in zip(outcomes, labels, strict=True)], float),
             predicted_positive=np.array([o.positive for o in outcomes], bool),
             invocations=invocations,
@@ -110,11 +116,44 @@ class QueryResult:
     configurations: int
     sites: list[str]
     best_frames: dict[float, np.ndarray] = field(default_factory=dict)  # per lambda, per frame: see hindsight_reward
+    plans: dict[tuple[str, float | None], tuple[str, LabelPlan]] = field(default_factory=dict)
+    """The runs on fewer labels (or from another start): each one's algorithm and plan."""
 
     @property
     def best_reward(self) -> dict[float, float]:
         """Per lambda, the hindsight-best reward summed over the stream."""
         return {lam: math.fsum(frames) for lam, frames in self.best_frames.items()}
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """Which labels a learned policy learns from: those of a ``fraction`` of the frames, chosen as
+    the router chooses them (``router.labels``: the frames the policy doubts most, within the
+    budget), given by the ground truth or, with ``teacher``, by the program's all-largest
+    configuration run on those frames (its cost charged to them); starting from the shipped prior
+    (``warm``) or from the base prior alone."""
+
+    fraction: float = 1.0
+    teacher: bool = False
+    warm: bool = True
+
+    def run(self, algorithm: str) -> str:
+        """The run's name."""
+        labels = (
+            f"-teacher-{self.fraction:g}"
+            if self.teacher
+            else ("" if self.fraction == 1.0 else f"-labels-{self.fraction:g}")
+        )
+        return self.baseline(algorithm) + labels
+
+    def baseline(self, algorithm: str) -> str:
+        """The name of the run it compares with: the same start, every label."""
+        return algorithm if self.warm else f"{algorithm}-cold"
+
+    def spec(self, spec: PolicySpec) -> PolicySpec:
+        if self.warm:
+            return spec
+        return spec.model_copy(update={"hyperparameters": {**spec.hyperparameters, "warm_start": False}})
 
 
 @dataclass(frozen=True)
@@ -178,6 +217,9 @@ class ReplaySetup:
     drift: Drift | None = None
     """Binary track, gated policies at each lambda: a run whose backend degrades mid-stream, beside
     the hand-fixed cascade under the same drift."""
+    label_plans: tuple[LabelPlan, ...] = ()
+    """Gated policies at ``label_lambda``: a run on each of these labels besides the one on every label."""
+    label_lambda: float | None = None
 
 
 def configurations(program: Program, backends: BackendRegistry) -> list[dict[str, str]]:
@@ -279,25 +321,40 @@ def replay_gated(
     policy: Policy | None = None,
     drift: _Degrading | None = None,
     decider: Callable[[SiteGates, dict[str, str]], Decider] = GateDecider,
+    plan: LabelPlan = LabelPlan(),
+    teacher: Sequence[Outcome] = (),
 ) -> list[Outcome]:
     """Stream the frames through a fresh gated policy (or ``policy``, built from ``spec``):
     decide (gates), run the program under a ``GateDecider`` (or ``decider(gates, backends)``),
     feed back the reward with the per-invocation records, train. With ``drift`` (the executor's
-    degrading backend), it is told each frame's position."""
+    degrading backend), it is told each frame's position. With a ``plan`` on fewer labels, only
+    the frames ``router.labels.LabelRequests`` asks for are labelled, by the ground truth or, for
+    a teacher, by ``teacher[i]`` (the all-largest configuration's outcome, its cost charged)."""
     policy = policy or build_policy(spec)
     rewards = RewardConfig()
+    requests = LabelRequests(clock=lambda: 0.0)
+    budget = None if plan.fraction == 1.0 else LabelBudget(fraction=plan.fraction)
     chosen = []
     for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
         if drift is not None:
             drift.at_frame(i)
         decision = policy.decide(frame)
         trace = executor.run(program, frame, decider(decision.gates or {}, decision.backends))
-        result = outcome(trace, kind, label)
+        result = outcome(trace, kind, label)  # scored against the ground truth
+        given = label  # the label the policy learns from
+        if budget is not None:
+            value = label_value(decision.gates, decision.propensities, trace.invocations)
+            if not requests.wanted("program", budget, value):
+                chosen.append(result)  # no label: nothing to learn from this frame
+                continue
+            if plan.teacher:
+                given = teacher[i].answer
+                result = replace(result, teacher_cost=teacher[i].cost)
         feedback = Feedback(
-            reward=task_reward(kind, result.answer, label),
+            reward=task_reward(kind, result.answer, given),
             executed_sites=list(result.executed_sites),
             costs=dict(result.site_costs),
-            invocations=gate_records(trace.invocations, kind, label, rewards),
+            invocations=gate_records(trace.invocations, kind, given, rewards),
         )
         policy.observe(decision, feedback)
         policy.train()
@@ -357,6 +414,11 @@ def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> Query
         configurations=configs,
         sites=[s.id for s in program.call_sites],
         best_frames=best,
+        plans={
+            (plan.run(algorithm), setup.label_lambda): (algorithm, plan)
+            for algorithm in sorted(GATED & set(setup.policies))
+            for plan in setup.label_plans
+        },
     )
 
 
@@ -414,6 +476,11 @@ def query_outcomes(
             spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
             if algorithm in GATED:
                 runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind)
+                for plan in setup.label_plans if lam == setup.label_lambda else ():
+                    runs[(plan.run(algorithm), lam)] = replay_gated(
+                        plan.spec(spec), executor, program, frames, labels, kind, plan=plan,
+                        teacher=runs[("static-large", None)],
+                    )  # fmt: skip
             else:
                 runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
         if setup.drift is not None and kind == "binary":

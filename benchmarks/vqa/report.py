@@ -1,6 +1,6 @@
 """The benchmark's report: ``results.json`` (every number), ``results.md`` (tables) and PNG plots
-(the Pareto view of metric against cost per track, and cumulative cost, running accuracy and the
-learned policies' regret along the stream)."""
+(the Pareto view of metric against cost per track; cumulative cost, running accuracy and the
+learned policies' regret along the stream; the same for the runs on fewer labels)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     for name, track in results["tracks"].items():
         written.append(plot_pareto(name, track, out / f"{name}_pareto.png"))
         written.append(plot_stream(name, track, out / f"{name}_stream.png"))
+        if track.get("label_curves"):
+            written.append(plot_stream(name, track, out / f"{name}_labels.png", labels=True))
     return written
 
 
@@ -75,6 +77,7 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {_name(run)} | {run['f1_before']:.3f} | {run['f1_first_window_after']:.3f} | {recovered} |"
                 )
+        lines += _labels_table(track, metric)
         types = list(track["entries"][0]["by_type"])
         lines += ["", f"{metric} (cost/frame) by query type:", ""]
         lines.append("| Policy | " + " | ".join(types) + " |")
@@ -93,6 +96,34 @@ def markdown(results: dict[str, Any]) -> str:
             acc = f"{b['knowledge_accuracy']:.3f} (knowledge)"
         lines.append(f"| {name} | {b['function']} | {b['cost']:g} | {acc} |")
     return "\n".join(lines) + "\n"
+
+
+def _labels_table(track: dict[str, Any], metric: str) -> list[str]:
+    """The runs on fewer labels beside their algorithm's on every label, per lambda."""
+    fewer = [e for e in track["entries"] if e["policy"] != e["algorithm"]]
+    if not fewer:
+        return []
+    lines = [
+        "",
+        "Fewer labels: the frames whose label the policy doubts most (as the router asks for them), "
+        "labelled by the ground truth or by a teacher (the all-largest configuration, its cost in cost/frame):",
+        "",
+        f"| Policy | λ | Labels | {metric} | Δ vs every label | Cost/frame | of it, teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    full = {(e["algorithm"], e["lambda"]): e for e in track["entries"] if e["policy"] == e["algorithm"]}
+    for key, every in sorted(full.items(), key=lambda item: (item[0][0], item[0][1] or 0.0)):
+        runs = [e for e in fewer if (e["algorithm"], e["lambda"]) == key]
+        if not runs:
+            continue
+        for e in [every, *sorted(runs, key=lambda e: (e["teacher"], -e["label_fraction"]))]:
+            share = f"{100 * e['label_fraction']:g}%" + (" teacher" if e["teacher"] else "")
+            teacher = f"{e['teacher_cost_per_frame']:.0f}" if "teacher_cost_per_frame" in e else ""
+            lines.append(
+                f"| {e['algorithm']} | {e['lambda']:g} | {share} | {e['metric']:.3f} "
+                f"| {100 * (e['metric'] - every['metric']):+.1f} pts | {e['cost_per_frame']:.0f} | {teacher} |"
+            )
+    return lines
 
 
 def _pyplot() -> Any:
@@ -129,12 +160,18 @@ def plot_pareto(name: str, track: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_stream(name: str, track: dict[str, Any], path: Path) -> Path:
+def plot_stream(name: str, track: dict[str, Any], path: Path, labels: bool = False) -> Path:
     """Cumulative cost per query, running accuracy and, for learned policies, regret per frame
-    so far, along the stream (learned policies at the middle lambda)."""
+    so far, along the stream (learned policies at the middle lambda). Every run but those on fewer
+    labels; with ``labels``, the runs on fewer labels beside their algorithm's on every label
+    (their learning curves side by side; a teacher's cost is in the cumulative cost)."""
     plt = _pyplot()
     fig, (left, right, regret) = plt.subplots(1, 3, figsize=(16, 4))
+    fewer = set(track.get("label_runs", []))
+    wanted = set(track.get("label_curves", []))
     for label, curve in track["curves"].items():
+        if (label not in wanted) if labels else (label in fewer):
+            continue
         left.plot(curve["frame"], curve["cumulative_cost"], label=label)
         right.plot(curve["frame"], curve["running_accuracy"], label=label)
         if "regret_per_frame" in curve:

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from benchmarks.vqa.harness import LEARNED_ON_PROGRAM, Drift, QueryResult, RunStats, worker_init, worker_replay
+from benchmarks.vqa.harness import (
+    LEARNED_ON_PROGRAM,
+    Drift,
+    LabelPlan,
+    QueryResult,
+    RunStats,
+    worker_init,
+    worker_replay,
+)
 from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 
@@ -67,6 +75,15 @@ class BenchSettings(BaseModel):
         description="Binary track, gated policies: this backend degrades halfway (None: no drift run).",
     )
     drift_rate: float = Field(default=0.3, gt=0, le=1, description="Share of the degraded backend's answers corrupted.")
+    label_fractions: tuple[float, ...] = Field(
+        default=(0.1, 0.01), description="Gated policies: runs that learn from labels on these shares of frames only."
+    )
+    teacher_fraction: float | None = Field(
+        default=0.1, gt=0, le=1, description="Gated policies: a run whose labels come from a teacher on this share."
+    )
+    cold_label_runs: bool = Field(
+        default=True, description="The runs on fewer labels also from the base prior alone (no shipped prior)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BenchSettings:
@@ -75,6 +92,9 @@ class BenchSettings(BaseModel):
         for lam in self.lambdas:
             if not math.isfinite(lam) or lam < 0:
                 raise ValueError(f"lambda must be finite and >= 0, got {lam}")
+        for fraction in self.label_fractions:
+            if not 0 < fraction < 1:
+                raise ValueError(f"a label fraction is a share of frames in (0, 1), got {fraction}")
         from policy.algorithms import ALGORITHMS
 
         unknown = sorted(set(self.policies) - set(ALGORITHMS))
@@ -100,6 +120,20 @@ class BenchSettings(BaseModel):
     def cache_path(self) -> Path:
         return self.cache or self.out / "cache.sqlite3"
 
+    def label_plans(self) -> tuple[LabelPlan, ...]:
+        """The runs on fewer labels than every frame's (each fraction, then the teacher's), from
+        the shipped prior and, with ``cold_label_runs``, from the base prior (with its run on every
+        label)."""
+        teacher = () if self.teacher_fraction is None else (LabelPlan(self.teacher_fraction, teacher=True),)
+        warm = (*(LabelPlan(f) for f in self.label_fractions), *teacher)
+        if not warm or not self.cold_label_runs:
+            return warm
+        return (*warm, LabelPlan(warm=False), *(replace(plan, warm=False) for plan in warm))
+
+    def label_lambda(self) -> float:
+        """The lambda of the runs on fewer labels (and of the curves): the middle one."""
+        return sorted(self.lambdas)[len(self.lambdas) // 2]
+
 
 def load_tracks(settings: BenchSettings) -> list[Track]:
     tracks = []
@@ -121,6 +155,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
         "whole_query": settings.whole_query,
         "seed": settings.seed,
         "drift": None if settings.drift_backend is None else Drift(settings.drift_backend, settings.drift_rate),
+        "label_plans": settings.label_plans(),
+        "label_lambda": settings.label_lambda(),
     }
     calls: dict[str, Counter] = {}
     results: dict[str, list[QueryResult]] = {}
@@ -249,6 +285,9 @@ def _numbers(kind: str, key: RunKey, results: Sequence[QueryResult]) -> dict[str
         "frames": frames,
         "backend_mix": {name: n / frames for name, n in sorted(invocations.items())},
     }
+    taught = [r.teacher_cost for r, _ in runs if r.teacher_cost is not None]
+    if taught:
+        numbers["teacher_cost_per_frame"] = math.fsum(math.fsum(t) for t in taught) / frames
     lam = key[1]
     if lam is not None:
         reward = sum(math.fsum(r.task) - lam * math.fsum(r.cost) for r, _ in runs)
@@ -262,8 +301,11 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
     keys = list(dict.fromkeys(key for q in results for key in q.runs))
     entries = []
     reference = _numbers(track.kind, ("monolithic-large", None), results)
+    plans = results[0].plans if results else {}
     for key in keys:
         numbers = _numbers(track.kind, key, results)
+        algorithm, plan = plans.get(key, (key[0], None))
+        learned = key[1] is not None
         types = {}
         for type_ in dict.fromkeys(q.type for q in results):
             members = [q for q in results if q.type == type_]
@@ -274,6 +316,10 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
                 "track": track.name,
                 "policy": key[0],
                 "lambda": key[1],
+                # the share of frames whose label the run learned from (none for what does not learn)
+                "label_fraction": (plan.fraction if plan else 1.0) if learned else None,
+                "teacher": bool(plan and plan.teacher),
+                "algorithm": plan.baseline(algorithm) if plan else key[0],
                 **numbers,
                 "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],
                 "metric_delta_vs_monolithic_large": numbers["metric"] - reference["metric"],
@@ -289,9 +335,14 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
         for key in keys
         if key[1] is None or key[1] == curve_lambda
     }
+    fewer = sorted(key[0] for key in plans)
+    algorithms = sorted({algorithm for algorithm, _ in plans.values()})
     return {
         "kind": track.kind,
         "metric": "f1" if track.kind == "binary" else "accuracy",
+        # at the curves' lambda: the runs on fewer labels, and those with their algorithm on every label
+        "label_runs": [_label((name, curve_lambda)) for name in fewer],
+        "label_curves": [_label((name, curve_lambda)) for name in algorithms + fewer],
         "queries": [
             {
                 "query": q.query,

@@ -86,6 +86,7 @@ from fmprog.contract import (
     ESCALATION_FEATURES,
     CallSiteSpec,
     Feedback,
+    GateSpread,
     PolicySpec,
     RewardConfig,
     SiteGate,
@@ -142,14 +143,21 @@ def model_key(params: CascadeParams, site: CallSiteSpec, role: str, backend: str
     return f"{params.kind}:{params.rewards.scheme}/{site.function.value}/{candidates}/{role}/{backend}"
 
 
-def _draw(arms: LinearArms, arm: int, nu: float, rng: np.random.Generator) -> np.ndarray:
-    """A draw of one arm's weights from its posterior ``N(theta, A^-1)`` (exploration ``nu``)."""
+def _draw(arms: LinearArms, arm: int, nu: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A draw of one arm's weights from its posterior ``N(theta, nu^2 A^-1)`` (exploration
+    ``nu``), and a lower-triangular root of that covariance."""
     cov = arms.a_inv[arm]  # (reg I + X'X)^-1: the posterior covariance under unit noise
     try:
         root = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov)))
     except np.linalg.LinAlgError:
         root = np.diag(np.sqrt(np.maximum(np.diag(cov), 0.0)))
-    return arms.theta[arm] + nu * (root @ rng.standard_normal(len(cov)))
+    return arms.theta[arm] + nu * (root @ rng.standard_normal(len(cov))), nu * root
+
+
+def _spread(mean: np.ndarray, over: list[int], root: np.ndarray) -> GateSpread:
+    """The wire form of a gate's posterior: mean weights and the root's rows over ``over``."""
+    rows = [float(v) for i in range(len(root)) for v in root[i, : i + 1]]
+    return GateSpread(mean=mean.tolist(), over=over, root=rows)
 
 
 def _start_from(arms: LinearArms, arm: int, evidence: Evidence, intercept_variance: float = 0.0) -> None:
@@ -221,26 +229,40 @@ class CascadePolicy(Policy):
         with self.lock:
             for site in self.spec.sites:
                 choice: dict[str, list[float]] = {}
+                choice_spread: dict[str, GateSpread] = {}
                 escalates = site.id in self.escalation
                 for arm, option in enumerate(site.backends):
                     if escalates and option.name == site.largest:
                         continue  # asked only as an escalation
-                    weights = np.zeros(len(CONTEXT_FEATURES))
-                    weights[CHOICE_INDEX] = sigma * _draw(self.choice[site.id], arm, nu, self.rng)
+                    draw, root = _draw(self.choice[site.id], arm, nu, self.rng)
+                    weights, mean = np.zeros(len(CONTEXT_FEATURES)), np.zeros(len(CONTEXT_FEATURES))
+                    weights[CHOICE_INDEX] = sigma * draw
+                    mean[CHOICE_INDEX] = sigma * self.choice[site.id].theta[arm]
                     weights[0] -= lam * option.cost
+                    mean[0] -= lam * option.cost
                     choice[option.name] = weights.tolist()
+                    choice_spread[option.name] = _spread(mean, CHOICE_INDEX, sigma * root)
                 # the up-front decision (the fallback, and what the other algorithms' replies
                 # hold): the first choice at the bias alone
                 bias = {name: weights[0] for name, weights in choice.items()}
                 backends[site.id] = max(bias, key=bias.__getitem__)
                 scores[site.id] = bias
-                escalate_to = escalation = None
+                escalate_to = escalation = escalation_spread = None
                 if escalates:
                     escalate_to = site.largest
-                    weights = 2 * sigma * _draw(self.escalation[site.id], 0, nu, self.rng)
+                    draw, root = _draw(self.escalation[site.id], 0, nu, self.rng)
+                    weights, mean = 2 * sigma * draw, 2 * sigma * self.escalation[site.id].theta[0]
                     weights[0] -= lam * max(site.costs)  # the cost of asking site.largest
+                    mean[0] -= lam * max(site.costs)
                     escalation = weights.tolist()
-                gates[site.id] = SiteGate(choice=choice, escalate_to=escalate_to, escalation=escalation)
+                    escalation_spread = _spread(mean, list(range(len(mean))), 2 * sigma * root)
+                gates[site.id] = SiteGate(
+                    choice=choice,
+                    escalate_to=escalate_to,
+                    escalation=escalation,
+                    choice_spread=choice_spread,
+                    escalation_spread=escalation_spread,
+                )
         return PendingDecision(algorithm=self.name, backends=backends, scores=scores, gates=gates)
 
     # -- learning -----------------------------------------------------------------------------------

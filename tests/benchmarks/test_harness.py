@@ -11,11 +11,24 @@ import numpy as np
 import pytest
 
 from benchmarks.vqa.cache import OutputCache, cached_registry
-from benchmarks.vqa.harness import Drift, QueryResult, ReplaySetup, RunStats, degrading, load_backends, replay_query
+from benchmarks.vqa.harness import (
+    Drift,
+    LabelPlan,
+    QueryResult,
+    ReplaySetup,
+    RunStats,
+    degrading,
+    load_backends,
+    policy_spec,
+    replay_gated,
+    replay_query,
+)
 from benchmarks.vqa.queries import binary_queries
 from benchmarks.vqa.runner import drift_recovery, summaries
 from benchmarks.vqa.tracks import ImageResolver, Track, build_streams, save_binary
+from fmprog.program import Executor, compile_program
 from launcher.cli import main
+from policy.algorithms import build_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG, PRICES = ROOT / "deploy" / "config" / "cpu.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
@@ -91,6 +104,31 @@ def test_replay_runs_the_cascade_through_the_executor_with_its_reference_lines(v
     learned = runs[("cascade", 1e-3)].invocations
     assert set(learned) <= {"detect-small", "detect-large", "vqa-small", "vqa-large"}
     assert learned["vqa-large"] <= learned["vqa-small"]  # asked only as an escalation
+
+
+def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(vision_config, stream):
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    plans = (LabelPlan(0.1), LabelPlan(0.1, teacher=True), LabelPlan(warm=False))
+    setup = ReplaySetup(
+        backends=backends, images=ImageResolver(), lambdas=(1e-3,), policies=("cascade",), whole_query=False,
+        label_plans=plans, label_lambda=1e-3,
+    )  # fmt: skip
+    result = replay_query(stream, "binary", setup)
+    runs = result.runs
+    assert result.plans[("cascade-cold", 1e-3)] == ("cascade", LabelPlan(warm=False))
+    assert {("cascade-labels-0.1", 1e-3), ("cascade-teacher-0.1", 1e-3), ("cascade-cold", 1e-3)} <= set(runs)
+    assert runs[("cascade-labels-0.1", 1e-3)].teacher_cost is None
+    # the teacher ran on at most the budget's frames (one token to start, 0.1 a frame), each
+    # charged the all-largest configuration's cost on that frame, included in the run's cost
+    teacher = runs[("cascade-teacher-0.1", 1e-3)].teacher_cost
+    taught = teacher > 0
+    assert 0 < taught.sum() <= 0.1 * len(teacher) + 1
+    assert np.allclose(teacher[taught], runs[("static-large", None)].cost[taught])
+    # the policy learns from the frames whose label was asked for only
+    program, frames = compile_program(stream.program), [ImageResolver()(ref) for ref in stream.frames]
+    policy = build_policy(policy_spec(program, backends, 1e-3, "cascade", 0))
+    replay_gated(policy.spec, Executor(backends), program, frames, stream.labels, "binary", policy, plan=plans[0])
+    assert 0 < policy.observed <= 0.1 * len(frames) + 1
 
 
 def test_a_drift_corrupts_the_backend_from_its_frame_on(vision_config):
@@ -182,7 +220,14 @@ def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys)
     assert learned["backend_mix"]["detect-small"] + learned["backend_mix"].get("detect-large", 0) >= 1
     assert set(results["standalone"]) == {"detect-small", "detect-large", "vqa-small", "vqa-large"}
     assert results["backend_calls"]["detect-small"]["misses"] > 0
-    for name in ("results.md", "binary_pareto.png", "binary_stream.png"):
+    fewer = {(e["policy"], e["label_fraction"], e["teacher"], e["algorithm"]) for e in track["entries"]}
+    assert {
+        ("cascade-labels-0.1", 0.1, False, "cascade"),
+        ("cascade-cold-teacher-0.1", 0.1, True, "cascade-cold"),
+    } <= fewer
+    assert "teacher_cost_per_frame" in next(e for e in track["entries"] if e["policy"] == "cascade-teacher-0.1")
+    assert "| cascade-cold | 0.001 | 1% |" in (out / "results.md").read_text()
+    for name in ("results.md", "binary_pareto.png", "binary_stream.png", "binary_labels.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "binary_pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "| oracle |" in (out / "results.md").read_text()

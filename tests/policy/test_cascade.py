@@ -316,3 +316,26 @@ def test_a_snapshot_this_version_cannot_read_is_rebuilt_from_the_whole_log(tmp_p
     assert after.observed == policy.observed == 12
     for site in policy.choice:
         np.testing.assert_allclose(after.choice[site].theta, policy.choice[site].theta)
+
+
+def test_each_gate_carries_the_posterior_its_weights_are_drawn_from():
+    """The spread in a reply (``GateSpread``) is what the draws scatter by: over many frames the
+    drawn scores at a vector average the spread's mean score and vary by its variance."""
+    policy = build_policy(spec(seed=3))
+    rng = np.random.default_rng(7)
+    for _ in range(150):  # a posterior shaped by data, not the isotropic prior
+        policy.observe(*frame_event(policy, rng))
+    find_x = context_vector(context(FIND, "detect", 0, False))
+    no_on_found = escalation_cases()["no_on_found"]
+    draws = [policy.decide(FRAME).gates for _ in range(600)]
+    large = draws[0][FIND].choice_spread["detect-large"]
+    checks = [
+        ([float(np.dot(g[FIND].choice["detect-large"], find_x)) for g in draws], large, find_x),
+        ([float(np.dot(g[ASK].escalation, no_on_found)) for g in draws], draws[0][ASK].escalation_spread, no_on_found),
+    ]
+    for scores, spread, x in checks:
+        assert spread is not None
+        sd = np.sqrt(spread.variance(x))
+        assert sd > 0
+        assert abs(np.mean(scores) - spread.mean_score(x)) < 4 * sd / np.sqrt(len(scores))
+        assert 0.85 < np.std(scores) / sd < 1.15

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from fmprog.contract import Feedback, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec
 from policy.service import FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
@@ -88,12 +88,28 @@ def test_changing_the_spec_restarts_learning_and_same_spec_keeps_it(tmp_path):
     assert svc.put("p1", changed).observed == 0
 
 
-@pytest.mark.parametrize(("mode", "observed"), [("drop", 0), ("default_reward", 1)])
-def test_expired_decisions_are_dropped_or_default_rewarded(tmp_path, mode, observed):
-    svc = service(tmp_path, pending_timeout_s=0.001, pending_expiry=mode, default_reward=-1.0)
+def test_decisions_pending_past_the_timeout_are_dropped_unlearned(tmp_path):
+    svc = service(tmp_path, pending_timeout_s=0.001)
     svc.put("p1", SPEC)
     svc.decide("p1", "d1", frame(0))
     time.sleep(0.01)
     assert svc.expire() == 1
     assert svc.info("p1").pending == 0
-    assert svc.info("p1").observed == observed
+    assert svc.info("p1").observed == 0
+    with pytest.raises(UnknownDecision):
+        svc.feedback("p1", feedback("d1"))
+
+
+def test_decisions_the_router_expired_are_forgotten(tmp_path):
+    svc = service(tmp_path)
+    svc.put("p1", SPEC)
+    svc.put("p2", SPEC)
+    for decision_id in ("d1", "d2", "d3"):
+        svc.decide("p1", decision_id, frame(0))
+    svc.decide("p2", "e1", frame(0))
+    svc.feedback("p1", feedback("d3"))
+    # d3 was labelled and e1 is another program's: only d1 and d2 are dropped
+    assert svc.forget("p1", ExpiredDecisions(decision_ids=["d1", "d2", "d3", "e1"])) == 2
+    assert (svc.info("p1").pending, svc.info("p1").observed, svc.info("p2").pending) == (0, 1, 1)
+    with pytest.raises(UnknownPolicy):
+        svc.forget("nope", ExpiredDecisions(decision_ids=["d1"]))

@@ -8,7 +8,7 @@ import pytest
 
 from fmprog.contract import RewardConfig
 from router.answering import Answerer
-from router.errors import Conflict, LabelRejected, NotFound
+from router.errors import Conflict, Expired, LabelRejected, NotFound
 from router.feedback import FeedbackHandler
 from router.programs import ProgramRegistry
 from router.schemas import FeedbackIn, FeedbackResult
@@ -102,11 +102,27 @@ def test_an_unreadable_binary_label_is_rejected_and_not_stored(
 
 def test_an_expired_decision_refuses_feedback(programs, answerer, zoo, frame, feedback: FeedbackHandler):
     old = answer_binary(programs, answerer, zoo, frame, yes=True)
+    labelled = answer_binary(programs, answerer, zoo, frame, yes=True)
+    feedback.feedback(FeedbackIn(decision_id=labelled, label="yes"))
     cutoff = utc_now() + timedelta(seconds=1)
-    assert feedback.store.expire_answers(cutoff) == 1
+    expired = feedback.store.expire_answers(cutoff, batch=1)  # one per transaction: the loop goes on
+    assert [(a.id, a.status) for a in expired] == [(old, "expired")]  # the labelled one stays resolved
     assert feedback.store.get_answer(old).status == "expired"
-    with pytest.raises(Conflict, match="expired"):
+    assert feedback.store.expire_answers(cutoff) == []
+    with pytest.raises(Expired, match="label window has closed"):
         feedback.feedback(FeedbackIn(decision_id=old, label="yes"))
+    assert feedback.store.get_feedback(old) is None
+
+
+def test_a_label_after_the_window_is_refused_before_the_background_expiry(
+    programs, answerer, zoo, frame, feedback: FeedbackHandler
+):
+    decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
+    closed = FeedbackHandler(feedback.store, window_s=1e-6)
+    with pytest.raises(Expired):
+        closed.feedback(FeedbackIn(decision_id=decision_id, label="yes"))
+    open_ = FeedbackHandler(feedback.store, window_s=3600)
+    assert not open_.feedback(FeedbackIn(decision_id=decision_id, label="yes")).result.repeat
 
 
 def test_feedback_is_accepted_after_the_program_is_deleted(programs, answerer, zoo, frame, feedback: FeedbackHandler):
