@@ -35,6 +35,7 @@ from fmprog.web import (
 from router.errors import Conflict, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
+from router.policy_view import DEFAULT_WINDOW, MAX_WINDOW, PolicyView, program_policy_view
 from router.schemas import AnswerResult, DeadLetter, FeedbackIn, FeedbackResult, ProgramCreate, ProgramPublic
 from router.service import RouterService
 from router.settings import RouterSettings
@@ -46,6 +47,7 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 MAX_OFFSET = 1_000_000_000
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
+Window = Annotated[int, Query(ge=1, le=MAX_WINDOW, description="Read the program's last this many decisions.")]
 
 
 class AnswerRequest(BaseModel):
@@ -166,6 +168,7 @@ def create_app(
             breaker_reset_s=settings.policy_breaker_reset_s,
             program_workers=settings.program_workers,
             program_worker_memory_mb=settings.program_worker_memory_mb,
+            default_lambda=settings.default_lambda,
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
@@ -219,6 +222,11 @@ def create_app(
     @app.get("/programs/{program_id}", response_model=ProgramPublic, responses=error_responses(401, 404))
     async def get_program(request: Request, program_id: str) -> ProgramPublic:
         return _service(request).programs.get(program_id)
+
+    @app.get("/programs/{program_id}/policy", response_model=PolicyView, responses=error_responses(401, 404, 422))
+    async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
+        """Per call site, the share of each backend in the policy's last decisions, by context bucket."""
+        return await run_in_threadpool(program_policy_view, _service(request).store, program_id, last)
 
     @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_program(request: Request, program_id: str) -> Response:

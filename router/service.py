@@ -39,6 +39,7 @@ from router.schemas import (
     ProgramCreate,
     ProgramPublic,
 )
+from router.settings import DEFAULT_LAMBDA
 from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
 
@@ -103,9 +104,12 @@ class RouterService:
         retry_backoff_s: tuple[float, float] = (0.05, 0.2),
         program_workers: int = 0,
         program_worker_memory_mb: int = 1536,
+        default_lambda: float = DEFAULT_LAMBDA,
     ):
         self.store = store
-        self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
+        self.programs = ProgramRegistry(
+            store, catalog, synthesizer, synthesis_off=synthesis_off, default_lambda=default_lambda
+        )
         self.answerer = Answerer(
             self.programs,
             backends,
