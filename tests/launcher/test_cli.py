@@ -189,3 +189,13 @@ def test_program_run_errors_exit_2(tmp_path, scene_png, case, message):
     result = fmprog("program", "run", program, "--image", image, *extra)
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr
+
+
+def test_program_run_of_a_program_that_fails_prints_the_error_and_exits_1(tmp_path, scene_png):
+    program = tmp_path / "fails.py"
+    program.write_text('def execute_command(image):\n    n = len(ImagePatch(image).find("circle"))\n    return n / 0\n')
+    result = fmprog("program", "run", str(program), "--image", str(scene_png), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"]["kind"] == "runtime_error" and report["error"]["line"] == 3
+    assert [(c["site"], c["backend"]) for c in report["calls"]] == [("find@2:30", "detect-small")]
