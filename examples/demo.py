@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 import shutil
 import sys
 import tempfile
@@ -127,21 +128,42 @@ def print_quality_and_cost(results: dict[str, list[dict]]) -> None:
     print(f"\nthe learned program costs {saving:.1f}% less than all-largest, accuracy {change:+.1f} points")
 
 
-def print_what_it_learned(program: dict, answers: list[dict], large: set[str]) -> None:
-    """The share of calls to a large backend per call site: early and late in the stream, and by
-    difficulty once the policy has seen a third of the stream."""
+def large_share(client: Client, program: dict, last: int, large: set[str]) -> dict[str, float]:
+    """Per call site, the share of its calls in the program's last ``last`` decisions that went
+    to a large backend, as the router reports it (``GET /programs/{id}/policy``), over all buckets."""
+    view = client.call("GET", f"{client.router}/programs/{program['id']}/policy", params={"last": last})
+    if view["decisions"] != last or view["fallback_decisions"]:
+        raise RuntimeError(f"the router's policy view read {view['decisions']} decisions, not {last}, or fallbacks")
+    shares = {}
+    for site in view["sites"]:
+        to_large = sum(b["calls"] for bucket in site["buckets"] for b in bucket["backends"] if b["backend"] in large)
+        shares[site["site"]] = to_large / site["calls"] if site["calls"] else float("nan")
+    return shares
+
+
+def print_what_it_learned(client: Client, program: dict, answers: list[dict], large: set[str]) -> None:
+    """The share of calls to a large backend per call site: early and late in the stream (the
+    late one as the router reports it, checked against the answers' traces), and by difficulty
+    once the policy has seen a third of the stream (the router does not know the difficulty:
+    counted here from the answers' traces)."""
 
     def share(subset: list[dict], site: str) -> float:
-        return sum(a["decision"][site] in large for a in subset) / len(subset) if subset else float("nan")
+        decided = (c for a in subset for c in a["trace"] if c["attempt"] == 1 and c["fallback_from"] is None)
+        calls = [c["backend"] for c in decided if c["site"] == site and "escalated_from" not in c]
+        return sum(backend in large for backend in calls) / len(calls) if calls else float("nan")
 
     third = len(answers) // 3
     early, late, after_first = answers[:third], answers[-third:], answers[third:]
+    recent = large_share(client, program, third, large)
+    for site, value in recent.items():  # the router counts what the answers' traces say
+        if not math.isclose(value, share(late, site)) and not (math.isnan(value) and math.isnan(share(late, site))):
+            raise RuntimeError(f"{site}: the router's policy view says {value}, the answers {share(late, site)}")
     print("\nwhat it learned: the share of calls to a large backend")
     print(f"{'':<20} {'in the stream':^23}   {'by difficulty, after the first third':^36}")
     print(f"{'call site':<20} {'first third':>11} {'last third':>11}   {'easy':>10} {'medium':>12} {'hard':>12}")
     for site in (s["id"] for s in program["call_sites"]):
         levels = [share([a for a in after_first if a["difficulty"] == d], site) for d in ("easy", "medium", "hard")]
-        row = f"{site:<20} {share(early, site):>11.2f} {share(late, site):>11.2f}   "
+        row = f"{site:<20} {share(early, site):>11.2f} {recent[site]:>11.2f}   "
         print(row + " ".join(f"{x:>10.2f}  " for x in levels))
     early_cost, late_cost = (sum(a["cost"] for a in part) / len(part) for part in (early, late))
     print(f"cost per frame: first third {early_cost:.4f}, last third {late_cost:.4f}")
@@ -220,7 +242,7 @@ def main() -> int:
             if any(a["decision"] != largest_decision(learned) for a in results["all largest (static)"]):
                 raise RuntimeError("the all-largest program answered with another decision")
             print_quality_and_cost(results)
-            print_what_it_learned(learned, results[learned_name], set(largest_of.values()))
+            print_what_it_learned(client, learned, results[learned_name], set(largest_of.values()))
             print_policy_state(client, programs, len(scenes))
             print_router_metrics(client, programs, results)
             print("\nstopping the cluster (SIGTERM)", flush=True)

@@ -3,6 +3,7 @@
 - ``launcher.settings``: what ``fmprog up`` starts and where (``StackSettings``), validated first;
 - ``launcher.supervisor``: starting, watching and stopping the services (``up``);
 - ``launcher.process``: ``fmprog up`` as a child process for demos, tests and benchmarks;
+- ``launcher.program_run``: ``fmprog program run``, one program on one image with the backends in process;
 - ``launcher.cli``: the ``fmprog`` command.
 
 Nothing below (the program runtime, services, router, policy) imports this package.

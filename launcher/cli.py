@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="path to the program's Python source")
     check.set_defaults(handler=_program_check)
 
+    from launcher.program_run import add_run_command
     from router.synthesis_cli import add_synth_command
+
+    add_run_command(program_commands)
 
     add_synth_command(program_commands)
 

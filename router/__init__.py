@@ -28,6 +28,8 @@ router imports nothing of the policy.
 - ``policy_client``: the policy service over HTTP (check, register, decide on the frame's raw
   bytes, feedback, delete); ``outbox``: messages for the policy kept until delivered, in order
   per program, each claimed by one router.
+- ``policy_view``: what a program's policy has learned, as its recent decisions' traces show it:
+  each backend's share of the calls per call site and context bucket (``GET /programs/{id}/policy``).
 - ``errors``: ``NotFound`` (404), ``Conflict`` (409), ``Unavailable`` (503), the other
   ``RouterError``s (422).
 """

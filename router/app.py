@@ -36,6 +36,7 @@ from fmprog.web import (
 from router.errors import Conflict, Expired, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
+from router.policy_view import DEFAULT_WINDOW, MAX_WINDOW, PolicyView, program_policy_view
 from router.schemas import (
     MAX_FEEDBACK_BATCH,
     AnswerResult,
@@ -58,6 +59,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
 _ONE_LABEL = TypeAdapter(FeedbackIn)
 _LABELS = TypeAdapter(Annotated[list[FeedbackIn], Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)])
+Window = Annotated[int, Query(ge=1, le=MAX_WINDOW, description="Read the program's last this many decisions.")]
 
 
 class AnswerRequest(BaseModel):
@@ -184,6 +186,7 @@ def create_app(
             expiry_reward=settings.expiry_reward,
             teacher_threads=settings.teacher_threads,
             teacher_queue=settings.teacher_queue,
+            default_lambda=settings.default_lambda,
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
@@ -238,6 +241,11 @@ def create_app(
     @app.get("/programs/{program_id}", response_model=ProgramPublic, responses=error_responses(401, 404))
     async def get_program(request: Request, program_id: str) -> ProgramPublic:
         return _service(request).programs.get(program_id)
+
+    @app.get("/programs/{program_id}/policy", response_model=PolicyView, responses=error_responses(401, 404, 422))
+    async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
+        """Per call site, the share of each backend in the policy's last decisions, by context bucket."""
+        return await run_in_threadpool(program_policy_view, _service(request).store, program_id, last)
 
     @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_program(request: Request, program_id: str) -> Response:

@@ -16,8 +16,9 @@ rate (``fraction`` per frame answered, or ``per_hour``) up to half a window's wo
 asked for when a token is there and its value is in the top share of the values of the program's
 recent frames: the share the budget buys when the bucket is half full, less when it is emptier,
 more when fuller, any frame once it is full. So the budget goes to the frames the policy doubts
-most, is never overspent, and is not left unspent when valuable frames are rare. The state is this router's own: with several routers each asks for its share of
-the frames it answers (a ``per_hour`` budget holds per router).
+most, is never overspent, and is not left unspent when valuable frames are rare. The state is this
+router's own: with several routers each asks for its share of the frames it answers (a
+``per_hour`` budget holds per router).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from fmprog.program import CallSite, Program, ProgramRejected, compile_program
 from router.candidates import candidate_backends
 from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
+from router.settings import DEFAULT_LAMBDA
 from router.store import QueuedMessage, Store, utc_now
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class ProgramRegistry:
     """Registered programs: stored in a ``Store``, compiled once per process for answering. With a
     ``synthesizer``, a program can be registered by its task in words (``query``).
 
-    ``synthesis_off`` says why there is no synthesizer, for the error a query then gets."""
+    ``synthesis_off`` says why there is no synthesizer, for the error a query then gets; a program
+    registered without ``lambda`` gets ``default_lambda`` (its ``lambda_source`` says which)."""
 
     def __init__(
         self,
@@ -86,8 +88,10 @@ class ProgramRegistry:
         synthesizer: ProgramSynthesizer | None = None,
         *,
         synthesis_off: str = "no synthesizer is configured",
+        default_lambda: float = DEFAULT_LAMBDA,
     ):
         self.store = store
+        self.default_lambda = default_lambda
         self.catalog = catalog
         self.synthesizer = synthesizer
         self.synthesis_off = synthesis_off
@@ -114,7 +118,8 @@ class ProgramRegistry:
             id=uuid.uuid4().hex,
             source=program.source,
             kind=request.kind,
-            lambda_=request.lambda_,
+            lambda_=self.default_lambda if request.lambda_ is None else request.lambda_,
+            lambda_source="default" if request.lambda_ is None else "request",
             algorithm=request.algorithm,
             hyperparameters=request.hyperparameters,
             call_sites=[public_call_site(site, candidates[site.function]) for site in program.call_sites],

@@ -79,7 +79,13 @@ class ProgramCreate(BaseModel):
         default=None, description="A task in words; the router synthesises its program (at most 1000 characters)."
     )
     kind: TaskKind = Field(description="binary (yes/no, F1 on rare positives) or open (free-form answers).")
-    lambda_: float = Field(alias="lambda", ge=0, allow_inf_nan=False, description="Weight of cost in the reward.")
+    lambda_: float | None = Field(
+        default=None,
+        alias="lambda",
+        ge=0,
+        allow_inf_nan=False,
+        description="Weight of cost in the reward; left out: the router's default_lambda.",
+    )
     algorithm: str = Field(default="structured", min_length=1, max_length=64, description="Policy algorithm name.")
     hyperparameters: dict[str, JsonValue] = Field(
         default_factory=dict, description="The algorithm's hyper-parameters; unknown keys are refused."
@@ -160,6 +166,10 @@ class ProgramPublic(BaseModel):
     source: str
     kind: TaskKind
     lambda_: float = Field(alias="lambda")
+    lambda_source: Literal["request", "default"] = Field(
+        default="request",
+        description="Where lambda came from: the registration (request) or the router's default_lambda (default).",
+    )
     algorithm: str
     hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
     call_sites: list[CallSitePublic]

@@ -62,6 +62,7 @@ from router.schemas import (
     ProgramPublic,
     TeacherRun,
 )
+from router.settings import DEFAULT_LAMBDA
 from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
 
@@ -130,9 +131,12 @@ class RouterService:
         expiry_reward: float | None = None,
         teacher_threads: int = 2,
         teacher_queue: int = 64,
+        default_lambda: float = DEFAULT_LAMBDA,
     ):
         self.store = store
-        self.programs = ProgramRegistry(store, catalog, synthesizer, synthesis_off=synthesis_off)
+        self.programs = ProgramRegistry(
+            store, catalog, synthesizer, synthesis_off=synthesis_off, default_lambda=default_lambda
+        )
         self.answerer = Answerer(
             self.programs,
             backends,

@@ -14,6 +14,9 @@ from fmprog.contract import RewardConfig
 from fmprog.web import is_loopback
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
+DEFAULT_LAMBDA = 100.0
+"""The cost weight of a program registered without one: the demo's value for the CPU zoo, where costs are
+millions of parameters (a large vision backend then pays for itself by avoiding about one mistake in 20 frames)."""
 
 
 class RouterSettings(BaseSettings):
@@ -102,6 +105,14 @@ class RouterSettings(BaseSettings):
         default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
     )
     fallback: Literal["cheapest", "largest"] = "cheapest"
+    default_lambda: float = Field(
+        default=DEFAULT_LAMBDA,
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="The cost weight (lambda) of a program registered without one; its reply says "
+        'lambda_source "default". Costs are in the unit of backends_config (millions of parameters for cpu.yaml).',
+    )
     outbox_retry_s: float = Field(default=5.0, gt=0, description="How often undelivered policy messages are retried.")
     rewards: RewardConfig = RewardConfig()
     api_key: SecretStr | None = Field(

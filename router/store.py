@@ -252,6 +252,7 @@ class Store:
             "digest": program.digest,
             "kind": program.kind,
             "lambda": program.lambda_,
+            "lambda_source": program.lambda_source,
             "algorithm": program.algorithm,
             "hyperparameters": json.dumps(program.hyperparameters),
             "call_sites": json.dumps([site.model_dump(mode="json") for site in program.call_sites]),
@@ -499,16 +500,11 @@ class Store:
         pruned_decisions = pruned_feedback = 0
         while True:
             with self.transaction() as db:
-                ids = (
-                    db.execute(
-                        sa.select(decisions.c.id)
-                        .where(decisions.c.created_at < cutoff)
-                        .order_by(decisions.c.created_at)
-                        .limit(batch)
-                    )
-                    .scalars()
-                    .all()
-                )
+                old = sa.select(decisions.c.id).where(decisions.c.created_at < cutoff)
+                old = old.order_by(decisions.c.created_at).limit(batch)
+                if self.claims_rows:  # a decision being labelled (its row locked) is left to the next pass
+                    old = old.with_for_update(skip_locked=True)
+                ids = db.execute(old).scalars().all()
                 if not ids:
                     return Pruned(pruned_decisions, pruned_feedback)
                 pruned_feedback += db.execute(feedback.delete().where(feedback.c.decision_id.in_(ids))).rowcount
@@ -577,6 +573,7 @@ def _program(row: Any) -> ProgramPublic:
         source=row["source"],
         kind=row["kind"],
         lambda_=row["lambda"],
+        lambda_source=row["lambda_source"],
         algorithm=row["algorithm"],
         hyperparameters=json.loads(row["hyperparameters"]),
         call_sites=[CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])],

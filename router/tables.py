@@ -25,6 +25,7 @@ programs = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("query", sa.Text),
     sa.Column("synthesis", sa.Text),
+    sa.Column("lambda_source", sa.Text, nullable=False, server_default="request"),
     sa.Column("labels", sa.Text),  # {"budget": LabelBudget | null, "teacher": Teacher | null}
 )
 

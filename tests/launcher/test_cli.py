@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,88 @@ def test_up_refuses_a_port_in_use(tmp_path):
         result.stderr
     )
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIANGLE = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory) -> Path:
+    """A generated scene with a triangle and a circle in it, as a PNG file."""
+    from fmprog.images import encode_png
+    from fmprog.scene import scene_stream
+
+    scene = next(s for s in scene_stream(3, 50) if {"triangle", "circle"} <= {o.shape for o in s.objects})
+    path = tmp_path_factory.mktemp("frames") / "scene.png"
+    path.write_bytes(encode_png(scene.image))
+    return path
+
+
+def test_program_run_prints_the_answer_and_every_call(scene_png):
+    result = fmprog("program", "run", str(TRIANGLE), "--image", str(scene_png), "--kind", "binary")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    answer = next(line for line in lines if line.startswith("answer"))
+    assert '"yes"' in answer or '"no"' in answer
+    assert "reads as" in answer
+    # the cheapest backend of each function by default, and a row per call
+    assert "find@3:28 -> detect-small" in result.stdout and "simple_query@6:20 -> vqa-small" in result.stdout
+    assert any(line.split()[1:4] == ["find@3:28", "detect", "detect-small"] for line in lines if line[:3].strip())
+
+
+def test_program_run_as_json_with_chosen_backends(scene_png):
+    catalog = {spec.name: spec.cost for spec in load_catalog(ROOT / "deploy" / "config" / "cpu.yaml").backends}
+    chosen = "detect=detect-large,simple_query@6:20=vqa-large"
+    result = fmprog("program", "run", str(TRIANGLE), "--image", str(scene_png), "--backends", chosen, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["decision"] == {
+        "find@3:28": "detect-large",
+        "find@4:26": "detect-large",
+        "simple_query@6:20": "vqa-large",
+    }
+    assert report["error"] is None and report["answer"] in {"yes", "no"}
+    calls = report["calls"]
+    assert calls and [c["site"] for c in calls[:2]] == ["find@3:28", "find@4:26"]
+    assert all(c["ok"] and c["cost"] == catalog[c["backend"]] and c["latency_s"] >= 0 for c in calls)
+    assert report["cost"] == pytest.approx(sum(c["cost"] for c in calls))
+    assert re.match(r"\d+ box(es)?\b", calls[0]["output"])  # what the detector returned
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing program", "cannot read"),
+        ("not an image", "is not a PNG or JPEG file"),
+        ("rejected program", "line 1: import of 'os' is not allowed"),
+        ("unknown backend", "unknown backend 'vqa-huge'"),
+        ("wrong function", "'vqa-large' is a vqa backend, 'detect' needs detect"),
+    ],
+)
+def test_program_run_errors_exit_2(tmp_path, scene_png, case, message):
+    program, image, extra = str(TRIANGLE), str(scene_png), []
+    if case == "missing program":
+        program = str(tmp_path / "absent.py")
+    elif case == "not an image":
+        image = str(TRIANGLE)
+    elif case == "rejected program":
+        program = str(tmp_path / "bad.py")
+        Path(program).write_text("import os\ndef execute_command(image):\n    return 1\n")
+    elif case == "unknown backend":
+        extra = ["--backends", "vqa=vqa-huge"]
+    else:
+        extra = ["--backends", "detect=vqa-large"]
+    result = fmprog("program", "run", program, "--image", image, *extra)
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr
+
+
+def test_program_run_of_a_program_that_fails_prints_the_error_and_exits_1(tmp_path, scene_png):
+    program = tmp_path / "fails.py"
+    program.write_text('def execute_command(image):\n    n = len(ImagePatch(image).find("circle"))\n    return n / 0\n')
+    result = fmprog("program", "run", str(program), "--image", str(scene_png), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"]["kind"] == "runtime_error" and report["error"]["line"] == 3
+    assert [(c["site"], c["backend"]) for c in report["calls"]] == [("find@2:30", "detect-small")]

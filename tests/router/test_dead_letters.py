@@ -48,16 +48,16 @@ def _frame() -> str:
 
 def test_a_lambda_that_drowns_the_task_term_is_refused_at_registration(cluster):
     router, policy = cluster
-    response = httpx.post(f"{router}/programs", json=_program(1e308))
+    response = httpx.post(f"{router}/programs", json=_program(1e308), timeout=60)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert "lambda 1e+308" in detail and "largest candidate cost" in detail and "1e+12" in detail
     assert httpx.get(f"{router}/programs").json() == [] and httpx.get(f"{policy}/policies").json() == []
 
     spec = {"sites": [{"id": "s", "function": "detect", "backends": [{"name": "detect-large", "cost": 200}]}]}
-    direct = httpx.put(f"{policy}/policies/p", json={**spec, "lambda": 1e11})
+    direct = httpx.put(f"{policy}/policies/p", json={**spec, "lambda": 1e11}, timeout=60)
     assert direct.status_code == 422 and "choose a smaller lambda" in direct.json()["detail"]
-    assert httpx.put(f"{policy}/policies/p", json={**spec, "lambda": 1e9}).status_code == 200
+    assert httpx.put(f"{policy}/policies/p", json={**spec, "lambda": 1e9}, timeout=60).status_code == 200
 
 
 def test_feedback_the_policy_refuses_is_kept_as_a_dead_letter(cluster, caplog):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fmprog.contract import CONTEXT_FEATURES, ESCALATION_FEATURES, GateSpread, SiteGate
-from router.labels import LabelRequests, choice_doubt, escalation_doubt
+from router.labels import LabelRequests, choice_doubt, escalation_doubt, label_value
 from router.schemas import LabelBudget
 
 N, M = len(CONTEXT_FEATURES), len(ESCALATION_FEATURES)
@@ -104,3 +104,13 @@ def test_a_number_per_hour_holds_at_any_frame_rate():
         LabelBudget(fraction=0.1, per_hour=5)
     with pytest.raises(ValueError, match="exactly one"):
         LabelBudget()
+
+
+def test_an_up_front_decision_is_worth_its_propensities_doubt_at_the_sites_that_ran():
+    from fmprog.backends.config import Function
+    from fmprog.program import Invocation
+
+    ran = [Invocation(site_id="find", function=Function.detect, backend="d", cost=1.0, latency_s=0.0, ok=True)]
+    propensities = {"find": {"d": 0.7, "D": 0.3}, "ask": {"v": 0.5, "V": 0.5}}  # "ask" did not run
+    assert label_value(None, propensities, ran) == pytest.approx(0.3)
+    assert label_value(None, None, ran) == 0.0
