@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -126,8 +127,10 @@ class Answerer:
         frame_id: str | None = None,
         decision_id: str | None = None,
         gates: Mapping[str, SiteGate] | None = None,
+        fallback: FallbackRule | None = None,
     ) -> AnswerRecord:
-        """Run the program on ``frame`` under ``decision`` (the fallback decision when None), or,
+        """Run the program on ``frame`` under ``decision`` (the fallback decision when None: by
+        ``fallback``, else the configured rule), or,
         with ``gates``, under a ``GateDecider`` over them and ``decision``; the
         answer as ``decision_id`` (a new id when None; the router mints it first when it asks the
         policy, so both know the decision by the same id), not stored yet.
@@ -137,7 +140,7 @@ class Answerer:
         image. A program that stops while running is an answer too: ``error`` says why.
         """
         is_fallback = decision is None
-        chosen = dict(fallback_decision(public, self.fallback) if decision is None else decision)
+        chosen = dict(fallback_decision(public, fallback or self.fallback) if decision is None else decision)
         allowed = candidates(public)
         try:
             runner: Mapping[str, str] | GateDecider = chosen
@@ -156,9 +159,10 @@ class Answerer:
             raise FrameRejected(str(exc)) from None
         return _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
 
-    def record(self, record: AnswerRecord) -> AnswerResult:
-        """Store the answer; what the client gets back."""
-        self.store.add_answer(record)
+    def record(self, record: AnswerRecord, charge_window: datetime | None = None) -> AnswerResult:
+        """Store the answer (with ``charge_window``, its cost charged to its program's budget in
+        that window); what the client gets back."""
+        self.store.add_answer(record, charge_window)
         return AnswerResult(
             decision_id=record.id,
             program_id=record.program_id,

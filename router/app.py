@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Annotated
@@ -33,7 +34,7 @@ from fmprog.web import (
     every,
     validation_error_handler,
 )
-from router.errors import Conflict, Expired, NotFound, RouterError, Unavailable
+from router.errors import BudgetExhausted, Conflict, Expired, NotFound, RouterError, Unavailable
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
 from router.policy_view import DEFAULT_WINDOW, MAX_WINDOW, PolicyView, program_policy_view
@@ -79,6 +80,8 @@ def _status(exc: RouterError) -> int:
         return 409
     if isinstance(exc, Expired):
         return 410
+    if isinstance(exc, BudgetExhausted):
+        return 429
     if isinstance(exc, Unavailable):
         return 503
     return 422
@@ -222,7 +225,8 @@ def create_app(
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
         status = _status(exc)
         request.app.state.service.metrics.errors.labels(request.url.path.split("/")[1] or "/", str(status)).inc()
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        headers = {"retry-after": str(math.ceil(exc.retry_after_s))} if isinstance(exc, BudgetExhausted) else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     @app.post(
         "/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(400, 401, 413, 422, 503)
@@ -240,7 +244,7 @@ def create_app(
 
     @app.get("/programs/{program_id}", response_model=ProgramPublic, responses=error_responses(401, 404))
     async def get_program(request: Request, program_id: str) -> ProgramPublic:
-        return _service(request).programs.get(program_id)
+        return _service(request).program(program_id)
 
     @app.get("/programs/{program_id}/policy", response_model=PolicyView, responses=error_responses(401, 404, 422))
     async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
@@ -255,7 +259,7 @@ def create_app(
     @app.post(
         "/answer",
         response_model=AnswerResult,
-        responses=error_responses(400, 401, 404, 413, 422),
+        responses=error_responses(400, 401, 404, 413, 422, 429),
         openapi_extra={
             "requestBody": {
                 "content": {

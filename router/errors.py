@@ -1,6 +1,6 @@
 """The router's domain errors. Each says what went wrong in the paper's terms; the HTTP layer maps
-them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Expired`` 410, ``Unavailable`` 503,
-the rest 422) without knowing more."""
+them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Expired`` 410, ``BudgetExhausted``
+429, ``Unavailable`` 503, the rest 422) without knowing more."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ class NotFound(RouterError):
 
 class Conflict(RouterError):
     """The request contradicts what is already stored, e.g. a second, different label for a decision."""
+
+
+class BudgetExhausted(RouterError):
+    """The program spent its budget for the window and refuses frames until it ends."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class Expired(RouterError):

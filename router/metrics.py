@@ -105,6 +105,13 @@ class RouterMetrics:
             ["program", "outcome"],
             registry=r,
         )
+        self.budget_remaining = Gauge(
+            "fmprog_program_budget_remaining",
+            "Cost units left of a program's budget in the current window, as of this router's last answer for "
+            "it (take min over routers).",
+            ["program"],
+            registry=r,
+        )
         self.expired = Counter(
             "fmprog_decisions_expired_total",
             "Decisions expired unlabelled after the label window (label_window_s).",

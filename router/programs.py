@@ -129,6 +129,7 @@ class ProgramRegistry:
             synthesis=synthesis,
             labels=request.labels,
             teacher=request.teacher,
+            budget=request.budget,
         )
         teacher_decision(public)  # BackendsRejected for a teacher's backend no call site can use
         spec = policy_spec(public)

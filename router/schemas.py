@@ -69,6 +69,31 @@ class Teacher(BaseModel):
     )
 
 
+class CostBudget(BaseModel):
+    """What a program may spend per window (an hour or a day, UTC), in cost units, and what
+    happens to its frames once it has: answered with the cheapest candidates without asking the
+    policy (``degrade``), or refused with 429 until the window ends (``refuse``)."""
+
+    model_config = _WIRE
+
+    cost: float = Field(gt=0, le=1e18, allow_inf_nan=False, description="Cost units per window.")
+    window: Literal["hour", "day"] = "hour"
+    exhausted: Literal["degrade", "refuse"] = Field(
+        default="degrade", description="Once spent: the cheapest backends (degrade), or 429 (refuse)."
+    )
+
+
+class BudgetState(BaseModel):
+    """Where a program's budget stands in the current window."""
+
+    model_config = _WIRE
+
+    window_start: datetime
+    window_end: datetime
+    spent: float = Field(description="Cost units charged in this window (answers and teacher runs).")
+    remaining: float = Field(description="What is left of the budget (0 once spent).")
+
+
 class ProgramCreate(BaseModel):
     """A task to register: its program (``source``) or a question to synthesise one from (``query``)."""
 
@@ -98,6 +123,7 @@ class ProgramCreate(BaseModel):
         default=None, description="The labels an operator can afford; none: every frame's label is asked for."
     )
     teacher: Teacher | None = Field(default=None, description="A configuration that labels a share of frames.")
+    budget: CostBudget | None = Field(default=None, description="What the program may spend per hour or day.")
 
     @model_validator(mode="after")
     def _source_xor_query(self) -> ProgramCreate:
@@ -179,6 +205,10 @@ class ProgramPublic(BaseModel):
     synthesis: SynthesisPublic | None = Field(default=None, description="How it was synthesised; None for source.")
     labels: LabelBudget | None = Field(default=None, description="The label budget; none: every label is asked for.")
     teacher: Teacher | None = Field(default=None, description="The teacher that labels a share of frames, if any.")
+    budget: CostBudget | None = Field(default=None, description="Its cost budget per window, if any.")
+    spending: BudgetState | None = Field(
+        default=None, description="Where its budget stands in the current window (GET /programs/{id})."
+    )
 
 
 class InvocationPublic(BaseModel):

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
@@ -31,7 +31,9 @@ from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySp
 from fmprog.images import ImageError, decode_image
 from fmprog.program import Program
 from router.answering import Answerer, FallbackRule
+from router.budgets import budget_state, window_start
 from router.errors import (
+    BudgetExhausted,
     Conflict,
     DecisionRejected,
     Expired,
@@ -52,6 +54,7 @@ from router.programs import ProgramRegistry, teacher_decision
 from router.schemas import (
     AnswerRecord,
     AnswerResult,
+    BudgetState,
     DeadLetter,
     FeedbackBatch,
     FeedbackIn,
@@ -221,22 +224,34 @@ class RouterService:
         stage = self.metrics.answer_stage
         started = time.perf_counter()
         public, program = self.programs.compiled(program_id)  # NotFound before any work
+        window = self._budget_window(public)  # BudgetExhausted for a program that refuses frames past it
         decision_id = uuid.uuid4().hex
-        deciding = self._deciders.submit(self._decide, public.id, decision_id, image)
+        exhausted = window is not None and window[1]  # the cheapest backends, without asking the policy
+        deciding = None if exhausted else self._deciders.submit(self._decide, public.id, decision_id, image)
         read = time.perf_counter()
         try:
             frame = decode_image(image)
         except ImageError as exc:
-            deciding.cancel()  # or, already asked, the policy refuses the same bytes: nothing is left pending
+            if deciding is not None:
+                deciding.cancel()  # or, already asked, the policy refuses the same bytes: nothing is left pending
             raise FrameRejected(f"image: {exc}") from None
         decoded = time.perf_counter()
-        decision = deciding.result()
+        if deciding is None:
+            self.metrics.fallbacks.labels(public.id, "budget_exhausted").inc()
+        decision = None if deciding is None else deciding.result()
         decided = time.perf_counter()
         backends = None if decision is None else decision.backends
         gates = None if decision is None else decision.gates
         try:
             record = self.answerer.run(
-                public, program, frame, backends, frame_id=frame_id, decision_id=decision_id, gates=gates
+                public,
+                program,
+                frame,
+                backends,
+                frame_id=frame_id,
+                decision_id=decision_id,
+                gates=gates,
+                fallback="cheapest" if exhausted else None,
             )
         except DecisionRejected:
             if backends is None:
@@ -244,7 +259,9 @@ class RouterService:
             self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
             record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
         ran = time.perf_counter()
-        result = self.answerer.record(record)
+        result = self.answerer.record(record, None if window is None else window[0])
+        if public.budget is not None:
+            self._watch_budget(public)
         requested, taught = self._labelling(public, None if record.fallback else decision, record)
         if taught:
             self._teach(public, program, frame, record.id)
@@ -282,6 +299,43 @@ class RouterService:
             self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
         self.metrics.policy_latency.observe(time.perf_counter() - start)
         return decision
+
+    # -- cost budgets ------------------------------------------------------------------------------
+
+    def _budget_window(self, program: ProgramPublic) -> tuple[datetime, bool] | None:
+        """For a program with a cost budget, the current window's start and whether the budget is
+        spent (then its frames are answered with the cheapest backends); BudgetExhausted instead
+        when the program refuses frames once it is spent. None without a budget."""
+        if program.budget is None:
+            return None
+        state = self.spending(program)
+        if state.remaining > 0:
+            return state.window_start, False
+        if program.budget.exhausted == "refuse":
+            wait = max(1.0, (state.window_end - utc_now()).total_seconds())
+            raise BudgetExhausted(
+                f"program {program.id} spent its budget of {program.budget.cost:g} cost units per "
+                f"{program.budget.window} ({state.spent:g} spent); frames are refused until "
+                f"{state.window_end.isoformat()}",
+                retry_after_s=wait,
+            )
+        return state.window_start, True
+
+    def spending(self, program: ProgramPublic) -> BudgetState:
+        """Where the program's budget stands now (it must have one)."""
+        assert program.budget is not None
+        now = utc_now()
+        return budget_state(program.budget, now, self.store.spent(program.id, window_start(program.budget, now)))
+
+    def program(self, program_id: str) -> ProgramPublic:
+        """The stored program, with its budget's state when it has one."""
+        program = self.programs.get(program_id)
+        if program.budget is None:
+            return program
+        return program.model_copy(update={"spending": self.spending(program)})
+
+    def _watch_budget(self, program: ProgramPublic) -> None:
+        self.metrics.budget_remaining.labels(program.id).set(self.spending(program).remaining)
 
     # -- labels: which frames, and the teacher -----------------------------------------------------
 
@@ -337,6 +391,8 @@ class RouterService:
         run = self.answerer.run(program, compiled, frame, teacher_decision(program))
         for call in run.trace:
             self.metrics.teacher_cost.labels(program.id, call.function, call.backend).inc(call.cost)
+        if program.budget is not None:  # the teacher spends the program's budget too
+            self.store.charge(program.id, window_start(program.budget, utc_now()), run.cost)
         teacher = TeacherRun(decision=run.decision, answer=run.answer, cost=run.cost, trace=run.trace)
         outcome = "failed"
         if run.error is None and isinstance(run.answer, (str, bool, int)) and str(run.answer).strip():

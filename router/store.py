@@ -48,6 +48,7 @@ from router.schemas import (
     AnswerRecord,
     CachedProgram,
     CallSitePublic,
+    CostBudget,
     DeadLetter,
     FeedbackRecord,
     LabelBudget,
@@ -63,6 +64,7 @@ from router.tables import (
     policy_dead_letters,
     policy_outbox,
     program_quality,
+    program_spend,
     programs,
     synthesized_programs,
 )
@@ -260,6 +262,7 @@ class Store:
             "query": program.query,
             "synthesis": program.synthesis.model_dump_json() if program.synthesis else None,
             "labels": _labels(program),
+            "budget": program.budget.model_dump_json() if program.budget else None,
         }
         with self.transaction() as db:
             db.execute(programs.insert().values(row))
@@ -330,7 +333,9 @@ class Store:
 
     # Answers: one row per decision (the ``decisions`` table), keyed by the decision id
 
-    def add_answer(self, decision: AnswerRecord) -> None:
+    def add_answer(self, decision: AnswerRecord, charge_window: datetime | None = None) -> None:
+        """Store an answer; with ``charge_window``, add its cost to its program's spend in that
+        window (the program has a budget), in the same transaction."""
         row = {
             "id": decision.id,
             "program_id": decision.program_id,
@@ -350,6 +355,30 @@ class Store:
         }
         with self.transaction() as db:
             db.execute(_ADD_ANSWER, row)
+            if charge_window is not None:
+                self._charge(db, decision.program_id, charge_window, decision.cost)
+
+    def charge(self, program_id: str, window: datetime, cost: float) -> None:
+        """Add ``cost`` to the program's spend in the window starting at ``window``."""
+        with self.transaction() as db:
+            self._charge(db, program_id, window, cost)
+
+    def _charge(self, db: Connection, program_id: str, window: datetime, cost: float) -> None:
+        statement = self._insert(program_spend).values(
+            program_id=program_id, window_start=window.isoformat(), cost=cost
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["program_id", "window_start"], set_={"cost": program_spend.c.cost + cost}
+        )
+        db.execute(statement)
+
+    def spent(self, program_id: str, window: datetime) -> float:
+        """What the program spent in the window starting at ``window``."""
+        query = sa.select(program_spend.c.cost).where(
+            program_spend.c.program_id == program_id, program_spend.c.window_start == window.isoformat()
+        )
+        with self.reading() as db:
+            return float(db.execute(query).scalar() or 0.0)
 
     def get_answer(self, decision_id: str) -> AnswerRecord:
         with self.reading() as db:
@@ -582,6 +611,7 @@ def _program(row: Any) -> ProgramPublic:
         query=row["query"],
         synthesis=SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None,
         **_labels_of(row["labels"]),
+        budget=CostBudget.model_validate_json(row["budget"]) if row["budget"] else None,
     )
 
 

@@ -27,6 +27,7 @@ programs = sa.Table(
     sa.Column("synthesis", sa.Text),
     sa.Column("lambda_source", sa.Text, nullable=False, server_default="request"),
     sa.Column("labels", sa.Text),  # {"budget": LabelBudget | null, "teacher": Teacher | null}
+    sa.Column("budget", sa.Text),  # CostBudget
 )
 
 decisions = sa.Table(
@@ -107,4 +108,14 @@ program_quality = sa.Table(
     sa.Column("fp", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("fn", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("tn", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# What each program with a cost budget spent per window, updated in the transaction that stores
+# each answer (and each teacher run): exact whichever router answered.
+program_spend = sa.Table(
+    "program_spend",
+    metadata,
+    sa.Column("program_id", sa.Text, primary_key=True),
+    sa.Column("window_start", sa.Text, primary_key=True),
+    sa.Column("cost", sa.Float, nullable=False, server_default="0"),
 )

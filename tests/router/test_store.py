@@ -67,7 +67,7 @@ def test_a_sqlite_store_uses_wal_and_records_its_revision(db_path: Path):
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
 
 
 def test_a_version_4_file_is_migrated_forward_with_everything_in_it(tmp_path: Path, catalog: BackendCatalog, zoo):
