@@ -11,18 +11,15 @@ from pathlib import Path
 
 
 def _program_check(args: argparse.Namespace) -> int:
-    from fmprog.program import ProgramRejected, compile_program
+    from launcher.program_run import compiled
 
     try:
         source = Path(args.file).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    try:
-        program = compile_program(source)
-    except ProgramRejected as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    program = compiled(args.file, source)
+    if program is None:
         return 2
     print(json.dumps([site.model_dump(mode="json") for site in program.call_sites], indent=2))
     return 0

@@ -99,10 +99,23 @@ def load_backends(specs: list[BackendSpec]) -> Any:
     return BackendRegistry(backends)
 
 
+def compiled(file: str, source: str) -> Program | None:
+    """The program compiled from ``source`` (read from ``file``), or None once each of the
+    compiler's problems is printed to stderr, one line each, named by the file."""
+    from fmprog.program import ProgramRejected, compile_program
+
+    try:
+        return compile_program(source)
+    except ProgramRejected as exc:
+        for problem in exc.problems:
+            print(f"{file}: {problem}", file=sys.stderr)
+        return None
+
+
 def run_program(args: argparse.Namespace) -> int:
     from fmprog.backends.config import ConfigError, load_catalog
     from fmprog.images import ImageError, decode_image
-    from fmprog.program import ExecutionLimits, Executor, ProgramRejected, compile_program
+    from fmprog.program import ExecutionLimits, Executor
 
     try:
         source = _read(args.file).decode()
@@ -110,11 +123,8 @@ def run_program(args: argparse.Namespace) -> int:
         return _usage(f"cannot read {args.file}: {exc}")
     except UsageError as exc:
         return _usage(str(exc))
-    try:
-        program = compile_program(source)
-    except ProgramRejected as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    program = compiled(args.file, source)
+    if program is None:
         return 2
     try:
         frame = decode_image(_read(args.image))
