@@ -20,6 +20,10 @@ Policy messages the policy refused (``policy_dead_letters``) are kept for an ope
 dropped; the outbox (``router.outbox``) moves them there. ``program_quality`` counts labels per
 program (right and wrong; TP, FP, FN, TN for binary tasks) in the transaction that stores each new
 label: exact across routers, and kept when old decisions and feedback are pruned (``prune``).
+``program_spend`` adds up what each program with a cost budget spent per window, in the transaction
+that stores each answer. A label records who gave it (``source``: a client or the program's
+teacher, with the teacher's run); unlabelled decisions past their label window are marked expired
+(``expire_answers``) and refuse labels from then on.
 
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.

@@ -8,7 +8,10 @@ candidate, an *escalation* gate over the whole context (what the run found and a
 included) and the first answer (``ESCALATION_FEATURES``: said yes, said no, empty, "no" about a
 found patch, ...) that re-asks the dearest candidate when it scores above 0. The router runs the
 program under these gates and its feedback lists every gated invocation with the vector the gate
-saw, its cost and, for answers, the task reward the answer alone would have earned.
+saw, its cost and, for answers, the task reward the answer alone would have earned. Each gate also
+carries the posterior its weights were drawn from (``GateSpread``: the mean weights and a root of
+their covariance), from which the router tells how sure the policy was of each decision (which
+frames' labels are worth asking for, ``router.labels``).
 
 At a site that escalates, the dearest candidate is asked only as an escalation, never first: the
 escalation gate then sees every choice to ask it, paired with the cheaper answer it re-asks, so a
