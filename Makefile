@@ -62,7 +62,8 @@ images:
 
 # The Compose stack from those images on 127.0.0.1 (deploy/compose.smoke.yaml): 100 frames with
 # feedback through the router, its cost metrics in Prometheus; `docker compose down -v` after.
-compose-smoke: install
+compose-smoke:
+	@test -x $(BIN)/python || { echo "compose-smoke: no $(BIN)/python; run make install first" >&2; exit 1; }
 	$(BIN)/python scripts/compose_smoke.py
 
 # A bounded load run over loopback: fmprog up, 10,000 /answer each with its /feedback at

@@ -111,6 +111,7 @@ def test_every_started_service_listens_on_loopback_only(started: dict[str, dict[
     serve = started["serve"]["environment"]
     assert serve["FMPROG_SERVE_HOST"] == "127.0.0.1"
     assert "--node-ip-address=127.0.0.1" in serve["FMPROG_RAY_START_ARGS"].split()
+    assert serve["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0", "else Ray swaps 127.0.0.1 for the host's address"
     assert started["postgres"]["environment"]["POSTGRES_LISTEN_ADDRESSES"] == "127.0.0.1"
     (listen,) = [a for a in started["prometheus"]["command"] if a.startswith("--web.listen-address=")]
     assert listen.split("=", 1)[1].startswith("127.0.0.1:")
