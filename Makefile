@@ -19,7 +19,7 @@ OCR_DEBS := tesseract-ocr tesseract-ocr-eng libgl1 libglib2.0-0
 # router's store on it as well as on SQLite. Installed with apt when missing (as root).
 POSTGRES_DEBS := postgresql
 
-.PHONY: install synthesizer-1.5b lint test bench bench-load bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
+.PHONY: install synthesizer-1.5b lint test images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-synthesis tracks check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,19 @@ bench: install
 	$(BIN)/python -m benchmarks.backends --out benchmarks/results/backends.json
 	$(BIN)/python -m benchmarks.policy_decide
 	$(BIN)/python -m benchmarks.router_http --out benchmarks/results/router_http.json
+
+# Containers built and run on this machine (README, "Containers"): root, Debian's docker.io with
+# dockerd running, debootstrap. Not part of `make test` or CI (they need dockerd).
+# The router, policy and serve images, and PostgreSQL and Prometheus from Debian's packages, all on
+# a local Debian base bootstrapped once (fmprog/base:bookworm); prints their sizes.
+images:
+	scripts/build_images.sh
+
+# The Compose stack from those images on 127.0.0.1 (deploy/compose.smoke.yaml): 100 frames with
+# feedback through the router, its cost metrics in Prometheus; `docker compose down -v` after.
+compose-smoke:
+	@test -x $(BIN)/python || { echo "compose-smoke: no $(BIN)/python; run make install first" >&2; exit 1; }
+	$(BIN)/python scripts/compose_smoke.py
 
 # A bounded load run over loopback: fmprog up, 10,000 /answer each with its /feedback at
 # concurrency 32; errors, latency, answers/s and peak RSS go to benchmarks/results/load.json.

@@ -162,6 +162,8 @@ def test_copied_sources_exist_and_are_in_the_build_context(name: str) -> None:
                     options = dict(part.split("=", 1) for part in value.split(","))
                     if "from" in options:
                         assert options["from"] in file.stage_names()
+                    elif options.get("type") == "secret":
+                        assert "source" not in options, "a secret comes from the builder, not the context"
                     else:
                         assert not ignore.excluded(options["source"]), f"{name}: mounts ignored {options['source']}"
 
