@@ -57,13 +57,18 @@ class LabelBudget(BaseModel):
 
 class Teacher(BaseModel):
     """A dearer configuration of the program that labels a share of its frames itself: the router
-    runs it on the frames it picks (those the policy values most, ``fraction`` of them) and takes
-    its answer as the label. ``backends``: ``"largest"`` (every call site's dearest candidate) or
-    a backend per function (the others' dearest candidates)."""
+    runs it on ``fraction`` of the frames, picked at random (``pick: random``) or those the policy
+    doubts most (``doubt``: the most useful labels, and the dearest teacher runs, since they are
+    the frames where the program found something to ask about), and takes its answer as the label.
+    ``backends``: ``"largest"`` (every call site's dearest candidate) or a backend per function
+    (the others' dearest candidates)."""
 
     model_config = _WIRE
 
     fraction: float = Field(gt=0, le=1, description="Share of the frames answered that the teacher labels.")
+    pick: Literal["random", "doubt"] = Field(
+        default="random", description="Which frames: a random share, or those the policy doubts most."
+    )
     backends: Literal["largest"] | dict[Function, BackendName] = Field(
         default="largest", description='"largest", or a backend per function (the rest: their dearest).'
     )

@@ -15,6 +15,7 @@ window expire (``expire``, run in the background): their labels are refused from
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -153,7 +154,8 @@ class RouterService:
         self.label_window_s = label_window_s
         self.expiry_reward = expiry_reward
         self.label_requests = LabelRequests()  # per program: the frames whose label is asked for
-        self.teacher_picks = LabelRequests()  # per program: the frames its teacher labels
+        self.teacher_picks = LabelRequests()  # per program: the frames its teacher labels, by doubt
+        self._teacher_draws = random.Random()  # or at random
         self._teachers = ThreadPoolExecutor(max_workers=teacher_threads, thread_name_prefix="teacher")
         self._teacher_slots = threading.BoundedSemaphore(teacher_queue)
         self.policy = policy
@@ -351,8 +353,7 @@ class RouterService:
         if decision is None:
             return program.labels is None, False
         value = label_value(decision.gates, decision.propensities, runtime_trace(record.trace))
-        teacher = program.teacher
-        if teacher is not None and self.teacher_picks.wanted(program.id, LabelBudget(fraction=teacher.fraction), value):
+        if self._taught(program, value):
             return False, True
         if program.labels is None:
             return True, False
@@ -360,6 +361,15 @@ class RouterService:
         if requested:
             self.metrics.labels_requested.labels(program.id).inc()
         return requested, False
+
+    def _taught(self, program: ProgramPublic, value: float) -> bool:
+        """Whether the program's teacher labels this frame: its share, at random or by doubt."""
+        teacher = program.teacher
+        if teacher is None:
+            return False
+        if teacher.pick == "random":
+            return self._teacher_draws.random() < teacher.fraction
+        return self.teacher_picks.wanted(program.id, LabelBudget(fraction=teacher.fraction), value)
 
     def _teach(self, program: ProgramPublic, compiled: Program, frame: np.ndarray, decision_id: str) -> None:
         """Run the program's teacher on the frame in the background, its answer the label; a frame

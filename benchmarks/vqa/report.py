@@ -106,7 +106,8 @@ def _labels_table(track: dict[str, Any], metric: str) -> list[str]:
     lines = [
         "",
         "Fewer labels: the frames whose label the policy doubts most (as the router asks for them), "
-        "labelled by the ground truth or by a teacher (the all-largest configuration, its cost in cost/frame):",
+        "labelled by the ground truth or by a teacher (the all-largest configuration on a random share of the "
+        "frames, or on those the policy doubts most; its cost in cost/frame):",
         "",
         f"| Policy | λ | Labels | {metric} | Δ vs every label | Cost/frame | of it, teacher |",
         "|---|---|---|---|---|---|---|",
@@ -116,8 +117,8 @@ def _labels_table(track: dict[str, Any], metric: str) -> list[str]:
         runs = [e for e in fewer if (e["algorithm"], e["lambda"]) == key]
         if not runs:
             continue
-        for e in [every, *sorted(runs, key=lambda e: (e["teacher"], -e["label_fraction"]))]:
-            share = f"{100 * e['label_fraction']:g}%" + (" teacher" if e["teacher"] else "")
+        for e in [every, *sorted(runs, key=lambda e: (e["teacher"], -e["label_fraction"], e["teacher_pick"] or ""))]:
+            share = f"{100 * e['label_fraction']:g}%" + (f" teacher ({e['teacher_pick']})" if e["teacher"] else "")
             teacher = f"{e['teacher_cost_per_frame']:.0f}" if "teacher_cost_per_frame" in e else ""
             lines.append(
                 f"| {e['algorithm']} | {e['lambda']:g} | {share} | {e['metric']:.3f} "

@@ -124,7 +124,11 @@ class BenchSettings(BaseModel):
         """The runs on fewer labels than every frame's (each fraction, then the teacher's), from
         the shipped prior and, with ``cold_label_runs``, from the base prior (with its run on every
         label)."""
-        teacher = () if self.teacher_fraction is None else (LabelPlan(self.teacher_fraction, teacher=True),)
+        teacher = (
+            ()
+            if self.teacher_fraction is None
+            else tuple(LabelPlan(self.teacher_fraction, teacher=True, pick=pick) for pick in ("random", "doubt"))
+        )
         warm = (*(LabelPlan(f) for f in self.label_fractions), *teacher)
         if not warm or not self.cold_label_runs:
             return warm
@@ -319,6 +323,7 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
                 # the share of frames whose label the run learned from (none for what does not learn)
                 "label_fraction": (plan.fraction if plan else 1.0) if learned else None,
                 "teacher": bool(plan and plan.teacher),
+                "teacher_pick": plan.pick if plan and plan.teacher else None,
                 "algorithm": plan.baseline(algorithm) if plan else key[0],
                 **numbers,
                 "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],

@@ -108,7 +108,12 @@ def test_replay_runs_the_cascade_through_the_executor_with_its_reference_lines(v
 
 def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(vision_config, stream):
     backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
-    plans = (LabelPlan(0.1), LabelPlan(0.1, teacher=True), LabelPlan(warm=False))
+    plans = (
+        LabelPlan(0.1),
+        LabelPlan(0.1, teacher=True, pick="doubt"),
+        LabelPlan(0.5, teacher=True),
+        LabelPlan(warm=False),
+    )
     setup = ReplaySetup(
         backends=backends, images=ImageResolver(), lambdas=(1e-3,), policies=("cascade",), whole_query=False,
         label_plans=plans, label_lambda=1e-3,
@@ -116,14 +121,20 @@ def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(visi
     result = replay_query(stream, "binary", setup)
     runs = result.runs
     assert result.plans[("cascade-cold", 1e-3)] == ("cascade", LabelPlan(warm=False))
-    assert {("cascade-labels-0.1", 1e-3), ("cascade-teacher-0.1", 1e-3), ("cascade-cold", 1e-3)} <= set(runs)
+    names = {"cascade-labels-0.1", "cascade-teacher-doubt-0.1", "cascade-teacher-0.5", "cascade-cold"}
+    assert {(name, 1e-3) for name in names} <= set(runs)
     assert runs[("cascade-labels-0.1", 1e-3)].teacher_cost is None
-    # the teacher ran on at most the budget's frames (one token to start, 0.1 a frame), each
-    # charged the all-largest configuration's cost on that frame, included in the run's cost
-    teacher = runs[("cascade-teacher-0.1", 1e-3)].teacher_cost
-    taught = teacher > 0
-    assert 0 < taught.sum() <= 0.1 * len(teacher) + 1
-    assert np.allclose(teacher[taught], runs[("static-large", None)].cost[taught])
+    # the teacher by doubt ran on at most the budget's frames (one token to start, 0.1 a frame),
+    # the one at random on about half; each charged the all-largest configuration's cost there
+    large = runs[("static-large", None)].cost
+    for name, most in (
+        ("cascade-teacher-doubt-0.1", 0.1 * len(stream.frames) + 1),
+        ("cascade-teacher-0.5", 0.8 * len(stream.frames)),
+    ):
+        teacher = runs[(name, 1e-3)].teacher_cost
+        taught = teacher > 0
+        assert 0 < taught.sum() <= most, name
+        assert np.allclose(teacher[taught], large[taught])
     # the policy learns from the frames whose label was asked for only
     program, frames = compile_program(stream.program), [ImageResolver()(ref) for ref in stream.frames]
     policy = build_policy(policy_spec(program, backends, 1e-3, "cascade", 0))
@@ -225,7 +236,8 @@ def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys)
         ("cascade-labels-0.1", 0.1, False, "cascade"),
         ("cascade-cold-teacher-0.1", 0.1, True, "cascade-cold"),
     } <= fewer
-    assert "teacher_cost_per_frame" in next(e for e in track["entries"] if e["policy"] == "cascade-teacher-0.1")
+    taught = next(e for e in track["entries"] if e["policy"] == "cascade-teacher-doubt-0.1")
+    assert taught["teacher_pick"] == "doubt" and "teacher_cost_per_frame" in taught
     assert "| cascade-cold | 0.001 | 1% |" in (out / "results.md").read_text()
     for name in ("results.md", "binary_pareto.png", "binary_stream.png", "binary_labels.png"):
         assert (out / name).stat().st_size > 0

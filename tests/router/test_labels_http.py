@@ -119,9 +119,10 @@ def test_a_label_budget_asks_for_a_share_of_the_labels_and_takes_any(tmp_path, z
         assert all(answer(client, everything)["label_requested"] for _ in range(5))
 
 
-def test_a_teacher_labels_its_share_with_its_own_runs_charged_apart(tmp_path, zoo):
+@pytest.mark.parametrize("pick", ["random", "doubt"])
+def test_a_teacher_labels_its_share_with_its_own_runs_charged_apart(tmp_path, zoo, pick):
     with cluster(tmp_path, zoo) as (client, policy_url):
-        program_id = register(client, teacher={"fraction": 0.5}, labels={"fraction": 0.01})
+        program_id = register(client, teacher={"fraction": 0.5, "pick": pick}, labels={"fraction": 0.01})
         answers = [answer(client, program_id) for _ in range(12)]
         taught = [a for a in answers if a["teacher"]]
         assert taught and not any(a["label_requested"] for a in taught)
