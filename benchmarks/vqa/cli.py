@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gated policies: also learn from labels on these shares of frames only (default 0.1,0.01; 'none')",
     )
     parser.add_argument(
+        "--label-picks", help="how the runs on fewer labels pick their frames: doubt, random or both (default doubt)"
+    )
+    parser.add_argument(
         "--teacher-fraction",
         help="gated policies: also learn from a teacher on this share of frames (default 0.1; 'none')",
     )
@@ -83,6 +86,8 @@ def settings_from(args: argparse.Namespace) -> Any:
     if args.label_fractions is not None:
         none = args.label_fractions == "none"
         values["label_fractions"] = () if none else tuple(float(v) for v in args.label_fractions.split(","))
+    if args.label_picks is not None:
+        values["label_picks"] = tuple(p.strip() for p in args.label_picks.split(",") if p.strip())
     if args.teacher_fraction is not None:
         values["teacher_fraction"] = None if args.teacher_fraction == "none" else float(args.teacher_fraction)
     return BenchSettings.quick(**values) if args.quick else BenchSettings(**values)

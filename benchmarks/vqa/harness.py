@@ -130,21 +130,26 @@ class LabelPlan:
     """Which labels a learned policy learns from: those of a ``fraction`` of the frames, chosen as
     the router chooses them (``router.labels``: the frames the policy doubts most, within the
     budget), given by the ground truth or, with ``teacher``, by the program's all-largest
-    configuration run on those frames (its cost charged to them), on a random share of the frames
-    (``pick``, as a program's teacher does by default) or those the policy doubts most; starting
-    from the shipped prior (``warm``) or from the base prior alone."""
+    configuration run on those frames (its cost charged to them); the frames picked by ``pick``:
+    ``doubt`` or ``random`` (by default as the router picks them: labels by doubt, a teacher's at
+    random); starting from the shipped prior (``warm``) or from the base prior alone."""
 
     fraction: float = 1.0
     teacher: bool = False
     warm: bool = True
-    pick: str = "random"  # a teacher's frames: "random" or "doubt"
+    pick: str | None = None  # "doubt" or "random"; None: as the router picks by default
+
+    @property
+    def by_doubt(self) -> bool:
+        return self.pick == "doubt" if self.pick is not None else not self.teacher
 
     def run(self, algorithm: str) -> str:
         """The run's name."""
         if self.teacher:
-            how = "-doubt" if self.pick == "doubt" else ""
+            how = "-doubt" if self.by_doubt else ""
             return f"{self.baseline(algorithm)}-teacher{how}-{self.fraction:g}"
-        return self.baseline(algorithm) + ("" if self.fraction == 1.0 else f"-labels-{self.fraction:g}")
+        how = "" if self.by_doubt else "-random"
+        return self.baseline(algorithm) + ("" if self.fraction == 1.0 else f"-labels{how}-{self.fraction:g}")
 
     def baseline(self, algorithm: str) -> str:
         """The name of the run it compares with: the same start, every label."""
@@ -333,7 +338,7 @@ def replay_gated(
     policy = policy or build_policy(spec)
     rewards = RewardConfig()
     requests = LabelRequests(clock=lambda: 0.0)
-    draws = np.random.default_rng(spec.seed)  # a teacher's random share
+    draws = np.random.default_rng(spec.seed)  # a random share
     budget = None if plan.fraction == 1.0 else LabelBudget(fraction=plan.fraction)
     chosen = []
     for i, (frame, label) in enumerate(zip(frames, labels, strict=True)):
@@ -344,11 +349,11 @@ def replay_gated(
         result = outcome(trace, kind, label)  # scored against the ground truth
         given = label  # the label the policy learns from
         if budget is not None:
-            if plan.teacher and plan.pick == "random":
-                wanted = bool(draws.random() < plan.fraction)
-            else:
+            if plan.by_doubt:
                 value = label_value(decision.gates, decision.propensities, trace.invocations)
                 wanted = requests.wanted("program", budget, value)
+            else:
+                wanted = bool(draws.random() < plan.fraction)
             if not wanted:
                 chosen.append(result)  # no label: nothing to learn from this frame
                 continue

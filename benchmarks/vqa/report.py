@@ -118,7 +118,9 @@ def _labels_table(track: dict[str, Any], metric: str) -> list[str]:
         if not runs:
             continue
         for e in [every, *sorted(runs, key=lambda e: (e["teacher"], -e["label_fraction"], e["teacher_pick"] or ""))]:
+            pick = "random pick" if e.get("label_pick") == "random" else None  # labels: by doubt unless said
             share = f"{100 * e['label_fraction']:g}%" + (f" teacher ({e['teacher_pick']})" if e["teacher"] else "")
+            share += f" ({pick})" if pick else ""
             teacher = f"{e['teacher_cost_per_frame']:.0f}" if "teacher_cost_per_frame" in e else ""
             lines.append(
                 f"| {e['algorithm']} | {e['lambda']:g} | {share} | {e['metric']:.3f} "

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +37,7 @@ from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 
 RunKey = tuple[str, float | None]
+Pick = Literal["doubt", "random"]
 CURVE_POINTS = 100
 DRIFT_WINDOW = 250  # frames per window of the drift's recovery measure
 DRIFT_TOLERANCE = 0.02  # back within 2 F1 points of the frames before the drift
@@ -80,6 +81,9 @@ class BenchSettings(BaseModel):
     )
     teacher_fraction: float | None = Field(
         default=0.1, gt=0, le=1, description="Gated policies: a run whose labels come from a teacher on this share."
+    )
+    label_picks: tuple[Pick, ...] = Field(
+        default=("doubt",), min_length=1, description="How the runs on fewer labels pick their frames."
     )
     cold_label_runs: bool = Field(
         default=True, description="The runs on fewer labels also from the base prior alone (no shipped prior)."
@@ -129,7 +133,7 @@ class BenchSettings(BaseModel):
             if self.teacher_fraction is None
             else tuple(LabelPlan(self.teacher_fraction, teacher=True, pick=pick) for pick in ("random", "doubt"))
         )
-        warm = (*(LabelPlan(f) for f in self.label_fractions), *teacher)
+        warm = (*(LabelPlan(f, pick=pick) for pick in self.label_picks for f in self.label_fractions), *teacher)
         if not warm or not self.cold_label_runs:
             return warm
         return (*warm, LabelPlan(warm=False), *(replace(plan, warm=False) for plan in warm))
@@ -323,7 +327,8 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
                 # the share of frames whose label the run learned from (none for what does not learn)
                 "label_fraction": (plan.fraction if plan else 1.0) if learned else None,
                 "teacher": bool(plan and plan.teacher),
-                "teacher_pick": plan.pick if plan and plan.teacher else None,
+                "teacher_pick": ("doubt" if plan.by_doubt else "random") if plan and plan.teacher else None,
+                "label_pick": ("doubt" if plan.by_doubt else "random") if plan and not plan.teacher else None,
                 "algorithm": plan.baseline(algorithm) if plan else key[0],
                 **numbers,
                 "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],
