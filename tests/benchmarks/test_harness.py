@@ -110,6 +110,7 @@ def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(visi
     backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
     plans = (
         LabelPlan(0.1),
+        LabelPlan(0.1, pick="random"),
         LabelPlan(0.1, teacher=True, pick="doubt"),
         LabelPlan(0.5, teacher=True),
         LabelPlan(warm=False),
@@ -121,7 +122,8 @@ def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(visi
     result = replay_query(stream, "binary", setup)
     runs = result.runs
     assert result.plans[("cascade-cold", 1e-3)] == ("cascade", LabelPlan(warm=False))
-    names = {"cascade-labels-0.1", "cascade-teacher-doubt-0.1", "cascade-teacher-0.5", "cascade-cold"}
+    names = {"cascade-labels-0.1", "cascade-labels-random-0.1", "cascade-teacher-doubt-0.1", "cascade-teacher-0.5"}
+    names.add("cascade-cold")
     assert {(name, 1e-3) for name in names} <= set(runs)
     assert runs[("cascade-labels-0.1", 1e-3)].teacher_cost is None
     # the teacher by doubt ran on at most the budget's frames (one token to start, 0.1 a frame),
