@@ -30,6 +30,10 @@ class BudgetExhausted(RouterError):
 class Expired(RouterError):
     """The decision's label window closed before its label came: the label is refused, not learned."""
 
+    def __init__(self, message: str, program_id: str):
+        self.program_id = program_id
+        super().__init__(message)
+
 
 class ProgramInvalid(RouterError):
     """The program source was rejected by the runtime; ``problems`` name each line and reason."""

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
@@ -226,9 +226,9 @@ class RouterService:
         stage = self.metrics.answer_stage
         started = time.perf_counter()
         public, program = self.programs.compiled(program_id)  # NotFound before any work
-        window = self._budget_window(public)  # BudgetExhausted for a program that refuses frames past it
+        budget = self._budget(public)  # BudgetExhausted for a program that refuses frames past it
         decision_id = uuid.uuid4().hex
-        exhausted = window is not None and window[1]  # the cheapest backends, without asking the policy
+        exhausted = budget is not None and budget.remaining <= 0  # the cheapest backends, without the policy
         deciding = None if exhausted else self._deciders.submit(self._decide, public.id, decision_id, image)
         read = time.perf_counter()
         try:
@@ -261,9 +261,9 @@ class RouterService:
             self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
             record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
         ran = time.perf_counter()
-        result = self.answerer.record(record, None if window is None else window[0])
-        if public.budget is not None:
-            self._watch_budget(public)
+        result = self.answerer.record(record, None if budget is None else budget.window_start)
+        if budget is not None:  # what was left before this frame, less what it cost
+            self.metrics.budget_remaining.labels(public.id).set(max(0.0, budget.remaining - record.cost))
         requested, taught = self._labelling(public, None if record.fallback else decision, record)
         if taught:
             self._teach(public, program, frame, record.id)
@@ -304,16 +304,14 @@ class RouterService:
 
     # -- cost budgets ------------------------------------------------------------------------------
 
-    def _budget_window(self, program: ProgramPublic) -> tuple[datetime, bool] | None:
-        """For a program with a cost budget, the current window's start and whether the budget is
-        spent (then its frames are answered with the cheapest backends); BudgetExhausted instead
-        when the program refuses frames once it is spent. None without a budget."""
+    def _budget(self, program: ProgramPublic) -> BudgetState | None:
+        """Where a program's cost budget stands before a frame (None without one): once it is spent
+        the frame is answered with the cheapest backends, or, for a program that refuses frames
+        then, BudgetExhausted is raised instead."""
         if program.budget is None:
             return None
         state = self.spending(program)
-        if state.remaining > 0:
-            return state.window_start, False
-        if program.budget.exhausted == "refuse":
+        if state.remaining <= 0 and program.budget.exhausted == "refuse":
             wait = max(1.0, (state.window_end - utc_now()).total_seconds())
             raise BudgetExhausted(
                 f"program {program.id} spent its budget of {program.budget.cost:g} cost units per "
@@ -321,7 +319,7 @@ class RouterService:
                 f"{state.window_end.isoformat()}",
                 retry_after_s=wait,
             )
-        return state.window_start, True
+        return state
 
     def spending(self, program: ProgramPublic) -> BudgetState:
         """Where the program's budget stands now (it must have one)."""
@@ -336,9 +334,6 @@ class RouterService:
             return program
         return program.model_copy(update={"spending": self.spending(program)})
 
-    def _watch_budget(self, program: ProgramPublic) -> None:
-        self.metrics.budget_remaining.labels(program.id).set(self.spending(program).remaining)
-
     # -- labels: which frames, and the teacher -----------------------------------------------------
 
     def _labelling(
@@ -352,7 +347,8 @@ class RouterService:
             return True, False
         if decision is None:
             return program.labels is None, False
-        value = label_value(decision.gates, decision.propensities, runtime_trace(record.trace))
+        by_doubt = program.labels is not None or (program.teacher is not None and program.teacher.pick == "doubt")
+        value = label_value(decision.gates, decision.propensities, runtime_trace(record.trace)) if by_doubt else 0.0
         if self._taught(program, value):
             return False, True
         if program.labels is None:
@@ -437,8 +433,8 @@ class RouterService:
         """Take one label (see :meth:`feedback`); whether a message for the policy was queued."""
         try:
             labelled = self.feedback_handler.feedback(request, self._feedback_message)
-        except Expired:
-            self.metrics.feedback.labels(self.store.get_answer(request.decision_id).program_id, "expired").inc()
+        except Expired as exc:
+            self.metrics.feedback.labels(exc.program_id, "expired").inc()
             raise
         result = labelled.result
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()

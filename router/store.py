@@ -415,14 +415,11 @@ class Store:
         labels are refused from then on) and queue ``messages(expired)`` for the policy with them,
         ``batch`` answers per transaction; the answers expired. A label being stored for one of
         them at the same moment wins (its row is locked, then no longer unlabelled)."""
-        cutoff = answered_before.isoformat()
-        unlabelled = (decisions.c.status.in_(("pending", "answered")), decisions.c.created_at < cutoff)
+        unlabelled = decisions.c.status.in_(("pending", "answered"))
         expired: list[AnswerRecord] = []
         while True:
             with self.transaction() as db:
-                query = sa.select(decisions).where(*unlabelled).order_by(decisions.c.created_at).limit(batch)
-                if self.claims_rows:
-                    query = query.with_for_update(skip_locked=True)
+                query = self._oldest(sa.select(decisions), answered_before, batch, unlabelled)
                 found = [_answer(row) for row in db.execute(query).mappings().all()]
                 if not found:
                     return expired
@@ -479,7 +476,9 @@ class Store:
                     )
                 return _feedback(existing), True
             if row.status == "expired" or (window_opened is not None and row.created_at < window_opened.isoformat()):
-                raise Expired(f"decision {decision_id!r} expired without a label: its label window has closed")
+                raise Expired(
+                    f"decision {decision_id!r} expired without a label: its label window has closed", row.program_id
+                )
             record = FeedbackRecord(
                 decision_id=decision_id,
                 label=label,
@@ -529,19 +528,22 @@ class Store:
         """Delete the decisions answered before ``older_than`` and their feedback, ``batch``
         decisions per transaction (so answers are not held up behind one long delete); the label
         counts (``program_quality``), programs, outbox and dead letters are kept."""
-        cutoff = older_than.isoformat()
         pruned_decisions = pruned_feedback = 0
         while True:
             with self.transaction() as db:
-                old = sa.select(decisions.c.id).where(decisions.c.created_at < cutoff)
-                old = old.order_by(decisions.c.created_at).limit(batch)
-                if self.claims_rows:  # a decision being labelled (its row locked) is left to the next pass
-                    old = old.with_for_update(skip_locked=True)
-                ids = db.execute(old).scalars().all()
+                ids = db.execute(self._oldest(sa.select(decisions.c.id), older_than, batch)).scalars().all()
                 if not ids:
                     return Pruned(pruned_decisions, pruned_feedback)
                 pruned_feedback += db.execute(feedback.delete().where(feedback.c.decision_id.in_(ids))).rowcount
                 pruned_decisions += db.execute(decisions.delete().where(decisions.c.id.in_(ids))).rowcount
+
+    def _oldest(self, query: sa.Select[Any], before: datetime, batch: int, *where: Any) -> sa.Select[Any]:
+        """``query`` over the oldest ``batch`` decisions answered before ``before`` (and ``where``),
+        for a background pass: on PostgreSQL their rows are locked, and rows a label is being
+        stored for (locked by it) are skipped, left to the next pass."""
+        query = query.where(decisions.c.created_at < before.isoformat(), *where)
+        query = query.order_by(decisions.c.created_at).limit(batch)
+        return query.with_for_update(skip_locked=True) if self.claims_rows else query
 
     # Policy messages the policy refused (moved here from the outbox by ``Outbox.deliver``)
 
