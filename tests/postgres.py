@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from services.cluster import free_port
@@ -42,6 +43,18 @@ def unavailable() -> str | None:
         except KeyError:
             return f"running as root and there is no {SUPERUSER!r} user to run PostgreSQL as"
     return None
+
+
+def serving_or_skipped() -> Iterator[PostgresServer]:
+    """The body of a fixture that yields a test server: started, and stopped afterwards; the test
+    is skipped, with the reason, where none can run here."""
+    import pytest
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
 
 
 class PostgresServer:

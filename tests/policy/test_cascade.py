@@ -7,6 +7,8 @@ only when the cheap one said "no" about a found candidate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -186,13 +188,7 @@ def test_feedback_naming_a_backend_outside_the_site_is_refused():
 def test_a_crash_loses_no_acknowledged_feedback(tmp_path):
     """Killed without close: the snapshot predates the feedback, replayed from the log into the
     same posterior the running policy had."""
-    settings = PolicySettings(state_dir=tmp_path / "state", snapshot_every=1000)
-    running = PolicyService(settings)
-    running.restore()
-    running.put("p", spec(seed=5))
-    feed(running, "p", 40, seed=7)
-    again = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
-    again.restore()
+    running, again = fed_and_restarted(tmp_path / "state", snapshot_every=1000, events=40, seed=7)
     before, after = running._slot("p").policy, again._slot("p").policy
     assert after.observed == before.observed == 40
     assert after.baseline == pytest.approx(before.baseline)
@@ -224,13 +220,7 @@ def test_a_new_program_starts_from_what_earlier_programs_learned(tmp_path):
 
 
 def test_evidence_survives_a_snapshot_and_pools_after_a_restart(tmp_path):
-    settings = PolicySettings(state_dir=tmp_path / "state", snapshot_every=10)
-    running = PolicyService(settings)
-    running.restore()
-    running.put("p", spec(seed=5))
-    feed(running, "p", 25, seed=8)
-    again = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
-    again.restore()
+    running, again = fed_and_restarted(tmp_path / "state", snapshot_every=10, events=25, seed=8)
     before, after = running._pooled_evidence(), again._pooled_evidence()
     assert set(before) == set(after) and before
     for key in before:
@@ -257,6 +247,18 @@ def feed(service: PolicyService, program_id: str, events: int, seed: int) -> Non
         decision = service.decide(program_id, f"d{i}", FRAME)
         _, feedback = frame_event(_Replier(decision), rng, decision_id=f"d{i}")
         service.feedback(program_id, feedback)
+
+
+def fed_and_restarted(state: Path, snapshot_every: int, events: int, seed: int) -> tuple[PolicyService, PolicyService]:
+    """A service whose program "p" took ``events`` frames (snapshotting every ``snapshot_every``
+    observations), left running without close, and a second service restored from its state."""
+    running = PolicyService(PolicySettings(state_dir=state, snapshot_every=snapshot_every))
+    running.restore()
+    running.put("p", spec(seed=5))
+    feed(running, "p", events, seed=seed)
+    again = PolicyService(PolicySettings(state_dir=state))
+    again.restore()
+    return running, again
 
 
 class _Replier:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.router_replicas import Service, frame, register, start_policy, start_router, stopping
 from router.store import Store
-from tests.postgres import PostgresServer, unavailable
+from tests.postgres import PostgresServer, serving_or_skipped
 
 pytestmark = pytest.mark.timeout(600)
 FRAMES = 160
@@ -27,11 +27,7 @@ CLIENTS = 6
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
+    yield from serving_or_skipped()
 
 
 def _samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -16,7 +16,7 @@ from router.programs import ProgramRegistry
 from router.schemas import ProgramCreate
 from router.store import Store
 from tests.fakes import Zoo
-from tests.postgres import PostgresServer, unavailable
+from tests.postgres import PostgresServer, serving_or_skipped
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "programs"
 
@@ -37,11 +37,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session (skipped, with the reason, where it cannot run)."""
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
+    yield from serving_or_skipped()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
