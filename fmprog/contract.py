@@ -12,7 +12,7 @@ weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
   shape is checked here; whether the algorithm exists and takes those hyper-parameters is the
   policy service's to say (``POST /policies/check``).
 - :class:`PolicyDecision`: the policy's reply for one frame: a backend per call site, the scores
-  and, for sampling algorithms, the propensities; optionally, per call site, *gates*
+  and the propensities of every backend (every algorithm); optionally, per call site, *gates*
   (:class:`SiteGate`) the router evaluates at each invocation instead of the fixed backend.
 - :class:`Feedback`: what the router sends back for one decision, optionally with one
   :class:`InvocationRecord` per gated invocation; :class:`ExpiredDecisions`: decisions whose
@@ -273,10 +273,14 @@ class SiteGate(BaseModel):
 
 class PolicyDecision(BaseModel):
     """The policy's decision for one frame as the router sees it: a backend per call site, with the
-    scores and, where the algorithm samples from a distribution, the propensities (probability of
-    each backend). ``gates``, when given, decide the named sites at each invocation instead (the
-    ``backends`` stay the decision for the other sites and the fallback when the gates do not fit
-    the program)."""
+    scores and the propensities: per call site, the probability the policy gave each backend on this
+    frame (1 for the backend of a deterministic choice). An algorithm that draws all sites together
+    (one configuration of the whole program) also gives ``joint_propensity``, the probability of
+    this configuration as a whole; otherwise sites are drawn independently and a configuration's
+    probability is the product of its sites'. ``gates``, when given, decide the named sites at each
+    invocation instead (the ``backends`` stay the decision for the other sites and the fallback
+    when the gates do not fit the program; the probability of a gated run is computed from the
+    gates' spreads by :mod:`fmprog.evaluation`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -284,6 +288,7 @@ class PolicyDecision(BaseModel):
     backends: dict[str, str]
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
     propensities: dict[str, dict[str, float]] | None = None
+    joint_propensity: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)
     gates: dict[str, SiteGate] | None = Field(default=None, exclude_if=_is_none)
 
 

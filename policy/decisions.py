@@ -61,5 +61,6 @@ class PendingDecision(PolicyDecision):
             backends=self.backends,
             scores=self.scores,
             propensities=self.propensities,
+            joint_propensity=self.joint_propensity,
             gates=self.gates,
         )
