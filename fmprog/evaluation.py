@@ -1,0 +1,493 @@
+"""Off-policy evaluation: what another policy would have cost and scored on the frames a program
+answered, estimated from the logged decisions alone, without running a backend again.
+
+*A logged run* (:class:`LoggedRun`): the logging policy's decision for one frame
+(``fmprog.contract.PolicyDecision``), the run's trace (its invocations, with the numbers each gate
+saw), what it cost and how its answer scored against the frame's label.
+
+*The probability of a run* under a policy (:func:`run_probability`) is the probability that the
+policy would have made every decision the run depended on, so that the run, and its outcome,
+would have been the same:
+
+- For an up-front decision, the product over the call sites that ran of the propensity of their
+  backend (sites that did not run changed nothing); for an algorithm that draws the whole
+  configuration at once, ``joint_propensity``, the probability of the decision as a whole.
+- For a gated decision (``fmprog.contract.SiteGate``), each gate's weights are one draw per frame
+  from the posterior its spread gives. The run is reproduced when one draw makes every first
+  choice the run made (at the numbers the gate saw at that call) and every escalation decision:
+  re-asking where it re-asked, not where it did not. The draws of one gate are shared by all its
+  calls in the run, so the probability is not a product over calls; it is estimated from
+  ``draws`` samples of the gates' weights, seeded per run (``seed``), so that it repeats and a
+  target at another ``lambda`` is scored on the same samples (common random numbers: the ratio of
+  two probabilities is far steadier than either).
+
+*Targets* (:class:`Target`): ``static`` (a fixed backend per call site: ``largest``, ``cheapest``,
+or named per site or function, the rest their cheapest), ``random`` (each site's backend drawn
+uniformly per frame, as the ``random`` algorithm does) and ``lambda`` (the logging policy's own
+gates, drawn from the same posteriors, with the known cost term at another ``lambda``: what the
+policy would have done at that ``lambda`` with what it knew on each frame; only gated decisions
+carry the posteriors this needs). A learning policy's other *trajectory* (what it would have
+learned from the frames it would have labelled differently) is not estimated.
+
+*Estimators* (:func:`evaluate`), over the labelled runs with weights ``w_i = pi_target(run_i) /
+pi_logged(run_i)``, for each outcome ``y`` (cost, task reward, right answers; binary tasks also
+true positives, false positives and false negatives, from which F1 is computed):
+
+- ``ips``: ``mean(w_i y_i)``, unbiased where the logging policy covers every run the target makes;
+- ``snips``: ``sum(w_i y_i) / sum(w_i)``, self-normalised: slightly biased, much steadier;
+- ``dr``: doubly robust, ``mean(q + w_i (y_i - q))`` with ``q`` a direct model fitted on the other
+  half of the runs (cross-fitting): the self-normalised estimate there. The direct model is a
+  constant, since what the target would have run on a frame is not in the log (the router keeps
+  the trace of the run that happened, not the frame): this is IPS with a control variate, exact
+  where the weights average 1 and steadier than IPS where they do not.
+
+Where the target would make runs the logging policy never makes (a backend a gate never offers as
+a first choice, say), no weighting can see them: :func:`evaluate` names those gaps (``uncovered``)
+and its estimates then describe only the covered runs. ``effective_runs`` (``(sum w)^2 / sum
+w^2``) says how many runs the estimate is worth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fmprog.contract import CallSiteSpec, GateSpread, PolicyDecision, SiteGate, TaskKind
+from fmprog.program import Invocation, gate_vectors
+from fmprog.program.deciders import escalation_vector
+
+DRAWS = 4096
+"""Samples of a gated decision's weights its probability is estimated from."""
+MAX_RUNS = 100_000
+"""The most logged runs one evaluation reads."""
+
+
+class Target(BaseModel):
+    """A policy to estimate: ``static`` (``backends``: ``"largest"``, ``"cheapest"``, or a backend
+    per call site or function, the rest their cheapest), ``random`` (uniform per site and frame),
+    or the logging policy at another ``lambda`` (gated decisions only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: Literal["static", "random", "lambda"]
+    backends: Literal["largest", "cheapest"] | dict[str, str] | None = Field(
+        default=None, description='static: "largest", "cheapest", or {call site or function: backend}.'
+    )
+    lam: float | None = Field(default=None, alias="lambda", ge=0, allow_inf_nan=False, description="lambda: its value.")
+
+    @model_validator(mode="after")
+    def _fields(self) -> Target:
+        if (self.kind == "static") != (self.backends is not None):
+            raise ValueError("backends is given with kind static, and only then")
+        if (self.kind == "lambda") != (self.lam is not None):
+            raise ValueError("lambda is given with kind lambda, and only then")
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.kind == "lambda":
+            return f"lambda={self.lam:g}"
+        if self.kind == "static":
+            if isinstance(self.backends, str):
+                return f"static-{self.backends}"
+            return "static:" + ",".join(f"{k}={v}" for k, v in sorted((self.backends or {}).items()))
+        return "random"
+
+    def assignment(self, sites: Sequence[CallSiteSpec]) -> dict[str, str]:
+        """A static target's backend per call site; ValueError naming a backend or key that is not one."""
+        chosen: dict[str, str] = {}
+        named = self.backends if isinstance(self.backends, dict) else {}
+        keys = {s.id for s in sites} | {s.function.value for s in sites}
+        unknown = sorted(set(named) - keys)
+        if unknown:
+            raise ValueError(f"backends names {unknown[0]!r}, neither a call site nor a function of the program")
+        for site in sites:
+            if self.backends == "largest":
+                chosen[site.id] = site.largest
+            elif self.backends == "cheapest":
+                chosen[site.id] = site.cheapest
+            else:
+                backend = named.get(site.id, named.get(site.function.value, site.cheapest))
+                if backend not in site.backend_names:
+                    raise ValueError(
+                        f"backend {backend!r} is not a candidate of call site {site.id!r} "
+                        f"(candidates: {', '.join(site.backend_names)})"
+                    )
+                chosen[site.id] = backend
+        return chosen
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """One answered and labelled frame as the log keeps it. ``positive`` and ``predicted`` (binary
+    tasks): whether the label and the answer say yes. ``seed`` seeds the samples of a gated
+    decision's weights (:func:`run_seed` of the decision's id)."""
+
+    decision: PolicyDecision
+    trace: Sequence[Invocation]
+    cost: float
+    task: float
+    correct: bool
+    positive: bool = False
+    predicted: bool = False
+    seed: int = 0
+
+    def outcome(self, kind: TaskKind) -> list[float]:
+        values = [self.cost, self.task, float(self.correct)]
+        if kind == "binary":
+            tp = self.positive and self.predicted
+            values += [float(tp), float(self.predicted and not self.positive), float(self.positive and not tp)]
+        return values
+
+
+def run_seed(decision_id: str) -> int:
+    """The seed of a decision's weight samples, from its id: the same samples whenever it is read."""
+    return int.from_bytes(hashlib.blake2b(decision_id.encode(), digest_size=8).digest(), "big")
+
+
+# -- what a run depended on ---------------------------------------------------------------------
+
+
+@dataclass
+class RunEvents:
+    """The decisions a run depended on: per call site that ran, the backend decided for it (up
+    front) or, for gated sites, each call's first choice and the numbers its gate saw, and each
+    answer's escalation decision (re-asked or not) with the numbers the escalation gate saw."""
+
+    decided: dict[str, str] = field(default_factory=dict)  # up-front: site -> backend, sites that ran
+    choices: dict[str, list[tuple[tuple[float, ...], str]]] = field(default_factory=dict)
+    escalations: dict[str, list[tuple[tuple[float, ...], bool]]] = field(default_factory=dict)
+    escalated: bool = False
+    complete: bool = True  # False when a failed call hides a decision the run depended on
+
+
+def run_events(decision: PolicyDecision, trace: Sequence[Invocation]) -> RunEvents:
+    """What the run of ``decision`` whose trace is ``trace`` depended on (see :class:`RunEvents`)."""
+    events = RunEvents()
+    gates = decision.gates or {}
+    vectors = gate_vectors(trace) if gates else [None] * len(trace)
+    firsts: dict[int, tuple[Invocation, tuple[float, ...] | None]] = {}
+    reasked: set[int] = set()
+    for invocation, vector in zip(trace, vectors, strict=True):
+        decided = invocation.fallback_from or invocation.backend
+        if invocation.site_id not in gates:
+            events.decided.setdefault(invocation.site_id, decision.backends.get(invocation.site_id, decided))
+            continue
+        call = invocation.features.call if invocation.features is not None else None
+        if call is None:
+            events.complete = False
+            continue
+        if invocation.escalated_from is not None:
+            events.escalated = True
+            reasked.add(call)
+            continue
+        if call in firsts:  # a retry of the same call
+            continue
+        firsts[call] = (invocation, tuple(vector) if vector is not None else None)
+    for call, (invocation, vector) in firsts.items():
+        gate = gates[invocation.site_id]
+        chosen = invocation.fallback_from or invocation.backend
+        if vector is None:  # the call failed or fell back: the numbers its gate saw are not rebuilt
+            events.complete = False
+            continue
+        events.choices.setdefault(invocation.site_id, []).append((vector, chosen))
+        answer = invocation.features.answer if invocation.features is not None else None
+        if gate.escalate_to is not None and chosen != gate.escalate_to and invocation.ok and answer is not None:
+            events.escalations.setdefault(invocation.site_id, []).append(
+                (tuple(escalation_vector(vector, answer)), call in reasked)
+            )
+    return events
+
+
+# -- probabilities ------------------------------------------------------------------------------
+
+
+def _weights(spread: GateSpread | None, fixed: Sequence[float], noise: np.ndarray) -> np.ndarray:
+    """Samples of a gate's weights (one row per sample): the spread's mean plus its root times
+    ``noise`` (``draws x len(over)`` standard normals), or the fixed weights without a spread."""
+    if spread is None:
+        return np.broadcast_to(np.asarray(fixed, float), (len(noise), len(fixed)))
+    k = len(spread.over)
+    root = np.zeros((k, k))
+    root[np.tril_indices(k)] = spread.root
+    samples = np.tile(np.asarray(spread.mean, float), (len(noise), 1))
+    samples[:, spread.over] += noise[:, :k] @ root.T
+    return samples
+
+
+def gated_probabilities(
+    gates: Mapping[str, SiteGate],
+    events: RunEvents,
+    seed: int,
+    shifts: Sequence[Mapping[str, Mapping[str, float]]] = ({},),
+    draws: int = DRAWS,
+) -> list[float]:
+    """The probability of a gated run (see the module's docstring), once per entry of ``shifts``:
+    each maps a site to what is added to each backend's score on the bias (``"escalation"`` for
+    its escalation gate), e.g. the change of the known cost term at another ``lambda``; the empty
+    shift is the logging policy itself. All on the same samples."""
+    rng = np.random.default_rng(seed)
+    matched = np.ones((len(shifts), draws), bool)
+    for site_id in sorted(set(events.choices) | set(events.escalations)):
+        gate = gates[site_id]
+        spreads = gate.choice_spread or {}
+        names = list(gate.choice)
+        calls = events.choices.get(site_id, [])
+        if calls and len(names) > 1:
+            x = np.asarray([vector for vector, _ in calls], float)  # calls x features
+            chosen = np.asarray([names.index(b) if b in names else -1 for _, b in calls])
+            scores = np.stack(
+                [
+                    _weights(spreads.get(name), gate.choice[name], rng.standard_normal((draws, len(x[0])))) @ x.T
+                    for name in names
+                ]
+            )  # backends x draws x calls
+            for s, shift in enumerate(shifts):
+                added = np.asarray([shift.get(site_id, {}).get(name, 0.0) for name in names])
+                moved = scores + added[:, None, None] * x[:, 0]
+                matched[s] &= (moved.argmax(axis=0) == chosen).all(axis=1)
+        elif calls:
+            only = names[0]
+            if any(b != only for _, b in calls):
+                matched[:] = False
+        escalations = events.escalations.get(site_id, [])
+        if escalations and gate.escalation is not None:
+            z = np.asarray([vector for vector, _ in escalations], float)
+            reasked = np.asarray([r for _, r in escalations])
+            score = _weights(gate.escalation_spread, gate.escalation, rng.standard_normal((draws, z.shape[1]))) @ z.T
+            for s, shift in enumerate(shifts):
+                moved = score + shift.get(site_id, {}).get("escalation", 0.0) * z[:, 0]
+                matched[s] &= ((moved > 0.0) == reasked).all(axis=1)
+    return [float(m.mean()) for m in matched]
+
+
+def upfront_probability(decision: PolicyDecision, events: RunEvents) -> float | None:
+    """The probability of an up-front decision's run under the policy that made it (None when the
+    decision carries no propensities)."""
+    if decision.joint_propensity is not None:
+        return decision.joint_propensity
+    if decision.propensities is None:
+        return None
+    probability = 1.0
+    for site_id, backend in events.decided.items():
+        probability *= decision.propensities.get(site_id, {}).get(backend, 0.0)
+    return probability
+
+
+def run_probability(
+    decision: PolicyDecision, trace: Sequence[Invocation], seed: int, draws: int = DRAWS
+) -> float | None:
+    """The probability the policy that made ``decision`` gave the run whose trace is ``trace``
+    (None when the decision carries no propensities and no gates, or a failed call hides a
+    decision the run depended on)."""
+    events = run_events(decision, trace)
+    if not events.complete:
+        return None
+    if decision.gates:
+        gated = gated_probabilities(decision.gates, events, seed, draws=draws)[0]
+        upfront = upfront_probability(decision, events) if events.decided else 1.0
+        return None if upfront is None else gated * upfront
+    return upfront_probability(decision, events)
+
+
+def _target_probability(
+    target: Target,
+    run: LoggedRun,
+    events: RunEvents,
+    sites: Sequence[CallSiteSpec],
+    logged_lambda: float,
+    draws: int,
+) -> tuple[float, float | None]:
+    """The run's probability under the target and under the logging policy (None: not logged)."""
+    decision = run.decision
+    gates = decision.gates or {}
+    every_site = decision.joint_propensity is not None and not gates
+    if target.kind == "lambda":
+        delta = float(target.lam or 0.0) - logged_lambda
+        shift = {site_id: _cost_shift(gate, _site(sites, site_id), delta) for site_id, gate in gates.items()}
+        logged, moved = gated_probabilities(gates, events, run.seed, ({}, shift), draws)
+        return moved, logged
+    logged = run_probability(decision, run.trace, run.seed, draws)
+    if events.escalated:
+        return 0.0, logged
+    # which backend each site that ran used, for every call alike (a static or random policy
+    # decides a site once per frame)
+    used: dict[str, set[str]] = {site: {backend} for site, backend in events.decided.items()}
+    for site_id, calls in events.choices.items():
+        used.setdefault(site_id, set()).update(backend for _, backend in calls)
+    if every_site:  # a joint draw: the decision's configuration as a whole is the event
+        used = {site: {backend} for site, backend in decision.backends.items()}
+    if any(len(backends) != 1 for backends in used.values()):
+        return 0.0, logged
+    if target.kind == "random":
+        sizes = {s.id: len(s.backends) for s in sites}
+        return math.prod(1.0 / sizes[site] for site in used), logged
+    assignment = target.assignment(sites)
+    agrees = all(assignment.get(site) in backends for site, backends in used.items())
+    return (1.0 if agrees else 0.0), logged
+
+
+def _site(sites: Sequence[CallSiteSpec], site_id: str) -> CallSiteSpec:
+    for site in sites:
+        if site.id == site_id:
+            return site
+    raise ValueError(f"the logged decisions name call site {site_id!r}, which the program does not have")
+
+
+def _cost_shift(gate: SiteGate, site: CallSiteSpec, delta: float) -> dict[str, float]:
+    """What ``delta`` more ``lambda`` adds to each of a gate's scores on the bias: minus ``delta``
+    times the backend's cost (for the escalation, the cost of the backend it re-asks)."""
+    costs = dict(zip(site.backend_names, site.costs, strict=True))
+    shift = {name: -delta * costs[name] for name in gate.choice}
+    if gate.escalate_to is not None:
+        shift["escalation"] = -delta * costs[gate.escalate_to]
+    return shift
+
+
+# -- estimates ----------------------------------------------------------------------------------
+
+
+class Estimate(BaseModel):
+    """One estimator's estimate of a policy on the runs: cost per frame, mean task reward, share of
+    right answers and, for binary tasks, F1 (None where no run has weight)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cost_per_frame: float | None
+    task_reward: float | None
+    accuracy: float | None
+    f1: float | None = None
+
+
+class Evaluation(BaseModel):
+    """The estimates of one target on a program's logged runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    runs: int = Field(description="Labelled runs the estimates read.")
+    skipped: int = Field(description="Runs left out: no propensity logged, or a failed call hides a decision.")
+    unresolved: int = Field(
+        description="Runs whose probability under the logging policy no weight sample reproduced (taken as 1/draws)."
+    )
+    matched: int = Field(description="Runs the target would have made too (weight above 0).")
+    effective_runs: float = Field(description="(sum w)^2 / sum w^2: how many runs the estimate is worth.")
+    max_weight: float
+    ips: Estimate
+    snips: Estimate
+    dr: Estimate
+    logged: Estimate = Field(description="The logging policy's own outcomes on these runs.")
+    uncovered: list[str] = Field(description="Runs the target makes that the logging policy never does.")
+
+
+def _estimate(kind: TaskKind, means: np.ndarray | None) -> Estimate:
+    if means is None or not np.all(np.isfinite(means)):
+        return Estimate(cost_per_frame=None, task_reward=None, accuracy=None)
+    f1 = None
+    if kind == "binary":
+        tp, fp, fn = means[3:6]
+        f1 = float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn > 0 else 0.0
+    return Estimate(cost_per_frame=float(means[0]), task_reward=float(means[1]), accuracy=float(means[2]), f1=f1)
+
+
+def _uncovered(target: Target, sites: Sequence[CallSiteSpec], decisions: Sequence[PolicyDecision]) -> list[str]:
+    """The target's choices no logged decision ever makes possible."""
+    offered: dict[str, set[str]] = {}
+    for decision in decisions:
+        for site_id, gate in (decision.gates or {}).items():
+            offered.setdefault(site_id, set()).update(gate.choice)
+        for site_id, chances in (decision.propensities or {}).items():
+            offered.setdefault(site_id, set()).update(b for b, p in chances.items() if p > 0.0)
+        for site_id, backend in decision.backends.items():
+            if not decision.gates and decision.propensities is None:
+                offered.setdefault(site_id, set()).add(backend)
+    if target.kind == "lambda":
+        return []
+    wanted = (
+        {s.id: set(s.backend_names) for s in sites}
+        if target.kind == "random"
+        else {site: {backend} for site, backend in target.assignment(sites).items()}
+    )
+    gaps = []
+    for site_id, backends in sorted(wanted.items()):
+        missing = sorted(backends - offered.get(site_id, set()))
+        if missing:
+            gaps.append(f"call site {site_id!r}: the logged decisions never run {', '.join(missing)} first")
+    return gaps
+
+
+def evaluate(
+    target: Target,
+    runs: Sequence[LoggedRun],
+    sites: Sequence[CallSiteSpec],
+    kind: TaskKind,
+    logged_lambda: float,
+    draws: int = DRAWS,
+) -> Evaluation:
+    """The target's estimates on the logged runs (see the module's docstring). ValueError when the
+    target cannot be estimated from these runs (another ``lambda`` without gated decisions, a
+    static backend that is not a candidate)."""
+    if target.kind == "static":
+        target.assignment(sites)
+    if target.kind == "lambda" and any(not run.decision.gates for run in runs):
+        raise ValueError(
+            "a policy at another lambda can be estimated only from gated decisions (the cascade's), whose "
+            "gates carry the posteriors their weights were drawn from; these runs include up-front decisions"
+        )
+    weights, outcomes, skipped, unresolved = [], [], 0, 0
+    for run in runs:
+        events = run_events(run.decision, run.trace)
+        if not events.complete:
+            skipped += 1
+            continue
+        moved, logged = _target_probability(target, run, events, sites, logged_lambda, draws)
+        if logged is None:
+            skipped += 1
+            continue
+        if logged <= 0.0:  # a run that happened has a probability: the samples were too few to see it
+            unresolved += 1
+            logged = 1.0 / draws
+        weights.append(moved / logged)
+        outcomes.append(run.outcome(kind))
+    w = np.asarray(weights, float)
+    y = np.asarray(outcomes, float).reshape(len(weights), -1)
+    n = len(w)
+    total = float(w.sum())
+    ips = (w[:, None] * y).sum(axis=0) / n if n else None
+    snips = (w[:, None] * y).sum(axis=0) / total if total > 0 else None
+    dr = _doubly_robust(w, y) if total > 0 else None
+    return Evaluation(
+        target=target.name,
+        runs=n,
+        skipped=skipped,
+        unresolved=unresolved,
+        matched=int((w > 0).sum()),
+        effective_runs=float(total**2 / float((w**2).sum())) if total > 0 else 0.0,
+        max_weight=float(w.max()) if n else 0.0,
+        ips=_estimate(kind, ips),
+        snips=_estimate(kind, snips),
+        dr=_estimate(kind, dr),
+        logged=_estimate(kind, y.mean(axis=0) if n else None),
+        uncovered=_uncovered(target, sites, [run.decision for run in runs]),
+    )
+
+
+def _doubly_robust(w: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``mean(q + w (y - q))`` with ``q`` the self-normalised estimate of the other half of the runs
+    (halves by position; a half without weight lends the other's)."""
+    halves = np.arange(len(w)) % 2
+    total = np.zeros(y.shape[1])
+    for half in (0, 1):
+        mine, other = halves == half, halves != half
+        if not mine.any():
+            continue
+        base = other if w[other].sum() > 0 else mine
+        q = (w[base, None] * y[base]).sum(axis=0) / w[base].sum()
+        total += (q + w[mine, None] * (y[mine] - q)).sum(axis=0)
+    return total / len(w)
