@@ -5,6 +5,8 @@ reward model per backend (closed-form posterior, Sherman-Morrison updates; :mod:
 Deciding Thompson-samples each backend's reward from ``N(mean, (nu * sigma)^2)`` and takes the
 argmax, exactly the paper's gradient Thompson sampling for a linear last layer on frozen features
 (the gradient of the predicted reward is the feature vector, and ``U`` is exact, not diagonal).
+The decision's propensities are each backend's probability of winning that draw
+(:func:`.thompson.argmax_probabilities`); sites are drawn independently.
 Learning targets are the paper's sub-rewards ``r_i = -lambda * C_i - L / N`` of executed sites;
 the closed-form posterior replaces REINFORCE's gradient steps (a regression on the sub-reward,
 the fixed point REINFORCE with a learned baseline moves toward). Everything happens in
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmprog.contract import Feedback
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
+from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
 
@@ -65,6 +68,7 @@ class FastPolicy(Policy):
         x = frame_features(as_frame(frame))
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
+        draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with self.lock:
             for site in self.spec.sites:
                 mean, sigma = self.models[site.id].mean_and_sigma(x)
@@ -73,7 +77,14 @@ class FastPolicy(Policy):
                 names = site.backend_names
                 backends[site.id] = names[int(np.argmax(sample))]
                 scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
-        return PendingDecision.with_context(x, algorithm=self.name, backends=backends, scores=scores)
+                draws[site.id] = mean, spread
+        propensities = {
+            site.id: dict(zip(site.backend_names, argmax_probabilities(*draws[site.id]).tolist(), strict=True))
+            for site in self.spec.sites
+        }
+        return PendingDecision.with_context(
+            x, algorithm=self.name, backends=backends, scores=scores, propensities=propensities
+        )
 
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)

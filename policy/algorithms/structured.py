@@ -7,7 +7,8 @@ reward_scale``: the network predicts the part of the sub-reward that depends on 
 task term) and the known cost term is added to it, so a new policy starts out preferring the
 cheaper backend in proportion to ``lambda`` instead of at random. Deciding is gradient Thompson
 sampling: per backend ``a`` draw from ``N(r'_a, (nu * sigma_a)^2)``, ``sigma_a^2 = reg * g_a^T U^-1 g_a``,
-and take the argmax.
+and take the argmax; the decision's propensities are each backend's probability of winning that
+draw (:func:`.thompson.argmax_probabilities`), sites drawn independently.
 
 ``U`` is kept over the **last layer's parameters** only (a full ``U`` over every parameter is too
 large). The gradient of ``r'_a`` with respect to the last linear layer is the penultimate
@@ -48,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 
 
@@ -147,6 +149,7 @@ class StructuredPolicy(Policy):
         x = downsample(as_frame(frame), self.params.input_size)
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
+        draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         hiddens = []
         with self.lock, torch.no_grad():
             batch = torch.from_numpy(x)[None]
@@ -155,13 +158,21 @@ class StructuredPolicy(Policy):
                 g = np.append(hidden[0].numpy().astype(np.float64), 1.0)
                 sigma = np.sqrt(np.maximum(self.params.reg * np.einsum("i,kij,j->k", g, self.u_inv[site.id], g), 0))
                 noise = self.rng.standard_normal(len(sigma))
-                sample = logits[0].numpy().astype(np.float64) + self.params.nu * sigma * noise
+                mean, spread = logits[0].numpy().astype(np.float64), self.params.nu * sigma
+                sample = mean + spread * noise
                 names = site.backend_names
                 backends[site.id] = names[int(np.argmax(sample))]
                 scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
+                draws[site.id] = mean, spread
                 hiddens.append(g[:-1])
+        propensities = {
+            site.id: dict(zip(site.backend_names, argmax_probabilities(*draws[site.id]).tolist(), strict=True))
+            for site in self.spec.sites
+        }
         context = np.concatenate([x.reshape(-1), np.concatenate(hiddens)])
-        return PendingDecision.with_context(context, algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision.with_context(
+            context, algorithm=self.name, backends=backends, scores=scores, propensities=propensities
+        )
 
     # -- feedback -------------------------------------------------------------------------------
 

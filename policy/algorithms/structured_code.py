@@ -11,7 +11,9 @@ the code (see PAPER.md, "What the authors' code does"):
   (cost in the spec's unit, millions of parameters), argmax. ``sigma_a^2 = reg * sum(g_a^2 / U)``
   with ``g_a`` the gradient of ``logit_a`` with respect to **all** the sub-policy's parameters
   and ``U`` **diagonal**, one entry per parameter, initialised to ``reg`` (default 1e-4; ``nu``
-  0.1). ``sigma_a^2`` is clamped below at 1e-6 as in that code. Cost enters only here.
+  0.1). ``sigma_a^2`` is clamped below at 1e-6 as in that code. Cost enters only here. The
+  decision's propensities are each backend's probability of winning that draw
+  (:func:`.thompson.argmax_probabilities`), sites drawn independently.
 - **Feedback**: only sites that executed get the sample ``(input, chosen backend, task reward)``
   and the update ``U += g_chosen^2``. The task reward is the raw one (``Feedback.task_term``: the
   authors' +100 / -100, or ``-L``): no cost term, no ``1/N`` split, no baseline.
@@ -55,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 
 Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
@@ -150,16 +153,19 @@ class StructuredCodePolicy(Policy):
         estimates = {s.id: self._logits_and_sigma(nets[s.id], u[s.id], x) for s in self.spec.sites}
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
+        propensities: dict[str, dict[str, float]] = {}
         with self.lock:
             noise = {s.id: self.rng.standard_normal(len(s.backends)) for s in self.spec.sites}
         for site in self.spec.sites:
             logits, sigma = estimates[site.id]
-            sample = logits + self.params.nu * sigma * noise[site.id] - self.cost_terms[site.id]
+            mean, spread = logits - self.cost_terms[site.id], self.params.nu * sigma
+            sample = logits + spread * noise[site.id] - self.cost_terms[site.id]
             names = site.backend_names
             backends[site.id] = names[int(np.argmax(sample))]
             scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
+            propensities[site.id] = dict(zip(names, argmax_probabilities(mean, spread).tolist(), strict=True))
         return PendingDecision.with_context(
-            pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores
+            pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores, propensities=propensities
         )
 
     # -- feedback -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each backend not yet tried at a site is tried first (in the listed order); then the site takes
 ``argmax mean_a + c * range * sqrt(2 ln n / n_a)``, where ``n`` counts the site's samples and
 ``range`` is the spread of sub-rewards seen so far at the site (UCB1 assumes rewards in [0, 1];
-scaling by the observed range makes ``c`` unit-free). Only executed sites are updated.
+scaling by the observed range makes ``c`` unit-free). Only executed sites are updated. The
+choice is deterministic: the decision's propensities are 1 for the chosen backend, 0 for the rest.
 """
 
 from __future__ import annotations
@@ -47,16 +48,18 @@ class UCB1Policy(Policy):
         as_frame(frame)
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
+        propensities: dict[str, dict[str, float]] = {}
         with self.lock:
             for site in self.spec.sites:
                 values = self.scores(site.id)
                 names = site.backend_names
                 backends[site.id] = names[int(np.argmax(values))]  # first untried, or best bound
+                propensities[site.id] = {n: float(n == backends[site.id]) for n in names}
                 scores[site.id] = {
                     n: float(v) if np.isfinite(v) else (1e300 if v > 0 else -1e300)
                     for n, v in zip(names, values, strict=True)
                 }
-        return PendingDecision(algorithm=self.name, backends=backends, scores=scores)
+        return PendingDecision(algorithm=self.name, backends=backends, scores=scores, propensities=propensities)
 
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)

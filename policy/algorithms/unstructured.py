@@ -2,7 +2,10 @@
 baseline). Every configuration (one backend per call site) is enumerated; a linear softmax policy
 on the fast variant's fixed frame features samples one per frame, and each feedback takes one
 REINFORCE step ``W += lr * (R - b) / s * (onehot(a) - pi) x^T`` on the program reward
-``R = task - lambda * C`` (``b``, ``s``: running mean and standard deviation of ``R``). Refuses
+``R = task - lambda * C`` (``b``, ``s``: running mean and standard deviation of ``R``). The
+decision's ``joint_propensity`` is the softmax probability of the configuration drawn, its
+propensities per call site the marginals (the summed probability of every configuration giving
+the site that backend). Refuses
 programs whose joint space exceeds ``max_configurations`` (default 4096): that blow-up is why the
 paper structures the policy.
 """
@@ -50,6 +53,7 @@ class UnstructuredPolicy(Policy):
     def __init__(self, spec: PolicySpec):
         super().__init__(spec)
         self.configurations = list(itertools.product(*(s.backend_names for s in spec.sites)))
+        self.shape = tuple(len(s.backends) for s in spec.sites)  # the configurations, last site fastest
         self.weights = np.zeros((len(self.configurations), FEATURE_DIM))
         self.stats = [0, 0.0, 0.0]  # count, mean, M2 of program rewards
 
@@ -62,15 +66,25 @@ class UnstructuredPolicy(Policy):
             arm = int(self.rng.choice(len(probs), p=probs))
         chosen = self.configurations[arm]
         backends = {s.id: b for s, b in zip(self.spec.sites, chosen, strict=True)}
-        propensity = float(probs[arm])
         return PendingDecision.with_context(
             x,
             algorithm=self.name,
             backends=backends,
             scores={s: {b: float(logits[arm])} for s, b in backends.items()},
-            propensities={s: {b: propensity} for s, b in backends.items()},
+            propensities=self.marginals(probs),
+            joint_propensity=min(float(probs[arm]), 1.0),
             arm=arm,
         )
+
+    def marginals(self, probs: np.ndarray) -> dict[str, dict[str, float]]:
+        """Per call site, each backend's probability: the sum over the configurations giving it."""
+        joint = probs.reshape(self.shape)
+        axes = tuple(range(joint.ndim))
+        marginals = {}
+        for i, site in enumerate(self.spec.sites):
+            p = joint.sum(axis=axes[:i] + axes[i + 1 :])
+            marginals[site.id] = dict(zip(site.backend_names, (p / p.sum()).tolist(), strict=True))
+        return marginals
 
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)

@@ -3,6 +3,9 @@ for the whole program, all cheapest ("all small") or all largest ("all large"), 
 Thompson sampling on frame features: the fast variant's fixed features and one Bayesian linear
 reward model per configuration (Thompson sampling on a linear last layer over frozen features;
 the authors used a ResNet-18 bandit). It learns from the program reward ``R = task - lambda * C``.
+The decision's ``joint_propensity`` is the probability that the configuration drawn wins the
+Thompson draw (:func:`.thompson.argmax_probabilities`), its propensities per call site the
+marginals (all cheapest's probability on the cheapest backend, all largest's on the largest).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmprog.contract import Feedback, PolicySpec
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
+from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
 
@@ -45,14 +49,25 @@ class WholeQueryPolicy(Policy):
         x = frame_features(as_frame(frame))
         with self.lock:
             mean, sigma = self.model.mean_and_sigma(x)
-            sample = mean + self.params.nu * sigma * self.rng.standard_normal(len(mean))
+            spread = self.params.nu * sigma
+            sample = mean + spread * self.rng.standard_normal(len(mean))
         arm = int(np.argmax(sample))
         scores = {name: float(v) for name, v in zip(CONFIGURATIONS, sample, strict=True)}
+        probs = argmax_probabilities(mean, spread)
+        chosen = self.configurations[arm]
+        propensities = {s.id: dict.fromkeys(s.backend_names, 0.0) for s in self.spec.sites}
+        for configuration, p in zip(self.configurations, probs.tolist(), strict=True):
+            for site_id, backend in configuration.items():
+                propensities[site_id][backend] += p
+        # all cheapest and all largest are the same configuration where no site has a choice
+        joint = sum(p for c, p in zip(self.configurations, probs.tolist(), strict=True) if c == chosen)
         return PendingDecision.with_context(
             x,
             algorithm=self.name,
-            backends=dict(self.configurations[arm]),
-            scores={s.id: {self.configurations[arm][s.id]: scores[CONFIGURATIONS[arm]]} for s in self.spec.sites},
+            backends=dict(chosen),
+            scores={s.id: {chosen[s.id]: scores[CONFIGURATIONS[arm]]} for s in self.spec.sites},
+            propensities=propensities,
+            joint_propensity=min(joint, 1.0),
             arm=arm,
         )
 
