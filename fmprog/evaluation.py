@@ -43,8 +43,11 @@ true positives, false positives and false negatives, from which F1 is computed):
 
 Where the target would make runs the logging policy never makes (a backend a gate never offers as
 a first choice, say), no weighting can see them: :func:`evaluate` names those gaps (``uncovered``)
-and its estimates then describe only the covered runs. ``effective_runs`` (``(sum w)^2 / sum
-w^2``) says how many runs the estimate is worth.
+and its estimates then describe only the covered runs. Where the logging policy makes the target's
+runs only rarely (a gate that has learned to re-ask nearly always, against a target that never
+would), the samples hold few of them or none: ``mean_weight`` (1 in expectation under full
+coverage) falls below 1 and IPS underestimates what those runs add. ``effective_runs`` (``(sum
+w)^2 / sum w^2``) says how many runs the estimate is worth.
 """
 
 from __future__ import annotations
@@ -378,6 +381,10 @@ class Evaluation(BaseModel):
     )
     matched: int = Field(description="Runs the target would have made too (weight above 0).")
     effective_runs: float = Field(description="(sum w)^2 / sum w^2: how many runs the estimate is worth.")
+    mean_weight: float = Field(
+        description="mean(w): 1 in expectation where the logging policy covers the target; well below 1, the "
+        "target makes runs the logging policy (almost) never made, and IPS misses them"
+    )
     max_weight: float
     ips: Estimate
     snips: Estimate
@@ -469,6 +476,7 @@ def evaluate(
         unresolved=unresolved,
         matched=int((w > 0).sum()),
         effective_runs=float(total**2 / float((w**2).sum())) if total > 0 else 0.0,
+        mean_weight=total / n if n else 0.0,
         max_weight=float(w.max()) if n else 0.0,
         ips=_estimate(kind, ips),
         snips=_estimate(kind, snips),
