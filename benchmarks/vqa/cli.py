@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher-fraction",
         help="gated policies: also learn from a teacher on this share of frames (default 0.1; 'none')",
     )
+    parser.add_argument(
+        "--no-off-policy", action="store_true", help="leave out the off-policy estimates from the gated run's logs"
+    )
     parser.add_argument("--queries-per-type", type=int)
     parser.add_argument("--queries", type=int, help="at most this many queries per track (after --queries-per-type)")
     parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
@@ -79,6 +82,8 @@ def settings_from(args: argparse.Namespace) -> Any:
         values["policies"] = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     if args.no_whole_query:
         values["whole_query"] = False
+    if args.no_off_policy:
+        values["off_policy"] = False
     if args.drift_backend is not None:
         values["drift_backend"] = None if args.drift_backend == "none" else args.drift_backend
     if args.drift_rate is not None:

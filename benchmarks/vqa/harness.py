@@ -41,14 +41,17 @@ from fmprog.backends.config import Function
 from fmprog.contract import (
     CallSiteSpec,
     Feedback,
+    PolicyDecision,
     PolicySpec,
     RewardConfig,
     SiteGate,
     TaskKind,
     is_yes,
+    score_answer,
     task_loss,
     task_reward,
 )
+from fmprog.evaluation import Evaluation, LoggedRun, Target, evaluate
 from fmprog.program import CascadeDecider, Decider, Executor, GateDecider, Program, Trace, compile_program
 from fmprog.program.workers import exit_with_parent
 from policy.algorithms import algorithm_class, build_policy
@@ -118,11 +121,23 @@ class QueryResult:
     best_frames: dict[float, np.ndarray] = field(default_factory=dict)  # per lambda, per frame: see hindsight_reward
     plans: dict[tuple[str, float | None], tuple[str, LabelPlan]] = field(default_factory=dict)
     """The runs on fewer labels (or from another start): each one's algorithm and plan."""
+    off_policy: list[OffPolicy] = field(default_factory=list)
+    """Estimates from a gated run's logged decisions of other policies, each run live too."""
 
     @property
     def best_reward(self) -> dict[float, float]:
         """Per lambda, the hindsight-best reward summed over the stream."""
         return {lam: math.fsum(frames) for lam, frames in self.best_frames.items()}
+
+
+@dataclass(frozen=True)
+class OffPolicy:
+    """A policy's off-policy estimate from the logged decisions of the run ``logged`` and the key
+    of its live run on the same frames."""
+
+    logged: tuple[str, float]
+    live: tuple[str, float | None]
+    evaluation: Evaluation
 
 
 @dataclass(frozen=True)
@@ -225,6 +240,9 @@ class ReplaySetup:
     label_plans: tuple[LabelPlan, ...] = ()
     """Gated policies at ``label_lambda``: a run on each of these labels besides the one on every label."""
     label_lambda: float | None = None
+    off_policy: bool = True
+    """Gated policies at ``label_lambda``: estimate from their logged decisions the static, random
+    and other lambdas' runs (``fmprog.evaluation``), each beside its live run."""
 
 
 def configurations(program: Program, backends: BackendRegistry) -> list[dict[str, str]]:
@@ -328,13 +346,15 @@ def replay_gated(
     decider: Callable[[SiteGates, dict[str, str]], Decider] = GateDecider,
     plan: LabelPlan = LabelPlan(),
     teacher: Sequence[Outcome] = (),
+    log: list[LoggedRun] | None = None,
 ) -> list[Outcome]:
     """Stream the frames through a fresh gated policy (or ``policy``, built from ``spec``):
     decide (gates), run the program under a ``GateDecider`` (or ``decider(gates, backends)``),
     feed back the reward with the per-invocation records, train. With ``drift`` (the executor's
     degrading backend), it is told each frame's position. With a ``plan`` on fewer labels, only
     the frames ``router.labels.LabelRequests`` asks for are labelled, by the ground truth or, for
-    a teacher, by ``teacher[i]`` (the all-largest configuration's outcome, its cost charged)."""
+    a teacher, by ``teacher[i]`` (the all-largest configuration's outcome, its cost charged). With
+    ``log``, each frame's decision, trace and outcome are appended to it, as the router logs them."""
     policy = policy or build_policy(spec)
     rewards = RewardConfig()
     requests = LabelRequests(clock=lambda: 0.0)
@@ -347,6 +367,8 @@ def replay_gated(
         decision = policy.decide(frame)
         trace = executor.run(program, frame, decider(decision.gates or {}, decision.backends))
         result = outcome(trace, kind, label)  # scored against the ground truth
+        if log is not None:
+            log.append(logged_run(decision, trace, kind, label, seed=i))
         given = label  # the label the policy learns from
         if budget is not None:
             if plan.by_doubt:
@@ -370,6 +392,16 @@ def replay_gated(
         policy.train()
         chosen.append(result)
     return chosen
+
+
+def logged_run(decision: PolicyDecision, trace: Trace, kind: TaskKind, label: str, seed: int) -> LoggedRun:
+    """One frame as the router logs it: the decision, the run's trace, its cost and score."""
+    answer = "" if trace.answer is None else str(trace.answer)
+    scored = score_answer(kind, answer, label)
+    return LoggedRun(
+        decision=decision, trace=trace.invocations, cost=trace.cost, task=scored.reward, correct=scored.correct,
+        positive=is_yes(label), predicted=is_yes(answer), seed=seed,
+    )  # fmt: skip
 
 
 def run_decider(
@@ -414,7 +446,7 @@ def oracle(table: list[list[Outcome]]) -> list[Outcome]:
 
 def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> QueryResult:
     """Every baseline and policy on one query's stream, summed up per run."""
-    program, runs, configs, best = query_outcomes(query, kind, setup)
+    program, runs, configs, best, off_policy = query_outcomes(query, kind, setup)
     return QueryResult(
         query=query.query,
         type=query.type,
@@ -429,14 +461,16 @@ def replay_query(query: TrackQuery, kind: TaskKind, setup: ReplaySetup) -> Query
             for algorithm in sorted(GATED & set(setup.policies))
             for plan in setup.label_plans
         },
+        off_policy=off_policy,
     )
 
 
 def query_outcomes(
     query: TrackQuery, kind: TaskKind, setup: ReplaySetup
-) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, np.ndarray]]:
+) -> tuple[Program, dict[tuple[str, float | None], list[Outcome]], int, dict[float, np.ndarray], list[OffPolicy]]:
     """Every baseline's and policy's outcome on each frame of one query's stream; also the
-    compiled program, its number of configurations and, per lambda, the hindsight reward."""
+    compiled program, its number of configurations, per lambda the hindsight reward, and the
+    off-policy estimates."""
     backends = setup.backends
     executor = Executor(backends)
     program = compile_program(query.program)
@@ -455,6 +489,7 @@ def query_outcomes(
         i = (min if pick == "small" else max)(range(len(configs_)), key=totals.__getitem__)
         return [row[i] for row in table_]
 
+    logs: dict[tuple[str, float], tuple[PolicySpec, list[LoggedRun]]] = {}
     runs: dict[tuple[str, float | None], list[Outcome]] = {
         ("static-small", None): column(configs, table, "small"),
         ("static-large", None): column(configs, table, "large"),
@@ -485,7 +520,10 @@ def query_outcomes(
         for algorithm in setup.policies:
             spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
             if algorithm in GATED:
-                runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind)
+                log: list[LoggedRun] | None = [] if setup.off_policy and lam == setup.label_lambda else None
+                runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind, log=log)
+                if log is not None:
+                    logs[(algorithm, lam)] = (spec, log)
                 for plan in setup.label_plans if lam == setup.label_lambda else ():
                     runs[(plan.run(algorithm), lam)] = replay_gated(
                         plan.spec(spec), executor, program, frames, labels, kind, plan=plan,
@@ -504,7 +542,32 @@ def query_outcomes(
             spec = policy_spec(monolithic, backends, lam, "whole_query", setup.seed)
             runs[("whole_query", lam)] = replay(spec, frames, labels, kind, mono_table, mono_configs)
     best = {lam: hindsight_reward(table, labels, kind, lam) for lam in setup.lambdas}
-    return program, runs, len(configs), best
+    return program, runs, len(configs), best, estimate_off_policy(logs, runs, kind, setup)
+
+
+def estimate_off_policy(
+    logs: Mapping[tuple[str, float], tuple[PolicySpec, list[LoggedRun]]],
+    runs: Mapping[tuple[str, float | None], list[Outcome]],
+    kind: TaskKind,
+    setup: ReplaySetup,
+) -> list[OffPolicy]:
+    """Each logged gated run's estimates of the other policies that were run live on the frames:
+    the same algorithm at the other lambdas, the static programs and random."""
+    estimates = []
+    for (algorithm, lam), (spec, log) in logs.items():
+        others = [(Target(kind="lambda", lam=other), (algorithm, other)) for other in setup.lambdas if other != lam]
+        dearest_detector = max(setup.backends.for_function(Function.detect), key=lambda b: b.cost).name
+        statics = [
+            (Target(kind="static", backends="cheapest"), ("static-small", None)),
+            (Target(kind="static", backends="largest"), ("static-large", None)),
+            (Target(kind="static", backends={"detect": dearest_detector}), ("static-detect-large", None)),
+            (Target(kind="random"), ("random", None)),
+        ]
+        for target, live in [*others, *statics]:
+            if live in runs:
+                evaluation = evaluate(target, log, spec.sites, kind, lam)
+                estimates.append(OffPolicy(logged=(algorithm, lam), live=live, evaluation=evaluation))
+    return estimates
 
 
 # -- worker processes -------------------------------------------------------------------------------

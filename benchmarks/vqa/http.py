@@ -97,7 +97,7 @@ def agreement(
     from benchmarks.vqa.harness import REWARD_SCALE, query_outcomes
 
     local_setup = replace(setup, lambdas=(lam,), policies=("fast",), whole_query=False, random=False)
-    _, local, _, _ = query_outcomes(query, kind, local_setup)  # type: ignore[arg-type]
+    _, local, _, _, _ = query_outcomes(query, kind, local_setup)  # type: ignore[arg-type]
     rows = []
     for name, key, algorithm, params in (
         ("static all-cheapest", ("static-small", None), "static", {"mode": "cheapest"}),

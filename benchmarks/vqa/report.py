@@ -78,6 +78,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {_name(run)} | {run['f1_before']:.3f} | {run['f1_first_window_after']:.3f} | {recovered} |"
                 )
         lines += _labels_table(track, metric)
+        lines += _off_policy_table(track, metric)
         types = list(track["entries"][0]["by_type"])
         lines += ["", f"{metric} (cost/frame) by query type:", ""]
         lines.append("| Policy | " + " | ".join(types) + " |")
@@ -96,6 +97,42 @@ def markdown(results: dict[str, Any]) -> str:
             acc = f"{b['knowledge_accuracy']:.3f} (knowledge)"
         lines.append(f"| {name} | {b['function']} | {b['cost']:g} | {acc} |")
     return "\n".join(lines) + "\n"
+
+
+def _off_policy_table(track: dict[str, Any], metric: str) -> list[str]:
+    """Each policy estimated from a gated run's logged decisions, beside its live run."""
+    rows = track.get("off_policy") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Off-policy estimates from the logged decisions of `{rows[0]['logged']}` (`fmprog.evaluation`), beside "
+        "each policy's live run on the same frames. A `lambda=` target is the logged run's own posteriors at that "
+        "lambda, frame by frame; its live run learned from its own choices. Mean weight: 1 where the logged run "
+        "covers the target's runs; below, it made them too rarely to be seen. "
+        f"{metric} and cost/frame, live / IPS / SNIPS / DR:",
+        "",
+        f"| Target | Live run | {metric}: live | IPS | SNIPS | DR | Cost/frame: live | IPS | SNIPS | DR "
+        "| Mean weight | Effective runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        metrics = " | ".join(_cell(row[name], "metric", ".3f") for name in ("ips", "snips", "dr"))
+        costs = " | ".join(_cell(row[name], "cost_per_frame", ".0f") for name in ("ips", "snips", "dr"))
+        live = row["live"]
+        lines.append(
+            f"| {row['target']} | {row['live_run']} | {live['metric']:.3f} | {metrics} | {live['cost_per_frame']:.0f} "
+            f"| {costs} | {row['mean_weight']:.3f} | {row['effective_runs']:.0f} |"
+        )
+    gaps = sorted({gap for row in rows for gap in row["uncovered"]})
+    if gaps:
+        lines += ["", "Not covered by the logged decisions (those targets' estimates miss these runs):"]
+        lines += [f"- {gap}" for gap in gaps[:12]]
+    return lines
+
+
+def _cell(estimate: dict[str, Any] | None, key: str, fmt: str) -> str:
+    return "n/a" if estimate is None else format(estimate[key], fmt)
 
 
 def _labels_table(track: dict[str, Any], metric: str) -> list[str]:

@@ -88,6 +88,10 @@ class BenchSettings(BaseModel):
     cold_label_runs: bool = Field(
         default=True, description="The runs on fewer labels also from the base prior alone (no shipped prior)."
     )
+    off_policy: bool = Field(
+        default=True,
+        description="Gated policies at the middle lambda: estimate the other runs from their logged decisions.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BenchSettings:
@@ -165,6 +169,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
         "drift": None if settings.drift_backend is None else Drift(settings.drift_backend, settings.drift_rate),
         "label_plans": settings.label_plans(),
         "label_lambda": settings.label_lambda(),
+        "off_policy": settings.off_policy,
     }
     calls: dict[str, Counter] = {}
     results: dict[str, list[QueryResult]] = {}
@@ -364,9 +369,52 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
             for q in results
         ],
         "entries": entries,
+        "off_policy": off_policy_summary(track.kind, results),
         "curve_lambda": curve_lambda,
         "curves": curves,
     }
+
+
+def off_policy_summary(kind: str, results: Sequence[QueryResult]) -> list[dict[str, Any]]:
+    """Per policy estimated off-policy: its live numbers on the track beside each estimator's (the
+    metric of an estimate as the live one's: F1 averaged over queries, or accuracy over frames; cost
+    per frame over frames), and how much the estimates are worth (``mean_weight``, 1 under full
+    coverage, and ``effective_runs``, summed over queries)."""
+    pairs: dict[tuple, list[tuple[QueryResult, Any]]] = {}
+    for q in results:
+        for estimate in q.off_policy:
+            pairs.setdefault((estimate.logged, estimate.live, estimate.evaluation.target), []).append((q, estimate))
+    summary = []
+    for (logged, live, target), members in pairs.items():
+        queries = [q for q, _ in members]
+        evaluations = [e.evaluation for _, e in members]
+        frames = np.array([e.runs for e in evaluations], float)
+        row: dict[str, Any] = {
+            "logged": _label(logged),
+            "target": target,
+            "live": {
+                k: v for k, v in _numbers(kind, live, queries).items() if k in ("metric", "accuracy", "cost_per_frame")
+            },
+            "runs": int(frames.sum()),
+            "effective_runs": float(sum(e.effective_runs for e in evaluations)),
+            "mean_weight": float(np.average([e.mean_weight for e in evaluations], weights=frames)),
+            "unresolved": sum(e.unresolved for e in evaluations),
+            "uncovered": sorted({gap for e in evaluations for gap in e.uncovered}),
+            "live_run": _label(live),
+        }
+        for name in ("ips", "snips", "dr"):
+            estimates = [getattr(e, name) for e in evaluations]
+            if any(x.cost_per_frame is None for x in estimates):
+                row[name] = None
+                continue
+            metric = [x.f1 if kind == "binary" else x.accuracy for x in estimates]
+            row[name] = {
+                "metric": float(np.mean(metric)) if kind == "binary" else float(np.average(metric, weights=frames)),
+                "accuracy": float(np.average([x.accuracy for x in estimates], weights=frames)),
+                "cost_per_frame": float(np.average([x.cost_per_frame for x in estimates], weights=frames)),
+            }
+        summary.append(row)
+    return summary
 
 
 def _label(key: RunKey) -> str:

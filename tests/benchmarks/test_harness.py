@@ -106,6 +106,36 @@ def test_replay_runs_the_cascade_through_the_executor_with_its_reference_lines(v
     assert learned["vqa-large"] <= learned["vqa-small"]  # asked only as an escalation
 
 
+def test_the_gated_runs_logs_estimate_the_other_runs_beside_them(vision_config, stream):
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    setup = ReplaySetup(
+        backends=backends, images=ImageResolver(), lambdas=(1e-3, 1e-2), policies=("cascade",), whole_query=False,
+        label_lambda=1e-3,
+    )  # fmt: skip
+    result = replay_query(stream, "binary", setup)
+    estimates = {e.evaluation.target: e for e in result.off_policy}
+    assert set(estimates) == {
+        "lambda=0.01",
+        "static-cheapest",
+        "static-largest",
+        "static:detect=detect-large",
+        "random",
+    }
+    assert {e.logged for e in estimates.values()} == {("cascade", 1e-3)}
+    assert estimates["lambda=0.01"].live == ("cascade", 1e-2)
+    for estimate in estimates.values():
+        assert estimate.evaluation.runs == len(stream.frames) and estimate.evaluation.skipped == 0
+    # the learned cascade asks vqa-large only to re-ask: all-largest's runs that ask a question are
+    # never logged (those that find nothing to ask about are)
+    largest = estimates["static-largest"].evaluation
+    assert any("vqa-large" in gap for gap in largest.uncovered)
+    assert largest.matched < largest.runs
+    cheapest = estimates["static-cheapest"].evaluation
+    if cheapest.matched:  # where the logged runs include all-cheapest ones, their cost is all-cheapest's
+        live = result.runs[("static-small", None)]
+        assert cheapest.snips.cost_per_frame == pytest.approx(float(live.cost.mean()), rel=0.5)
+
+
 def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(vision_config, stream):
     backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
     plans = (
@@ -245,6 +275,11 @@ def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys)
         assert (out / name).stat().st_size > 0
     assert (out / "binary_pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "| oracle |" in (out / "results.md").read_text()
+    estimated = {row["target"] for row in track["off_policy"]}
+    assert {"static-cheapest", "static-largest", "random"} <= estimated
+    assert (
+        "Off-policy estimates from the logged decisions of `cascade (lambda 0.001)`" in (out / "results.md").read_text()
+    )
 
 
 def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
