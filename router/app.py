@@ -256,7 +256,7 @@ def create_app(
     @app.post(
         "/programs/{program_id}/evaluate",
         response_model=EvaluationReport,
-        responses=error_responses(401, 404, 413, 422),
+        responses=error_responses(400, 401, 404, 413, 422),
     )
     async def evaluate_program(request: Request, program_id: str, body: EvaluationRequest) -> EvaluationReport:
         """What other policies would have cost and scored on the program's labelled decisions,
