@@ -116,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="path to the program's Python source")
     check.set_defaults(handler=_program_check)
 
+    from launcher.program_evaluate import add_evaluate_command
     from launcher.program_run import add_run_command
     from router.synthesis_cli import add_synth_command
 
     add_run_command(program_commands)
+    add_evaluate_command(program_commands)
 
     add_synth_command(program_commands)
 

@@ -174,6 +174,7 @@ class Answerer:
             cost=record.cost,
             latency_s=record.latency_s,
             error=record.error,
+            propensity=record.propensity,
         )
 
 
@@ -204,4 +205,5 @@ def _record(
         latency_s=trace.latency_s,
         status="answered",
         created_at=utc_now(),
+        propensity=1.0 if fallback else None,  # the fallback's, without chance; the policy's: router.evaluation
     )

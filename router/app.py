@@ -42,6 +42,8 @@ from router.schemas import (
     MAX_FEEDBACK_BATCH,
     AnswerResult,
     DeadLetter,
+    EvaluationReport,
+    EvaluationRequest,
     FeedbackBatch,
     FeedbackIn,
     FeedbackResult,
@@ -250,6 +252,16 @@ def create_app(
     async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
         """Per call site, the share of each backend in the policy's last decisions, by context bucket."""
         return await run_in_threadpool(program_policy_view, _service(request).store, program_id, last)
+
+    @app.post(
+        "/programs/{program_id}/evaluate",
+        response_model=EvaluationReport,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def evaluate_program(request: Request, program_id: str, body: EvaluationRequest) -> EvaluationReport:
+        """What other policies would have cost and scored on the program's labelled decisions,
+        estimated from the log (IPS, SNIPS, doubly robust; ``fmprog.evaluation``)."""
+        return await run_in_threadpool(_service(request).evaluate, program_id, body)
 
     @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_program(request: Request, program_id: str) -> Response:

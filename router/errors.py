@@ -83,3 +83,8 @@ class FrameRejected(RouterError):
 
 class LabelRejected(RouterError):
     """A label the task's reward scheme cannot read (a binary label that is not yes or no)."""
+
+
+class EvaluationRejected(RouterError):
+    """A target the logged decisions cannot support: another ``lambda`` where the decisions were not
+    gated, a backend that is not a candidate, a call site the program does not have."""

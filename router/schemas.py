@@ -16,7 +16,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 from fmprog.backends.config import BackendName, Function
-from fmprog.contract import TaskKind
+from fmprog.contract import PolicyDecision, TaskKind
+from fmprog.evaluation import DRAWS, MAX_RUNS, Evaluation, Target
 from fmprog.program import CallSite, InvocationFeatures
 
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
@@ -269,6 +270,13 @@ class AnswerResult(BaseModel):
         default=True, description="Whether a label for this frame is wanted (within the program's label budget)."
     )
     teacher: bool = Field(default=False, description="Whether the program's teacher labels this frame.")
+    propensity: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="The probability the decision gave this run (1 for the fallback; an estimate from the gates' "
+        "spreads for a gated decision); None when the decision carries no propensities.",
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -343,6 +351,8 @@ class AnswerRecord(BaseModel):
     latency_s: float
     status: DecisionStatus
     created_at: datetime
+    propensity: float | None = None
+    policy_decision: PolicyDecision | None = None  # the policy's decision, with its propensities and gates
 
 
 class TeacherRun(BaseModel):
@@ -383,3 +393,45 @@ class DeadLetter(BaseModel):
     reason: str = Field(description="The policy's reply.")
     attempts: int = Field(description="Failed delivery attempts before the policy refused it.")
     created_at: datetime
+
+
+MAX_TARGETS = 16
+"""The most targets one evaluation estimates."""
+
+
+class EvaluationRequest(BaseModel):
+    """Policies to estimate on a program's logged decisions (off-policy evaluation, ``fmprog.evaluation``)."""
+
+    model_config = _WIRE
+
+    targets: list[Target] = Field(
+        min_length=1,
+        max_length=MAX_TARGETS,
+        description='Each {"kind": "static", "backends": "largest" | "cheapest" | {site or function: backend}}, '
+        '{"kind": "random"} or {"kind": "lambda", "lambda": X} (gated decisions only).',
+    )
+    last: int = Field(
+        default=10_000, ge=1, le=MAX_RUNS, description="Read the program's last this many labelled decisions."
+    )
+    draws: int = Field(
+        default=DRAWS,
+        ge=256,
+        le=65_536,
+        description="Samples of a gated decision's weights its probability is estimated from.",
+    )
+
+
+class EvaluationReport(BaseModel):
+    """What each target would have cost and scored on the program's labelled decisions, estimated from the log."""
+
+    model_config = _WIRE
+
+    program_id: Id
+    algorithm: str = Field(description="The logging policy's algorithm.")
+    lambda_: float = Field(alias="lambda", description="The program's lambda: the logging policy's.")
+    decisions: int = Field(ge=0, description="Labelled decisions read (at most last), newest first.")
+    labelled: int = Field(ge=0, description="Of them, the policy's: the runs the estimates read.")
+    fallbacks: int = Field(
+        ge=0, description="Of them, the router's fallback decisions, made without the policy (left out)."
+    )
+    evaluations: list[Evaluation] = Field(description="One per target, in the order asked.")

@@ -45,6 +45,7 @@ from router.errors import (
     SynthesisFailed,
     Unavailable,
 )
+from router.evaluation import evaluate_program, logged_decision
 from router.feedback import FeedbackHandler
 from router.gating import invocation_records, runtime_trace
 from router.labels import LabelRequests, label_value
@@ -57,6 +58,8 @@ from router.schemas import (
     AnswerResult,
     BudgetState,
     DeadLetter,
+    EvaluationReport,
+    EvaluationRequest,
     FeedbackBatch,
     FeedbackIn,
     FeedbackItem,
@@ -261,6 +264,8 @@ class RouterService:
             self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
             record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
         ran = time.perf_counter()
+        if not record.fallback:
+            record = logged_decision(record, decision)
         result = self.answerer.record(record, None if budget is None else budget.window_start)
         if budget is not None:  # what was left before this frame, less what it cost
             self.metrics.budget_remaining.labels(public.id).set(max(0.0, budget.remaining - record.cost))
@@ -301,6 +306,14 @@ class RouterService:
             self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
         self.metrics.policy_latency.observe(time.perf_counter() - start)
         return decision
+
+    # -- off-policy evaluation ---------------------------------------------------------------------
+
+    def evaluate(self, program_id: str, request: EvaluationRequest) -> EvaluationReport:
+        """Estimate each target of ``request`` on the program's last labelled decisions (NotFound
+        for an unknown program, EvaluationRejected for a target the logged decisions cannot
+        support): see ``router.evaluation``."""
+        return evaluate_program(self.store, self.programs.get(program_id), request)
 
     # -- cost budgets ------------------------------------------------------------------------------
 

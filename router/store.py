@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from fmprog.contract import PolicyDecision
 from router.errors import Conflict, Expired, NotFound, RouterError
 from router.schemas import (
     AnswerRecord,
@@ -356,6 +357,8 @@ class Store:
             "latency_s": decision.latency_s,
             "status": decision.status,
             "created_at": decision.created_at.isoformat(),
+            "propensity": decision.propensity,
+            "policy_decision": decision.policy_decision.model_dump_json() if decision.policy_decision else None,
         }
         with self.transaction() as db:
             db.execute(_ADD_ANSWER, row)
@@ -399,6 +402,23 @@ class Store:
         with self.reading() as db:
             rows = db.execute(query).mappings().all()
         return [_answer(row) for row in rows]
+
+    def labelled_answers(self, program_id: str, last: int) -> list[tuple[AnswerRecord, FeedbackRecord]]:
+        """The program's last ``last`` labelled decisions with their labels, newest first."""
+        query = (
+            sa.select(decisions, *(c.label(f"feedback_{c.name}") for c in feedback.c))
+            .join(feedback, feedback.c.decision_id == decisions.c.id)
+            .where(decisions.c.program_id == program_id)
+            .order_by(decisions.c.created_at.desc(), decisions.c.id.desc())
+            .limit(last)
+        )
+        with self.reading() as db:
+            rows = db.execute(query).mappings().all()
+        labelled = []
+        for row in rows:
+            label = {c.name: row[f"feedback_{c.name}"] for c in feedback.c}
+            labelled.append((_answer(row), _feedback(label)))
+        return labelled
 
     def count_answers(self) -> int:
         with self.reading() as db:
@@ -659,6 +679,8 @@ def _answer(row: Any) -> AnswerRecord:
         latency_s=row["latency_s"],
         status=row["status"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        propensity=row["propensity"],
+        policy_decision=PolicyDecision.model_validate_json(row["policy_decision"]) if row["policy_decision"] else None,
     )
 
 

@@ -48,6 +48,8 @@ decisions = sa.Table(
     sa.Column("latency_s", sa.Float, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("propensity", sa.Float),  # the probability the decision gave this run; None: not known
+    sa.Column("policy_decision", sa.Text),  # the policy's PolicyDecision (None: the fallback's, or older rows)
 )
 
 synthesized_programs = sa.Table(

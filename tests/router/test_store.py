@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from fmprog.backends import BackendCatalog
-from fmprog.contract import Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicyDecision, PolicySpec
 from router.answering import Answerer
 from router.feedback import FeedbackHandler
 from router.outbox import Outbox
@@ -67,7 +67,9 @@ def test_a_sqlite_store_uses_wal_and_records_its_revision(db_path: Path):
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        columns = {row[1]: row[2] for row in db.execute("PRAGMA table_info(decisions)")}
+        assert columns["propensity"] == "FLOAT" and columns["policy_decision"] == "TEXT"
 
 
 def test_a_version_4_file_is_migrated_forward_with_everything_in_it(tmp_path: Path, catalog: BackendCatalog, zoo):
@@ -78,6 +80,9 @@ def test_a_version_4_file_is_migrated_forward_with_everything_in_it(tmp_path: Pa
         assert [a.id for a in store.list_answers(limit=10)] == V4_DECISIONS
         assert [store.get_answer(d).status for d in V4_DECISIONS] == ["resolved"] * 3 + ["answered", "resolved"]
         assert store.get_feedback(V4_DECISIONS[2]).label == "no"
+        # decided before propensities were logged: none, and no policy decision to evaluate
+        assert all(store.get_answer(d).propensity is None for d in V4_DECISIONS)
+        assert store.get_answer(V4_DECISIONS[0]).policy_decision is None
         assert store.get_synthesized("is there a bike", "binary", "v1", "model").attempts == 2
         [letter] = store.list_dead_letters()
         assert (letter.id, letter.kind, letter.program_id, letter.attempts) == (1, "delete", V4_OPEN, 3)
@@ -167,6 +172,37 @@ def test_labels_are_counted_once_per_decision(programs, answerer, store: Store, 
         assert _label(store, decision_id, label) is False
         assert _label(store, decision_id, label) is True  # a repeat is not counted again
     assert store.quality() == {binary.id: QualityCounts(right=2, wrong=2, tp=2, fp=2)}
+
+
+def test_labelled_answers_come_newest_first_with_their_labels_propensities_and_decisions(
+    programs, answerer, store: Store, frame
+):
+    program = programs.register(create("person_on_bike"))
+    other = programs.register(create("person_on_bike", algorithm="random"))
+    answers = [answerer.answer(program.id, frame, None) for _ in range(4)]
+    assert all(a.propensity == 1.0 for a in answers)  # the fallback decides without chance
+    decision = PolicyDecision(
+        algorithm="random", backends=answers[0].decision, propensities={"exists@3:23": {"detect-small": 0.5}}
+    )
+    run = answerer.run(program, programs.compiled(program.id)[1], frame, answers[0].decision)
+    run = run.model_copy(update={"propensity": 0.125, "policy_decision": decision})
+    answerer.record(run)
+    answerer.answer(other.id, frame, None)  # another program's, labelled: not read
+    labels = {answers[1].decision_id: "yes", answers[3].decision_id: "no", run.id: "yes"}
+    for decision_id, label in labels.items():
+        FeedbackHandler(store).feedback(FeedbackIn(decision_id=decision_id, label=label))
+    FeedbackHandler(store).feedback(FeedbackIn(decision_id=store.list_answers(other.id)[0].id, label="no"))
+
+    read = store.labelled_answers(program.id, 10)
+    assert [(a.id, f.label) for a, f in read] == [
+        (run.id, "yes"),
+        (answers[3].decision_id, "no"),
+        (answers[1].decision_id, "yes"),
+    ]
+    assert read[0][0].propensity == 0.125 and read[0][0].policy_decision == decision
+    assert read[1][0].propensity == 1.0 and read[1][0].policy_decision is None and read[1][0].fallback
+    assert read[0][1].reward == store.get_feedback(run.id).reward
+    assert [a.id for a, _ in store.labelled_answers(program.id, 2)] == [run.id, answers[3].decision_id]
 
 
 def test_retention_prunes_old_decisions_and_their_feedback_and_keeps_the_counts(programs, answerer, store, frame):
