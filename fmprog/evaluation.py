@@ -211,17 +211,70 @@ def run_events(decision: PolicyDecision, trace: Sequence[Invocation]) -> RunEven
 # -- probabilities ------------------------------------------------------------------------------
 
 
-def _weights(spread: GateSpread | None, fixed: Sequence[float], noise: np.ndarray) -> np.ndarray:
-    """Samples of a gate's weights (one row per sample): the spread's mean plus its root times
-    ``noise`` (``draws x len(over)`` standard normals), or the fixed weights without a spread."""
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * np.vectorize(math.erfc)(-np.asarray(z, float) / math.sqrt(2.0))
+
+
+def _moments(spread: GateSpread | None, fixed: Sequence[float], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A gate's score at each vector of ``x`` (calls x features): its posterior means and the root
+    of their covariance across the calls (``features x calls``: scores are ``mean + noise @ root``
+    for standard normal ``noise`` over the spread's features); the fixed weights without a spread."""
     if spread is None:
-        return np.broadcast_to(np.asarray(fixed, float), (len(noise), len(fixed)))
+        return x @ np.asarray(fixed, float), np.zeros((1, len(x)))
     k = len(spread.over)
     root = np.zeros((k, k))
     root[np.tril_indices(k)] = spread.root
-    samples = np.tile(np.asarray(spread.mean, float), (len(noise), 1))
-    samples[:, spread.over] += noise[:, :k] @ root.T
-    return samples
+    return x @ np.asarray(spread.mean, float), root.T @ x[:, spread.over].T
+
+
+def _choice_probabilities(
+    gate: SiteGate,
+    calls: list[tuple[tuple[float, ...], str]],
+    added: list[np.ndarray],
+    rng: np.random.Generator,
+    draws: int,
+) -> np.ndarray:
+    """Per shift (``added``: what it adds to each backend's score on the bias), the probability that
+    one draw of the gate's first-choice weights picks every call's backend: exact for one call
+    between two backends, else from ``draws`` samples (the same for every shift)."""
+    names = list(gate.choice)
+    if len(names) == 1:
+        return np.full(len(added), float(all(backend == names[0] for _, backend in calls)))
+    x = np.asarray([vector for vector, _ in calls], float)
+    chosen = np.asarray([names.index(b) if b in names else -1 for _, b in calls])
+    spreads = gate.choice_spread or {}
+    moments = [_moments(spreads.get(name), gate.choice[name], x) for name in names]
+    if len(calls) == 1 and len(names) == 2:
+        (m0, r0), (m1, r1) = moments
+        sd = math.sqrt(float((r0**2).sum() + (r1**2).sum()))
+        gap = np.array([m0[0] + a[0] * x[0, 0] - m1[0] - a[1] * x[0, 0] for a in added])  # score 0 less score 1
+        first = (gap >= 0.0).astype(float) if sd == 0.0 else _normal_cdf(gap / sd)  # ties go to the first
+        return first if chosen[0] == 0 else (1.0 - first if chosen[0] == 1 else np.zeros(len(added)))
+    scores = np.stack([m + rng.standard_normal((draws, len(r))) @ r for m, r in moments])  # backends x draws x calls
+    return np.array(
+        [((scores + a[:, None, None] * x[:, 0]).argmax(axis=0) == chosen).all(axis=1).mean() for a in added]
+    )
+
+
+def _escalation_probabilities(
+    gate: SiteGate,
+    escalations: list[tuple[tuple[float, ...], bool]],
+    added: list[float],
+    rng: np.random.Generator,
+    draws: int,
+) -> np.ndarray:
+    """Per shift, the probability that one draw of the escalation gate re-asks exactly where the
+    run re-asked: exact for one answer, else from ``draws`` samples."""
+    z = np.asarray([vector for vector, _ in escalations], float)
+    reasked = np.asarray([r for _, r in escalations])
+    mean, root = _moments(gate.escalation_spread, gate.escalation or [], z)
+    if len(escalations) == 1:
+        sd = math.sqrt(float((root**2).sum()))
+        scores = np.array([mean[0] + a * z[0, 0] for a in added])
+        above = (scores > 0.0).astype(float) if sd == 0.0 else _normal_cdf(scores / sd)
+        return above if reasked[0] else 1.0 - above
+    sampled = mean + rng.standard_normal((draws, len(root))) @ root
+    return np.array([((sampled + a * z[:, 0] > 0.0) == reasked).all(axis=1).mean() for a in added])
 
 
 def gated_probabilities(
@@ -234,40 +287,25 @@ def gated_probabilities(
     """The probability of a gated run (see the module's docstring), once per entry of ``shifts``:
     each maps a site to what is added to each backend's score on the bias (``"escalation"`` for
     its escalation gate), e.g. the change of the known cost term at another ``lambda``; the empty
-    shift is the logging policy itself. All on the same samples."""
+    shift is the logging policy itself. Gates are drawn independently of each other, so the
+    probability is the product of each gate's; a gate that decided one call is computed exactly,
+    one that decided several from ``draws`` samples of its scores (the same samples for every
+    shift)."""
     rng = np.random.default_rng(seed)
-    matched = np.ones((len(shifts), draws), bool)
+    total = np.ones(len(shifts))
     for site_id in sorted(set(events.choices) | set(events.escalations)):
         gate = gates[site_id]
-        spreads = gate.choice_spread or {}
-        names = list(gate.choice)
         calls = events.choices.get(site_id, [])
-        if calls and len(names) > 1:
-            x = np.asarray([vector for vector, _ in calls], float)  # calls x features
-            chosen = np.asarray([names.index(b) if b in names else -1 for _, b in calls])
-            scores = np.stack(
-                [
-                    _weights(spreads.get(name), gate.choice[name], rng.standard_normal((draws, len(x[0])))) @ x.T
-                    for name in names
-                ]
-            )  # backends x draws x calls
-            for s, shift in enumerate(shifts):
-                added = np.asarray([shift.get(site_id, {}).get(name, 0.0) for name in names])
-                moved = scores + added[:, None, None] * x[:, 0]
-                matched[s] &= (moved.argmax(axis=0) == chosen).all(axis=1)
-        elif calls:
-            only = names[0]
-            if any(b != only for _, b in calls):
-                matched[:] = False
+        if calls:
+            added = [np.asarray([shift.get(site_id, {}).get(name, 0.0) for name in gate.choice]) for shift in shifts]
+            part = _choice_probabilities(gate, calls, added, rng, draws)
+            total *= part
         escalations = events.escalations.get(site_id, [])
         if escalations and gate.escalation is not None:
-            z = np.asarray([vector for vector, _ in escalations], float)
-            reasked = np.asarray([r for _, r in escalations])
-            score = _weights(gate.escalation_spread, gate.escalation, rng.standard_normal((draws, z.shape[1]))) @ z.T
-            for s, shift in enumerate(shifts):
-                moved = score + shift.get(site_id, {}).get("escalation", 0.0) * z[:, 0]
-                matched[s] &= ((moved > 0.0) == reasked).all(axis=1)
-    return [float(m.mean()) for m in matched]
+            added_escalation = [shift.get(site_id, {}).get("escalation", 0.0) for shift in shifts]
+            part = _escalation_probabilities(gate, escalations, added_escalation, rng, draws)
+            total *= part
+    return [float(p) for p in total]
 
 
 def upfront_probability(decision: PolicyDecision, events: RunEvents) -> float | None:
@@ -288,14 +326,15 @@ def run_probability(
 ) -> float | None:
     """The probability the policy that made ``decision`` gave the run whose trace is ``trace``
     (None when the decision carries no propensities and no gates, or a failed call hides a
-    decision the run depended on)."""
+    decision the run depended on). Where a gate's part is sampled and no sample made the run, it
+    is ``1 / draws``: the run happened, so it has a probability, smaller than the samples see."""
     events = run_events(decision, trace)
     if not events.complete:
         return None
     if decision.gates:
         gated = gated_probabilities(decision.gates, events, seed, draws=draws)[0]
         upfront = upfront_probability(decision, events) if events.decided else 1.0
-        return None if upfront is None else gated * upfront
+        return None if upfront is None else (gated if gated > 0.0 else 1.0 / draws) * upfront
     return upfront_probability(decision, events)
 
 
@@ -403,8 +442,15 @@ def _estimate(kind: TaskKind, means: np.ndarray | None) -> Estimate:
     return Estimate(cost_per_frame=float(means[0]), task_reward=float(means[1]), accuracy=float(means[2]), f1=f1)
 
 
-def _uncovered(target: Target, sites: Sequence[CallSiteSpec], decisions: Sequence[PolicyDecision]) -> list[str]:
-    """The target's choices no logged decision ever makes possible."""
+def _uncovered(
+    target: Target,
+    sites: Sequence[CallSiteSpec],
+    decisions: Sequence[PolicyDecision],
+    reasks: Mapping[str, tuple[int, int]],
+) -> list[str]:
+    """The target's choices no logged decision ever makes possible and, for a target that never
+    re-asks, the sites whose logged answers were all re-asked (``reasks``: per site, the answers an
+    escalation gate decided on and how many it re-asked)."""
     offered: dict[str, set[str]] = {}
     for decision in decisions:
         for site_id, gate in (decision.gates or {}).items():
@@ -426,6 +472,11 @@ def _uncovered(target: Target, sites: Sequence[CallSiteSpec], decisions: Sequenc
         missing = sorted(backends - offered.get(site_id, set()))
         if missing:
             gaps.append(f"call site {site_id!r}: the logged decisions never run {', '.join(missing)} first")
+    for site_id, (answers, reasked) in sorted(reasks.items()):
+        if answers and reasked == answers:
+            gaps.append(
+                f"call site {site_id!r}: every logged answer there was re-asked ({answers}); the target never re-asks"
+            )
     return gaps
 
 
@@ -448,11 +499,15 @@ def evaluate(
             "gates carry the posteriors their weights were drawn from; these runs include up-front decisions"
         )
     weights, outcomes, skipped, unresolved = [], [], 0, 0
+    reasks: dict[str, tuple[int, int]] = {}
     for run in runs:
         events = run_events(run.decision, run.trace)
         if not events.complete:
             skipped += 1
             continue
+        for site_id, escalations in events.escalations.items():
+            answers, reasked = reasks.get(site_id, (0, 0))
+            reasks[site_id] = (answers + len(escalations), reasked + sum(r for _, r in escalations))
         moved, logged = _target_probability(target, run, events, sites, logged_lambda, draws)
         if logged is None:
             skipped += 1
@@ -482,7 +537,7 @@ def evaluate(
         snips=_estimate(kind, snips),
         dr=_estimate(kind, dr),
         logged=_estimate(kind, y.mean(axis=0) if n else None),
-        uncovered=_uncovered(target, sites, [run.decision for run in runs]),
+        uncovered=_uncovered(target, sites, [run.decision for run in runs], reasks),
     )
 
 

@@ -10,8 +10,25 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fmprog.contract import Feedback, PolicySpec, RewardConfig, is_yes, score_answer
-from fmprog.evaluation import LoggedRun, Target, evaluate, run_events, run_probability
+from fmprog.contract import (
+    CONTEXT_FEATURES,
+    Feedback,
+    GateSpread,
+    PolicySpec,
+    RewardConfig,
+    SiteGate,
+    is_yes,
+    score_answer,
+)
+from fmprog.evaluation import (
+    LoggedRun,
+    RunEvents,
+    Target,
+    evaluate,
+    gated_probabilities,
+    run_events,
+    run_probability,
+)
 from fmprog.program import Executor, GateDecider, compile_program
 from policy.algorithms import build_policy
 from router.gating import gate_records
@@ -220,3 +237,45 @@ def test_what_the_logs_cannot_support_is_named():
         Target(kind="lambda")
     with pytest.raises(ValueError, match="backends is given with kind static"):
         Target(kind="random", backends="largest")
+
+
+def random_gate(rng: np.random.Generator, backends: list[str]) -> SiteGate:
+    """A first-choice gate over ``backends`` with random means and spreads over CHOICE features."""
+    over = [0, 2, 3, 4]
+    k = len(over)
+
+    def spread() -> GateSpread:
+        root = np.tril(rng.normal(0, 0.6, (k, k)))
+        mean = np.zeros(len(CONTEXT_FEATURES))
+        mean[over] = rng.normal(0, 0.5, k)
+        return GateSpread(mean=mean.tolist(), over=over, root=root[np.tril_indices(k)].tolist())
+
+    spreads = {name: spread() for name in backends}
+    return SiteGate(choice={name: s.mean for name, s in spreads.items()}, choice_spread=spreads)
+
+
+@pytest.mark.parametrize(("backends", "calls"), [(2, 1), (2, 3), (3, 1), (3, 2)])
+def test_a_gates_probability_against_draws_of_its_weights(backends, calls):
+    rng = np.random.default_rng(backends * 10 + calls)
+    names = [f"detect-{i}" for i in range(backends)]
+    gate = random_gate(rng, names)
+    vectors = [tuple(rng.random(len(CONTEXT_FEATURES))) for _ in range(calls)]
+    # draw the weights as the policy does, decide every call with them, count each run
+    draws, runs = 20_000, Counter()
+    for _ in range(draws):
+        weights = {}
+        for name, spread in gate.choice_spread.items():
+            k = len(spread.over)
+            root = np.zeros((k, k))
+            root[np.tril_indices(k)] = spread.root
+            w = np.asarray(spread.mean)
+            w[spread.over] += root @ rng.standard_normal(k)
+            weights[name] = w
+        runs[
+            tuple(max(names, key=lambda n, x=x: (float(weights[n] @ np.asarray(x)), -names.index(n))) for x in vectors)
+        ] += 1
+    for run, count in runs.most_common(3):
+        events = RunEvents(choices={"s": list(zip(vectors, run, strict=True))})
+        (probability,) = gated_probabilities({"s": gate}, events, seed=1, draws=10_000)
+        frequency = count / draws
+        assert probability == pytest.approx(frequency, abs=5 * np.sqrt(frequency / draws + frequency / 10_000) + 0.002)
