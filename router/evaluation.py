@@ -4,8 +4,9 @@ estimating; this module reads the log for it).
 
 *The propensity of a decision* is the probability its policy gave the run that happened
 (``fmprog.evaluation.run_probability``): for an up-front decision from the propensities the policy
-sent with it; for a gated decision an estimate from the gates' spreads, on weight samples seeded by
-the decision id (``run_seed``), so the evaluation recomputes the same value. The router's fallback
+sent with it; for a gated decision from the gates' spreads (exact where each gate decided one call,
+else from samples seeded by the decision id, ``run_seed``, so the evaluation recomputes the same
+value). The router's fallback
 decision (the policy unreachable, or a cost budget spent) decides without chance: 1. None when the
 decision carries neither propensities nor gates, or a failed call hides a decision the run
 depended on. The policy's decision itself is stored with the answer, for the evaluation to read.
