@@ -5,7 +5,9 @@ router) on free ports, registers examples/programs/triangle_left_of_circle.py tw
 router: with a learning policy (``fast``) and as the all-largest static program. It streams
 generated frames (easy, medium and hard) to both through ``POST /answer``, sends each frame's
 label through ``POST /feedback``, and prints accuracy, F1 on "yes", cost per frame, what the
-policy learned, the policy's state and the router's cost metrics. Then it stops the cluster with
+learned program's log says all-largest and all-cheapest would have cost and scored (off-policy
+estimates, beside the all-largest program's live run), what the policy learned, the policy's
+state and the router's cost metrics. Then it stops the cluster with
 SIGTERM and checks that it exited cleanly. Exit code 0 only if all of that worked.
 
     python examples/demo.py [--frames 300] [--lambda 100] [--backends all]
@@ -128,6 +130,29 @@ def print_quality_and_cost(results: dict[str, list[dict]]) -> None:
     print(f"\nthe learned program costs {saving:.1f}% less than all-largest, accuracy {change:+.1f} points")
 
 
+def print_off_policy(client: Client, learned: dict, results: dict[str, list[dict]]) -> None:
+    """What the learned program's log says all-largest would have cost and scored (the router's
+    off-policy estimates, ``POST /programs/{id}/evaluate``), beside the all-largest program's live run."""
+    body = {"targets": [{"kind": "static", "backends": "largest"}, {"kind": "static", "backends": "cheapest"}]}
+    report = client.call("POST", f"{client.router}/programs/{learned['id']}/evaluate", json=body)
+    live = results["all largest (static)"]
+    n = len(live)
+    live_cost = sum(a["cost"] for a in live) / n
+    live_accuracy = sum(a["answer"] == a["truth"] for a in live) / n
+    print(f"\noff-policy estimates from the learned program's {report['labelled']} logged decisions")
+    print(f"{'target':<16} {'estimator':<9} {'accuracy':>8} {'cost/frame':>11} {'matched':>8} {'mean weight':>12}")
+    for evaluation in report["evaluations"]:
+        for name in ("ips", "snips", "dr"):
+            estimate = evaluation[name]
+            accuracy = "n/a" if estimate["accuracy"] is None else f"{estimate['accuracy']:.3f}"
+            cost = "n/a" if estimate["cost_per_frame"] is None else f"{estimate['cost_per_frame']:.4f}"
+            print(
+                f"{evaluation['target']:<16} {name:<9} {accuracy:>8} {cost:>11} {evaluation['matched']:>8} "
+                f"{evaluation['mean_weight']:>12.3f}"
+            )
+    print(f"{'static-largest':<16} {'live':<9} {live_accuracy:>8.3f} {live_cost:>11.4f}   (the all-largest program)")
+
+
 def large_share(client: Client, program: dict, last: int, large: set[str]) -> dict[str, float]:
     """Per call site, the share of its calls in the program's last ``last`` decisions that went
     to a large backend, as the router reports it (``GET /programs/{id}/policy``), over all buckets."""
@@ -242,6 +267,7 @@ def main() -> int:
             if any(a["decision"] != largest_decision(learned) for a in results["all largest (static)"]):
                 raise RuntimeError("the all-largest program answered with another decision")
             print_quality_and_cost(results)
+            print_off_policy(client, learned, results)
             print_what_it_learned(client, learned, results[learned_name], set(largest_of.values()))
             print_policy_state(client, programs, len(scenes))
             print_router_metrics(client, programs, results)
