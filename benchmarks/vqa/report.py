@@ -109,7 +109,8 @@ def _off_policy_table(track: dict[str, Any], metric: str) -> list[str]:
         f"Off-policy estimates from the logged decisions of `{rows[0]['logged']}` (`fmprog.evaluation`), beside "
         "each policy's live run on the same frames. A `lambda=` target is the logged run's own posteriors at that "
         "lambda, frame by frame; its live run learned from its own choices. Mean weight: 1 where the logged run "
-        "covers the target's runs; below, it made them too rarely to be seen. "
+        "covers the target's runs; below, it made them too rarely to be seen. A target marked * makes runs the "
+        "logged decisions never make (below): its estimates leave those runs out. "
         f"{metric} and cost/frame, live / IPS / SNIPS / DR:",
         "",
         f"| Target | Live run | {metric}: live | IPS | SNIPS | DR | Cost/frame: live | IPS | SNIPS | DR "
@@ -119,10 +120,10 @@ def _off_policy_table(track: dict[str, Any], metric: str) -> list[str]:
     for row in rows:
         metrics = " | ".join(_cell(row[name], "metric", ".3f") for name in ("ips", "snips", "dr"))
         costs = " | ".join(_cell(row[name], "cost_per_frame", ".0f") for name in ("ips", "snips", "dr"))
-        live = row["live"]
+        live, mark = row["live"], " *" if row["uncovered"] else ""
         lines.append(
-            f"| {row['target']} | {row['live_run']} | {live['metric']:.3f} | {metrics} | {live['cost_per_frame']:.0f} "
-            f"| {costs} | {row['mean_weight']:.3f} | {row['effective_runs']:.0f} |"
+            f"| {row['target']}{mark} | {row['live_run']} | {live['metric']:.3f} | {metrics} "
+            f"| {live['cost_per_frame']:.0f} | {costs} | {row['mean_weight']:.3f} | {row['effective_runs']:.0f} |"
         )
     gaps = sorted({gap for row in rows for gap in row["uncovered"]})
     if gaps:
