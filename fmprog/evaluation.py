@@ -15,11 +15,13 @@ would have been the same:
 - For a gated decision (``fmprog.contract.SiteGate``), each gate's weights are one draw per frame
   from the posterior its spread gives. The run is reproduced when one draw makes every first
   choice the run made (at the numbers the gate saw at that call) and every escalation decision:
-  re-asking where it re-asked, not where it did not. The draws of one gate are shared by all its
-  calls in the run, so the probability is not a product over calls; it is estimated from
-  ``draws`` samples of the gates' weights, seeded per run (``seed``), so that it repeats and a
-  target at another ``lambda`` is scored on the same samples (common random numbers: the ratio of
-  two probabilities is far steadier than either).
+  re-asking where it re-asked, not where it did not. Gates are drawn independently of each other,
+  so the probability is the product of each gate's part. A gate that decided one call gives its
+  part exactly (a normal distribution function of its score's mean and spread). The draw of a gate
+  that decided several calls (a loop over patches) is shared by all of them, so its part is not a
+  product over calls: it is estimated from ``draws`` samples of its scores, seeded per run
+  (``seed``), so that it repeats and a target at another ``lambda`` is scored on the same samples
+  (common random numbers: the ratio of two probabilities is far steadier than either).
 
 *Targets* (:class:`Target`): ``static`` (a fixed backend per call site: ``largest``, ``cheapest``,
 or named per site or function, the rest their cheapest), ``random`` (each site's backend drawn
@@ -66,7 +68,8 @@ from fmprog.program import Invocation, gate_vectors
 from fmprog.program.deciders import escalation_vector
 
 DRAWS = 4096
-"""Samples of a gated decision's weights its probability is estimated from."""
+"""Samples of the scores of a gate that decided several calls, its part of a run's probability
+is estimated from."""
 MAX_RUNS = 100_000
 """The most logged runs one evaluation reads."""
 
@@ -130,7 +133,7 @@ class Target(BaseModel):
 class LoggedRun:
     """One answered and labelled frame as the log keeps it. ``positive`` and ``predicted`` (binary
     tasks): whether the label and the answer say yes. ``seed`` seeds the samples of a gated
-    decision's weights (:func:`run_seed` of the decision's id)."""
+    decision's scores (:func:`run_seed` of the decision's id)."""
 
     decision: PolicyDecision
     trace: Sequence[Invocation]
@@ -150,7 +153,7 @@ class LoggedRun:
 
 
 def run_seed(decision_id: str) -> int:
-    """The seed of a decision's weight samples, from its id: the same samples whenever it is read."""
+    """The seed of a gated decision's samples, from its id: the same samples whenever it is read."""
     return int.from_bytes(hashlib.blake2b(decision_id.encode(), digest_size=8).digest(), "big")
 
 
