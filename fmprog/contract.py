@@ -271,13 +271,29 @@ class SiteGate(BaseModel):
 # -- a decision and its feedback ------------------------------------------------------------------
 
 
+class ScoreSpread(BaseModel):
+    """How a Thompson-sampling policy drew one backend's score at a call site: ``N(mean, std^2)``,
+    the largest draw winning; ``per_lambda``, how the mean moves with ``lambda`` (minus the
+    backend's cost in the score's unit, where the algorithm adds the known cost term ``lambda *
+    cost`` to what it learned), so that the same draw at another ``lambda`` is known."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(ge=0, allow_inf_nan=False)
+    per_lambda: float = Field(allow_inf_nan=False)
+
+
 class PolicyDecision(BaseModel):
     """The policy's decision for one frame as the router sees it: a backend per call site, with the
     scores and the propensities: per call site, the probability the policy gave each backend on this
     frame (1 for the backend of a deterministic choice). An algorithm that draws all sites together
     (one configuration of the whole program) also gives ``joint_propensity``, the probability of
     this configuration as a whole; otherwise sites are drawn independently and a configuration's
-    probability is the product of its sites'. ``gates``, when given, decide the named sites at each
+    probability is the product of its sites'. An algorithm that draws each site's scores from normal
+    distributions and adds the known cost term itself (``structured``, ``structured_code``) also
+    gives ``score_spreads``: from them the probability of its choices at another ``lambda`` is known
+    (off-policy evaluation). ``gates``, when given, decide the named sites at each
     invocation instead (the ``backends`` stay the decision for the other sites and the fallback
     when the gates do not fit the program; the probability of a gated run is computed from the
     gates' spreads by :mod:`fmprog.evaluation`)."""
@@ -289,6 +305,7 @@ class PolicyDecision(BaseModel):
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
     propensities: dict[str, dict[str, float]] | None = None
     joint_propensity: float | None = Field(default=None, ge=0, le=1, exclude_if=_is_none)
+    score_spreads: dict[str, dict[str, ScoreSpread]] | None = Field(default=None, exclude_if=_is_none)
     gates: dict[str, SiteGate] | None = Field(default=None, exclude_if=_is_none)
 
 

@@ -66,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fmprog.contract import CallSiteSpec, GateSpread, PolicyDecision, SiteGate, TaskKind
 from fmprog.program import Invocation, gate_vectors
 from fmprog.program.deciders import escalation_vector
+from fmprog.thompson import argmax_probabilities, normal_cdf
 
 DRAWS = 4096
 """Samples of the scores of a gate that decided several calls, its part of a run's probability
@@ -214,10 +215,6 @@ def run_events(decision: PolicyDecision, trace: Sequence[Invocation]) -> RunEven
 # -- probabilities ------------------------------------------------------------------------------
 
 
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * np.vectorize(math.erfc)(-np.asarray(z, float) / math.sqrt(2.0))
-
-
 def _moments(spread: GateSpread | None, fixed: Sequence[float], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A gate's score at each vector of ``x`` (calls x features): its posterior means and the root
     of their covariance across the calls (``features x calls``: scores are ``mean + noise @ root``
@@ -251,7 +248,7 @@ def _choice_probabilities(
         (m0, r0), (m1, r1) = moments
         sd = math.sqrt(float((r0**2).sum() + (r1**2).sum()))
         gap = np.array([m0[0] + a[0] * x[0, 0] - m1[0] - a[1] * x[0, 0] for a in added])  # score 0 less score 1
-        first = (gap >= 0.0).astype(float) if sd == 0.0 else _normal_cdf(gap / sd)  # ties go to the first
+        first = (gap >= 0.0).astype(float) if sd == 0.0 else normal_cdf(gap / sd)  # ties go to the first
         return first if chosen[0] == 0 else (1.0 - first if chosen[0] == 1 else np.zeros(len(added)))
     scores = np.stack([m + rng.standard_normal((draws, len(r))) @ r for m, r in moments])  # backends x draws x calls
     return np.array(
@@ -274,7 +271,7 @@ def _escalation_probabilities(
     if len(escalations) == 1:
         sd = math.sqrt(float((root**2).sum()))
         scores = np.array([mean[0] + a * z[0, 0] for a in added])
-        above = (scores > 0.0).astype(float) if sd == 0.0 else _normal_cdf(scores / sd)
+        above = (scores > 0.0).astype(float) if sd == 0.0 else normal_cdf(scores / sd)
         return above if reasked[0] else 1.0 - above
     sampled = mean + rng.standard_normal((draws, len(root))) @ root
     return np.array([((sampled + a * z[:, 0] > 0.0) == reasked).all(axis=1).mean() for a in added])
@@ -355,6 +352,8 @@ def _target_probability(
     every_site = decision.joint_propensity is not None and not gates
     if target.kind == "lambda":
         delta = float(target.lam or 0.0) - logged_lambda
+        if not gates:
+            return _drawn_at(decision, events, delta)
         shift = {site_id: _cost_shift(gate, _site(sites, site_id), delta) for site_id, gate in gates.items()}
         logged, moved = gated_probabilities(gates, events, run.seed, ({}, shift), draws)
         return moved, logged
@@ -376,6 +375,25 @@ def _target_probability(
     assignment = target.assignment(sites)
     agrees = all(assignment.get(site) in backends for site, backends in used.items())
     return (1.0 if agrees else 0.0), logged
+
+
+def _drawn_at(decision: PolicyDecision, events: RunEvents, delta: float) -> tuple[float, float]:
+    """An up-front decision's run under the same draws at ``delta`` more ``lambda`` (from its
+    ``score_spreads``), and under the logging policy: per site that ran, the chance its backend
+    wins the draw, multiplied."""
+    moved = logged = 1.0
+    for site_id, backend in events.decided.items():
+        spreads = (decision.score_spreads or {}).get(site_id, {})
+        if backend not in spreads:
+            return 0.0, logged
+        names = list(spreads)
+        means = np.array([spreads[name].mean for name in names])
+        stds = np.array([spreads[name].std for name in names])
+        per_lambda = np.array([spreads[name].per_lambda for name in names])
+        at = names.index(backend)
+        logged *= float(argmax_probabilities(means, stds)[at])
+        moved *= float(argmax_probabilities(means + delta * per_lambda, stds)[at])
+    return moved, logged
 
 
 def _site(sites: Sequence[CallSiteSpec], site_id: str) -> CallSiteSpec:
@@ -496,10 +514,11 @@ def evaluate(
     static backend that is not a candidate)."""
     if target.kind == "static":
         target.assignment(sites)
-    if target.kind == "lambda" and any(not run.decision.gates for run in runs):
+    if target.kind == "lambda" and any(not run.decision.gates and not run.decision.score_spreads for run in runs):
         raise ValueError(
-            "a policy at another lambda can be estimated only from gated decisions (the cascade's), whose "
-            "gates carry the posteriors their weights were drawn from; these runs include up-front decisions"
+            "a policy at another lambda can be estimated only from decisions that say how they were drawn: "
+            "gated ones (cascade: the gates' posteriors) or ones with score spreads (structured, "
+            "structured_code: each score's mean and spread, and how lambda moves it); these runs include others"
         )
     weights, outcomes, skipped, unresolved = [], [], 0, 0
     reasks: dict[str, tuple[int, int]] = {}

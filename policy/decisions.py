@@ -62,5 +62,6 @@ class PendingDecision(PolicyDecision):
             scores=self.scores,
             propensities=self.propensities,
             joint_propensity=self.joint_propensity,
+            score_spreads=self.score_spreads,
             gates=self.gates,
         )

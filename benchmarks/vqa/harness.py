@@ -52,7 +52,16 @@ from fmprog.contract import (
     task_reward,
 )
 from fmprog.evaluation import Evaluation, LoggedRun, Target, evaluate
-from fmprog.program import CascadeDecider, Decider, Executor, GateDecider, Program, Trace, compile_program
+from fmprog.program import (
+    CascadeDecider,
+    Decider,
+    Executor,
+    GateDecider,
+    Invocation,
+    Program,
+    Trace,
+    compile_program,
+)
 from fmprog.program.workers import exit_with_parent
 from policy.algorithms import algorithm_class, build_policy
 from policy.algorithms.base import Policy
@@ -122,7 +131,7 @@ class QueryResult:
     plans: dict[tuple[str, float | None], tuple[str, LabelPlan]] = field(default_factory=dict)
     """The runs on fewer labels (or from another start): each one's algorithm and plan."""
     off_policy: list[OffPolicy] = field(default_factory=list)
-    """Estimates from a gated run's logged decisions of other policies, each run live too."""
+    """Estimates from a learned run's logged decisions of other policies, each run live too."""
 
     @property
     def best_reward(self) -> dict[float, float]:
@@ -241,7 +250,7 @@ class ReplaySetup:
     """Gated policies at ``label_lambda``: a run on each of these labels besides the one on every label."""
     label_lambda: float | None = None
     off_policy: bool = True
-    """Gated policies at ``label_lambda``: estimate from their logged decisions the static, random
+    """Learned policies at ``label_lambda``: estimate from their logged decisions the static, random
     and other lambdas' runs (``fmprog.evaluation``), each beside its live run."""
 
 
@@ -315,14 +324,31 @@ def replay(
     kind: TaskKind,
     table: list[list[Outcome]],
     configs: Sequence[dict[str, str]],
+    log: list[LoggedRun] | None = None,
 ) -> list[Outcome]:
-    """Stream the frames through a fresh policy: decide, answer, feed the reward back, train."""
+    """Stream the frames through a fresh policy: decide, answer, feed the reward back, train. With
+    ``log``, each frame's decision and outcome are appended to it, as the router logs them."""
     policy = build_policy(spec)
     index = {tuple(sorted(c.items())): i for i, c in enumerate(configs)}
+    functions = {site.id: site.function for site in spec.sites}
     chosen = []
-    for frame, label, row in zip(frames, labels, table, strict=True):
+    for i, (frame, label, row) in enumerate(zip(frames, labels, table, strict=True)):
         decision = policy.decide(frame)
         outcome = row[index[tuple(sorted(decision.backends.items()))]]
+        if log is not None:  # one invocation per site that ran: what an up-front decision's run depended on
+            trace = [
+                Invocation(
+                    site_id=site, function=functions[site], backend=decision.backends[site], cost=cost, latency_s=0
+                )
+                for site, cost in outcome.site_costs
+            ]
+            task = task_reward(kind, outcome.answer, label)
+            log.append(
+                LoggedRun(
+                    decision=decision.reply(), trace=trace, cost=outcome.cost, task=task, correct=outcome.correct,
+                    positive=is_yes(label), predicted=outcome.positive, seed=i,
+                )
+            )  # fmt: skip
         feedback = Feedback(
             reward=task_reward(kind, outcome.answer, label),
             executed_sites=list(outcome.executed_sites),
@@ -520,7 +546,7 @@ def query_outcomes(
         for algorithm in setup.policies:
             spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
             if algorithm in GATED:
-                log: list[LoggedRun] | None = [] if setup.off_policy and lam == setup.label_lambda else None
+                log = [] if setup.off_policy and lam == setup.label_lambda else None
                 runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind, log=log)
                 if log is not None:
                     logs[(algorithm, lam)] = (spec, log)
@@ -530,7 +556,10 @@ def query_outcomes(
                         teacher=runs[("static-large", None)],
                     )  # fmt: skip
             else:
-                runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs)
+                log = [] if setup.off_policy and lam == setup.label_lambda else None
+                runs[(algorithm, lam)] = replay(spec, frames, labels, kind, table, configs, log=log)
+                if log is not None:
+                    logs[(algorithm, lam)] = (spec, log)
         if setup.drift is not None and kind == "binary":
             for algorithm in sorted(GATED & set(setup.policies)):
                 drifting, switch = degrading(backends, setup.drift, len(frames), setup.seed)
@@ -551,11 +580,15 @@ def estimate_off_policy(
     kind: TaskKind,
     setup: ReplaySetup,
 ) -> list[OffPolicy]:
-    """Each logged gated run's estimates of the other policies that were run live on the frames:
-    the same algorithm at the other lambdas, the static programs and random."""
+    """Each logged learned run's estimates of the other policies that were run live on the frames:
+    the same algorithm at the other lambdas (where its decisions say how they were drawn: gates or
+    score spreads), the static programs and random."""
     estimates = []
     for (algorithm, lam), (spec, log) in logs.items():
-        others = [(Target(kind="lambda", lam=other), (algorithm, other)) for other in setup.lambdas if other != lam]
+        drawn = bool(log) and all(run.decision.gates or run.decision.score_spreads for run in log)
+        others = [
+            (Target(kind="lambda", lam=other), (algorithm, other)) for other in setup.lambdas if other != lam and drawn
+        ]
         dearest_detector = max(setup.backends.for_function(Function.detect), key=lambda b: b.cost).name
         statics = [
             (Target(kind="static", backends="cheapest"), ("static-small", None)),

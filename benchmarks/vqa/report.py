@@ -100,29 +100,30 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _off_policy_table(track: dict[str, Any], metric: str) -> list[str]:
-    """Each policy estimated from a gated run's logged decisions, beside its live run."""
+    """Each policy estimated from a learned run's logged decisions, beside its live run."""
     rows = track.get("off_policy") or []
     if not rows:
         return []
     lines = [
         "",
-        f"Off-policy estimates from the logged decisions of `{rows[0]['logged']}` (`fmprog.evaluation`), beside "
-        "each policy's live run on the same frames. A `lambda=` target is the logged run's own posteriors at that "
-        "lambda, frame by frame; its live run learned from its own choices. Mean weight: 1 where the logged run "
+        "Off-policy estimates from each learned run's logged decisions at the middle lambda (`fmprog.evaluation`), "
+        "beside each policy's live run on the same frames. A `lambda=` target is the logged run's own posteriors "
+        "or networks at that lambda, frame by frame; its live run learned from its own choices. Mean weight: 1 "
+        "where the logged run "
         "covers the target's runs; below, it made them too rarely to be seen. A target marked * makes runs the "
         "logged decisions never make (below): its estimates leave those runs out. "
         f"{metric} and cost/frame, live / IPS / SNIPS / DR:",
         "",
-        f"| Target | Live run | {metric}: live | IPS | SNIPS | DR | Cost/frame: live | IPS | SNIPS | DR "
+        f"| Logged run | Target | Live run | {metric}: live | IPS | SNIPS | DR | Cost/frame: live | IPS | SNIPS | DR "
         "| Mean weight | Effective runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         metrics = " | ".join(_cell(row[name], "metric", ".3f") for name in ("ips", "snips", "dr"))
         costs = " | ".join(_cell(row[name], "cost_per_frame", ".0f") for name in ("ips", "snips", "dr"))
         live, mark = row["live"], " *" if row["uncovered"] else ""
         lines.append(
-            f"| {row['target']}{mark} | {row['live_run']} | {live['metric']:.3f} | {metrics} "
+            f"| {row['logged']} | {row['target']}{mark} | {row['live_run']} | {live['metric']:.3f} | {metrics} "
             f"| {live['cost_per_frame']:.0f} | {costs} | {row['mean_weight']:.3f} | {row['effective_runs']:.0f} |"
         )
     gaps = sorted({gap for row in rows for gap in row["uncovered"]})

@@ -6,7 +6,7 @@ Deciding Thompson-samples each backend's reward from ``N(mean, (nu * sigma)^2)``
 argmax, exactly the paper's gradient Thompson sampling for a linear last layer on frozen features
 (the gradient of the predicted reward is the feature vector, and ``U`` is exact, not diagonal).
 The decision's propensities are each backend's probability of winning that draw
-(:func:`.thompson.argmax_probabilities`); sites are drawn independently.
+(:func:`fmprog.thompson.argmax_probabilities`); sites are drawn independently.
 Learning targets are the paper's sub-rewards ``r_i = -lambda * C_i - L / N`` of executed sites;
 the closed-form posterior replaces REINFORCE's gradient steps (a regression on the sub-reward,
 the fixed point REINFORCE with a learned baseline moves toward). Everything happens in
@@ -32,9 +32,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback
+from fmprog.thompson import argmax_probabilities
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
-from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
 

@@ -8,7 +8,9 @@ task term) and the known cost term is added to it, so a new policy starts out pr
 cheaper backend in proportion to ``lambda`` instead of at random. Deciding is gradient Thompson
 sampling: per backend ``a`` draw from ``N(r'_a, (nu * sigma_a)^2)``, ``sigma_a^2 = reg * g_a^T U^-1 g_a``,
 and take the argmax; the decision's propensities are each backend's probability of winning that
-draw (:func:`.thompson.argmax_probabilities`), sites drawn independently.
+draw (:func:`fmprog.thompson.argmax_probabilities`), sites drawn independently, and its
+``score_spreads`` each draw's mean and spread (the cost term ``lambda * C_a / reward_scale`` moving
+its mean by ``-C_a / reward_scale`` per unit of ``lambda``).
 
 ``U`` is kept over the **last layer's parameters** only (a full ``U`` over every parameter is too
 large). The gradient of ``r'_a`` with respect to the last linear layer is the penultimate
@@ -48,8 +50,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
+from fmprog.thompson import argmax_probabilities, score_spreads
 from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
-from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 
 
@@ -169,10 +171,17 @@ class StructuredPolicy(Policy):
             site.id: dict(zip(site.backend_names, argmax_probabilities(*draws[site.id]).tolist(), strict=True))
             for site in self.spec.sites
         }
+        spreads = {
+            site.id: score_spreads(
+                site.backend_names, *draws[site.id], -np.asarray(site.costs) / self.params.reward_scale
+            )
+            for site in self.spec.sites
+        }
         context = np.concatenate([x.reshape(-1), np.concatenate(hiddens)])
         return PendingDecision.with_context(
-            context, algorithm=self.name, backends=backends, scores=scores, propensities=propensities
-        )
+            context, algorithm=self.name, backends=backends, scores=scores, propensities=propensities,
+            score_spreads=spreads,
+        )  # fmt: skip
 
     # -- feedback -------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ the code (see PAPER.md, "What the authors' code does"):
   and ``U`` **diagonal**, one entry per parameter, initialised to ``reg`` (default 1e-4; ``nu``
   0.1). ``sigma_a^2`` is clamped below at 1e-6 as in that code. Cost enters only here. The
   decision's propensities are each backend's probability of winning that draw
-  (:func:`.thompson.argmax_probabilities`), sites drawn independently.
+  (:func:`fmprog.thompson.argmax_probabilities`), sites drawn independently; its ``score_spreads``
+  each draw's mean and spread (the cost term moving the mean by ``-cost_a`` per unit of lambda).
 - **Feedback**: only sites that executed get the sample ``(input, chosen backend, task reward)``
   and the update ``U += g_chosen^2``. The task reward is the raw one (``Feedback.task_term``: the
   authors' +100 / -100, or ``-L``): no cost term, no ``1/N`` split, no baseline.
@@ -55,9 +56,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmprog.contract import Feedback, PolicySpec
+from fmprog.contract import Feedback, PolicySpec, ScoreSpread
+from fmprog.thompson import argmax_probabilities, score_spreads
 from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
-from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 
 Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
@@ -154,6 +155,7 @@ class StructuredCodePolicy(Policy):
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
         propensities: dict[str, dict[str, float]] = {}
+        spreads: dict[str, dict[str, ScoreSpread]] = {}
         with self.lock:
             noise = {s.id: self.rng.standard_normal(len(s.backends)) for s in self.spec.sites}
         for site in self.spec.sites:
@@ -164,9 +166,11 @@ class StructuredCodePolicy(Policy):
             backends[site.id] = names[int(np.argmax(sample))]
             scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
             propensities[site.id] = dict(zip(names, argmax_probabilities(mean, spread).tolist(), strict=True))
+            spreads[site.id] = score_spreads(names, mean, spread, -np.asarray(site.costs, dtype=np.float64))
         return PendingDecision.with_context(
-            pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores, propensities=propensities
-        )
+            pixels, dtype="uint8", algorithm=self.name, backends=backends, scores=scores, propensities=propensities,
+            score_spreads=spreads,
+        )  # fmt: skip
 
     # -- feedback -------------------------------------------------------------------------------
 

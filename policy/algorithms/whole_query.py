@@ -4,7 +4,7 @@ Thompson sampling on frame features: the fast variant's fixed features and one B
 reward model per configuration (Thompson sampling on a linear last layer over frozen features;
 the authors used a ResNet-18 bandit). It learns from the program reward ``R = task - lambda * C``.
 The decision's ``joint_propensity`` is the probability that the configuration drawn wins the
-Thompson draw (:func:`.thompson.argmax_probabilities`), its propensities per call site the
+Thompson draw (:func:`fmprog.thompson.argmax_probabilities`), its propensities per call site the
 marginals (all cheapest's probability on the cheapest backend, all largest's on the largest).
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
+from fmprog.thompson import argmax_probabilities
 from policy.algorithms.base import Policy, as_frame
 from policy.algorithms.bayes import LinearArms
-from policy.algorithms.thompson import argmax_probabilities
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
 

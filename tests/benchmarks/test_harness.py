@@ -53,9 +53,17 @@ def stream():
 
 def test_replay_runs_every_baseline_and_policy(vision_config, stream):
     backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
-    setup = ReplaySetup(backends=backends, images=ImageResolver(), lambdas=(1e-3, 1e-2))
+    setup = ReplaySetup(backends=backends, images=ImageResolver(), lambdas=(1e-3, 1e-2), label_lambda=1e-3)
     result = replay_query(stream, "binary", setup)
     assert result.configurations == 16 and len(result.sites) == 4
+    # the learned runs at 1e-3 estimate the others; another lambda where the decisions say how
+    # they were drawn (structured's score spreads), not from fast's
+    estimated = {(e.logged, e.evaluation.target): e for e in result.off_policy}
+    assert (("structured", 1e-3), "lambda=0.01") in estimated and (("fast", 1e-3), "lambda=0.01") not in estimated
+    assert estimated[(("structured", 1e-3), "lambda=0.01")].live == ("structured", 1e-2)
+    for algorithm in ("structured", "fast"):
+        static = estimated[((algorithm, 1e-3), "static-cheapest")].evaluation
+        assert static.runs == len(stream.frames) and static.skipped == 0 and static.uncovered == []
     runs = result.runs
     assert set(runs) == {
         ("static-small", None), ("static-large", None), ("monolithic-small", None),
@@ -113,6 +121,7 @@ def test_the_gated_runs_logs_estimate_the_other_runs_beside_them(vision_config, 
         label_lambda=1e-3,
     )  # fmt: skip
     result = replay_query(stream, "binary", setup)
+    assert {e.logged for e in result.off_policy} == {("cascade", 1e-3)}
     estimates = {e.evaluation.target: e for e in result.off_policy}
     assert set(estimates) == {
         "lambda=0.01",
@@ -275,11 +284,10 @@ def test_fmprog_bench_writes_the_report(vision_config, stream, tmp_path, capsys)
         assert (out / name).stat().st_size > 0
     assert (out / "binary_pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "| oracle |" in (out / "results.md").read_text()
-    estimated = {row["target"] for row in track["off_policy"]}
-    assert {"static-cheapest", "static-largest", "random"} <= estimated
-    assert (
-        "Off-policy estimates from the logged decisions of `cascade (lambda 0.001)`" in (out / "results.md").read_text()
-    )
+    estimated = {(row["logged"], row["target"]) for row in track["off_policy"]}
+    for logged in ("cascade (lambda 0.001)", "structured (lambda 0.001)", "fast (lambda 0.001)"):
+        assert {(logged, "static-cheapest"), (logged, "static-largest"), (logged, "random")} <= estimated
+    assert "| structured (lambda 0.001) | static-cheapest |" in (out / "results.md").read_text()
 
 
 def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):

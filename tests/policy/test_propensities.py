@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from fmprog.thompson import argmax_probabilities, normal_cdf
 from policy.algorithms import ALGORITHMS, build_policy
-from policy.algorithms.thompson import argmax_probabilities, normal_cdf
 from tests.policy.conftest import SITES, make_spec
 from tests.policy.test_algorithms import feed, small_hyper
 

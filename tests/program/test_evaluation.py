@@ -190,6 +190,36 @@ def test_a_settled_gate_leaves_another_lambdas_runs_unseen_and_the_mean_weight_s
     assert result.mean_weight < 0.95
 
 
+@pytest.mark.parametrize("target_lambda", [2e-5, 1e-3])
+def test_another_lambda_of_structured_is_estimated_from_its_score_spreads(target_lambda):
+    def structured(lam: float, seed: int = 3) -> PolicySpec:
+        base = spec("structured", lam, seed)
+        return base.model_copy(update={"hyperparameters": {"reward_scale": 100.0, "train_every": 8}})
+
+    world = World(seed=4)
+    logging = build_policy(structured(1e-4))
+    for _ in range(64):
+        label, state = world.frame()
+        decision = logging.decide(FRAME)
+        run = world.run(decision, state, label)
+        executed = sorted({i.site_id for i in run.trace})
+        logging.observe(decision, Feedback(reward=run.task, executed_sites=executed, costs=_site_costs(run)))
+        logging.train()
+    frames = [world.frame() for _ in range(1500)]
+    logged = frozen_run(logging, world, frames)
+    assert all(r.decision.score_spreads for r in logged)
+    # the same networks at the target's lambda (structured adds the known cost term when it decides)
+    live_policy = build_policy(structured(target_lambda, seed=9))
+    live_policy.load_state_dict(logging.state_dict())
+    live = frozen_run(live_policy, world, frames)
+    live_cost = np.mean([r.cost for r in live])
+    assert abs(live_cost - np.mean([r.cost for r in logged])) > 0.1 * live_cost, "lambda must matter here"
+    result = evaluate(Target(kind="lambda", lam=target_lambda), logged, structured(1e-4).sites, "binary", 1e-4)
+    assert result.mean_weight == pytest.approx(1.0, abs=0.1)
+    assert result.snips.cost_per_frame == pytest.approx(live_cost, rel=0.1)
+    assert result.snips.accuracy == pytest.approx(np.mean([r.correct for r in live]), abs=0.04)
+
+
 def test_static_and_random_targets_from_a_random_policys_log():
     world = World(seed=5)
     frames = [world.frame() for _ in range(2000)]
@@ -231,7 +261,7 @@ def test_what_the_logs_cannot_support_is_named():
     with pytest.raises(ValueError, match="neither a call site nor a function"):
         evaluate(Target(kind="static", backends={"ocr": "x"}), runs, sites, "binary", 0.004)
     upfront = frozen_run(build_policy(spec("random", 0.0)), world, [world.frame() for _ in range(5)])
-    with pytest.raises(ValueError, match="only from gated decisions"):
+    with pytest.raises(ValueError, match="only from decisions that say how they were drawn"):
         evaluate(Target(kind="lambda", lam=0.1), upfront, sites, "binary", 0.0)
     with pytest.raises(ValueError, match="lambda is given with kind lambda"):
         Target(kind="lambda")

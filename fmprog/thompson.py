@@ -18,9 +18,12 @@ largest mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
+
+from fmprog.contract import ScoreSpread
 
 NODES = 6
 """Gauss-Legendre nodes per panel."""
@@ -113,4 +116,14 @@ def _integrate(m: np.ndarray, s: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return np.maximum(probs, 0.0)
 
 
-__all__ = ["argmax_probabilities", "normal_cdf"]
+def score_spreads(
+    names: Sequence[str], means: np.ndarray, stds: np.ndarray, per_lambda: np.ndarray
+) -> dict[str, ScoreSpread]:
+    """A site's draws as a decision reports them (``fmprog.contract.ScoreSpread`` per backend)."""
+    return {
+        name: ScoreSpread(mean=float(m), std=float(s), per_lambda=float(d))
+        for name, m, s, d in zip(names, means, stds, per_lambda, strict=True)
+    }
+
+
+__all__ = ["argmax_probabilities", "normal_cdf", "score_spreads"]
