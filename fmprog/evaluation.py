@@ -25,11 +25,13 @@ would have been the same:
 
 *Targets* (:class:`Target`): ``static`` (a fixed backend per call site: ``largest``, ``cheapest``,
 or named per site or function, the rest their cheapest), ``random`` (each site's backend drawn
-uniformly per frame, as the ``random`` algorithm does) and ``lambda`` (the logging policy's own
-gates, drawn from the same posteriors, with the known cost term at another ``lambda``: what the
-policy would have done at that ``lambda`` with what it knew on each frame; only gated decisions
-carry the posteriors this needs). A learning policy's other *trajectory* (what it would have
-learned from the frames it would have labelled differently) is not estimated.
+uniformly per frame, as the ``random`` algorithm does) and ``lambda`` (the logging policy at
+another ``lambda`` with what it knew on each frame: a gated decision's gates drawn from the same
+posteriors, or an up-front decision's scores from the same ``score_spreads``, with the known cost
+term moved; only decisions that say how they were drawn carry what this needs, and only algorithms
+that add the cost term themselves can say how ``lambda`` moves it). A learning policy's other
+*trajectory* (what it would have learned from the frames it would have labelled differently) is not
+estimated.
 
 *Estimators* (:func:`evaluate`), over the labelled runs with weights ``w_i = pi_target(run_i) /
 pi_logged(run_i)``, for each outcome ``y`` (cost, task reward, right answers; binary tasks also

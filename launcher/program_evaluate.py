@@ -3,12 +3,12 @@ scored on a registered program's labelled decisions, estimated by the router fro
 (``POST /programs/{id}/evaluate``; ``fmprog.evaluation``), without running a backend again.
 
 Each ``--target`` is ``static-largest``, ``static-cheapest``, ``random``, ``lambda=X`` (the
-program's own gated policy at another ``lambda``) or ``static:SITE_OR_FUNCTION=BACKEND,...`` (the
-rest of the call sites their cheapest); without one, the two static targets and random. Prints a
-table: per target the runs it matched of those read and what they are worth (effective runs), and
-for IPS, SNIPS and the doubly robust estimate the cost per frame and the accuracy (F1 for binary
-tasks), after the logging policy's own line; then any runs a target makes that the log never shows
-(``uncovered``). ``--json`` prints the router's report as it is.
+program's own policy at another ``lambda``: ``cascade``, ``structured``, ``structured_code``) or
+``static:SITE_OR_FUNCTION=BACKEND,...`` (the rest of the call sites their cheapest); without one,
+the two static targets and random. Prints a table: per target the runs it matched of those read
+and what they are worth (effective runs), and for IPS, SNIPS and the doubly robust estimate the
+cost per frame and the accuracy (F1 for binary tasks), after the logging policy's own line; then
+any runs a target makes that the log never shows (``uncovered``). ``--json`` prints the router's report as it is.
 
 Usage errors exit 2 with one line on stderr; an error from the router (an unknown program, a target
 the log cannot support) prints the router's message and exits 1.
@@ -164,7 +164,7 @@ def add_evaluate_command(commands: Any) -> None:
         help="the program's last this many labelled decisions (default: %(default)s)",
     )
     command.add_argument(
-        "--draws", type=int, default=4096, help="weight samples per gated decision (default: %(default)s)"
+        "--draws", type=int, default=4096, help="samples of a gate that decided several calls (default: %(default)s)"
     )
     command.add_argument(
         "--api-key",

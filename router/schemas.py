@@ -274,8 +274,8 @@ class AnswerResult(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="The probability the decision gave this run (1 for the fallback; an estimate from the gates' "
-        "spreads for a gated decision); None when the decision carries no propensities.",
+        description="The probability the decision gave this run (1 for the fallback; from the gates' spreads for "
+        "a gated decision); None when the decision carries no propensities.",
     )
 
 
@@ -408,7 +408,8 @@ class EvaluationRequest(BaseModel):
         min_length=1,
         max_length=MAX_TARGETS,
         description='Each {"kind": "static", "backends": "largest" | "cheapest" | {site or function: backend}}, '
-        '{"kind": "random"} or {"kind": "lambda", "lambda": X} (gated decisions only).',
+        '{"kind": "random"} or {"kind": "lambda", "lambda": X} (decisions with gates or score spreads only: '
+        "cascade, structured, structured_code).",
     )
     last: int = Field(
         default=10_000, ge=1, le=MAX_RUNS, description="Read the program's last this many labelled decisions."
@@ -417,7 +418,8 @@ class EvaluationRequest(BaseModel):
         default=DRAWS,
         ge=256,
         le=65_536,
-        description="Samples of a gated decision's weights its probability is estimated from.",
+        description="Samples of the scores of a gate that decided several calls, its part of a run's probability "
+        "is estimated from.",
     )
 
 
