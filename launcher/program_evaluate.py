@@ -8,7 +8,8 @@ program's own policy at another ``lambda``: ``cascade``, ``structured``, ``struc
 the two static targets and random. Prints a table: per target the runs it matched of those read
 and what they are worth (effective runs), and for IPS, SNIPS and the doubly robust estimate the
 cost per frame and the accuracy (F1 for binary tasks), after the logging policy's own line; then
-any runs a target makes that the log never shows (``uncovered``). ``--json`` prints the router's report as it is.
+any runs a target makes that the log never shows (``uncovered``). ``--json`` prints the router's
+report as it is.
 
 Usage errors exit 2 with one line on stderr; an error from the router (an unknown program, a target
 the log cannot support) prints the router's message and exits 1.
