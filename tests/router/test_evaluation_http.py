@@ -130,3 +130,20 @@ def test_evaluations_the_log_cannot_support_or_malformed_are_refused(tmp_path, z
         ]:
             reply = client.post(f"/programs/{program_id}/evaluate", json=body)
             assert reply.status_code == 422 and where in reply.json()["detail"], (body, reply.text)
+
+
+def test_structured_logs_its_score_spreads_and_its_own_lambda_reweights_to_its_log(tmp_path, zoo):
+    with cluster(tmp_path, zoo) as (client, _):
+        program_id = register(client, algorithm="structured", hyperparameters={"reward_scale": 100.0})
+        results = labelled(client, program_id, 24)
+        assert all(0 < r["propensity"] <= 1 for r in results)
+        with Store(tmp_path / "router.db") as store:
+            stored = store.get_answer(results[-1]["decision_id"]).policy_decision
+        assert stored is not None and stored.score_spreads and stored.propensities
+        own, cheaper = evaluate(
+            client, program_id, {"kind": "lambda", "lambda": 0.001}, {"kind": "lambda", "lambda": 10.0}
+        )["evaluations"]
+        assert own["matched"] == own["runs"] == 24 and own["max_weight"] == pytest.approx(1.0)
+        assert own["snips"]["cost_per_frame"] == pytest.approx(own["logged"]["cost_per_frame"])
+        # at a lambda ten thousand times dearer every site's cheapest backend wins the draw
+        assert cheaper["ips"]["cost_per_frame"] <= own["logged"]["cost_per_frame"]
