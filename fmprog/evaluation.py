@@ -323,6 +323,22 @@ def upfront_probability(decision: PolicyDecision, events: RunEvents) -> float | 
     return probability
 
 
+def _probability(
+    decision: PolicyDecision,
+    events: RunEvents,
+    seed: int,
+    draws: int,
+    shift: Mapping[str, Mapping[str, float]] | None = None,
+) -> float | None:
+    """The probability the policy that made ``decision`` gave the run whose decisions are ``events``
+    (with ``shift``, its gates' scores moved by it: see :func:`gated_probabilities`, whose samples
+    are the same with or without a shift); None when the decision carries no propensities."""
+    upfront = upfront_probability(decision, events) if events.decided or not decision.gates else 1.0
+    if upfront is None or not decision.gates:
+        return upfront
+    return gated_probabilities(decision.gates, events, seed, (shift or {},), draws)[0] * upfront
+
+
 def run_probability(
     decision: PolicyDecision, trace: Sequence[Invocation], seed: int, draws: int = DRAWS
 ) -> float | None:
@@ -333,69 +349,58 @@ def run_probability(
     events = run_events(decision, trace)
     if not events.complete:
         return None
-    if decision.gates:
-        gated = gated_probabilities(decision.gates, events, seed, draws=draws)[0]
-        upfront = upfront_probability(decision, events) if events.decided else 1.0
-        return None if upfront is None else (gated if gated > 0.0 else 1.0 / draws) * upfront
-    return upfront_probability(decision, events)
+    probability = _probability(decision, events, seed, draws)
+    return 1.0 / draws if probability == 0.0 and decision.gates else probability
 
 
 def _target_probability(
     target: Target,
-    run: LoggedRun,
+    decision: PolicyDecision,
     events: RunEvents,
     sites: Sequence[CallSiteSpec],
     logged_lambda: float,
+    seed: int,
     draws: int,
-) -> tuple[float, float | None]:
-    """The run's probability under the target and under the logging policy (None: not logged)."""
-    decision = run.decision
+) -> float:
+    """The run's probability under the target (the logging policy's is :func:`_probability`'s)."""
     gates = decision.gates or {}
-    every_site = decision.joint_propensity is not None and not gates
     if target.kind == "lambda":
         delta = float(target.lam or 0.0) - logged_lambda
         if not gates:
             return _drawn_at(decision, events, delta)
         shift = {site_id: _cost_shift(gate, _site(sites, site_id), delta) for site_id, gate in gates.items()}
-        logged, moved = gated_probabilities(gates, events, run.seed, ({}, shift), draws)
-        return moved, logged
-    logged = run_probability(decision, run.trace, run.seed, draws)
+        return _probability(decision, events, seed, draws, shift) or 0.0
     if events.escalated:
-        return 0.0, logged
+        return 0.0
     # which backend each site that ran used, for every call alike (a static or random policy
     # decides a site once per frame)
     used: dict[str, set[str]] = {site: {backend} for site, backend in events.decided.items()}
     for site_id, calls in events.choices.items():
         used.setdefault(site_id, set()).update(backend for _, backend in calls)
-    if every_site:  # a joint draw: the decision's configuration as a whole is the event
+    if decision.joint_propensity is not None and not gates:  # a joint draw: the configuration as a whole
         used = {site: {backend} for site, backend in decision.backends.items()}
     if any(len(backends) != 1 for backends in used.values()):
-        return 0.0, logged
+        return 0.0
     if target.kind == "random":
         sizes = {s.id: len(s.backends) for s in sites}
-        return math.prod(1.0 / sizes[site] for site in used), logged
+        return math.prod(1.0 / sizes[site] for site in used)
     assignment = target.assignment(sites)
-    agrees = all(assignment.get(site) in backends for site, backends in used.items())
-    return (1.0 if agrees else 0.0), logged
+    return 1.0 if all(assignment.get(site) in backends for site, backends in used.items()) else 0.0
 
 
-def _drawn_at(decision: PolicyDecision, events: RunEvents, delta: float) -> tuple[float, float]:
+def _drawn_at(decision: PolicyDecision, events: RunEvents, delta: float) -> float:
     """An up-front decision's run under the same draws at ``delta`` more ``lambda`` (from its
-    ``score_spreads``), and under the logging policy: per site that ran, the chance its backend
-    wins the draw, multiplied."""
-    moved = logged = 1.0
+    ``score_spreads``): per site that ran, the chance its backend wins the moved draw, multiplied."""
+    probability = 1.0
     for site_id, backend in events.decided.items():
         spreads = (decision.score_spreads or {}).get(site_id, {})
         if backend not in spreads:
-            return 0.0, logged
+            return 0.0
         names = list(spreads)
-        means = np.array([spreads[name].mean for name in names])
+        means = np.array([spreads[name].mean + delta * spreads[name].per_lambda for name in names])
         stds = np.array([spreads[name].std for name in names])
-        per_lambda = np.array([spreads[name].per_lambda for name in names])
-        at = names.index(backend)
-        logged *= float(argmax_probabilities(means, stds)[at])
-        moved *= float(argmax_probabilities(means + delta * per_lambda, stds)[at])
-    return moved, logged
+        probability *= float(argmax_probabilities(means, stds)[names.index(backend)])
+    return probability
 
 
 def _site(sites: Sequence[CallSiteSpec], site_id: str) -> CallSiteSpec:
@@ -474,17 +479,17 @@ def _uncovered(
     """The target's choices no logged decision ever makes possible and, for a target that never
     re-asks, the sites whose logged answers were all re-asked (``reasks``: per site, the answers an
     escalation gate decided on and how many it re-asked)."""
+    if target.kind == "lambda":
+        return []
     offered: dict[str, set[str]] = {}
     for decision in decisions:
         for site_id, gate in (decision.gates or {}).items():
             offered.setdefault(site_id, set()).update(gate.choice)
         for site_id, chances in (decision.propensities or {}).items():
             offered.setdefault(site_id, set()).update(b for b, p in chances.items() if p > 0.0)
-        for site_id, backend in decision.backends.items():
-            if not decision.gates and decision.propensities is None:
+        if not decision.gates and decision.propensities is None:
+            for site_id, backend in decision.backends.items():
                 offered.setdefault(site_id, set()).add(backend)
-    if target.kind == "lambda":
-        return []
     wanted = (
         {s.id: set(s.backend_names) for s in sites}
         if target.kind == "random"
@@ -503,26 +508,38 @@ def _uncovered(
     return gaps
 
 
+def _check(target: Target, runs: Sequence[LoggedRun], sites: Sequence[CallSiteSpec]) -> None:
+    """ValueError naming why ``target`` cannot be estimated from ``runs``."""
+    try:
+        if target.kind == "static":
+            target.assignment(sites)
+        if target.kind == "lambda" and any(not run.decision.gates and not run.decision.score_spreads for run in runs):
+            raise ValueError(
+                "a policy at another lambda can be estimated only from decisions that say how they were drawn: "
+                "gated ones (cascade: the gates' posteriors) or ones with score spreads (structured, "
+                "structured_code: each score's mean and spread, and how lambda moves it); these runs include others"
+            )
+    except ValueError as exc:
+        raise ValueError(f"target {target.name}: {exc}") from None
+
+
 def evaluate(
-    target: Target,
+    targets: Sequence[Target],
     runs: Sequence[LoggedRun],
     sites: Sequence[CallSiteSpec],
     kind: TaskKind,
     logged_lambda: float,
     draws: int = DRAWS,
-) -> Evaluation:
-    """The target's estimates on the logged runs (see the module's docstring). ValueError when the
-    target cannot be estimated from these runs (another ``lambda`` without gated decisions, a
-    static backend that is not a candidate)."""
-    if target.kind == "static":
-        target.assignment(sites)
-    if target.kind == "lambda" and any(not run.decision.gates and not run.decision.score_spreads for run in runs):
-        raise ValueError(
-            "a policy at another lambda can be estimated only from decisions that say how they were drawn: "
-            "gated ones (cascade: the gates' posteriors) or ones with score spreads (structured, "
-            "structured_code: each score's mean and spread, and how lambda moves it); these runs include others"
-        )
-    weights, outcomes, skipped, unresolved = [], [], 0, 0
+) -> list[Evaluation]:
+    """Each target's estimates on the logged runs (see the module's docstring); each run's
+    decisions and its probability under the logging policy are worked out once for all targets.
+    ValueError naming the first target that cannot be estimated from these runs (another
+    ``lambda`` from decisions that do not say how they were drawn, a static backend that is not a
+    candidate)."""
+    for target in targets:
+        _check(target, runs, sites)
+    weights: list[list[float]] = [[] for _ in targets]
+    outcomes, skipped, unresolved = [], 0, 0
     reasks: dict[str, tuple[int, int]] = {}
     for run in runs:
         events = run_events(run.decision, run.trace)
@@ -532,17 +549,31 @@ def evaluate(
         for site_id, escalations in events.escalations.items():
             answers, reasked = reasks.get(site_id, (0, 0))
             reasks[site_id] = (answers + len(escalations), reasked + sum(r for _, r in escalations))
-        moved, logged = _target_probability(target, run, events, sites, logged_lambda, draws)
+        logged = _probability(run.decision, events, run.seed, draws)
         if logged is None:
             skipped += 1
             continue
         if logged <= 0.0:  # a run that happened has a probability: the samples were too few to see it
             unresolved += 1
             logged = 1.0 / draws
-        weights.append(moved / logged)
+        for target, mine in zip(targets, weights, strict=True):
+            moved = _target_probability(target, run.decision, events, sites, logged_lambda, run.seed, draws)
+            mine.append(moved / logged)
         outcomes.append(run.outcome(kind))
-    w = np.asarray(weights, float)
-    y = np.asarray(outcomes, float).reshape(len(weights), -1)
+    y = np.asarray(outcomes, float).reshape(len(outcomes), -1)
+    decisions = [run.decision for run in runs]
+    return [
+        _evaluation(
+            target, np.asarray(w, float), y, kind, skipped, unresolved, _uncovered(target, sites, decisions, reasks)
+        )
+        for target, w in zip(targets, weights, strict=True)
+    ]
+
+
+def _evaluation(
+    target: Target, w: np.ndarray, y: np.ndarray, kind: TaskKind, skipped: int, unresolved: int, uncovered: list[str]
+) -> Evaluation:
+    """One target's estimates from its weights ``w`` and the runs' outcomes ``y``."""
     n = len(w)
     total = float(w.sum())
     ips = (w[:, None] * y).sum(axis=0) / n if n else None
@@ -561,7 +592,7 @@ def evaluate(
         snips=_estimate(kind, snips),
         dr=_estimate(kind, dr),
         logged=_estimate(kind, y.mean(axis=0) if n else None),
-        uncovered=_uncovered(target, sites, [run.decision for run in runs], reasks),
+        uncovered=uncovered,
     )
 
 

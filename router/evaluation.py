@@ -64,12 +64,10 @@ def evaluate_program(store: Store, program: ProgramPublic, request: EvaluationRe
     labelled = store.labelled_answers(program.id, request.last)
     runs = [logged_run(answer, label, program.algorithm) for answer, label in labelled if not answer.fallback]
     sites = call_sites(program)
-    evaluations = []
-    for target in request.targets:
-        try:
-            evaluations.append(evaluate(target, runs, sites, program.kind, program.lambda_, request.draws))
-        except ValueError as exc:
-            raise EvaluationRejected(f"target {target.name}: {exc}") from None
+    try:
+        evaluations = evaluate(request.targets, runs, sites, program.kind, program.lambda_, request.draws)
+    except ValueError as exc:
+        raise EvaluationRejected(str(exc)) from None
     return EvaluationReport(
         program_id=program.id,
         algorithm=program.algorithm,

@@ -583,23 +583,25 @@ def estimate_off_policy(
     """Each logged learned run's estimates of the other policies that were run live on the frames:
     the same algorithm at the other lambdas (where its decisions say how they were drawn: gates or
     score spreads), the static programs and random."""
+    dearest_detector = max(setup.backends.for_function(Function.detect), key=lambda b: b.cost).name
+    statics = [
+        (Target(kind="static", backends="cheapest"), ("static-small", None)),
+        (Target(kind="static", backends="largest"), ("static-large", None)),
+        (Target(kind="static", backends={"detect": dearest_detector}), ("static-detect-large", None)),
+        (Target(kind="random"), ("random", None)),
+    ]
     estimates = []
     for (algorithm, lam), (spec, log) in logs.items():
         drawn = bool(log) and all(run.decision.gates or run.decision.score_spreads for run in log)
         others = [
             (Target(kind="lambda", lam=other), (algorithm, other)) for other in setup.lambdas if other != lam and drawn
         ]
-        dearest_detector = max(setup.backends.for_function(Function.detect), key=lambda b: b.cost).name
-        statics = [
-            (Target(kind="static", backends="cheapest"), ("static-small", None)),
-            (Target(kind="static", backends="largest"), ("static-large", None)),
-            (Target(kind="static", backends={"detect": dearest_detector}), ("static-detect-large", None)),
-            (Target(kind="random"), ("random", None)),
+        targets = [(target, live) for target, live in [*others, *statics] if live in runs]
+        evaluations = evaluate([target for target, _ in targets], log, spec.sites, kind, lam)
+        estimates += [
+            OffPolicy(logged=(algorithm, lam), live=live, evaluation=evaluation)
+            for (_, live), evaluation in zip(targets, evaluations, strict=True)
         ]
-        for target, live in [*others, *statics]:
-            if live in runs:
-                evaluation = evaluate(target, log, spec.sites, kind, lam)
-                estimates.append(OffPolicy(logged=(algorithm, lam), live=live, evaluation=evaluation))
     return estimates
 
 

@@ -144,7 +144,9 @@ def test_the_same_lambda_weighs_every_run_one():
     for i in range(200):
         label, state = world.frame()
         runs.append(world.run(policy.decide(FRAME), state, label, seed=i))
-    result = evaluate(Target(kind="lambda", lam=0.004), runs, spec("cascade", 0.004).sites, "binary", 0.004, draws=512)
+    [result] = evaluate(
+        [Target(kind="lambda", lam=0.004)], runs, spec("cascade", 0.004).sites, "binary", 0.004, draws=512
+    )
     assert result.matched == result.runs == 200 and result.max_weight == pytest.approx(1.0)
     for estimate in (result.ips, result.snips, result.dr):
         assert estimate.cost_per_frame == pytest.approx(result.logged.cost_per_frame)
@@ -169,7 +171,9 @@ def test_another_lambda_is_estimated_within_its_error_of_a_live_run(target_lambd
     live_cost = np.mean([r.cost for r in live])
     live_accuracy = np.mean([r.correct for r in live])
     assert abs(live_cost - np.mean([r.cost for r in logged])) > 0.05 * live_cost, "lambda must matter here"
-    result = evaluate(Target(kind="lambda", lam=target_lambda), logged, spec("cascade", 0.004).sites, "binary", 0.004)
+    [result] = evaluate(
+        [Target(kind="lambda", lam=target_lambda)], logged, spec("cascade", 0.004).sites, "binary", 0.004
+    )
     assert result.effective_runs > 50 and result.mean_weight == pytest.approx(1.0, abs=0.1)
     assert result.snips.cost_per_frame == pytest.approx(live_cost, rel=0.1)
     assert result.snips.accuracy == pytest.approx(live_accuracy, abs=0.03)
@@ -180,8 +184,8 @@ def test_another_lambda_is_estimated_within_its_error_of_a_live_run(target_lambd
 def test_a_settled_gate_leaves_another_lambdas_runs_unseen_and_the_mean_weight_says_so():
     logging, world = learned_cascade(lam=0.004, frames=150)
     frames = [world.frame() for _ in range(1500)]
-    result = evaluate(
-        Target(kind="lambda", lam=0.02),
+    [result] = evaluate(
+        [Target(kind="lambda", lam=0.02)],
         frozen_run(logging, world, frames),
         spec("cascade", 0.004).sites,
         "binary",
@@ -214,7 +218,7 @@ def test_another_lambda_of_structured_is_estimated_from_its_score_spreads(target
     live = frozen_run(live_policy, world, frames)
     live_cost = np.mean([r.cost for r in live])
     assert abs(live_cost - np.mean([r.cost for r in logged])) > 0.1 * live_cost, "lambda must matter here"
-    result = evaluate(Target(kind="lambda", lam=target_lambda), logged, structured(1e-4).sites, "binary", 1e-4)
+    [result] = evaluate([Target(kind="lambda", lam=target_lambda)], logged, structured(1e-4).sites, "binary", 1e-4)
     assert result.mean_weight == pytest.approx(1.0, abs=0.1)
     assert result.snips.cost_per_frame == pytest.approx(live_cost, rel=0.1)
     assert result.snips.accuracy == pytest.approx(np.mean([r.correct for r in live]), abs=0.04)
@@ -232,12 +236,12 @@ def test_static_and_random_targets_from_a_random_policys_log():
     for which in ("cheapest", "largest"):
         assignment = Target(kind="static", backends=which).assignment(sites)
         live = [World.run(world, _Fixed(assignment), state, label) for label, state in frames]
-        result = evaluate(Target(kind="static", backends=which), logged, sites, "binary", 0.0)
+        [result] = evaluate([Target(kind="static", backends=which)], logged, sites, "binary", 0.0)
         assert result.uncovered == []
         assert result.snips.cost_per_frame == pytest.approx(np.mean([r.cost for r in live]), rel=0.05)
         assert result.snips.accuracy == pytest.approx(np.mean([r.correct for r in live]), abs=0.04)
         assert result.ips.accuracy == pytest.approx(np.mean([r.correct for r in live]), abs=0.15)
-    same = evaluate(Target(kind="random"), logged, sites, "binary", 0.0)
+    [same] = evaluate([Target(kind="random")], logged, sites, "binary", 0.0)
     assert same.max_weight == pytest.approx(1.0) and same.ips.cost_per_frame == pytest.approx(
         same.logged.cost_per_frame
     )
@@ -254,15 +258,15 @@ def test_what_the_logs_cannot_support_is_named():
     policy, world = learned_cascade(lam=0.004, frames=20)
     runs = frozen_run(policy, world, [world.frame() for _ in range(30)])
     sites = spec("cascade", 0.004).sites
-    largest = evaluate(Target(kind="static", backends="largest"), runs, sites, "binary", 0.004)
+    [largest] = evaluate([Target(kind="static", backends="largest")], runs, sites, "binary", 0.004)
     assert any("vqa-large" in gap for gap in largest.uncovered)  # asked only as an escalation, never first
     with pytest.raises(ValueError, match="not a candidate"):
-        evaluate(Target(kind="static", backends={"vqa": "llm-large"}), runs, sites, "binary", 0.004)
+        evaluate([Target(kind="static", backends={"vqa": "llm-large"})], runs, sites, "binary", 0.004)
     with pytest.raises(ValueError, match="neither a call site nor a function"):
-        evaluate(Target(kind="static", backends={"ocr": "x"}), runs, sites, "binary", 0.004)
+        evaluate([Target(kind="static", backends={"ocr": "x"})], runs, sites, "binary", 0.004)
     upfront = frozen_run(build_policy(spec("random", 0.0)), world, [world.frame() for _ in range(5)])
     with pytest.raises(ValueError, match="only from decisions that say how they were drawn"):
-        evaluate(Target(kind="lambda", lam=0.1), upfront, sites, "binary", 0.0)
+        evaluate([Target(kind="lambda", lam=0.1)], upfront, sites, "binary", 0.0)
     with pytest.raises(ValueError, match="lambda is given with kind lambda"):
         Target(kind="lambda")
     with pytest.raises(ValueError, match="backends is given with kind static"):
