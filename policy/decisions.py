@@ -55,13 +55,6 @@ class PendingDecision(PolicyDecision):
         return np.frombuffer(self.context, dtype=np.dtype(self.context_dtype)).reshape(self.context_shape)
 
     def reply(self) -> PolicyDecision:
-        """The decision as the router sees it (without the context)."""
-        return PolicyDecision(
-            algorithm=self.algorithm,
-            backends=self.backends,
-            scores=self.scores,
-            propensities=self.propensities,
-            joint_propensity=self.joint_propensity,
-            score_spreads=self.score_spreads,
-            gates=self.gates,
-        )
+        """The decision as the router sees it: every field of the wire's, none of what the policy
+        keeps for learning (the context, the arm)."""
+        return PolicyDecision(**{name: getattr(self, name) for name in PolicyDecision.model_fields})
