@@ -118,3 +118,17 @@ def test_no_import_cycles(graph):
         if node not in index:
             visit(node)
     assert not cycles, cycles
+
+
+def test_what_real_image_backends_see_stands_alone(graph):
+    """``fmprog.vision`` (vocabularies, question forms, colours) is read by the configuration, the
+    engines and the program runtime alike, so it imports nothing of the project but itself."""
+    outside = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        if module.startswith("fmprog.vision")
+        for target in targets
+        if not target.startswith("fmprog.vision")
+    )
+    assert not outside, "\n".join(outside)
+    assert any(t.startswith("fmprog.vision") for t in graph["fmprog.program.executor"])  # the rule has a subject

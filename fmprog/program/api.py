@@ -192,7 +192,9 @@ class ImagePatch:
 
     def verify_property(self, object_name: str, attribute: str) -> bool:
         """Whether the object in this patch has the visual property (one VQA question)."""
-        answer = self._invoker.invoke(Function.vqa, self._pixels(), f"Is this {object_name} {attribute}?", patch=self)
+        answer = self._invoker.invoke(
+            Function.vqa, self._pixels(), property_question(object_name, attribute), patch=self
+        )
         return "yes" in answer.lower()
 
     def query(self, question: str | None = None) -> str:
@@ -207,8 +209,7 @@ class ImagePatch:
         options = [str(o) for o in option_list]
         if not options:
             raise ValueError("best_text_match needs at least one option")
-        shown = [f"{prefix} {o}" if prefix else o for o in options]
-        question = f"Which of these is it: {', '.join(shown)}?"
+        question = choice_question(options, prefix)
         answer = self._invoker.invoke(Function.vqa, self._pixels(), question, patch=self)
         return _closest_option(answer, options)
 
@@ -240,6 +241,17 @@ class ImagePatch:
 
     def __repr__(self) -> str:
         return f"ImagePatch({self.left}, {self.lower}, {self.right}, {self.upper})"
+
+
+def property_question(object_name: str, attribute: str) -> str:
+    """The VQA question ``verify_property`` asks."""
+    return f"Is this {object_name} {attribute}?"
+
+
+def choice_question(options: list[str], prefix: str | None = None) -> str:
+    """The VQA question ``best_text_match`` asks."""
+    shown = [f"{prefix} {o}" if prefix else o for o in options]
+    return f"Which of these is it: {', '.join(shown)}?"
 
 
 def _clip(value, limit: int) -> int:

@@ -49,6 +49,7 @@ from fmprog.program.deciders import (
 )
 from fmprog.program.errors import BackendFailure, InvalidChoice, InvalidDecision, ProgramHalt, SandboxViolation
 from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
+from fmprog.vision.scope import out_of_vocabulary
 
 Decision = Mapping[str, str]
 ErrorKind = Literal[
@@ -109,6 +110,12 @@ class Invocation(BaseModel):
         description="The backend whose answer the decider re-asked this one about.",
     )
     features: InvocationFeatures | None = Field(default=None, exclude_if=_is_none)
+    out_of_vocabulary: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Why the call was outside the backend's declared vocabulary (a noun or question it cannot "
+        "see or answer): it answered anyway, as well as it could (nothing found, or 'unknown').",
+    )
 
 
 class MemoHit(BaseModel):
@@ -479,6 +486,7 @@ class _Run:
         if plan is None:
             plan = self._executor._attempts(chosen, self._alternates.get(site.id, ()))
             self._plans[(site.id, chosen)] = plan
+        text = record.inputs(arguments)[1]  # the noun or question, checked against each backend's vocabulary
         refused: set[str] = set()  # backends whose failure says retrying them cannot help
         tried, error, failed = 0, None, chosen
         for name, attempt in plan:
@@ -518,6 +526,7 @@ class _Run:
                 attempt=attempt,
                 fallback_from=chosen if name != chosen else None,
                 error=error,
+                out_of_vocabulary=out_of_vocabulary(backend.spec.vocabulary, function.value, text),
                 **decided,
             )
             self.invocations.append(invocation)

@@ -111,7 +111,11 @@ class WorkerPool:
         )
         self.retry_backoff_s = self._checks.retry_backoff_s
         self._setup = {
-            "backends": [(b.name, b.function.value, b.cost) for b in backends.values()],
+            # what the worker's executor reads of a backend: its name, function, cost and vocabulary
+            "backends": [
+                b.spec.model_dump(mode="json", include={"name", "function", "cost", "vocabulary"})
+                for b in backends.values()
+            ],
             "limits": self.limits.model_dump(),
             "retries": retries,
             "retry_backoff_s": self._checks.retry_backoff_s,
@@ -634,12 +638,8 @@ def _serve(argv: list[str]) -> None:
     remote = _Remote(conn, int(argv[1]))
     exit_with_parent()
     setup = conn.recv()[1]
-    registry = BackendRegistry(
-        [
-            Backend(BackendSpec(name=name, function=function, cost=cost), remote.model(name, Function(function)))
-            for name, function, cost in setup["backends"]
-        ]
-    )
+    specs = [BackendSpec.model_validate(fields) for fields in setup["backends"]]
+    registry = BackendRegistry([Backend(spec, remote.model(spec.name, spec.function)) for spec in specs])
     limits = ExecutionLimits(**setup["limits"])
     reporter = _Reporter(remote)
     executor = Executor(
