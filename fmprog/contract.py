@@ -54,7 +54,7 @@ class BackendOption(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: BackendName
-    cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, millions of parameters.")
+    cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, in the configuration's unit.")
 
 
 class CallSiteSpec(BaseModel):

@@ -31,7 +31,7 @@ DASHBOARD = Path("deploy/grafana/dashboards/fmprog.json")
 DASHBOARD_COPY = Path("k8s/base/generated/fmprog-dashboard.json")
 RAYSERVICE_NAME = "fmprog-backends"
 # kustomize overlay -> the backend configuration it serves
-OVERLAYS = {"dev-cpu": Path("deploy/config/cpu.yaml"), "prod-gpu": Path("deploy/config/gpu.yaml")}
+OVERLAYS = {"dev-cpu": Path("deploy/config/synthetic.yaml"), "prod-gpu": Path("deploy/config/gpu.yaml")}
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 PROGRAM = 'program=~"$program"'

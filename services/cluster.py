@@ -53,7 +53,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: Path = Field(description="Backend configuration (YAML), e.g. deploy/config/cpu.yaml.")
+    config: Path = Field(description="Backend configuration (YAML), e.g. deploy/config/synthetic.yaml.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     backends: list[str] | None = Field(default=None, description="Serve only these backends (default: all).")

@@ -52,7 +52,9 @@ def _start_policy(state_dir: Path, port: int) -> subprocess.Popen:
 @pytest.fixture
 def stack(tmp_path):
     vision = [
-        s for s in load_catalog(ROOT / "deploy" / "config" / "cpu.yaml").backends if s.function in ("detect", "vqa")
+        s
+        for s in load_catalog(ROOT / "deploy" / "config" / "synthetic.yaml").backends
+        if s.function in ("detect", "vqa")
     ]
     catalog = BackendCatalog(backends=vision)
     engines = {s.name: build_engine(s) for s in vision}

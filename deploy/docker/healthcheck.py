@@ -1,8 +1,8 @@
 """Container health check: exit 0 when every URL answers 200, 1 (naming the first failure) otherwise.
 
     python healthcheck.py http://127.0.0.1:8080/readyz
-    python healthcheck.py --backends-of /app/deploy/config/cpu.yaml http://127.0.0.1:8000
-    python healthcheck.py --backends-of /app/deploy/config/cpu.yaml --only detect-small http://127.0.0.1:8000
+    python healthcheck.py --backends-of /app/deploy/config/synthetic.yaml http://127.0.0.1:8000
+    python healthcheck.py --backends-of /app/deploy/config/synthetic.yaml --only detect-small http://127.0.0.1:8000
 
 With ``--backends-of CONFIG BASE_URL`` it asks ``BASE_URL/<backend>/healthz`` of every backend in
 the configuration (or of the comma-separated ``--only`` subset; empty means all), so a Ray Serve

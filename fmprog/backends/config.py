@@ -1,20 +1,29 @@
 """Typed backend configuration, validated when it is loaded.
 
-A backend is one model that serves one generic neural function. Its cost is declared in the
-paper's unit, millions of parameters (a 3B VLM costs 3750, a 72B one 73400), and a program's cost
-on a frame is the sum over the backend invocations that actually ran.
+A backend is one model that serves one generic neural function. Its cost is declared per call in
+the configuration's unit: the paper's, millions of parameters (a 3B VLM costs 3750, a 72B one
+73400), or compute, millions of multiply-adds (the real-image configuration's: one set of weights
+at two input sizes costs two amounts). A program's cost on a frame is the sum over the backend
+invocations that actually ran.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from fmprog.backends.engine_config import ENGINE_FUNCTIONS, EngineOptions
+from fmprog.backends.engine_config import ENGINE_FUNCTIONS, ENGINE_VOCABULARIES, EngineOptions
+from fmprog.vision.vocabulary import VocabularySpec
+
+DEFAULT_CONFIG = "deploy/config/real.yaml"
+"""The backend configuration used when none is named (relative to the repository's root)."""
+
+CostWeight = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+"""A lambda: how much one unit of cost weighs against the task reward."""
 
 
 class Function(StrEnum):
@@ -81,9 +90,15 @@ class BackendSpec(BaseModel):
 
     name: BackendName = Field(description="Unique name, lower case: letters, digits, '.', '_', '-'.")
     function: Function
-    cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, millions of parameters.")
+    cost: float = Field(gt=0, allow_inf_nan=False, description="Cost of one invocation, in the configuration's unit.")
     description: str = ""
     engine: EngineOptions | None = None
+    vocabulary: VocabularySpec | None = Field(
+        default=None,
+        description="What it can see (detect: the classes; vqa: also the question forms): calls outside it are "
+        "marked, and programs that make them are warned about. Left out: the engine's own, for an engine whose "
+        "classes are known (darknet, hog, classifier); otherwise none, and nothing is checked.",
+    )
     resources: Resources = Resources()
     autoscaling_config: Autoscaling = Autoscaling()
     batching: Batching = Batching()
@@ -91,11 +106,39 @@ class BackendSpec(BaseModel):
     health_check_period_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     health_check_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_vocabulary(cls, data: Any) -> Any:
+        """An engine whose classes are known gets its own vocabulary when none is declared."""
+        if isinstance(data, dict) and data.get("vocabulary") is None:
+            kind = data.get("engine", {}).get("kind") if isinstance(data.get("engine"), dict) else None
+            kind = kind or getattr(data.get("engine"), "kind", None)
+            if kind in ENGINE_VOCABULARIES:
+                return {**data, "vocabulary": ENGINE_VOCABULARIES[kind](data["engine"])}
+        return data
+
     @model_validator(mode="after")
     def _engine_serves_function(self) -> BackendSpec:
         if self.engine is not None and self.function.value not in ENGINE_FUNCTIONS[self.engine.kind]:
             served = ", ".join(sorted(ENGINE_FUNCTIONS[self.engine.kind]))
             raise ValueError(f"engine {self.engine.kind!r} cannot serve {self.function.value} (it serves {served})")
+        if self.vocabulary is not None:
+            if self.function not in (Function.detect, Function.vqa):
+                raise ValueError(f"a vocabulary is declared for detect and vqa backends, not {self.function.value}")
+            if (self.function == Function.vqa) != (self.vocabulary.questions is not None):
+                raise ValueError("vocabulary.questions lists the question forms of a vqa backend, and only of one")
+            if self.engine is not None and self.engine.kind in ENGINE_VOCABULARIES:
+                own = ENGINE_VOCABULARIES[self.engine.kind](self.engine)
+                if self.vocabulary.nouns != own["nouns"]:
+                    raise ValueError(
+                        f"the {self.engine.kind} engine sees the {own['nouns']} nouns, not {self.vocabulary.nouns}"
+                    )
+                beyond = set(self.vocabulary.questions or ()) - set(own.get("questions") or ())
+                if beyond:
+                    raise ValueError(
+                        f"the {self.engine.kind} engine cannot answer {', '.join(sorted(beyond))} questions "
+                        "(whole-image questions need its detector)"
+                    )
         return self
 
 
@@ -105,6 +148,11 @@ class BackendCatalog(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backends: list[BackendSpec] = Field(min_length=1)
+    default_lambda: CostWeight | None = Field(
+        default=None,
+        description="The cost weight (lambda) that suits this configuration's cost unit, given to a program "
+        "registered without one (the router's FMPROG_ROUTER_DEFAULT_LAMBDA overrides it).",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> BackendCatalog:

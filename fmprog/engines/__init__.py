@@ -21,6 +21,9 @@ ENGINES: dict[str, str] = {
     "vllm": "fmprog.engines.vllm:VLLMEngine",
     "rapidocr": "fmprog.engines.rapidocr:RapidOCREngine",
     "tesseract": "fmprog.engines.tesseract:TesseractEngine",
+    "darknet": "fmprog.engines.darknet:DarknetEngine",
+    "hog": "fmprog.engines.hog:HogEngine",
+    "classifier": "fmprog.engines.classifier:ClassifierEngine",
 }
 
 

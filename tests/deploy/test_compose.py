@@ -163,7 +163,7 @@ def test_settings_and_urls_are_the_services_own(name: str, model: dict[str, Any]
     config = services["serve"]["environment"]["FMPROG_CONFIG"]
     assert router.backends_config.as_posix() == config, "the router offers what Serve serves"
     assert (ROOT / Path(config).relative_to("/app")).is_file()
-    expected = "gpu.yaml" if "GPU" in name else "cpu.yaml"
+    expected = "gpu.yaml" if "GPU" in name else "synthetic.yaml"
     assert Path(config).name == expected
     # the router's state is in the postgres service, with the credentials that service is given
     database = urlsplit(str(router.database))

@@ -205,7 +205,7 @@ def test_the_entry_script_moves_serve_to_the_given_host_and_port(tmp_path: Path)
         stub.chmod(0o755)
     env = {
         "PATH": f"{tmp_path}:/usr/bin:/bin",
-        "FMPROG_CONFIG": "/app/deploy/config/cpu.yaml",
+        "FMPROG_CONFIG": "/app/deploy/config/synthetic.yaml",
         "FMPROG_SERVE_HOST": "127.0.0.1",
         "FMPROG_SERVE_PORT": "18000",
         "FMPROG_RAY_START_ARGS": "--port=16379",

@@ -75,7 +75,7 @@ def test_the_entry_script_starts_ray_then_serve(tmp_path: Path) -> None:
         stub = tmp_path / tool
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
         stub.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FMPROG_CONFIG": "/app/deploy/config/cpu.yaml"}
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FMPROG_CONFIG": "/app/deploy/config/synthetic.yaml"}
     for backends, expected in (("", ""), ("detect-small,vqa-small", " --backends detect-small,vqa-small")):
         log.unlink(missing_ok=True)
         run = subprocess.run(
@@ -86,7 +86,8 @@ def test_the_entry_script_starts_ray_then_serve(tmp_path: Path) -> None:
         assert ray.startswith("ray start --head ") and "--metrics-export-port=8080" in ray
         assert "--dashboard-host=127.0.0.1" in ray, "the dashboard can run jobs: keep it on loopback"
         assert fmprog == (
-            "fmprog serve --config /app/deploy/config/cpu.yaml --host 0.0.0.0 --port 8000 --ray-address auto" + expected
+            "fmprog serve --config /app/deploy/config/synthetic.yaml --host 0.0.0.0 --port 8000 --ray-address auto"
+            + expected
         )
 
 
@@ -269,7 +270,7 @@ def test_stage_reader_reads_env_and_user() -> None:
     """The Dockerfile reader itself: continuations, flags, ENV pairs."""
     serve = dockerfile("Dockerfile").stage("serve")
     assert isinstance(serve, Stage)
-    assert serve.env()["FMPROG_CONFIG"] == "/app/deploy/config/cpu.yaml"
+    assert serve.env()["FMPROG_CONFIG"] == "/app/deploy/config/synthetic.yaml"
     assert serve.exposed() == {"8000", "8080", "6379"}
     router = dockerfile("Dockerfile").stage("router")
     assert router.env()["FMPROG_ROUTER_HOST"] == "0.0.0.0"

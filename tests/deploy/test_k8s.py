@@ -30,7 +30,7 @@ from tests.deploy.manifests import (
 )
 
 FOLDERS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
-CONFIGS = {"dev-cpu": ROOT / "deploy/config/cpu.yaml", "prod-gpu": ROOT / "deploy/config/gpu.yaml"}
+CONFIGS = {"dev-cpu": ROOT / "deploy/config/synthetic.yaml", "prod-gpu": ROOT / "deploy/config/gpu.yaml"}
 WORKLOADS = ("Deployment", "StatefulSet")
 DEV_DATABASE_URL = "postgresql+psycopg://fmprog:dev-database-password-not-a-secret@fmprog-postgres:5432/fmprog"
 

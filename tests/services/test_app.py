@@ -49,7 +49,7 @@ def test_serve_config_round_trips_every_backend(path):
 
 
 def test_default_configs_exist():
-    assert {p.name for p in CONFIGS} >= {"cpu.yaml", "gpu.yaml"}
+    assert {p.name for p in CONFIGS} >= {"real.yaml", "synthetic.yaml", "gpu.yaml"}
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_the_serve_config_builds_every_application():
 
     from services.app import backend_app
 
-    config = serve_config(load_catalog(ROOT / "deploy" / "config" / "cpu.yaml"))
+    config = serve_config(load_catalog(ROOT / "deploy" / "config" / "synthetic.yaml"))
     for app in config["applications"]:
         assert isinstance(backend_app(app["args"]), Application), app["name"]
 
@@ -90,6 +90,6 @@ def test_the_serve_config_builds_every_application():
 def test_serving_an_unknown_backend_is_refused_before_anything_starts():
     from services.cluster import ServeSettings, serve_backends
 
-    settings = ServeSettings(config=ROOT / "deploy" / "config" / "cpu.yaml", backends=["detect-small", "nope"])
+    settings = ServeSettings(config=ROOT / "deploy" / "config" / "synthetic.yaml", backends=["detect-small", "nope"])
     with pytest.raises(ValueError, match=r"unknown backends \['nope'\]"), serve_backends(settings):
         pass
