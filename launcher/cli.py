@@ -9,9 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+from fmprog.backends.config import DEFAULT_CONFIG, BackendSpec
+
 
 def _program_check(args: argparse.Namespace) -> int:
-    from launcher.program_run import compiled
+    from fmprog.backends.config import ConfigError, load_catalog
+    from launcher.program_run import compiled, warnings
 
     try:
         source = Path(args.file).read_text()
@@ -21,8 +24,64 @@ def _program_check(args: argparse.Namespace) -> int:
     program = compiled(args.file, source)
     if program is None:
         return 2
+    catalog = None
+    if args.config is not None or Path(DEFAULT_CONFIG).is_file():
+        try:
+            catalog = load_catalog(args.config or DEFAULT_CONFIG)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps([site.model_dump(mode="json") for site in program.call_sites], indent=2))
+    if catalog is None:
+        print(f"{args.file}: note: no {DEFAULT_CONFIG} here; give --config to check what its backends can see",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    for warning in warnings(program, catalog):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from fmprog.backends.config import ConfigError, load_catalog
+
+    try:
+        catalog = load_catalog(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = [_backend_row(spec) for spec in catalog.backends]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max([len("vocabulary"), *(len(r["vocabulary"]["summary"]) for r in rows if r["vocabulary"])])
+    print(f"{'name':<16} {'function':<8} {'engine':<12} {'cost':>10} {'vocabulary':<{width}} description")
+    for row in rows:
+        vocabulary = "(not declared)" if row["vocabulary"] is None else row["vocabulary"]["summary"]
+        print(
+            f"{row['name']:<16} {row['function']:<8} {row['engine'] or '-':<12} {row['cost']:>10g} "
+            f"{vocabulary:<{width}} {row['description']}"
+        )
+    return 0
+
+
+def _backend_row(spec: BackendSpec) -> dict:
+    from fmprog.vision.vocabulary import vocabulary
+
+    row: dict = {
+        "name": spec.name,
+        "function": spec.function.value,
+        "engine": spec.engine.kind if spec.engine is not None else None,
+        "cost": spec.cost,
+        "description": spec.description,
+        "vocabulary": None,
+    }
+    if spec.vocabulary is not None:
+        size = vocabulary(spec.vocabulary).size
+        forms = list(spec.vocabulary.questions or ())
+        summary = f"{size} class{'es' if size != 1 else ''} ({spec.vocabulary.nouns})"
+        summary += f", {len(forms)} question forms" if forms else ""
+        row["vocabulary"] = {"nouns": spec.vocabulary.nouns, "size": size, "questions": forms, "summary": summary}
+    return row
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -114,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a program; print its call sites as JSON (exit 0) or the error (exit 2)"
     )
     check.add_argument("file", help="path to the program's Python source")
+    check.add_argument(
+        "--config",
+        help="warn (on stderr) about each call site that none of this configuration's backends can see "
+        f"(default: {DEFAULT_CONFIG}, when it is there)",
+    )
     check.set_defaults(handler=_program_check)
 
     from launcher.program_evaluate import add_evaluate_command
@@ -125,8 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_command(program_commands)
 
+    listing = commands.add_parser(
+        "backends", help="list a configuration's backends: name, function, engine, cost and vocabulary"
+    )
+    listing.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
+    listing.add_argument("--json", action="store_true", help="print a JSON list (name, function, cost, ...)")
+    listing.set_defaults(handler=_backends)
+
     serve = commands.add_parser("serve", help="start Ray Serve with every backend of a configuration; block")
-    serve.add_argument("--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML)")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--backends", help="comma-separated subset of backends to serve")
@@ -139,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole cluster on this machine (Ray Serve with the backends, the policy, the router); "
         "block until Ctrl-C or SIGTERM, then stop it all",
     )
-    stack.add_argument("--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML)")
+    stack.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
     stack.add_argument("--backends", help="comma-separated subset of backends to serve and offer (default: all)")
     stack.add_argument(
         "--host",

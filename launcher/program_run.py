@@ -21,10 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fmprog.backends.config import BackendCatalog, BackendSpec, Function
-from fmprog.program import Decider, InvocationContext, Program, Trace
-
-DEFAULT_CONFIG = "deploy/config/cpu.yaml"
+from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendSpec, Function
+from fmprog.program import CallSite, Decider, InvocationContext, Program, Trace
 
 
 class UsageError(Exception):
@@ -74,16 +72,27 @@ def parse_backends(text: str | None, program: Program, catalog: BackendCatalog) 
             )
     decision = {}
     for site in program.call_sites:
-        choice = by_site.get(site.id) or by_function.get(site.function) or _cheapest(catalog, site.function)
+        choice = by_site.get(site.id) or by_function.get(site.function) or _cheapest(catalog, site)
         if choice is None:
             raise UsageError(f"call site {site.id} needs a {site.function.value} backend; the configuration has none")
         decision[site.id] = choice
     return decision
 
 
-def _cheapest(catalog: BackendCatalog, function: Function) -> str | None:
-    specs = [spec for spec in catalog.backends if spec.function == function]
+def _cheapest(catalog: BackendCatalog, site: CallSite) -> str | None:
+    """The cheapest backend of the site's function that can see what it asks (of all of them, when
+    none can)."""
+    from fmprog.program.scope import usable_backends
+
+    specs = usable_backends(site, catalog.for_function(site.function))
     return min(specs, key=lambda spec: spec.cost).name if specs else None
+
+
+def warnings(program: Program, catalog: BackendCatalog) -> list[str]:
+    """A line for each call site that none of the configuration's backends of its function can see."""
+    from fmprog.program.scope import scope_warnings
+
+    return scope_warnings([(site, catalog.for_function(site.function)) for site in program.call_sites])
 
 
 def load_backends(specs: list[BackendSpec]) -> Any:
@@ -204,6 +213,7 @@ def _report(
     }
     if args.kind == "binary":
         report["reads_as"] = "yes" if is_yes(answer) else "no"
+    report["warnings"] = warnings(program, catalog)
     report["error"] = trace.error.model_dump() if trace.error else None
     report["cost"] = trace.cost
     report["latency_s"] = trace.latency_s
@@ -218,6 +228,7 @@ def _report(
             "latency_s": i.latency_s,
             "ok": i.ok,
             "output": _output(i),
+            "out_of_vocabulary": i.out_of_vocabulary,
         }
         for i in trace.invocations
     ]
@@ -235,6 +246,7 @@ def _text(report: dict[str, Any]) -> str:
         f"answer   {json.dumps(report['answer'])}"
         + (f"  (reads as {report['reads_as']})" if "reads_as" in report else ""),
     ]
+    lines += [f"warning  {warning}" for warning in report["warnings"]]
     if report["error"]:
         error = report["error"]
         where = f" at line {error['line']}" if error["line"] else ""
@@ -246,9 +258,10 @@ def _text(report: dict[str, Any]) -> str:
         header = f"{'#':>3}  {'site':<24} {'function':<8} {'backend':<14} {'cost':>10} {'ms':>8}  output"
         lines.append(header)
         for n, call in enumerate(calls, 1):
+            unseen = f"  [out of vocabulary: {call['out_of_vocabulary']}]" if call["out_of_vocabulary"] else ""
             lines.append(
                 f"{n:>3}  {call['site']:<24} {call['function']:<8} {call['backend']:<14} "
-                f"{call['cost']:>10g} {call['latency_s'] * 1000:>8.1f}  {call['output']}"
+                f"{call['cost']:>10g} {call['latency_s'] * 1000:>8.1f}  {call['output']}{unseen}"
             )
     for hit in report["remembered"]:
         lines.append(f"     {hit['site_id']:<24} remembered detection ({hit['backend']}), no call")
@@ -269,7 +282,7 @@ def add_run_command(commands: Any) -> None:
     run.add_argument(
         "--backends",
         help="site=backend or function=backend, comma-separated (e.g. vqa=vqa-large,find@5:25=detect-large); "
-        "a site left out gets the cheapest backend of its function",
+        "a site left out gets the cheapest backend of its function that can see what it asks",
     )
     run.add_argument("--kind", choices=("binary", "open"), default="open", help="binary also prints yes/no as scored")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML; default: %(default)s)")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from fmprog.backends.config import BackendCatalog, BackendName
+from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendName
 from policy.settings import PolicySettings
 from router.settings import RouterSettings
 from services.cluster import ServeSettings, free_port
@@ -48,7 +48,7 @@ class StackSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="Backend configuration (YAML).")
+    config: Path = Field(default=Path(DEFAULT_CONFIG), description="Backend configuration (YAML).")
     backends: list[BackendName] | None = Field(
         default=None, min_length=1, description="Serve and offer only these backends of the configuration."
     )

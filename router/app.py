@@ -191,7 +191,7 @@ def create_app(
             expiry_reward=settings.expiry_reward,
             teacher_threads=settings.teacher_threads,
             teacher_queue=settings.teacher_queue,
-            default_lambda=settings.default_lambda,
+            default_lambda=settings.lambda_for(the_catalog),
         )
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)

@@ -61,9 +61,17 @@ class RouterMetrics:
             ["program", "function", "from_backend", "backend"],
             registry=r,
         )
+        self.out_of_vocabulary = Counter(
+            "fmprog_out_of_vocabulary_calls_total",
+            "Backend calls outside the backend's declared vocabulary (a noun or question it cannot see or answer; "
+            "it answered anyway, as well as it could), by program, function and backend.",
+            ["program", "function", "backend"],
+            registry=r,
+        )
         self.cost = Counter(
             "fmprog_cost_total",
-            "Cost units (millions of parameters) charged.",
+            "Cost units charged, in the backend configuration's unit (millions of parameters, the paper's, or "
+            "millions of multiply-adds per call).",
             ["program", "function", "backend"],
             registry=r,
         )
@@ -208,6 +216,8 @@ class RouterMetrics:
         for call in result.trace:
             if call.escalated_from is not None:
                 self.escalations.labels(program, call.function, call.escalated_from, call.backend).inc()
+            if call.out_of_vocabulary is not None:
+                self.out_of_vocabulary.labels(program, call.function, call.backend).inc()
             self.backend_calls.labels(program, call.function, call.backend, str(call.ok).lower()).inc()
             self.cost.labels(program, call.function, call.backend).inc(call.cost)
             self.backend_latency.labels(call.backend).observe(call.latency_s)

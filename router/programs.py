@@ -14,9 +14,17 @@ from pydantic import ValidationError
 from fmprog.backends.config import BackendCatalog
 from fmprog.contract import PolicySpec
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
+from fmprog.program.scope import unseen, usable_backends
 from router.candidates import candidate_backends
 from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
-from router.schemas import CallSitePublic, CandidateBackend, ProgramCreate, ProgramPublic, SynthesisPublic
+from router.schemas import (
+    CallSitePublic,
+    CandidateBackend,
+    ProgramCreate,
+    ProgramPublic,
+    SynthesisPublic,
+    site_warnings,
+)
 from router.settings import DEFAULT_LAMBDA
 from router.store import QueuedMessage, Store, utc_now
 
@@ -70,8 +78,16 @@ def teacher_decision(program: ProgramPublic) -> dict[str, str]:
     return decision
 
 
-def public_call_site(site: CallSite, candidates: list[CandidateBackend]) -> CallSitePublic:
-    return CallSitePublic(**site.model_dump(), candidates=candidates)
+def public_call_site(site: CallSite, candidates: list[CandidateBackend], catalog: BackendCatalog) -> CallSitePublic:
+    """The site with the candidates that can see what it asks (all of them, and why each cannot,
+    when none can: ``fmprog.program.scope``)."""
+    specs = [catalog.get(c.name) for c in candidates]
+    usable = {spec.name for spec in usable_backends(site, specs)}
+    return CallSitePublic(
+        **site.model_dump(),
+        candidates=[c for c in candidates if c.name in usable],
+        out_of_vocabulary=unseen(site, specs),
+    )
 
 
 class ProgramRegistry:
@@ -114,6 +130,7 @@ class ProgramRegistry:
         except ProgramRejected as exc:
             raise ProgramInvalid(exc.problems) from None
         candidates = candidate_backends(self.catalog, request.backends, set(program.functions))
+        sites = [public_call_site(site, candidates[site.function], self.catalog) for site in program.call_sites]
         public = ProgramPublic(
             id=uuid.uuid4().hex,
             source=program.source,
@@ -122,7 +139,8 @@ class ProgramRegistry:
             lambda_source="default" if request.lambda_ is None else "request",
             algorithm=request.algorithm,
             hyperparameters=request.hyperparameters,
-            call_sites=[public_call_site(site, candidates[site.function]) for site in program.call_sites],
+            call_sites=sites,
+            warnings=site_warnings(sites),
             created_at=utc_now(),
             digest=program.digest,
             query=request.query,

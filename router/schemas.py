@@ -10,6 +10,7 @@ The cost weight is called ``lambda`` on the wire (the paper's name) and ``lambda
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from fmprog.backends.config import BackendName, Function
 from fmprog.contract import PolicyDecision, TaskKind
 from fmprog.evaluation import DRAWS, MAX_RUNS, Evaluation, Target
 from fmprog.program import CallSite, InvocationFeatures
+from fmprog.program.scope import warning_line
 
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -153,6 +155,22 @@ class CallSitePublic(CallSite):
     model_config = _WIRE
 
     candidates: list[CandidateBackend] = Field(min_length=1)
+    out_of_vocabulary: dict[str, str] = Field(
+        default_factory=dict,
+        description="When no candidate's vocabulary covers what this site asks (its literal noun or question): "
+        "each candidate with why. Empty otherwise (candidates that cannot see it are left out of the site's "
+        "candidates when others can).",
+    )
+
+    @property
+    def warning(self) -> str | None:
+        """One line naming what no candidate can see, or None."""
+        return warning_line(self, self.out_of_vocabulary) if self.out_of_vocabulary else None
+
+
+def site_warnings(sites: Sequence[CallSitePublic]) -> list[str]:
+    """A program's warnings: a line per call site no candidate can see."""
+    return [warning for site in sites if (warning := site.warning) is not None]
 
 
 class SynthesisPublic(BaseModel):
@@ -212,6 +230,12 @@ class ProgramPublic(BaseModel):
     labels: LabelBudget | None = Field(default=None, description="The label budget; none: every label is asked for.")
     teacher: Teacher | None = Field(default=None, description="The teacher that labels a share of frames, if any.")
     budget: CostBudget | None = Field(default=None, description="Its cost budget per window, if any.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Each call site that none of its backends can see (a noun or question outside every "
+        "candidate's vocabulary): it is answered as well as the backends can, and its calls are marked "
+        "out_of_vocabulary in the trace.",
+    )
     spending: BudgetState | None = Field(
         default=None, description="Where its budget stands in the current window (GET /programs/{id})."
     )
@@ -224,7 +248,8 @@ class InvocationPublic(BaseModel):
     invocation, ``attempt`` counts the tries of one backend, and ``fallback_from`` names the
     decided backend when this one ran in its place. When the policy's gates decided the run,
     ``features`` holds what the gate saw and what the invocation answered, and ``escalated_from``
-    the backend whose answer this one re-asked (both left out otherwise)."""
+    the backend whose answer this one re-asked (both left out otherwise). ``out_of_vocabulary``
+    says why a call was outside the backend's declared vocabulary (left out when it was inside)."""
 
     model_config = _WIRE
 
@@ -239,6 +264,11 @@ class InvocationPublic(BaseModel):
     error: str | None = None
     escalated_from: str | None = Field(default=None, exclude_if=_is_none)
     features: InvocationFeatures | None = Field(default=None, exclude_if=_is_none)
+    out_of_vocabulary: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Why the call was outside the backend's vocabulary (it answered anyway, as well as it could).",
+    )
 
 
 class ProgramStopped(BaseModel):

@@ -8,15 +8,24 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fmprog.backends.config import BackendCatalog, BackendName, BackendSpec, ConfigError, Function, load_catalog
+from fmprog.backends.config import (
+    DEFAULT_CONFIG,
+    BackendCatalog,
+    BackendName,
+    BackendSpec,
+    ConfigError,
+    CostWeight,
+    Function,
+    load_catalog,
+)
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
 from fmprog.contract import RewardConfig
 from fmprog.web import is_loopback
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
 DEFAULT_LAMBDA = 100.0
-"""The cost weight of a program registered without one: the demo's value for the CPU zoo, where costs are
-millions of parameters (a large vision backend then pays for itself by avoiding about one mistake in 20 frames)."""
+"""The cost weight of a program registered without one when neither the router's settings nor the backend
+configuration (its ``default_lambda``) give one."""
 
 
 class RouterSettings(BaseSettings):
@@ -62,7 +71,7 @@ class RouterSettings(BaseSettings):
     teacher_queue: int = Field(
         default=64, ge=1, le=100000, description="Teacher runs waiting at most; a frame past it is not taught."
     )
-    backends_config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="Backend configuration (YAML).")
+    backends_config: Path = Field(default=Path(DEFAULT_CONFIG), description="Backend configuration (YAML).")
     backends: list[BackendName] | None = Field(
         default=None,
         min_length=1,
@@ -105,13 +114,11 @@ class RouterSettings(BaseSettings):
         default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
     )
     fallback: Literal["cheapest", "largest"] = "cheapest"
-    default_lambda: float = Field(
-        default=DEFAULT_LAMBDA,
-        ge=0,
-        le=1e9,
-        allow_inf_nan=False,
+    default_lambda: CostWeight | None = Field(
+        default=None,
         description="The cost weight (lambda) of a program registered without one; its reply says "
-        'lambda_source "default". Costs are in the unit of backends_config (millions of parameters for cpu.yaml).',
+        'lambda_source "default". None: the backend configuration\'s default_lambda (0.001 for real.yaml, whose '
+        "costs are millions of multiply-adds; 100 for synthetic.yaml, millions of parameters), else 100.",
     )
     outbox_retry_s: float = Field(default=5.0, gt=0, description="How often undelivered policy messages are retried.")
     rewards: RewardConfig = RewardConfig()
@@ -238,6 +245,13 @@ class RouterSettings(BaseSettings):
             raise ValueError(f"refusing to listen on {self.host} without an api_key (set FMPROG_ROUTER_API_KEY)")
         return self
 
+    def lambda_for(self, catalog: BackendCatalog) -> float:
+        """The default lambda: this setting, else the backend configuration's, else ``DEFAULT_LAMBDA``."""
+        for value in (self.default_lambda, catalog.default_lambda):
+            if value is not None:
+                return value
+        return DEFAULT_LAMBDA
+
     def load_catalog(self) -> BackendCatalog:
         """The backends this router offers: ``backends_config``, restricted to ``backends`` when
         given. Raises ConfigError (a ValueError) for an unreadable configuration or unknown names."""
@@ -302,4 +316,4 @@ def select_backends(
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; {source} defines {known}")
-    return BackendCatalog(backends=[spec for spec in catalog.backends if spec.name in names])
+    return catalog.model_copy(update={"backends": [spec for spec in catalog.backends if spec.name in names]})

@@ -62,6 +62,7 @@ from router.schemas import (
     SynthesisPublic,
     Teacher,
     TeacherRun,
+    site_warnings,
 )
 from router.tables import (
     decisions,
@@ -623,6 +624,7 @@ def _sqlite_engine(url: URL, timeout_s: float, writing: Callable[[], bool]) -> E
 
 
 def _program(row: Any) -> ProgramPublic:
+    sites = [CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])]
     return ProgramPublic(
         id=row["id"],
         source=row["source"],
@@ -631,7 +633,8 @@ def _program(row: Any) -> ProgramPublic:
         lambda_source=row["lambda_source"],
         algorithm=row["algorithm"],
         hyperparameters=json.loads(row["hyperparameters"]),
-        call_sites=[CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])],
+        call_sites=sites,
+        warnings=site_warnings(sites),
         created_at=datetime.fromisoformat(row["created_at"]),
         digest=row["digest"],
         query=row["query"],

@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import Any
 
+from fmprog.backends.config import DEFAULT_CONFIG
+
 
 def add_synth_command(program_commands: Any) -> argparse.ArgumentParser:
     """Add ``synth`` to the ``fmprog program`` subcommands (an argparse subparsers action)."""
@@ -32,9 +34,7 @@ def add_synth_command(program_commands: Any) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help='the task, e.g. "Is there a red triangle left of a blue circle?"')
     parser.add_argument("--kind", choices=("binary", "open"), default="binary", help="(default: %(default)s)")
-    parser.add_argument(
-        "--config", default="deploy/config/cpu.yaml", help="backend configuration (YAML) (default: %(default)s)"
-    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML) (default: %(default)s)")
     parser.add_argument("--attempts", type=int, help="programs asked of the model at most (default: 3)")
     parser.add_argument("--dry-run-frames", type=int, help="generated frames each program runs on (default: 3)")
     parser.add_argument("--serve-url", help="dry-run with the backends of a running `fmprog serve` at this URL")

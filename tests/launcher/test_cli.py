@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fmprog.backends import load_catalog
+from fmprog.backends import Function, load_catalog
 
 FMPROG = str(Path(sys.executable).parent / "fmprog")
 
@@ -92,7 +92,7 @@ def test_serve_config_prints_one_serve_application_per_backend():
     ],
 )
 def test_up_refuses_bad_settings_before_starting_anything(args, message):
-    result = fmprog("up", "--config", str(Path(__file__).parents[2] / "deploy" / "config" / "cpu.yaml"), *args)
+    result = fmprog("up", "--config", str(Path(__file__).parents[2] / "deploy" / "config" / "synthetic.yaml"), *args)
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr
 
@@ -107,7 +107,7 @@ def test_up_refuses_a_port_in_use(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         ports = ["--router-port", str(free_port()), "--policy-port", str(port), "--serve-port", str(free_port())]
-        config = str(Path(__file__).parents[2] / "deploy" / "config" / "cpu.yaml")
+        config = str(Path(__file__).parents[2] / "deploy" / "config" / "synthetic.yaml")
         result = fmprog("up", "--config", config, *ports, "--state-dir", str(tmp_path / "state"))
     assert result.returncode == 2
     assert f"error: port {port} (policy) on 127.0.0.1 is already in use; choose another with --policy-port" in (
@@ -118,6 +118,7 @@ def test_up_refuses_a_port_in_use(tmp_path):
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIANGLE = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
+ZOO = ("--config", str(ROOT / "deploy" / "config" / "synthetic.yaml"))  # the scene programs' backends
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def scene_png(tmp_path_factory) -> Path:
 
 
 def test_program_run_prints_the_answer_and_every_call(scene_png):
-    result = fmprog("program", "run", str(TRIANGLE), "--image", str(scene_png), "--kind", "binary")
+    result = fmprog("program", "run", *ZOO, str(TRIANGLE), "--image", str(scene_png), "--kind", "binary")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     answer = next(line for line in lines if line.startswith("answer"))
@@ -145,9 +146,9 @@ def test_program_run_prints_the_answer_and_every_call(scene_png):
 
 
 def test_program_run_as_json_with_chosen_backends(scene_png):
-    catalog = {spec.name: spec.cost for spec in load_catalog(ROOT / "deploy" / "config" / "cpu.yaml").backends}
+    catalog = {spec.name: spec.cost for spec in load_catalog(ROOT / "deploy" / "config" / "synthetic.yaml").backends}
     chosen = "detect=detect-large,simple_query@6:20=vqa-large"
-    result = fmprog("program", "run", str(TRIANGLE), "--image", str(scene_png), "--backends", chosen, "--json")
+    result = fmprog("program", "run", *ZOO, str(TRIANGLE), "--image", str(scene_png), "--backends", chosen, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["decision"] == {
@@ -186,7 +187,7 @@ def test_program_run_errors_exit_2(tmp_path, scene_png, case, message):
         extra = ["--backends", "vqa=vqa-huge"]
     else:
         extra = ["--backends", "detect=vqa-large"]
-    result = fmprog("program", "run", program, "--image", image, *extra)
+    result = fmprog("program", "run", *ZOO, program, "--image", image, *extra)
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr
 
@@ -194,8 +195,96 @@ def test_program_run_errors_exit_2(tmp_path, scene_png, case, message):
 def test_program_run_of_a_program_that_fails_prints_the_error_and_exits_1(tmp_path, scene_png):
     program = tmp_path / "fails.py"
     program.write_text('def execute_command(image):\n    n = len(ImagePatch(image).find("circle"))\n    return n / 0\n')
-    result = fmprog("program", "run", str(program), "--image", str(scene_png), "--json")
+    result = fmprog("program", "run", *ZOO, str(program), "--image", str(scene_png), "--json")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["error"]["kind"] == "runtime_error" and report["error"]["line"] == 3
     assert [(c["site"], c["backend"]) for c in report["calls"]] == [("find@2:30", "detect-small")]
+
+
+REAL = ROOT / "deploy" / "config" / "real.yaml"
+SYNTHETIC = ROOT / "deploy" / "config" / "synthetic.yaml"
+UNSEEN = """def execute_command(image):
+    p = ImagePatch(image)
+    people = p.find("person")
+    octopi = p.find("octopus")
+    return len(people) + len(octopi)
+"""
+
+
+def test_backends_as_json_lists_every_backend_with_its_vocabulary():
+    from fmprog.vision.classes import COCO_CLASSES, imagenet_names
+
+    result = fmprog("backends", "--config", str(REAL), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    catalog = load_catalog(REAL)
+    assert [(r["name"], r["function"], r["cost"], r["engine"]) for r in rows] == [
+        (spec.name, spec.function.value, spec.cost, spec.engine.kind) for spec in catalog.backends
+    ]
+    sizes = {(r["engine"], r["vocabulary"] and r["vocabulary"]["size"]) for r in rows}
+    coco_and_imagenet = len(set(COCO_CLASSES) | {name.lower() for name in imagenet_names()})
+    # YOLO sees the 80 COCO classes, the classifiers COCO and ImageNet; LLMs and OCR declare none
+    assert sizes == {
+        ("darknet", 80),
+        ("classifier", coco_and_imagenet),
+        ("llama_cpp", None),
+        ("tesseract", None),
+        ("rapidocr", None),
+    }
+    vqa = next(r for r in rows if r["engine"] == "classifier")["vocabulary"]
+    assert vqa["nouns"] == "coco+imagenet"
+    assert vqa["questions"] == ["what", "color", "is_a", "property", "choice", "exists", "count"]
+
+
+def test_backends_as_a_table_prints_a_line_per_backend():
+    result = fmprog("backends", "--config", str(REAL))
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:5] == ["name", "function", "engine", "cost", "vocabulary"]
+    assert [line.split()[0] for line in lines] == [spec.name for spec in load_catalog(REAL).backends]
+    rows = {spec.engine.kind: line for spec, line in zip(load_catalog(REAL).backends, lines, strict=True)}
+    assert "80 classes (coco)" in rows["darknet"]
+    assert "7 question forms" in rows["classifier"] and "(not declared)" in rows["llama_cpp"]
+
+
+def test_backends_of_a_missing_configuration_exit_2(tmp_path):
+    result = fmprog("backends", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "error: " in result.stderr and "cannot read backend configuration" in result.stderr
+
+
+def test_program_check_warns_about_a_site_no_backend_can_see(tmp_path):
+    path = tmp_path / "octopus.py"
+    path.write_text(UNSEEN)
+    result = fmprog("program", "check", str(path), "--config", str(REAL))
+    assert result.returncode == 0, result.stderr
+    assert [site["id"] for site in json.loads(result.stdout)] == ["find@3:15", "find@4:15"]
+    detectors = load_catalog(REAL).for_function(Function.detect)
+    coco = [spec.name for spec in detectors if spec.vocabulary.nouns == "coco"]
+    assert coco == [spec.name for spec in detectors]
+    [warning] = result.stderr.splitlines()
+    assert (
+        warning
+        == f"{path}: warning: line 4: find@4:15: 'octopus' names none of the 80 COCO classes ({', '.join(coco)})"
+    )
+
+
+def test_program_check_against_a_configuration_without_vocabularies_warns_about_nothing(tmp_path):
+    path = tmp_path / "octopus.py"
+    path.write_text(UNSEEN)
+    result = fmprog("program", "check", str(path), "--config", str(SYNTHETIC))
+    assert result.returncode == 0, result.stderr
+    assert [site["id"] for site in json.loads(result.stdout)] == ["find@3:15", "find@4:15"]
+    assert result.stderr == ""
+
+
+def test_program_check_away_from_the_repository_checks_the_program_and_says_it_checked_no_vocabulary(tmp_path):
+    path = tmp_path / "octopus.py"
+    path.write_text(UNSEEN)
+    result = subprocess.run(
+        [FMPROG, "program", "check", str(path)], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert [site["id"] for site in json.loads(result.stdout)] == ["find@3:15", "find@4:15"]
+    assert result.stderr.startswith(f"{path}: note: no deploy/config/real.yaml here; give --config")

@@ -33,7 +33,7 @@ from launcher.supervisor import child_env, restart_delay
 from router.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU = ROOT / "deploy" / "config" / "cpu.yaml"
+CPU = ROOT / "deploy" / "config" / "synthetic.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = (ROOT / "examples" / "programs" / "triangle_left_of_circle.py").read_text()
 pytestmark = pytest.mark.timeout(300)
@@ -414,7 +414,11 @@ def test_router_backends_from_the_environment(monkeypatch, value, backends):
 @pytest.mark.parametrize(
     ("value", "error", "message"),
     [
-        ('["vqa-large", "nope"]', ConfigError, r"unknown backends \['nope'\]; .*cpu.yaml defines \['detect-small'"),
+        (
+            '["vqa-large", "nope"]',
+            ConfigError,
+            r"unknown backends \['nope'\]; .*synthetic.yaml defines \['detect-small'",
+        ),
         ("vqa-large,vqa-large", ValidationError, "'vqa-large' is listed twice"),
         ("[]", ValidationError, "at least 1 item"),
     ],

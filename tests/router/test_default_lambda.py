@@ -43,13 +43,29 @@ def test_a_program_without_lambda_gets_the_default_and_says_so(tmp_path, zoo):
 
 
 def test_the_default_lambda_comes_from_the_environment(tmp_path, zoo, monkeypatch):
-    assert RouterSettings().default_lambda == DEFAULT_LAMBDA
+    assert RouterSettings().default_lambda is None  # the backend configuration's, else DEFAULT_LAMBDA
     monkeypatch.setenv("FMPROG_ROUTER_DEFAULT_LAMBDA", "0.001")
     assert RouterSettings().default_lambda == 0.001
     with _client(tmp_path, zoo) as client:
         assert client.post("/programs", json={"source": example("person_on_bike"), "kind": "binary"}).json()[
             "lambda"
         ] == pytest.approx(0.001)
+
+
+def test_the_default_lambda_comes_from_the_configuration_unless_the_router_sets_one(tmp_path, zoo):
+    catalog = BackendCatalog(backends=zoo.specs, default_lambda=0.002)
+
+    def registered(**fields: object) -> dict:
+        settings = RouterSettings(database=tmp_path / "router.db", synthesis_backend=None, **fields)
+        with TestClient(create_app(settings, catalog=catalog, backends=zoo.registry())) as client:
+            return _register(client)
+
+    assert registered()["lambda"] == pytest.approx(0.002)
+    assert registered(default_lambda=0.5)["lambda"] == pytest.approx(0.5)
+    without = BackendCatalog(backends=zoo.specs)
+    settings = RouterSettings(database=tmp_path / "other.db", synthesis_backend=None)
+    with TestClient(create_app(settings, catalog=without, backends=zoo.registry())) as client:
+        assert _register(client)["lambda"] == DEFAULT_LAMBDA
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e10", "lots"])
@@ -68,3 +84,11 @@ def test_a_bad_lambda_in_the_request_is_still_422(tmp_path, zoo):
                 assert response.status_code == 201 and response.json()["lambda_source"] == "default"
             else:
                 assert response.status_code == 422 and "lambda" in response.json()["detail"], response.text
+
+
+def test_a_router_offering_some_of_the_backends_keeps_the_configurations_default_lambda(tmp_path, zoo):
+    from router.settings import select_backends
+
+    catalog = BackendCatalog(backends=zoo.specs, default_lambda=0.002)
+    chosen = select_backends(catalog, [zoo.specs[0].name])
+    assert [s.name for s in chosen.backends] == [zoo.specs[0].name] and chosen.default_lambda == 0.002

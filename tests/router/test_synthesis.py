@@ -47,7 +47,7 @@ KNOWLEDGE = """def execute_command(image):
     image_patch = ImagePatch(image)
     return image_patch.llm_query("What is the capital of France?")
 """
-CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
 HOSTILE = {
     "import os": ("import os\ndef execute_command(image):\n    return os.listdir('/')", "import of 'os'"),
     "__import__": ("def execute_command(image):\n    return __import__('os').name", "'__import__' is not available"),
