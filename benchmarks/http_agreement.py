@@ -26,7 +26,7 @@ from launcher.process import StackProcess
 from launcher.settings import StackSettings
 
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
-CONFIG = Path("deploy/config/cpu.yaml")
+CONFIG = Path("deploy/config/synthetic.yaml")
 LAMBDA = 1e-3
 
 

@@ -1,7 +1,10 @@
 """Backend outputs cached per (backend, frame, call input), so a sweep costs one pass of each backend.
 
-The key is the backend's name, a digest of the exact pixels the call received (the frame or a
-crop of it) and the call's text (noun, question or prompt). Outputs live in memory and in an
+The key is the backend's name with a digest of how it is served (its engine's options and its
+vocabulary: two configurations that give one name to different models do not share outputs), a
+digest of the exact pixels the call received (the frame or a crop of it) and the call's text (noun,
+question or prompt). The weights' bytes are not in the key: a model retrained in place under the same
+options needs a fresh cache file. Outputs live in memory and in an
 SQLite file, so a second run (another lambda, another policy, a rerun) calls no model at all for
 what the first one saw. Each process opens its own connection; writes are batched by ``flush``.
 """
@@ -28,6 +31,13 @@ from fmprog.backends.functions import FUNCTIONS
 def image_digest(image: np.ndarray) -> str:
     array = np.ascontiguousarray(image)
     return hashlib.blake2b(array.tobytes() + repr(array.shape).encode(), digest_size=16).hexdigest()
+
+
+def backend_key(backend: Backend) -> str:
+    """The backend's name and a digest of its engine options and vocabulary."""
+    spec = backend.spec
+    served = spec.model_dump_json(include={"engine", "vocabulary", "function"})
+    return f"{spec.name}@{hashlib.blake2b(served.encode(), digest_size=8).hexdigest()}"
 
 
 def _encode(function: Function, output: Any) -> str:
@@ -72,10 +82,18 @@ class OutputCache:
     def __len__(self) -> int:
         return len(self._outputs)
 
-    def call(self, backend: Backend, compute: Callable[..., Any], image: np.ndarray | None, text: str | None) -> Any:
+    def call(
+        self,
+        backend: Backend,
+        compute: Callable[..., Any],
+        image: np.ndarray | None,
+        text: str | None,
+        served: str | None = None,
+    ) -> Any:
         """The cached output of ``backend`` for this call (its image and text, ``None`` where its
-        function takes none), computing and storing it on a miss."""
-        key = f"{backend.name}\x00{'' if image is None else image_digest(image)}\x00{text or ''}"
+        function takes none), computing and storing it on a miss (``served``: the backend's
+        ``backend_key``, when the caller has it)."""
+        key = f"{served or backend_key(backend)}\x00{'' if image is None else image_digest(image)}\x00{text or ''}"
         stats = self.stats.setdefault(backend.name, CallStats())
         with self._lock:
             stored = self._outputs.get(key)
@@ -108,8 +126,13 @@ def cached_registry(backends: BackendRegistry, cache: OutputCache) -> BackendReg
     for backend in backends.values():
         method = getattr(backend.model, backend.function.value)
 
-        def call(*args: Any, _backend: Backend = backend, _method: Callable[..., Any] = method) -> Any:
-            return cache.call(_backend, _method, *FUNCTIONS[_backend.function].inputs(args))
+        def call(
+            *args: Any,
+            _backend: Backend = backend,
+            _method: Callable[..., Any] = method,
+            _key: str = backend_key(backend),
+        ) -> Any:
+            return cache.call(_backend, _method, *FUNCTIONS[_backend.function].inputs(args), served=_key)
 
         wrapped.append(Backend(backend.spec, FunctionModel(backend.function, call, f"{backend.name} (cached)")))
     return BackendRegistry(wrapped)

@@ -17,8 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/binary.json)"
     )
     parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: benchmarks/tracks/open)")
-    parser.add_argument("--only", choices=("binary", "open"), help="run one track only")
-    parser.add_argument("--config", type=Path, help="backends that answer (default: deploy/config/cpu.yaml)")
+    parser.add_argument(
+        "--video", type=Path, help="real-video track, open-form layout (default: benchmarks/tracks/video)"
+    )
+    parser.add_argument("--only", choices=("binary", "open", "video"), help="run one track only")
+    parser.add_argument(
+        "--config", type=Path, help="backends that answer the synthetic tracks (default: deploy/config/synthetic.yaml)"
+    )
+    parser.add_argument(
+        "--video-config", type=Path, help="backends that answer the video track (default: deploy/config/real.yaml)"
+    )
+    parser.add_argument(
+        "--videos-root", type=Path, help="folder of the video track's videos (default: Debian opencv-doc's samples)"
+    )
     parser.add_argument(
         "--costs",
         help="price backends as the same names in this configuration, or 'own' (default: deploy/config/gpu.yaml)",
@@ -61,7 +72,10 @@ def settings_from(args: argparse.Namespace) -> Any:
     for name in (
         "binary",
         "open",
+        "video",
         "config",
+        "video_config",
+        "videos_root",
         "queries_per_type",
         "queries",
         "frames",
@@ -73,7 +87,9 @@ def settings_from(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.only:
-        values["open" if args.only == "binary" else "binary"] = None
+        for track in ("binary", "open", "video"):
+            if track != args.only:
+                values[track] = None
     if args.costs is not None:
         values["costs"] = None if args.costs == "own" else Path(args.costs)
     if args.lambdas:

@@ -62,6 +62,7 @@ from fmprog.program import (
     Trace,
     compile_program,
 )
+from fmprog.program.scope import usable_backends
 from fmprog.program.workers import exit_with_parent
 from policy.algorithms import algorithm_class, build_policy
 from policy.algorithms.base import Policy
@@ -254,9 +255,22 @@ class ReplaySetup:
     and other lambdas' runs (``fmprog.evaluation``), each beside its live run."""
 
 
+def site_backends(program: Program, backends: BackendRegistry) -> dict[str, list[Backend]]:
+    """Each call site's candidates, as the router gives them: the backends of its function that can
+    see what it asks (``fmprog.program.scope.usable_backends``; all of them where none declares a
+    vocabulary)."""
+    candidates = {}
+    for site in program.call_sites:
+        served = backends.for_function(site.function)
+        usable = {spec.name for spec in usable_backends(site, [b.spec for b in served])}
+        candidates[site.id] = [b for b in served if b.name in usable]
+    return candidates
+
+
 def configurations(program: Program, backends: BackendRegistry) -> list[dict[str, str]]:
-    """Every assignment of a backend (of the site's function) to each routed call site."""
-    choices = [[b.name for b in backends.for_function(site.function)] for site in program.call_sites]
+    """Every assignment of one of its candidates (``site_backends``) to each routed call site."""
+    candidates = site_backends(program, backends)
+    choices = [[b.name for b in candidates[site.id]] for site in program.call_sites]
     return [
         {site.id: name for site, name in zip(program.call_sites, combo, strict=True)}
         for combo in itertools.product(*choices)
@@ -301,11 +315,12 @@ def outcome(trace: Trace, kind: TaskKind, label: str) -> Outcome:
 def policy_spec(
     program: Program, backends: BackendRegistry, lam: float, algorithm: str, seed: int, kind: TaskKind = "binary"
 ) -> PolicySpec:
+    candidates = site_backends(program, backends)
     sites = [
         CallSiteSpec(
             id=site.id,
             function=site.function,
-            backends=[{"name": b.name, "cost": b.cost} for b in backends.for_function(site.function)],
+            backends=[{"name": b.name, "cost": b.cost} for b in candidates[site.id]],
         )
         for site in program.call_sites
     ]
@@ -527,10 +542,9 @@ def query_outcomes(
         spec = policy_spec(program, backends, 0.0, "random", setup.seed)
         runs[("random", None)] = replay(spec, frames, labels, kind, table, configs)
     if GATED & set(setup.policies):  # the reference lines of deciding each call when it runs
+        candidates = site_backends(program, backends)
         detect_large = {
-            site.id: max(backends.for_function(site.function), key=lambda b: b.cost).name
-            if site.function == Function.detect
-            else min(backends.for_function(site.function), key=lambda b: b.cost).name
+            site.id: (max if site.function == Function.detect else min)(candidates[site.id], key=lambda b: b.cost).name
             for site in program.call_sites
         }
         at = configs.index(detect_large)

@@ -9,6 +9,7 @@ accuracy.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -35,6 +36,9 @@ from benchmarks.vqa.harness import (
 )
 from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
+from benchmarks.vqa.video import TRACK_NAME as VIDEO_TRACK
+from fmprog.backends.config import DEFAULT_CONFIG
+from fmprog.vision.video import SAMPLE_VIDEOS
 
 RunKey = tuple[str, float | None]
 Pick = Literal["doubt", "random"]
@@ -53,11 +57,23 @@ class BenchSettings(BaseModel):
         default=Path("benchmarks/tracks/binary.json"), description="Binary track (authors' JSON)."
     )
     open: Path | None = Field(default=Path("benchmarks/tracks/open"), description="Open-form track (authors' layout).")
-    config: Path = Field(default=Path("deploy/config/cpu.yaml"), description="The backends that answer.")
+    video: Path | None = Field(
+        default=Path("benchmarks/tracks/video"),
+        description="Real-video track (open-form layout, frames in the camera's order; answered by video_config).",
+    )
+    config: Path = Field(
+        default=Path("deploy/config/synthetic.yaml"), description="The backends that answer the synthetic tracks."
+    )
     costs: Path | None = Field(
         default=Path("deploy/config/gpu.yaml"),
-        description="Price each backend as the backend of the same name in this configuration; None: its own cost.",
+        description="Synthetic tracks: price each backend as the backend of the same name in this configuration; "
+        "None: its own cost.",
     )
+    video_config: Path = Field(
+        default=Path(DEFAULT_CONFIG),
+        description="The backends that answer the video track, priced by their own costs (multiply-adds).",
+    )
+    videos_root: Path = Field(default=SAMPLE_VIDEOS, description="The folder the video track's videos are in.")
     lambdas: tuple[float, ...] = Field(default=(1e-4, 1e-3, 1e-2), min_length=1)
     policies: tuple[str, ...] = LEARNED_ON_PROGRAM
     whole_query: bool = True
@@ -95,8 +111,8 @@ class BenchSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BenchSettings:
-        if self.binary is None and self.open is None:
-            raise ValueError("give at least one track (binary or open)")
+        if self.binary is None and self.open is None and self.video is None:
+            raise ValueError("give at least one track (binary, open or video)")
         for lam in self.lambdas:
             if not math.isfinite(lam) or lam < 0:
                 raise ValueError(f"lambda must be finite and >= 0, got {lam}")
@@ -108,9 +124,11 @@ class BenchSettings(BaseModel):
         unknown = sorted(set(self.policies) - set(ALGORITHMS))
         if unknown:
             raise ValueError(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(ALGORITHMS))})")
-        for path in (self.binary, self.open, self.config, self.costs):
+        for path in (self.binary, self.open, self.video, self.config, self.costs, self.video_config):
             if path is not None and not path.exists():
                 raise ValueError(f"{path} does not exist")
+        if self.video is not None and not self.videos_root.is_dir():
+            raise ValueError(f"the videos' folder {self.videos_root} does not exist (install Debian's opencv-doc)")
         if self.drift_backend is not None:
             from fmprog.backends import load_catalog
 
@@ -153,14 +171,30 @@ def load_tracks(settings: BenchSettings) -> list[Track]:
         tracks.append(load_binary(settings.binary))
     if settings.open is not None:
         tracks.append(load_open(settings.open))
+    if settings.video is not None:
+        tracks.append(load_open(settings.video, VIDEO_TRACK, shuffle=False))
     return [t.subset(settings.queries_per_type, settings.frames, settings.queries) for t in tracks]
+
+
+def track_backends(settings: BenchSettings, track: Track) -> tuple[Path, Path | None]:
+    """The configuration that answers a track and the one that prices it (None: its own costs)."""
+    if track.name == VIDEO_TRACK:
+        return settings.video_config, None
+    return settings.config, settings.costs
+
+
+def reference_run(track: Track) -> str:
+    """The run a track's savings and metric deltas are measured against: the monolithic large VQA
+    model on the synthetic tracks (the paper's reference), the all-dearest program on the video track
+    (its ground truth: the NoScope protocol)."""
+    return "static-large" if track.name == VIDEO_TRACK else "monolithic-large"
 
 
 def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Replay every track; ``progress(track, queries_done)`` is called as queries finish."""
     started = time.perf_counter()
     tracks = load_tracks(settings)
-    images = ImageResolver(settings.coco_root, settings.images_root)
+    images = ImageResolver(settings.coco_root, settings.images_root, settings.videos_root)
     setup = {
         "lambdas": settings.lambdas,
         "policies": settings.policies,
@@ -173,28 +207,44 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
     }
     calls: dict[str, Counter] = {}
     results: dict[str, list[QueryResult]] = {}
+    standalone: dict[str, Any] = {}
     context = get_context("spawn")  # torch and llama.cpp do not survive fork
-    initargs = (settings.config, settings.costs, settings.cache_path(), images)
-    with ProcessPoolExecutor(
-        settings.workers, mp_context=context, initializer=_init, initargs=(initargs, setup)
-    ) as pool:
-        for track in tracks:
-            futures = [pool.submit(worker_replay, q, track.kind) for q in track.queries]
-            done = []
-            for i, future in enumerate(futures):
-                result, stats = future.result()
-                done.append(result)
-                for name, (hits, misses, seconds) in stats.items():
-                    calls.setdefault(name, Counter()).update({"hits": hits, "misses": misses, "model_s": seconds})
-                if progress:
-                    progress(track.name, i + 1)
-            results[track.name] = done
-        standalone = pool.submit(_standalone).result()
+    groups: dict[tuple[Path, Path | None], list[Track]] = {}
+    for track in tracks:
+        groups.setdefault(track_backends(settings, track), []).append(track)
+    for (config, costs), members in groups.items():
+        synthetic = any(track.name != VIDEO_TRACK for track in members)
+        drift = setup["drift"] if synthetic else None  # the drift's backend is one of the synthetic configuration's
+        initargs = (config, costs, settings.cache_path(), images)
+        with ProcessPoolExecutor(
+            settings.workers, mp_context=context, initializer=_init, initargs=(initargs, {**setup, "drift": drift})
+        ) as pool:
+            for track in members:
+                futures = [pool.submit(worker_replay, q, track.kind) for q in track.queries]
+                done = []
+                for i, future in enumerate(futures):
+                    result, stats = future.result()
+                    done.append(result)
+                    for name, (hits, misses, seconds) in stats.items():
+                        key = name if synthetic else f"{name} ({config.name})"
+                        calls.setdefault(key, Counter()).update({"hits": hits, "misses": misses, "model_s": seconds})
+                    if progress:
+                        progress(track.name, i + 1)
+                results[track.name] = done
+            if synthetic:  # the zoo's evaluation sets are the synthetic zoo's
+                standalone = pool.submit(_standalone).result()
+    summaries_ = summaries(tracks, results, settings.lambdas, setup["drift"])
+    for track in tracks:
+        config, costs = track_backends(settings, track)
+        summaries_[track.name]["config"] = str(config)
+        summaries_[track.name]["costs"] = str(costs or config)
+        if track.name == VIDEO_TRACK:
+            summaries_[track.name]["verified"] = _verified(settings.video)
     return {
         "settings": settings.model_dump(mode="json"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "seconds": round(time.perf_counter() - started, 1),
-        "tracks": summaries(tracks, results, settings.lambdas, setup["drift"]),
+        "tracks": summaries_,
         "backend_calls": {name: dict(c) for name, c in sorted(calls.items())},
         "standalone": standalone,
     }
@@ -246,7 +296,7 @@ def summaries(
     flatters every program against them."""
     out = {}
     for track in tracks:
-        out[track.name] = summarize_track(track, results[track.name], lambdas)
+        out[track.name] = summarize_track(track, results[track.name], lambdas, reference_run(track))
         drifted = [k for k in results[track.name][0].runs if k[0].endswith("-drift")] if results[track.name] else []
         if drift is not None and drifted:
             out[track.name]["drift"] = {
@@ -259,6 +309,16 @@ def summaries(
             name = f"{track.name}-without-knowledge"
             out[name] = summarize_track(replace(track, name=name), rest, lambdas)
     return out
+
+
+def _verified(track: Path | None) -> dict[str, Any] | None:
+    """The video track's hand-verified check of its reference (``verified_report.json``, written
+    with the track by ``benchmarks.make_video_track``), without the per-frame answers."""
+    path = None if track is None else track / "verified_report.json"
+    if path is None or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {key: value for key, value in report.items() if key != "hand_answers"}
 
 
 def _init(initargs: tuple, setup: dict[str, Any]) -> None:
@@ -309,11 +369,16 @@ def _numbers(kind: str, key: RunKey, results: Sequence[QueryResult]) -> dict[str
     return numbers
 
 
-def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[float]) -> dict[str, Any]:
-    """Every run's numbers on a track, its per-type breakdown, and curves along the stream."""
+def summarize_track(
+    track: Track, results: list[QueryResult], lambdas: Sequence[float], reference_name: str = "monolithic-large"
+) -> dict[str, Any]:
+    """Every run's numbers on a track (with its saving and metric change against the monolithic
+    large model and against the track's reference run), its per-type breakdown, and curves along
+    the stream."""
     keys = list(dict.fromkeys(key for q in results for key in q.runs))
     entries = []
-    reference = _numbers(track.kind, ("monolithic-large", None), results)
+    monolithic = _numbers(track.kind, ("monolithic-large", None), results)
+    reference = _numbers(track.kind, (reference_name, None), results)
     plans = results[0].plans if results else {}
     for key in keys:
         numbers = _numbers(track.kind, key, results)
@@ -336,8 +401,10 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
                 "label_pick": ("doubt" if plan.by_doubt else "random") if plan and not plan.teacher else None,
                 "algorithm": plan.baseline(algorithm) if plan else key[0],
                 **numbers,
-                "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],
-                "metric_delta_vs_monolithic_large": numbers["metric"] - reference["metric"],
+                "saving_vs_monolithic_large": 1 - numbers["cost_per_frame"] / monolithic["cost_per_frame"],
+                "metric_delta_vs_monolithic_large": numbers["metric"] - monolithic["metric"],
+                "saving_vs_reference": 1 - numbers["cost_per_frame"] / reference["cost_per_frame"],
+                "metric_delta_vs_reference": numbers["metric"] - reference["metric"],
                 "by_type": types,
             }
         )
@@ -355,6 +422,7 @@ def summarize_track(track: Track, results: list[QueryResult], lambdas: Sequence[
     return {
         "kind": track.kind,
         "metric": "f1" if track.kind == "binary" else "accuracy",
+        "reference": reference_name,
         # at the curves' lambda: the runs on fewer labels, and those with their algorithm on every label
         "label_runs": [_label((name, curve_lambda)) for name in fewer],
         "label_curves": [_label((name, curve_lambda)) for name in algorithms + fewer],

@@ -8,14 +8,17 @@ the same two for its own tracks, so the loaders below read either:
   ``<root>/<type>/<query_index>/annotation.json`` = ``[{image, answer}]``.
 
 An image reference is resolved by :class:`ImageResolver`: ``"scene/<difficulty>/<seed>"`` is a
-generated frame (nothing is stored but the reference); an integer (or a string of digits) is a
-COCO train2017 id under ``coco_root``; any other string is a file path relative to
-``images_root``. Streams are shuffled with seed 42 when loaded, as the authors did.
+generated frame (nothing is stored but the reference); ``"video/<file>/<index>"`` is a frame of a
+video file under ``videos_root`` (OpenCV's sample videos by default); an integer (or a string of
+digits) is a COCO train2017 id under ``coco_root``; any other string is a file path relative to
+``images_root``. Streams are shuffled with seed 42 when loaded, as the authors did, except a video
+track's, which keeps the camera's order.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ import numpy as np
 from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec
 from fmprog.contract import TaskKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
+from fmprog.vision.video import SAMPLE_VIDEOS, VideoError, VideoFrames
 
 STREAM_SEED = 42
 ImageRef = str | int
@@ -89,10 +93,12 @@ class TrackFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ImageResolver:
-    """Turns image references into ``H x W x 3`` uint8 frames."""
+    """Turns image references into ``H x W x 3`` uint8 frames (a video's frames are decoded once
+    per process and kept)."""
 
     coco_root: Path | None = None
     images_root: Path | None = None
+    videos_root: Path = SAMPLE_VIDEOS
 
     def __call__(self, ref: ImageRef) -> np.ndarray:
         if isinstance(ref, str) and ref.startswith("scene/"):
@@ -101,6 +107,12 @@ class ImageResolver:
                 return generate_scene(int(seed), difficulty).image
             except ValueError as exc:
                 raise TrackFormatError(f"bad scene reference {ref!r}: {exc}") from None
+        if isinstance(ref, str) and ref.startswith("video/"):
+            try:
+                name, index = parse_video_ref(ref)
+                return _video(self.videos_root / name)[index]
+            except (ValueError, VideoError) as exc:
+                raise TrackFormatError(f"bad video reference {ref!r}: {exc}") from None
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             if self.coco_root is None:
                 raise TrackFormatError(f"image {ref} is a COCO id: give the COCO root (--coco-root)")
@@ -108,6 +120,27 @@ class ImageResolver:
         if self.images_root is None:
             raise TrackFormatError(f"image {ref!r} is a file: give the images' root (--images-root)")
         return _read_image(self.images_root / str(ref))
+
+
+_VIDEOS: dict[Path, VideoFrames] = {}
+_VIDEOS_LOCK = threading.Lock()
+
+
+def _video(path: Path) -> VideoFrames:
+    """The process's decoded copy of a video (the last one asked for: a track reads one at a time)."""
+    with _VIDEOS_LOCK:
+        if path not in _VIDEOS:
+            _VIDEOS.clear()
+            _VIDEOS[path] = VideoFrames(path)
+        return _VIDEOS[path]
+
+
+def parse_video_ref(ref: str) -> tuple[str, int]:
+    """The video file's name and the frame's index of a ``video/<file>/<index>`` reference."""
+    prefix, name, index = ref.split("/")
+    if prefix != "video" or not name or not index.isdigit():
+        raise ValueError(f"not a video frame reference: {ref!r}")
+    return name, int(index)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -267,8 +300,10 @@ def save_open(queries: Iterable[TrackQuery], root: Path) -> None:
             (folder / str(i) / "annotation.json").write_text(json.dumps(annotation) + "\n")
 
 
-def load_open(root: Path, name: str = "open") -> Track:
-    """Read an open-form track in the authors' layout (types in the paper's order, then any others)."""
+def load_open(root: Path, name: str = "open", *, shuffle: bool = True) -> Track:
+    """Read an open-form track in the authors' layout (types in the paper's order, then any others);
+    each stream shuffled with seed 42 as the authors did, unless ``shuffle`` is off (a video's
+    frames keep their order)."""
     if not root.is_dir():
         raise TrackFormatError(f"{root}: not a folder of reasoning types")
     found = sorted(p.name for p in root.iterdir() if (p / "meta_annotation.json").is_file())
@@ -283,7 +318,9 @@ def load_open(root: Path, name: str = "open") -> Track:
             annotation = _read_json(root / type_ / str(entry["query_index"]) / "annotation.json")
             for item in annotation:
                 _require(item, ("image", "answer"), f"{root / type_ / str(entry['query_index'])}: annotation")
-            frames, labels = _shuffled([a["image"] for a in annotation], [str(a["answer"]) for a in annotation])
+            frames, labels = [a["image"] for a in annotation], [str(a["answer"]) for a in annotation]
+            if shuffle:
+                frames, labels = _shuffled(frames, labels)
             queries.append(TrackQuery(entry["query"], type_, entry["program"], frames, labels))
     return Track(name, "open", queries)
 

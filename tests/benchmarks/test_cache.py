@@ -11,7 +11,7 @@ from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import load_backends
 from fmprog.scene.generator import generate_scene
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
 
 
 def test_cached_backends_answer_like_the_models_and_call_each_once(tmp_path):

@@ -31,7 +31,7 @@ from launcher.cli import main
 from policy.algorithms import build_policy
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG, PRICES = ROOT / "deploy" / "config" / "cpu.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
+CONFIG, PRICES = ROOT / "deploy" / "config" / "synthetic.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from fmprog.backends import load_catalog
 from fmprog.program import Executor
 from router.synthesis import ProgramSynthesizer
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
 ALWAYS_NO = 'def execute_command(image):\n    return "no"\n'
 
 
