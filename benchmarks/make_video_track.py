@@ -21,11 +21,10 @@ from pathlib import Path
 
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import load_backends
-from benchmarks.vqa.tracks import TrackQuery, save_open
+from benchmarks.vqa.tracks import TrackQuery, save_open, video_ref
 from benchmarks.vqa.video import (
     VIDEO,
     VIDEO_QUERIES,
-    frame_ref,
     hand_answers,
     load_verified,
     reference_labels,
@@ -53,7 +52,7 @@ def main() -> None:
     labels = reference_labels(VIDEO_QUERIES, frames, backends)
     cache.flush()
     queries = [
-        TrackQuery(q.query, q.type, q.program, [frame_ref(i) for i in range(count)], answers)
+        TrackQuery(q.query, q.type, q.program, [video_ref(VIDEO, i) for i in range(count)], answers)
         for q, answers in zip(VIDEO_QUERIES, labels, strict=True)
     ]
     save_open(queries, args.out)

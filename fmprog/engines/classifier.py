@@ -117,16 +117,19 @@ class ClassifierEngine(Engine):
         form = question.form
         if form == "color":
             return dominant_color(image) or UNKNOWN_ANSWER
-        if form == "what":
-            return self._what(image, probs)
-        if form == "is_a":
-            return _yes_no(self._evidence(image, match, probs) >= CLASS_EVIDENCE)
-        if form == "property":
-            if question.color is not None:
-                return _yes_no(shows_color(image, question.color))
-            return _yes_no(self._evidence(image, match, probs) >= CLASS_EVIDENCE)
-        if form == "choice":
-            return self._choice(image, question.options, probs)
+        if form == "property" and question.color is not None:
+            return _yes_no(shows_color(image, question.color))
+        if form == "choice" and is_color_options(question.options):
+            shares = color_shares(image)
+            best = max(question.options, key=lambda o: shares.get(color_word(o) or "", 0.0))
+            return best if shares.get(color_word(best) or "", 0.0) >= SHOWN else UNKNOWN_ANSWER
+        if form in ("what", "is_a", "property", "choice"):  # read the labels: the detector's, the classifier's
+            labels = self._labels(image)
+            if form == "what":
+                return self._what(labels, probs)
+            if form == "choice":
+                return self._choice(labels, question.options, probs)
+            return _yes_no(self._evidence(labels, match, probs) >= CLASS_EVIDENCE)
         if form in ("exists", "count"):
             if self.detector is None or match is None:
                 return UNKNOWN_ANSWER
@@ -167,8 +170,8 @@ class ClassifierEngine(Engine):
             labels.append((name, max(inter / area, box_iou(det.box, crop))))
         return labels
 
-    def _what(self, image: np.ndarray, probs: np.ndarray | None) -> str:
-        for name, share in self._labels(image):
+    def _what(self, labels: list[tuple[str, float]], probs: np.ndarray | None) -> str:
+        for name, share in labels:
             if share >= FILLS_CROP:
                 return name
         if probs is None:
@@ -178,25 +181,21 @@ class ClassifierEngine(Engine):
             return UNKNOWN_ANSWER
         return imagenet_names()[best].lower()
 
-    def _evidence(self, image: np.ndarray, match: NounMatch | None, probs: np.ndarray | None) -> float:
+    def _evidence(self, labels: list[tuple[str, float]], match: NounMatch | None, probs: np.ndarray | None) -> float:
         """How strongly the crop is one of ``match``'s classes: the share of the crop a detected
-        object of those classes covers (scaled so COVERS_CROP counts as CLASS_EVIDENCE), or the
-        classifier's probability on their ImageNet classes, whichever is larger."""
+        object of those classes covers (``labels``; scaled so COVERS_CROP counts as CLASS_EVIDENCE),
+        or the classifier's probability on their ImageNet classes, whichever is larger."""
         if match is None:
             return 0.0
-        detected = max((share for name, share in self._labels(image) if name in match.classes), default=0.0)
+        detected = max((share for name, share in labels if name in match.classes), default=0.0)
         from_detector = min(1.0, detected * CLASS_EVIDENCE / COVERS_CROP)
         indices = vocabulary(self.vocabulary).imagenet_indices(match.classes)
         from_classifier = float(probs[list(indices)].sum()) if probs is not None and indices else 0.0
         return max(from_detector, from_classifier)
 
-    def _choice(self, image: np.ndarray, options: tuple[str, ...], probs: np.ndarray | None) -> str:
-        if is_color_options(options):
-            shares = color_shares(image)
-            best = max(options, key=lambda o: shares.get(color_word(o) or "", 0.0))
-            return best if shares.get(color_word(best) or "", 0.0) >= SHOWN else UNKNOWN_ANSWER
+    def _choice(self, labels: list[tuple[str, float]], options: tuple[str, ...], probs: np.ndarray | None) -> str:
         vocab = vocabulary(self.vocabulary)
-        scored = [(self._evidence(image, vocab.resolve(o), probs), o) for o in options]
+        scored = [(self._evidence(labels, vocab.resolve(o), probs), o) for o in options]
         best = max(scored, key=lambda pair: pair[0])
         return best[1] if best[0] > 0 else UNKNOWN_ANSWER
 

@@ -83,19 +83,24 @@ def site_scope(site: CallSite, specs: Sequence[BackendSpec]) -> dict[str, str | 
     return {spec.name: out_of_vocabulary(spec.vocabulary, site.function.value, text) for spec in specs}
 
 
-def usable_backends(site: CallSite, specs: Sequence[BackendSpec]) -> list[BackendSpec]:
-    """The backends that can see what the site asks (all of them when none can)."""
+def site_reach(site: CallSite, specs: Sequence[BackendSpec]) -> tuple[list[BackendSpec], dict[str, str]]:
+    """The backends that can see what the site asks (all of them when none can), and, when none
+    can, each backend with why (empty otherwise)."""
     scope = site_scope(site, specs)
     inside = [spec for spec in specs if scope[spec.name] is None]
-    return inside or list(specs)
+    if inside or not specs:
+        return inside or list(specs), {}
+    return list(specs), {name: reason for name, reason in scope.items() if reason is not None}
+
+
+def usable_backends(site: CallSite, specs: Sequence[BackendSpec]) -> list[BackendSpec]:
+    """The backends that can see what the site asks (all of them when none can)."""
+    return site_reach(site, specs)[0]
 
 
 def unseen(site: CallSite, specs: Sequence[BackendSpec]) -> dict[str, str]:
     """When none of ``specs`` can see what the site asks: each backend with why; else empty."""
-    scope = site_scope(site, specs)
-    if not specs or any(reason is None for reason in scope.values()):
-        return {}
-    return {name: reason for name, reason in scope.items() if reason is not None}
+    return site_reach(site, specs)[1]
 
 
 def warning_line(site: CallSite, reasons: Mapping[str, str]) -> str:

@@ -161,16 +161,6 @@ IMAGENET_OF_COCO: dict[str, tuple[int, ...]] = {
     "hair drier": (589,),
 }
 
-# Darknet's coco.names spells six classes differently; its order is COCO_CLASSES' order.
-DARKNET_SPELLING = {
-    "motorbike": "motorcycle",
-    "aeroplane": "airplane",
-    "sofa": "couch",
-    "pottedplant": "potted plant",
-    "diningtable": "dining table",
-    "tvmonitor": "tv",
-}
-
 
 @functools.cache
 def imagenet_names() -> tuple[str, ...]:

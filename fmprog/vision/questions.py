@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fmprog.vision.color import COLOR_NAMES, color_word
+from fmprog.vision.color import color_word
 from fmprog.vision.vocabulary import QUALIFIERS, QuestionFormName
 
 UNKNOWN_ANSWER = "unknown"
@@ -117,6 +117,3 @@ def parse_question(text: str) -> Question | None:
 def is_color_options(options: tuple[str, ...]) -> bool:
     """Whether every option of a choice names a colour."""
     return bool(options) and all(color_word(o) for o in options)
-
-
-__all__ = ["COLOR_NAMES", "UNKNOWN_ANSWER", "Question", "is_color_options", "parse_question"]

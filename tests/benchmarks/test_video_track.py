@@ -13,7 +13,7 @@ import pytest
 from benchmarks.vqa.cache import backend_key
 from benchmarks.vqa.harness import configurations, policy_spec, site_backends
 from benchmarks.vqa.runner import BenchSettings, reference_run, track_backends
-from benchmarks.vqa.tracks import ImageResolver, Track, TrackFormatError, parse_video_ref
+from benchmarks.vqa.tracks import ImageResolver, Track, TrackFormatError, parse_video_ref, video_ref
 from benchmarks.vqa.video import (
     VIDEO_QUERIES,
     MarkedFrame,
@@ -100,7 +100,7 @@ def test_video_frame_references_resolve_to_the_decoded_frames():
     frame = ImageResolver()("video/vtest.avi/3")
     assert frame.shape == (576, 768, 3) and frame.dtype == np.uint8
     assert np.array_equal(frame, VideoFrames(SAMPLE_VIDEOS / "vtest.avi")[3])
-    assert parse_video_ref("video/vtest.avi/3") == ("vtest.avi", 3)
+    assert parse_video_ref(video_ref("vtest.avi", 3)) == ("vtest.avi", 3)
     for bad in ("video/vtest.avi/x", "video/vtest.avi/99999", "video/absent.avi/0"):
         with pytest.raises(TrackFormatError, match="bad video reference"):
             ImageResolver()(bad)
