@@ -25,6 +25,9 @@ POSTGRES_DEBS := postgresql
 # track, the demo and the tests. Installed with apt when missing (as root).
 VIDEO_DEBS := opencv-doc
 VIDEOS := /usr/share/doc/opencv-doc/examples/data
+# GStreamer's RTSP server, run by the system Python, plays a real video as a camera for the stream
+# tests and the streaming benchmark (benchmarks/camera.py). Installed with apt when missing (as root).
+RTSP_DEBS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
 
 .PHONY: install synthesizer-1.5b lint test images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-video bench-photos bench-synthesis tracks video-track check-examples demo clean
 
@@ -39,6 +42,8 @@ $(STAMP): pyproject.toml
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
 		|| (apt-get update && apt-get install -y --no-install-recommends $(POSTGRES_DEBS))
 	test -f $(VIDEOS)/vtest.avi || (apt-get update && apt-get install -y --no-install-recommends $(VIDEO_DEBS))
+	/usr/bin/python3 benchmarks/rtsp_server.py $(VIDEOS)/vtest.avi --check \
+		|| (apt-get update && apt-get install -y --no-install-recommends $(RTSP_DEBS))
 	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench,ocr,vision]'
 	touch $@
 

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from fmprog.backends.config import BackendName, Function
 
@@ -386,6 +386,57 @@ class ExpiredDecisions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     decision_ids: list[str] = Field(min_length=1, max_length=10_000)
+
+
+# -- reuse: a camera's frame answered with the last answer --------------------------------------------
+
+Camera = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,120}$")]
+
+
+class ReuseObservation(BaseModel):
+    """How a camera's frame differs from its last frame that ran the program (grey 96x72
+    signatures, ``fmprog.streams.reuse``), and how many frames ago that run was."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean_diff: float = Field(ge=0, le=255, allow_inf_nan=False, description="Mean absolute difference, grey levels.")
+    changed: float = Field(ge=0, le=1, allow_inf_nan=False, description="Share of pixels that changed.")
+    age: int = Field(ge=0, le=1_000_000, description="Frames since the last run.")
+
+
+class ReuseOutcome(BaseModel):
+    """What the reuse gate learns from: whether the answer at a frame with these features was the
+    last run's (a frame that ran, compared with the run before; or a label for a reused frame)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    camera: Camera
+    features: ReuseObservation
+    unchanged: bool
+
+
+class ReuseRequest(BaseModel):
+    """The router asks whether to reuse the camera's last answer for a frame; it brings the
+    outcome of the camera's last run, if any (the gate learns it first)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    camera: Camera
+    features: ReuseObservation
+    max_age: int = Field(default=10, ge=0, le=10_000, description="An answer older than this is never reused.")
+    outcome: ReuseOutcome | None = None
+
+
+class ReuseReply(BaseModel):
+    """The gate's decision: reuse or run, the probability it gave that choice (the off-policy
+    log), its estimate that the answer changed, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reuse: bool
+    propensity: float = Field(gt=0, le=1)
+    p_change: float = Field(ge=0, le=1)
+    reason: Literal["first", "max_age", "changed", "explore", "unchanged"]
 
 
 # -- rewards ----------------------------------------------------------------------------------------

@@ -44,6 +44,17 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """Encode an ``H x W x 3`` uint8 RGB array as JPEG: a camera's frame, passed on to a service
+    that decides on it, at a tenth of the bytes of a PNG."""
+    from PIL import Image
+
+    check_frame(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode PNG or JPEG bytes to an RGB uint8 array; raise ImageError naming what is wrong."""
     from PIL import Image, UnidentifiedImageError

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendName
+from fmprog.vision.video import SAMPLE_VIDEOS
 from policy.settings import PolicySettings
 from router.settings import RouterSettings
 from services.cluster import ServeSettings, free_port
@@ -134,6 +135,7 @@ class StackSettings(BaseModel):
             api_key=self.api_key,
             host=self.host,
             port=self.router_port,
+            stream_file_roots=[SAMPLE_VIDEOS],
         )
 
     def policy_settings(self) -> PolicySettings:

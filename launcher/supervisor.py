@@ -41,7 +41,7 @@ def _env_value(value: Any) -> str:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, list | dict):
-        return json.dumps(value)
+        return json.dumps(value, default=str)  # paths as text
     return str(value)
 
 
@@ -262,6 +262,7 @@ ROUTER_FIELDS = {
     "api_key",
     "host",
     "port",
+    "stream_file_roots",
 }
 POLICY_FIELDS = {"state_dir", "api_key", "host", "port"}
 

@@ -14,7 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import (
+    ExpiredDecisions,
+    Feedback,
+    PolicyDecision,
+    PolicySpec,
+    ReuseOutcome,
+    ReuseReply,
+    ReuseRequest,
+)
 from fmprog.images import ImageError, base64_bytes, decode_image
 from fmprog.web import (
     BearerAuth,
@@ -143,6 +151,26 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         """Forget decisions whose label window closed at the router: nothing is learned from them."""
         dropped = await run_in_threadpool(_service(request).forget, program_id, body)
         return ExpiredAccepted(dropped=dropped)
+
+    @app.post(
+        "/policies/{program_id}/reuse",
+        response_model=ReuseReply,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def reuse(request: Request, program_id: str, body: ReuseRequest) -> ReuseReply:
+        """Whether a camera's frame reuses the camera's last answer, from how it differs from the
+        frame that ran; the outcome of the camera's last run, when the body brings it, is learned first."""
+        return await run_in_threadpool(_service(request).reuse, program_id, body)
+
+    @app.post(
+        "/policies/{program_id}/reuse/outcomes",
+        status_code=204,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def reuse_outcome(request: Request, program_id: str, body: ReuseOutcome) -> Response:
+        """An outcome for a camera's reuse gate on its own: a label said whether a reused answer was right."""
+        await run_in_threadpool(_service(request).reuse_outcome, program_id, body)
+        return Response(status_code=204)
 
     add_operations_routes(app, lambda service: {"policies": len(service.programs())})
     return app

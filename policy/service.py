@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import (
+    ExpiredDecisions,
+    Feedback,
+    PolicyDecision,
+    PolicySpec,
+    ReuseOutcome,
+    ReuseReply,
+    ReuseRequest,
+)
+from fmprog.streams.gates import CameraGates
 from policy.algorithms import build_policy, check_spec
 from policy.algorithms.base import Policy
 from policy.algorithms.evidence import Evidence, pooled
@@ -71,6 +80,12 @@ class PolicyMetrics:
         self.training_steps = Counter("fmprog_policy_training_steps_total", "Training steps.", ["program"], registry=r)
         self.pending = Gauge("fmprog_policy_pending_decisions", "Decisions waiting for feedback.", registry=r)
         self.expired = Counter("fmprog_policy_expired_total", "Pending decisions expired.", ["resolution"], registry=r)
+        self.reuse = Counter(
+            "fmprog_policy_reuse_decisions_total",
+            "Reuse decisions for cameras' frames, by reason: unchanged (reused), changed, explore, max_age, first.",
+            ["program", "reason"],
+            registry=r,
+        )
         self.restarts = Counter(
             "fmprog_service_restarts",
             "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
@@ -85,6 +100,7 @@ class PolicyService:
         self.metrics = PolicyMetrics()
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
+        self.reuse_gates = CameraGates(settings.reuse_params())
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -107,12 +123,18 @@ class PolicyService:
                 slot.policy.observe(decision, feedback)
                 slot.seq, slot.since_snapshot = seq, slot.since_snapshot + 1
             self._slots[program_id] = slot
+        for program_id, camera, gate in self.state.gates():
+            try:
+                self.reuse_gates.restore(program_id, camera, gate)
+            except ValueError as exc:  # a gate is relearned quickly: its outcomes are every frame that runs
+                logger.warning("reuse gate of %s, camera %s, unreadable (%s); it starts over", program_id, camera, exc)
         self.metrics.pending.set(self.state.pending_count())
         return len(self._slots)
 
     def close(self) -> None:
         for program_id in list(self._slots):
             self.snapshot(program_id)
+        self.save_gates()
         self.state.close()
 
     # -- policies ---------------------------------------------------------------------------------
@@ -147,6 +169,7 @@ class PolicyService:
         with self._lock:
             if self._slots.pop(program_id, None) is None:
                 raise UnknownPolicy(f"no policy for program {program_id}")
+        self.reuse_gates.forget(program_id)
         self.state.delete(program_id)
 
     def _slot(self, program_id: str) -> _Slot:
@@ -232,6 +255,28 @@ class PolicyService:
             self.metrics.expired.labels("timeout").inc()
         return len(expired)
 
+    # -- reuse: a camera's frame answered with its last answer ---------------------------------------
+
+    def reuse(self, program_id: str, request: ReuseRequest) -> ReuseReply:
+        """Whether a camera's frame reuses the camera's last answer (the gate of that program and
+        camera learns the outcome the request brings first); UnknownPolicy for an unknown program."""
+        self._slot(program_id)
+        reply = self.reuse_gates.decide(program_id, request)
+        self.metrics.reuse.labels(program_id, reply.reason).inc()
+        return reply
+
+    def reuse_outcome(self, program_id: str, outcome: ReuseOutcome) -> None:
+        """An outcome on its own (a label for a reused frame): the camera's gate learns it."""
+        self._slot(program_id)
+        self.reuse_gates.learn(program_id, outcome)
+
+    def save_gates(self) -> int:
+        """Store the reuse gates that changed; how many."""
+        changed = self.reuse_gates.changed()
+        if changed:
+            self.state.put_gates(changed)
+        return len(changed)
+
     # -- training and snapshots -------------------------------------------------------------------
 
     def train_once(self) -> int:
@@ -249,6 +294,7 @@ class PolicyService:
                 steps += report.steps
             if slot.since_snapshot >= self.settings.snapshot_every or (report is not None and report.steps):
                 self.snapshot(program_id)
+        self.save_gates()
         return steps
 
     def snapshot(self, program_id: str) -> None:

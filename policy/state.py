@@ -3,6 +3,7 @@
 - ``policies``: each program's PolicySpec.
 - ``pending``: decisions made and not yet resolved (with the context the policy needs to learn).
 - ``feedback``: every feedback event, in arrival order (``seq``), with its decision.
+- ``reuse_gates``: each (program, camera)'s reuse gate (``fmprog.streams.reuse``), saved by the trainer.
 - ``<program>.pt``: a snapshot of the policy (parameters, optimizer state, buffers, RNG, U) and the
   ``seq`` of the last feedback it includes, written atomically (temp file, fsync, rename).
 
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT NOT NULL UNIQUE, program_id TEXT NOT NULL,
     decision TEXT NOT NULL, feedback TEXT NOT NULL, received_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS feedback_by_program ON feedback (program_id, seq);
+CREATE TABLE IF NOT EXISTS reuse_gates (
+    program_id TEXT NOT NULL, camera TEXT NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (program_id, camera));
 """
 
 
@@ -63,7 +67,7 @@ class PolicyState:
 
     def delete(self, program_id: str) -> None:
         with self._lock:
-            for table in ("policies", "pending", "feedback"):
+            for table in ("policies", "pending", "feedback", "reuse_gates"):
                 self._db.execute(f"DELETE FROM {table} WHERE program_id = ?", (program_id,))
         self.snapshot_path(program_id).unlink(missing_ok=True)
 
@@ -158,6 +162,22 @@ class PolicyState:
                 (program_id, seq),
             ).fetchall()
         return [(s, PendingDecision.model_validate_json(d), Feedback.model_validate_json(f)) for s, d, f in rows]
+
+    # -- reuse gates --------------------------------------------------------------------------------
+
+    def put_gates(self, gates: list[tuple[str, str, dict]]) -> None:
+        """Store reuse gates' states: (program, camera, state) each."""
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO reuse_gates (program_id, camera, state, updated_at) VALUES (?, ?, ?, ?)",
+                [(program_id, camera, json.dumps(state), now) for program_id, camera, state in gates],
+            )
+
+    def gates(self) -> list[tuple[str, str, dict]]:
+        with self._lock:
+            rows = self._db.execute("SELECT program_id, camera, state FROM reuse_gates").fetchall()
+        return [(program_id, camera, json.loads(state)) for program_id, camera, state in rows]
 
     # -- snapshots ----------------------------------------------------------------------------------
 

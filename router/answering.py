@@ -175,6 +175,8 @@ class Answerer:
             latency_s=record.latency_s,
             error=record.error,
             propensity=record.propensity,
+            reused=record.reuse is not None and record.reuse.reused,
+            reused_from=None if record.reuse is None else record.reuse.reused_from,
         )
 
 

@@ -18,12 +18,13 @@ import anyio
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
+from fmprog.streams.reuse import ReuseParams
 from fmprog.web import (
     BearerAuth,
     BodyLimit,
@@ -34,13 +35,25 @@ from fmprog.web import (
     every,
     validation_error_handler,
 )
-from router.errors import BudgetExhausted, Conflict, Expired, NotFound, RouterError, Unavailable
+from router.errors import (
+    BudgetExhausted,
+    Conflict,
+    Expired,
+    FrameRejected,
+    NotFound,
+    RouterError,
+    Unavailable,
+    UnsupportedMedia,
+)
 from router.outbox import Outbox
 from router.policy_client import HttpPolicyClient, PolicyPort
 from router.policy_view import DEFAULT_WINDOW, MAX_WINDOW, PolicyView, program_policy_view
 from router.schemas import (
     MAX_FEEDBACK_BATCH,
+    AnswerBatch,
+    AnswerItem,
     AnswerResult,
+    Camera,
     DeadLetter,
     EvaluationReport,
     EvaluationRequest,
@@ -49,10 +62,14 @@ from router.schemas import (
     FeedbackResult,
     ProgramCreate,
     ProgramPublic,
+    StreamCreate,
+    StreamPublic,
 )
 from router.service import RouterService
 from router.settings import RouterSettings
 from router.store import Store
+from router.stream_events import event_stream
+from router.streams import StreamManager
 from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, synthesis_model
 
 logger = logging.getLogger(__name__)
@@ -61,6 +78,8 @@ MAX_OFFSET = 1_000_000_000
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many items first.")]
 _ONE_LABEL = TypeAdapter(FeedbackIn)
+_CAMERA = TypeAdapter(Camera)
+MAX_BATCH_FRAMES = 64
 _LABELS = TypeAdapter(Annotated[list[FeedbackIn], Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)])
 Window = Annotated[int, Query(ge=1, le=MAX_WINDOW, description="Read the program's last this many decisions.")]
 
@@ -73,9 +92,27 @@ class AnswerRequest(BaseModel):
     program_id: str = Field(min_length=1, max_length=64)
     image: str = Field(min_length=1)
     frame_id: str | None = Field(default=None, max_length=200)
+    camera: Camera | None = Field(
+        default=None,
+        description="The camera the frame comes from: its frames go through the reuse gate (a frame that barely "
+        "differs from the camera's last frame that ran the program gets that answer again, at cost 0).",
+    )
+
+
+class FrameIn(BaseModel):
+    """One frame to answer, however it came: its bytes and where they go."""
+
+    model_config = ConfigDict(frozen=True)
+
+    program_id: str
+    image: bytes
+    frame_id: str | None = None
+    camera: str | None = None
 
 
 def _status(exc: RouterError) -> int:
+    if isinstance(exc, UnsupportedMedia):
+        return 415
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, Conflict):
@@ -192,7 +229,16 @@ def create_app(
             teacher_threads=settings.teacher_threads,
             teacher_queue=settings.teacher_queue,
             default_lambda=settings.lambda_for(the_catalog),
+            reuse_params=_reuse_params(settings),
         )
+        streams = StreamManager(
+            service,
+            file_roots=settings.stream_file_roots,
+            lease_s=settings.stream_lease_s,
+            max_streams=settings.max_streams,
+            backoff_s=settings.stream_backoff_s,
+        )
+        app.state.streams = streams
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
         app.state.service = service
@@ -202,9 +248,11 @@ def create_app(
                 every(settings.outbox_retry_s, _logged(service.deliver), name="policy-outbox", join_timeout_s=5),
                 every(settings.prune_interval_s, _logged(lambda: service.prune(retention)), name="retention"),
                 every(settings.expire_interval_s, _logged(service.expire), name="label-expiry"),
+                every(settings.stream_tick_s, _logged(streams.tick), name="stream-leases"),
             ):
                 yield
         finally:
+            streams.close()
             service.close()
             if owned_model is not None:
                 owned_model.close()
@@ -266,36 +314,112 @@ def create_app(
     @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_program(request: Request, program_id: str) -> Response:
         await run_in_threadpool(_service(request).delete, program_id)
+        await run_in_threadpool(_streams(request).stop_program, program_id)
         return Response(status_code=204)
 
     @app.post(
         "/answer",
-        response_model=AnswerResult,
-        responses=error_responses(400, 401, 404, 413, 422, 429),
+        response_model=AnswerResult | AnswerBatch,
+        responses=error_responses(400, 401, 404, 413, 415, 422, 429),
         openapi_extra={
+            "parameters": [
+                {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+                for name, text in (
+                    ("program_id", "With an image body: the program (required then)."),
+                    ("frame_id", "With an image body: the frame's id."),
+                    ("camera", "With an image body or a form: the camera (its frames go through the reuse gate)."),
+                )
+            ],
             "requestBody": {
                 "content": {
                     "application/json": {"schema": AnswerRequest.model_json_schema()},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
                     "multipart/form-data": {
                         "schema": {
                             "type": "object",
                             "required": ["program_id", "image"],
                             "properties": {
                                 "program_id": {"type": "string"},
-                                "frame_id": {"type": "string"},
-                                "image": {"type": "string", "format": "binary"},
+                                "camera": {"type": "string"},
+                                "frame_id": {"type": "array", "items": {"type": "string"}},
+                                "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                             },
                         }
                     },
                 },
                 "required": True,
-            }
+            },
         },
     )
-    async def answer(request: Request) -> AnswerResult:
-        program_id, image, frame_id = await _read_answer_request(request)
-        answer = functools.partial(_service(request).answer, program_id, image, frame_id=frame_id)
-        return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
+    async def answer(request: Request) -> AnswerResult | AnswerBatch:
+        """Answer a frame: base64 in JSON, the image itself as the body (``image/jpeg`` or
+        ``image/png``, the program in the query), or uploaded as a form; a form with several
+        ``image`` files is a batch, answered in order (one frame's failure is its own)."""
+        frames = await _read_answer_request(request)
+        service = _service(request)
+        if len(frames) == 1:
+            return await _answer_one(request, service, frames[0])
+        items = []
+        for frame in frames:
+            try:
+                result = await _answer_one(request, service, frame)
+            except RouterError as exc:
+                items.append(AnswerItem(frame_id=frame.frame_id, status=_status(exc), detail=str(exc)))
+            else:
+                items.append(AnswerItem(frame_id=frame.frame_id, result=result))
+        return AnswerBatch(results=items)
+
+    @app.post(
+        "/programs/{program_id}/streams",
+        status_code=201,
+        response_model=StreamPublic,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def start_stream(request: Request, program_id: str, body: StreamCreate) -> StreamPublic:
+        """Start answering a camera or a video: frames pulled from ``source`` and answered ``fps`` a
+        second, the answers kept as the stream's events (``GET /streams/{id}/events``)."""
+        return await run_in_threadpool(_streams(request).start, program_id, body)
+
+    @app.get("/streams", response_model=list[StreamPublic], responses=error_responses(401, 422))
+    async def list_streams(
+        request: Request, program_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+    ) -> list[StreamPublic]:
+        return await run_in_threadpool(
+            functools.partial(_streams(request).events.list, program_id, limit=limit, offset=offset)
+        )
+
+    @app.get("/streams/{stream_id}", response_model=StreamPublic, responses=error_responses(401, 404))
+    async def get_stream(request: Request, stream_id: str) -> StreamPublic:
+        """A stream's state, owner and counters (received, answered, reused, dropped, lag...)."""
+        return await run_in_threadpool(_streams(request).get, stream_id)
+
+    @app.delete("/streams/{stream_id}", status_code=204, responses=error_responses(401, 404))
+    async def stop_stream(request: Request, stream_id: str) -> Response:
+        await run_in_threadpool(_streams(request).stop, stream_id)
+        return Response(status_code=204)
+
+    @app.get(
+        "/streams/{stream_id}/events",
+        responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 422)},
+        response_class=StreamingResponse,
+    )
+    async def stream_events(
+        request: Request,
+        stream_id: str,
+        after: Annotated[int | None, Query(ge=0, description="Start after this event (as Last-Event-ID).")] = None,
+    ) -> StreamingResponse:
+        """The stream's answers as Server-Sent Events, one ``data:`` line of JSON each (``id:`` its
+        number), from the first or after ``Last-Event-ID`` (or ``after``): a client that
+        reconnects loses none. It ends when the stream has stopped and every event was sent."""
+        streams = _streams(request)
+        await run_in_threadpool(streams.events.get, stream_id)  # NotFound
+        last = _last_event_id(request.headers.get("last-event-id"), after)
+        return StreamingResponse(
+            event_stream(streams.events, stream_id, last, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     @app.post(
         "/feedback",
@@ -370,19 +494,65 @@ async def _read_feedback(request: Request) -> FeedbackIn | list[FeedbackIn]:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None]:
-    """The program id, the image bytes and the frame id, from JSON or a multipart upload."""
-    from router.errors import FrameRejected
+IMAGE_TYPES = ("image/jpeg", "image/png")
 
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+
+async def _answer_one(request: Request, service: RouterService, frame: FrameIn) -> AnswerResult:
+    answer = functools.partial(
+        service.answer, frame.program_id, frame.image, frame_id=frame.frame_id, camera=frame.camera
+    )
+    return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
+
+
+def _query_camera(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return _CAMERA.validate_python(value)
+    except ValidationError:
+        raise FrameRejected("camera: letters, digits and . _ : - only, at most 100") from None
+
+
+async def _read_answer_request(request: Request) -> list[FrameIn]:
+    """The frames to answer, from JSON (one), an image body (one) or a form (one or more)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    query = request.query_params
+    if content_type in IMAGE_TYPES:
+        program_id = query.get("program_id")
+        if not program_id:
+            raise FrameRejected("query parameter program_id is required with an image body")
+        frame_id = query.get("frame_id")
+        if frame_id is not None and len(frame_id) > 200:
+            raise FrameRejected("frame_id: at most 200 characters")
+        image = await request.body()
+        if not image:
+            raise FrameRejected("the body is empty: send the image's bytes")
+        camera = _query_camera(query.get("camera"))
+        return [FrameIn(program_id=program_id, image=image, frame_id=frame_id, camera=camera)]
+    if content_type == "multipart/form-data":
         form = await request.form()
-        program_id, upload, frame_id = form.get("program_id"), form.get("image"), form.get("frame_id")
+        program_id = form.get("program_id")
         if not isinstance(program_id, str) or not program_id:
             raise FrameRejected("form field program_id is required")
-        if upload is None or isinstance(upload, str):
-            raise FrameRejected("form field image must be an uploaded file")
-        return program_id, await upload.read(), frame_id if isinstance(frame_id, str) else None
+        uploads = form.getlist("image")
+        if not uploads or any(isinstance(upload, str) for upload in uploads):
+            raise FrameRejected("form field image must be an uploaded file (one or more)")
+        if len(uploads) > MAX_BATCH_FRAMES:
+            raise FrameRejected(f"at most {MAX_BATCH_FRAMES} frames in one form")
+        frame_ids = [value for value in form.getlist("frame_id") if isinstance(value, str)]
+        if frame_ids and len(frame_ids) != len(uploads):
+            raise FrameRejected(f"{len(frame_ids)} frame_id fields for {len(uploads)} images: one per image, or none")
+        camera = form.get("camera")
+        camera = _query_camera(camera if isinstance(camera, str) else query.get("camera"))
+        frames = []
+        for k, upload in enumerate(uploads):
+            frame_id = frame_ids[k] if frame_ids else None
+            frames.append(FrameIn(program_id=program_id, image=await upload.read(), frame_id=frame_id, camera=camera))
+        return frames
+    if content_type not in ("", "application/json"):
+        raise UnsupportedMedia(
+            f"content type {content_type!r}: send application/json, image/jpeg, image/png or multipart/form-data"
+        )
     try:
         body = AnswerRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -391,4 +561,28 @@ async def _read_answer_request(request: Request) -> tuple[str, bytes, str | None
         image = base64_bytes(body.image)
     except ImageError as exc:
         raise FrameRejected(f"image: {exc}") from None
-    return body.program_id, image, body.frame_id
+    return [FrameIn(program_id=body.program_id, image=image, frame_id=body.frame_id, camera=body.camera)]
+
+
+def _reuse_params(settings: RouterSettings) -> ReuseParams:
+    """The reuse gate's parameters: its defaults, less what the settings change."""
+    changed = {"tolerance": settings.reuse_tolerance, "exploration": settings.reuse_exploration}
+    return ReuseParams(**{name: value for name, value in changed.items() if value is not None})
+
+
+def _streams(request: Request) -> StreamManager:
+    return request.app.state.streams
+
+
+def _last_event_id(header: str | None, after: int | None) -> int:
+    """Where an event stream resumes: after the ``Last-Event-ID`` a reconnecting client sends, or
+    ``after``; from the start when neither."""
+    if header is not None and header.strip():
+        try:
+            value = int(header.strip())
+        except ValueError:
+            raise FrameRejected(f"Last-Event-ID {header!r}: an event number is expected") from None
+        if value < 0:
+            raise FrameRejected("Last-Event-ID: an event number is at least 0")
+        return value
+    return after or 0

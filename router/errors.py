@@ -88,3 +88,12 @@ class LabelRejected(RouterError):
 class EvaluationRejected(RouterError):
     """A target the logged decisions cannot support: another ``lambda`` where the decisions were not
     gated, a backend that is not a candidate, a call site the program does not have."""
+
+
+class SourceRejected(RouterError):
+    """A stream's source this router will not read: an unknown scheme, or a file outside the
+    directories it allows."""
+
+
+class UnsupportedMedia(RouterError):
+    """A request body of a content type the route does not read."""

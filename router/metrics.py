@@ -192,6 +192,39 @@ class RouterMetrics:
             "Times the supervisor (fmprog up) restarted this service after it died (set at start-up).",
             registry=r,
         )
+        self.reused = Counter(
+            "fmprog_reused_answers_total",
+            "Frames of a camera answered by reusing the last answer (the frame barely differed), by program.",
+            ["program"],
+            registry=r,
+        )
+        self.stream_frames = Counter(
+            "fmprog_stream_frames_total",
+            "Frames of each stream this router read, by outcome: received (sampled from the source), answered "
+            "(reused ones included), reused, dropped (replaced by a newer frame before they were answered), "
+            "failed.",
+            ["stream", "outcome"],
+            registry=r,
+        )
+        self.stream_lag = Histogram(
+            "fmprog_stream_lag_seconds",
+            "Seconds from a stream frame's arrival to its answer.",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_reconnects = Counter(
+            "fmprog_stream_reconnects_total", "Times a stream's source was reconnected.", ["stream"], registry=r
+        )
+        self.stream_saved_cost = Counter(
+            "fmprog_stream_saved_cost_total",
+            "What a stream's reused frames would have cost had they run (their last run's cost).",
+            ["stream"],
+            registry=r,
+        )
+        self.streams_running = Gauge(
+            "fmprog_streams_running", "Streams this router reads now (it holds their leases).", registry=r
+        )
 
         self.quality = _QualityCollector(dict)
         r.register(self.quality)

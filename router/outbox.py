@@ -5,7 +5,8 @@ they wait here and a background thread retries them (``deliver``), oldest first,
 first failure so that order per program is kept. A message the policy refuses (a 4xx: resending
 cannot help) is moved, in one transaction, to the store's ``policy_dead_letters`` table, logged and
 counted, never silently dropped. Payloads are the contract's messages as JSON: a ``PolicySpec`` to
-register, a ``Feedback``, an ``ExpiredDecisions`` to forget; a registration queued by an older
+register, a ``Feedback``, an ``ExpiredDecisions`` to forget, a ``ReuseOutcome`` (a label for a
+reused frame, for the camera's reuse gate); a registration queued by an older
 router (the whole ``ProgramPublic``) is still delivered.
 
 Several routers on one PostgreSQL database share the outbox: each message is claimed with
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection
 
-from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec, ReuseOutcome
 from router.errors import PolicyInvalid
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import policy_spec
@@ -101,6 +102,8 @@ class Outbox:
                 policy.expire(program_id, ExpiredDecisions.model_validate_json(payload))
             elif kind == "delete":
                 policy.delete(program_id)
+            elif kind == "reuse":
+                policy.reuse_outcome(program_id, ReuseOutcome.model_validate_json(payload))
         except (PolicyRejected, PolicyInvalid, ValidationError) as exc:
             reason = exc.detail if isinstance(exc, PolicyRejected) else f"the message cannot be sent: {exc}"
             self._in(db, lambda tx: _dead_letter(tx, message_id, kind, program_id, payload, attempts, reason))

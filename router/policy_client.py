@@ -10,7 +10,15 @@ from typing import Any, Protocol
 import httpx
 from pydantic import ValidationError
 
-from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import (
+    ExpiredDecisions,
+    Feedback,
+    PolicyDecision,
+    PolicySpec,
+    ReuseOutcome,
+    ReuseReply,
+    ReuseRequest,
+)
 from router.errors import RouterError
 
 
@@ -35,6 +43,8 @@ class PolicyPort(Protocol):
     def feedback(self, program_id: str, feedback: Feedback) -> None: ...
     def expire(self, program_id: str, expired: ExpiredDecisions) -> None: ...
     def delete(self, program_id: str) -> None: ...
+    def reuse(self, program_id: str, request: ReuseRequest) -> ReuseReply: ...
+    def reuse_outcome(self, program_id: str, outcome: ReuseOutcome) -> None: ...
 
 
 class HttpPolicyClient:
@@ -99,6 +109,17 @@ class HttpPolicyClient:
 
     def delete(self, program_id: str) -> None:
         self._call("DELETE", f"/policies/{program_id}")
+
+    def reuse(self, program_id: str, request: ReuseRequest) -> ReuseReply:
+        reply = self._call("POST", f"/policies/{program_id}/reuse", content=request.model_dump_json(), headers=_JSON)
+        try:
+            return ReuseReply.model_validate(reply)
+        except ValidationError as exc:
+            raise PolicyUnavailable(f"policy service returned no reuse decision: {exc}") from None
+
+    def reuse_outcome(self, program_id: str, outcome: ReuseOutcome) -> None:
+        body = outcome.model_dump_json()
+        self._call("POST", f"/policies/{program_id}/reuse/outcomes", content=body, headers=_JSON)
 
     def ready(self) -> bool:
         try:

@@ -11,21 +11,22 @@ text call), with the patch's share of the frame (``small`` under 5%, ``medium`` 
 Read from the stored answers' traces. A call counts once, for the backend decided for it: its
 retries and the backends that stood in for a failing one are not decisions. A re-ask of a dearer
 backend (``escalated_from``) is counted as the call's escalation, not as a call. Fallback
-decisions (the router's, not the policy's) are counted apart and left out of the shares.
+decisions (the router's, not the policy's) and frames of cameras answered by reusing the last answer
+are counted apart and left out of the shares; the reuse gates' decisions are summed in ``reuse``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fmprog.backends.config import Function
 from fmprog.program import InvocationFeatures
-from router.schemas import InvocationPublic, ProgramPublic
+from router.schemas import InvocationPublic, ProgramPublic, ReuseRecord
 from router.store import Store
 from router.tables import decisions
 
@@ -75,6 +76,18 @@ class SiteView(BaseModel):
     buckets: list[BucketView]
 
 
+class ReuseView(BaseModel):
+    """The reuse gates' decisions on cameras' frames in the window (frames after each camera's first)."""
+
+    model_config = _VIEW
+
+    decisions: int = Field(ge=0, description="Frames of cameras the gate decided.")
+    reused: int = Field(ge=0, description="Of them, answered with the camera's last answer (cost 0).")
+    share: float = Field(ge=0, le=1, description="reused / decisions (0 without decisions).")
+    reasons: dict[str, int] = Field(description="Decisions by reason: unchanged, changed, explore, max_age.")
+    cameras: int = Field(ge=0, description="Cameras among them.")
+
+
 class PolicyView(BaseModel):
     """A program's recent decisions, per call site and context bucket."""
 
@@ -85,7 +98,11 @@ class PolicyView(BaseModel):
     decisions: int = Field(ge=0, description="Decisions read (fewer than last when the program has fewer).")
     policy_decisions: int = Field(ge=0, description="Of them, the policy's: the ones the shares are counted on.")
     fallback_decisions: int = Field(ge=0, description="Of them, the router's fallback decisions (left out).")
+    reused_decisions: int = Field(
+        default=0, ge=0, description="Of them, frames answered by reusing a camera's last answer (left out)."
+    )
     sites: list[SiteView]
+    reuse: ReuseView = Field(description="The reuse gates' decisions in the window.")
 
 
 def patch_bucket(features: InvocationFeatures | None) -> tuple[str, Patch | None, Area | None]:
@@ -101,26 +118,55 @@ def patch_bucket(features: InvocationFeatures | None) -> tuple[str, Patch | None
     return f"{patch}/{area}", patch, area
 
 
-def recent_traces(store: Store, program_id: str, last: int) -> list[tuple[bool, list[InvocationPublic]]]:
-    """The program's last ``last`` decisions, newest first: whether each was the fallback, and its trace."""
+class RecentDecision(NamedTuple):
+    fallback: bool
+    trace: list[InvocationPublic]
+    reuse: ReuseRecord | None
+
+
+def recent_traces(store: Store, program_id: str, last: int) -> list[RecentDecision]:
+    """The program's last ``last`` decisions, newest first: whether each was the fallback, its
+    trace and what the reuse gate decided for it."""
     query = (
-        sa.select(decisions.c.fallback, decisions.c.trace)
+        sa.select(decisions.c.fallback, decisions.c.trace, decisions.c.reuse)
         .where(decisions.c.program_id == program_id)
         .order_by(decisions.c.created_at.desc(), decisions.c.id.desc())
         .limit(last)
     )
     with store.reading() as db:
         rows = db.execute(query).all()
-    return [(bool(fallback), _TRACE.validate_python(json.loads(trace))) for fallback, trace in rows]
+    return [
+        RecentDecision(
+            bool(fallback),
+            _TRACE.validate_python(json.loads(trace)),
+            ReuseRecord.model_validate_json(reuse) if reuse else None,
+        )
+        for fallback, trace, reuse in rows
+    ]
 
 
-def policy_view(program: ProgramPublic, traces: list[tuple[bool, list[InvocationPublic]]], last: int) -> PolicyView:
+def reuse_view(traces: list[RecentDecision]) -> ReuseView:
+    decided = [t.reuse for t in traces if t.reuse is not None]
+    reused = sum(record.reused for record in decided)
+    return ReuseView(
+        decisions=len(decided),
+        reused=reused,
+        share=reused / len(decided) if decided else 0.0,
+        reasons=dict(Counter(record.reason for record in decided)),
+        cameras=len({record.camera for record in decided}),
+    )
+
+
+def policy_view(program: ProgramPublic, traces: list[RecentDecision], last: int) -> PolicyView:
     """Count the policy's calls per site and bucket in ``traces`` (see the module's docstring)."""
     calls: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     escalations: dict[str, Counter[str]] = defaultdict(Counter)
     kinds: dict[str, tuple[Patch | None, Area | None]] = {}
-    fallbacks = 0
-    for fallback, trace in traces:
+    fallbacks = reused = 0
+    for fallback, trace, reuse in traces:
+        if reuse is not None and reuse.reused:
+            reused += 1
+            continue
         if fallback:
             fallbacks += 1
             continue
@@ -153,9 +199,11 @@ def policy_view(program: ProgramPublic, traces: list[tuple[bool, list[Invocation
         program_id=program.id,
         last=last,
         decisions=len(traces),
-        policy_decisions=len(traces) - fallbacks,
+        policy_decisions=len(traces) - fallbacks - reused,
         fallback_decisions=fallbacks,
+        reused_decisions=reused,
         sites=sites,
+        reuse=reuse_view(traces),
     )
 
 

@@ -307,6 +307,32 @@ class AnswerResult(BaseModel):
         description="The probability the decision gave this run (1 for the fallback; from the gates' spreads for "
         "a gated decision); None when the decision carries no propensities.",
     )
+    reused: bool = Field(
+        default=False,
+        description="True when the frame barely differed from the camera's last frame that ran the program, and "
+        "that frame's answer was reused (``reused_from``) instead of running the program: cost 0.",
+    )
+    reused_from: Id | None = Field(default=None, description="The decision whose answer was reused.")
+
+
+class AnswerItem(BaseModel):
+    """One frame of a batch: its answer, or why it was not answered (the status a single frame
+    would have got, and the reason)."""
+
+    model_config = _WIRE
+
+    frame_id: str | None = None
+    result: AnswerResult | None = None
+    status: int = Field(default=200, description="200, or the HTTP status this frame alone would have got.")
+    detail: str | None = None
+
+
+class AnswerBatch(BaseModel):
+    """The answers to a batch of frames (a multipart upload of several images), in their order."""
+
+    model_config = _WIRE
+
+    results: list[AnswerItem]
 
 
 class FeedbackIn(BaseModel):
@@ -359,6 +385,23 @@ class FeedbackBatch(BaseModel):
     results: list[FeedbackItem]
 
 
+class ReuseRecord(BaseModel):
+    """What the reuse gate decided for a frame of a camera (a stream, or ``POST /answer`` naming a
+    ``camera``): the features it saw (the frame's difference from the camera's last frame that ran
+    the program, its age), whether it reused that frame's answer, the probability it gave that
+    choice and its estimate that the answer had changed (storage and the off-policy log)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    camera: str
+    reused: bool
+    reused_from: Id | None = None
+    features: dict[str, float]
+    propensity: float = Field(ge=0, le=1)
+    p_change: float = Field(ge=0, le=1)
+    reason: str = Field(description="unchanged (reused), changed, explore, max_age or first.")
+
+
 class AnswerRecord(BaseModel):
     """A stored answer to one frame: the decision (``id`` is the decision id), whether it was the
     fallback, what ran, what it cost and what was answered (storage, not wire; the ``decisions``
@@ -383,6 +426,7 @@ class AnswerRecord(BaseModel):
     created_at: datetime
     propensity: float | None = None
     policy_decision: PolicyDecision | None = None  # the policy's decision, with its propensities and gates
+    reuse: ReuseRecord | None = None  # what the reuse gate decided, for a frame of a camera
 
 
 class TeacherRun(BaseModel):
@@ -467,3 +511,83 @@ class EvaluationReport(BaseModel):
         ge=0, description="Of them, the router's fallback decisions, made without the policy (left out)."
     )
     evaluations: list[Evaluation] = Field(description="One per target, in the order asked.")
+
+
+# -- streams ------------------------------------------------------------------------------------------
+
+StreamState = Literal["running", "stopped", "ended"]
+Camera = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
+
+
+class StreamCreate(BaseModel):
+    """A stream to start: where its frames come from and how often to answer one."""
+
+    model_config = _WIRE
+
+    source: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="rtsp:// (a camera), http(s):// (an MJPEG camera or a video file) or file:// (a path under a "
+        "directory the router allows).",
+    )
+    fps: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False, description="Frames answered per second.")
+    reuse: bool = Field(
+        default=True, description="Reuse the last answer for a frame that barely differs from the last one that ran."
+    )
+    max_age: int = Field(
+        default=10, ge=1, le=10_000, description="A frame this many frames after the last run runs the program."
+    )
+
+
+class StreamCounters(BaseModel):
+    """What a stream has done so far."""
+
+    model_config = _WIRE
+
+    received: int = Field(default=0, description="Frames sampled from the source.")
+    answered: int = Field(default=0, description="Frames answered, reused ones included.")
+    reused: int = Field(default=0, description="Frames answered by reusing the last answer.")
+    dropped: int = Field(default=0, description="Frames replaced by a newer one before they were answered.")
+    failed: int = Field(default=0, description="Frames that could not be answered (the error is logged).")
+    reconnects: int = Field(default=0, description="Times the source was reconnected.")
+    cost: float = Field(default=0.0, description="What the answered frames cost.")
+    saved_cost: float = Field(default=0.0, description="What the reused frames would have cost (their last run's).")
+    lag_s: float | None = Field(default=None, description="The last answer's delay after its frame arrived.")
+    last_pts: float = Field(default=0.0, description="Seconds into the source of the next frame to read.")
+
+
+class StreamPublic(BaseModel):
+    """A stream: its source, state, owner (the router reading it) and counters."""
+
+    model_config = _WIRE
+
+    id: Id
+    program_id: Id
+    source: str
+    fps: float
+    reuse: bool
+    max_age: int
+    state: StreamState
+    owner: str | None = Field(default=None, description="The router that reads the stream now.")
+    counters: StreamCounters
+    last_error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StreamEvent(BaseModel):
+    """One answered frame of a stream (a ``data:`` line of its event stream, ``id:`` its ``seq``)."""
+
+    model_config = _WIRE
+
+    seq: int = Field(ge=1, description="The event's number in the stream, from 1 (the SSE id).")
+    stream_id: Id
+    frame: int = Field(description="The frame's index at the stream's rate (seconds into the source times fps).")
+    pts: float = Field(description="Seconds into the source.")
+    answer: JsonValue = None
+    decision_id: Id
+    cost: float
+    reused: bool
+    error: ProgramStopped | None = None
+    lag_s: float = Field(description="Seconds from the frame's arrival to its answer.")
+    created_at: datetime

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
@@ -28,11 +28,24 @@ from pydantic import ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog
-from fmprog.contract import ExpiredDecisions, Feedback, PolicyDecision, PolicySpec, RewardConfig
-from fmprog.images import ImageError, decode_image
+from fmprog.contract import (
+    ExpiredDecisions,
+    Feedback,
+    PolicyDecision,
+    PolicySpec,
+    ReuseOutcome,
+    ReuseReply,
+    ReuseRequest,
+    RewardConfig,
+    score_answer,
+)
+from fmprog.images import ImageError, decode_image, encode_jpeg
 from fmprog.program import Program
+from fmprog.streams.gates import CameraGates
+from fmprog.streams.reuse import ReuseParams
 from router.answering import Answerer, FallbackRule
 from router.budgets import budget_state, window_start
+from router.cameras import Cameras, CameraView
 from router.errors import (
     BudgetExhausted,
     Conflict,
@@ -139,6 +152,7 @@ class RouterService:
         teacher_threads: int = 2,
         teacher_queue: int = 64,
         default_lambda: float = DEFAULT_LAMBDA,
+        reuse_params: ReuseParams | None = None,
     ):
         self.store = store
         self.programs = ProgramRegistry(
@@ -154,6 +168,8 @@ class RouterService:
             worker_memory_mb=program_worker_memory_mb,
         )
         self.feedback_handler = FeedbackHandler(store, rewards, label_window_s)
+        self.local_gates = CameraGates(reuse_params)  # a router without a policy decides reuse itself
+        self.cameras = Cameras(self._reuse_decide, self._reuse_learn)
         self.label_window_s = label_window_s
         self.expiry_reward = expiry_reward
         self.label_requests = LabelRequests()  # per program: the frames whose label is asked for
@@ -208,6 +224,8 @@ class RouterService:
 
     def delete(self, program_id: str) -> None:
         self.programs.delete(program_id, tell_policy=self.policy is not None)
+        self.cameras.forget(program_id)
+        self.local_gates.forget(program_id)
         self._deliver_now()
 
     def close(self) -> None:
@@ -219,14 +237,21 @@ class RouterService:
 
     # -- answers --------------------------------------------------------------------------------
 
-    def answer(self, program_id: str, image: bytes, *, frame_id: str | None = None) -> AnswerResult:
+    def answer(
+        self, program_id: str, image: bytes, *, frame_id: str | None = None, camera: str | None = None
+    ) -> AnswerResult:
         """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: the program
         read (and compiled) once, the frame decoded once, the decision checked once, one record.
 
         The policy decides on the same bytes while this thread decodes the frame: the two are
         independent, and the policy's round trip is most of what the router adds to the backends'
-        time."""
-        stage = self.metrics.answer_stage
+        time. A frame of a named ``camera`` goes to its reuse gate first (:meth:`answer_frame`)."""
+        if camera is not None:
+            try:
+                frame = decode_image(image)
+            except ImageError as exc:
+                raise FrameRejected(f"image: {exc}") from None
+            return self.answer_frame(program_id, frame, frame_id=frame_id, camera=camera, encoded=image)
         started = time.perf_counter()
         public, program = self.programs.compiled(program_id)  # NotFound before any work
         budget = self._budget(public)  # BudgetExhausted for a program that refuses frames past it
@@ -241,10 +266,67 @@ class RouterService:
                 deciding.cancel()  # or, already asked, the policy refuses the same bytes: nothing is left pending
             raise FrameRejected(f"image: {exc}") from None
         decoded = time.perf_counter()
+        self.metrics.answer_stage.labels("program").observe(read - started)
+        self.metrics.answer_stage.labels("decode").observe(decoded - read)
+        return self._run(public, program, frame, budget, deciding, decision_id, frame_id, started, None)
+
+    def answer_frame(
+        self,
+        program_id: str,
+        frame: np.ndarray,
+        *,
+        frame_id: str | None = None,
+        camera: str | None = None,
+        encoded: bytes | None = None,
+        max_age: int = 10,
+    ) -> AnswerResult:
+        """Answer a decoded frame (an RGB uint8 array): a stream's, or one of a named ``camera``.
+
+        With a ``camera``, the reuse gate first compares the frame with the camera's last frame
+        that ran the program: when it reuses that answer the frame is answered at once, cost 0,
+        under its own decision id (a label for it teaches the gate). Otherwise the program runs as
+        for any frame, the policy deciding on ``encoded`` (the frame's bytes; JPEG when None)."""
+        started = time.perf_counter()
+        public, program = self.programs.compiled(program_id)
+        self.metrics.answer_stage.labels("program").observe(time.perf_counter() - started)
+        view = None
+        if camera is not None:
+            view = self.cameras.look(public, camera, frame, max_age, frame_id)
+            if view.reused is not None:
+                result = self.answerer.record(view.reused)
+                self.metrics.answered(result, time.perf_counter() - started)
+                self.metrics.reused.labels(public.id).inc()
+                return result
+        budget = self._budget(public)
+        decision_id = uuid.uuid4().hex
+        exhausted = budget is not None and budget.remaining <= 0
+        deciding = None
+        if not exhausted:
+            image = encoded if encoded is not None else encode_jpeg(frame)
+            deciding = self._deciders.submit(self._decide, public.id, decision_id, image)
+        return self._run(public, program, frame, budget, deciding, decision_id, frame_id, started, view)
+
+    def _run(
+        self,
+        public: ProgramPublic,
+        program: Program,
+        frame: np.ndarray,
+        budget: BudgetState | None,
+        deciding: Future[PolicyDecision | None] | None,
+        decision_id: str,
+        frame_id: str | None,
+        started: float,
+        view: CameraView | None,
+    ) -> AnswerResult:
+        """Run the program on a decoded frame under the policy's decision (being made by
+        ``deciding``; the fallback's when None) and record the answer."""
+        stage = self.metrics.answer_stage
+        waiting = time.perf_counter()
         if deciding is None:
             self.metrics.fallbacks.labels(public.id, "budget_exhausted").inc()
         decision = None if deciding is None else deciding.result()
         decided = time.perf_counter()
+        exhausted = deciding is None
         backends = None if decision is None else decision.backends
         gates = None if decision is None else decision.gates
         try:
@@ -266,6 +348,8 @@ class RouterService:
         ran = time.perf_counter()
         if not record.fallback:
             record = logged_decision(record, decision)
+        if view is not None:
+            record = self.cameras.ran(view, record)
         result = self.answerer.record(record, None if budget is None else budget.window_start)
         if budget is not None:  # what was left before this frame, less what it cost
             self.metrics.budget_remaining.labels(public.id).set(max(0.0, budget.remaining - record.cost))
@@ -274,9 +358,7 @@ class RouterService:
             self._teach(public, program, frame, record.id)
         result = result.model_copy(update={"label_requested": requested, "teacher": taught})
         recorded = time.perf_counter()
-        stage.labels("program").observe(read - started)
-        stage.labels("decode").observe(decoded - read)
-        stage.labels("policy_wait").observe(decided - decoded)
+        stage.labels("policy_wait").observe(decided - waiting)
         stage.labels("run").observe(ran - decided)
         stage.labels("record").observe(recorded - ran)
         self.metrics.answered(result, recorded - started)
@@ -306,6 +388,29 @@ class RouterService:
             self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
         self.metrics.policy_latency.observe(time.perf_counter() - start)
         return decision
+
+    def _reuse_decide(self, program_id: str, request: ReuseRequest) -> ReuseReply | None:
+        """The reuse gate's decision on a camera's frame: the policy's (None, and the frame runs,
+        when it cannot be asked), or this router's own gates' without a policy."""
+        if self.policy is None:
+            return self.local_gates.decide(program_id, request)
+        try:
+            with self.breaker.calling():
+                return self.policy.reuse(program_id, request)
+        except CircuitBreakerError:
+            return None
+        except PolicyUnavailable:  # refused too: e.g. the program's registration still in the outbox
+            self.metrics.fallbacks.labels(program_id, "reuse_unavailable").inc()
+            return None
+
+    def _reuse_learn(self, program_id: str, outcome: ReuseOutcome) -> None:
+        """An outcome on its own for a camera's gate (a label for a reused frame): through the
+        outbox to the policy, or to this router's own gates."""
+        if self.policy is None:
+            self.local_gates.learn(program_id, outcome)
+            return
+        self.outbox.put("reuse", program_id, outcome)
+        self._deliver_now()
 
     # -- off-policy evaluation ---------------------------------------------------------------------
 
@@ -479,6 +584,9 @@ class RouterService:
     def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
         """The policy's feedback message for a new label, or None: no policy, or a fallback decision
         (the policy did not make it, so it has nothing to learn from it)."""
+        if answer.reuse is not None and answer.reuse.reused:  # the gate's decision, not the policy's
+            self.cameras.labelled(answer, score_answer(answer.kind, answer.answer, label).correct)
+            return None
         if self.policy is None or answer.fallback:
             return None
         message = Feedback(

@@ -141,6 +141,40 @@ class RouterSettings(BaseSettings):
     program_worker_memory_mb: int = Field(
         default=1536, ge=512, description="Address space of each program worker (RLIMIT_AS), interpreter included."
     )
+    stream_file_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose video files a stream may read (file:// sources); none by default. `fmprog "
+        "up` allows OpenCV's sample videos.",
+    )
+    stream_lease_s: float = Field(
+        default=6.0,
+        gt=0,
+        le=3600,
+        description="How long a router holds a stream without renewing: another router takes over a stream whose "
+        "owner died after this long.",
+    )
+    stream_tick_s: float = Field(
+        default=1.0, gt=0, le=600, description="How often leases are renewed and free streams claimed."
+    )
+    max_streams: int = Field(default=16, ge=0, le=1000, description="Streams one router reads at most.")
+    stream_backoff_s: tuple[float, float] = Field(
+        default=(0.25, 2.0),
+        description="A dropped source is reconnected after the first wait, doubling up to the second (seconds).",
+    )
+    reuse_tolerance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The reuse gate reuses a camera's last answer while it estimates the chance that the answer "
+        "changed below this (None: the gate's default).",
+    )
+    reuse_exploration: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="The share of frames the gate would reuse that run anyway, so that it keeps learning where it "
+        "reuses (None: the gate's default; 0: never).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     restarts: int = Field(

@@ -59,6 +59,7 @@ from router.schemas import (
     LabelBudget,
     LabelSource,
     ProgramPublic,
+    ReuseRecord,
     SynthesisPublic,
     Teacher,
     TeacherRun,
@@ -360,6 +361,7 @@ class Store:
             "created_at": decision.created_at.isoformat(),
             "propensity": decision.propensity,
             "policy_decision": decision.policy_decision.model_dump_json() if decision.policy_decision else None,
+            "reuse": decision.reuse.model_dump_json() if decision.reuse else None,
         }
         with self.transaction() as db:
             db.execute(_ADD_ANSWER, row)
@@ -684,6 +686,7 @@ def _answer(row: Any) -> AnswerRecord:
         created_at=datetime.fromisoformat(row["created_at"]),
         propensity=row["propensity"],
         policy_decision=PolicyDecision.model_validate_json(row["policy_decision"]) if row["policy_decision"] else None,
+        reuse=ReuseRecord.model_validate_json(row["reuse"]) if row["reuse"] else None,
     )
 
 

@@ -50,6 +50,7 @@ decisions = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("propensity", sa.Float),  # the probability the decision gave this run; None: not known
     sa.Column("policy_decision", sa.Text),  # the policy's PolicyDecision (None: the fallback's, or older rows)
+    sa.Column("reuse", sa.Text),  # ReuseRecord: for a frame of a camera, what the reuse gate decided
 )
 
 synthesized_programs = sa.Table(
@@ -120,4 +121,32 @@ program_spend = sa.Table(
     sa.Column("program_id", sa.Text, primary_key=True),
     sa.Column("window_start", sa.Text, primary_key=True),
     sa.Column("cost", sa.Float, nullable=False, server_default="0"),
+)
+
+# A stream: a source a router pulls frames from for one program; ``owner`` holds it until
+# ``lease_until`` (renewed while it runs; another router takes over a stream whose lease ran out).
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("program_id", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("settings", sa.Text, nullable=False),  # StreamCreate, less the source
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text),
+    sa.Column("lease_until", sa.Text),
+    sa.Column("counters", sa.Text, nullable=False),  # StreamCounters
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+# The answers to a stream's frames, in order: what its event stream (SSE) replays from any point.
+stream_events = sa.Table(
+    "stream_events",
+    metadata,
+    sa.Column("stream_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("event", sa.Text, nullable=False),  # StreamEvent
+    sa.Column("created_at", sa.Text, nullable=False),
 )
