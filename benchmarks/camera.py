@@ -197,14 +197,18 @@ def rtsp_source(
     loop: bool = False,
     codec: str = "jpeg",
     path: str = "/camera",
+    per_client: bool = False,
 ) -> contextlib.AbstractContextManager[CameraSource]:
     """``rtsp://127.0.0.1:PORT/camera``: ``video`` in real time, MJPEG (or ``codec="h264"``) over RTP.
+    With ``per_client``, each client gets the file from its first frame (a recording played to it,
+    so that its frame numbers are the file's) instead of the camera's current picture.
 
     Raises RuntimeError when RTSP cannot be served here: check ``rtsp_available()`` first to skip.
     """
     if reason := rtsp_available(video):
         raise RuntimeError(f"cannot serve RTSP: {reason}")
     command = [str(SYSTEM_PYTHON), str(RTSP_SERVER), str(video), "--path", path, "--codec", codec]
+    command += ["--per-client"] if per_client else []
     url = f"rtsp://127.0.0.1:{{port}}{path}"
     return _serving(CameraSource("rtsp", command + _common(fps, loop), url, RTSP_OPTIONS, port))
 

@@ -52,21 +52,35 @@ def producer(video: Path, channel: str) -> Gst.Pipeline:
     )
 
 
+def encoder(fps: tuple[int, int], codec: str) -> str:
+    """The end of a media's pipeline: raw video at ``fps`` encoded and payloaded for RTP."""
+    num, den = fps
+    if codec == "h264":
+        gop = max(1, round(num / den))  # a key frame a second: a client joining waits at most that long
+        return (
+            "video/x-raw,format=I420 ! openh264enc bitrate=4000000 gop-size="
+            f"{gop} ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1"
+        )
+    # JPEG means full-range YUV; from RGB, videoconvert makes it so (a decoder's limited-range I420
+    # would pass through unchanged, and clients would see washed-out frames).
+    return "video/x-raw,format=I420,colorimetry=1:4:0:0 ! jpegenc quality=85 ! rtpjpegpay name=pay0 pt=26"
+
+
 def media_launch(channel: str, fps: tuple[int, int], codec: str) -> str:
     """The pipeline each RTSP media runs: the channel's current picture at ``fps``, encoded."""
     num, den = fps
     source = f"intervideosrc channel={channel} ! video/x-raw,framerate={num}/{den} ! videoconvert"
-    if codec == "h264":
-        gop = max(1, round(num / den))  # a key frame a second: a client joining waits at most that long
-        encode = (
-            "video/x-raw,format=I420 ! openh264enc bitrate=4000000 gop-size="
-            f"{gop} ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1"
-        )
-    else:
-        # JPEG means full-range YUV; from RGB, videoconvert makes it so (a decoder's limited-range I420
-        # would pass through unchanged, and clients would see washed-out frames).
-        encode = "video/x-raw,format=I420,colorimetry=1:4:0:0 ! jpegenc quality=85 ! rtpjpegpay name=pay0 pt=26"
-    return f"( {source} ! {encode} )"
+    return f"( {source} ! {encoder(fps, codec)} )"
+
+
+def file_launch(video: Path, fps: tuple[int, int], codec: str) -> str:
+    """The pipeline of a media of its own per client (``--per-client``): the file from its first frame."""
+    location = str(video).replace("\\", "\\\\").replace('"', '\\"')
+    num, den = fps
+    return (
+        f'( filesrc location="{location}" ! decodebin ! videoconvert ! video/x-raw,format=RGB ! videorate '
+        f"! video/x-raw,framerate={num}/{den} ! videoconvert ! {encoder(fps, codec)} )"
+    )
 
 
 def preroll(pipeline: Gst.Pipeline) -> tuple[int, int]:
@@ -118,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg")
     parser.add_argument("--check", action="store_true", help="only check that the video can be served")
     parser.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin closes (the parent died)")
+    parser.add_argument(
+        "--per-client",
+        action="store_true",
+        help="each client gets the file from its first frame, in real time (a recording, not a camera: its "
+        "frame numbers are the file's, which a benchmark needs to compare answers with labels)",
+    )
     args = parser.parse_args(argv)
 
     Gst.init(None)
@@ -151,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     bus.connect("message", on_message)
 
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(media_launch(channel, fps, args.codec))
-    factory.set_shared(True)  # one encoder for all clients, as a camera has
+    if args.per_client:
+        pipeline.set_state(Gst.State.NULL)
+        factory.set_launch(file_launch(args.video, fps, args.codec))
+        factory.set_shared(False)
+    else:
+        factory.set_launch(media_launch(channel, fps, args.codec))
+        factory.set_shared(True)  # one encoder for all clients, as a camera has
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
@@ -161,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
         return 1
 
-    if args.loop:
+    if args.loop and not args.per_client:
         rewind(pipeline, Gst.SeekFlags.FLUSH | Gst.SeekFlags.SEGMENT)
-    pipeline.set_state(Gst.State.PLAYING)
+    if not args.per_client:
+        pipeline.set_state(Gst.State.PLAYING)
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, lambda: loop.quit() or GLib.SOURCE_REMOVE)
     if args.exit_with_stdin:  # the parent holds the pipe: its end (EOF or hang-up) means it is gone

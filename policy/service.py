@@ -100,7 +100,7 @@ class PolicyService:
         self.metrics = PolicyMetrics()
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
-        self.reuse_gates = CameraGates(settings.reuse_params())
+        self.reuse_gates = CameraGates(settings.reuse.params())
 
     # -- lifecycle ------------------------------------------------------------------------------
 

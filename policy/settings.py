@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fmprog.streams.reuse import ReuseParams
+from fmprog.streams.gates import ReuseSettings
 from fmprog.web import is_loopback
 
 
@@ -23,19 +23,9 @@ class PolicySettings(BaseSettings):
         description="A decision still pending after this long is dropped, unlearned: a backstop for decisions "
         "the router never reports on (it expires its own sooner, after its label_window_s, and tells the policy).",
     )
-    reuse_tolerance: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="A camera's frame reuses its last answer while the reuse gate estimates the chance that the "
-        "answer changed below this (None: the gate's default, 0.08).",
-    )
-    reuse_exploration: float | None = Field(
-        default=None,
-        ge=0,
-        lt=1,
-        description="The share of the frames a reuse gate would reuse that run anyway, so that it keeps learning "
-        "(None: the gate's default, 0.05).",
+    reuse: ReuseSettings = Field(
+        default_factory=ReuseSettings,
+        description="How the reuse gates of cameras' frames decide: tolerance, exploration (JSON).",
     )
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     api_key: SecretStr | None = Field(
@@ -48,11 +38,6 @@ class PolicySettings(BaseSettings):
     restarts: int = Field(
         default=0, ge=0, description="Times a supervisor (fmprog up) restarted this policy; published as a metric."
     )
-
-    def reuse_params(self) -> ReuseParams:
-        """The reuse gates' parameters: their defaults, less what these settings change."""
-        changed = {"tolerance": self.reuse_tolerance, "exploration": self.reuse_exploration}
-        return ReuseParams(**{name: value for name, value in changed.items() if value is not None})
 
     @model_validator(mode="after")
     def _safe(self) -> PolicySettings:

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
-from fmprog.streams.reuse import ReuseParams
 from fmprog.web import (
     BearerAuth,
     BodyLimit,
@@ -63,6 +62,7 @@ from router.schemas import (
     ProgramCreate,
     ProgramPublic,
     StreamCreate,
+    StreamDeadLetter,
     StreamPublic,
 )
 from router.service import RouterService
@@ -229,7 +229,7 @@ def create_app(
             teacher_threads=settings.teacher_threads,
             teacher_queue=settings.teacher_queue,
             default_lambda=settings.lambda_for(the_catalog),
-            reuse_params=_reuse_params(settings),
+            reuse_params=settings.reuse.params(),
         )
         streams = StreamManager(
             service,
@@ -246,7 +246,11 @@ def create_app(
         try:
             with (
                 every(settings.outbox_retry_s, _logged(service.deliver), name="policy-outbox", join_timeout_s=5),
-                every(settings.prune_interval_s, _logged(lambda: service.prune(retention)), name="retention"),
+                every(
+                    settings.prune_interval_s,
+                    _logged(lambda: (service.prune(retention), streams.prune(retention))),
+                    name="retention",
+                ),
                 every(settings.expire_interval_s, _logged(service.expire), name="label-expiry"),
                 every(settings.stream_tick_s, _logged(streams.tick), name="stream-leases"),
             ):
@@ -398,6 +402,19 @@ def create_app(
     async def stop_stream(request: Request, stream_id: str) -> Response:
         await run_in_threadpool(_streams(request).stop, stream_id)
         return Response(status_code=204)
+
+    @app.get(
+        "/streams/{stream_id}/dead-letters",
+        response_model=list[StreamDeadLetter],
+        responses=error_responses(401, 404, 422),
+    )
+    async def stream_dead_letters(
+        request: Request, stream_id: str, limit: Limit = 100, offset: Offset = 0
+    ) -> list[StreamDeadLetter]:
+        """The stream's events its webhook refused or never acknowledged after its retries, oldest first."""
+        return await run_in_threadpool(
+            functools.partial(_streams(request).events.dead_letters, stream_id, limit=limit, offset=offset)
+        )
 
     @app.get(
         "/streams/{stream_id}/events",
@@ -562,12 +579,6 @@ async def _read_answer_request(request: Request) -> list[FrameIn]:
     except ImageError as exc:
         raise FrameRejected(f"image: {exc}") from None
     return [FrameIn(program_id=body.program_id, image=image, frame_id=body.frame_id, camera=body.camera)]
-
-
-def _reuse_params(settings: RouterSettings) -> ReuseParams:
-    """The reuse gate's parameters: its defaults, less what the settings change."""
-    changed = {"tolerance": settings.reuse_tolerance, "exploration": settings.reuse_exploration}
-    return ReuseParams(**{name: value for name, value in changed.items() if value is not None})
 
 
 def _streams(request: Request) -> StreamManager:

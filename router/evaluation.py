@@ -12,7 +12,8 @@ decision carries neither propensities nor gates, or a failed call hides a decisi
 depended on. The policy's decision itself is stored with the answer, for the evaluation to read.
 
 *An evaluation* reads the program's last ``last`` labelled decisions with their labels; the
-fallback decisions among them are left out (the policy did not make them). Each of the others is a
+fallback decisions among them are left out (the policy did not make them), and so are cameras'
+frames answered by reusing the last answer (the reuse gate decided them, not the backends). Each of the others is a
 ``LoggedRun``: its decision, its trace as the runtime's invocations, its cost, the task reward its
 label earned, and whether its answer was right (for binary tasks, whether the label and the answer
 say yes). A decision stored before propensities were logged has no policy decision: it is read as
@@ -62,7 +63,12 @@ def evaluate_program(store: Store, program: ProgramPublic, request: EvaluationRe
     """Each target's estimates on the program's last ``request.last`` labelled decisions (see the
     module's docstring); EvaluationRejected naming a target the logged decisions cannot support."""
     labelled = store.labelled_answers(program.id, request.last)
-    runs = [logged_run(answer, label, program.algorithm) for answer, label in labelled if not answer.fallback]
+    reused = [answer for answer, _ in labelled if answer.reuse is not None and answer.reuse.reused]
+    runs = [
+        logged_run(answer, label, program.algorithm)
+        for answer, label in labelled
+        if not answer.fallback and not (answer.reuse is not None and answer.reuse.reused)
+    ]
     sites = call_sites(program)
     try:
         evaluations = evaluate(request.targets, runs, sites, program.kind, program.lambda_, request.draws)
@@ -74,6 +80,7 @@ def evaluate_program(store: Store, program: ProgramPublic, request: EvaluationRe
         lambda_=program.lambda_,
         decisions=len(labelled),
         labelled=len(runs),
-        fallbacks=len(labelled) - len(runs),
+        fallbacks=len(labelled) - len(runs) - len(reused),
+        reused=len(reused),
         evaluations=evaluations,
     )

@@ -222,6 +222,13 @@ class RouterMetrics:
             ["stream"],
             registry=r,
         )
+        self.stream_webhook = Counter(
+            "fmprog_stream_webhook_events_total",
+            "Stream events sent to the stream's webhook, by outcome: delivered, dead_letter (refused, or never "
+            "acknowledged after the retries).",
+            ["stream", "outcome"],
+            registry=r,
+        )
         self.streams_running = Gauge(
             "fmprog_streams_running", "Streams this router reads now (it holds their leases).", registry=r
         )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue, StringConstraints, model_validator
 
 from fmprog.backends.config import BackendName, Function
 from fmprog.contract import PolicyDecision, TaskKind
@@ -510,6 +510,12 @@ class EvaluationReport(BaseModel):
     fallbacks: int = Field(
         ge=0, description="Of them, the router's fallback decisions, made without the policy (left out)."
     )
+    reused: int = Field(
+        default=0,
+        ge=0,
+        description="Of them, cameras' frames answered by reusing the last answer: the reuse gate's decisions, "
+        "not the backends' (left out).",
+    )
     evaluations: list[Evaluation] = Field(description="One per target, in the order asked.")
 
 
@@ -537,6 +543,11 @@ class StreamCreate(BaseModel):
     max_age: int = Field(
         default=10, ge=1, le=10_000, description="A frame this many frames after the last run runs the program."
     )
+    webhook: HttpUrl | None = Field(
+        default=None,
+        description="Each event is also POSTed here as JSON (retried; one never acknowledged is kept as a dead "
+        "letter: GET /streams/{id}/dead-letters).",
+    )
 
 
 class StreamCounters(BaseModel):
@@ -554,6 +565,8 @@ class StreamCounters(BaseModel):
     saved_cost: float = Field(default=0.0, description="What the reused frames would have cost (their last run's).")
     lag_s: float | None = Field(default=None, description="The last answer's delay after its frame arrived.")
     last_pts: float = Field(default=0.0, description="Seconds into the source of the next frame to read.")
+    webhook_seq: int = Field(default=0, description="The last event the webhook acknowledged or dead-lettered.")
+    webhook_failed: int = Field(default=0, description="Events kept as dead letters after the webhook's retries.")
 
 
 class StreamPublic(BaseModel):
@@ -567,12 +580,25 @@ class StreamPublic(BaseModel):
     fps: float
     reuse: bool
     max_age: int
+    webhook: str | None = None
     state: StreamState
     owner: str | None = Field(default=None, description="The router that reads the stream now.")
     counters: StreamCounters
     last_error: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class StreamDeadLetter(BaseModel):
+    """An event a stream's webhook refused (a 4xx) or never acknowledged after every retry."""
+
+    model_config = _WIRE
+
+    seq: int
+    url: str
+    reason: str
+    attempts: int
+    created_at: datetime
 
 
 class StreamEvent(BaseModel):

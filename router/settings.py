@@ -20,6 +20,7 @@ from fmprog.backends.config import (
 )
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
 from fmprog.contract import RewardConfig
+from fmprog.streams.gates import ReuseSettings
 from fmprog.web import is_loopback
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
@@ -161,19 +162,10 @@ class RouterSettings(BaseSettings):
         default=(0.25, 2.0),
         description="A dropped source is reconnected after the first wait, doubling up to the second (seconds).",
     )
-    reuse_tolerance: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="The reuse gate reuses a camera's last answer while it estimates the chance that the answer "
-        "changed below this (None: the gate's default).",
-    )
-    reuse_exploration: float | None = Field(
-        default=None,
-        ge=0,
-        lt=1,
-        description="The share of frames the gate would reuse that run anyway, so that it keeps learning where it "
-        "reuses (None: the gate's default; 0: never).",
+    reuse: ReuseSettings = Field(
+        default_factory=ReuseSettings,
+        description="Without a policy service, how this router's own reuse gates decide: tolerance, exploration "
+        "(JSON). With one, the policy's settings decide.",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)

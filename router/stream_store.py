@@ -17,9 +17,9 @@ import sqlalchemy as sa
 
 from fmprog.streams.source import redacted
 from router.errors import NotFound
-from router.schemas import StreamCounters, StreamCreate, StreamEvent, StreamPublic, StreamState
+from router.schemas import StreamCounters, StreamCreate, StreamDeadLetter, StreamEvent, StreamPublic, StreamState
 from router.store import Store, utc_now
-from router.tables import stream_events, streams
+from router.tables import stream_dead_letters, stream_events, streams
 
 
 def _time(moment: datetime) -> str:
@@ -182,6 +182,41 @@ class StreamStore:
         with self.store.reading() as db:
             return [StreamEvent.model_validate_json(text) for text in db.execute(query).scalars().all()]
 
+    def add_dead_letter(self, stream_id: str, seq: int, url: str, reason: str, attempts: int) -> None:
+        row = {
+            "stream_id": stream_id,
+            "seq": seq,
+            "url": url,
+            "reason": reason[:2000],
+            "attempts": attempts,
+            "created_at": _time(utc_now()),
+        }
+        with self.store.transaction() as db:
+            db.execute(stream_dead_letters.insert(), row)
+
+    def dead_letters(self, stream_id: str, *, limit: int = 100, offset: int = 0) -> list[StreamDeadLetter]:
+        """The stream's events its webhook never took, oldest first (NotFound for an unknown stream)."""
+        self.get(stream_id)
+        query = (
+            sa.select(stream_dead_letters)
+            .where(stream_dead_letters.c.stream_id == stream_id)
+            .order_by(stream_dead_letters.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.store.reading() as db:
+            rows = db.execute(query).mappings().all()
+        return [
+            StreamDeadLetter(
+                seq=row["seq"],
+                url=redacted(row["url"]),
+                reason=row["reason"],
+                attempts=row["attempts"],
+                created_at=datetime.fromisoformat(row["created_at"]),
+            )
+            for row in rows
+        ]
+
     def prune_events(self, older_than: datetime) -> int:
         """Delete the events of streams answered before ``older_than`` (retention); how many."""
         with self.store.transaction() as db:
@@ -191,6 +226,8 @@ class StreamStore:
 def _stream(row: Any, *, redact: bool = True) -> StreamPublic:
     """A stream's row; with ``redact``, its source without the password a camera URL may carry."""
     settings = json.loads(row["settings"])
+    if redact and settings.get("webhook"):
+        settings["webhook"] = redacted(settings["webhook"])
     return StreamPublic(
         id=row["id"],
         program_id=row["program_id"],

@@ -27,6 +27,7 @@ from router.schemas import StreamCounters, StreamCreate, StreamEvent, StreamPubl
 from router.service import RouterService
 from router.store import utc_now
 from router.stream_store import StreamStore
+from router.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ class StreamRunner:
             backoff_s=backoff_s,
             name=stream.id[:8],
         )
+        self.webhook = (
+            None
+            if stream.webhook is None
+            else WebhookSender(
+                stream.webhook, stream.id, manager.events, manager.service.metrics, seq=stream.counters.webhook_seq
+            )
+        )
         self._stopped = threading.Event()
         self._seen = (0, 0, 0)  # the reader's received, dropped, reconnects counted in the metrics
         self.ended = False
@@ -74,12 +82,16 @@ class StreamRunner:
     def start(self) -> StreamRunner:
         self.reader.start()
         self._thread.start()
+        if self.webhook is not None:
+            self.webhook.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopped.set()
         self.reader.stop(timeout_s)
         self._thread.join(timeout_s)
+        if self.webhook is not None:
+            self.webhook.stop()
 
     @property
     def finished(self) -> bool:
@@ -104,6 +116,14 @@ class StreamRunner:
                 "dropped": self.base.dropped + dropped,
                 "reconnects": self.base.reconnects + reconnects,
                 "last_pts": max(self.counters.last_pts, self.reader.last_pts),
+                **(
+                    {}
+                    if self.webhook is None
+                    else {
+                        "webhook_seq": self.webhook.seq,
+                        "webhook_failed": self.base.webhook_failed + self.webhook.failed,
+                    }
+                ),
             }
         )
 
@@ -244,6 +264,10 @@ class StreamManager:
             ids = [i for i, runner in self._runners.items() if runner.stream.program_id == program_id]
         for stream_id in ids:
             self.stop(stream_id)
+
+    def prune(self, retention: timedelta) -> int:
+        """Delete stream events older than ``retention`` (as decisions are); how many."""
+        return self.events.prune_events(utc_now() - retention)
 
     # -- leases ---------------------------------------------------------------------------------
 

@@ -150,3 +150,16 @@ stream_events = sa.Table(
     sa.Column("event", sa.Text, nullable=False),  # StreamEvent
     sa.Column("created_at", sa.Text, nullable=False),
 )
+
+# A stream's event its webhook refused, or never acknowledged after every retry: kept for an operator.
+stream_dead_letters = sa.Table(
+    "stream_dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("stream_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)

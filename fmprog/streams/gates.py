@@ -14,8 +14,33 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from fmprog.contract import ReuseObservation, ReuseOutcome, ReuseReply, ReuseRequest
 from fmprog.streams.reuse import ReuseFeatures, ReuseGate, ReuseParams
+
+
+class ReuseSettings(BaseModel):
+    """How the reuse gates decide (a service's setting, e.g. ``FMPROG_POLICY_REUSE='{"tolerance": 0.05}'``);
+    what is left unset is the gate's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tolerance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Reuse a camera's last answer while the estimated chance that it changed is below this (0.08).",
+    )
+    exploration: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="The share of the frames a gate would reuse that run anyway, so that it keeps learning (0.05).",
+    )
+
+    def params(self) -> ReuseParams:
+        return ReuseParams(**self.model_dump(exclude_none=True))
 
 
 def features(observation: ReuseObservation) -> ReuseFeatures:

@@ -12,6 +12,7 @@ live source that drops (the camera restarts, the network fails) is reconnected w
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import threading
@@ -39,7 +40,10 @@ class SourceError(ValueError):
 
 def check_source(url: str, file_roots: Sequence[Path]) -> str:
     """What PyAV opens for ``url``: the URL itself, or for ``file://`` the resolved path, which must
-    lie under one of ``file_roots`` (none allowed when empty). SourceError says why not."""
+    lie under one of ``file_roots`` (none allowed when empty). SourceError says why not, and when
+    PyAV, which reads every source, is not installed."""
+    if importlib.util.find_spec("av") is None:
+        raise SourceError("streams need PyAV, which is not installed here (pip install av, or the 'vision' extra)")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:

@@ -41,7 +41,7 @@ def frames() -> list[bytes]:
 
 
 def policy_settings(tmp_path: Path) -> PolicySettings:
-    return PolicySettings(state_dir=tmp_path / "policy", train_interval_s=0.2, reuse_exploration=0.0)
+    return PolicySettings(state_dir=tmp_path / "policy", train_interval_s=0.2, reuse={"exploration": 0.0})
 
 
 @pytest.fixture

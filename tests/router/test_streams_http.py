@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,7 +60,7 @@ def client(tmp_path: Path, backends: Any) -> Iterator[TestClient]:
         synthesis_backend=None,
         stream_file_roots=[SAMPLE_VIDEOS],
         stream_tick_s=0.2,
-        reuse_exploration=0.0,
+        reuse={"exploration": 0.0},
     )
     with TestClient(create_app(settings, catalog=catalog, backends=registry)) as test_client:
         yield test_client
@@ -319,3 +322,57 @@ def test_no_file_is_a_source_where_the_router_allows_no_directory(tmp_path, back
         program = register(client)
         response = client.post(f"/programs/{program}/streams", json={"source": f"file://{VIDEO}"})
         assert response.status_code == 422 and "file sources are not allowed here" in response.json()["detail"]
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook: event 2 fails once with a 503, event 3 is always refused (400), the rest are taken."""
+
+    received: ClassVar[list[tuple[int, dict[str, Any]]]] = []
+    tries: ClassVar[Counter[int]] = Counter()
+
+    def do_POST(self) -> None:
+        seq = int(self.headers["x-fmprog-event"])
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        Receiver.tries[seq] += 1
+        status = 400 if seq == 3 else 503 if seq == 2 and Receiver.tries[seq] == 1 else 200
+        if status == 200:
+            Receiver.received.append((seq, body))
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_streams_webhook_gets_every_event_once_retried_and_the_refused_one_is_a_dead_letter(
+    tmp_path, backends, frames
+):
+    catalog, registry = backends
+    clip = write_clip(tmp_path / "clip.avi", frames, 12)
+    settings = RouterSettings(
+        database=tmp_path / "r.db", backends_config=REAL_CONFIG, backends=BACKENDS, stream_file_roots=[tmp_path]
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/events"
+    try:
+        with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+            program = register(client)
+            body = {"source": clip.as_uri(), "fps": 10, "webhook": hook}
+            stream_id = client.post(f"/programs/{program}/streams", json=body).json()["id"]
+            _wait(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
+            answered = client.get(f"/streams/{stream_id}").json()["counters"]["answered"]
+            _wait(lambda: len(Receiver.received) == answered - 1, "every event but the refused one delivered")
+            stream = client.get(f"/streams/{stream_id}").json()
+            letters = client.get(f"/streams/{stream_id}/dead-letters").json()
+            events = _events(client, stream_id, 100)
+    finally:
+        server.shutdown()
+    assert stream["webhook"] == hook
+    assert [seq for seq, _ in Receiver.received] == [seq for seq in range(1, answered + 1) if seq != 3]
+    assert Receiver.tries[2] == 2 and Receiver.tries[3] == 1  # retried after a 503; a 400 is not retried
+    assert [body for _, body in Receiver.received] == [event for seq, event in events if seq != 3]
+    assert [(letter["seq"], letter["attempts"]) for letter in letters] == [(3, 1)]
+    assert letters[0]["reason"].startswith("HTTP 400")
+    assert stream["counters"]["webhook_failed"] == 1 and stream["counters"]["webhook_seq"] == answered
