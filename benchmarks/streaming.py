@@ -144,6 +144,13 @@ def agreement(reused: dict[str, Any], every: dict[str, Any]) -> tuple[float, int
     return (same / len(both) if both else float("nan")), len(both)
 
 
+def policy_fields(policy: str) -> dict[str, Any]:
+    """A program's policy from a name: an algorithm (``fast``), or ``static:largest`` (the
+    reference configuration) and ``static:cheapest``."""
+    algorithm, _, mode = policy.partition(":")
+    return {"algorithm": algorithm, "hyperparameters": {"mode": mode} if mode else {}}
+
+
 def run_streams(queries: list[dict[str, Any]], chosen: list[int], policies: list[str]) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as state:
@@ -168,7 +175,7 @@ def run_streams(queries: list[dict[str, Any]], chosen: list[int], policies: list
                                 "source": query["program"],
                                 "kind": "open",
                                 "lambda": LAMBDA,
-                                "algorithm": algorithm,
+                                **policy_fields(algorithm),
                             }
                             registered = client.post("/programs", json=body)
                             registered.raise_for_status()
@@ -283,7 +290,9 @@ def router_takeover(lease_s: float = 6.0, tick_s: float = 1.0) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, nargs="*", default=None, help="Indices into the track's queries.")
-    parser.add_argument("--policies", nargs="*", default=["fast"], help="Policy algorithms to stream with.")
+    parser.add_argument(
+        "--policies", nargs="*", default=["fast"], help="Policies to stream with: algorithms, static:largest, ..."
+    )
     parser.add_argument("--recovery-only", action="store_true", help="Measure recovery only.")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

@@ -9,7 +9,8 @@ for a router without a policy, one in this process (``fmprog.streams.gates.Camer
 
 Every frame that runs is an outcome for the gate at no cost: did its answer differ from the answer
 the gate would have reused, at the difference it saw? That outcome rides along with the camera's
-next request. A label for a reused frame is an outcome too (through the outbox, durably). When the
+next request. A label for a reused frame is an outcome too (``outcome_of``; the service queues it
+for the policy with the label, in one transaction). When the
 gate cannot be asked, the frame runs: the safe choice. The cameras' last runs live in this router's
 memory (at most ``max_cameras``, the least recently seen forgotten first): a restarted router, or
 another one taking a stream over, runs the first frame of each camera again.
@@ -32,7 +33,6 @@ from router.schemas import AnswerRecord, ProgramPublic, ReuseRecord
 from router.store import utc_now
 
 Decide = Callable[[str, ReuseRequest], ReuseReply | None]  # None: the gate cannot be asked (run the program)
-Learn = Callable[[str, ReuseOutcome], None]
 
 
 @dataclass
@@ -61,9 +61,8 @@ class CameraView:
 class Cameras:
     """The last run of each (program, camera), and the gate's decisions on their frames; thread-safe."""
 
-    def __init__(self, decide: Decide, learn: Learn, *, max_cameras: int = 1024):
+    def __init__(self, decide: Decide, *, max_cameras: int = 1024):
         self.decide = decide
-        self.learn = learn
         self.max_cameras = max_cameras
         self._cameras: OrderedDict[tuple[str, str], _Camera] = OrderedDict()
         self._lock = threading.Lock()
@@ -144,9 +143,11 @@ class Cameras:
                 self._cameras.popitem(last=False)
         return record if view.reuse is None else record.model_copy(update={"reuse": view.reuse})
 
-    def labelled(self, record: AnswerRecord, correct: bool) -> None:
-        """A label for a reused answer: whether reusing it was right is an outcome for the gate."""
+    @staticmethod
+    def outcome_of(record: AnswerRecord, correct: bool) -> ReuseOutcome | None:
+        """What a label teaches the camera's gate: for a reused answer, whether reusing it was
+        right (None for any other answer)."""
         if record.reuse is None or not record.reuse.reused:
-            return
+            return None
         features = ReuseObservation.model_validate(record.reuse.features)
-        self.learn(record.program_id, ReuseOutcome(camera=record.reuse.camera, features=features, unchanged=correct))
+        return ReuseOutcome(camera=record.reuse.camera, features=features, unchanged=correct)

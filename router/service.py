@@ -33,7 +33,6 @@ from fmprog.contract import (
     Feedback,
     PolicyDecision,
     PolicySpec,
-    ReuseOutcome,
     ReuseReply,
     ReuseRequest,
     RewardConfig,
@@ -169,7 +168,7 @@ class RouterService:
         )
         self.feedback_handler = FeedbackHandler(store, rewards, label_window_s)
         self.local_gates = CameraGates(reuse_params)  # a router without a policy decides reuse itself
-        self.cameras = Cameras(self._reuse_decide, self._reuse_learn)
+        self.cameras = Cameras(self._reuse_decide)
         self.label_window_s = label_window_s
         self.expiry_reward = expiry_reward
         self.label_requests = LabelRequests()  # per program: the frames whose label is asked for
@@ -403,15 +402,6 @@ class RouterService:
             self.metrics.fallbacks.labels(program_id, "reuse_unavailable").inc()
             return None
 
-    def _reuse_learn(self, program_id: str, outcome: ReuseOutcome) -> None:
-        """An outcome on its own for a camera's gate (a label for a reused frame): through the
-        outbox to the policy, or to this router's own gates."""
-        if self.policy is None:
-            self.local_gates.learn(program_id, outcome)
-            return
-        self.outbox.put("reuse", program_id, outcome)
-        self._deliver_now()
-
     # -- off-policy evaluation ---------------------------------------------------------------------
 
     def evaluate(self, program_id: str, request: EvaluationRequest) -> EvaluationReport:
@@ -556,6 +546,10 @@ class RouterService:
             raise
         result = labelled.result
         self.metrics.feedback.labels(result.program_id, "repeat" if result.repeat else "new").inc()
+        if self.policy is None and not result.repeat:
+            outcome = self.cameras.outcome_of(labelled.answer, labelled.correct)
+            if outcome is not None:
+                self.local_gates.learn(result.program_id, outcome)
         return result, labelled.queued
 
     def feedback_batch(self, requests: list[FeedbackIn]) -> FeedbackBatch:
@@ -582,11 +576,14 @@ class RouterService:
         return FeedbackBatch(results=items)
 
     def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
-        """The policy's feedback message for a new label, or None: no policy, or a fallback decision
-        (the policy did not make it, so it has nothing to learn from it)."""
-        if answer.reuse is not None and answer.reuse.reused:  # the gate's decision, not the policy's
-            self.cameras.labelled(answer, score_answer(answer.kind, answer.answer, label).correct)
-            return None
+        """The policy's message for a new label, or None: no policy, or a fallback decision (the
+        policy did not make it, so it has nothing to learn from it). For a reused answer, the
+        outcome its camera's reuse gate learns."""
+        if answer.reuse is not None and answer.reuse.reused:  # the reuse gate's decision: an outcome for it
+            outcome = self.cameras.outcome_of(answer, score_answer(answer.kind, answer.answer, label).correct)
+            if self.policy is None or outcome is None:
+                return None  # a router without a policy teaches its own gate once the label is taken
+            return QueuedMessage("reuse", answer.program_id, outcome.model_dump_json())
         if self.policy is None or answer.fallback:
             return None
         message = Feedback(
