@@ -309,12 +309,14 @@ def main() -> None:
         queries = track_queries()
         chosen = args.queries if args.queries else list(range(len(queries)))
         rows = run_streams(queries, chosen, args.policies)
-        kept = [r for r in report.get("streams", []) if r["policy"] not in args.policies]
+        measured = {(r["policy"], r["query"]) for r in rows}  # a rerun replaces those queries' rows only
+        kept = [r for r in report.get("streams", []) if (r["policy"], r["query"]) not in measured]
         report["streams"] = kept + rows
         report["averages"] = averages(report["streams"])
         print(json.dumps({"averages": report["averages"]}, indent=1))
-    report["recovery"] = {"camera_restart_s": camera_restart(), "router_takeover": router_takeover()}
-    print(json.dumps({"recovery": report["recovery"]}, indent=1))
+    recovery = {"policies": args.policies, "camera_restart_s": camera_restart(), "router_takeover": router_takeover()}
+    report["recovery_runs"] = [*report.get("recovery_runs", []), recovery]  # every run's, kept
+    print(json.dumps({"recovery": recovery}, indent=1))
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -33,7 +33,10 @@ class StreamStore:
     def __init__(self, store: Store):
         self.store = store
 
-    def add(self, stream_id: str, program_id: str, request: StreamCreate, owner: str, lease_until: datetime) -> None:
+    def add(
+        self, stream_id: str, program_id: str, request: StreamCreate, owner: str | None, lease_until: datetime | None
+    ) -> None:
+        """Store a new running stream, held by ``owner`` until ``lease_until`` (None: by nobody yet)."""
         now = _time(utc_now())
         row = {
             "id": stream_id,
@@ -42,7 +45,7 @@ class StreamStore:
             "settings": request.model_dump_json(exclude={"source"}),
             "state": "running",
             "owner": owner,
-            "lease_until": _time(lease_until),
+            "lease_until": None if lease_until is None else _time(lease_until),
             "counters": StreamCounters().model_dump_json(),
             "last_error": None,
             "created_at": now,

@@ -21,8 +21,8 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from fmprog.streams.source import LatestFrame, SourceError, StreamReader, check_source
-from router.errors import BudgetExhausted, NotFound, RouterError, SourceRejected
+from fmprog.streams.source import LatestFrame, SampledFrame, SourceError, StreamReader, check_source
+from router.errors import NotFound, RouterError, SourceRejected
 from router.schemas import StreamCounters, StreamCreate, StreamEvent, StreamPublic
 from router.service import RouterService
 from router.store import utc_now
@@ -143,10 +143,12 @@ class StreamRunner:
             except Exception as exc:
                 self.counters = self.counters.model_copy(update={"failed": self.counters.failed + 1})
                 self.manager.service.metrics.stream_frames.labels(self.stream.id, "failed").inc()
-                level = logging.INFO if isinstance(exc, (RouterError, BudgetExhausted)) else logging.ERROR
+                # a refusal (a spent budget) is the program's; anything else is a fault. An event
+                # number another router took meanwhile (it took the stream over) fails here too.
+                level = logging.INFO if isinstance(exc, RouterError) else logging.ERROR
                 logger.log(level, "stream %s: frame %d not answered: %s", self.stream.id, frame.index, exc)
 
-    def _answer(self, frame) -> None:  # frame: SampledFrame
+    def _answer(self, frame: SampledFrame) -> None:
         stream = self.stream
         result = self.manager.service.answer_frame(
             stream.program_id,
@@ -230,10 +232,11 @@ class StreamManager:
         stored = request.model_copy(update={"source": target if request.source.startswith("file:") else request.source})
         now = utc_now()
         with self._lock:
-            full = len(self._runners) >= self.max_streams  # then it leaves the new stream to another router
-            lease = now if full else now + timedelta(seconds=self.lease_s)
-            self.events.add(stream_id, program_id, stored, self.owner, lease)
-            if lease > now:
+            if len(self._runners) >= self.max_streams:  # stored unowned: a router with room claims it
+                self.events.add(stream_id, program_id, stored, None, None)
+            else:
+                lease = now + timedelta(seconds=self.lease_s)
+                self.events.add(stream_id, program_id, stored, self.owner, lease)
                 self._run(self.events.claim(stream_id, self.owner, now, lease))
         return self.get(stream_id)
 

@@ -376,3 +376,22 @@ def test_a_streams_webhook_gets_every_event_once_retried_and_the_refused_one_is_
     assert [(letter["seq"], letter["attempts"]) for letter in letters] == [(3, 1)]
     assert letters[0]["reason"].startswith("HTTP 400")
     assert stream["counters"]["webhook_failed"] == 1 and stream["counters"]["webhook_seq"] == answered
+
+
+def test_a_router_at_its_stream_limit_leaves_a_new_stream_to_another(tmp_path, backends):
+    catalog, registry = backends
+    settings = RouterSettings(
+        database=tmp_path / "r.db",
+        backends_config=REAL_CONFIG,
+        backends=BACKENDS,
+        stream_file_roots=[SAMPLE_VIDEOS],
+        stream_tick_s=0.2,
+        max_streams=0,
+    )
+    with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+        program = register(client)
+        stream = client.post(f"/programs/{program}/streams", json={"source": f"file://{VIDEO}"}).json()
+        time.sleep(0.5)  # a few ticks: this router claims nothing
+        again = client.get(f"/streams/{stream['id']}").json()
+    assert stream["state"] == "running" and stream["owner"] is None
+    assert again["owner"] is None and again["counters"]["answered"] == 0
