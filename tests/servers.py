@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import uvicorn
@@ -39,3 +39,11 @@ def serving(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 60, poll_s: float = 0.1) -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(poll_s)

@@ -18,6 +18,7 @@ import pytest
 from benchmarks.router_replicas import register, start_policy, start_router, stopping
 from fmprog.vision.video import SAMPLE_VIDEOS
 from tests.postgres import PostgresServer, serving_or_skipped
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 VIDEO = SAMPLE_VIDEOS / "vtest.avi"
@@ -32,14 +33,6 @@ def _stream(url: str, stream_id: str) -> dict:
     response = httpx.get(f"{url}/streams/{stream_id}", timeout=10)
     response.raise_for_status()
     return response.json()
-
-
-def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(what)
-        time.sleep(0.2)
 
 
 class Reader:
@@ -89,23 +82,23 @@ def test_a_killed_routers_stream_is_taken_over_and_no_event_is_lost(postgres: Po
         stream_id = response.json()["id"]
         owner = response.json()["owner"]
         reader = Reader(second.url, stream_id)  # the client reads from the router that survives
-        _wait_for(lambda: _stream(second.url, stream_id)["counters"]["answered"] >= 20, "20 frames answered")
+        wait_until(lambda: _stream(second.url, stream_id)["counters"]["answered"] >= 20, "20 frames answered")
         assert _stream(second.url, stream_id)["owner"] == owner
 
         first.kill()
         before = _stream(second.url, stream_id)
-        _wait_for(
+        wait_until(
             lambda: _stream(second.url, stream_id)["owner"] not in (None, owner),
             "the second router took the stream over",
         )
-        _wait_for(
+        wait_until(
             lambda: _stream(second.url, stream_id)["counters"]["answered"] >= before["counters"]["answered"] + 20,
             "20 more frames answered after the takeover",
         )
         assert httpx.delete(f"{second.url}/streams/{stream_id}", timeout=10).status_code == 204
         stopped = _stream(second.url, stream_id)
         assert stopped["state"] == "stopped"
-        _wait_for(lambda: len(reader.ids) >= stopped["counters"]["answered"], "the reader saw every event")
+        wait_until(lambda: len(reader.ids) >= stopped["counters"]["answered"], "the reader saw every event")
         reader.stop.set()
 
     assert reader.ids == list(range(1, len(reader.ids) + 1))  # every event once, in order, across the takeover

@@ -16,6 +16,7 @@ from benchmarks.camera import VTEST, file_over_http, mjpeg_source, rtsp_availabl
 from benchmarks.router_replicas import PROGRAM, stub_backends
 from router.app import create_app
 from router.settings import RouterSettings
+from tests.servers import wait_until
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -45,23 +46,16 @@ def counters(client: TestClient, stream_id: str) -> dict:
     return client.get(f"/streams/{stream_id}").json()["counters"]
 
 
-def wait(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 @pytest.mark.skipif(bool(rtsp_available()), reason=f"no RTSP server here: {rtsp_available()}")
 def test_an_rtsp_camera_that_restarts_is_reconnected_and_answered_again(client):
     with rtsp_source(fps=10, loop=True) as camera:
         stream_id = start(client, camera.url)
-        wait(lambda: counters(client, stream_id)["answered"] >= 10, "10 frames of the camera answered")
+        wait_until(lambda: counters(client, stream_id)["answered"] >= 10, "10 frames of the camera answered")
         camera.stop()
-        wait(lambda: client.get(f"/streams/{stream_id}").json()["last_error"] is not None, "the drop noticed")
+        wait_until(lambda: client.get(f"/streams/{stream_id}").json()["last_error"] is not None, "the drop noticed")
         answered = counters(client, stream_id)["answered"]
         camera.start()
-        wait(lambda: counters(client, stream_id)["answered"] >= answered + 10, "answered again after the restart")
+        wait_until(lambda: counters(client, stream_id)["answered"] >= answered + 10, "answered again after the restart")
         stream = client.get(f"/streams/{stream_id}").json()
         assert stream["state"] == "running" and stream["counters"]["reconnects"] >= 1
         with client.stream("GET", f"/streams/{stream_id}/events", params={"after": answered}) as events:
@@ -74,7 +68,7 @@ def test_an_mjpeg_camera_is_answered_at_its_rate(client):
     with mjpeg_source(fps=10, loop=True) as camera:
         stream_id = start(client, camera.url, fps=5)
         started = time.monotonic()
-        wait(lambda: counters(client, stream_id)["answered"] >= 10, "10 frames of the MJPEG camera answered")
+        wait_until(lambda: counters(client, stream_id)["answered"] >= 10, "10 frames of the MJPEG camera answered")
         assert time.monotonic() - started >= 1.5  # sampled at 5 a second of a live camera, not as fast as it reads
         assert client.delete(f"/streams/{stream_id}").status_code == 204
 
@@ -82,7 +76,7 @@ def test_an_mjpeg_camera_is_answered_at_its_rate(client):
 def test_a_video_file_over_http_is_read_at_its_own_pace(client):
     with file_over_http() as server:
         stream_id = start(client, server.url, fps=10)
-        wait(lambda: counters(client, stream_id)["answered"] >= 15, "15 frames of the file answered")
+        wait_until(lambda: counters(client, stream_id)["answered"] >= 15, "15 frames of the file answered")
         stream = client.get(f"/streams/{stream_id}").json()
         assert stream["counters"]["last_pts"] < 10  # paced: about a second of video a second, not the whole file
         assert client.delete(f"/streams/{stream_id}").status_code == 204

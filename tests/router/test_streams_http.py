@@ -29,6 +29,7 @@ from launcher.program_run import load_backends
 from router.app import create_app
 from router.settings import RouterSettings
 from tests.real_backends import REAL_CONFIG
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 VIDEO = SAMPLE_VIDEOS / "vtest.avi"
@@ -177,13 +178,6 @@ def _metrics(client: TestClient, name: str) -> dict[tuple[tuple[str, str], ...],
     }
 
 
-def _wait(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def _events(
     client: TestClient, stream_id: str, count: int, params: dict[str, Any] | None = None, **headers: str
 ) -> list[tuple[int, dict[str, Any]]]:
@@ -209,7 +203,7 @@ def test_a_file_stream_is_answered_as_events_that_resume_after_the_last_id(clien
     stream = started.json()
     assert stream["state"] == "running" and stream["owner"] and stream["fps"] == 5
     stream_id = stream["id"]
-    _wait(lambda: client.get(f"/streams/{stream_id}").json()["counters"]["answered"] >= 12, "12 frames answered")
+    wait_until(lambda: client.get(f"/streams/{stream_id}").json()["counters"]["answered"] >= 12, "12 frames answered")
 
     first = _events(client, stream_id, 10)
     assert [event_id for event_id, _ in first] == list(range(1, 11))
@@ -273,7 +267,7 @@ def test_a_stream_of_a_file_ends_at_its_end_with_every_frame_answered_or_counted
     with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
         program = register(client)
         stream_id = client.post(f"/programs/{program}/streams", json={"source": clip.as_uri(), "fps": 10}).json()["id"]
-        _wait(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
+        wait_until(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
         ended = client.get(f"/streams/{stream_id}").json()
         counters = ended["counters"]
         assert counters["received"] == 12 and ended["owner"] is None
@@ -361,9 +355,9 @@ def test_a_streams_webhook_gets_every_event_once_retried_and_the_refused_one_is_
             program = register(client)
             body = {"source": clip.as_uri(), "fps": 10, "webhook": hook}
             stream_id = client.post(f"/programs/{program}/streams", json=body).json()["id"]
-            _wait(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
+            wait_until(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
             answered = client.get(f"/streams/{stream_id}").json()["counters"]["answered"]
-            _wait(lambda: len(Receiver.received) == answered - 1, "every event but the refused one delivered")
+            wait_until(lambda: len(Receiver.received) == answered - 1, "every event but the refused one delivered")
             stream = client.get(f"/streams/{stream_id}").json()
             letters = client.get(f"/streams/{stream_id}/dead-letters").json()
             events = _events(client, stream_id, 100)
