@@ -15,8 +15,9 @@ weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
   and the propensities of every backend (every algorithm); optionally, per call site, *gates*
   (:class:`SiteGate`) the router evaluates at each invocation instead of the fixed backend.
 - :class:`Feedback`: what the router sends back for one decision, optionally with one
-  :class:`InvocationRecord` per gated invocation; :class:`ExpiredDecisions`: decisions whose
-  label never came, to forget.
+  :class:`InvocationRecord` per gated invocation; :class:`FeedbackList`: several of them in one
+  request, answered per item (:class:`FeedbackListReply`); :class:`ExpiredDecisions`: decisions
+  whose label never came, to forget.
 - Gate features: ``CONTEXT_FEATURES`` and ``ESCALATION_FEATURES`` name the values of the vectors a
   gate scores (computed by ``fmprog.program.deciders.context_vector`` / ``escalation_vector``).
 - Rewards: :class:`RewardConfig` and the reward functions (``task_reward``, ``task_loss``,
@@ -377,6 +378,49 @@ class Feedback(BaseModel):
     @property
     def total_cost(self) -> float:
         return float(sum(self.costs.values()))
+
+
+MAX_FEEDBACK_LIST = 256
+"""The most feedback one :class:`FeedbackList` carries."""
+
+
+class FeedbackList(BaseModel):
+    """Feedback for several decisions of one program, sent in one request (the router's outbox
+    sends its waiting labels this way); each is learned on its own, in order, as if sent alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feedback: list[Feedback] = Field(min_length=1, max_length=MAX_FEEDBACK_LIST)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeedbackList:
+        if any(item.decision_id is None for item in self.feedback):
+            raise ValueError("every feedback of a list needs its decision_id")
+        return self
+
+
+FeedbackListOutcome = Literal["accepted", "repeat", "unknown", "conflict", "invalid"]
+
+
+class FeedbackListItem(BaseModel):
+    """What became of one feedback of a list: ``accepted`` (learned now), ``repeat`` (the same
+    feedback was learned before; nothing happens again), or refused: ``unknown`` (no pending
+    decision with that id for the program), ``conflict`` (the decision received different
+    feedback), ``invalid`` (feedback that does not fit the decision); ``detail`` says why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: str
+    outcome: FeedbackListOutcome
+    detail: str | None = None
+
+
+class FeedbackListReply(BaseModel):
+    """One outcome per feedback of a list, in its order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    results: list[FeedbackListItem]
 
 
 class ExpiredDecisions(BaseModel):

@@ -126,6 +126,7 @@ def _up(args: argparse.Namespace) -> int:
             serve_port=args.serve_port,
             state_dir=args.state_dir,
             num_cpus=args.num_cpus,
+            backend_transport=args.backend_transport,
             api_key=args.api_key or None,
             max_restarts=args.max_restarts,
             restart_window_s=args.restart_window,
@@ -226,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", default="state", help="router database, policy state and logs (default: %(default)s)"
     )
     stack.add_argument("--num-cpus", type=float, help="logical CPUs of the local Ray (default: all)")
+    stack.add_argument(
+        "--backend-transport",
+        choices=["handle", "http"],
+        default="handle",
+        help="how the router calls the backends: DeploymentHandles, the router joining the local Ray as a driver, "
+        "or HTTP through the Serve proxy (default: %(default)s)",
+    )
     stack.add_argument(
         "--api-key",
         default=os.environ.get("FMPROG_ROUTER_API_KEY"),

@@ -28,7 +28,7 @@ def up_arguments(settings: StackSettings) -> list[str]:
     """The ``fmprog up`` command line for ``settings`` (the API keys go in the environment instead)."""
     arguments = ["--config", str(settings.config), "--host", settings.host, "--state-dir", str(settings.state_dir)]
     arguments += ["--router-port", str(settings.router_port), "--policy-port", str(settings.policy_port)]
-    arguments += ["--serve-port", str(settings.serve_port)]
+    arguments += ["--serve-port", str(settings.serve_port), "--backend-transport", settings.backend_transport]
     if settings.backends:
         arguments += ["--backends", ",".join(settings.backends)]
     if settings.num_cpus is not None:

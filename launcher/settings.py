@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -63,6 +63,11 @@ class StackSettings(BaseModel):
     serve_port: Port = 8000
     state_dir: Path = Field(default=Path("state"), description="Router database, policy state and logs.")
     num_cpus: float | None = Field(default=None, gt=0, description="Logical CPUs of the local Ray (default: all).")
+    backend_transport: Literal["handle", "http"] = Field(
+        default="handle",
+        description="How the router calls the backends: through DeploymentHandles, joining the local Ray as a "
+        "driver ('handle'), or through the Serve proxy ('http').",
+    )
     api_key: SecretStr | None = Field(default=None, description="The router's bearer key; required off loopback.")
     policy_api_key: SecretStr = Field(
         default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
@@ -124,8 +129,11 @@ class StackSettings(BaseModel):
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
-    def router_settings(self) -> RouterSettings:
+    def router_settings(self, ray_address: str = "127.0.0.1:6379") -> RouterSettings:
+        """The router's settings; ``ray_address`` is the local Ray's, known once it has started."""
         return RouterSettings(
+            backend_transport=self.backend_transport,
+            ray_address=ray_address if self.backend_transport == "handle" else None,
             database=self.state_dir.resolve() / "router.sqlite3",
             backends_config=self.config.resolve(),
             backends=self.backends,

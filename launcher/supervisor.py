@@ -257,6 +257,8 @@ ROUTER_FIELDS = {
     "backends_config",
     "backends",
     "serve_url",
+    "backend_transport",
+    "ray_address",
     "policy_url",
     "policy_api_key",
     "api_key",
@@ -312,7 +314,9 @@ def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: 
                     **options,
                 )
             )
-            router_env = child_env("FMPROG_ROUTER_", settings.router_settings().model_dump(include=ROUTER_FIELDS))
+            router_env = child_env(
+                "FMPROG_ROUTER_", settings.router_settings(cluster.ray_address).model_dump(include=ROUTER_FIELDS)
+            )
             router = stack.enter_context(
                 run_service(
                     "router",

@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from fmprog.contract import (
     ExpiredDecisions,
     Feedback,
+    FeedbackList,
+    FeedbackListReply,
     PolicyDecision,
     PolicySpec,
     ReuseOutcome,
@@ -141,6 +143,16 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
     async def feedback(request: Request, program_id: str, body: Feedback) -> FeedbackAccepted:
         repeat = await run_in_threadpool(_service(request).feedback, program_id, body)
         return FeedbackAccepted(decision_id=body.decision_id or "", repeat=repeat)
+
+    @app.post(
+        "/policies/{program_id}/feedback/batch",
+        response_model=FeedbackListReply,
+        responses=error_responses(400, 401, 404, 413, 422),
+    )
+    async def feedback_batch(request: Request, program_id: str, body: FeedbackList) -> FeedbackListReply:
+        """Several feedback of the program in one request, each learned on its own and in order (a
+        repeat is learned once); each answered with its outcome, a refused one with why."""
+        return await run_in_threadpool(_service(request).feedback_list, program_id, body)
 
     @app.post(
         "/policies/{program_id}/expired",

@@ -20,6 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fmprog.contract import (
     ExpiredDecisions,
     Feedback,
+    FeedbackList,
+    FeedbackListItem,
+    FeedbackListReply,
     PolicyDecision,
     PolicySpec,
     ReuseOutcome,
@@ -233,6 +236,26 @@ class PolicyService:
         self.metrics.feedback.labels(program_id, "new").inc()
         self.metrics.pending.dec()
         return False
+
+    def feedback_list(self, program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        """Learn from several feedback of one program, each on its own and in order, as
+        :meth:`feedback` would (a repeat is learned once): one refused does not stop the others,
+        and is answered with why. UnknownPolicy, for the whole list, for an unknown program."""
+        self._slot(program_id)
+        results = []
+        for item in batch.feedback:
+            decision_id = item.decision_id or ""
+            try:
+                repeat = self.feedback(program_id, item)
+            except (UnknownDecision, UnknownPolicy) as exc:  # the program deleted meanwhile: the rest are unknown
+                results.append(FeedbackListItem(decision_id=decision_id, outcome="unknown", detail=str(exc)))
+            except FeedbackConflict as exc:
+                results.append(FeedbackListItem(decision_id=decision_id, outcome="conflict", detail=str(exc)))
+            except ValueError as exc:
+                results.append(FeedbackListItem(decision_id=decision_id, outcome="invalid", detail=str(exc)))
+            else:
+                results.append(FeedbackListItem(decision_id=decision_id, outcome="repeat" if repeat else "accepted"))
+        return FeedbackListReply(results=results)
 
     def forget(self, program_id: str, expired: ExpiredDecisions) -> int:
         """Drop the program's pending decisions whose label window closed at the router (it

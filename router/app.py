@@ -71,6 +71,7 @@ from router.store import Store
 from router.stream_events import event_stream
 from router.streams import StreamManager
 from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, synthesis_model
+from router.transport import connect
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -130,18 +131,6 @@ def _service(request: Request) -> RouterService:
     return request.app.state.service
 
 
-def _serve_backends(catalog: BackendCatalog, settings: RouterSettings) -> BackendRegistry:
-    from services.client import HttpBackend
-
-    options = {
-        "timeout_s": settings.backend_timeout_s,
-        "breaker_failures": settings.backend_breaker_failures,
-        "breaker_reset_s": settings.backend_breaker_reset_s,
-    }
-    models = {s.name: HttpBackend(s, settings.serve_url, **options).model() for s in catalog.backends}
-    return BackendRegistry.from_specs(list(catalog.backends), models)
-
-
 def _synthesizer(
     settings: RouterSettings, catalog: BackendCatalog, backends: BackendRegistry, store: Store, model: ChatModel | None
 ) -> tuple[ProgramSynthesizer | None, str, EngineChatModel | None]:
@@ -195,7 +184,8 @@ def create_app(
         if database_file is not None:
             database_file.parent.mkdir(parents=True, exist_ok=True)
         the_catalog = catalog or settings.load_catalog()  # the configuration, restricted to settings.backends
-        the_backends = backends or _serve_backends(the_catalog, settings)
+        transport = None if backends is not None else await anyio.to_thread.run_sync(connect, the_catalog, settings)
+        the_backends = backends if transport is None else transport.backends
         the_policy = policy
         if the_policy is None and settings.policy_url:
             key = settings.policy_api_key.get_secret_value() if settings.policy_api_key else None
@@ -230,6 +220,7 @@ def create_app(
             teacher_queue=settings.teacher_queue,
             default_lambda=settings.lambda_for(the_catalog),
             reuse_params=settings.reuse.params(),
+            outbox_retry_s=settings.outbox_retry_s,
         )
         streams = StreamManager(
             service,
@@ -245,7 +236,6 @@ def create_app(
         retention = timedelta(days=settings.retention_days)
         try:
             with (
-                every(settings.outbox_retry_s, _logged(service.deliver), name="policy-outbox", join_timeout_s=5),
                 every(
                     settings.prune_interval_s,
                     _logged(lambda: (service.prune(retention), streams.prune(retention))),
@@ -264,6 +254,8 @@ def create_app(
                 the_policy.close()
             outbox.close()
             store.close()
+            if transport is not None:
+                transport.close()
 
     description = "Register programs, answer frames, take feedback."
     app = FastAPI(title="fmprog router", description=description, lifespan=lifespan)

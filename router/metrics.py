@@ -242,6 +242,11 @@ class RouterMetrics:
         (right, wrong) and ``fmprog_program_binary_labels_total{program, outcome}`` (tp, fp, fn, tn)."""
         self.quality.read = read
 
+    def watch_outbox(self, pending: Callable[[], int]) -> None:
+        """Publish ``fmprog_policy_outbox`` from ``pending()``, read at each scrape: the messages
+        waiting now, whether or not a delivery round has run since they were queued."""
+        self.outbox.set_function(pending)
+
     def watch_backend_circuit(self, backend: str, circuit_open: Callable[[], bool]) -> None:
         """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
         self.backend_circuit_open.labels(backend).set_function(lambda: 1.0 if circuit_open() else 0.0)

@@ -1,7 +1,8 @@
 """The router's view of the policy service: check a policy spec, register it, ask for a decision,
-send feedback, delete. Over HTTP (``HttpPolicyClient``), with the messages of
-:mod:`fmprog.contract`; any failure is ``PolicyUnavailable``, which the router answers with its
-fallback decision (deciding) or its outbox (feedback, registration)."""
+send feedback (one, or several of a program in one request), delete. Over HTTP
+(``HttpPolicyClient``), with the messages of :mod:`fmprog.contract`; any failure is
+``PolicyUnavailable``, which the router answers with its fallback decision (deciding) or its
+outbox (feedback, registration)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pydantic import ValidationError
 from fmprog.contract import (
     ExpiredDecisions,
     Feedback,
+    FeedbackList,
+    FeedbackListReply,
     PolicyDecision,
     PolicySpec,
     ReuseOutcome,
@@ -41,6 +44,7 @@ class PolicyPort(Protocol):
     def register(self, program_id: str, spec: PolicySpec) -> None: ...
     def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision: ...
     def feedback(self, program_id: str, feedback: Feedback) -> None: ...
+    def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply: ...
     def expire(self, program_id: str, expired: ExpiredDecisions) -> None: ...
     def delete(self, program_id: str) -> None: ...
     def reuse(self, program_id: str, request: ReuseRequest) -> ReuseReply: ...
@@ -103,6 +107,20 @@ class HttpPolicyClient:
     def feedback(self, program_id: str, feedback: Feedback) -> None:
         body = feedback.model_dump_json()
         self._call("POST", f"/policies/{program_id}/feedback", content=body, headers=_JSON)
+
+    def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        """Several feedback of a program in one request; the policy's outcome for each, in order."""
+        body = batch.model_dump_json()
+        reply = self._call("POST", f"/policies/{program_id}/feedback/batch", content=body, headers=_JSON)
+        try:
+            outcomes = FeedbackListReply.model_validate(reply)
+        except ValidationError as exc:
+            raise PolicyUnavailable(f"policy service returned no outcomes: {exc}") from None
+        if len(outcomes.results) != len(batch.feedback):
+            raise PolicyUnavailable(
+                f"policy service returned {len(outcomes.results)} outcomes for {len(batch.feedback)} feedback"
+            )
+        return outcomes
 
     def expire(self, program_id: str, expired: ExpiredDecisions) -> None:
         self._call("POST", f"/policies/{program_id}/expired", content=expired.model_dump_json(), headers=_JSON)

@@ -3,8 +3,9 @@
 It registers programs (and their policies, checked by the policy service first), answers frames
 (a decision from the policy, or the fallback when the policy cannot be reached or its decision
 does not fit; the program run against the backends, under the decision's gates when it has them),
-takes feedback (the task reward, forwarded to the policy with the executed sites and their costs,
-and for a gated answer a record per invocation; kept in the outbox when the policy is down) and keeps the metrics.
+takes feedback (the task reward, for the policy with the executed sites and their costs, and for a
+gated answer a record per invocation; queued in the outbox, which a background thread delivers,
+batched, and keeps while the policy is down) and keeps the metrics.
 
 A program may have a label budget and a teacher (``router.labels``): each answer says whether its
 label is wanted, and on the frames its teacher labels the router runs the teacher's configuration
@@ -62,7 +63,7 @@ from router.feedback import FeedbackHandler
 from router.gating import invocation_records, runtime_trace
 from router.labels import LabelRequests, label_value
 from router.metrics import RouterMetrics
-from router.outbox import Outbox
+from router.outbox import Courier, Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, teacher_decision
 from router.schemas import (
@@ -152,6 +153,7 @@ class RouterService:
         teacher_queue: int = 64,
         default_lambda: float = DEFAULT_LAMBDA,
         reuse_params: ReuseParams | None = None,
+        outbox_retry_s: float = 5.0,
     ):
         self.store = store
         self.programs = ProgramRegistry(
@@ -180,6 +182,7 @@ class RouterService:
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
         self.metrics.watch_quality(store.quality)
+        self.metrics.watch_outbox(outbox.pending)
         for name in backends:  # backends skipped after failures in a row (their clients' circuit breakers)
             circuit_open = getattr(backends[name].model, "circuit_open", None)
             if circuit_open is not None:
@@ -187,6 +190,8 @@ class RouterService:
         self.breaker = policy_breaker(breaker_failures, breaker_reset_s, self.metrics)
         self._delivery = threading.Lock()
         self._deciders = ThreadPoolExecutor(max_workers=decide_threads, thread_name_prefix="decide")
+        # labels and expiries reach the policy from this thread, woken when they are queued
+        self._courier = None if policy is None else Courier(self.deliver, retry_s=outbox_retry_s)
 
     # -- programs -------------------------------------------------------------------------------
 
@@ -228,11 +233,14 @@ class RouterService:
         self._deliver_now()
 
     def close(self) -> None:
-        """Stop the threads that ask the policy and run teachers (waiting for those in flight) and
-        the program workers."""
+        """Stop the threads that ask the policy and run teachers (waiting for those in flight), the
+        program workers, and the outbox's delivery thread (after its last round, which offers the
+        policy what the teachers labelled too)."""
         self._deciders.shutdown(wait=True, cancel_futures=True)
         self._teachers.shutdown(wait=True, cancel_futures=True)
         self.answerer.close()
+        if self._courier is not None:
+            self._courier.close()
 
     # -- answers --------------------------------------------------------------------------------
 
@@ -522,7 +530,7 @@ class RouterService:
                 outcome = "labelled"
                 self.metrics.feedback.labels(program.id, "teacher").inc()
                 if labelled.queued:
-                    self._deliver_now()
+                    self.deliver_soon()
         self.metrics.teacher_labels.labels(program.id, outcome).inc()
         return outcome
 
@@ -531,10 +539,12 @@ class RouterService:
     def feedback(self, request: FeedbackIn) -> FeedbackResult:
         """Take a label; a new one for a decision the policy made is queued for the policy in the
         transaction that stores it, so a router that dies right after cannot lose it (another
-        router delivers the outbox, and the label sent again is a repeat)."""
+        router delivers the outbox, and the label sent again is a repeat). It is delivered in the
+        background (``deliver_soon``), batched with the labels queued meanwhile: the client waits
+        for the store, never for the policy."""
         result, queued = self._take(request)
         if queued:
-            self._deliver_now()
+            self.deliver_soon()
         return result
 
     def _take(self, request: FeedbackIn) -> tuple[FeedbackResult, bool]:
@@ -554,7 +564,7 @@ class RouterService:
 
     def feedback_batch(self, requests: list[FeedbackIn]) -> FeedbackBatch:
         """Take a list of labels, each on its own (one refused does not stop the others): per label
-        its outcome, in order; what was queued for the policy is delivered once, after them all."""
+        its outcome, in order; what was queued for the policy is delivered in the background."""
         items, queued = [], False
         for request in requests:
             try:
@@ -572,7 +582,7 @@ class RouterService:
                 outcome = "repeat" if result.repeat else "accepted"
                 items.append(FeedbackItem(decision_id=request.decision_id, outcome=outcome, feedback=result))
         if queued:
-            self._deliver_now()
+            self.deliver_soon()
         return FeedbackBatch(results=items)
 
     def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
@@ -609,7 +619,7 @@ class RouterService:
             self.metrics.expired.labels(answer.program_id).inc()
         if expired:
             logger.info("expired %d decisions unlabelled after %g s", len(expired), self.label_window_s)
-            self._deliver_now()
+            self.deliver_soon()
         return len(expired)
 
     def _expiry_messages(self, expired: list[AnswerRecord]) -> list[QueuedMessage]:
@@ -659,19 +669,26 @@ class RouterService:
         """Policy messages the policy refused, oldest first (kept for an operator)."""
         return self.store.list_dead_letters(limit=limit, offset=offset)
 
+    def deliver_soon(self) -> None:
+        """Have the outbox's delivery thread deliver what was just queued (and committed), without
+        waiting for it: the policy's latency, or its absence, is never the caller's."""
+        if self._courier is not None:
+            self._courier.wake()
+
     def _deliver_now(self) -> None:
-        """Try to deliver what was just queued (and committed): a failure here is logged, not the
-        client's (the outbox's background loop delivers it later)."""
+        """Deliver what was just queued (and committed) before returning: a registration, which the
+        program's first decisions need, and a delete. A failure here is logged, not the client's
+        (the delivery thread retries it)."""
         try:
             self.deliver()
         except Exception:
             logger.exception("delivery to the policy failed; the outbox retries it")
 
     def deliver(self) -> int:
-        """Deliver queued policy messages, oldest first; returns how many were delivered."""
+        """Deliver queued policy messages, oldest first, a program's consecutive labels in one
+        request; returns how many were delivered. One delivery at a time (a registration's, or the
+        delivery thread's)."""
         if self.policy is None:
             return 0
         with self._delivery:
-            delivered = self.outbox.deliver(self.policy, self._dead_lettered)
-            self.metrics.outbox.set(self.outbox.pending())
-        return delivered
+            return self.outbox.deliver(self.policy, self._dead_lettered)

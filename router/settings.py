@@ -80,6 +80,17 @@ class RouterSettings(BaseSettings):
         "or comma-separated names; unset or empty: all of them.",
     )
     serve_url: str = Field(default="http://127.0.0.1:8000", description="Ray Serve's HTTP proxy.")
+    backend_transport: Literal["http", "handle"] = Field(
+        default="http",
+        description="How backends are called: 'http' through the Serve proxy at serve_url (any backend that "
+        "speaks the backend routes, inside Ray or not); 'handle' through Ray Serve DeploymentHandles, the router "
+        "joining the Ray cluster at ray_address as a driver (the frame goes once per answer through Ray's object "
+        "store, crops as coordinates). A backend without a Serve application there is still called over HTTP.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="The Ray cluster (its GCS, host:port) the router joins with backend_transport 'handle'.",
+    )
     backend_timeout_s: float = Field(default=60.0, gt=0, description="Limit of one backend call.")
     backend_retries: int = Field(
         default=1, ge=0, le=5, description="Retries of a failed backend call before another backend is tried."
@@ -269,6 +280,8 @@ class RouterSettings(BaseSettings):
             raise ValueError("api_key must be at least 16 characters")
         if not is_loopback(self.host) and self.api_key is None:
             raise ValueError(f"refusing to listen on {self.host} without an api_key (set FMPROG_ROUTER_API_KEY)")
+        if self.backend_transport == "handle" and not self.ray_address:
+            raise ValueError("backend_transport 'handle' needs ray_address (the Ray cluster's GCS, host:port)")
         return self
 
     def lambda_for(self, catalog: BackendCatalog) -> float:

@@ -67,6 +67,7 @@ class LocalCluster:
     catalog: BackendCatalog
     handles: dict[str, Any]
     base_url: str
+    ray_address: str  # the Ray cluster's GCS (host:port), for drivers that join it
 
 
 def _loopback_ray() -> dict[str, Any]:
@@ -119,7 +120,8 @@ def serve_backends(settings: ServeSettings) -> Iterator[LocalCluster]:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         handles = run_backends(catalog, settings.backends)
-        yield LocalCluster(catalog, handles, f"http://{settings.host}:{settings.port}")
+        address = ray.get_runtime_context().gcs_address
+        yield LocalCluster(catalog, handles, f"http://{settings.host}:{settings.port}", address)
     finally:
         serve.shutdown()
         if started_ray:

@@ -8,11 +8,14 @@ argument. The deployment is its application's ingress, so it answers both:
   own function's answers, another's is 404), ``GET /healthz``;
 - DeploymentHandle calls: one method per function, named after it, taking the function's single
   call with numpy frames (``detect(image, noun)``, ``vqa(image, question)``, ``llm(prompt)``,
-  ``ocr(image)``), and ``health()``.
+  ``ocr(image)``); ``calls(function, [arguments, ...])``, several calls in one request (what the
+  router's handle client sends: the calls its threads made at once); and ``health()``. An image
+  may be a ``FramePart``: a frame in Ray's object store and the crop's place in it.
 
 The routes and handle methods are built from the table of neural functions
-(``fmprog.backends.functions.FUNCTIONS``). Both paths enter the same ``@serve.batch`` queue, so
-HTTP and handle calls batch together.
+(``fmprog.backends.functions.FUNCTIONS``). The routes and the single-call methods enter the same
+``@serve.batch`` queue, so they batch together; a ``calls`` request is its own batch (its caller
+batched it), answered under the same engine lock.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the request models as classes
@@ -26,6 +29,7 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,6 +37,7 @@ from pydantic import BaseModel
 from ray import serve
 
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.frames import FramePart
 from fmprog.backends.functions import FUNCTIONS, NeuralFunction, Served
 from fmprog.engines import Engine, EngineError, build_engine
 from fmprog.images import ImageError, check_frame, decode_base64_image
@@ -117,10 +122,46 @@ class BackendDeployment:
     # -- DeploymentHandle interface (one method per function, added below) --------------------
 
     async def call(self, function: Function, *arguments: Any) -> Served:
-        """One call of ``function`` with its single call's arguments (numpy frames)."""
+        """One call of ``function`` with its single call's arguments: numpy frames, or parts of a
+        frame in Ray's object store (``FramePart``: the reference and the crop's place)."""
         record = FUNCTIONS[Function(function)]
         image, text = record.inputs(arguments)
+        if isinstance(image, FramePart):
+            image = await _cut(image)
         return await self._serve(record.name, None if image is None else check_frame(image), text)
+
+    async def calls(self, function: Function, arguments: list[tuple[Any, ...]]) -> list[Served | Exception]:
+        """Several calls of ``function`` in one request (a client that batches them: one Serve
+        request for many frames' calls), answered by the engine together; each call's reply, or in
+        its place the exception that refused it (a bad image: ValueError) or that it failed with
+        (EngineError), so that one call's failure is its own."""
+        record = FUNCTIONS[Function(function)]
+        if record.name != self.spec.function:
+            error = EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {record.method}")
+            return [error for _ in arguments]
+        frames = await _resolve_frames([a for args in arguments for a in args if isinstance(a, FramePart)])
+        accepted: list[Call] = []
+        outcome: list[Served | Exception | None] = []
+        for args in arguments:
+            try:
+                image, text = record.inputs(args)
+                if isinstance(image, FramePart):
+                    image = image.cut(check_frame(frames[_frame_key(image.frame)]))
+                accepted.append(Call(None if image is None else check_frame(image), text))
+                outcome.append(None)
+            except (TypeError, ValueError) as exc:
+                outcome.append(exc)
+        answered = iter(await asyncio.to_thread(self._run_batch, accepted) if accepted else [])
+        served = {"backend": self.spec.name}
+        for i, refused in enumerate(outcome):
+            if refused is None:
+                result, batch_size, compute_s = next(answered)
+                outcome[i] = (
+                    result
+                    if isinstance(result, EngineError)
+                    else record.to_reply(result, {**served, "batch_size": batch_size, "compute_s": compute_s})
+                )
+        return outcome  # type: ignore[return-value]
 
     def health(self) -> BackendHealth:
         detail, healthy = "", True
@@ -169,6 +210,26 @@ class BackendDeployment:
             return await self._serve(function, image, text)
         except EngineError as exc:
             raise HTTPException(503, f"backend {self.spec.name!r} failed: {exc}") from exc
+
+
+async def _cut(part: FramePart) -> np.ndarray:
+    """The crop a ``FramePart`` names, from its frame (fetched from the object store: a read-only
+    view of the shared memory where the frame is on this node)."""
+    frame = await part.frame if isinstance(part.frame, ray.ObjectRef) else part.frame
+    return part.cut(check_frame(frame))
+
+
+def _frame_key(frame: Any) -> Any:
+    return frame.binary() if isinstance(frame, ray.ObjectRef) else id(frame)
+
+
+async def _resolve_frames(parts: list[FramePart]) -> dict[Any, Any]:
+    """The frames of ``parts`` by ``_frame_key`` of what each part holds, every object store
+    reference fetched once, together."""
+    distinct = {_frame_key(part.frame): part.frame for part in parts}
+    refs = {key: ref for key, ref in distinct.items() if isinstance(ref, ray.ObjectRef)}
+    fetched = dict(zip(refs, await asyncio.gather(*refs.values()), strict=True)) if refs else {}
+    return {key: fetched.get(key, value) for key, value in distinct.items()}
 
 
 def _handle_method(record: NeuralFunction) -> Any:

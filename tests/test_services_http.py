@@ -24,6 +24,7 @@ from fmprog.scene import scene_stream
 from router.app import create_app
 from router.settings import RouterSettings
 from services.cluster import free_port
+from tests.servers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -66,7 +67,7 @@ def stack(tmp_path):
     settings = RouterSettings(
         database=tmp_path / "router.db",
         policy_url=f"http://127.0.0.1:{policy_port}",
-        outbox_retry_s=3600,  # the test delivers the outbox itself
+        outbox_retry_s=3600,  # the test wakes the outbox's delivery itself
         port=router_port,
     )
     app = create_app(settings, catalog=catalog, backends=backends)
@@ -111,7 +112,8 @@ def test_learn_online_over_http_and_survive_a_policy_kill(stack):
     answers = [answer_and_label(scene) for scene in scenes[:30]]
     assert not any(a["fallback"] for a in answers)
     assert len({tuple(sorted(a["decision"].items())) for a in answers}) >= 1
-    assert httpx.get(f"{policy}/policies/{program['id']}").json()["observed"] == 30
+    observed = lambda: httpx.get(f"{policy}/policies/{program['id']}").json()["observed"]  # noqa: E731
+    wait_until(lambda: observed() == 30, "the 30 labels delivered in the background", timeout_s=30, poll_s=0.05)
     unlabelled = answer_and_label(scenes[30], feed_back=False)  # decided by the policy, pending at the kill
 
     state["policy"].send_signal(signal.SIGKILL)
@@ -125,8 +127,9 @@ def test_learn_online_over_http_and_survive_a_policy_kill(stack):
 
     state["policy"] = _start_policy(state["tmp"] / "policy", state["policy_port"])
     assert httpx.get(f"{policy}/policies/{program['id']}").json()["observed"] == 30  # nothing lost to SIGKILL
-    assert state["app"].state.service.deliver() == 1
-    assert httpx.get(f"{policy}/policies/{program['id']}").json()["observed"] == 31  # the pending decision learned
+    state["app"].state.service.deliver_soon()
+    wait_until(lambda: observed() == 31, "the pending decision learned", timeout_s=30, poll_s=0.05)
+    assert httpx.get(f"{router}/readyz").json()["policy_outbox"] == 0
     assert answer_and_label(scenes[32])["fallback"] is False
     metrics = httpx.get(f"{router}/metrics").text
     assert f'fmprog_fallbacks_total{{program="{program["id"]}",reason="policy_unavailable"}} 1.0' in metrics

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
+from fmprog.backends.frames import answering
 from fmprog.backends.functions import FUNCTIONS, Detection, MalformedResult
 from fmprog.program import api
 from fmprog.program.callsites import CallSite
@@ -266,18 +267,22 @@ class Executor:
             run = _Run(self, program, guards, alternates, plans=plans)
         answer: JsonValue = None
         error = None
-        try:
-            namespace = guards.globals(run.routed)
-            exec(program.code, namespace)
-            answer = _to_json(namespace[ENTRY_POINT](api.Frame(pixels, run)), self.limits.max_length)
-        except ProgramHalt as exc:
-            error = ProgramError(kind=exc.kind, message=str(exc), line=_program_line(exc))
-        except RecursionError as exc:
-            error = ProgramError(kind="recursion", message="maximum recursion depth exceeded", line=_program_line(exc))
-        except MemoryError as exc:
-            error = ProgramError(kind="resource_limit", message="out of memory", line=_program_line(exc))
-        except Exception as exc:
-            error = ProgramError(kind="runtime_error", message=f"{type(exc).__name__}: {exc}", line=_program_line(exc))
+        with answering(pixels):  # remote clients may send the frame once, crops as places in it
+            try:
+                namespace = guards.globals(run.routed)
+                exec(program.code, namespace)
+                answer = _to_json(namespace[ENTRY_POINT](api.Frame(pixels, run)), self.limits.max_length)
+            except ProgramHalt as exc:
+                error = ProgramError(kind=exc.kind, message=str(exc), line=_program_line(exc))
+            except RecursionError as exc:
+                error = ProgramError(
+                    kind="recursion", message="maximum recursion depth exceeded", line=_program_line(exc)
+                )
+            except MemoryError as exc:
+                error = ProgramError(kind="resource_limit", message="out of memory", line=_program_line(exc))
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                error = ProgramError(kind="runtime_error", message=message, line=_program_line(exc))
         invocations = run.invocations
         return Trace(
             answer=answer,

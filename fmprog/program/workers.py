@@ -52,6 +52,7 @@ import numpy as np
 
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.frames import answering, frame_region
 from fmprog.backends.functions import FUNCTIONS
 from fmprog.program.compiler import Program
 from fmprog.program.deciders import Decider
@@ -159,7 +160,8 @@ class WorkerPool:
         worker = self._acquire()
         keep = False
         try:
-            trace, keep = worker.run(self, program, pixels, decision, alternates, candidates)
+            with answering(pixels):  # the calls are made here: remote clients may send the frame once
+                trace, keep = worker.run(self, program, pixels, decision, alternates, candidates)
         finally:
             self._release(worker, keep)
         return trace
@@ -578,13 +580,9 @@ class _Remote:
             return str(argument)
         if not isinstance(argument, np.ndarray):
             raise TypeError(f"a backend call cannot take {type(argument).__name__}")
-        frame = self.frame
-        if frame is not None and argument.dtype == np.uint8 and argument.ndim == 3 and argument.shape[2] == 3:
-            base = frame.__array_interface__["data"][0]
-            at = argument.__array_interface__["data"][0]
-            if argument.strides == frame.strides and base <= at < base + frame.nbytes:
-                row, rest = divmod(at - base, frame.strides[0])
-                return ("frame", row, rest // 3, argument.shape[0], argument.shape[1])
+        region = None if self.frame is None else frame_region(self.frame, argument)
+        if region is not None:
+            return ("frame", *region)
         array = np.ascontiguousarray(argument, np.uint8)
         return ("array", tuple(int(v) for v in array.shape), array.tobytes())
 

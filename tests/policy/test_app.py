@@ -86,6 +86,15 @@ def test_create_decide_feed_back_and_scrape(client):
         ("post", f"/policies/{PROGRAM}/decisions", {"image": image()}, 422, "decision_id"),
         ("post", f"/policies/{PROGRAM}/feedback", {"decision_id": "nope", "reward": 1.0}, 404, "nope"),
         ("post", f"/policies/{PROGRAM}/feedback", {"decision_id": "x", "reward": "high"}, 422, "reward"),
+        (
+            "post",
+            f"/policies/{'d' * 32}/feedback/batch",
+            {"feedback": [{"decision_id": "x", "reward": 1}]},
+            404,
+            "d" * 32,
+        ),
+        ("post", f"/policies/{PROGRAM}/feedback/batch", {"feedback": []}, 422, "feedback"),
+        ("post", f"/policies/{PROGRAM}/feedback/batch", {"feedback": [{"reward": 1.0}]}, 422, "decision_id"),
         ("delete", f"/policies/{'d' * 32}", None, 404, "d" * 32),
     ],
 )
@@ -170,8 +179,9 @@ def test_decide_takes_the_raw_image_bytes_over_http(served):
 
 
 def test_the_router_client_speaks_the_contract_over_http(served):
-    """The router's client of the policy: check, register, decide on raw bytes, feedback, delete."""
-    from fmprog.contract import Feedback, PolicySpec
+    """The router's client of the policy: check, register, decide on raw bytes, feedback (one, and
+    a list answered per item), delete."""
+    from fmprog.contract import Feedback, FeedbackList, PolicySpec
     from router.policy_client import HttpPolicyClient, PolicyRejected
 
     client = HttpPolicyClient(served)
@@ -185,6 +195,17 @@ def test_the_router_client_speaks_the_contract_over_http(served):
     assert decision.algorithm == "fast" and set(decision.backends) == {"find@3:4", "query@4:8"}
     client.feedback(PROGRAM, Feedback(decision_id="d1", loss=0.0, executed_sites=["find@3:4"], costs={"find@3:4": 1}))
     assert httpx.get(f"{served}/policies/{PROGRAM}").json()["observed"] == 1
+    for decision_id in ("d2", "d3"):
+        client.decide(PROGRAM, decision_id, base64.b64decode(image()))
+    labels = [
+        Feedback(decision_id=d, reward=1.0, executed_sites=["find@3:4"], costs={"find@3:4": 1})
+        for d in ("d1", "d2", "d3", "nope")
+    ]
+    reply = client.feedback_batch(PROGRAM, FeedbackList(feedback=labels))
+    assert [r.outcome for r in reply.results] == ["conflict", "accepted", "accepted", "unknown"]
+    assert httpx.get(f"{served}/policies/{PROGRAM}").json()["observed"] == 3
+    with pytest.raises(PolicyRejected, match="no policy"):
+        client.feedback_batch("0" * 32, FeedbackList(feedback=labels[:1]))
     client.delete(PROGRAM)
     assert httpx.get(f"{served}/policies").json() == []
     client.close()

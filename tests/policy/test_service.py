@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, FeedbackList, PolicySpec
 from policy.service import FeedbackConflict, PolicyService, UnknownDecision, UnknownPolicy
 from policy.settings import PolicySettings
 
@@ -113,3 +113,47 @@ def test_decisions_the_router_expired_are_forgotten(tmp_path):
     assert (svc.info("p1").pending, svc.info("p1").observed, svc.info("p2").pending) == (0, 1, 1)
     with pytest.raises(UnknownPolicy):
         svc.forget("nope", ExpiredDecisions(decision_ids=["d1"]))
+
+
+def test_a_list_of_feedback_is_learned_item_by_item_each_once(tmp_path):
+    """Each feedback of a list is learned on its own, in order, as if sent alone: a repeat (in the
+    list, or of earlier feedback) is learned once, and a refused one does not stop the others."""
+    svc = service(tmp_path)
+    svc.put("p1", SPEC)
+    for decision_id in ("d1", "d2", "d3", "d4"):
+        svc.decide("p1", decision_id, frame(0))
+    svc.feedback("p1", feedback("d1"))
+    batch = FeedbackList(
+        feedback=[
+            feedback("d1"),  # learned before: a repeat
+            feedback("d2"),
+            feedback("d2"),  # twice in the list: learned once
+            feedback("d1", reward=-5),  # different feedback for a resolved decision
+            feedback("never-made"),
+            Feedback(decision_id="d3", reward=1, executed_sites=["nope"]),
+            feedback("d4"),
+        ]
+    )
+    reply = svc.feedback_list("p1", batch)
+    assert [(r.decision_id, r.outcome) for r in reply.results] == [
+        ("d1", "repeat"),
+        ("d2", "accepted"),
+        ("d2", "repeat"),
+        ("d1", "conflict"),
+        ("never-made", "unknown"),
+        ("d3", "invalid"),
+        ("d4", "accepted"),
+    ]
+    assert "unknown call site" in (reply.results[5].detail or "") and reply.results[1].detail is None
+    assert (svc.info("p1").observed, svc.info("p1").pending) == (3, 1)  # d1, d2, d4; d3 still pending
+    assert svc.feedback_list("p1", FeedbackList(feedback=[feedback("d2")])).results[0].outcome == "repeat"
+    assert svc.info("p1").observed == 3
+    with pytest.raises(UnknownPolicy):
+        svc.feedback_list("nope", FeedbackList(feedback=[feedback("d1")]))
+
+
+def test_a_list_of_feedback_names_each_decision():
+    with pytest.raises(ValueError, match="needs its decision_id"):
+        FeedbackList(feedback=[Feedback(reward=1.0)])
+    with pytest.raises(ValueError, match="at least 1"):
+        FeedbackList(feedback=[])

@@ -19,7 +19,7 @@ from router.app import create_app
 from router.settings import RouterSettings
 from tests.fakes import Zoo, box
 from tests.router.conftest import example
-from tests.servers import serving
+from tests.servers import serving, wait_until
 
 FRAME = base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()
 FRAMES = [(FRAME, "yes"), (FRAME, "no")]
@@ -52,7 +52,7 @@ def test_every_frame_is_answered_then_labelled_and_counted(cluster):
     assert elapsed > 0 and not tally.failures and not tally.program_errors
     assert tally.answers == 20 and len(tally.answer_s) == 20 and len(tally.feedback_s) == 20
     assert tally.acknowledged == tally.for_the_policy == 20 and tally.fallback_answers == 0
-    assert _observed(policy, program_id) == 20
+    wait_until(lambda: _observed(policy, program_id) == 20, "every label delivered", timeout_s=30, poll_s=0.05)
 
 
 def test_a_warm_up_answers_without_labelling(cluster):

@@ -1,17 +1,20 @@
 """Router fixtures: a store in a real SQLite file and in a real PostgreSQL database (the store's
-tests run on both), the fake zoo's catalog, and the domain handlers over them."""
+tests run on both), the fake zoo's catalog, and the domain handlers over them; ``feedback_each``
+for in-process fake policies."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fmprog.backends import BackendCatalog
+from fmprog.contract import Feedback, FeedbackList, FeedbackListItem, FeedbackListReply
 from fmprog.program import ExecutionLimits
 from router.answering import Answerer
 from router.feedback import FeedbackHandler
+from router.policy_client import PolicyRejected
 from router.programs import ProgramRegistry
 from router.schemas import ProgramCreate
 from router.store import Store
@@ -23,6 +26,24 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "programs"
 
 def example(name: str) -> str:
     return (EXAMPLES / f"{name}.py").read_text()
+
+
+def feedback_each(
+    feedback: Callable[[str, Feedback], object], program_id: str, batch: FeedbackList
+) -> FeedbackListReply:
+    """A fake policy's ``feedback_batch`` from its ``feedback``: each on its own, in order, as the
+    policy service does; one it refuses (PolicyRejected) is answered ``invalid`` with the reason,
+    and an unavailable policy (PolicyUnavailable) fails the whole list."""
+    results = []
+    for item in batch.feedback:
+        decision_id = item.decision_id or ""
+        try:
+            feedback(program_id, item)
+        except PolicyRejected as exc:
+            results.append(FeedbackListItem(decision_id=decision_id, outcome="invalid", detail=exc.detail))
+        else:
+            results.append(FeedbackListItem(decision_id=decision_id, outcome="accepted"))
+    return FeedbackListReply(results=results)
 
 
 def create(name: str, kind: str = "binary", **fields: object) -> ProgramCreate:

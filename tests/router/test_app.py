@@ -5,6 +5,7 @@ The real policy service over real HTTP is exercised in tests/test_services_http.
 from __future__ import annotations
 
 import base64
+import threading
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fmprog.backends import BackendCatalog
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import Feedback, FeedbackList, FeedbackListReply, PolicyDecision, PolicySpec
 from fmprog.images import encode_png
 from policy.app import create_app as create_policy_app
 from policy.settings import PolicySettings
@@ -22,8 +23,8 @@ from router.policy_client import PolicyUnavailable
 from router.settings import RouterSettings
 from services.cluster import free_port
 from tests.fakes import box
-from tests.router.conftest import example
-from tests.servers import serving
+from tests.router.conftest import example, feedback_each
+from tests.servers import serving, wait_until
 
 KEY = "k" * 24
 HOSTILE = "def execute_command(image):\n    import os\n"
@@ -58,6 +59,9 @@ class RecordingPolicy:
     def feedback(self, program_id: str, feedback: Feedback) -> None:
         self._check()
         self.received.append(feedback.model_dump())
+
+    def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        return feedback_each(self.feedback, program_id, batch)
 
     def delete(self, program_id: str) -> None:
         self._check()
@@ -111,6 +115,7 @@ def test_register_answer_feedback_round_trip(client, policy):
     assert first.status_code == 200, first.text
     assert first.json()["repeat"] is False
     assert first.json()["reward"] in {1000.0, 1.0}
+    wait_until(lambda: policy.received, "the label delivered to the policy", timeout_s=10, poll_s=0.01)
     assert policy.received[-1]["decision_id"] == result["decision_id"]
     assert policy.received[-1]["executed_sites"] == first.json()["executed_sites"]
     again = client.post("/feedback", json={"decision_id": result["decision_id"], "label": label})
@@ -176,8 +181,9 @@ def test_the_policy_service_checks_the_policy_before_the_program_is_stored(tmp_p
         assert answer.status_code == 200 and answer.json()["fallback"] is False, answer.text
         label = {"decision_id": answer.json()["decision_id"], "label": "yes"}
         assert client.post("/feedback", json=label).status_code == 200
-        assert client.get("/readyz").json()["policy_outbox"] == 0
-    assert httpx.get(f"{real_policy}/policies/{program_id}").json()["observed"] == 1
+        outbox = lambda: client.get("/readyz").json()["policy_outbox"]  # noqa: E731
+        wait_until(lambda: outbox() == 0, "the label delivered to the policy", timeout_s=10, poll_s=0.02)
+        assert httpx.get(f"{real_policy}/policies/{program_id}").json()["observed"] == 1
 
 
 def test_with_the_policy_unreachable_a_program_is_stored_and_checked_on_delivery(tmp_path, zoo):
@@ -216,7 +222,8 @@ def test_an_unreachable_policy_means_fallback_and_queued_feedback(client, policy
     # only the policy's own decision waits for it: a fallback decision teaches it nothing
     assert client.get("/readyz").json()["policy_outbox"] == 1
     policy.up = True
-    assert client.app.state.service.deliver() == 1
+    client.app.state.service.deliver_soon()
+    wait_until(lambda: policy.received, "the label delivered once the policy is back", timeout_s=10, poll_s=0.01)
     assert [m["decision_id"] for m in policy.received] == [decided["decision_id"]]
     assert client.get("/readyz").json()["policy_outbox"] == 0
 
@@ -293,7 +300,7 @@ def test_multipart_without_a_file_or_program_is_422(client):
 def test_backend_settings_reach_the_clients_and_the_executor(tmp_path, zoo):
     """The backoff between retries reaches the executor, and the breaker's threshold the clients of
     the served backends (here on a port nothing listens on: every call fails to connect)."""
-    from router.app import _serve_backends
+    from router.transport import connect
     from services.cluster import free_port
 
     settings = RouterSettings(
@@ -307,28 +314,36 @@ def test_backend_settings_reach_the_clients_and_the_executor(tmp_path, zoo):
     app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
     with TestClient(app):
         assert app.state.service.answerer.executor.retry_backoff_s == (0.01, 0.02)
-    served = _serve_backends(BackendCatalog(backends=zoo.specs), settings)
-    detect = served["detect-small"].model
+    transport = connect(BackendCatalog(backends=zoo.specs), settings)
+    assert set(transport.kinds.values()) == {"http"}
+    detect = transport.backends["detect-small"].model
     image = np.zeros((8, 8, 3), np.uint8)
     for _ in range(2):
         with pytest.raises(Exception, match="unreachable"):
             detect.detect(image, "cup")
     with pytest.raises(Exception, match="circuit open"):
         detect.detect(image, "cup")
+    transport.close()
 
 
 def test_a_label_is_acknowledged_once_stored_even_when_delivering_it_fails(client, policy, monkeypatch):
     """The label and its message for the policy are committed together; a failure while sending
-    the message at once is the outbox's to retry, not the client's."""
+    the message is the outbox's to retry, not the client's."""
     program = _register(client)
     answer = client.post("/answer", json={"program_id": program["id"], "image": _png_b64()}).json()
+    tried = threading.Event()
 
-    def broken(program_id: str, feedback: Feedback) -> None:
+    def broken(program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        tried.set()
         raise RuntimeError("the connection broke mid-delivery")
 
-    monkeypatch.setattr(policy, "feedback", broken)
+    monkeypatch.setattr(policy, "feedback_batch", broken)
     reply = client.post("/feedback", json={"decision_id": answer["decision_id"], "label": "yes"})
     assert reply.status_code == 200, reply.text
+    assert tried.wait(10)
     assert client.get("/readyz").json()["policy_outbox"] == 1  # kept for the next round
     monkeypatch.undo()
-    assert client.app.state.service.deliver() == 1 and policy.received[-1]["decision_id"] == answer["decision_id"]
+    client.app.state.service.deliver_soon()
+    wait_until(lambda: policy.received, "the label delivered on the next round", timeout_s=10, poll_s=0.01)
+    assert policy.received[-1]["decision_id"] == answer["decision_id"]
+    assert client.get("/readyz").json()["policy_outbox"] == 0

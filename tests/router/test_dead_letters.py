@@ -20,7 +20,7 @@ from router.app import create_app
 from router.settings import RouterSettings
 from tests.fakes import box
 from tests.router.conftest import example
-from tests.servers import serving
+from tests.servers import serving, wait_until
 
 
 @pytest.fixture
@@ -70,7 +70,9 @@ def test_feedback_the_policy_refuses_is_kept_as_a_dead_letter(cluster, caplog):
 
     with caplog.at_level(logging.WARNING, logger="router.outbox"):
         feedback = httpx.post(f"{router}/feedback", json={"decision_id": answered["decision_id"], "label": "yes"})
-    assert feedback.status_code == 200, feedback.text  # acknowledged ...
+        assert feedback.status_code == 200, feedback.text  # acknowledged, delivered in the background ...
+        dead = lambda: httpx.get(f"{router}/readyz").json()["policy_dead_letters"]  # noqa: E731
+        wait_until(lambda: dead() == 1, "the refused label kept as a dead letter", timeout_s=10, poll_s=0.02)
     assert any("dead letter" in r.getMessage() and program["id"] in r.getMessage() for r in caplog.records)
 
     ready = httpx.get(f"{router}/readyz").json()  # ... and not lost: kept aside, visible, counted

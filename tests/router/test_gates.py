@@ -16,7 +16,16 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from fmprog.backends import BackendCatalog
-from fmprog.contract import CONTEXT_FEATURES, ESCALATION_FEATURES, Feedback, PolicyDecision, PolicySpec, SiteGate
+from fmprog.contract import (
+    CONTEXT_FEATURES,
+    ESCALATION_FEATURES,
+    Feedback,
+    FeedbackList,
+    FeedbackListReply,
+    PolicyDecision,
+    PolicySpec,
+    SiteGate,
+)
 from fmprog.images import encode_png
 from policy.app import create_app as create_policy_app
 from policy.settings import PolicySettings
@@ -25,8 +34,8 @@ from router.app import create_app
 from router.settings import RouterSettings
 from router.store import Store
 from tests.fakes import box
-from tests.router.conftest import example
-from tests.servers import serving
+from tests.router.conftest import example, feedback_each
+from tests.servers import serving, wait_until
 
 N, M = len(CONTEXT_FEATURES), len(ESCALATION_FEATURES)
 
@@ -86,7 +95,8 @@ def test_a_cascade_policy_gates_each_invocation_and_learns_from_the_records(tmp_
                     assert [i.model_dump(mode="json") for i in store.get_answer(result["decision_id"]).trace] == trace
                 label = {"decision_id": result["decision_id"], "label": "yes"}
                 assert client.post("/feedback", json=label).status_code == 200
-            assert client.get("/readyz").json()["policy_outbox"] == 0
+                # delivered in the background: the next frame is decided once the policy learned it
+                wait_until(lambda: _outbox(client) == 0, "the label delivered", timeout_s=10, poll_s=0.01)
             # every label is yes, so re-asking the cheap "no" pays (+1100 - 73): learned within frames
             assert all(escalations[6:]), escalations
             escalated = sum(escalations)
@@ -126,8 +136,15 @@ class GatingPolicy:
     def feedback(self, program_id: str, feedback: Feedback) -> None:
         self.received.append(feedback)
 
+    def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        return feedback_each(self.feedback, program_id, batch)
+
     def delete(self, program_id: str) -> None:
         pass
+
+
+def _outbox(client: TestClient) -> int:
+    return client.get("/readyz").json()["policy_outbox"]
 
 
 def _weights(size: int, bias: float) -> list[float]:

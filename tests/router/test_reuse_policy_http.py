@@ -25,7 +25,7 @@ from policy.service import PolicyService
 from policy.settings import PolicySettings
 from router.app import create_app
 from router.settings import RouterSettings
-from tests.servers import serving
+from tests.servers import serving, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 VIDEO = SAMPLE_VIDEOS / "vtest.avi"
@@ -100,7 +100,8 @@ def test_the_policy_decides_reuse_learns_outcomes_and_labels_and_keeps_its_gates
 
     label = client.post("/feedback", json={"decision_id": again["decision_id"], "label": first["answer"]})
     assert label.status_code == 200, label.text
-    assert client.get("/readyz").json()["policy_outbox"] == 0  # the label's outcome was delivered
+    outbox = lambda: client.get("/readyz").json()["policy_outbox"]  # noqa: E731
+    wait_until(lambda: outbox() == 0, "the label's outcome delivered", timeout_s=10, poll_s=0.02)
 
     stored = client.get("/programs/" + program + "/policy").json()
     assert stored["reuse"]["decisions"] >= 3 and stored["reuse"]["reused"] >= 1

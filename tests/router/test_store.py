@@ -17,16 +17,16 @@ import pytest
 import sqlalchemy as sa
 
 from fmprog.backends import BackendCatalog
-from fmprog.contract import Feedback, PolicyDecision, PolicySpec
+from fmprog.contract import ExpiredDecisions, Feedback, FeedbackList, FeedbackListReply, PolicyDecision, PolicySpec
 from router.answering import Answerer
 from router.feedback import FeedbackHandler
-from router.outbox import Outbox
+from router.outbox import BATCH, Outbox
 from router.policy_client import PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
 from router.schemas import FeedbackIn
 from router.store import SCHEMA_VERSION, QualityCounts, Store, StoreVersionError, utc_now
 from tests.fakes import Zoo, box
-from tests.router.conftest import create
+from tests.router.conftest import create, feedback_each
 
 V4_FILE = Path(__file__).parent / "data" / "router-v4.sqlite3"
 # What data/router-v4.sqlite3 holds (written by the router's store and outbox of schema version 4).
@@ -225,21 +225,25 @@ def test_retention_prunes_old_decisions_and_their_feedback_and_keeps_the_counts(
 
 
 class _Policy:
-    """A policy port that records what reaches it; ``down`` makes it unavailable, ``refuse`` refuse."""
+    """A policy port that records what reaches it, and each request (``requests``: its kind,
+    program and what it carried; feedback lists only); ``down`` makes it unavailable, ``refuse``
+    refuse (decision ids, or programs it does not know), ``no_lists`` refuse lists of feedback."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, str, str]] = []
+        self.requests: list[tuple[str, str, list[str]]] = []
         self.lock = threading.Lock()
         self.down = False
         self.refuse: set[str] = set()
         self.gate: threading.Event | None = None
+        self.no_lists = False  # a policy older than the list route
 
     def _got(self, kind: str, program_id: str, what: str) -> None:
         if self.gate is not None:
             self.gate.wait(30)
         if self.down:
             raise PolicyUnavailable("down")
-        if what in self.refuse:
+        if what in self.refuse or program_id in self.refuse:
             raise PolicyRejected("404", f"no policy for {what}")
         with self.lock:
             self.received.append((kind, program_id, what))
@@ -249,6 +253,19 @@ class _Policy:
 
     def feedback(self, program_id: str, feedback: Feedback) -> None:
         self._got("feedback", program_id, feedback.decision_id or "")
+
+    def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply:
+        if program_id in self.refuse or self.no_lists:  # the whole list refused
+            raise PolicyRejected("404", f"no policy for {program_id}" if program_id in self.refuse else "Not Found")
+        reply = feedback_each(self.feedback, program_id, batch)
+        with self.lock:
+            self.requests.append(("feedback", program_id, [f.decision_id or "" for f in batch.feedback]))
+        return reply
+
+    def expire(self, program_id: str, expired: ExpiredDecisions) -> None:
+        self._got("expire", program_id, ",".join(expired.decision_ids))
+        with self.lock:
+            self.requests.append(("expire", program_id, expired.decision_ids))
 
     def delete(self, program_id: str) -> None:
         self._got("delete", program_id, program_id)
@@ -270,8 +287,67 @@ def test_the_outbox_delivers_in_order_stops_when_down_and_keeps_refusals(store: 
     dead: list[str] = []
     assert outbox.deliver(policy, dead.append) == 2 and outbox.pending() == 0
     assert policy.received == [("register", "p1", "p1"), ("feedback", "p1", "d2")] and dead == ["feedback"]
+    assert policy.requests == [("feedback", "p1", ["d1", "d2"])]  # the two labels in one request
     [letter] = store.list_dead_letters()
     assert letter.payload["decision_id"] == "d1" and letter.attempts == 0  # only the first was tried while down
+
+
+def test_a_programs_feedback_goes_in_batches_that_never_pass_its_other_messages(store: Store):
+    """Consecutive feedback of a program goes in one request, at most BATCH; a program's other
+    message ends a batch (what follows it waits for it), and another program's feedback goes in
+    a batch of its own, each message once, in order per program."""
+    outbox, policy = Outbox(store), _Policy()
+    first = [f"d{i}" for i in range(BATCH + 6)]
+    for decision_id in first:
+        outbox.put("feedback", "p1", _feedback(decision_id))
+    for decision_id in ("e0", "e1", "e2"):
+        outbox.put("feedback", "p2", _feedback(decision_id))
+    outbox.put("expire", "p1", ExpiredDecisions(decision_ids=["x0"]))
+    outbox.put("feedback", "p1", _feedback("d-after"))
+    assert outbox.deliver(policy) == len(first) + 5 and outbox.pending() == 0
+    assert policy.requests == [
+        ("feedback", "p1", first[:BATCH]),
+        ("feedback", "p1", first[BATCH:]),
+        ("feedback", "p2", ["e0", "e1", "e2"]),
+        ("expire", "p1", ["x0"]),
+        ("feedback", "p1", ["d-after"]),
+    ]
+
+
+def test_of_a_batch_only_what_the_policy_refuses_is_dead_lettered(store: Store):
+    """The policy refuses one label of a batch: that one becomes a dead letter, the others are
+    delivered in the same request; a list refused as a whole (its program unknown) is a dead
+    letter per label. While the policy is down each message of the batch counts an attempt."""
+    outbox, policy = Outbox(store), _Policy()
+    for i in range(5):
+        outbox.put("feedback", "p1", _feedback(f"d{i}"))
+    policy.down = True
+    assert outbox.deliver(policy) == 0 and outbox.pending() == 5
+    policy.down, policy.refuse = False, {"d2"}
+    dead: list[str] = []
+    assert outbox.deliver(policy, dead.append) == 4 and outbox.pending() == 0
+    assert policy.requests == [("feedback", "p1", ["d0", "d1", "d2", "d3", "d4"])]
+    assert [what for _, _, what in policy.received] == ["d0", "d1", "d3", "d4"] and dead == ["feedback"]
+    [letter] = store.list_dead_letters()
+    assert letter.payload["decision_id"] == "d2" and letter.reason == "no policy for d2" and letter.attempts == 1
+
+    for i in range(3):
+        outbox.put("feedback", "gone", _feedback(f"g{i}"))
+    policy.refuse = {"gone"}  # each list refused as a whole, then each label on its own
+    assert outbox.deliver(policy, dead.append) == 0 and outbox.pending() == 0 and dead == ["feedback"] * 4
+    assert [letter.payload["decision_id"] for letter in store.list_dead_letters()] == ["d2", "g0", "g1", "g2"]
+
+
+def test_labels_reach_a_policy_without_the_list_route_one_by_one(store: Store):
+    """A policy that refuses lists of feedback as a whole (one older than the list route) still
+    learns every label, each sent on its own, in order; none is taken for refused."""
+    outbox, policy = Outbox(store), _Policy()
+    for i in range(4):
+        outbox.put("feedback", "p1", _feedback(f"d{i}"))
+    policy.no_lists = True
+    dead: list[str] = []
+    assert outbox.deliver(policy, dead.append) == 4 and outbox.pending() == 0 and dead == []
+    assert [what for _, _, what in policy.received] == ["d0", "d1", "d2", "d3"] and policy.requests == []
 
 
 def test_routers_sharing_postgresql_claim_each_message_once_in_order_per_program(postgres_server):
@@ -299,25 +375,27 @@ def test_routers_sharing_postgresql_claim_each_message_once_in_order_per_program
         for program, order in expected.items():
             assert [what for _, p, what in policy.received if p == program] == order
         assert outboxes[0].pending() == 0
+        assert len(policy.requests) < 200  # a program's waiting labels went together
     finally:
         for store in stores:
             store.close()
 
 
 def test_a_router_killed_while_delivering_leaves_its_message_to_the_others(postgres_server):
-    """A claim lasts as long as its transaction: a process killed mid-delivery releases it."""
+    """A claim lasts as long as its transaction: a process killed mid-delivery releases its whole batch."""
     url = postgres_server.database()
     with Store(url) as store:
-        Outbox(store).put("feedback", "p", _feedback("d0"))
+        for i in range(3):
+            Outbox(store).put("feedback", "p", _feedback(f"d{i}"))
         script = (
             "import os, signal\n"
             "from router.outbox import Outbox\nfrom router.store import Store\n"
             "class Dying:\n"
-            "    def feedback(self, program_id, feedback):\n"
-            "        print('claimed', flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    def feedback_batch(self, program_id, batch):\n"
+            "        print('claimed', len(batch.feedback), flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
             f"Outbox(Store({url!r})).deliver(Dying())\n"
         )
         died = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
-        assert died.returncode == -9 and "claimed" in died.stdout, died.stderr
+        assert died.returncode == -9 and "claimed 3" in died.stdout, died.stderr
         policy = _Policy()
-        assert Outbox(store).deliver(policy) == 1 and policy.received == [("feedback", "p", "d0")]
+        assert Outbox(store).deliver(policy) == 3 and policy.requests == [("feedback", "p", ["d0", "d1", "d2"])]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fmprog.backends import BackendSpec, ConfigError, load_catalog
-from services.app import deployment_options, serve_config
+from services.app import REPLICA_ENV, deployment_options, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "deploy" / "config").glob("*.yaml"))
@@ -29,7 +29,11 @@ def test_deployment_options_follow_the_spec():
     )
     options = deployment_options(spec)
     assert options["name"] == "llm-x"
-    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1}
+    assert options["ray_actor_options"] == {
+        "num_cpus": 0.5,
+        "num_gpus": 1,
+        "runtime_env": {"env_vars": REPLICA_ENV},
+    }
     assert options["autoscaling_config"]["max_replicas"] == 4
     assert options["autoscaling_config"]["initial_replicas"] == 2
     # a replica must accept at least one full batch of requests at a time

@@ -13,10 +13,10 @@ import pytest
 
 from fmprog.backends import BackendRegistry, Function
 from fmprog.backends.base import box_iou
-from fmprog.images import encode_base64_png
+from fmprog.images import encode_base64_png, encode_png
 from fmprog.program import Executor, compile_program
 from fmprog.scene import generate_scene
-from services.client import BackendCallError, HandleBackend, HttpBackend
+from services.client import SHARE_FRAMES_FROM_BYTES, BackendCallError, HandleBackend, HttpBackend
 from services.cluster import ServeSettings, free_port, serve_backends
 from tests.signs import signs
 
@@ -155,8 +155,64 @@ def test_bad_requests_get_a_clear_4xx(cluster):
 
 
 def test_handle_rejects_a_non_frame(handles):
-    with pytest.raises(BackendCallError, match="H x W x 3 uint8"):
+    with pytest.raises(BackendCallError, match="H x W x 3 uint8") as refused:
         handles["vqa-small"].reply(Function.vqa, np.zeros((4, 4), np.float32), "What is this?")
+    assert not refused.value.retryable  # the same call gets the same refusal
+
+
+def test_concurrent_handle_calls_share_requests_and_answer_like_single_calls(handles):
+    client = handles["detect-small"]
+    scenes = _easy_scenes(24, start=3100)
+    singles = [client.model().detect(s.image, "object") for s in scenes]
+    before = client.health()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        replies = list(pool.map(lambda s: client.reply(Function.detect, s.image, "object"), scenes))
+    after = client.health()
+    assert max(r.batch_size for r in replies) > 1, "no two concurrent calls went together"
+    assert after["calls"] - before["calls"] == 24
+    assert after["batches"] - before["batches"] < 24
+    for reply, single in zip(replies, singles, strict=True):
+        _same_boxes(reply.detections, single)
+
+
+def test_a_large_frame_goes_once_through_the_object_store_and_answers_as_over_http(cluster, http):
+    """A 768x768 frame (above the size worth sharing): each run puts it into Ray's object store
+    once, every call sends its crop as a place in it, and the answers are those over HTTP."""
+    import ray
+
+    puts = []
+
+    def put(frame):
+        puts.append(frame.shape)
+        return ray.put(frame)
+
+    through = {
+        spec.name: HandleBackend(spec, cluster.handles[spec.name], put=put).model() for spec in cluster.catalog.backends
+    }
+    over_http = {name: client.model() for name, client in http.items()}
+    program = compile_program(PROGRAM)
+    decision = {site.id: f"{site.function.value}-large" for site in program.call_sites}
+    for scene in _easy_scenes(3, start=4100):
+        frame = np.ascontiguousarray(scene.image.repeat(6, axis=0).repeat(6, axis=1))  # 128 -> 768 pixels
+        assert frame.nbytes >= SHARE_FRAMES_FROM_BYTES
+        before = len(puts)
+        traces = [
+            Executor(BackendRegistry.from_specs(list(cluster.catalog.backends), models)).run(program, frame, decision)
+            for models in (through, over_http)
+        ]
+        assert len(puts) == before + 1, "the frame was not put exactly once for the run"
+        assert traces[0].error is None, traces[0].error
+        assert traces[0].answer == traces[1].answer
+        assert len(traces[0].invocations) == len(traces[1].invocations) >= 2
+
+
+def test_a_failing_call_fails_alone_within_its_handle_request(cluster):
+    client = HandleBackend(cluster.catalog.get("llm-small"), cluster.handles["llm-small"])
+    too_long = "cat " * 4500  # beyond llm-small's 2048-token context
+    replies = client._send([(too_long,), ("Say hello.",), ("Name a shape.",)])  # one request, three calls
+    assert isinstance(replies[0], BackendCallError) and replies[0].retryable
+    assert "llm-small" in str(replies[0])
+    assert all(r.text for r in replies[1:])
 
 
 PROGRAM = """
@@ -218,3 +274,65 @@ def test_a_failing_call_fails_alone_within_its_batch(cluster):
     assert "llm-small" in responses[0].json()["detail"]
     assert [r.status_code for r in responses[1:]] == [200, 200]
     assert all(r.json()["text"] for r in responses[1:])
+
+
+def test_a_router_with_handles_answers_through_the_served_backends(cluster, tmp_path):
+    """The router's ``handle`` transport: every backend reached through its DeploymentHandle (this
+    process is already a driver of the cluster), answers recorded as over HTTP."""
+    from fastapi.testclient import TestClient
+
+    from router.app import create_app
+    from router.settings import RouterSettings
+
+    settings = RouterSettings(
+        database=tmp_path / "router.db",
+        backends_config=CPU_CONFIG,
+        backends=["detect-large", "vqa-large", "detect-small", "vqa-small"],
+        synthesis_backend=None,
+        backend_transport="handle",
+        ray_address=cluster.ray_address,
+        program_workers=1,
+    )
+    with TestClient(create_app(settings)) as client:
+        assert set(client.app.state.service.answerer.executor.backends) == set(settings.backends)
+        program = client.post("/programs", json={"source": PROGRAM, "kind": "open"})
+        assert program.status_code == 201, program.text
+        right = 0
+        for scene in _easy_scenes(4, start=4200):
+            reply = client.post(
+                "/answer",
+                params={"program_id": program.json()["id"]},
+                content=encode_png(scene.image),
+                headers={"content-type": "image/png"},
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["error"] is None
+            assert [call["backend"] for call in reply.json()["trace"]] == ["detect-small", "vqa-small"]
+            right += reply.json()["answer"] == min(scene.objects, key=lambda o: o.center[0]).color
+        assert right >= 2
+
+
+def test_a_backend_without_a_serve_application_is_called_over_http(cluster, tmp_path):
+    from fmprog.backends import BackendCatalog, BackendSpec
+    from router.settings import RouterSettings
+    from router.transport import connect
+
+    elsewhere = BackendSpec(name="detect-elsewhere", function=Function.detect, cost=1)
+    catalog = BackendCatalog(backends=[cluster.catalog.get("detect-small"), elsewhere])
+    settings = RouterSettings(
+        database=tmp_path / "router.db",
+        backend_transport="handle",
+        ray_address=cluster.ray_address,
+        serve_url=cluster.base_url,
+        synthesis_backend=None,
+    )
+    transport = connect(catalog, settings)
+    try:
+        assert transport.kinds == {"detect-small": "handle", "detect-elsewhere": "http"}
+        with pytest.raises(BackendCallError, match="HTTP 404"):  # the proxy has no such application
+            transport.backends["detect-elsewhere"].model.detect(np.zeros((8, 8, 3), np.uint8), "cup")
+    finally:
+        transport.close()
+    import ray
+
+    assert ray.is_initialized()  # a driver that was already connected stays connected
