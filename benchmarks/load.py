@@ -53,6 +53,7 @@ from launcher.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
+SYNTHETIC = ROOT / "deploy" / "config" / "synthetic.yaml"  # the zoo the sample program is written for
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
 SAMPLE_EVERY_S = 0.2
 KEEPALIVE_S = 1.0
@@ -247,6 +248,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="clients sending at once")
     parser.add_argument("--warmup", type=int, default=64, help="answers before the run, not counted nor labelled")
     parser.add_argument("--frames", type=int, default=200, help="distinct generated frames, cycled through")
+    parser.add_argument("--config", type=Path, default=SYNTHETIC, help="backend configuration (default: %(default)s)")
     parser.add_argument("--backends", default=",".join(VISION), help="backends fmprog up serves (comma-separated)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
@@ -254,7 +256,9 @@ def main() -> None:
     scenes = scene_stream(seed=21, count=args.frames, mix={"easy": 0.3, "medium": 0.4, "hard": 0.3})
     frames = [(base64.b64encode(encode_png(scene.image)).decode("ascii"), truth(scene)) for scene in scenes]
     with tempfile.TemporaryDirectory(prefix="fmprog-load-") as state:
-        settings = StackSettings.on_free_ports(backends=args.backends.split(","), state_dir=Path(state))
+        settings = StackSettings.on_free_ports(
+            config=args.config, backends=args.backends.split(","), state_dir=Path(state)
+        )
         started = time.perf_counter()
         with StackProcess(settings) as stack:
             startup_s = time.perf_counter() - started
