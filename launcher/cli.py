@@ -12,6 +12,18 @@ from pathlib import Path
 from fmprog.backends.config import DEFAULT_CONFIG, BackendSpec
 
 
+def _version() -> str:
+    """The installed package's version (the checkout's, when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fmprog")
+    except PackageNotFoundError:
+        from fmprog import __version__
+
+        return __version__
+
+
 def _program_check(args: argparse.Namespace) -> int:
     from fmprog.backends.config import ConfigError, load_catalog
     from launcher.program_run import compiled, warnings
@@ -23,6 +35,9 @@ def _program_check(args: argparse.Namespace) -> int:
         return 2
     program = compiled(args.file, source)
     if program is None:
+        return 2
+    if (problem := program.servable_problem()) is not None:
+        print(f"{args.file}: {problem}", file=sys.stderr)
         return 2
     catalog = None
     if args.config is not None or Path(DEFAULT_CONFIG).is_file():
@@ -166,7 +181,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fmprog", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fmprog",
+        description="Serve foundation model programs: each call site's backend chosen per frame by a learned policy.",
+    )
+    parser.add_argument("--version", action="version", version=f"fmprog {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     program = commands.add_parser("program", help="work with foundation model programs")
     program_commands = program.add_subparsers(dest="program_command", required=True)

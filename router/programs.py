@@ -127,6 +127,8 @@ class ProgramRegistry:
             program = compile_program(source)
         except ProgramRejected as exc:
             raise ProgramInvalid(exc.problems) from None
+        if (problem := program.servable_problem()) is not None:
+            raise ProgramInvalid([problem])
         candidates = candidate_backends(self.catalog, request.backends, set(program.functions))
         sites = [public_call_site(site, candidates[site.function], self.catalog) for site in program.call_sites]
         public = ProgramPublic(

@@ -5,7 +5,9 @@ the in-process replay and the deployed system agree.
 answer and sends the label back, exactly as a client of the system would. ``compare`` lines its
 outcomes up with the in-process replay's: the same answer, the same backends invoked, the same
 cost, frame by frame. Deterministic policies (static programs, and ``fast``, whose update is
-closed-form and happens while the router forwards the feedback) must agree on every frame.
+closed-form) must agree on every frame. The replay learns each label before the next frame; the
+router delivers labels to the policy in the background, so after each label the client waits
+until the router's outbox is empty (the policy has learned it) before it sends the next frame.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def replay_over_http(
         reply.raise_for_status()
         body = reply.json()
         client.post("/feedback", json={"decision_id": body["decision_id"], "label": label}).raise_for_status()
+        _wait_until_delivered(client)
         answered.append(
             Answered(
                 answer="" if body["answer"] is None else str(body["answer"]),
@@ -71,6 +74,15 @@ def replay_over_http(
             )
         )
     return answered
+
+
+def _wait_until_delivered(client: httpx.Client, timeout_s: float = 30.0) -> None:
+    """Block until the router's outbox is empty: every label it took has reached the policy."""
+    deadline = time.monotonic() + timeout_s
+    while (pending := client.get("/readyz").json().get("policy_outbox", 0)) > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pending} policy messages still undelivered after {timeout_s:g} s")
+        time.sleep(0.005)
 
 
 def compare(in_process: Sequence[Outcome], over_http: Sequence[Answered]) -> dict[str, float]:

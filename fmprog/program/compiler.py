@@ -11,6 +11,7 @@ from types import CodeType
 from RestrictedPython import compile_restricted_exec
 
 from fmprog.backends.config import Function
+from fmprog.backends.functions import routed_methods
 from fmprog.program.callsites import CallSite, find_call_sites
 from fmprog.program.errors import Problem, ProgramRejected
 from fmprog.program.sandbox import PROGRAM_FILENAME, ProgramTransformer
@@ -40,6 +41,16 @@ class Program:
             if site.id == site_id:
                 return site
         raise KeyError(site_id)
+
+    def servable_problem(self) -> Problem | None:
+        """Why the program cannot be served, or None: a program that makes no routed call (no
+        ``find``, ``exists``, ``query``, ``llm_query``...) gives a backend nothing to answer and a
+        policy nothing to decide. It is a valid program to run; the router and ``fmprog program
+        check`` refuse it."""
+        if self.call_sites:
+            return None
+        methods = ", ".join(sorted(routed_methods()))
+        return Problem(None, f"the program makes no routed call (one of {methods}): nothing to route")
 
 
 def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) -> Program:

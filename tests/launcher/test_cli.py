@@ -37,6 +37,7 @@ def test_program_check_prints_call_sites(tmp_path):
     [
         ("import os\ndef execute_command(image):\n    return 1\n", "line 1: import of 'os' is not allowed"),
         ("def execute_command(image):\n    return (\n", "line 2: syntax error"),
+        ('def execute_command(image):\n    return "yes"\n', "the program makes no routed call (one of "),
     ],
 )
 def test_program_check_rejects_with_exit_2(tmp_path, source, message):
@@ -45,6 +46,13 @@ def test_program_check_rejects_with_exit_2(tmp_path, source, message):
     result = fmprog("program", "check", str(path))
     assert result.returncode == 2 and result.stdout == ""
     assert f"{path}: {message}" in result.stderr
+
+
+def test_version_and_plain_help():
+    version = fmprog("--version")
+    assert version.returncode == 0 and re.fullmatch(r"fmprog \d+\.\d+\.\d+\S*\n", version.stdout)
+    shown = fmprog("--help")
+    assert shown.returncode == 0 and "--version" in shown.stdout and "``" not in shown.stdout
 
 
 def test_program_check_missing_file(tmp_path):

@@ -70,6 +70,13 @@ def test_a_rejected_program_reports_problems_with_lines_and_is_not_stored(progra
     assert store.list_programs() == []
 
 
+def test_a_program_without_a_routed_call_is_refused_saying_so(programs: ProgramRegistry, store: Store):
+    source = 'def execute_command(image):\n    return "yes"\n'
+    with pytest.raises(ProgramInvalid, match=r"makes no routed call .*find.*nothing to route"):
+        programs.register(ProgramCreate.model_validate({"source": source, "kind": "binary", "lambda": 0}))
+    assert store.list_programs() == []
+
+
 def test_a_query_without_a_synthesizer_is_refused(programs: ProgramRegistry, store: Store):
     request = ProgramCreate.model_validate({"query": "Is there a dog?", "kind": "binary", "lambda": 0})
     with pytest.raises(SynthesisUnavailable, match=r"cannot synthesise programs .* send the program's source"):
