@@ -126,8 +126,7 @@ class BackendDeployment:
         frame in Ray's object store (``FramePart``: the reference and the crop's place)."""
         record = FUNCTIONS[Function(function)]
         image, text = record.inputs(arguments)
-        if isinstance(image, FramePart):
-            image = await _cut(image)
+        image = _cut(image, await _resolve_frames([image]))
         return await self._serve(record.name, None if image is None else check_frame(image), text)
 
     async def calls(self, function: Function, arguments: list[tuple[Any, ...]]) -> list[Served | Exception]:
@@ -139,14 +138,13 @@ class BackendDeployment:
         if record.name != self.spec.function:
             error = EngineError(f"backend {self.spec.name!r} serves {self.spec.function.value}, not {record.method}")
             return [error for _ in arguments]
-        frames = await _resolve_frames([a for args in arguments for a in args if isinstance(a, FramePart)])
+        frames = await _resolve_frames([a for args in arguments for a in args])
         accepted: list[Call] = []
         outcome: list[Served | Exception | None] = []
         for args in arguments:
             try:
                 image, text = record.inputs(args)
-                if isinstance(image, FramePart):
-                    image = image.cut(check_frame(frames[_frame_key(image.frame)]))
+                image = _cut(image, frames)
                 accepted.append(Call(None if image is None else check_frame(image), text))
                 outcome.append(None)
             except (TypeError, ValueError) as exc:
@@ -212,24 +210,26 @@ class BackendDeployment:
             raise HTTPException(503, f"backend {self.spec.name!r} failed: {exc}") from exc
 
 
-async def _cut(part: FramePart) -> np.ndarray:
-    """The crop a ``FramePart`` names, from its frame (fetched from the object store: a read-only
-    view of the shared memory where the frame is on this node)."""
-    frame = await part.frame if isinstance(part.frame, ray.ObjectRef) else part.frame
-    return part.cut(check_frame(frame))
-
-
 def _frame_key(frame: Any) -> Any:
     return frame.binary() if isinstance(frame, ray.ObjectRef) else id(frame)
 
 
-async def _resolve_frames(parts: list[FramePart]) -> dict[Any, Any]:
-    """The frames of ``parts`` by ``_frame_key`` of what each part holds, every object store
-    reference fetched once, together."""
-    distinct = {_frame_key(part.frame): part.frame for part in parts}
+async def _resolve_frames(arguments: list[Any]) -> dict[Any, Any]:
+    """The frames of the ``FramePart`` among ``arguments`` by ``_frame_key`` of what each part
+    holds, every object store reference fetched once, together (a read-only view of the shared
+    memory where the frame is on this node)."""
+    distinct = {_frame_key(part.frame): part.frame for part in arguments if isinstance(part, FramePart)}
     refs = {key: ref for key, ref in distinct.items() if isinstance(ref, ray.ObjectRef)}
     fetched = dict(zip(refs, await asyncio.gather(*refs.values()), strict=True)) if refs else {}
     return {key: fetched.get(key, value) for key, value in distinct.items()}
+
+
+def _cut(image: Any, frames: dict[Any, Any]) -> Any:
+    """``image``, or for a ``FramePart`` the crop it names of its resolved frame (ValueError for a
+    frame that is not one, or a region outside it)."""
+    if not isinstance(image, FramePart):
+        return image
+    return image.cut(check_frame(frames[_frame_key(image.frame)]))
 
 
 def _handle_method(record: NeuralFunction) -> Any:

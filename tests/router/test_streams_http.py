@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,18 +54,23 @@ def frames() -> VideoFrames:
 
 @pytest.fixture
 def client(tmp_path: Path, backends: Any) -> Iterator[TestClient]:
-    catalog, registry = backends
-    settings = RouterSettings(
-        database=tmp_path / "router.db",
-        backends_config=REAL_CONFIG,
-        backends=BACKENDS,
+    app = router_app(
+        tmp_path,
+        backends,
         synthesis_backend=None,
         stream_file_roots=[SAMPLE_VIDEOS],
         stream_tick_s=0.2,
         reuse={"exploration": 0.0},
     )
-    with TestClient(create_app(settings, catalog=catalog, backends=registry)) as test_client:
+    with TestClient(app) as test_client:
         yield test_client
+
+
+def router_app(tmp_path: Path, backends: Any, **settings: Any) -> FastAPI:
+    """The router on the real-image backends in this process, with a database in ``tmp_path``."""
+    catalog, registry = backends
+    configured = RouterSettings(database=tmp_path / "r.db", backends_config=REAL_CONFIG, backends=BACKENDS, **settings)
+    return create_app(configured, catalog=catalog, backends=registry)
 
 
 def register(client: TestClient, source: str = COUNT) -> str:
@@ -255,16 +261,8 @@ def write_clip(path: Path, frames: VideoFrames, count: int) -> Path:
 
 
 def test_a_stream_of_a_file_ends_at_its_end_with_every_frame_answered_or_counted(tmp_path, backends, frames):
-    catalog, registry = backends
     clip = write_clip(tmp_path / "clip.avi", frames, 12)
-    settings = RouterSettings(
-        database=tmp_path / "r.db",
-        backends_config=REAL_CONFIG,
-        backends=BACKENDS,
-        stream_file_roots=[tmp_path],
-        stream_tick_s=0.2,
-    )
-    with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+    with TestClient(router_app(tmp_path, backends, stream_file_roots=[tmp_path], stream_tick_s=0.2)) as client:
         program = register(client)
         stream_id = client.post(f"/programs/{program}/streams", json={"source": clip.as_uri(), "fps": 10}).json()["id"]
         wait_until(lambda: client.get(f"/streams/{stream_id}").json()["state"] == "ended", "the stream ended")
@@ -310,9 +308,7 @@ def test_deleting_a_program_stops_its_streams(client):
 
 
 def test_no_file_is_a_source_where_the_router_allows_no_directory(tmp_path, backends):
-    catalog, registry = backends
-    settings = RouterSettings(database=tmp_path / "r.db", backends_config=REAL_CONFIG, backends=BACKENDS)
-    with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+    with TestClient(router_app(tmp_path, backends)) as client:
         program = register(client)
         response = client.post(f"/programs/{program}/streams", json={"source": f"file://{VIDEO}"})
         assert response.status_code == 422 and "file sources are not allowed here" in response.json()["detail"]
@@ -342,16 +338,12 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 def test_a_streams_webhook_gets_every_event_once_retried_and_the_refused_one_is_a_dead_letter(
     tmp_path, backends, frames
 ):
-    catalog, registry = backends
     clip = write_clip(tmp_path / "clip.avi", frames, 12)
-    settings = RouterSettings(
-        database=tmp_path / "r.db", backends_config=REAL_CONFIG, backends=BACKENDS, stream_file_roots=[tmp_path]
-    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{server.server_address[1]}/events"
     try:
-        with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+        with TestClient(router_app(tmp_path, backends, stream_file_roots=[tmp_path])) as client:
             program = register(client)
             body = {"source": clip.as_uri(), "fps": 10, "webhook": hook}
             stream_id = client.post(f"/programs/{program}/streams", json=body).json()["id"]
@@ -373,16 +365,8 @@ def test_a_streams_webhook_gets_every_event_once_retried_and_the_refused_one_is_
 
 
 def test_a_router_at_its_stream_limit_leaves_a_new_stream_to_another(tmp_path, backends):
-    catalog, registry = backends
-    settings = RouterSettings(
-        database=tmp_path / "r.db",
-        backends_config=REAL_CONFIG,
-        backends=BACKENDS,
-        stream_file_roots=[SAMPLE_VIDEOS],
-        stream_tick_s=0.2,
-        max_streams=0,
-    )
-    with TestClient(create_app(settings, catalog=catalog, backends=registry)) as client:
+    app = router_app(tmp_path, backends, stream_file_roots=[SAMPLE_VIDEOS], stream_tick_s=0.2, max_streams=0)
+    with TestClient(app) as client:
         program = register(client)
         stream = client.post(f"/programs/{program}/streams", json={"source": f"file://{VIDEO}"}).json()
         time.sleep(0.5)  # a few ticks: this router claims nothing

@@ -13,6 +13,7 @@ import pytest
 
 from fmprog.backends import BackendRegistry, Function
 from fmprog.backends.base import box_iou
+from fmprog.backends.frames import FramePart
 from fmprog.images import encode_base64_png, encode_png
 from fmprog.program import Executor, compile_program
 from fmprog.scene import generate_scene
@@ -204,6 +205,11 @@ def test_a_large_frame_goes_once_through_the_object_store_and_answers_as_over_ht
         assert traces[0].error is None, traces[0].error
         assert traces[0].answer == traces[1].answer
         assert len(traces[0].invocations) == len(traces[1].invocations) >= 2
+    # a part of a stored frame through the single-call method too: the crop it names is answered
+    crop = frame[96:480, 192:576]
+    part = FramePart(ray.put(frame), (96, 192, 384, 384))
+    alone = cluster.handles["vqa-large"].vqa.remote(part, "What color is this?").result()
+    assert alone.text == over_http["vqa-large"].vqa(np.ascontiguousarray(crop), "What color is this?")
 
 
 def test_a_failing_call_fails_alone_within_its_handle_request(cluster):
