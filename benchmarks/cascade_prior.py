@@ -3,8 +3,8 @@
     python -m benchmarks.cascade_prior [--out policy/priors/cascade.json]
 
 Queries of its own (the track's templates on other objects; none is a track query) stream
-scenes from the zoo's held-out range (seeds from ``HELD_OUT_SEED_BASE + 90,000,000``: never a
-training frame of the zoo, never a frame of the benchmark's tracks, which draw seeds from 0).
+scenes from the seed range ``CASCADE_PRIOR`` (``fmprog.scene.seeds``), which no training frame of
+the zoo, evaluation set or benchmark split shares.
 
 Two kinds of evidence, pooled per model key (``policy.algorithms.evidence``) into the prior file
 ``cascade`` policies start from:
@@ -60,7 +60,7 @@ from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
 from fmprog.contract import PolicySpec, SiteGate, task_reward
 from fmprog.program import Decider, Executor, GateDecider, InvocationContext, Program, compile_program, context_vector
-from fmprog.zoo.evaluate import HELD_OUT_SEED_BASE
+from fmprog.scene.seeds import CASCADE_PRIOR
 from policy.algorithms import build_policy
 from policy.algorithms.cascade import (
     CHOICE_FEATURES,
@@ -72,7 +72,6 @@ from policy.algorithms.cascade import (
 )
 from policy.algorithms.evidence import Evidence, dump_prior, pooled
 
-FIRST_SEED = HELD_OUT_SEED_BASE + 90_000_000
 MIN_SPREAD = 0.01
 """The least variance (in sigma^2) the detector evidence is weighted by: it then counts as at most
 a hundred observations of one reward's noise per frame."""
@@ -194,7 +193,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
         binary_frames=args.binary_frames,
         binary_positives=max(1, args.binary_frames // 100),
         open_frames=args.open_frames,
-        first_seed=FIRST_SEED,
+        seeds=CASCADE_PRIOR,
     )
     cache = OutputCache(args.cache)
     backends = cached_registry(load_backends(args.config, args.costs), cache)
@@ -220,7 +219,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
         print(f"{spec_.kind:6} {query.query}: {len(frames)} frames, {time.perf_counter() - started:.0f} s", flush=True)
     about = (
         f"built by python -m benchmarks.cascade_prior from {len(specs)} queries of its own over {frames_seen} "
-        f"held-out zoo scenes (seeds from {FIRST_SEED}), backends {args.config} priced by {args.costs}, "
+        f"held-out zoo scenes (seeds from {CASCADE_PRIOR.start}), backends {args.config} priced by {args.costs}, "
         f"lambda {args.lam:g}"
     )
     return pooled(*evidence), about

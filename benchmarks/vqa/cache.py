@@ -1,16 +1,22 @@
 """Backend outputs cached per (backend, frame, call input), so a sweep costs one pass of each backend.
 
-The key is the backend's name with a digest of how it is served (its engine's options and its
-vocabulary: two configurations that give one name to different models do not share outputs), a
-digest of the exact pixels the call received (the frame or a crop of it) and the call's text (noun,
-question or prompt). The weights' bytes are not in the key: a model retrained in place under the same
-options needs a fresh cache file. Outputs live in memory and in an
-SQLite file, so a second run (another lambda, another policy, a rerun) calls no model at all for
-what the first one saw. Each process opens its own connection; writes are batched by ``flush``.
+The key is the backend's name with a digest of what makes its outputs (``backend_key``): how it is
+served (its engine's options and its vocabulary: two configurations that give one name to different
+models do not share outputs), the SHA-256 of every weights file its engine loads (a model retrained
+in place gets fresh outputs), and the parsers' version: a digest of the code that runs models and
+turns their raw output into a function's answer (``fmprog/engines``, ``fmprog/vision``,
+``fmprog/zoo`` and ``fmprog/backends/functions.py``; any change there starts the cache afresh).
+Then come a digest of the exact pixels the call received (the frame or a crop of it) and the
+call's text (noun, question or prompt). Not in the key: models an engine finds outside its
+configuration (Tesseract's language data from Debian, RapidOCR's from its wheel). Outputs live in
+memory and in an SQLite file, so a second run (another lambda, another policy, a rerun) calls no
+model at all for what the first one saw. Each process opens its own connection; writes are batched
+by ``flush``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -22,10 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
+import fmprog
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
-from fmprog.backends.config import Function
+from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.engine_config import PackageFileSource, PackagePartsSource, PathSource, ZooSource
 from fmprog.backends.functions import FUNCTIONS
+from fmprog.engines.base import EngineError
+from fmprog.engines.sources import LocalSource, model_cache_dir, resolve_source, verified_sha256
+from fmprog.zoo import WEIGHTS_DIR, zoo_entry
+
+PARSER_PACKAGES = ("engines", "vision", "zoo")
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -34,10 +48,55 @@ def image_digest(image: np.ndarray) -> str:
 
 
 def backend_key(backend: Backend) -> str:
-    """The backend's name and a digest of its engine options and vocabulary."""
+    """The backend's name and a digest of its engine options, vocabulary, weights and the parsers."""
     spec = backend.spec
     served = spec.model_dump_json(include={"engine", "vocabulary", "function"})
-    return f"{spec.name}@{hashlib.blake2b(served.encode(), digest_size=8).hexdigest()}"
+    made_by = "\x00".join([served, *weights_digests(spec), parsers_version()])
+    return f"{spec.name}@{hashlib.blake2b(made_by.encode(), digest_size=8).hexdigest()}"
+
+
+def weights_digests(spec: BackendSpec) -> list[str]:
+    """The SHA-256 of every weights file the backend's engine loads from its configuration (a zoo
+    model's committed file, a path, a package's file or parts), in the order the options list them."""
+    digests = []
+    for source in _sources(spec.engine):
+        if isinstance(source, ZooSource):
+            try:
+                path = WEIGHTS_DIR / f"{zoo_entry(source.zoo).network}.pt"
+            except KeyError as exc:  # the engine will fail to load it and say so
+                digests.append(f"unknown: {exc}")
+                continue
+            digests.append(verified_sha256(path, model_cache_dir()) if path.is_file() else f"missing {path}")
+        else:
+            try:
+                digests.append(verified_sha256(resolve_source(source), model_cache_dir()))
+            except EngineError as exc:  # the engine will fail to load it and say so
+                digests.append(f"unresolved: {exc}")
+    return digests
+
+
+@functools.cache
+def parsers_version() -> str:
+    """A digest of the code that runs the models and parses their outputs into answers."""
+    root = Path(fmprog.__file__).parent
+    files = [root / "backends" / "functions.py"]
+    for package in PARSER_PACKAGES:
+        files.extend(sorted((root / package).rglob("*.py")))
+    digest = hashlib.blake2b(digest_size=8)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\x00" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _sources(options: Any) -> list[LocalSource | ZooSource]:
+    """Every model source inside engine options, depth first."""
+    if isinstance(options, (ZooSource, PathSource, PackageFileSource, PackagePartsSource)):
+        return [options]
+    if isinstance(options, BaseModel):
+        return [s for name in type(options).model_fields for s in _sources(getattr(options, name))]
+    if isinstance(options, (list, tuple)):
+        return [s for item in options for s in _sources(item)]
+    return []
 
 
 def _encode(function: Function, output: Any) -> str:

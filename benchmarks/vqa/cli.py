@@ -14,13 +14,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="one query per type, 400 frames, one lambda: minutes")
     parser.add_argument(
-        "--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/binary.json)"
+        "--split",
+        choices=("validation", "test"),
+        help="validation: tune here; test: what the README reports (default: test)",
     )
-    parser.add_argument("--open", type=Path, help="open-form track, authors' layout (default: benchmarks/tracks/open)")
     parser.add_argument(
-        "--video", type=Path, help="real-video track, open-form layout (default: benchmarks/tracks/video)"
+        "--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/<split>/binary.json)"
     )
-    parser.add_argument("--only", choices=("binary", "open", "video"), help="run one track only")
+    parser.add_argument(
+        "--open", type=Path, help="open-form track, authors' layout (default: benchmarks/tracks/<split>/open)"
+    )
+    parser.add_argument(
+        "--video",
+        type=Path,
+        help="real-video track, open-form layout, the split's half of it runs (default: benchmarks/tracks/video)",
+    )
+    parser.add_argument("--only", help="run these tracks only: binary, open, video, comma-separated")
     parser.add_argument(
         "--config", type=Path, help="backends that answer the synthetic tracks (default: deploy/config/synthetic.yaml)"
     )
@@ -70,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> Any:
 
     values: dict[str, Any] = {"out": args.out}
     for name in (
+        "split",
         "binary",
         "open",
         "video",
@@ -87,8 +97,12 @@ def settings_from(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.only:
+        only = {name.strip() for name in args.only.split(",") if name.strip()}
+        unknown = sorted(only - {"binary", "open", "video"})
+        if unknown or not only:
+            raise ValueError(f"--only takes binary, open and video, not {', '.join(unknown) or 'nothing'}")
         for track in ("binary", "open", "video"):
-            if track != args.only:
+            if track not in only:
                 values[track] = None
     if args.costs is not None:
         values["costs"] = None if args.costs == "own" else Path(args.costs)

@@ -40,7 +40,14 @@ def _ordered(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     """Tables: per track, every run with metric, accuracy, cost, saving and regret; then the
     standalone accuracy of each backend."""
-    lines = [f"# Streaming VQA benchmark ({results['seconds']:.0f} s, {results['machine']['cpus']} CPUs)", ""]
+    made = results["provenance"]
+    lines = [
+        f"# Streaming VQA benchmark, {results['split']} split ({results['seconds']:.0f} s, "
+        f"{made['machine']['cpus']} CPUs, {made['date']}, commit {made['commit']})",
+        "",
+        f"Command: `{made['command']}`.",
+        "",
+    ]
     lines.append("Cost per frame: each track's backend costs, summed over the calls that ran.")
     lines.append("")
     for name, track in results["tracks"].items():

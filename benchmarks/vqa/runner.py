@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from benchmarks.provenance import provenance
 from benchmarks.vqa.harness import (
     LEARNED_ON_PROGRAM,
     Drift,
@@ -35,6 +35,7 @@ from benchmarks.vqa.harness import (
     worker_replay,
 )
 from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
+from benchmarks.vqa.splits import SPLITS, Split, binary_track, open_track, video_split
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 from benchmarks.vqa.video import TRACK_NAME as VIDEO_TRACK
 from fmprog.backends.config import DEFAULT_CONFIG
@@ -53,10 +54,17 @@ class BenchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     out: Path = Path("benchmarks/results/vqa")
-    binary: Path | None = Field(
-        default=Path("benchmarks/tracks/binary.json"), description="Binary track (authors' JSON)."
+    split: Split = Field(
+        default="test",
+        description="Which split the default tracks are (benchmarks/tracks/<split>) and which half of the video "
+        "track runs: validation to tune on, test to report (benchmarks/vqa/splits.py).",
     )
-    open: Path | None = Field(default=Path("benchmarks/tracks/open"), description="Open-form track (authors' layout).")
+    binary: Path | None = Field(
+        default=binary_track("test"), description="Binary track (authors' JSON); default: the split's."
+    )
+    open: Path | None = Field(
+        default=open_track("test"), description="Open-form track (authors' layout); default: the split's."
+    )
     video: Path | None = Field(
         default=Path("benchmarks/tracks/video"),
         description="Real-video track (open-form layout, frames in the camera's order; answered by video_config).",
@@ -108,6 +116,14 @@ class BenchSettings(BaseModel):
         default=True,
         description="Gated policies at the middle lambda: estimate the other runs from their logged decisions.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_tracks(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("split") in SPLITS:
+            split = values["split"]
+            return {"binary": binary_track(split), "open": open_track(split), **values}
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> BenchSettings:
@@ -172,7 +188,7 @@ def load_tracks(settings: BenchSettings) -> list[Track]:
     if settings.open is not None:
         tracks.append(load_open(settings.open))
     if settings.video is not None:
-        tracks.append(load_open(settings.video, VIDEO_TRACK, shuffle=False))
+        tracks.append(video_split(load_open(settings.video, VIDEO_TRACK, shuffle=False), settings.split))
     return [t.subset(settings.queries_per_type, settings.frames, settings.queries) for t in tracks]
 
 
@@ -242,7 +258,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
             summaries_[track.name]["verified"] = _verified(settings.video)
     return {
         "settings": settings.model_dump(mode="json"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "split": settings.split,
+        "provenance": provenance(),
         "seconds": round(time.perf_counter() - started, 1),
         "tracks": summaries_,
         "backend_calls": {name: dict(c) for name, c in sorted(calls.items())},

@@ -29,6 +29,7 @@ import numpy as np
 from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec
 from fmprog.contract import TaskKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
+from fmprog.scene.seeds import VALIDATION_TRACKS, SeedRange
 from fmprog.vision.video import SAMPLE_VIDEOS, VideoError, VideoFrames
 
 STREAM_SEED = 42
@@ -196,7 +197,7 @@ def build_streams(
     open_answered: float = 0.6,
     lookalike_share: float = 0.3,
     max_candidates: int = 300_000,
-    first_seed: int = 0,
+    seeds: SeedRange = VALIDATION_TRACKS,
 ) -> list[TrackQuery]:
     """A stream per query from generated scenes (equal thirds of easy, medium and hard frames):
 
@@ -206,8 +207,8 @@ def build_streams(
       look-alike distractors where the candidates offer enough.
 
     Frames a query is ambiguous on are skipped for it. Raises ValueError when ``max_candidates``
-    scenes do not fill a query's positives. Scenes are drawn from seed ``first_seed`` on (the
-    tracks: from 0).
+    scenes do not fill a query's positives. Scenes are taken in order from the start of ``seeds``
+    (``fmprog.scene.seeds``: a split's range for the tracks, the prior's for the cascade prior).
     """
     buckets = []
     for spec in specs:
@@ -220,7 +221,7 @@ def build_streams(
         quotas["other"] = negatives  # also tops up look-alikes that run short
         buckets.append(_Buckets(spec, quotas))
     pending = list(buckets)
-    for index in range(first_seed, first_seed + max_candidates):
+    for index in seeds.seeds(max_candidates):
         difficulty = DIFFICULTIES[index % len(DIFFICULTIES)]
         scene = generate_scene(index, difficulty)
         ref = f"scene/{difficulty}/{index}"

@@ -2,8 +2,8 @@
 
 Each step draws a batch of fresh frames (a mix of difficulties) from the scene generator; a share
 of the batch are *crops* around one object, pasted into a black canvas, so that the networks also
-see the crops programs hand to VQA and detection. Training frame seeds lie below
-``HELD_OUT_SEED_BASE``; evaluation uses seeds from there on, so it is always on unseen frames.
+see the crops programs hand to VQA and detection. Training frame seeds are drawn from
+``ZOO_TRAINING`` (``fmprog.scene.seeds``), which no evaluation set, prior or benchmark track shares.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from fmprog.scene import generate_scene
+from fmprog.scene.seeds import ZOO_TRAINING
 from fmprog.scene.vocabulary import COLORS, SHAPES, TEXTURES
 from fmprog.zoo.catalog import NetworkSpec
-from fmprog.zoo.evaluate import HELD_OUT_SEED_BASE
 from fmprog.zoo.network import PerceptionNet, TargetObject, build_targets, detection_loss, placement_of, prepare_inputs
 
 TRAIN_MIX: tuple[tuple[str, float], ...] = (("easy", 0.25), ("medium", 0.35), ("hard", 0.4))
@@ -47,7 +47,7 @@ def training_batch(
     targets: list[list[TargetObject]] = []
     for _ in range(batch_size):
         difficulty = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        scene = generate_scene(int(rng.integers(0, HELD_OUT_SEED_BASE)), difficulty)
+        scene = generate_scene(ZOO_TRAINING.draw(rng), difficulty)
         objects = [o for o in scene.objects if o.visibility >= 0.3]
         if objects and rng.random() < crop_fraction:
             focus = objects[int(rng.integers(len(objects)))]

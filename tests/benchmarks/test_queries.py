@@ -1,8 +1,10 @@
-"""The track queries: every program compiles, and under perfect perception every program (and the
-monolithic question, where the VQA grammar reads it) answers exactly the ground truth."""
+"""The track queries: every program compiles; under perfect perception every program (and the
+monolithic question, where the VQA grammar reads it) answers exactly the ground truth on frames of
+its streams in both splits; the committed streams are what ``make tracks`` builds."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -20,12 +22,15 @@ from benchmarks.vqa.queries import (
     monolithic_program,
     open_queries,
 )
-from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
+from benchmarks.vqa.splits import SCENE_SEEDS, SPLITS, binary_track, open_track
+from benchmarks.vqa.tracks import ImageResolver, build_streams, load_binary, load_open
 from fmprog.backends import BackendRegistry, BackendSpec, Detection
 from fmprog.contract import task_loss
 from fmprog.program import Executor, compile_program
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class PerfectPerception:
@@ -88,20 +93,38 @@ def test_the_tracks_have_the_paper_s_sizes():
     assert len({q.query for q in binary + open_form}) == len(binary) + len(open_form)
 
 
-def _frames(n: int = 90):
-    return [generate_scene(10_000 + i, ("easy", "medium", "hard")[i % 3]) for i in range(n)]
+def _sampled_streams() -> dict[str, list[tuple[Scene, str]]]:
+    """Per query, frames of its streams in both splits: every frame not labelled "no" or "N/A"
+    (binary: its 20 positives), and as many of the others, from the stream's start."""
+    sampled: dict[str, list[tuple[Scene, str]]] = {}
+    for split in SPLITS:
+        for track in (load_binary(ROOT / binary_track(split)), load_open(ROOT / open_track(split))):
+            for q in track.queries:
+                pairs = list(zip(q.frames, q.labels, strict=True))
+                answered = [pair for pair in pairs if pair[1] not in ("no", NOT_APPLICABLE)][:40]
+                others = [pair for pair in pairs if pair[1] in ("no", NOT_APPLICABLE)][: len(answered)]
+                for ref, label in answered + others:
+                    _, difficulty, seed = str(ref).split("/")
+                    sampled.setdefault(q.query, []).append((generate_scene(int(seed), difficulty), label))
+    return sampled
+
+
+@pytest.fixture(scope="module")
+def streams():
+    return _sampled_streams()
 
 
 @pytest.mark.parametrize("spec", binary_queries() + open_queries(), ids=lambda s: s.query)
-def test_programs_answer_the_ground_truth_under_perfect_perception(spec: QuerySpec, perfect):
+def test_programs_answer_the_ground_truth_under_perfect_perception(spec: QuerySpec, perfect, streams):
+    """On frames of the query's own streams (both splits): the program's answer, and the monolithic
+    question's, is the track's label."""
     model, executor = perfect
     program = compile_program(spec.program)
     monolithic = compile_program(monolithic_program(spec.query))
-    checked = 0
-    for scene in _frames():
-        label = spec.truth(scene.objects)
-        if label is None:
-            continue
+    frames = streams[spec.query]
+    assert len(frames) >= 2 * 2 * 20  # both splits; answered frames and as many others
+    for scene, label in frames:
+        assert spec.truth(scene.objects) == label, (scene.seed, label)
         model.scene = scene
         trace = executor.run(program, scene.image, {s.id: s.function.value for s in program.call_sites})
         assert trace.error is None, trace.error
@@ -111,23 +134,19 @@ def test_programs_answer_the_ground_truth_under_perfect_perception(spec: QuerySp
             assert whole == "unknown"  # the zoo's VQA knows the image, not facts about it
         else:
             assert task_loss(spec.kind, whole, label) == 0, (scene.seed, whole, label)
-        checked += 1
-    assert checked >= 30
 
 
-TRACKS = Path(__file__).resolve().parents[2] / "benchmarks" / "tracks"
-
-
-def test_the_committed_tracks_are_the_queries_streams():
-    """benchmarks/tracks holds what benchmarks/make_tracks.py writes: the same queries and programs, 1
+@pytest.mark.parametrize("split", SPLITS)
+def test_the_committed_tracks_are_the_queries_streams(split):
+    """benchmarks/tracks/<split> holds the queries' streams: the same queries and programs, 1
     positive per 100 frames (binary) or 200 "N/A" frames in 500 (open), labels that match the
     ground truth of the frames they name, and every program right on its positives."""
     images = ImageResolver()
     model = PerfectPerception()
     executor = _perfect_executor(model)
     for track, specs, frames in (
-        (load_binary(TRACKS / "binary.json"), binary_queries(), 2000),
-        (load_open(TRACKS / "open"), open_queries(), 500),
+        (load_binary(ROOT / binary_track(split)), binary_queries(), 2000),
+        (load_open(ROOT / open_track(split)), open_queries(), 500),
     ):
         assert [(q.query, q.program) for q in track.queries] == [(s.query, s.program) for s in specs]
         by_query = {s.query: s for s in specs}
@@ -152,3 +171,25 @@ def test_the_committed_tracks_are_the_queries_streams():
                 program, model.scene.image, {s.id: s.function.value for s in program.call_sites}
             ).answer
             assert task_loss(track.kind, answer, spec.truth(model.scene.objects)) == 0, (q.query, positive, answer)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_make_tracks_rebuilds_the_committed_streams(split):
+    """A binary and an open query rebuilt from the split's seeds give the committed streams frame for
+    frame (a query's stream depends on its own template and the seed range only, so one query
+    rebuilt alone is the one ``make tracks`` wrote)."""
+    seeds = SCENE_SEEDS[split]
+    committed_binary = json.loads((ROOT / binary_track(split)).read_text())[0]
+    rebuilt = build_streams([binary_queries()[0]], seeds=seeds)[0]
+    assert [r for r, label in zip(rebuilt.frames, rebuilt.labels, strict=True) if label == "yes"] == committed_binary[
+        "positive_images"
+    ]
+    assert [r for r, label in zip(rebuilt.frames, rebuilt.labels, strict=True) if label != "yes"] == committed_binary[
+        "negative_images"
+    ]
+    spec = open_queries()[0]
+    meta = json.loads((ROOT / open_track(split) / spec.type / "meta_annotation.json").read_text())
+    assert meta[0]["query"] == spec.query
+    annotation = json.loads((ROOT / open_track(split) / spec.type / "0" / "annotation.json").read_text())
+    rebuilt = build_streams([spec], seeds=seeds)[0]
+    assert [{"image": f, "answer": a} for f, a in zip(rebuilt.frames, rebuilt.labels, strict=True)] == annotation
