@@ -96,25 +96,43 @@ def test_learn_online_over_http_and_survive_a_policy_kill(stack):
         f"{router}/programs", json={"source": source, "kind": "binary", "lambda": 0.001, "algorithm": "fast"}
     ).json()
     assert httpx.get(f"{policy}/policies/{program['id']}").json()["algorithm"] == "fast"
+    # the triangles' detector: it runs on every frame; the labels below pay for its large backend
+    site = next(s["id"] for s in program["call_sites"] if s["function"] == "detect")
+    scenes = list(scene_stream(seed=3, count=40))
+    probe = base64.b64encode(encode_png(scenes[-1].image)).decode()  # a frame never answered
 
-    def answer_and_label(scene, feed_back: bool = True) -> dict:
+    def large_share(decision_id: str) -> float:
+        """The probability the policy gives the large detector at ``site`` on the probe frame
+        (the closed form of its Thompson draw: no sampling noise)."""
+        body = {"decision_id": decision_id, "image": probe}
+        reply = httpx.post(f"{policy}/policies/{program['id']}/decisions", json=body)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["propensities"][site]["detect-large"]
+
+    def answer_and_label(scene, label_for=lambda scene, body: _truth(scene)) -> dict:
         image = base64.b64encode(encode_png(scene.image)).decode()
         result = httpx.post(f"{router}/answer", json={"program_id": program["id"], "image": image}, timeout=60)
         assert result.status_code == 200, result.text
         body = result.json()
-        if feed_back:
-            label = {"decision_id": body["decision_id"], "label": _truth(scene)}
+        if label_for is not None:
+            label = {"decision_id": body["decision_id"], "label": label_for(scene, body)}
             response = httpx.post(f"{router}/feedback", json=label)
             assert response.status_code == 200, response.text
         return body
 
-    scenes = list(scene_stream(seed=3, count=40))
-    answers = [answer_and_label(scene) for scene in scenes[:30]]
+    def right_only_with_large(scene, body: dict) -> str:
+        """A label that makes the answer right when ``site`` ran on detect-large, wrong otherwise."""
+        said_yes = body["answer"] == "yes"
+        return "yes" if said_yes == (body["decision"][site] == "detect-large") else "no"
+
+    assert large_share("probe-before") == pytest.approx(0.5)  # nothing learned: a coin flip
+    answers = [answer_and_label(scene, right_only_with_large) for scene in scenes[:30]]
     assert not any(a["fallback"] for a in answers)
-    assert len({tuple(sorted(a["decision"].items())) for a in answers}) >= 1
+    assert {a["decision"][site] for a in answers} == {"detect-small", "detect-large"}  # both tried
     observed = lambda: httpx.get(f"{policy}/policies/{program['id']}").json()["observed"]  # noqa: E731
     wait_until(lambda: observed() == 30, "the 30 labels delivered in the background", timeout_s=30, poll_s=0.05)
-    unlabelled = answer_and_label(scenes[30], feed_back=False)  # decided by the policy, pending at the kill
+    assert large_share("probe-after") > 0.9  # learned online: the rewarded backend is now the choice
+    unlabelled = answer_and_label(scenes[30], label_for=None)  # decided by the policy, pending at the kill
 
     state["policy"].send_signal(signal.SIGKILL)
     state["policy"].wait()

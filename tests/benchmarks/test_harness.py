@@ -26,6 +26,7 @@ from benchmarks.vqa.harness import (
 from benchmarks.vqa.queries import binary_queries
 from benchmarks.vqa.runner import drift_recovery, summaries
 from benchmarks.vqa.tracks import ImageResolver, Track, build_streams, save_binary
+from fmprog.evaluation import LoggedRun, Target, evaluate
 from fmprog.program import Executor, compile_program
 from launcher.cli import main
 from policy.algorithms import build_policy
@@ -139,10 +140,17 @@ def test_the_gated_runs_logs_estimate_the_other_runs_beside_them(vision_config, 
     largest = estimates["static-largest"].evaluation
     assert any("vqa-large" in gap for gap in largest.uncovered)
     assert largest.matched < largest.runs
-    cheapest = estimates["static-cheapest"].evaluation
-    if cheapest.matched:  # where the logged runs include all-cheapest ones, their cost is all-cheapest's
-        live = result.runs[("static-small", None)]
-        assert cheapest.snips.cost_per_frame == pytest.approx(float(live.cost.mean()), rel=0.5)
+    # the warm-started cascade never runs the cheap detector first, so its log cannot say what
+    # all-cheapest costs; a cold one (the base prior alone) flips coins between the detectors and
+    # logs all-cheapest runs (deterministically: seeded), whose cost is all-cheapest's
+    program, frames = compile_program(stream.program), [ImageResolver()(ref) for ref in stream.frames]
+    cold = LabelPlan(warm=False).spec(policy_spec(program, backends, 1e-3, "cascade", setup.seed, "binary"))
+    log: list[LoggedRun] = []
+    replay_gated(cold, Executor(backends), program, frames, stream.labels, "binary", log=log)
+    [cheapest] = evaluate([Target(kind="static", backends="cheapest")], log, cold.sites, "binary", 1e-3)
+    assert cheapest.runs == len(frames) and cheapest.matched >= 10, cheapest.matched
+    live = result.runs[("static-small", None)]
+    assert cheapest.snips.cost_per_frame == pytest.approx(float(live.cost.mean()), rel=0.15)  # 0.08 off
 
 
 def test_the_runs_on_fewer_labels_learn_from_the_frames_the_budget_asks_for(vision_config, stream):

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from fmprog.contract import Feedback, PolicySpec
+from fmprog.contract import Feedback
 from policy.algorithms import ALGORITHMS, algorithm_class, build_policy, check_spec
 from policy.snapshots import load_policy, save_policy
 from tests.policy.conftest import SITE, SITES, contextual_run, make_spec, one_site_policy
@@ -140,7 +140,9 @@ def test_unknown_algorithm_class():
     spec = make_spec("fast")
     with pytest.raises(ValueError, match="not 'random'"):
         algorithm_class("random")(spec)
-    assert isinstance(spec, PolicySpec)
+    # each registered name finds the class that calls itself by it
+    assert {name: algorithm_class(name).name for name in ALGORITHMS} == {name: name for name in ALGORITHMS}
+    assert algorithm_class("fast")(spec).name == "fast"
 
 
 @pytest.mark.parametrize(

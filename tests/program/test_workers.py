@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fmprog.backends import BackendSpec, Function
 from fmprog.program import CascadeDecider, ExecutionLimits, Executor, InvalidDecision, Trace, compile_program
 from fmprog.program.workers import WorkerPool
 from tests.fakes import Zoo, all_of, box
@@ -47,11 +48,28 @@ def frame() -> np.ndarray:
     return rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
 
 
+class FakeReader:
+    """Reads a text that depends on the patch's pixels (its shape and their sum)."""
+
+    def ocr(self, image: np.ndarray) -> str:
+        return f"SIGN {image.shape[0]}x{image.shape[1]} {int(image.sum()) % 97}"
+
+
 @pytest.fixture
 def zoo() -> Zoo:
     zoo = Zoo()
-    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)], "car": [box(50, 20, 90, 50)]})
+    zoo.set_boxes(
+        {
+            "person": [box(10, 10, 40, 60)],
+            "bicycle": [box(12, 40, 42, 70)],
+            "car": [box(50, 20, 90, 50)],
+            "circle": [box(100, 30, 130, 60)],
+        }
+    )
     zoo.set_vqa(lambda image, question: f"yes {image.shape[0]}x{image.shape[1]} {int(image.sum()) % 97}")
+    for name, cost in (("ocr-small", 0.4), ("ocr-large", 4.0)):  # the shared fake zoo reads no text
+        zoo.models[name] = FakeReader()
+        zoo.specs.append(BackendSpec(name=name, function=Function.ocr, cost=cost))
     return zoo
 
 
@@ -65,8 +83,7 @@ def pool(zoo: Zoo) -> Iterator[WorkerPool]:
 def test_a_program_in_a_worker_traces_as_in_process(pool: WorkerPool, zoo: Zoo, frame: np.ndarray, path: Path):
     program = compile_program(path.read_text())
     decision = all_of(program, "small")
-    if not set(decision.values()) <= set(zoo.models):
-        pytest.skip("the fake zoo has no backend for one of its functions")
+    assert set(decision.values()) <= set(zoo.models), "the fake zoo has no backend for one of its functions"
     in_process = Executor(zoo.registry(), ExecutionLimits(timeout_s=1.5), retries=1).run(program, frame, decision)
     assert _without_latency(pool.run(program, frame, decision)) == _without_latency(in_process)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from router.programs import ProgramRegistry
 from router.settings import RouterSettings
 from tests.fakes import Zoo, box
 from tests.router.conftest import create, example
+from tests.servers import wait_until
 
 KEY = "k" * 24
 NESTED_EQUAL = (
@@ -63,8 +63,10 @@ def test_a_run_killed_at_its_deadline_is_answered_and_recorded_while_others_answ
     zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
     answerer = Answerer(programs, zoo.registry(), limits=ExecutionLimits(timeout_s=1), workers=2)
     frame = np.zeros((80, 100, 3), np.uint8)
+    # the hostile run looks for cars (the normal one never does): its call says it is in its loop
+    hostile_source = NESTED_EQUAL.replace("find('person')", "find('car')")
     try:
-        hostile = programs.register(create("person_on_bike").model_copy(update={"source": NESTED_EQUAL}))
+        hostile = programs.register(create("person_on_bike").model_copy(update={"source": hostile_source}))
         normal = programs.register(create("person_on_bike"))
         assert isinstance(answerer.executor, WorkerPool)
         answerer.executor.warm()  # both workers up: one for the attack, one for everyone else
@@ -75,16 +77,22 @@ def test_a_run_killed_at_its_deadline_is_answered_and_recorded_while_others_answ
 
         thread = threading.Thread(target=attack)
         thread.start()
-        latencies = []
+        detector = zoo.models["detect-small"]
+        wait_until(
+            lambda: any(noun == "car" for _, noun in detector.calls),
+            "the hostile run started",
+            timeout_s=30,
+            poll_s=0.01,
+        )
+        answered_meanwhile = 0  # normal answers that came back while the hostile run was still going
         while thread.is_alive():
-            started = time.perf_counter()
             assert answerer.answer(normal.id, frame, None).error is None
-            latencies.append(time.perf_counter() - started)
+            answered_meanwhile += thread.is_alive()
         thread.join()
         stopped = results["hostile"]
         assert stopped.error is not None and stopped.error.kind == "timeout"
         assert programs.store.get_answer(stopped.decision_id).error.kind == "timeout"  # type: ignore[union-attr]
-        assert len(latencies) > 3 and sorted(latencies)[len(latencies) // 2] < 0.1
+        assert answered_meanwhile >= 1  # not queued behind the hostile run
     finally:
         answerer.close()
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 import numpy as np
 import pytest
 
 from fmprog.scene import DIFFICULTIES, SceneKnobs, generate_scene, scene_stream
-from fmprog.scene.generator import shape_mask
+from fmprog.scene.generator import KNOBS, shape_mask
 from fmprog.scene.vocabulary import COLOR_RGB, COLORS, SHAPES, SIZE_RANGES, SIZES, TEXTURES, plural, singular, size_of
 
 
@@ -95,10 +95,20 @@ def test_difficulty_knobs_change_the_statistics():
     assert easy["roughness"] < hard["roughness"]
 
 
+def _knobs(knobs: SceneKnobs) -> np.ndarray:
+    """Every knob as one flat vector of numbers, ranges unpacked."""
+    return np.hstack([np.atleast_1d(value) for value in astuple(knobs)]).astype(float)
+
+
 def test_continuous_level_interpolates_the_presets():
-    assert SceneKnobs.at_level(0.0) == SceneKnobs.at_level(0.0)
-    mid = SceneKnobs.at_level(0.75)
-    assert SceneKnobs.at_level(0.5).n_objects[1] <= mid.n_objects[1] <= SceneKnobs.at_level(1.0).n_objects[1]
+    easy, medium, hard = (_knobs(KNOBS[d]) for d in DIFFICULTIES)
+    # the presets at their levels, and clamped beyond them
+    for level, preset in ((-1.0, easy), (0.0, easy), (0.5, medium), (1.0, hard), (2.0, hard)):
+        np.testing.assert_allclose(_knobs(SceneKnobs.at_level(level)), preset, err_msg=f"level {level}")
+    # linear between them (the presets' integer knobs are even apart, so their midpoints are exact)
+    np.testing.assert_allclose(_knobs(SceneKnobs.at_level(0.25)), (easy + medium) / 2)
+    np.testing.assert_allclose(_knobs(SceneKnobs.at_level(0.75)), (medium + hard) / 2)
+    assert SceneKnobs.at_level(0.75).n_objects == (4, 7)
     scene = generate_scene(5, 0.9)
     assert scene.difficulty == "hard" and scene.level == pytest.approx(0.9)
     with pytest.raises(ValueError, match="difficulty"):

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from fmprog.backends import BackendCatalog, BackendRegistry, BackendSpec, Function
 from fmprog.images import encode_base64_png
 from fmprog.program import Executor, compile_program
+from fmprog.program import executor as executor_module
 from router.app import create_app
 from router.settings import RouterSettings
 from services.client import BackendCallError, HttpBackend
@@ -34,13 +35,20 @@ FRAME = np.zeros((16, 16, 3), np.uint8)
 
 
 class Flaky:
-    """What the fake backend answers: ``status`` (200: no detections), after ``delay_s``; counts requests."""
+    """What the fake backend answers: ``status`` (200: no detections); counts requests and the most in
+    flight at once. With ``gather`` set, each request waits (up to ``gather_s``, then no request
+    waits any more) until that many have been in flight together, so that requests sent concurrently
+    are all seen in flight at once however slowly they arrive, and requests sent one after another
+    are not."""
 
     def __init__(self) -> None:
         self.status = 200
-        self.delay_s = 0.0
         self.requests = 0
-        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gather = 0
+        self.gather_s = 10.0
+        self._changed = threading.Condition()
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -51,9 +59,15 @@ class Flaky:
 
         @app.post("/{backend}/detect")
         def detect(backend: str, body: dict[str, Any]) -> JSONResponse:
-            with self._lock:
+            with self._changed:
                 self.requests += 1
-            time.sleep(self.delay_s)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                self._changed.notify_all()
+                if not self._changed.wait_for(lambda: self.most_in_flight >= self.gather, timeout=self.gather_s):
+                    self.gather = 0  # given up: the others do not wait
+                    self._changed.notify_all()
+                self.in_flight -= 1
             if self.status != 200:
                 return JSONResponse({"detail": f"failing with {self.status}"}, status_code=self.status)
             return JSONResponse({"detections": [], "backend": backend, "batch_size": 1, "compute_s": 0.0})
@@ -78,12 +92,10 @@ def test_the_circuit_opens_after_failures_in_a_row_refuses_at_once_then_a_trial_
             detect(FRAME, "circle")
         assert failed.value.retryable
     assert client.circuit_open()
-    started = time.perf_counter()
     with pytest.raises(BackendCallError, match="circuit open after 3 failed calls in a row") as refused:
         detect(FRAME, "circle")
-    assert time.perf_counter() - started < 0.05
     assert not refused.value.retryable
-    assert server.requests == 3  # refused without a request
+    assert server.requests == 3  # refused at once: without a request
 
     server.status = 200
     time.sleep(0.6)
@@ -108,13 +120,13 @@ def test_refusals_do_not_open_the_circuit(flaky):
 
 def test_the_breaker_does_not_serialise_concurrent_calls(flaky):
     server, url = flaky
-    server.delay_s = 0.4
+    server.gather = 4  # each request is held until all four are in flight (or, serialised, gives up)
     client = HttpBackend(SPEC, url)
-    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: client.model().detect(FRAME, "circle"), range(4)))
     assert results == [[]] * 4
-    assert time.perf_counter() - started < 1.2  # four in a row would take 1.6 s
+    assert server.requests == 4
+    assert server.most_in_flight == 4  # sent one after another, only one would ever be in flight
     client.close()
 
 
@@ -124,9 +136,25 @@ def _registry(client: HttpBackend, zoo: Zoo) -> BackendRegistry:
     return BackendRegistry.from_specs(specs, models)
 
 
-def test_retries_pause_with_jitter_and_an_open_circuit_goes_to_the_alternate_at_once(flaky):
+class _Sleeps:
+    """The executor module's ``time``, recording each pause it sleeps (and still sleeping it)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_retries_pause_with_jitter_and_an_open_circuit_goes_to_the_alternate_at_once(flaky, monkeypatch):
     server, url = flaky
     server.status = 503
+    sleeps = _Sleeps()
+    monkeypatch.setattr(executor_module, "time", sleeps)
     client = HttpBackend(SPEC, url, breaker_failures=2, breaker_reset_s=60)
     executor = Executor(_registry(client, Zoo()), retries=1, retry_backoff_s=(0.1, 0.15))
     program = compile_program(SOURCE)
@@ -139,16 +167,18 @@ def test_retries_pause_with_jitter_and_an_open_circuit_goes_to_the_alternate_at_
     assert trace.answer == "no"
     calls = [(i.backend, i.attempt, i.ok) for i in trace.invocations]
     assert calls == [("detect-small", 1, False), ("detect-small", 2, False), ("detect-large", 1, True)]
-    assert 0.1 <= elapsed < 1.0  # one pause before the retry
+    assert elapsed >= 0.1  # the pause before the retry happened (at least its lower bound)
+    assert len(sleeps.pauses) == 1  # one pause: before the retry, none before the alternate
+    assert server.requests == 2
     assert client.circuit_open()
 
-    started = time.perf_counter()
     trace = executor.run(program, FRAME, decision, alternates=alternates)
-    assert time.perf_counter() - started < 0.1  # neither a request nor a pause
     calls = [(i.backend, i.attempt, i.ok) for i in trace.invocations]
     assert calls == [("detect-small", 1, False), ("detect-large", 1, True)]
     assert "circuit open" in trace.invocations[0].error
-    assert server.requests == 2
+    assert server.requests == 2  # no request to the open circuit
+    assert len(sleeps.pauses) == 1  # and no pause: the alternate at once
+    assert client.circuit_open()
     client.close()
 
 
