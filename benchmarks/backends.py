@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import provenance
 from fmprog.backends import FUNCTIONS, BackendSpec, Function
 from fmprog.images import encode_base64_png
 from fmprog.scene import generate_scene
@@ -214,7 +215,8 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "startup_s": startup_s, "backends": rows}, indent=2) + "\n")
+    report = {"provenance": provenance(), "config": args.config, "startup_s": startup_s, "backends": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

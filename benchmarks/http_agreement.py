@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.provenance import provenance
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import ReplaySetup, load_backends
 from benchmarks.vqa.http import agreement
@@ -32,7 +33,7 @@ LAMBDA = 1e-3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--track", type=Path, default=Path("benchmarks/tracks/binary.json"))
+    parser.add_argument("--track", type=Path, default=Path("benchmarks/tracks/test/binary.json"))
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vqa/http_agreement.json"))
@@ -53,7 +54,7 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     report.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    args.out.write_text(json.dumps({"provenance": provenance(), "rows": report}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

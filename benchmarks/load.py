@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.provenance import provenance
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
 from launcher.process import StackProcess
@@ -286,7 +287,7 @@ def main() -> None:
                 raise RuntimeError(f"fmprog up did not stop cleanly:\n{stack.output(20)}")
 
     results = {
-        "machine": f"{os.cpu_count()} CPUs",
+        "provenance": provenance(),
         "load_average_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},  # others' work too
         "backends": args.backends.split(","),
         "requests": args.requests,

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from fmprog.backends.config import DEFAULT_CONFIG
 from fmprog.engines.sources import sha256_file
 
@@ -693,6 +694,7 @@ def main() -> None:
             },
             "downloaded": downloaded,
         },
+        "provenance": provenance(),
         "machine": machine(),
         "tuned": {name: r["tuned_confidence"] for name, r in results.items() if r["engine"] == "darknet"},
         "targets": rows,

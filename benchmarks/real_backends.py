@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
 import time
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from fmprog.backends import BackendSpec, Function, load_catalog
 from fmprog.backends.config import DEFAULT_CONFIG
 from fmprog.backends.engine_config import ClassifierEngineOptions, DarknetEngineOptions, DarknetModel, HogEngineOptions
@@ -201,8 +200,8 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    out.write_text(json.dumps({"config": args.config, "machine": machine, "backends": rows}, indent=2) + "\n")
+    report = {"provenance": provenance(), "config": args.config, "backends": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(table + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

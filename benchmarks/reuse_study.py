@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from benchmarks.vqa.tracks import load_open, parse_video_ref
 from benchmarks.vqa.video import VIDEO
 from fmprog.streams.reuse import ReuseChoice, ReuseFeatures, ReuseGate, ReuseParams, reuse_features, signature
@@ -366,7 +366,7 @@ def main() -> None:
     }
     results |= study(queries, streams, params, args.seeds)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    results["machine"] = {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}
+    results["provenance"] = provenance()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reuse_study.json").write_text(json.dumps(_rounded(results), indent=1) + "\n")
     (args.out / "reuse_study.md").write_text(markdown(results, params) + "\n")

@@ -70,15 +70,11 @@ import argparse
 import base64
 import contextlib
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +83,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import process_cpu
+from benchmarks.provenance import provenance
 from fmprog.images import encode_png
 from fmprog.scene import scene_stream
 from launcher.process import StackProcess
@@ -730,19 +727,6 @@ def print_real(real: dict[str, Any]) -> None:
     )
 
 
-def git_commit() -> str | None:
-    """HEAD's short hash, noting uncommitted changes; None outside a git checkout."""
-    options: dict[str, Any] = {"cwd": ROOT, "capture_output": True, "text": True}
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, **options)
-        dirty = subprocess.run(["git", "status", "--porcelain"], check=False, **options).stdout.strip()
-    except OSError:
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS))
@@ -786,9 +770,7 @@ def main() -> None:
     print(f"\nall done in {total_s:.0f} s")
 
     out = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": f"{os.cpu_count()} CPUs, {platform.platform()}",
+        "provenance": provenance(),
         "frames": args.frames,
         "cpu_frames": args.cpu_frames,
         "seconds": round(total_s, 1),

@@ -25,7 +25,6 @@ import base64
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.provenance import provenance
 from benchmarks.router_http import stream_answers
 from fmprog.backends import BackendCatalog, BackendRegistry, BackendSpec, Detection, Function
 from fmprog.images import encode_png
@@ -217,9 +217,8 @@ def run(database: str, frames: int, clients: int, rounds: int, state: Path) -> d
     one_median = float(np.median([r["answers_per_s"] for r in one]))
     two_median = float(np.median([r["answers_per_s"] for r in two]))
     return {
+        "provenance": provenance(),
         "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
             "load_average_1m_before": round(load_before[0], 2),
             "load_average_1m_after": round(os.getloadavg()[0], 2),
         },

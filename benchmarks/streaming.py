@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import threading
 import time
@@ -38,6 +36,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from benchmarks.camera import VTEST, rtsp_source
+from benchmarks.provenance import provenance
 from benchmarks.router_replicas import register as register_stub
 from benchmarks.router_replicas import start_policy, start_router, stopping
 from benchmarks.vqa.tracks import load_open, parse_video_ref
@@ -301,10 +300,14 @@ def main() -> None:
         "fps": FPS,
         "lambda": LAMBDA,
         "backends": BACKENDS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "provenance": provenance(),
     }
-    if args.out.is_file():  # keep what an earlier run measured and this one does not
-        report = {**json.loads(args.out.read_text()), **report}
+    if args.out.is_file():  # keep what an earlier run measured and this one does not, and its provenance
+        earlier = json.loads(args.out.read_text())
+        earlier.pop("machine", None)  # before provenance records
+        kept = earlier.pop("earlier_provenance", [])
+        report["earlier_provenance"] = [*kept, earlier.pop("provenance")] if "provenance" in earlier else kept
+        report = {**earlier, **report}
     if not args.recovery_only:
         queries = track_queries()
         chosen = args.queries if args.queries else list(range(len(queries)))

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
+from benchmarks.provenance import provenance
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import load_backends
 from benchmarks.vqa.synthesis import WITHIN, QueryMeasure, dry_run_refs, held_out, measure_query, summarize
@@ -31,8 +30,8 @@ from router.synthesis import ProgramSynthesizer, synthesis_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", type=Path, default=Path("benchmarks/tracks/binary.json"))
-    parser.add_argument("--open", type=Path, default=Path("benchmarks/tracks/open"))
+    parser.add_argument("--binary", type=Path, default=Path("benchmarks/tracks/test/binary.json"))
+    parser.add_argument("--open", type=Path, default=Path("benchmarks/tracks/test/open"))
     parser.add_argument("--config", type=Path, default=Path("deploy/config/synthetic.yaml"))
     parser.add_argument("--frames", type=int, default=100, help="held-out frames per query (default: %(default)s)")
     parser.add_argument("--only", help="only the queries whose text contains this")
@@ -93,7 +92,7 @@ def main() -> None:
         "synthesizer": model.name,
         "frames_per_query": args.frames,
         "within_points": WITHIN,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "provenance": provenance(),
         "wall_s": time.perf_counter() - started,
         "summary": summary,
         "queries": [_record(m) for m in measures],

@@ -8,22 +8,31 @@
    lists (stopped by the pool at its deadline, again and again); prints p50 and p99 of the
    answers both ways.
 
-    python -m benchmarks.worker_pool [--runs N] [--seconds S]
+Also timed: starting the pool's workers (``WorkerPool.warm``). Writes the numbers and their
+provenance to ``--out`` (JSON).
+
+    python -m benchmarks.worker_pool [--runs N] [--seconds S] [--out benchmarks/results/worker_pool.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.executor_overhead import PROGRAM, InstantDetector, InstantVQA
+from benchmarks.provenance import provenance
 from fmprog.backends import BackendRegistry, BackendSpec, Function
 from fmprog.program import ExecutionLimits, Executor, compile_program
 from fmprog.program.workers import WorkerPool
+
+OUT = Path("benchmarks/results/worker_pool.json")
+WORKERS = 2
 
 NESTED_EQUAL = (
     "def execute_command(image):\n"
@@ -43,10 +52,16 @@ def _line(name: str, samples: list[float]) -> str:
     return f"{name:<28} p50 {p50 * 1e3:7.3f} ms   p99 {p99 * 1e3:7.3f} ms   ({len(samples)} runs)"
 
 
+def _summary(samples: list[float]) -> dict[str, float | int]:
+    p50, p99 = _quantiles(samples)
+    return {"p50_ms": round(p50 * 1e3, 3), "p99_ms": round(p99 * 1e3, 3), "runs": len(samples)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=OUT, help="write the results as JSON here (default: %(default)s)")
     args = parser.parse_args()
 
     registry = BackendRegistry.from_specs(
@@ -62,8 +77,11 @@ def main() -> None:
     limits = ExecutionLimits(timeout_s=2.0)
     executor = Executor(registry, limits)
 
-    with WorkerPool(registry, limits, workers=2, kill_margin_s=0.5) as pool:
+    with WorkerPool(registry, limits, workers=WORKERS, kill_margin_s=0.5) as pool:
+        started = time.perf_counter()
         pool.warm()
+        warm_s = time.perf_counter() - started
+        print(f"{WORKERS} workers started in {warm_s:.2f} s ({warm_s / WORKERS:.2f} s each)")
         for _ in range(50):
             pool.run(program, frame, decision)
             executor.run(program, frame, decision)
@@ -112,6 +130,27 @@ def main() -> None:
         print(f"{'attack runs stopped':<28} {len(stopped)} ({kinds}); workers killed: {pool.kills}")
         ratio = _quantiles(attacked)[1] / _quantiles(idle)[1]
         print(f"{'p99 under attack / alone':<28} {ratio:.2f}")
+        kills = pool.kills
+    report = {
+        "provenance": provenance(),
+        "frame": "640x480",
+        "workers": WORKERS,
+        "timeout_s": limits.timeout_s,
+        "worker_start_s": round(warm_s / WORKERS, 3),
+        "in_process": _summary(in_process),
+        "worker_pool": _summary(pooled),
+        "added_p50_ms": round(added * 1e3, 3),
+        "seconds_per_phase": args.seconds,
+        "alone": _summary(idle),
+        "under_attack": _summary(attacked),
+        "attack_runs_stopped": len(stopped),
+        "attack_stopped_as": sorted(set(stopped)),
+        "workers_killed": kills,
+        "p99_under_attack_over_alone": round(ratio, 2),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
