@@ -2,7 +2,7 @@
 looks for (``find("purple hexagon")`` and ``find("orange circle")``: a scene with both), so that
 the code that handles found objects runs before the program is accepted.
 
-The scenes come from a fixed pool of seeded scenes (``TARGET_POOL`` from ``TARGET_SEED``), searched
+The scenes come from a fixed pool of seeded scenes (the first ``TARGET_POOL`` of ``HELD_OUT``), searched
 once per process.
 """
 
@@ -15,11 +15,11 @@ from functools import lru_cache
 import numpy as np
 
 from fmprog.scene.generator import KNOBS, Scene, generate_scene
+from fmprog.scene.seeds import HELD_OUT
 from fmprog.scene.vocabulary import COLORS, SHAPES, SIZES, TEXTURES
 
 TARGETED_FRAMES = 3  # dry-run scenes holding every object the program looks for, run first
 TARGET_POOL = 3000  # generated scenes searched for them (about 1.5 s, once per process)
-TARGET_SEED = 1_000_000_000  # their seeds, apart from the benchmark tracks' (which count from 0)
 # Easy scenes (clean, no occlusion) with more objects and none small, so that two named objects
 # often share a scene and the cheapest detector finds them (a dry run must reach the code after
 # the finds, not test perception).
@@ -63,7 +63,7 @@ def _scene_pool() -> list[tuple[int, list[frozenset[str]]]]:
     """The searched scenes' seeds, each with the scene words of its objects."""
     return [
         (seed, [frozenset((o.color, o.shape, o.texture, o.size)) for o in _target_scene(seed).objects])
-        for seed in range(TARGET_SEED, TARGET_SEED + TARGET_POOL)
+        for seed in HELD_OUT.seeds(TARGET_POOL)
     ]
 
 

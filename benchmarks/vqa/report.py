@@ -66,17 +66,26 @@ def markdown(results: dict[str, Any]) -> str:
             ]
         both = metric != "Accuracy"  # F1, and accuracy beside it
         accuracy = " Accuracy |" if both else ""
-        lines.append(f"| Policy | {metric} | Δ vs {short} |{accuracy} Cost/frame | Saving vs {short} | Regret/frame |")
-        lines.append("|---|---|---|" + "---|" * both + "---|---|---|")
+        large = next((e for e in track["entries"] if e["policy"] == "static-large"), None)
+        versus_large = large is not None and reference != "static-large"
+        delta_large = " Δ vs static-large |" if versus_large else ""
+        share = " Share of static-large's cost |" if large is not None else ""
+        lines.append(
+            f"| Policy | {metric} | Δ vs {short} |{delta_large}{accuracy} Cost/frame | Saving vs {short} |{share}"
+            " Regret/frame |"
+        )
+        lines.append("|---|---|---|" + "---|" * (both + versus_large + (large is not None)) + "---|---|---|")
         for e in _ordered(track["entries"]):
             regret = f"{e['regret_per_frame']:.1f}" if "regret_per_frame" in e else ""
             accuracy = f" {e['accuracy']:.3f} |" if both else ""
             delta = e.get("metric_delta_vs_reference", e["metric_delta_vs_monolithic_large"])
             saving = e.get("saving_vs_reference", e["saving_vs_monolithic_large"])
+            to_large = f" {100 * (e['metric'] - large['metric']):+.1f} pts |" if versus_large else ""
+            of_large = f" {100 * e['cost_per_frame'] / large['cost_per_frame']:.0f}% |" if large is not None else ""
             lines.append(
-                f"| {_name(e)} | {e['metric']:.3f} | {100 * delta:+.1f} pts "
-                f"|{accuracy} {e['cost_per_frame']:.0f} "
-                f"| {100 * saving:.1f}% | {regret} |"
+                f"| {_name(e)} | {e['metric']:.3f} | {100 * delta:+.1f} pts |{to_large}"
+                f"{accuracy} {e['cost_per_frame']:.0f} "
+                f"| {100 * saving:.1f}% |{of_large} {regret} |"
             )
         lines += _verified_table(track)
         if "drift" in track:

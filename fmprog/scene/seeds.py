@@ -1,9 +1,10 @@
 """The scene generator's seed ranges, one per use, disjoint by construction.
 
 A generated frame is its seed (and difficulty), so keeping uses apart is keeping seeds apart. Every
-consumer draws from its own range here: the zoo's training, the zoo's evaluation sets, the shipped
-cascade prior, and the benchmark's two splits (validation: what policies and hand rules are tuned
-on; test: what the README reports). ``tests/scene/test_seeds.py`` checks that no two overlap.
+consumer draws from its range here: the zoo's training; held-out scenes, which only measure or check
+(the zoo's evaluation sets, and the scenes the router dry-runs a synthesized program on); the
+shipped cascade prior; and the benchmark's two splits (validation: what policies and hand rules are
+tuned on; test: what the README reports). ``tests/scene/test_seeds.py`` checks that no two overlap.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class SeedRange:
 
 
 ZOO_TRAINING = SeedRange("zoo training", 0, 1_000_000_000)
-ZOO_EVALUATION = SeedRange("zoo evaluation", 1_000_000_000, 1_090_000_000)
+HELD_OUT = SeedRange("held-out scenes (zoo evaluation, synthesis dry runs)", 1_000_000_000, 1_090_000_000)
 CASCADE_PRIOR = SeedRange("cascade prior", 1_090_000_000, 1_100_000_000)
 VALIDATION_TRACKS = SeedRange("benchmark validation split", 2_000_000_000, 2_100_000_000)
 TEST_TRACKS = SeedRange("benchmark test split", 3_000_000_000, 3_100_000_000)
 
-SEED_RANGES: tuple[SeedRange, ...] = (ZOO_TRAINING, ZOO_EVALUATION, CASCADE_PRIOR, VALIDATION_TRACKS, TEST_TRACKS)
+SEED_RANGES: tuple[SeedRange, ...] = (ZOO_TRAINING, HELD_OUT, CASCADE_PRIOR, VALIDATION_TRACKS, TEST_TRACKS)
