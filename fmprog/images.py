@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.ImageFile import ImageFile
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 """The one frame limit, in pixels (width times height): the router refuses a larger frame, and the
@@ -55,28 +62,60 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def check_image(
+    data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """The frame's ``(width, height)`` read from its header alone, no pixel decoded: the refusal
+    ``decode_image`` would give (ImageError) for bytes that are not a PNG or JPEG within the limits,
+    at a fraction of its cost, so that a bad frame is refused before anything else is asked."""
+    with _opened(data, max_bytes, max_pixels) as img:
+        return img.size
+
+
 def decode_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode PNG or JPEG bytes to an RGB uint8 array; raise ImageError naming what is wrong."""
-    from PIL import Image, UnidentifiedImageError
+    with _opened(data, max_bytes, max_pixels) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, max_bytes: int, max_pixels: int) -> Iterator[ImageFile]:
+    """The image, its header read and checked against the limits, its pixels not decoded yet;
+    any failure of the block (decoding them) is an ImageError too.
+
+    Opened by Pillow's PNG or JPEG reader directly rather than by ``Image.open``: that runs
+    Pillow's own decompression-bomb check on the size the header claims (a warning above 89 M
+    pixels, DecompressionBombError above 179 M), which would answer before the project's limit
+    (``max_pixels``, lower) could name the size and the limit."""
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
     if not data:
         raise ImageError("image is empty")
     if len(data) > max_bytes:
         raise ImageError(f"image is {len(data)} bytes, more than the limit of {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in {"PNG", "JPEG"}:
-                raise ImageError(f"image format {img.format} is not supported (use PNG or JPEG)")
+        if data.startswith(PNG_SIGNATURE):
+            reader: type[ImageFile] = PngImagePlugin.PngImageFile
+        elif data.startswith(JPEG_SIGNATURE):
+            reader = JpegImagePlugin.JpegImageFile
+        else:
+            with Image.open(io.BytesIO(data)) as other:  # only to name the format it is
+                raise ImageError(f"image format {other.format} is not supported (use PNG or JPEG)")
+        with reader(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
                 raise ImageError(
                     f"image is {img.width}x{img.height}, more than the limit of {max_pixels} pixels (width x height)"
                 )
-            return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except UnidentifiedImageError as exc:
-        raise ImageError("image is not a PNG or JPEG file") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, ImageError):
-            raise
+            yield img
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("image is not a PNG or JPEG file") from exc  # nor one Pillow can name within its limit
+    except (OSError, SyntaxError, ValueError, IndexError, struct.error) as exc:
         raise ImageError(f"image cannot be decoded: {exc}") from exc
 
 

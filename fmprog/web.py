@@ -1,5 +1,6 @@
 """Pieces every fmprog HTTP service shares: one error shape, readable validation errors, bearer
-authentication and a request size limit (pure ASGI middlewares, so they never buffer a body)."""
+authentication, a request size limit and a check of JSON bodies (pure ASGI middlewares; only the
+last one buffers a body, a JSON one, which the routes read whole anyway)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
@@ -231,3 +233,78 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+MAX_JSON_DEPTH = 64
+"""How deep a request's JSON may nest (objects and arrays): far more than any body of the services
+needs, far less than what makes Python's own JSON parser (or a validator after it) recurse past its
+stack, a RecursionError (a 500)."""
+
+_JSON_STRING = re.compile(rb'"[^"]*"?')  # a string, closed or not, once its escapes are gone
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def json_body_problem(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a JSON request body cannot be read safely, or None (also for a body that is not JSON
+    at all: the route says what is wrong with it). Refused: objects and arrays nested deeper than
+    ``max_depth``, and a lone surrogate escape (``"\\ud800"``, half of a UTF-16 pair), text that
+    is not Unicode: Python's parser takes it, but it can be neither stored nor sent back as UTF-8.
+
+    The depth is counted on the brackets outside strings, in C and numpy (linear in the body, no
+    parse); only a body that writes a surrogate escape at all is parsed here to find a lone one."""
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")  # pairs from the left, as JSON reads them
+    skeleton = _JSON_STRING.sub(b"", unescaped).translate(None, _NOT_BRACKET)
+    if skeleton.count(b"[") + skeleton.count(b"{") > max_depth:
+        import numpy as np
+
+        depth = int(np.cumsum(np.frombuffer(skeleton.translate(_STEPS), np.int8), dtype=np.int32).max())
+        if depth > max_depth:
+            return f"body: JSON nested {depth} levels deep, more than the limit of {max_depth}"
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return None
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        escape = f"\\u{ord(exc.object[exc.start]):04x}"
+        return f"body: a JSON string holds a lone surrogate ({escape}), which is not a Unicode character"
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route's own parser answers
+    return None
+
+
+class JsonGuard:
+    """Refuses (422, naming the problem) a JSON request body that ``json_body_problem`` finds
+    cannot be read safely, before any route parses it. A body is taken as JSON, whatever its
+    content type, when its first byte that is not blank opens an object or an array: the routes
+    that parse JSON read it whole anyway. Any other body (an image, a form) streams through."""
+
+    def __init__(self, app: ASGIApp, max_depth: int = MAX_JSON_DEPTH):
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received: list[Message] = []
+        first = b""  # the body's first byte that is not blank
+        more = True
+        while more and not first:
+            received.append(await receive())
+            first = received[-1].get("body", b"").lstrip()[:1]
+            more = received[-1]["type"] == "http.request" and received[-1].get("more_body", False)
+        if first in (b"{", b"["):
+            while more:
+                received.append(await receive())
+                more = received[-1]["type"] == "http.request" and received[-1].get("more_body", False)
+            problem = json_body_problem(b"".join(m.get("body", b"") for m in received), self.max_depth)
+            if problem is not None:
+                await _reply(send, 422, problem)
+                return
+
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)

@@ -29,6 +29,7 @@ from fmprog.images import ImageError, base64_bytes, decode_image
 from fmprog.web import (
     BearerAuth,
     BodyLimit,
+    JsonGuard,
     LoopbackOnly,
     add_operations_routes,
     declare_error_shape,
@@ -78,6 +79,7 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
             service.close()
 
     app = FastAPI(title="fmprog policy", description="Per-program backend choice, learned online.", lifespan=lifespan)
+    app.add_middleware(JsonGuard)  # inside BodyLimit: it reads no more than the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)

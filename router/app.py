@@ -27,6 +27,7 @@ from fmprog.images import ImageError, base64_bytes
 from fmprog.web import (
     BearerAuth,
     BodyLimit,
+    JsonGuard,
     LoopbackOnly,
     add_operations_routes,
     declare_error_shape,
@@ -259,6 +260,7 @@ def create_app(
 
     description = "Register programs, answer frames, take feedback."
     app = FastAPI(title="fmprog router", description=description, lifespan=lifespan)
+    app.add_middleware(JsonGuard)  # inside BodyLimit: it reads no more than the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)

@@ -39,7 +39,7 @@ from fmprog.contract import (
     RewardConfig,
     score_answer,
 )
-from fmprog.images import ImageError, decode_image, encode_jpeg
+from fmprog.images import ImageError, check_image, decode_image, encode_jpeg
 from fmprog.program import Program
 from fmprog.streams.gates import CameraGates
 from fmprog.streams.reuse import ReuseParams
@@ -250,7 +250,9 @@ class RouterService:
         """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: the program
         read (and compiled) once, the frame decoded once, the decision checked once, one record.
 
-        The policy decides on the same bytes while this thread decodes the frame: the two are
+        The frame's header is checked first: a frame the router refuses (not a PNG or JPEG, more
+        pixels than the limit) never reaches the policy, whose refusal would cost a round trip. Then
+        the policy decides on the same bytes while this thread decodes the frame: the two are
         independent, and the policy's round trip is most of what the router adds to the backends'
         time. A frame of a named ``camera`` goes to its reuse gate first (:meth:`answer_frame`)."""
         if camera is not None:
@@ -264,8 +266,12 @@ class RouterService:
         budget = self._budget(public)  # BudgetExhausted for a program that refuses frames past it
         decision_id = uuid.uuid4().hex
         exhausted = budget is not None and budget.remaining <= 0  # the cheapest backends, without the policy
-        deciding = None if exhausted else self._deciders.submit(self._decide, public.id, decision_id, image)
         read = time.perf_counter()
+        try:
+            check_image(image)  # its header alone, before the policy is asked
+        except ImageError as exc:
+            raise FrameRejected(f"image: {exc}") from None
+        deciding = None if exhausted else self._deciders.submit(self._decide, public.id, decision_id, image)
         try:
             frame = decode_image(image)
         except ImageError as exc:

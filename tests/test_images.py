@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -14,12 +16,15 @@ from fmprog.images import (
     MAX_IMAGE_PIXELS,
     ImageError,
     check_frame,
+    check_image,
     decode_base64_image,
     decode_image,
     encode_base64_png,
+    encode_jpeg,
     encode_png,
     png_bytes_limit,
 )
+from tests.bad_frames import BOMBS
 
 
 def test_png_round_trip_is_exact():
@@ -79,3 +84,31 @@ def test_every_frame_within_the_pixel_limit_encodes_within_the_byte_limit(shape)
 def test_check_frame_rejects_non_frames(bad):
     with pytest.raises(ImageError):
         check_frame(bad)
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_frame_claiming_too_many_pixels_is_refused_by_the_projects_limit(bomb):
+    """A decompression bomb (a real 20000x20000 PNG, or a small file whose header claims 65535x65535)
+    is refused from its header by the project's limit, naming the size it claims, before Pillow's own
+    bomb check (DecompressionBombError, or a DecompressionBombWarning) can answer."""
+    make, size = BOMBS[bomb]
+    data = make()
+    message = f"image is {size}, more than the limit of {MAX_IMAGE_PIXELS} pixels (width x height)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a DecompressionBombWarning
+        with pytest.raises(ImageError, match=re.escape(message)):
+            check_image(data)
+        with pytest.raises(ImageError, match=re.escape(message)):
+            decode_image(data)
+
+
+def test_check_image_reads_the_header_alone():
+    png = encode_png(np.zeros((6, 9, 3), dtype=np.uint8))
+    assert check_image(png) == (9, 6)
+    assert check_image(encode_jpeg(np.zeros((5, 7, 3), dtype=np.uint8))) == (7, 5)
+    with pytest.raises(ImageError, match="9x6, more than the limit of 50 pixels"):
+        check_image(png, max_pixels=50)
+    with pytest.raises(ImageError, match="not a PNG or JPEG"):
+        check_image(b"[not an image]")
+    with pytest.raises(ImageError, match="cannot be decoded"):
+        decode_image(png[:60])  # the header holds, the pixels are cut off

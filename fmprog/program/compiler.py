@@ -53,6 +53,22 @@ class Program:
         return Problem(None, f"the program makes no routed call (one of {methods}): nothing to route")
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (``"\\ud800"``: half of a UTF-16 pair, which Python
+    strings and JSON escapes allow but Unicode does not), or None: such text has no UTF-8 form, so
+    it can be neither parsed as source, stored nor sent as JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def surrogate_escape(char: str) -> str:
+    """How a message names a lone surrogate: its escape, ``\\ud800``."""
+    return f"\\u{ord(char):04x}"
+
+
 def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) -> Program:
     """Validate ``source`` and compile it; raise ProgramRejected naming each problem's line."""
     if not isinstance(source, str):
@@ -61,6 +77,11 @@ def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) ->
         raise ProgramRejected([Problem(None, f"program source is {len(source)} characters (limit {max_source_chars})")])
     if "\x00" in source:
         raise ProgramRejected([Problem(None, "program source contains a NUL character")])
+    lone = lone_surrogate(source)
+    if lone is not None:
+        line = source.count("\n", 0, lone) + 1
+        message = f"program source holds a lone surrogate ({surrogate_escape(source[lone])}), not a Unicode character"
+        raise ProgramRejected([Problem(line, message)])
     try:
         tree = ast.parse(source, PROGRAM_FILENAME)
         sites = tuple(find_call_sites(tree, source))

@@ -68,6 +68,12 @@ class InvalidChoice(ProgramHalt):
     kind = "invalid_decision"
 
 
+class InvalidAnswer(ProgramHalt):
+    """The program returned what cannot be an answer: text that is not Unicode (a lone surrogate)."""
+
+    kind = "runtime_error"
+
+
 class BackendFailure(ProgramHalt):
     """A backend raised, or answered with something malformed."""
 

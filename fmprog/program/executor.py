@@ -26,10 +26,10 @@ import random
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from time import perf_counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
@@ -37,7 +37,7 @@ from fmprog.backends.frames import answering
 from fmprog.backends.functions import FUNCTIONS, Detection, MalformedResult
 from fmprog.program import api
 from fmprog.program.callsites import CallSite
-from fmprog.program.compiler import Program
+from fmprog.program.compiler import Program, lone_surrogate, surrogate_escape
 from fmprog.program.deciders import (
     MAX_ANSWER_CHARS,
     Decider,
@@ -48,7 +48,14 @@ from fmprog.program.deciders import (
     context_vector,
     escalation_vector,
 )
-from fmprog.program.errors import BackendFailure, InvalidChoice, InvalidDecision, ProgramHalt, SandboxViolation
+from fmprog.program.errors import (
+    BackendFailure,
+    InvalidAnswer,
+    InvalidChoice,
+    InvalidDecision,
+    ProgramHalt,
+    SandboxViolation,
+)
 from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
 from fmprog.vision.scope import out_of_vocabulary
 
@@ -129,11 +136,22 @@ class MemoHit(BaseModel):
     call: int = Field(description="The call's position in the run, as in InvocationFeatures.call.")
 
 
+def _unicode(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (``\\ud800``): what a program printed
+    or an error's message, which travel as UTF-8 (a lone surrogate has no UTF-8 form)."""
+    if lone_surrogate(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+UnicodeText = Annotated[str, AfterValidator(_unicode)]
+
+
 class ProgramError(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: ErrorKind
-    message: str
+    message: UnicodeText
     line: int | None = None
 
 
@@ -147,7 +165,7 @@ class Trace(BaseModel):
     cost: float
     latency_s: float
     steps: int
-    output: str = ""
+    output: UnicodeText = ""
     memo_hits: list[MemoHit] = Field(default_factory=list)
 
     @property
@@ -638,9 +656,12 @@ def _program_line(exc: BaseException) -> int | None:
 
 
 def _to_json(value: Any, max_items: int, depth: int = 0) -> JsonValue:
-    """A program's return value as JSON: patches become boxes, anything else opaque its repr."""
-    if value is None or isinstance(value, bool | int | str):
+    """A program's return value as JSON: patches become boxes, anything else opaque its repr; text
+    that is not Unicode (a lone surrogate) is no answer (InvalidAnswer)."""
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, str):
+        return _answer_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, api.ImagePatch):
@@ -650,5 +671,14 @@ def _to_json(value: Any, max_items: int, depth: int = 0) -> JsonValue:
     if isinstance(value, list | tuple | set | frozenset):
         return [_to_json(v, max_items, depth + 1) for v in list(value)[:max_items]]
     if isinstance(value, dict):
-        return {str(k): _to_json(v, max_items, depth + 1) for k, v in list(value.items())[:max_items]}
+        return {_answer_text(str(k)): _to_json(v, max_items, depth + 1) for k, v in list(value.items())[:max_items]}
     return repr(value)[:200]
+
+
+def _answer_text(text: str) -> str:
+    lone = lone_surrogate(text)
+    if lone is not None:
+        raise InvalidAnswer(
+            f"the answer holds a lone surrogate ({surrogate_escape(text[lone])}), which is not a Unicode character"
+        )
+    return text

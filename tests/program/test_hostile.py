@@ -268,3 +268,40 @@ def test_f_strings_format_as_python_does(executor, frame):
 class _Size:
     def __init__(self, image):
         self.height, self.width = image.shape[:2]
+
+
+def test_a_source_holding_a_lone_surrogate_is_rejected_naming_its_line():
+    """A lone surrogate (``\\ud800``, half of a UTF-16 pair) is not a Unicode character: a source
+    holding one cannot be parsed, stored or sent back as UTF-8."""
+    source = "def execute_command(image):\n    return 'a \ud800 b'\n"
+    with pytest.raises(ProgramRejected) as excinfo:
+        compile_program(source)
+    [problem] = excinfo.value.problems
+    assert problem.line == 2 and "lone surrogate" in problem.message and "\\ud800" in problem.message
+
+
+NOT_TEXT = {
+    "a string": "return 'a \\ud800 b'",
+    "a string in a list": "return ['x', ('\\udfff',)]",
+    "a dict key": "return {'\\udc00': 1}",
+}
+
+
+@pytest.mark.parametrize("name", NOT_TEXT)
+def test_an_answer_holding_a_lone_surrogate_is_an_error_of_the_run(executor, frame, name):
+    """The source holds only the escape (ASCII); the program builds the lone surrogate as it runs.
+    Such an answer cannot be JSON (nor UTF-8): the run ends with an error, never a crash later."""
+    trace = run(executor, "def execute_command(image):\n    " + NOT_TEXT[name] + "\n", frame)
+    assert trace.answer is None
+    assert trace.error is not None and trace.error.kind == "runtime_error", trace.error
+    assert "lone surrogate" in trace.error.message
+    trace.model_dump_json()  # the trace itself is JSON
+
+
+def test_printed_text_and_error_messages_with_a_lone_surrogate_are_escaped(executor, frame):
+    source = "def execute_command(image):\n    print('out \\ud800')\n    raise ValueError('bad \\udc00')\n"
+    trace = run(executor, source, frame)
+    assert trace.output == "out \\ud800\n"
+    assert trace.error is not None and trace.error.kind == "runtime_error"
+    assert trace.error.message == "ValueError: bad \\udc00"
+    trace.model_dump_json()

@@ -1,5 +1,7 @@
 """Over real HTTP: a policy that keeps timing out is skipped for a cool-down (its circuit opens), so
-frames stop waiting for it; after the cool-down one frame tries it again and, answered, closes it."""
+frames stop waiting for it; after the cool-down one frame tries it again and, answered, closes it.
+A refusal (4xx) is an answer and never opens it, and a frame the router refuses itself (a
+decompression bomb) never reaches the policy at all."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from fmprog.backends import BackendCatalog
 from fmprog.contract import PolicyDecision, PolicySpec
 from fmprog.images import encode_png
+from policy.app import create_app as create_policy_app
+from policy.settings import PolicySettings
 from router.app import create_app
 from router.settings import RouterSettings
+from tests.bad_frames import BOMBS
 from tests.fakes import box
 from tests.router.conftest import example
 from tests.servers import serving
@@ -124,3 +130,90 @@ def test_the_breaker_does_not_ask_the_policy_one_frame_at_a_time(tmp_path, zoo):
                 replies = list(pool.map(lambda _: httpx.post(f"{router}/answer", json=frame, timeout=30), range(3)))
             assert [r.json()["fallback"] for r in replies] == [False] * 3
             assert time.perf_counter() - started < 2.5  # in turn: more than 3 s
+
+
+def test_bomb_frames_neither_reach_the_policy_nor_open_its_circuit(tmp_path, zoo):
+    """The blast radius of a bad frame: the router refuses it (422) from its header before asking
+    the real policy service, so one client's bombs never make other clients' frames fallbacks."""
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    policy_app = create_policy_app(PolicySettings(state_dir=tmp_path / "policy", train_interval_s=3600))
+    good = {"image": base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()}
+    with serving(policy_app) as policy_url:
+        settings = RouterSettings(
+            database=tmp_path / "router.db",
+            policy_url=policy_url,
+            policy_breaker_failures=2,
+            policy_breaker_reset_s=60,
+            synthesis_backend=None,
+            program_workers=0,
+            outbox_retry_s=3600,
+        )
+        app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+        with serving(app) as router:
+            body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1, "algorithm": "fast"}
+            program_id = httpx.post(f"{router}/programs", json=body).json()["id"]
+            for name, (make, size) in BOMBS.items():
+                reply = httpx.post(
+                    f"{router}/answer?program_id={program_id}",
+                    content=make(),
+                    headers={"content-type": "image/png"},
+                    timeout=30,
+                )
+                assert reply.status_code == 422, (name, reply.text)
+                assert f"image is {size}, more than the limit" in reply.json()["detail"]
+            reply = httpx.post(f"{router}/answer", json={**good, "program_id": program_id}, timeout=30)
+            assert reply.status_code == 200 and reply.json()["fallback"] is False, reply.text
+            assert _metric(router, "fmprog_policy_circuit_open 0.0")
+            assert httpx.get(f"{policy_url}/policies/{program_id}").json()["pending"] == 1  # the good frame only
+
+
+def test_a_policy_refusing_decisions_with_4xx_never_opens_its_circuit(tmp_path, zoo):
+    """A 4xx from the policy is its answer about the request (the caller's bad input), not a
+    failure of the policy: however many in a row, every frame still asks it. Only 5xx, timeouts
+    and lost connections count toward the breaker."""
+    zoo.set_boxes({"person": [box(10, 10, 40, 60)], "bicycle": [box(12, 40, 42, 70)]})
+    zoo.set_vqa(lambda image, question: "yes")
+    policy = SlowPolicy()
+    refusing = {"status": 422}
+    app_of_policy = policy.app()
+
+    @app_of_policy.middleware("http")
+    async def refuse_decisions(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path.endswith("/decisions") and refusing["status"]:
+            policy.decisions_asked += 1
+            return JSONResponse({"detail": "image: not a frame this policy reads"}, status_code=refusing["status"])
+        return await call_next(request)
+
+    frame = {"image": base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()}
+    with serving(app_of_policy) as policy_url:
+        settings = RouterSettings(
+            database=tmp_path / "router.db",
+            policy_url=policy_url,
+            policy_breaker_failures=2,
+            policy_breaker_reset_s=60,
+            synthesis_backend=None,
+            program_workers=0,
+            outbox_retry_s=3600,
+        )
+        app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+        with serving(app) as router:
+            body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1}
+            frame["program_id"] = pid = httpx.post(f"{router}/programs", json=body).json()["id"]
+            for status in (422, 404, 400, 413):
+                refusing["status"] = status
+                reply = httpx.post(f"{router}/answer", json=frame, timeout=30)
+                assert reply.status_code == 200 and reply.json()["fallback"] is True, reply.text
+            assert policy.decisions_asked == 4  # every frame asked: the circuit never opened
+            assert _metric(router, "fmprog_policy_circuit_open 0.0")
+            assert _metric(router, f'fmprog_fallbacks_total{{program="{pid}",reason="policy_rejected"}} 4.0')
+            assert 'reason="policy_open_circuit"' not in httpx.get(f"{router}/metrics").text
+            refusing["status"] = 0
+            reply = httpx.post(f"{router}/answer", json=frame, timeout=30)
+            assert reply.json()["fallback"] is False and policy.decisions_asked == 5
+            refusing["status"] = 503  # a failure of the policy: two in a row open the circuit
+            assert [httpx.post(f"{router}/answer", json=frame, timeout=30).json()["fallback"] for _ in range(3)] == [
+                True
+            ] * 3
+            assert policy.decisions_asked == 7
+            assert _metric(router, "fmprog_policy_circuit_open 1.0")
