@@ -160,6 +160,7 @@ def _synthesizer(
         attempts=settings.synthesis_attempts,
         max_tokens=settings.synthesis_max_tokens,
         dry_run_frames=settings.synthesis_dry_run_frames,
+        limits=settings.execution_limits(),
         retries=settings.backend_retries,
     )
     return synthesizer, "", owned
@@ -215,6 +216,7 @@ def create_app(
             breaker_reset_s=settings.policy_breaker_reset_s,
             program_workers=settings.program_workers,
             program_worker_memory_mb=settings.program_worker_memory_mb,
+            limits=settings.execution_limits(),
             label_window_s=settings.label_window_s,
             expiry_reward=settings.expiry_reward,
             teacher_threads=settings.teacher_threads,

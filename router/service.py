@@ -40,7 +40,7 @@ from fmprog.contract import (
     score_answer,
 )
 from fmprog.images import ImageError, check_image, decode_image, encode_jpeg
-from fmprog.program import Program
+from fmprog.program import ExecutionLimits, Program
 from fmprog.streams.gates import CameraGates
 from fmprog.streams.reuse import ReuseParams
 from router.answering import Answerer, FallbackRule
@@ -147,6 +147,7 @@ class RouterService:
         retry_backoff_s: tuple[float, float] = (0.05, 0.2),
         program_workers: int = 0,
         program_worker_memory_mb: int = 1536,
+        limits: ExecutionLimits | None = None,
         label_window_s: float | None = None,
         expiry_reward: float | None = None,
         teacher_threads: int = 2,
@@ -162,6 +163,7 @@ class RouterService:
         self.answerer = Answerer(
             self.programs,
             backends,
+            limits=limits,
             fallback=fallback,
             retries=retries,
             retry_backoff_s=retry_backoff_s,

@@ -20,6 +20,7 @@ from fmprog.backends.config import (
 )
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
 from fmprog.contract import RewardConfig
+from fmprog.program import ExecutionLimits
 from fmprog.streams.gates import ReuseSettings
 from fmprog.web import is_loopback
 
@@ -153,6 +154,13 @@ class RouterSettings(BaseSettings):
     program_worker_memory_mb: int = Field(
         default=1536, ge=512, description="Address space of each program worker (RLIMIT_AS), interpreter included."
     )
+    max_answer_bytes: int = Field(
+        default=65_536,
+        ge=16,
+        le=16 * 2**20,
+        description="Largest answer a program may return, in bytes of its JSON encoding (compact, UTF-8); a larger "
+        "one ends the run with resource_limit and is neither returned nor stored.",
+    )
     stream_file_roots: list[Path] = Field(
         default_factory=list,
         description="Directories whose video files a stream may read (file:// sources); none by default. `fmprog "
@@ -283,6 +291,10 @@ class RouterSettings(BaseSettings):
         if self.backend_transport == "handle" and not self.ray_address:
             raise ValueError("backend_transport 'handle' needs ray_address (the Ray cluster's GCS, host:port)")
         return self
+
+    def execution_limits(self) -> ExecutionLimits:
+        """The limits of each run of a program: the runtime's defaults, with ``max_answer_bytes``."""
+        return ExecutionLimits(max_answer_bytes=self.max_answer_bytes)
 
     def lambda_for(self, catalog: BackendCatalog) -> float:
         """The default lambda: this setting, else the backend configuration's, else ``DEFAULT_LAMBDA``."""

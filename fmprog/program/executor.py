@@ -21,10 +21,12 @@ ran, nothing is charged); the trace lists it in ``memo_hits`` and its site among
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import islice
 from time import perf_counter
 from typing import Annotated, Any, Literal
 
@@ -54,6 +56,7 @@ from fmprog.program.errors import (
     InvalidChoice,
     InvalidDecision,
     ProgramHalt,
+    ResourceLimitExceeded,
     SandboxViolation,
 )
 from fmprog.program.sandbox import ENTRY_POINT, PROGRAM_FILENAME, ExecutionLimits, RunGuards
@@ -289,7 +292,8 @@ class Executor:
             try:
                 namespace = guards.globals(run.routed)
                 exec(program.code, namespace)
-                answer = _to_json(namespace[ENTRY_POINT](api.Frame(pixels, run)), self.limits.max_length)
+                value = namespace[ENTRY_POINT](api.Frame(pixels, run))
+                answer = _AnswerJson(self.limits.max_length, self.limits.max_answer_bytes).convert(value)
             except ProgramHalt as exc:
                 error = ProgramError(kind=exc.kind, message=str(exc), line=_program_line(exc))
             except RecursionError as exc:
@@ -655,30 +659,130 @@ def _program_line(exc: BaseException) -> int | None:
     return line
 
 
-def _to_json(value: Any, max_items: int, depth: int = 0) -> JsonValue:
-    """A program's return value as JSON: patches become boxes, anything else opaque its repr; text
+class _AnswerJson:
+    """A program's return value as JSON (patches become boxes, anything else opaque its repr, at
+    most ``max_items`` items a container and 16 levels deep), counting as it goes the bytes of the
+    answer's JSON encoding (compact, UTF-8: ``answer_bytes``) and stopping (ResourceLimitExceeded)
+    as soon as the count passes ``max_bytes``: an oversized answer is never built whole, nor a large
+    shared structure walked, and a long string is refused on its length before it is encoded. Text
     that is not Unicode (a lone surrogate) is no answer (InvalidAnswer)."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, str):
-        return _answer_text(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, api.ImagePatch):
-        return {"left": value.left, "lower": value.lower, "right": value.right, "upper": value.upper}
-    if depth >= 16:
-        return "..."
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_to_json(v, max_items, depth + 1) for v in list(value)[:max_items]]
-    if isinstance(value, dict):
-        return {_answer_text(str(k)): _to_json(v, max_items, depth + 1) for k, v in list(value.items())[:max_items]}
-    return repr(value)[:200]
 
+    def __init__(self, max_items: int, max_bytes: int):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.size = 0
 
-def _answer_text(text: str) -> str:
-    lone = lone_surrogate(text)
-    if lone is not None:
-        raise InvalidAnswer(
-            f"the answer holds a lone surrogate ({surrogate_escape(text[lone])}), which is not a Unicode character"
+    def convert(self, value: Any, depth: int = 0) -> JsonValue:
+        if value is None or isinstance(value, bool):
+            self._count(len(json.dumps(value)))
+            return value
+        if isinstance(value, int):
+            self._check_at_least(max(1, value.bit_length() // 4))  # as in _text_at_least
+            self._count(len(int.__repr__(value)))
+            return value
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return self._text(str(value))
+            self._count(len(float.__repr__(value)))  # as json writes it
+            return value
+        if isinstance(value, api.ImagePatch):
+            box = {"left": value.left, "lower": value.lower, "right": value.right, "upper": value.upper}
+            return self._object(box, depth)
+        if depth >= 16:
+            return self._text("...")
+        if isinstance(value, list | tuple | set | frozenset):
+            self._count(2)  # []
+            items: list[JsonValue] = []
+            for item in islice(value, self.max_items):
+                if items:
+                    self._count(1)  # ,
+                items.append(self.convert(item, depth + 1))
+            return items
+        if isinstance(value, dict):
+            return self._object(value, depth)
+        return self._text(repr(value)[:200])
+
+    def _object(self, value: dict[Any, Any], depth: int) -> dict[str, JsonValue]:
+        self._count(2)  # {}
+        # The keys as text first (their length counted as they come): two keys with the same text
+        # (1 and "1") are one entry, in the first one's place with the last one's value, as in Python.
+        items: dict[str, Any] = {}
+        texts = 0  # bytes the texts take at least, as JSON strings
+        for key, item in islice(value.items(), self.max_items):
+            if isinstance(key, str):
+                text = key
+            else:
+                self._check_at_least(texts + _text_at_least(key, self.max_bytes - self.size - texts) + 2)
+                text = str(key)
+            if text not in items:
+                texts += len(text) + 2
+                self._check_at_least(texts)
+            items[text] = item
+        entries: dict[str, JsonValue] = {}
+        for text, item in items.items():
+            if entries:
+                self._count(1)  # ,
+            self._text(text)
+            self._count(1)  # :
+            entries[text] = self.convert(item, depth + 1)
+        return entries
+
+    def _text(self, text: str) -> str:
+        """Count ``text`` as a JSON string: refused on its length alone when even that is too long
+        (each character takes at least a byte), else encoded, once, to count its bytes."""
+        self._check_at_least(len(text) + 2)
+        escaped = _escape_json(text)
+        if not text.isascii():
+            try:
+                self._count(len(escaped.encode("utf-8")))
+            except UnicodeEncodeError as exc:
+                raise InvalidAnswer(
+                    f"the answer holds a lone surrogate ({surrogate_escape(exc.object[exc.start])}), "
+                    "which is not a Unicode character"
+                ) from None
+        else:
+            self._count(len(escaped))
+        return text
+
+    def _check_at_least(self, size: int) -> None:
+        """Refuse the answer if the next piece takes at least ``size`` bytes more than there is room for."""
+        if self.size + size > self.max_bytes:
+            self._refuse(self.size + size)
+
+    def _count(self, size: int) -> None:
+        self.size += size
+        if self.size > self.max_bytes:
+            self._refuse(self.size)
+
+    def _refuse(self, at_least: int) -> None:
+        raise ResourceLimitExceeded(
+            f"the answer is too large: its JSON encoding takes at least {at_least:,} bytes "
+            f"(limit {self.max_bytes:,} bytes)"
         )
-    return text
+
+
+_escape_json = json.encoder.encode_basestring  # a str as a JSON string, quotes included, non-ASCII as it is
+
+
+def _text_at_least(value: Any, cap: int) -> int:
+    """A lower bound of ``len(str(value))`` for a dict key that is not text (a number, None, a
+    tuple...), counted without rendering it, in memory bounded by ``cap``: the count stops past it."""
+    size, pending = 1, [value]  # each value is counted as the one character it takes at least
+    while pending and size <= cap:
+        item = pending.pop()
+        if isinstance(item, str):
+            size += len(item) + 1  # and its quotes
+        elif isinstance(item, int) and not isinstance(item, bool):
+            size += max(1, item.bit_length() // 4) - 1  # a bit takes log10(2) > 1/4 of a digit
+        elif isinstance(item, tuple | frozenset):
+            items = list(islice(item, cap - size + 1))
+            size += 1 + len(items)  # its brackets, and a character for each item
+            pending.extend(items)
+    return size
+
+
+def answer_bytes(answer: JsonValue) -> int:
+    """The size of ``answer``'s JSON encoding, compact and in UTF-8: what ``max_answer_bytes`` bounds."""
+    return len(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))

@@ -66,6 +66,12 @@ class ExecutionLimits(BaseModel):
         1_024, ge=0, description="Abort if the process grows by more than this during a run (0: off)."
     )
     max_output_chars: int = Field(10_000, ge=0, description="Text a program may print.")
+    max_answer_bytes: int = Field(
+        65_536,
+        ge=16,
+        description="Largest answer, in bytes of its JSON encoding (compact, UTF-8): a larger one ends the run "
+        "with resource_limit and is not kept.",
+    )
 
 
 # --------------------------------------------------------------------------------------------

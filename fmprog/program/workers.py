@@ -21,8 +21,10 @@ other thread. A ``WorkerPool`` runs each program in one of a few worker processe
   demand, reused, and a busy pool queues runs.
 
 What comes back from a worker is only plain data (a restricted unpickler refuses every class) and
-JSON the trace's models validate: a worker is no more trusted than the program it runs. A worker
-ends when the pool's process is gone (its pipe closes; a watcher thread checks the parent).
+JSON the trace's models validate: a worker is no more trusted than the program it runs. An answer
+over the run's ``max_answer_bytes`` is refused in the worker, before its trace is sent (the trace
+then has no answer), and checked again here. A worker ends when the pool's process is gone (its
+pipe closes; a watcher thread checks the parent).
 """
 
 from __future__ import annotations
@@ -57,7 +59,16 @@ from fmprog.backends.functions import FUNCTIONS
 from fmprog.program.compiler import Program
 from fmprog.program.deciders import Decider
 from fmprog.program.errors import InvalidDecision
-from fmprog.program.executor import Decision, ErrorKind, Executor, Invocation, MemoHit, ProgramError, Trace
+from fmprog.program.executor import (
+    Decision,
+    ErrorKind,
+    Executor,
+    Invocation,
+    MemoHit,
+    ProgramError,
+    Trace,
+    answer_bytes,
+)
 from fmprog.program.sandbox import ExecutionLimits
 
 logger = logging.getLogger(__name__)
@@ -405,6 +416,9 @@ class _Worker:
             elif kind == "done" and len(message) == 3:
                 trace = Trace.model_validate_json(message[1])
                 trace.latency_s = perf_counter() - started
+                oversized = _oversized(trace, pool.limits.max_answer_bytes)
+                if oversized is not None:  # the worker checks its answer: one that did not is broken
+                    return oversized, False
                 return trace, not message[2]
             elif kind == "failed" and len(message) == 3:  # what the pool checked first: the worker is broken
                 self.kill()
@@ -482,6 +496,19 @@ class _Progress:
             output="".join(self._output),
             memo_hits=memo_hits,
         )
+
+
+def _oversized(trace: Trace, limit: int) -> Trace | None:
+    """``trace`` without its answer, stopped with ``resource_limit``, if the answer is over ``limit``
+    (a worker refuses such an answer before it sends its trace, but is no more trusted than the
+    program it runs); None when the answer fits."""
+    if trace.answer is None:
+        return None
+    size = answer_bytes(trace.answer)
+    if size <= limit:
+        return None
+    message = f"the answer is too large: its JSON encoding takes {size:,} bytes (limit {limit:,} bytes)"
+    return trace.model_copy(update={"answer": None, "error": ProgramError(kind="resource_limit", message=message)})
 
 
 def _serve_call(backends: BackendRegistry, pixels: np.ndarray, name: object, arguments: object) -> tuple[Any, ...]:

@@ -28,7 +28,7 @@ import numpy as np
 from fmprog.backends.base import box_iou
 from fmprog.scene import generate_scene
 from fmprog.scene.generator import Difficulty, SceneObject
-from fmprog.scene.seeds import HELD_OUT
+from fmprog.scene.seeds import ZOO_EVALUATION
 from fmprog.scene.vocabulary import (
     COLOR_LOOK_ALIKES,
     COLORS,
@@ -39,7 +39,7 @@ from fmprog.scene.vocabulary import (
 )
 from fmprog.zoo.language import ObjectQuery, PerceivedObject, answer_question, certain
 
-HELD_OUT_SEED_BASE = HELD_OUT.start  # training draws its frame seeds below this (ZOO_TRAINING)
+HELD_OUT_SEED_BASE = ZOO_EVALUATION.start  # training draws its frame seeds below this (ZOO_TRAINING)
 _SEEDS_PER_SET = 100_000
 MATCH_IOU = 0.5
 
@@ -196,7 +196,7 @@ def evaluation_set(function: str, difficulty: Difficulty, n: int, seed: int = 0)
     rng = np.random.default_rng([seed, len(function), _SEEDS_PER_SET])
     items = []
     for i in range(n):
-        scene = generate_scene(HELD_OUT.seed(seed * _SEEDS_PER_SET + i), difficulty)
+        scene = generate_scene(ZOO_EVALUATION.seed(seed * _SEEDS_PER_SET + i), difficulty)
         objects = scene.objects
         side = max(scene.image.shape[:2])
         if function == "detect":
