@@ -2,7 +2,7 @@
 looks for (``find("purple hexagon")`` and ``find("orange circle")``: a scene with both), so that
 the code that handles found objects runs before the program is accepted.
 
-The scenes come from a fixed pool of seeded scenes (the first ``TARGET_POOL`` of ``HELD_OUT``), searched
+The scenes come from a fixed pool of seeded scenes (the first ``TARGET_POOL`` of ``ZOO_EVALUATION``), searched
 once per process.
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from fmprog.scene.generator import KNOBS, Scene, generate_scene
-from fmprog.scene.seeds import HELD_OUT
+from fmprog.scene.seeds import ZOO_EVALUATION
 from fmprog.scene.vocabulary import COLORS, SHAPES, SIZES, TEXTURES
 
 TARGETED_FRAMES = 3  # dry-run scenes holding every object the program looks for, run first
@@ -63,7 +63,7 @@ def _scene_pool() -> list[tuple[int, list[frozenset[str]]]]:
     """The searched scenes' seeds, each with the scene words of its objects."""
     return [
         (seed, [frozenset((o.color, o.shape, o.texture, o.size)) for o in _target_scene(seed).objects])
-        for seed in HELD_OUT.seeds(TARGET_POOL)
+        for seed in ZOO_EVALUATION.seeds(TARGET_POOL)
     ]
 
 

@@ -53,9 +53,9 @@ class SeedRange:
 
 
 ZOO_TRAINING = SeedRange("zoo training", 0, 1_000_000_000)
-HELD_OUT = SeedRange("held-out scenes (zoo evaluation, synthesis dry runs)", 1_000_000_000, 1_090_000_000)
+ZOO_EVALUATION = SeedRange("held-out scenes (zoo evaluation sets, synthesis dry runs)", 1_000_000_000, 1_090_000_000)
 CASCADE_PRIOR = SeedRange("cascade prior", 1_090_000_000, 1_100_000_000)
 VALIDATION_TRACKS = SeedRange("benchmark validation split", 2_000_000_000, 2_100_000_000)
 TEST_TRACKS = SeedRange("benchmark test split", 3_000_000_000, 3_100_000_000)
 
-SEED_RANGES: tuple[SeedRange, ...] = (ZOO_TRAINING, HELD_OUT, CASCADE_PRIOR, VALIDATION_TRACKS, TEST_TRACKS)
+SEED_RANGES: tuple[SeedRange, ...] = (ZOO_TRAINING, ZOO_EVALUATION, CASCADE_PRIOR, VALIDATION_TRACKS, TEST_TRACKS)

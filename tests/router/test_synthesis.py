@@ -538,13 +538,13 @@ def test_looked_for_reads_the_scene_words_of_literal_nouns():
 
 def test_targeted_frames_hold_every_object_the_program_looks_for():
     from fmprog.scene import generate_scene
-    from fmprog.scene.seeds import HELD_OUT
+    from fmprog.scene.seeds import ZOO_EVALUATION
     from router.synthesis_scenes import TARGET_KNOBS, TARGET_POOL
 
     frames = targeted_frames(LIST_BUG, 2)
     assert len(frames) == 2
     matching = []
-    for seed in HELD_OUT.seeds(TARGET_POOL):
+    for seed in ZOO_EVALUATION.seeds(TARGET_POOL):
         scene = generate_scene(seed, "easy", knobs=TARGET_KNOBS)
         kinds = {(o.color, o.shape) for o in scene.objects}
         if {("purple", "hexagon"), ("orange", "circle")} <= kinds:

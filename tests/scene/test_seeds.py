@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.vqa.splits import SCENE_SEEDS, SPLITS, binary_track, open_track
 from benchmarks.vqa.tracks import load_binary, load_open
-from fmprog.scene.seeds import CASCADE_PRIOR, HELD_OUT, SEED_RANGES, ZOO_TRAINING, SeedRange
+from fmprog.scene.seeds import CASCADE_PRIOR, SEED_RANGES, ZOO_EVALUATION, ZOO_TRAINING, SeedRange
 from fmprog.zoo import training
 from fmprog.zoo.evaluate import evaluation_set
 from router.synthesis_scenes import TARGET_POOL, _scene_pool
@@ -73,9 +73,9 @@ def test_evaluation_sets_lie_in_the_evaluation_range():
     assert evaluation_set("detect", "easy", 2, seed=899)  # the last set that fits
     with pytest.raises(ValueError, match="held-out"):
         evaluation_set("detect", "easy", 1, seed=900)
-    assert HELD_OUT.seed(899 * 100_000 + 99_999) in HELD_OUT
+    assert ZOO_EVALUATION.seed(899 * 100_000 + 99_999) in ZOO_EVALUATION
 
 
 def test_the_synthesizer_dry_runs_on_held_out_scenes():
     pool = [seed for seed, _ in _scene_pool()]
-    assert len(pool) == TARGET_POOL and all(seed in HELD_OUT for seed in pool)
+    assert len(pool) == TARGET_POOL and all(seed in ZOO_EVALUATION for seed in pool)
