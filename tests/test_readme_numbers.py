@@ -1,5 +1,5 @@
 """Every measured number in README.md and docs/*.md comes from a committed results file
-(``benchmarks/numbers.py`` has the rules), and the checker fails where one does not."""
+(``benchmarks/figures.py`` has the rules), and the checker fails where one does not."""
 
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.numbers import Problem, check, check_text
-
-# Being rewritten by someone else with new numbers: the "## Benchmark" section of the README and
-# the results it quotes (benchmarks/results/vqa*/ and video/, deleted until their new run).
-PENDING_SECTION = "## Benchmark"
-PENDING_RESULTS = ("benchmarks/results/vqa", "benchmarks/results/video")
+from benchmarks.figures import check, check_text
 
 PROVENANCE = {
     "date": "2026-12-07T05:00:00+00:00",
@@ -23,32 +18,9 @@ PROVENANCE = {
 }
 
 
-def _pending(problem: Problem) -> bool:
-    if problem.section.startswith(PENDING_SECTION):
-        return True
-    if problem.source is not None:
-        return problem.source.startswith(PENDING_RESULTS)
-    return bool(problem.sources) and all(s.startswith(PENDING_RESULTS) for s in problem.sources)
-
-
-@pytest.fixture(scope="module")
-def problems() -> list[Problem]:
-    return check()
-
-
-def test_readme_and_docs_numbers_have_sources(problems):
-    unsourced = [str(p) for p in problems if not _pending(p)]
-    assert not unsourced, "\n".join(unsourced)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the README's Benchmark section and benchmarks/results/vqa*, video/ are being rewritten; "
-    "once they are tagged and carry provenance this passes: then delete this mark",
-)
-def test_benchmark_section_numbers_have_sources(problems):
-    pending = [str(p) for p in problems if _pending(p)]
-    assert not pending, "\n".join(pending)
+def test_readme_and_docs_numbers_have_sources():
+    problems = [str(p) for p in check()]
+    assert not problems, "\n".join(problems)
 
 
 # -- the rules, on small documents --------------------------------------------------------------

@@ -132,6 +132,20 @@ def test_the_breaker_does_not_ask_the_policy_one_frame_at_a_time(tmp_path, zoo):
             assert time.perf_counter() - started < 2.5  # in turn: more than 3 s
 
 
+def _router_app(tmp_path, policy_url: str, zoo):
+    """A router on ``policy_url`` whose policy circuit opens after two failures in a row."""
+    settings = RouterSettings(
+        database=tmp_path / "router.db",
+        policy_url=policy_url,
+        policy_breaker_failures=2,
+        policy_breaker_reset_s=60,
+        synthesis_backend=None,
+        program_workers=0,
+        outbox_retry_s=3600,
+    )
+    return create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+
+
 def test_bomb_frames_neither_reach_the_policy_nor_open_its_circuit(tmp_path, zoo):
     """The blast radius of a bad frame: the router refuses it (422) from its header before asking
     the real policy service, so one client's bombs never make other clients' frames fallbacks."""
@@ -140,16 +154,7 @@ def test_bomb_frames_neither_reach_the_policy_nor_open_its_circuit(tmp_path, zoo
     policy_app = create_policy_app(PolicySettings(state_dir=tmp_path / "policy", train_interval_s=3600))
     good = {"image": base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()}
     with serving(policy_app) as policy_url:
-        settings = RouterSettings(
-            database=tmp_path / "router.db",
-            policy_url=policy_url,
-            policy_breaker_failures=2,
-            policy_breaker_reset_s=60,
-            synthesis_backend=None,
-            program_workers=0,
-            outbox_retry_s=3600,
-        )
-        app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+        app = _router_app(tmp_path, policy_url, zoo)
         with serving(app) as router:
             body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1, "algorithm": "fast"}
             program_id = httpx.post(f"{router}/programs", json=body).json()["id"]
@@ -187,16 +192,7 @@ def test_a_policy_refusing_decisions_with_4xx_never_opens_its_circuit(tmp_path, 
 
     frame = {"image": base64.b64encode(encode_png(np.zeros((80, 100, 3), np.uint8))).decode()}
     with serving(app_of_policy) as policy_url:
-        settings = RouterSettings(
-            database=tmp_path / "router.db",
-            policy_url=policy_url,
-            policy_breaker_failures=2,
-            policy_breaker_reset_s=60,
-            synthesis_backend=None,
-            program_workers=0,
-            outbox_retry_s=3600,
-        )
-        app = create_app(settings, catalog=BackendCatalog(backends=zoo.specs), backends=zoo.registry())
+        app = _router_app(tmp_path, policy_url, zoo)
         with serving(app) as router:
             body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1}
             frame["program_id"] = pid = httpx.post(f"{router}/programs", json=body).json()["id"]

@@ -1,6 +1,6 @@
 """Every measured number in the README and docs/*.md comes from a committed results file.
 
-    python -m benchmarks.numbers [FILE.md ...]      # default: README.md and docs/*.md; exit 1 on a problem
+    python -m benchmarks.figures [FILE.md ...]      # default: README.md and docs/*.md; exit 1 on a problem
 
 The rules (code, fenced or inline, is never read):
 
