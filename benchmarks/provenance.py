@@ -32,7 +32,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "memory_gib": _memory_gib(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -65,7 +65,8 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (from /proc/cpuinfo), else what the platform says, else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
