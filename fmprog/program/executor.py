@@ -757,10 +757,7 @@ class _AnswerJson:
             self._refuse(self.size)
 
     def _refuse(self, at_least: int) -> None:
-        raise ResourceLimitExceeded(
-            f"the answer is too large: its JSON encoding takes at least {at_least:,} bytes "
-            f"(limit {self.max_bytes:,} bytes)"
-        )
+        raise ResourceLimitExceeded(answer_too_large(at_least, self.max_bytes, exact=False))
 
 
 _escape_json = json.encoder.encode_basestring  # a str as a JSON string, quotes included, non-ASCII as it is
@@ -781,6 +778,12 @@ def _text_at_least(value: Any, cap: int) -> int:
             size += 1 + len(items)  # its brackets, and a character for each item
             pending.extend(items)
     return size
+
+
+def answer_too_large(size: int, limit: int, *, exact: bool) -> str:
+    """Why an answer of ``size`` bytes (``exact``, or at least that many) is refused under ``limit``."""
+    takes = f"{size:,}" if exact else f"at least {size:,}"
+    return f"the answer is too large: its JSON encoding takes {takes} bytes (limit {limit:,} bytes)"
 
 
 def answer_bytes(answer: JsonValue) -> int:

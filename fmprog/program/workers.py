@@ -68,6 +68,7 @@ from fmprog.program.executor import (
     ProgramError,
     Trace,
     answer_bytes,
+    answer_too_large,
 )
 from fmprog.program.sandbox import ExecutionLimits
 
@@ -507,8 +508,8 @@ def _oversized(trace: Trace, limit: int) -> Trace | None:
     size = answer_bytes(trace.answer)
     if size <= limit:
         return None
-    message = f"the answer is too large: its JSON encoding takes {size:,} bytes (limit {limit:,} bytes)"
-    return trace.model_copy(update={"answer": None, "error": ProgramError(kind="resource_limit", message=message)})
+    error = ProgramError(kind="resource_limit", message=answer_too_large(size, limit, exact=True))
+    return trace.model_copy(update={"answer": None, "error": error})
 
 
 def _serve_call(backends: BackendRegistry, pixels: np.ndarray, name: object, arguments: object) -> tuple[Any, ...]:
