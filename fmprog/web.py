@@ -113,7 +113,8 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": problems}, status_code=422)
 
 
-async def _reply(send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def reply_problem(send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer an ASGI request from a middleware with ``{"detail": ...}`` and ``status``."""
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -123,6 +124,17 @@ async def _reply(send: Send, status: int, detail: str, headers: Iterable[tuple[b
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+WRONG_KEY = "missing or wrong API key (Authorization: Bearer <key>)"
+BEARER_CHALLENGE = (b"www-authenticate", b"Bearer")
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of a request's ``Authorization: Bearer <token>`` header; None without one."""
+    header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class BearerAuth:
@@ -138,12 +150,10 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = header.partition(" ")
-        given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.digest):
-            challenge = [(b"www-authenticate", b"Bearer")]
-            await _reply(send, 401, "missing or wrong API key (Authorization: Bearer <key>)", challenge)
+        token = bearer_token(scope)
+        given = hashlib.sha256((token or "").encode()).digest()
+        if token is None or not hmac.compare_digest(given, self.digest):
+            await reply_problem(send, 401, WRONG_KEY, [BEARER_CHALLENGE])
             return
         await self.app(scope, receive, send)
 
@@ -163,7 +173,7 @@ def is_loopback(host: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def _arrived_from_outside(local_address: object) -> bool:
+def arrived_from_outside(local_address: object) -> bool:
     """Whether a connection's local address is an IP address other than loopback."""
     try:
         ipaddress.ip_address(str(local_address).strip("[]").split("%")[0])
@@ -185,18 +195,21 @@ class LoopbackOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
-        if scope["type"] not in ("http", "websocket") or server is None or not _arrived_from_outside(server[0]):
+        if scope["type"] not in ("http", "websocket") or server is None or not arrived_from_outside(server[0]):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
         else:
-            await _reply(
-                send,
-                403,
-                f"this service has no API key, so it answers only on loopback; this request arrived on "
-                f"{server[0]}: set {self.setting} to serve beyond loopback",
-            )
+            await reply_problem(send, 403, loopback_only(server[0], self.setting))
+
+
+def loopback_only(address: object, setting: str) -> str:
+    """Why a service with no key refused a request that arrived on ``address``."""
+    return (
+        f"this service has no API key, so it answers only on loopback; this request arrived on "
+        f"{address}: set {setting} to serve beyond loopback"
+    )
 
 
 class BodyLimit:
@@ -212,7 +225,9 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _reply(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}")
+            await reply_problem(
+                send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}"
+            )
             return
         seen = 0
 
@@ -228,7 +243,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await _reply(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            await reply_problem(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
 
 
 class _TooLarge(Exception):
@@ -301,7 +316,7 @@ class JsonGuard:
                 more = received[-1]["type"] == "http.request" and received[-1].get("more_body", False)
             problem = json_body_problem(b"".join(m.get("body", b"") for m in received), self.max_depth)
             if problem is not None:
-                await _reply(send, 422, problem)
+                await reply_problem(send, 422, problem)
                 return
 
         async def replay() -> Message:

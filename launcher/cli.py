@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_command(program_commands)
 
+    from launcher.keys import add_keys_command
+
+    add_keys_command(commands)
+
     listing = commands.add_parser(
         "backends", help="list a configuration's backends: name, function, engine, cost and vocabulary"
     )

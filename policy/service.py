@@ -108,18 +108,27 @@ class PolicyService:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def restore(self) -> int:
-        """Rebuild every stored policy from its snapshot and replay the feedback logged after it."""
+        """Rebuild every stored policy from its snapshot and replay the feedback logged after it.
+        What :meth:`info` counts comes back with it: ``observed`` and ``last_feedback_seq`` from
+        the snapshot and the replay, ``pending`` from the log, and the training (``trained_steps``,
+        ``train_seconds``) that made the snapshot's parameters (training after the last snapshot
+        is lost with its parameters, and done again on the replayed feedback)."""
         for program_id, spec in self.state.specs().items():
             snapshot = self.state.read_snapshot(program_id)
             if snapshot is None:
                 slot = _Slot(build_policy(spec))
             else:
-                blob, seq = snapshot
                 try:
-                    slot = _Slot(load_policy(blob), seq=seq)
+                    slot = _Slot(
+                        load_policy(snapshot.blob),
+                        seq=snapshot.seq,
+                        trained_steps=snapshot.trained_steps,
+                        train_seconds=snapshot.train_seconds,
+                    )
                 except (ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
                     # written by a version whose state this one cannot read (a model's shape
-                    # changed): rebuilt from the whole feedback log, which holds every event
+                    # changed): rebuilt from the whole feedback log, which holds every event (an
+                    # untrained policy again: its training counts start over)
                     logger.warning("snapshot of %s unreadable (%s); replaying its whole feedback log", program_id, exc)
                     slot = _Slot(build_policy(spec))
             for seq, decision, feedback in self.state.feedback_after(program_id, slot.seq):
@@ -327,5 +336,12 @@ class PolicyService:
         with slot.writing:
             with slot.lock:  # a consistent state and seq; serialising it (large networks) waits for nothing
                 state, seq = slot.policy.state_dict(), slot.seq
+                trained_steps, train_seconds = slot.trained_steps, slot.train_seconds
                 slot.since_snapshot = 0
-            self.state.write_snapshot(program_id, policy_bytes(slot.policy, state), seq)
+            self.state.write_snapshot(
+                program_id,
+                policy_bytes(slot.policy, state),
+                seq,
+                trained_steps=trained_steps,
+                train_seconds=train_seconds,
+            )

@@ -4,8 +4,9 @@
 - ``pending``: decisions made and not yet resolved (with the context the policy needs to learn).
 - ``feedback``: every feedback event, in arrival order (``seq``), with its decision.
 - ``reuse_gates``: each (program, camera)'s reuse gate (``fmprog.streams.reuse``), saved by the trainer.
-- ``<program>.pt``: a snapshot of the policy (parameters, optimizer state, buffers, RNG, U) and the
-  ``seq`` of the last feedback it includes, written atomically (temp file, fsync, rename).
+- ``<program>.pt``: a snapshot of the policy (parameters, optimizer state, buffers, RNG, U), the
+  ``seq`` of the last feedback it includes and the training that made it (steps, seconds), written
+  atomically (temp file, fsync, rename).
 
 On start a policy is rebuilt from its snapshot (or its spec) and the feedback logged after the
 snapshot is replayed into it, so a ``kill -9`` loses at most the requests in flight.
@@ -19,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fmprog.contract import Feedback, PolicySpec
@@ -37,6 +39,17 @@ CREATE TABLE IF NOT EXISTS reuse_gates (
     program_id TEXT NOT NULL, camera TEXT NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL,
     PRIMARY KEY (program_id, camera));
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A program's stored snapshot: the policy's bytes, the ``seq`` of the last feedback it
+    includes, and the training steps (and their seconds) that went into it."""
+
+    blob: io.BytesIO
+    seq: int
+    trained_steps: int = 0
+    train_seconds: float = 0.0
 
 
 class PolicyState:
@@ -184,24 +197,36 @@ class PolicyState:
     def snapshot_path(self, program_id: str) -> Path:
         return self.dir / f"{program_id}.pt"
 
-    def write_snapshot(self, program_id: str, blob: bytes, seq: int) -> None:
-        """Atomically replace the program's snapshot (``blob`` from ``policy.snapshots``) tagged with ``seq``."""
+    def write_snapshot(
+        self, program_id: str, blob: bytes, seq: int, *, trained_steps: int = 0, train_seconds: float = 0.0
+    ) -> None:
+        """Atomically replace the program's snapshot (``blob`` from ``policy.snapshots``) tagged with
+        ``seq`` and the training that made it."""
         path = self.snapshot_path(program_id)
         temporary = path.with_suffix(".tmp")
-        header = json.dumps({"seq": seq}).encode() + b"\n"
+        tags = {"seq": seq, "trained_steps": trained_steps, "train_seconds": train_seconds}
+        header = json.dumps(tags).encode() + b"\n"
         with open(temporary, "wb") as file:
             file.write(header + blob)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
 
-    def read_snapshot(self, program_id: str) -> tuple[io.BytesIO, int] | None:
+    def read_snapshot(self, program_id: str) -> Snapshot | None:
+        """The program's snapshot, or None; one written before snapshots carried their training
+        reads as trained 0 steps."""
         path = self.snapshot_path(program_id)
         if not path.exists():
             return None
         data = path.read_bytes()
         header, _, blob = data.partition(b"\n")
-        return io.BytesIO(blob), int(json.loads(header)["seq"])
+        tags = json.loads(header)
+        return Snapshot(
+            io.BytesIO(blob),
+            int(tags["seq"]),
+            trained_steps=int(tags.get("trained_steps", 0)),
+            train_seconds=float(tags.get("train_seconds", 0.0)),
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -12,19 +12,29 @@ This is synchronous on purpose: the service runs it in a thread pool, since back
 With ``workers`` the program runs in a pool of worker processes (``fmprog.program.workers``) that
 kills a run at its deadline; the backend calls are still made here, in the answering thread, and a
 killed run's answer is charged for them and credits the sites it executed (memo hits included).
+
+A run that stops with a ``backend_error`` because no backend its last call tried could be reached
+(``unreachable``: no connection, a timeout, no replica, an open circuit; not a refusal of the call
+or a malformed answer) says so (:meth:`Answerer.attempt`): the backend calls are watched as they
+are made, in the answering thread, so the failures are judged from the exceptions themselves, not
+from the trace's text.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Collection, Mapping
-from datetime import datetime
-from typing import Literal
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
+from pybreaker import STATE_OPEN, CircuitBreaker
 
-from fmprog.backends.base import BackendRegistry
+from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
+from fmprog.backends.functions import FUNCTIONS
 from fmprog.contract import SiteGate
 from fmprog.program import ExecutionLimits, Executor, GateDecider, InvalidDecision, Program, Trace
 from fmprog.program.workers import WorkerPool
@@ -33,8 +43,128 @@ from router.gating import gate_problem
 from router.programs import ProgramRegistry
 from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
 from router.store import utc_now
+from router.tenants import DEFAULT_TENANT
 
 FallbackRule = Literal["cheapest", "largest"]
+
+RETRY_AFTER_S = 5.0
+"""When to try a frame again whose backends could not be reached, when none of their clients says
+how long it skips them (an open circuit's cool-down)."""
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+"""HTTP statuses of a backend that could not serve now: the Serve proxy with no replica behind it,
+or a backend deployment whose engine failed (503)."""
+
+
+@dataclass(frozen=True)
+class Unreached:
+    """A run that stopped with a ``backend_error`` because none of the backends its last call
+    tried could be reached: the call site, those backends (in the order tried) and how long until
+    trying again makes sense."""
+
+    site: str
+    backends: list[str]
+    retry_after_s: float
+
+
+def unreachable(failure: BaseException, model: object) -> bool:
+    """Whether a failed backend call says the backend could not be reached now, rather than that
+    it refused the call or answered wrongly: its client is skipping it (its circuit is open, after
+    failures in a row), or the client got no reply (no connection, a timeout, a call through a Ray
+    handle that failed: its error's ``status`` is None and it is ``retryable``), or the reply was a
+    502, 503 or 504 (``UNAVAILABLE_STATUSES``); for a model in this process, a ConnectionError or
+    TimeoutError. A refusal (a 4xx), a 500 or anything else is the backend's answer."""
+    if _circuit_open(model):
+        return True
+    if isinstance(failure, ConnectionError | TimeoutError):
+        return True
+    if not hasattr(failure, "status"):
+        return False
+    status = failure.status
+    if status is None:
+        return getattr(failure, "retryable", False) is True
+    return status in UNAVAILABLE_STATUSES
+
+
+def cool_down_left(model: object) -> float | None:
+    """How many seconds the backend's client goes on skipping it, when its circuit is open: what is
+    left of its circuit breaker's reset timeout (the pybreaker ``breaker`` of the client whose
+    ``circuit_open`` the model carries). None when the circuit is closed or the client has none."""
+    client = getattr(getattr(model, "circuit_open", None), "__self__", None)
+    breaker = getattr(client, "breaker", None)
+    if not isinstance(breaker, CircuitBreaker) or breaker.current_state != STATE_OPEN:
+        return None
+    opened_at = getattr(getattr(breaker, "_state_storage", None), "opened_at", None)
+    if opened_at is None:
+        return None
+    return max(0.0, breaker.reset_timeout - (datetime.now(UTC) - opened_at).total_seconds())
+
+
+def _circuit_open(model: object) -> bool:
+    circuit_open = getattr(model, "circuit_open", None)
+    return bool(circuit_open()) if callable(circuit_open) else False
+
+
+class _Calls(threading.local):
+    """The backend calls of the run in this thread, as they are made: the backend, and what it
+    raised (None: it answered). None outside a run."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, BaseException | None]] | None = None
+
+    def note(self, backend: str, failure: BaseException | None) -> None:
+        if self.made is not None:
+            self.made.append((backend, failure))
+
+
+def _watched(backends: BackendRegistry, calls: _Calls) -> BackendRegistry:
+    """The backends, each call noted in ``calls`` (the model is looked up at each call, so a
+    model's method replaced later is the one called)."""
+    return BackendRegistry([Backend(backend.spec, _watched_model(backend, calls)) for backend in backends.values()])
+
+
+def _watched_model(backend: Backend, calls: _Calls) -> Any:
+    method = FUNCTIONS[backend.function].method
+    model = backend.model
+
+    def call(*arguments: Any) -> Any:
+        try:
+            result = getattr(model, method)(*arguments)
+        except Exception as exc:
+            calls.note(backend.name, exc)
+            raise
+        calls.note(backend.name, None)
+        return result
+
+    return FunctionModel(backend.function, call, repr(model), circuit_open=getattr(model, "circuit_open", None))
+
+
+def unreached(
+    trace: Trace, made: list[tuple[str, BaseException | None]], backends: BackendRegistry
+) -> Unreached | None:
+    """Why the run stopped, when it stopped with a ``backend_error`` because none of the backends
+    its last call tried could be reached (``unreachable``); None otherwise. ``made`` is the run's
+    backend calls with what each raised; the last call's attempts are the trace's failed
+    invocations after its last successful one, matched with the last calls made (None as well
+    when they do not match: a call the runtime refused before making it)."""
+    if trace.error is None or trace.error.kind != "backend_error":
+        return None
+    tail = []
+    for invocation in reversed(trace.invocations):
+        if invocation.ok:
+            break
+        tail.append(invocation)
+    tail.reverse()
+    if not tail or len(made) < len(tail):
+        return None
+    last = made[len(made) - len(tail) :]
+    if [name for name, _ in last] != [invocation.backend for invocation in tail]:
+        return None
+    if any(failure is None or not unreachable(failure, backends[name].model) for name, failure in last):
+        return None
+    names = list(dict.fromkeys(name for name, _ in last))
+    waits = [cool_down_left(backends[name].model) for name in names]
+    retry_after_s = min(RETRY_AFTER_S if wait is None else wait for wait in waits)
+    return Unreached(site=tail[-1].site_id, backends=names, retry_after_s=max(1.0, retry_after_s))
 
 
 def fallback_decision(program: ProgramPublic, rule: FallbackRule = "cheapest") -> dict[str, str]:
@@ -83,9 +213,12 @@ class Answerer:
     ):
         self.programs = programs
         self.store = programs.store
+        self.backends = backends
+        self._calls = _Calls()
+        watched = _watched(backends, self._calls)
         self.executor: Executor | WorkerPool = (
             WorkerPool(
-                backends,
+                watched,
                 limits,
                 workers=workers,
                 retries=retries,
@@ -93,7 +226,7 @@ class Answerer:
                 memory_mb=worker_memory_mb,
             )
             if workers > 0
-            else Executor(backends, limits, retries=retries, retry_backoff_s=retry_backoff_s)
+            else Executor(watched, limits, retries=retries, retry_backoff_s=retry_backoff_s)
         )
         self.fallback = fallback
 
@@ -115,7 +248,7 @@ class Answerer:
         :meth:`record`. Raises NotFound for an unknown program, and what :meth:`run` raises."""
         public, program = self.programs.compiled(program_id)
         record = self.run(public, program, frame, decision, frame_id=frame_id, decision_id=decision_id)
-        return self.record(record)
+        return self.record(record, tenant=public.tenant)
 
     def run(
         self,
@@ -129,6 +262,31 @@ class Answerer:
         gates: Mapping[str, SiteGate] | None = None,
         fallback: FallbackRule | None = None,
     ) -> AnswerRecord:
+        """:meth:`attempt`'s answer."""
+        record, _ = self.attempt(
+            public,
+            program,
+            frame,
+            decision,
+            frame_id=frame_id,
+            decision_id=decision_id,
+            gates=gates,
+            fallback=fallback,
+        )
+        return record
+
+    def attempt(
+        self,
+        public: ProgramPublic,
+        program: Program,
+        frame: np.ndarray,
+        decision: Mapping[str, str] | None,
+        *,
+        frame_id: str | None = None,
+        decision_id: str | None = None,
+        gates: Mapping[str, SiteGate] | None = None,
+        fallback: FallbackRule | None = None,
+    ) -> tuple[AnswerRecord, Unreached | None]:
         """Run the program on ``frame`` under ``decision`` (the fallback decision when None: by
         ``fallback``, else the configured rule), or,
         with ``gates``, under a ``GateDecider`` over them and ``decision``; the
@@ -137,7 +295,9 @@ class Answerer:
 
         The decision is checked here, once: DecisionRejected for one that does not fit the
         program's candidates or the backends; FrameRejected for a frame that is not an RGB uint8
-        image. A program that stops while running is an answer too: ``error`` says why.
+        image. A program that stops while running is an answer too: ``error`` says why; with it,
+        when it stopped because no backend its last call tried could be reached, which those were
+        (``Unreached``; None otherwise).
         """
         is_fallback = decision is None
         chosen = dict(fallback_decision(public, fallback or self.fallback) if decision is None else decision)
@@ -150,6 +310,7 @@ class Answerer:
                 if problem is not None:
                     raise InvalidDecision(problem)
                 runner = GateDecider(gates, chosen)
+            self._calls.made = []
             trace = self.executor.run(
                 program, frame, runner, alternates(public, chosen, self.executor.backends), candidates=allowed
             )
@@ -157,12 +318,17 @@ class Answerer:
             raise DecisionRejected(str(exc)) from None
         except ValueError as exc:  # the decision and the alternates fit, so this is the frame
             raise FrameRejected(str(exc)) from None
-        return _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
+        finally:
+            made, self._calls.made = self._calls.made or [], None
+        record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
+        return record, unreached(trace, made, self.backends)
 
-    def record(self, record: AnswerRecord, charge_window: datetime | None = None) -> AnswerResult:
-        """Store the answer (with ``charge_window``, its cost charged to its program's budget in
-        that window); what the client gets back."""
-        self.store.add_answer(record, charge_window)
+    def record(
+        self, record: AnswerRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> AnswerResult:
+        """Store the answer of ``tenant``'s program (with ``charge_window``, its cost charged to its
+        program's budget in that window); what the client gets back."""
+        self.store.add_answer(record, charge_window, tenant=tenant)
         return AnswerResult(
             decision_id=record.id,
             program_id=record.program_id,

@@ -25,22 +25,23 @@ from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog, ConfigError
 from fmprog.images import ImageError, base64_bytes
 from fmprog.web import (
-    BearerAuth,
     BodyLimit,
     JsonGuard,
-    LoopbackOnly,
     add_operations_routes,
     declare_error_shape,
     error_responses,
     every,
     validation_error_handler,
 )
+from router.admission import Admission
+from router.auth import KeyRing, TenantAuth
 from router.errors import (
     BudgetExhausted,
     Conflict,
     Expired,
     FrameRejected,
     NotFound,
+    QuotaExceeded,
     RouterError,
     Unavailable,
     UnsupportedMedia,
@@ -72,6 +73,7 @@ from router.store import Store
 from router.stream_events import event_stream
 from router.streams import StreamManager
 from router.synthesis import ChatModel, EngineChatModel, ProgramSynthesizer, synthesis_model
+from router.tenants import Caller
 from router.transport import connect
 
 logger = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ def _status(exc: RouterError) -> int:
         return 409
     if isinstance(exc, Expired):
         return 410
-    if isinstance(exc, BudgetExhausted):
+    if isinstance(exc, BudgetExhausted | QuotaExceeded):
         return 429
     if isinstance(exc, Unavailable):
         return 503
@@ -130,6 +132,11 @@ def _status(exc: RouterError) -> int:
 
 def _service(request: Request) -> RouterService:
     return request.app.state.service
+
+
+def _caller(request: Request) -> Caller:
+    """Who sent the request (``TenantAuth`` put it there)."""
+    return request.state.caller
 
 
 def _synthesizer(
@@ -214,8 +221,10 @@ def create_app(
             synthesis_off=synthesis_off,
             breaker_failures=settings.policy_breaker_failures,
             breaker_reset_s=settings.policy_breaker_reset_s,
+            breaker_probe_s=settings.policy_probe_s,
             program_workers=settings.program_workers,
             program_worker_memory_mb=settings.program_worker_memory_mb,
+            program_memory_share=settings.program_memory_share,
             limits=settings.execution_limits(),
             label_window_s=settings.label_window_s,
             expiry_reward=settings.expiry_reward,
@@ -235,6 +244,19 @@ def create_app(
         app.state.streams = streams
         service.metrics.restarts.inc(settings.restarts)
         app.state.answer_slots = anyio.CapacityLimiter(settings.answer_threads)
+        # a frame holds a program worker for its whole run: no more run at once than there are workers
+        running = min(settings.answer_threads, service.program_workers or settings.answer_threads)
+        app.state.admission = Admission(
+            running,
+            settings.answer_queue,
+            settings.tenant_quota,
+            settings.tenant_quotas,
+            stored_bytes=store.stored_bytes,
+            reserve=int(running * settings.answer_reserve),
+        )
+        service.metrics.watch_admission(app.state.admission.snapshot)
+        shared_key = settings.api_key.get_secret_value() if settings.api_key else None
+        app.state.keys = KeyRing(store, shared_key, require_keys=settings.require_keys)
         app.state.service = service
         retention = timedelta(days=settings.retention_days)
         try:
@@ -264,10 +286,7 @@ def create_app(
     app = FastAPI(title="fmprog router", description=description, lifespan=lifespan)
     app.add_middleware(JsonGuard)  # inside BodyLimit: it reads no more than the limit
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    if settings.api_key is not None:
-        app.add_middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
-    else:
-        app.add_middleware(LoopbackOnly, setting="FMPROG_ROUTER_API_KEY")
+    app.add_middleware(TenantAuth, ring=lambda: app.state.keys, open_paths=OPEN_PATHS, setting="FMPROG_ROUTER_API_KEY")
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     declare_error_shape(app)
 
@@ -275,14 +294,15 @@ def create_app(
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
         status = _status(exc)
         request.app.state.service.metrics.errors.labels(request.url.path.split("/")[1] or "/", str(status)).inc()
-        headers = {"retry-after": str(math.ceil(exc.retry_after_s))} if isinstance(exc, BudgetExhausted) else None
+        wait = getattr(exc, "retry_after_s", None)
+        headers = {"retry-after": str(max(1, math.ceil(wait)))} if wait is not None else None
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     @app.post(
         "/programs", status_code=201, response_model=ProgramPublic, responses=error_responses(400, 401, 413, 422, 503)
     )
     async def register(request: Request, body: ProgramCreate) -> ProgramPublic:
-        return await run_in_threadpool(_service(request).register, body)
+        return await run_in_threadpool(_service(request).register, body, _caller(request))
 
     @app.get("/programs", response_model=list[ProgramPublic], responses=error_responses(401))
     async def list_programs(
@@ -290,16 +310,20 @@ def create_app(
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> list[ProgramPublic]:
-        return _service(request).programs.list_programs(limit=limit, offset=offset)
+        return await run_in_threadpool(
+            functools.partial(_service(request).list_programs, _caller(request), limit=limit, offset=offset)
+        )
 
     @app.get("/programs/{program_id}", response_model=ProgramPublic, responses=error_responses(401, 404))
     async def get_program(request: Request, program_id: str) -> ProgramPublic:
-        return _service(request).program(program_id)
+        return await run_in_threadpool(_service(request).program, program_id, _caller(request))
 
     @app.get("/programs/{program_id}/policy", response_model=PolicyView, responses=error_responses(401, 404, 422))
     async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
         """Per call site, the share of each backend in the policy's last decisions, by context bucket."""
-        return await run_in_threadpool(program_policy_view, _service(request).store, program_id, last)
+        service = _service(request)
+        await run_in_threadpool(service.program, program_id, _caller(request))  # NotFound: not the caller's
+        return await run_in_threadpool(program_policy_view, service.store, program_id, last)
 
     @app.post(
         "/programs/{program_id}/evaluate",
@@ -309,11 +333,11 @@ def create_app(
     async def evaluate_program(request: Request, program_id: str, body: EvaluationRequest) -> EvaluationReport:
         """What other policies would have cost and scored on the program's labelled decisions,
         estimated from the log (IPS, SNIPS, doubly robust; ``fmprog.evaluation``)."""
-        return await run_in_threadpool(_service(request).evaluate, program_id, body)
+        return await run_in_threadpool(_service(request).evaluate, program_id, body, _caller(request))
 
     @app.delete("/programs/{program_id}", status_code=204, responses=error_responses(401, 404))
     async def delete_program(request: Request, program_id: str) -> Response:
-        await run_in_threadpool(_service(request).delete, program_id)
+        await run_in_threadpool(_service(request).delete, program_id, _caller(request))
         await run_in_threadpool(_streams(request).stop_program, program_id)
         return Response(status_code=204)
 
@@ -379,23 +403,31 @@ def create_app(
     async def start_stream(request: Request, program_id: str, body: StreamCreate) -> StreamPublic:
         """Start answering a camera or a video: frames pulled from ``source`` and answered ``fps`` a
         second, the answers kept as the stream's events (``GET /streams/{id}/events``)."""
-        return await run_in_threadpool(_streams(request).start, program_id, body)
+        caller = _caller(request)
+        await run_in_threadpool(_service(request).program, program_id, caller)  # NotFound: not the caller's
+        quota = request.app.state.admission.quota(caller.tenant).max_streams
+        return await run_in_threadpool(
+            functools.partial(_streams(request).start, program_id, body, tenant=caller.tenant, max_streams=quota)
+        )
 
     @app.get("/streams", response_model=list[StreamPublic], responses=error_responses(401, 422))
     async def list_streams(
         request: Request, program_id: str | None = None, limit: Limit = 100, offset: Offset = 0
     ) -> list[StreamPublic]:
+        caller = _caller(request)
+        tenant = None if caller.admin else caller.tenant
         return await run_in_threadpool(
-            functools.partial(_streams(request).events.list, program_id, limit=limit, offset=offset)
+            functools.partial(_streams(request).events.list, program_id, tenant=tenant, limit=limit, offset=offset)
         )
 
     @app.get("/streams/{stream_id}", response_model=StreamPublic, responses=error_responses(401, 404))
     async def get_stream(request: Request, stream_id: str) -> StreamPublic:
         """A stream's state, owner and counters (received, answered, reused, dropped, lag...)."""
-        return await run_in_threadpool(_streams(request).get, stream_id)
+        return await _own_stream(request, stream_id)
 
     @app.delete("/streams/{stream_id}", status_code=204, responses=error_responses(401, 404))
     async def stop_stream(request: Request, stream_id: str) -> Response:
+        await _own_stream(request, stream_id)
         await run_in_threadpool(_streams(request).stop, stream_id)
         return Response(status_code=204)
 
@@ -408,6 +440,7 @@ def create_app(
         request: Request, stream_id: str, limit: Limit = 100, offset: Offset = 0
     ) -> list[StreamDeadLetter]:
         """The stream's events its webhook refused or never acknowledged after its retries, oldest first."""
+        await _own_stream(request, stream_id)
         return await run_in_threadpool(
             functools.partial(_streams(request).events.dead_letters, stream_id, limit=limit, offset=offset)
         )
@@ -426,7 +459,7 @@ def create_app(
         number), from the first or after ``Last-Event-ID`` (or ``after``): a client that
         reconnects loses none. It ends when the stream has stopped and every event was sent."""
         streams = _streams(request)
-        await run_in_threadpool(streams.events.get, stream_id)  # NotFound
+        await _own_stream(request, stream_id)
         last = _last_event_id(request.headers.get("last-event-id"), after)
         return StreamingResponse(
             event_stream(streams.events, stream_id, last, request.is_disconnected),
@@ -464,13 +497,16 @@ def create_app(
         own in ``results``: accepted, repeat, conflict, unknown, expired or rejected."""
         body = await _read_feedback(request)
         if isinstance(body, list):
-            return await run_in_threadpool(_service(request).feedback_batch, body)
-        return await run_in_threadpool(_service(request).feedback, body)
+            return await run_in_threadpool(_service(request).feedback_batch, body, _caller(request))
+        return await run_in_threadpool(_service(request).feedback, body, _caller(request))
 
     @app.get("/dead-letters", response_model=list[DeadLetter], responses=error_responses(401, 422))
     async def dead_letters(request: Request, limit: Limit = 100, offset: Offset = 0) -> list[DeadLetter]:
-        """Messages for the policy that it refused (feedback, registrations, deletes), oldest first."""
-        return _service(request).dead_letters(limit=limit, offset=offset)
+        """Messages for the policy that it refused (feedback, registrations, deletes), oldest first:
+        those of the caller's programs (every tenant's for an admin key)."""
+        return await run_in_threadpool(
+            functools.partial(_service(request).dead_letters, _caller(request), limit=limit, offset=offset)
+        )
 
     add_operations_routes(app, _readiness)
     return app
@@ -511,10 +547,18 @@ IMAGE_TYPES = ("image/jpeg", "image/png")
 
 
 async def _answer_one(request: Request, service: RouterService, frame: FrameIn) -> AnswerResult:
+    """Answer one frame once admission lets it run (QuotaExceeded or Overloaded at once if not)."""
+    caller = _caller(request)
     answer = functools.partial(
-        service.answer, frame.program_id, frame.image, frame_id=frame.frame_id, camera=frame.camera
+        service.answer, frame.program_id, frame.image, frame_id=frame.frame_id, camera=frame.camera, caller=caller
     )
-    return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
+    admission: Admission = request.app.state.admission
+    try:
+        async with admission.slot(caller.tenant):
+            return await anyio.to_thread.run_sync(answer, limiter=request.app.state.answer_slots)
+    except (QuotaExceeded, Unavailable) as exc:
+        service.metrics.refused.labels(caller.tenant, type(exc).__name__).inc()
+        raise
 
 
 def _query_camera(value: str | None) -> str | None:
@@ -579,6 +623,14 @@ async def _read_answer_request(request: Request) -> list[FrameIn]:
 
 def _streams(request: Request) -> StreamManager:
     return request.app.state.streams
+
+
+async def _own_stream(request: Request, stream_id: str) -> StreamPublic:
+    """The stream, if the caller may see it (its tenant's, or an admin key); else NotFound."""
+    stream = await run_in_threadpool(_streams(request).get, stream_id)
+    if not _caller(request).sees(stream.tenant):
+        raise NotFound(f"no stream with id {stream_id!r}")
+    return stream
 
 
 def _last_event_id(header: str | None, after: int | None) -> int:

@@ -1,6 +1,7 @@
 """The router's domain errors. Each says what went wrong in the paper's terms; the HTTP layer maps
-them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Expired`` 410, ``BudgetExhausted``
-429, ``Unavailable`` 503, the rest 422) without knowing more."""
+them to status codes (``NotFound`` 404, ``Conflict`` 409, ``Expired`` 410, ``BudgetExhausted`` and
+``QuotaExceeded`` 429, ``Unavailable`` 503, the rest 422) without knowing more. An error with a
+``retry_after_s`` says when trying again makes sense (the HTTP layer's ``Retry-After``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ class BudgetExhausted(RouterError):
         super().__init__(message)
 
 
+class QuotaExceeded(RouterError):
+    """The tenant is past one of its quotas (frames in flight, frames a second, stored bytes,
+    streams): this request is refused; the tenant's others go on."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class Expired(RouterError):
     """The decision's label window closed before its label came: the label is refused, not learned."""
 
@@ -46,6 +56,24 @@ class ProgramInvalid(RouterError):
 class Unavailable(RouterError):
     """Something the request needs is down: the synthesizer's model cannot be loaded or reached, or
     the backends failed during a synthesised program's dry run. Trying again later may succeed."""
+
+
+class Overloaded(Unavailable):
+    """The router's own queue of frames waiting to run is full: refused at once rather than kept
+    waiting without bound."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class BackendsUnavailable(Unavailable):
+    """Every backend a frame's program needed was unreachable (the Serve proxy gone, or every
+    replica of a function): the frame was recorded as a ``backend_error`` but not answered."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class SynthesisUnavailable(RouterError):

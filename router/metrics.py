@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from router.admission import TenantLoad
 from router.schemas import AnswerResult
 from router.store import QualityCounts
+from router.tenants import DEFAULT_TENANT
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,25 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.answers = Counter("fmprog_answers_total", "Frames answered.", ["program", "fallback"], registry=r)
+        self.tenant_answers = Counter(
+            "fmprog_tenant_answers_total",
+            "Frames answered, by the tenant whose program answered.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_cost = Counter(
+            "fmprog_tenant_cost_total",
+            "Cost units charged (as fmprog_cost_total), by the tenant whose program ran.",
+            ["tenant"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "fmprog_refused_total",
+            "Frames refused instead of answered, by tenant and reason: QuotaExceeded (429: the tenant's quota), "
+            "Overloaded (503: the router's queue is full), BackendsUnavailable (503: no backend reachable).",
+            ["tenant", "reason"],
+            registry=r,
+        )
         self.answer_latency = Histogram(
             "fmprog_answer_latency_seconds",
             "End-to-end answer latency: decoding, the policy's decision and the program run.",
@@ -247,14 +268,22 @@ class RouterMetrics:
         waiting now, whether or not a delivery round has run since they were queued."""
         self.outbox.set_function(pending)
 
+    def watch_admission(self, read: Callable[[], dict[str, TenantLoad]]) -> None:
+        """Publish ``fmprog_tenant_frames{tenant, state}`` (running, waiting) from ``read()``, per
+        tenant, at each scrape."""
+        self.registry.register(_AdmissionCollector(read))
+
     def watch_backend_circuit(self, backend: str, circuit_open: Callable[[], bool]) -> None:
         """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
         self.backend_circuit_open.labels(backend).set_function(lambda: 1.0 if circuit_open() else 0.0)
 
-    def answered(self, result: AnswerResult, latency_s: float) -> None:
-        """Count one answer that took ``latency_s`` end to end, and every backend call it made."""
+    def answered(self, result: AnswerResult, latency_s: float, tenant: str = DEFAULT_TENANT) -> None:
+        """Count one answer of ``tenant``'s program that took ``latency_s`` end to end, and every
+        backend call it made."""
         program = result.program_id
         self.answers.labels(program, str(result.fallback).lower()).inc()
+        self.tenant_answers.labels(tenant).inc()
+        self.tenant_cost.labels(tenant).inc(sum(call.cost for call in result.trace))
         self.answer_latency.labels(program).observe(latency_s)
         if any(call.features is not None for call in result.trace):
             self.gated_answers.labels(program).inc()
@@ -322,3 +351,27 @@ class _QualityCollector(Collector):
                     binary.add_metric([program, field.name], getattr(count, field.name))
         yield labels
         yield binary
+
+
+class _AdmissionCollector(Collector):
+    """``fmprog_tenant_frames``: each tenant's frames running and waiting in this router, read at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, TenantLoad]]):
+        self.read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "fmprog_tenant_frames",
+            "Frames of a tenant in this router now: running (holding a slot) or waiting for one.",
+            labels=["tenant", "state"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for tenant, load in sorted(self.read().items()):
+            family.add_metric([tenant, "running"], load.running)
+            family.add_metric([tenant, "waiting"], load.waiting)
+        yield family

@@ -1,5 +1,6 @@
 """The router's view of the policy service: check a policy spec, register it, ask for a decision,
-send feedback (one, or several of a program in one request), delete. Over HTTP
+send feedback (one, or several of a program in one request), delete, and whether it is ready to
+decide (asked while its circuit is open, to try it again as soon as it is back). Over HTTP
 (``HttpPolicyClient``), with the messages of :mod:`fmprog.contract`; any failure is
 ``PolicyUnavailable``, which the router answers with its fallback decision (deciding) or its
 outbox (feedback, registration)."""
@@ -49,6 +50,7 @@ class PolicyPort(Protocol):
     def delete(self, program_id: str) -> None: ...
     def reuse(self, program_id: str, request: ReuseRequest) -> ReuseReply: ...
     def reuse_outcome(self, program_id: str, outcome: ReuseOutcome) -> None: ...
+    def ready(self) -> bool: ...
 
 
 class HttpPolicyClient:
@@ -139,9 +141,11 @@ class HttpPolicyClient:
         body = outcome.model_dump_json()
         self._call("POST", f"/policies/{program_id}/reuse/outcomes", content=body, headers=_JSON)
 
-    def ready(self) -> bool:
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """Whether the policy service says it is ready (``GET /readyz`` answered 200 within
+        ``timeout_s``); False on any failure, never an exception."""
         try:
-            return self._client.get(f"{self.base_url}/readyz").status_code == 200
+            return self._client.get(f"{self.base_url}/readyz", timeout=timeout_s).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -27,6 +27,7 @@ from router.schemas import (
 )
 from router.settings import DEFAULT_LAMBDA
 from router.store import QueuedMessage, Store, utc_now
+from router.tenants import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from router.synthesis import ProgramSynthesizer
@@ -113,13 +114,18 @@ class ProgramRegistry:
         self._lock = threading.Lock()
 
     def register(
-        self, request: ProgramCreate, check_policy: PolicyCheck | None = None, *, tell_policy: bool = False
+        self,
+        request: ProgramCreate,
+        check_policy: PolicyCheck | None = None,
+        *,
+        tell_policy: bool = False,
+        tenant: str = DEFAULT_TENANT,
     ) -> ProgramPublic:
         """Synthesise (for a query), validate, resolve candidates, check the policy's spec (its
         shape here, the rest with ``check_policy``), store (with ``tell_policy``, its registration
         for the policy queued in the outbox in the same transaction); raise SynthesisUnavailable,
         SynthesisFailed, Unavailable, ProgramInvalid, BackendsRejected or PolicyInvalid without
-        storing a program."""
+        storing a program. The program belongs to ``tenant``."""
         source, synthesis = request.source, None
         if source is None:
             source, synthesis = self._synthesize(request)
@@ -148,6 +154,7 @@ class ProgramRegistry:
             labels=request.labels,
             teacher=request.teacher,
             budget=request.budget,
+            tenant=tenant,
         )
         teacher_decision(public)  # BackendsRejected for a teacher's backend no call site can use
         spec = policy_spec(public)
@@ -173,8 +180,9 @@ class ProgramRegistry:
     def get(self, program_id: str) -> ProgramPublic:
         return self.store.get_program(program_id)
 
-    def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
-        return self.store.list_programs(limit=limit, offset=offset)
+    def list_programs(self, *, tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
+        """Programs, oldest first: every tenant's, or ``tenant``'s."""
+        return self.store.list_programs(tenant=tenant, limit=limit, offset=offset)
 
     def delete(self, program_id: str, *, tell_policy: bool = False) -> None:
         """Remove the program (with ``tell_policy``, queueing its delete for the policy in the same

@@ -21,6 +21,7 @@ from fmprog.contract import PolicyDecision, TaskKind
 from fmprog.evaluation import DRAWS, MAX_RUNS, Evaluation, Target
 from fmprog.program import CallSite, InvocationFeatures
 from fmprog.program.scope import warning_line
+from router.tenants import DEFAULT_TENANT
 
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -230,6 +231,10 @@ class ProgramPublic(BaseModel):
     labels: LabelBudget | None = Field(default=None, description="The label budget; none: every label is asked for.")
     teacher: Teacher | None = Field(default=None, description="The teacher that labels a share of frames, if any.")
     budget: CostBudget | None = Field(default=None, description="Its cost budget per window, if any.")
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        description="The tenant that registered it (its API key's); only that tenant's keys and admin keys see it.",
+    )
     warnings: list[str] = Field(
         default_factory=list,
         description="Each call site that none of its backends can see (a noun or question outside every "
@@ -583,6 +588,7 @@ class StreamPublic(BaseModel):
     webhook: str | None = None
     state: StreamState
     owner: str | None = Field(default=None, description="The router that reads the stream now.")
+    tenant: str = Field(default=DEFAULT_TENANT, description="Its program's tenant: only that tenant's keys see it.")
     counters: StreamCounters
     last_error: str | None = None
     created_at: datetime

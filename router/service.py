@@ -24,7 +24,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
-from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
+from pybreaker import (
+    STATE_CLOSED,
+    STATE_OPEN,
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitBreakerListener,
+    CircuitBreakerState,
+)
 from pydantic import ValidationError
 
 from fmprog.backends.base import BackendRegistry
@@ -41,12 +48,14 @@ from fmprog.contract import (
 )
 from fmprog.images import ImageError, check_image, decode_image, encode_jpeg
 from fmprog.program import ExecutionLimits, Program
+from fmprog.program import workers as program_pool
 from fmprog.streams.gates import CameraGates
 from fmprog.streams.reuse import ReuseParams
-from router.answering import Answerer, FallbackRule
+from router.answering import Answerer, FallbackRule, Unreached
 from router.budgets import budget_state, window_start
 from router.cameras import Cameras, CameraView
 from router.errors import (
+    BackendsUnavailable,
     BudgetExhausted,
     Conflict,
     DecisionRejected,
@@ -85,17 +94,19 @@ from router.schemas import (
 from router.settings import DEFAULT_LAMBDA
 from router.store import Pruned, QueuedMessage, Store, utc_now
 from router.synthesis import ProgramSynthesizer
+from router.tenants import OPERATOR, Caller
 
 logger = logging.getLogger(__name__)
 
 
-def policy_breaker(failures: int, reset_s: float, metrics: RouterMetrics) -> CircuitBreaker:
+def policy_breaker(failures: int, reset_s: float, metrics: RouterMetrics) -> PolicyBreaker:
     """A circuit breaker around the policy's decisions (pybreaker): after ``failures`` decisions in a
     row that the policy did not give (PolicyUnavailable: a timeout, no connection, a 5xx) it opens,
-    and for ``reset_s`` frames get the fallback decision without asking; then one frame tries the
-    policy again (half-open), which closes it or opens it for another ``reset_s``. A refusal
+    and for at most ``reset_s`` frames get the fallback decision without asking; then one frame
+    tries the policy again (half-open), which closes it or opens it for another ``reset_s``. A
+    ``BreakerProbe`` half-opens it sooner, as soon as the policy says it is ready. A refusal
     (PolicyRejected, a 4xx) is an answer, so it counts as a success."""
-    return CircuitBreaker(
+    return PolicyBreaker(
         fail_max=failures,
         reset_timeout=reset_s,
         exclude=[PolicyRejected],
@@ -103,6 +114,18 @@ def policy_breaker(failures: int, reset_s: float, metrics: RouterMetrics) -> Cir
         throw_new_error_on_trip=False,  # the call that trips it fails as itself (policy_unavailable)
         name="policy",
     )
+
+
+class PolicyBreaker(CircuitBreaker):
+    """The policy's circuit breaker, which can be half-opened early, only while it is still open."""
+
+    def try_again(self) -> bool:
+        """Half-open the circuit if it is open (the next frame asks the policy); whether it was."""
+        with self._lock:  # the check and the change as one: a frame may close it meanwhile
+            if self.current_state != STATE_OPEN:
+                return False
+            self.half_open()
+            return True
 
 
 class _BreakerWatch(CircuitBreakerListener):
@@ -118,12 +141,123 @@ class _BreakerWatch(CircuitBreakerListener):
         self.metrics.policy_circuit_open.set(1 if opened else 0)
         if opened:
             logger.warning(
-                "the policy failed %d decisions in a row: frames get the fallback decision for %g s",
+                "the policy failed %d decisions in a row: frames get the fallback decision for at most %g s",
                 cb.fail_max,
                 cb.reset_timeout,
             )
         else:
             logger.info("policy circuit %s", new_state.name)
+
+
+class BreakerProbe(CircuitBreakerListener):
+    """While the policy's circuit is open, asks the policy whether it is ready every
+    ``interval_s``, from a daemon thread started the first time the circuit opens; once it is, the
+    circuit is half-opened, so the next frame asks the policy (and, answered, closes it) instead of
+    waiting out the breaker's reset timeout, which stays the upper bound. A restarted policy so
+    decides frames again within about ``interval_s`` of being ready.
+
+    A policy that says it is ready but then fails the frame that tries it costs that frame its
+    timeout; each such failure in a row doubles the interval (up to the reset timeout), so a policy
+    whose readiness is wrong is tried no more often than without probes, in the end. The policy's
+    ``ready()`` failing or raising (a port that cannot tell) is "not ready"."""
+
+    def __init__(self, breaker: PolicyBreaker, policy: PolicyPort, interval_s: float):
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.breaker = breaker
+        self.policy = policy
+        self.interval_s = interval_s
+        self.wait_s = interval_s  # the interval now: longer after trials that failed
+        self.probes = 0  # readiness asked, for tests and logs
+        self._trial = False  # whether the circuit is half-open because a probe found the policy ready
+        self._lock = threading.Lock()
+        self._opened = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        breaker.add_listener(self)
+
+    def state_change(
+        self, cb: CircuitBreaker, old_state: CircuitBreakerState | None, new_state: CircuitBreakerState
+    ) -> None:
+        """Called by the breaker (under its lock): start probing when it opens."""
+        with self._lock:
+            if new_state.name == STATE_OPEN:
+                if self._trial:  # the policy said it was ready, but failed the frame that tried it
+                    self.wait_s = min(2 * self.wait_s, max(self.interval_s, cb.reset_timeout))
+                self._trial = False
+                if self._stopped.is_set():
+                    return
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._probe, name="policy-probe", daemon=True)
+                    self._thread.start()
+                self._opened.set()
+            elif new_state.name == STATE_CLOSED:
+                self._trial = False
+                self.wait_s = self.interval_s
+
+    def _probe(self) -> None:
+        while True:
+            self._opened.wait()
+            if self._stopped.is_set():
+                return
+            self._opened.clear()
+            while self.breaker.current_state == STATE_OPEN:
+                if self._stopped.wait(self.wait_s):
+                    return
+                if self.breaker.current_state != STATE_OPEN or not self._ask():
+                    continue
+                with self._lock:
+                    self._trial = True
+                if self.breaker.try_again():
+                    logger.info("the policy is ready again: the next frame asks it (circuit half-open)")
+                else:
+                    with self._lock:
+                        self._trial = False
+
+    def _ask(self) -> bool:
+        self.probes += 1
+        try:
+            return bool(self.policy.ready())
+        except Exception as exc:  # a port without readiness, or one that breaks: not ready
+            logger.debug("the policy's readiness could not be asked: %s", exc)
+            return False
+
+    def close(self) -> None:
+        """Stop probing (waiting for a probe in flight, briefly)."""
+        with self._lock:
+            self._stopped.set()
+            self._opened.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+
+def backends_unavailable(unreached: Unreached, decision_id: str) -> BackendsUnavailable:
+    """The error of a frame none of whose backends could be reached, naming them."""
+    names = ", ".join(repr(name) for name in unreached.backends)
+    return BackendsUnavailable(
+        f"no backend could be reached for call site {unreached.site} ({names}); the frame is recorded as "
+        f"decision {decision_id}, a backend_error",
+        retry_after_s=unreached.retry_after_s,
+    )
+
+
+def program_pool_size(workers: int, memory_mb: int, share: float) -> int:
+    """How many program workers this machine's memory allows (``pool_size``), logged with why
+    when fewer than ``workers``: each may use its whole address space, ``memory_mb``."""
+    size = program_pool.pool_size(workers, memory_mb, share)
+    if size < workers:
+        memory = program_pool.machine_memory() or 0
+        logger.warning(
+            "%d program workers, not %d: their address spaces (%d MB each) may add up to %g of this "
+            "machine's %d MB of memory",
+            size,
+            workers,
+            memory_mb,
+            share,
+            memory >> 20,
+        )
+    return size
 
 
 class RouterService:
@@ -144,9 +278,11 @@ class RouterService:
         synthesis_off: str = "no synthesizer is configured",
         breaker_failures: int = 5,
         breaker_reset_s: float = 30.0,
+        breaker_probe_s: float = 1.0,
         retry_backoff_s: tuple[float, float] = (0.05, 0.2),
         program_workers: int = 0,
         program_worker_memory_mb: int = 1536,
+        program_memory_share: float = 0.5,
         limits: ExecutionLimits | None = None,
         label_window_s: float | None = None,
         expiry_reward: float | None = None,
@@ -160,6 +296,8 @@ class RouterService:
         self.programs = ProgramRegistry(
             store, catalog, synthesizer, synthesis_off=synthesis_off, default_lambda=default_lambda
         )
+        workers = program_pool_size(program_workers, program_worker_memory_mb, program_memory_share)
+        self.program_workers = workers  # 0: programs run in this process
         self.answerer = Answerer(
             self.programs,
             backends,
@@ -167,7 +305,7 @@ class RouterService:
             fallback=fallback,
             retries=retries,
             retry_backoff_s=retry_backoff_s,
-            workers=program_workers,
+            workers=workers,
             worker_memory_mb=program_worker_memory_mb,
         )
         self.feedback_handler = FeedbackHandler(store, rewards, label_window_s)
@@ -190,6 +328,10 @@ class RouterService:
             if circuit_open is not None:
                 self.metrics.watch_backend_circuit(name, circuit_open)
         self.breaker = policy_breaker(breaker_failures, breaker_reset_s, self.metrics)
+        # while the circuit is open, the policy's readiness half-opens it as soon as it is back
+        self.breaker_probe = None
+        if policy is not None and breaker_probe_s > 0:
+            self.breaker_probe = BreakerProbe(self.breaker, policy, breaker_probe_s)
         self._delivery = threading.Lock()
         self._deciders = ThreadPoolExecutor(max_workers=decide_threads, thread_name_prefix="decide")
         # labels and expiries reach the policy from this thread, woken when they are queued
@@ -197,10 +339,13 @@ class RouterService:
 
     # -- programs -------------------------------------------------------------------------------
 
-    def register(self, request: ProgramCreate) -> ProgramPublic:
+    def register(self, request: ProgramCreate, caller: Caller = OPERATOR) -> ProgramPublic:
+        """Register a program for the caller's tenant (see ``ProgramRegistry.register``)."""
         started = time.perf_counter()
         try:
-            program = self.programs.register(request, self._check_policy, tell_policy=self.policy is not None)
+            program = self.programs.register(
+                request, self._check_policy, tell_policy=self.policy is not None, tenant=caller.tenant
+            )
         except SynthesisFailed as exc:
             self.metrics.synthesised("failed", exc.attempts, time.perf_counter() - started)
             raise
@@ -228,7 +373,8 @@ class RouterService:
         except PolicyUnavailable as exc:
             logger.warning("policy spec not checked, the policy is unavailable (it checks on delivery): %s", exc)
 
-    def delete(self, program_id: str) -> None:
+    def delete(self, program_id: str, caller: Caller = OPERATOR) -> None:
+        self.owned(program_id, caller)
         self.programs.delete(program_id, tell_policy=self.policy is not None)
         self.cameras.forget(program_id)
         self.local_gates.forget(program_id)
@@ -236,8 +382,10 @@ class RouterService:
 
     def close(self) -> None:
         """Stop the threads that ask the policy and run teachers (waiting for those in flight), the
-        program workers, and the outbox's delivery thread (after its last round, which offers the
-        policy what the teachers labelled too)."""
+        probe of the policy's readiness, the program workers, and the outbox's delivery thread
+        (after its last round, which offers the policy what the teachers labelled too)."""
+        if self.breaker_probe is not None:
+            self.breaker_probe.close()
         self._deciders.shutdown(wait=True, cancel_futures=True)
         self._teachers.shutdown(wait=True, cancel_futures=True)
         self.answerer.close()
@@ -247,7 +395,13 @@ class RouterService:
     # -- answers --------------------------------------------------------------------------------
 
     def answer(
-        self, program_id: str, image: bytes, *, frame_id: str | None = None, camera: str | None = None
+        self,
+        program_id: str,
+        image: bytes,
+        *,
+        frame_id: str | None = None,
+        camera: str | None = None,
+        caller: Caller = OPERATOR,
     ) -> AnswerResult:
         """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: the program
         read (and compiled) once, the frame decoded once, the decision checked once, one record.
@@ -256,15 +410,16 @@ class RouterService:
         pixels than the limit) never reaches the policy, whose refusal would cost a round trip. Then
         the policy decides on the same bytes while this thread decodes the frame: the two are
         independent, and the policy's round trip is most of what the router adds to the backends'
-        time. A frame of a named ``camera`` goes to its reuse gate first (:meth:`answer_frame`)."""
+        time. A frame of a named ``camera`` goes to its reuse gate first (:meth:`answer_frame`).
+        Another tenant's program is NotFound to ``caller``."""
         if camera is not None:
             try:
                 frame = decode_image(image)
             except ImageError as exc:
                 raise FrameRejected(f"image: {exc}") from None
-            return self.answer_frame(program_id, frame, frame_id=frame_id, camera=camera, encoded=image)
+            return self.answer_frame(program_id, frame, frame_id=frame_id, camera=camera, encoded=image, caller=caller)
         started = time.perf_counter()
-        public, program = self.programs.compiled(program_id)  # NotFound before any work
+        public, program = self._compiled(program_id, caller)  # NotFound before any work
         budget = self._budget(public)  # BudgetExhausted for a program that refuses frames past it
         decision_id = uuid.uuid4().hex
         exhausted = budget is not None and budget.remaining <= 0  # the cheapest backends, without the policy
@@ -294,6 +449,7 @@ class RouterService:
         camera: str | None = None,
         encoded: bytes | None = None,
         max_age: int = 10,
+        caller: Caller = OPERATOR,
     ) -> AnswerResult:
         """Answer a decoded frame (an RGB uint8 array): a stream's, or one of a named ``camera``.
 
@@ -302,14 +458,14 @@ class RouterService:
         under its own decision id (a label for it teaches the gate). Otherwise the program runs as
         for any frame, the policy deciding on ``encoded`` (the frame's bytes; JPEG when None)."""
         started = time.perf_counter()
-        public, program = self.programs.compiled(program_id)
+        public, program = self._compiled(program_id, caller)
         self.metrics.answer_stage.labels("program").observe(time.perf_counter() - started)
         view = None
         if camera is not None:
             view = self.cameras.look(public, camera, frame, max_age, frame_id)
             if view.reused is not None:
-                result = self.answerer.record(view.reused)
-                self.metrics.answered(result, time.perf_counter() - started)
+                result = self.answerer.record(view.reused, tenant=public.tenant)
+                self.metrics.answered(result, time.perf_counter() - started, public.tenant)
                 self.metrics.reused.labels(public.id).inc()
                 return result
         budget = self._budget(public)
@@ -334,7 +490,10 @@ class RouterService:
         view: CameraView | None,
     ) -> AnswerResult:
         """Run the program on a decoded frame under the policy's decision (being made by
-        ``deciding``; the fallback's when None) and record the answer."""
+        ``deciding``; the fallback's when None) and record the answer. A run that stopped because
+        none of the backends its last call tried could be reached is recorded all the same (a
+        ``backend_error``, its label window open as any decision's), then BackendsUnavailable is
+        raised instead of answering it."""
         stage = self.metrics.answer_stage
         waiting = time.perf_counter()
         if deciding is None:
@@ -345,7 +504,7 @@ class RouterService:
         backends = None if decision is None else decision.backends
         gates = None if decision is None else decision.gates
         try:
-            record = self.answerer.run(
+            record, unreached = self.answerer.attempt(
                 public,
                 program,
                 frame,
@@ -359,13 +518,15 @@ class RouterService:
             if backends is None:
                 raise
             self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
-            record = self.answerer.run(public, program, frame, None, frame_id=frame_id, decision_id=decision_id)
+            record, unreached = self.answerer.attempt(
+                public, program, frame, None, frame_id=frame_id, decision_id=decision_id
+            )
         ran = time.perf_counter()
         if not record.fallback:
             record = logged_decision(record, decision)
         if view is not None:
             record = self.cameras.ran(view, record)
-        result = self.answerer.record(record, None if budget is None else budget.window_start)
+        result = self.answerer.record(record, None if budget is None else budget.window_start, tenant=public.tenant)
         if budget is not None:  # what was left before this frame, less what it cost
             self.metrics.budget_remaining.labels(public.id).set(max(0.0, budget.remaining - record.cost))
         requested, taught = self._labelling(public, None if record.fallback else decision, record)
@@ -376,7 +537,9 @@ class RouterService:
         stage.labels("policy_wait").observe(decided - waiting)
         stage.labels("run").observe(ran - decided)
         stage.labels("record").observe(recorded - ran)
-        self.metrics.answered(result, recorded - started)
+        self.metrics.answered(result, recorded - started, public.tenant)
+        if unreached is not None:
+            raise backends_unavailable(unreached, result.decision_id)
         return result
 
     def _decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision | None:
@@ -420,11 +583,11 @@ class RouterService:
 
     # -- off-policy evaluation ---------------------------------------------------------------------
 
-    def evaluate(self, program_id: str, request: EvaluationRequest) -> EvaluationReport:
+    def evaluate(self, program_id: str, request: EvaluationRequest, caller: Caller = OPERATOR) -> EvaluationReport:
         """Estimate each target of ``request`` on the program's last labelled decisions (NotFound
         for an unknown program, EvaluationRejected for a target the logged decisions cannot
         support): see ``router.evaluation``."""
-        return evaluate_program(self.store, self.programs.get(program_id), request)
+        return evaluate_program(self.store, self.owned(program_id, caller), request)
 
     # -- cost budgets ------------------------------------------------------------------------------
 
@@ -451,9 +614,27 @@ class RouterService:
         now = utc_now()
         return budget_state(program.budget, now, self.store.spent(program.id, window_start(program.budget, now)))
 
-    def program(self, program_id: str) -> ProgramPublic:
-        """The stored program, with its budget's state when it has one."""
+    def list_programs(self, caller: Caller = OPERATOR, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
+        """The programs ``caller`` sees (its tenant's; every tenant's for an admin), oldest first."""
+        tenant = None if caller.admin else caller.tenant
+        return self.programs.list_programs(tenant=tenant, limit=limit, offset=offset)
+
+    def owned(self, program_id: str, caller: Caller = OPERATOR) -> ProgramPublic:
+        """The stored program, if ``caller`` may see it: another tenant's is NotFound, as an unknown one."""
         program = self.programs.get(program_id)
+        if not caller.sees(program.tenant):
+            raise NotFound(f"no program with id {program_id!r}")
+        return program
+
+    def _compiled(self, program_id: str, caller: Caller) -> tuple[ProgramPublic, Program]:
+        public, program = self.programs.compiled(program_id)
+        if not caller.sees(public.tenant):
+            raise NotFound(f"no program with id {program_id!r}")
+        return public, program
+
+    def program(self, program_id: str, caller: Caller = OPERATOR) -> ProgramPublic:
+        """The stored program, if ``caller`` may see it, with its budget's state when it has one."""
+        program = self.owned(program_id, caller)
         if program.budget is None:
             return program
         return program.model_copy(update={"spending": self.spending(program)})
@@ -544,19 +725,22 @@ class RouterService:
 
     # -- feedback -------------------------------------------------------------------------------
 
-    def feedback(self, request: FeedbackIn) -> FeedbackResult:
+    def feedback(self, request: FeedbackIn, caller: Caller = OPERATOR) -> FeedbackResult:
         """Take a label; a new one for a decision the policy made is queued for the policy in the
         transaction that stores it, so a router that dies right after cannot lose it (another
         router delivers the outbox, and the label sent again is a repeat). It is delivered in the
         background (``deliver_soon``), batched with the labels queued meanwhile: the client waits
         for the store, never for the policy."""
-        result, queued = self._take(request)
+        result, queued = self._take(request, caller)
         if queued:
             self.deliver_soon()
         return result
 
-    def _take(self, request: FeedbackIn) -> tuple[FeedbackResult, bool]:
-        """Take one label (see :meth:`feedback`); whether a message for the policy was queued."""
+    def _take(self, request: FeedbackIn, caller: Caller) -> tuple[FeedbackResult, bool]:
+        """Take one label (see :meth:`feedback`); whether a message for the policy was queued. A
+        decision of another tenant's program is NotFound to ``caller``."""
+        if not caller.admin and self.store.decision_tenant(request.decision_id) != caller.tenant:
+            raise NotFound(f"no decision with id {request.decision_id!r}")
         try:
             labelled = self.feedback_handler.feedback(request, self._feedback_message)
         except Expired as exc:
@@ -570,13 +754,13 @@ class RouterService:
                 self.local_gates.learn(result.program_id, outcome)
         return result, labelled.queued
 
-    def feedback_batch(self, requests: list[FeedbackIn]) -> FeedbackBatch:
+    def feedback_batch(self, requests: list[FeedbackIn], caller: Caller = OPERATOR) -> FeedbackBatch:
         """Take a list of labels, each on its own (one refused does not stop the others): per label
         its outcome, in order; what was queued for the policy is delivered in the background."""
         items, queued = [], False
         for request in requests:
             try:
-                result, sent = self._take(request)
+                result, sent = self._take(request, caller)
             except NotFound as exc:
                 items.append(FeedbackItem(decision_id=request.decision_id, outcome="unknown", detail=str(exc)))
             except Conflict as exc:
@@ -673,9 +857,11 @@ class RouterService:
     def _dead_lettered(self, kind: str) -> None:
         self.metrics.dead_letters.labels(kind).inc()
 
-    def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        """Policy messages the policy refused, oldest first (kept for an operator)."""
-        return self.store.list_dead_letters(limit=limit, offset=offset)
+    def dead_letters(self, caller: Caller = OPERATOR, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Policy messages the policy refused, oldest first (kept for an operator): those of the
+        caller's programs, every tenant's for an admin."""
+        tenant = None if caller.admin else caller.tenant
+        return self.store.list_dead_letters(tenant=tenant, limit=limit, offset=offset)
 
     def deliver_soon(self) -> None:
         """Have the outbox's delivery thread deliver what was just queued (and committed), without

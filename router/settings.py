@@ -23,6 +23,7 @@ from fmprog.contract import RewardConfig
 from fmprog.program import ExecutionLimits
 from fmprog.streams.gates import ReuseSettings
 from fmprog.web import is_loopback
+from router.admission import TenantQuota
 
 SYNTHESIS_N_BATCH = 64  # prompt batch of a llama.cpp synthesizer (as fast as 512 on a CPU, measured)
 DEFAULT_LAMBDA = 100.0
@@ -123,6 +124,13 @@ class RouterSettings(BaseSettings):
     policy_breaker_reset_s: float = Field(
         default=30.0, gt=0, le=3600, description="How long a failing policy is skipped before it is tried again."
     )
+    policy_probe_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="While the policy's circuit is open, how often its readiness is probed: once it answers, the "
+        "next frame asks the policy again (half-open), so a restarted policy decides frames within about this long.",
+    )
     policy_api_key: SecretStr | None = Field(
         default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
     )
@@ -140,6 +148,11 @@ class RouterSettings(BaseSettings):
         description="Bearer key for the public endpoints; None: open, and then only requests that arrive on a "
         "loopback address are answered (403 otherwise), whatever address the server was bound to.",
     )
+    require_keys: bool = Field(
+        default=False,
+        description="Every request needs a key, the shared api_key or a tenant's (fmprog keys create), even while "
+        "no tenant key exists; lets the router listen beyond loopback with tenant keys only.",
+    )
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     answer_threads: int = Field(
         default=32, ge=1, le=256, description="Frames answered at once; more wait (backend calls block a thread)."
@@ -153,6 +166,37 @@ class RouterSettings(BaseSettings):
     )
     program_worker_memory_mb: int = Field(
         default=1536, ge=512, description="Address space of each program worker (RLIMIT_AS), interpreter included."
+    )
+    program_memory_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of the machine's memory the program workers' address spaces may add up to: the pool "
+        "holds at most this share divided by program_worker_memory_mb workers (and at most program_workers).",
+    )
+    answer_queue: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Frames waiting for one of the answer_threads slots, all tenants together; past it a frame "
+        "gets 503 with Retry-After at once instead of waiting.",
+    )
+    answer_reserve: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Share of the slots that run frames (answer_threads, or the program workers when fewer) kept "
+        "for tenants running no frame: a tenant keeping the others busy with slow programs cannot make another "
+        "tenant's frame wait for one of them to end. 0: a lone tenant may use every slot.",
+    )
+    tenant_quota: TenantQuota = Field(
+        default_factory=TenantQuota,
+        description="What each tenant may use of this router (JSON): max_in_flight, frames_per_s, max_stored_mb, "
+        "max_streams; past it, 429 with Retry-After.",
+    )
+    tenant_quotas: dict[str, TenantQuota] = Field(
+        default_factory=dict,
+        description='Quotas of named tenants, instead of tenant_quota (JSON: {"acme": {"max_in_flight": 32}}).',
     )
     max_answer_bytes: int = Field(
         default=65_536,
@@ -286,8 +330,11 @@ class RouterSettings(BaseSettings):
     def _safe(self) -> RouterSettings:
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
             raise ValueError("api_key must be at least 16 characters")
-        if not is_loopback(self.host) and self.api_key is None:
-            raise ValueError(f"refusing to listen on {self.host} without an api_key (set FMPROG_ROUTER_API_KEY)")
+        if not is_loopback(self.host) and self.api_key is None and not self.require_keys:
+            raise ValueError(
+                f"refusing to listen on {self.host} without an api_key (set FMPROG_ROUTER_API_KEY, or "
+                "FMPROG_ROUTER_REQUIRE_KEYS=true to take tenant keys only)"
+            )
         if self.backend_transport == "handle" and not self.ray_address:
             raise ValueError("backend_transport 'handle' needs ray_address (the Ray cluster's GCS, host:port)")
         return self

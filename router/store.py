@@ -25,6 +25,10 @@ that stores each answer. A label records who gave it (``source``: a client or th
 teacher, with the teacher's run); unlabelled decisions past their label window are marked expired
 (``expire_answers``) and refuse labels from then on.
 
+Each program belongs to a tenant (``programs.tenant``); tenants' API keys are kept as digests
+(``api_keys``), and ``tenant_usage`` adds up the bytes each tenant's stored decisions hold, in the
+transactions that store and prune them (the stored-bytes quota).
+
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.
 """
@@ -66,6 +70,7 @@ from router.schemas import (
     site_warnings,
 )
 from router.tables import (
+    api_keys,
     decisions,
     feedback,
     policy_dead_letters,
@@ -74,7 +79,9 @@ from router.tables import (
     program_spend,
     programs,
     synthesized_programs,
+    tenant_usage,
 )
+from router.tenants import DEFAULT_TENANT, ApiKey, new_key
 
 # ``schema_version`` as the newest migration leaves it; routers from before Alembic read up to 4.
 SCHEMA_VERSION = 5
@@ -270,6 +277,7 @@ class Store:
             "synthesis": program.synthesis.model_dump_json() if program.synthesis else None,
             "labels": _labels(program),
             "budget": program.budget.model_dump_json() if program.budget else None,
+            "tenant": program.tenant,
         }
         with self.transaction() as db:
             db.execute(programs.insert().values(row))
@@ -291,9 +299,11 @@ class Store:
             raise NotFound(f"no program with id {program_id!r}")
         return digest
 
-    def list_programs(self, *, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
-        """Programs, oldest first."""
+    def list_programs(self, *, tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[ProgramPublic]:
+        """Programs, oldest first: every tenant's, or ``tenant``'s."""
         query = sa.select(programs).order_by(programs.c.created_at, programs.c.id).limit(limit).offset(offset)
+        if tenant is not None:
+            query = query.where(programs.c.tenant == tenant)
         with self.reading() as db:
             rows = db.execute(query).mappings().all()
         return [_program(row) for row in rows]
@@ -340,9 +350,12 @@ class Store:
 
     # Answers: one row per decision (the ``decisions`` table), keyed by the decision id
 
-    def add_answer(self, decision: AnswerRecord, charge_window: datetime | None = None) -> None:
-        """Store an answer; with ``charge_window``, add its cost to its program's spend in that
-        window (the program has a budget), in the same transaction."""
+    def add_answer(
+        self, decision: AnswerRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> None:
+        """Store an answer of ``tenant``'s program, adding its size to the tenant's stored bytes;
+        with ``charge_window``, add its cost to its program's spend in that window (the program has
+        a budget), in the same transaction."""
         row = {
             "id": decision.id,
             "program_id": decision.program_id,
@@ -362,9 +375,12 @@ class Store:
             "propensity": decision.propensity,
             "policy_decision": decision.policy_decision.model_dump_json() if decision.policy_decision else None,
             "reuse": decision.reuse.model_dump_json() if decision.reuse else None,
+            "tenant": tenant,
         }
+        row["stored_bytes"] = size = sum(len(value.encode()) for value in row.values() if isinstance(value, str))
         with self.transaction() as db:
             db.execute(_ADD_ANSWER, row)
+            self._use(db, tenant, size)
             if charge_window is not None:
                 self._charge(db, decision.program_id, charge_window, decision.cost)
 
@@ -381,6 +397,33 @@ class Store:
             index_elements=["program_id", "window_start"], set_={"cost": program_spend.c.cost + cost}
         )
         db.execute(statement)
+
+    def _use(self, db: Connection, tenant: str, size: int) -> None:
+        statement = self._insert(tenant_usage).values(tenant=tenant, stored_bytes=size)
+        statement = statement.on_conflict_do_update(
+            index_elements=["tenant"], set_={"stored_bytes": tenant_usage.c.stored_bytes + size}
+        )
+        db.execute(statement)
+
+    def stored_bytes(self, tenant: str) -> int:
+        """Bytes the tenant's stored decisions hold (those stored before tenants count as 0)."""
+        query = sa.select(tenant_usage.c.stored_bytes).where(tenant_usage.c.tenant == tenant)
+        with self.reading() as db:
+            return int(db.execute(query).scalar() or 0)
+
+    def decision_tenant(self, decision_id: str) -> str:
+        """The tenant a decision was answered for (NotFound without one): its own record, else its
+        program's, else the default tenant (a decision from before tenants of a deleted program)."""
+        query = (
+            sa.select(decisions.c.tenant, programs.c.tenant.label("program_tenant"))
+            .outerjoin(programs, programs.c.id == decisions.c.program_id)
+            .where(decisions.c.id == decision_id)
+        )
+        with self.reading() as db:
+            row = db.execute(query).first()
+        if row is None:
+            raise NotFound(f"no decision with id {decision_id!r}")
+        return row.tenant or row.program_tenant or DEFAULT_TENANT
 
     def spent(self, program_id: str, window: datetime) -> float:
         """What the program spent in the window starting at ``window``."""
@@ -557,6 +600,11 @@ class Store:
                 ids = db.execute(self._oldest(sa.select(decisions.c.id), older_than, batch)).scalars().all()
                 if not ids:
                     return Pruned(pruned_decisions, pruned_feedback)
+                sizes = sa.select(decisions.c.tenant, sa.func.sum(decisions.c.stored_bytes)).where(
+                    decisions.c.id.in_(ids), decisions.c.stored_bytes.is_not(None)
+                )
+                for tenant, size in db.execute(sizes.group_by(decisions.c.tenant)).all():
+                    self._use(db, tenant or DEFAULT_TENANT, -int(size))
                 pruned_feedback += db.execute(feedback.delete().where(feedback.c.decision_id.in_(ids))).rowcount
                 pruned_decisions += db.execute(decisions.delete().where(decisions.c.id.in_(ids))).rowcount
 
@@ -570,9 +618,12 @@ class Store:
 
     # Policy messages the policy refused (moved here from the outbox by ``Outbox.deliver``)
 
-    def list_dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        """Refused policy messages, oldest first."""
+    def list_dead_letters(self, *, tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Refused policy messages, oldest first: every tenant's, or those of ``tenant``'s programs."""
         query = sa.select(policy_dead_letters).order_by(policy_dead_letters.c.id).limit(limit).offset(offset)
+        if tenant is not None:
+            owned = sa.select(programs.c.id).where(programs.c.tenant == tenant)
+            query = query.where(policy_dead_letters.c.program_id.in_(owned))
         with self.reading() as db:
             rows = db.execute(query).mappings().all()
         return [
@@ -591,6 +642,67 @@ class Store:
     def count_dead_letters(self) -> int:
         with self.reading() as db:
             return db.execute(sa.select(sa.func.count()).select_from(policy_dead_letters)).scalar_one()
+
+    # Tenants' API keys
+
+    def add_key(self, tenant: str, *, admin: bool = False) -> tuple[str, ApiKey]:
+        """A new key for ``tenant``: the key itself (shown once, never stored) and its record."""
+        key, key_id, digest = new_key()
+        record = ApiKey(id=key_id, tenant=tenant, admin=admin, created_at=utc_now())
+        row = {
+            "id": key_id,
+            "tenant": tenant,
+            "digest": digest,
+            "admin": admin,
+            "created_at": record.created_at.isoformat(),
+        }
+        with self.transaction() as db:
+            db.execute(api_keys.insert().values(row))
+        return key, record
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key (NotFound for an unknown id); revoking it again keeps the first time."""
+        with self.transaction() as db:
+            db.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=utc_now().isoformat())
+            )
+            row = db.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        return _api_key(row)
+
+    def find_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """A key's record and stored digest, revoked or not; None for an unknown id."""
+        with self.reading() as db:
+            row = db.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+        return (_api_key(row), row["digest"]) if row is not None else None
+
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Keys, oldest first, revoked ones too: every tenant's, or ``tenant``'s."""
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        with self.reading() as db:
+            return [_api_key(row) for row in db.execute(query).mappings().all()]
+
+    def has_keys(self) -> bool:
+        """Whether any key is in force (then every request needs a key)."""
+        query = sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)
+        with self.reading() as db:
+            return db.execute(query).first() is not None
+
+
+def _api_key(row: Any) -> ApiKey:
+    revoked = row["revoked_at"]
+    return ApiKey(
+        id=row["id"],
+        tenant=row["tenant"],
+        admin=bool(row["admin"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        revoked_at=datetime.fromisoformat(revoked) if revoked else None,
+    )
 
 
 def queue(db: Connection, message: QueuedMessage) -> None:
@@ -643,6 +755,7 @@ def _program(row: Any) -> ProgramPublic:
         synthesis=SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None,
         **_labels_of(row["labels"]),
         budget=CostBudget.model_validate_json(row["budget"]) if row["budget"] else None,
+        tenant=row["tenant"],
     )
 
 

@@ -20,6 +20,7 @@ from router.errors import NotFound
 from router.schemas import StreamCounters, StreamCreate, StreamDeadLetter, StreamEvent, StreamPublic, StreamState
 from router.store import Store, utc_now
 from router.tables import stream_dead_letters, stream_events, streams
+from router.tenants import DEFAULT_TENANT
 
 
 def _time(moment: datetime) -> str:
@@ -34,9 +35,17 @@ class StreamStore:
         self.store = store
 
     def add(
-        self, stream_id: str, program_id: str, request: StreamCreate, owner: str | None, lease_until: datetime | None
+        self,
+        stream_id: str,
+        program_id: str,
+        request: StreamCreate,
+        owner: str | None,
+        lease_until: datetime | None,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """Store a new running stream, held by ``owner`` until ``lease_until`` (None: by nobody yet)."""
+        """Store a new running stream of ``tenant``'s program, held by ``owner`` until
+        ``lease_until`` (None: by nobody yet)."""
         now = _time(utc_now())
         row = {
             "id": stream_id,
@@ -50,6 +59,7 @@ class StreamStore:
             "last_error": None,
             "created_at": now,
             "updated_at": now,
+            "tenant": tenant,
         }
         with self.store.transaction() as db:
             db.execute(streams.insert(), row)
@@ -61,12 +71,23 @@ class StreamStore:
             raise NotFound(f"no stream with id {stream_id!r}")
         return _stream(row)
 
-    def list(self, program_id: str | None = None, *, limit: int = 100, offset: int = 0) -> list[StreamPublic]:
+    def list(
+        self, program_id: str | None = None, *, tenant: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[StreamPublic]:
+        """Streams, oldest first: of one program, of ``tenant``, or all."""
         query = sa.select(streams).order_by(streams.c.created_at, streams.c.id).limit(limit).offset(offset)
         if program_id is not None:
             query = query.where(streams.c.program_id == program_id)
+        if tenant is not None:
+            query = query.where(streams.c.tenant == tenant)
         with self.store.reading() as db:
             return [_stream(row) for row in db.execute(query).mappings().all()]
+
+    def running(self, tenant: str) -> int:
+        """How many of ``tenant``'s streams are running (on any router): what its streams quota counts."""
+        query = sa.select(sa.func.count()).where(streams.c.state == "running", streams.c.tenant == tenant)
+        with self.store.reading() as db:
+            return db.execute(query).scalar_one()
 
     def stop(self, stream_id: str) -> None:
         """Mark a stream stopped (its owner stops reading it at its next renewal); NotFound."""
@@ -237,6 +258,7 @@ def _stream(row: Any, *, redact: bool = True) -> StreamPublic:
         source=redacted(row["source"]) if redact else row["source"],
         state=row["state"],
         owner=row["owner"],
+        tenant=row["tenant"],
         counters=StreamCounters.model_validate_json(row["counters"]),
         last_error=row["last_error"],
         created_at=datetime.fromisoformat(row["created_at"]),

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from fmprog.streams.source import LatestFrame, SampledFrame, SourceError, StreamReader, check_source
-from router.errors import NotFound, RouterError, SourceRejected
+from router.errors import NotFound, QuotaExceeded, RouterError, SourceRejected
 from router.schemas import StreamCounters, StreamCreate, StreamEvent, StreamPublic
 from router.service import RouterService
 from router.store import utc_now
@@ -220,10 +220,17 @@ class StreamManager:
 
     # -- the API's operations -------------------------------------------------------------------
 
-    def start(self, program_id: str, request: StreamCreate) -> StreamPublic:
-        """Start reading a stream for a program: NotFound, SourceRejected (a source this router
-        refuses), or the stream, running here."""
-        self.service.programs.get(program_id)
+    def start(
+        self, program_id: str, request: StreamCreate, *, tenant: str | None = None, max_streams: int | None = None
+    ) -> StreamPublic:
+        """Start reading a stream for a program: NotFound, QuotaExceeded (``tenant`` already runs
+        ``max_streams`` streams, on any router), SourceRejected (a source this router refuses), or
+        the stream, running here."""
+        program = self.service.programs.get(program_id)
+        if tenant is not None and max_streams is not None and self.events.running(tenant) >= max_streams:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} runs {max_streams} streams, its max_streams: stop one first", retry_after_s=60
+            )
         try:
             target = check_source(request.source, self.file_roots)
         except SourceError as exc:
@@ -233,10 +240,10 @@ class StreamManager:
         now = utc_now()
         with self._lock:
             if len(self._runners) >= self.max_streams:  # stored unowned: a router with room claims it
-                self.events.add(stream_id, program_id, stored, None, None)
+                self.events.add(stream_id, program_id, stored, None, None, tenant=program.tenant)
             else:
                 lease = now + timedelta(seconds=self.lease_s)
-                self.events.add(stream_id, program_id, stored, self.owner, lease)
+                self.events.add(stream_id, program_id, stored, self.owner, lease, tenant=program.tenant)
                 self._run(self.events.claim(stream_id, self.owner, now, lease))
         return self.get(stream_id)
 

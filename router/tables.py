@@ -28,6 +28,7 @@ programs = sa.Table(
     sa.Column("lambda_source", sa.Text, nullable=False, server_default="request"),
     sa.Column("labels", sa.Text),  # {"budget": LabelBudget | null, "teacher": Teacher | null}
     sa.Column("budget", sa.Text),  # CostBudget
+    sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # who registered it: only they see it
 )
 
 decisions = sa.Table(
@@ -51,6 +52,8 @@ decisions = sa.Table(
     sa.Column("propensity", sa.Float),  # the probability the decision gave this run; None: not known
     sa.Column("policy_decision", sa.Text),  # the policy's PolicyDecision (None: the fallback's, or older rows)
     sa.Column("reuse", sa.Text),  # ReuseRecord: for a frame of a camera, what the reuse gate decided
+    sa.Column("tenant", sa.Text),  # the program's tenant when answered (None: older rows, the default tenant's)
+    sa.Column("stored_bytes", sa.BigInteger),  # what the row holds, counted in its tenant's tenant_usage
 )
 
 synthesized_programs = sa.Table(
@@ -139,6 +142,7 @@ streams = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # its program's tenant
 )
 
 # The answers to a stream's frames, in order: what its event stream (SSE) replays from any point.
@@ -162,4 +166,26 @@ stream_dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+)
+
+# A tenant's API key: only its SHA-256 digest is kept; ``id`` is the key's public part, which names it
+# in ``fmprog keys revoke`` and in logs. A revoked key stays, with when it was revoked.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("revoked_at", sa.Text),
+)
+
+# Bytes each tenant's stored decisions hold (``decisions.stored_bytes`` added up), updated in the
+# transaction that stores each answer and in the one that prunes it: what its stored-bytes quota reads.
+tenant_usage = sa.Table(
+    "tenant_usage",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -118,6 +118,6 @@ def test_the_policy_requires_its_key_and_the_router_sends_it(tmp_path, zoo):
     ],
 )
 def test_which_local_addresses_count_as_outside(local_address, outside):
-    from fmprog.web import _arrived_from_outside
+    from fmprog.web import arrived_from_outside
 
-    assert _arrived_from_outside(local_address) is outside
+    assert arrived_from_outside(local_address) is outside

@@ -20,6 +20,9 @@ other thread. A ``WorkerPool`` runs each program in one of a few worker processe
 - the compiled program is sent once per worker and kept by digest; workers are started on first
   demand, reused, and a busy pool queues runs.
 
+Every worker may use its whole address space, so a pool of ``workers`` may claim ``workers`` times
+``memory_mb``: ``pool_size`` says how many workers fit a share of the machine's memory.
+
 What comes back from a worker is only plain data (a restricted unpickler refuses every class) and
 JSON the trace's models validate: a worker is no more trusted than the program it runs. An answer
 over the run's ``max_answer_bytes`` is refused in the worker, before its trace is sent (the trace
@@ -47,6 +50,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -87,6 +91,39 @@ _BOOT = (
 
 class WorkerStartError(RuntimeError):
     """A worker process could not be started (or died before it was ready)."""
+
+
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # this process's cgroup's memory limit (cgroup v2)
+
+
+def machine_memory(cgroup_limit: Path = CGROUP_MEMORY_MAX) -> int | None:
+    """The memory this process's machine has, in bytes: its physical memory, or its cgroup's
+    limit (``memory.max``) when that is a number and smaller (a container's). None when neither
+    can be read."""
+    try:
+        physical: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        physical = None
+    try:
+        limit: int | None = int(cgroup_limit.read_text().strip())  # "max" when there is none
+    except (OSError, ValueError):
+        limit = None
+    known = [size for size in (physical, limit) if size is not None and size > 0]
+    return min(known) if known else None
+
+
+def pool_size(workers: int, memory_mb: int, share: float) -> int:
+    """How many program workers to start: the most whose address spaces (``memory_mb`` each) add
+    up to at most ``share`` of the machine's memory (``machine_memory``), at least 1 and at most
+    ``workers``; 0 stays 0 (programs run in the serving process), and ``workers`` when the
+    machine's memory cannot be read."""
+    if workers <= 0:
+        return 0
+    memory = machine_memory()
+    if memory is None:
+        return workers
+    fit = int(share * memory) // (memory_mb * 2**20)
+    return max(1, min(workers, fit))
 
 
 # ---------------------------------------------------------------------------------------------

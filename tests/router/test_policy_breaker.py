@@ -6,13 +6,14 @@ decompression bomb) never reaches the policy at all."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from fmprog.backends import BackendCatalog
@@ -33,15 +34,19 @@ class SlowPolicy:
     """A policy service that chooses the largest backends, and can be made to hang on decisions."""
 
     slow: bool = False
+    ready: bool = True
     decisions_asked: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0  # decisions being made at once, at most
     specs: dict[str, PolicySpec] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> FastAPI:
         app = FastAPI()
 
         @app.get("/readyz")
-        def ready() -> dict[str, str]:
-            return {"status": "ready"}
+        def ready() -> Response:
+            return Response(status_code=200 if self.ready else 503)
 
         @app.post("/policies/check")
         def check() -> dict[str, str]:
@@ -54,9 +59,14 @@ class SlowPolicy:
 
         @app.post("/policies/{program_id}/decisions")
         def decide(program_id: str) -> PolicyDecision:
-            self.decisions_asked += 1
+            with self.lock:
+                self.decisions_asked += 1
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
             if self.slow:
                 time.sleep(1.0)
+            with self.lock:
+                self.in_flight -= 1
             spec = self.specs[program_id]
             return PolicyDecision(algorithm="fake", backends={site.id: site.largest for site in spec.sites})
 
@@ -78,7 +88,8 @@ def test_a_policy_that_keeps_timing_out_is_skipped_for_a_cool_down(tmp_path, zoo
             policy_url=policy_url,
             policy_timeout_s=0.3,
             policy_breaker_failures=2,
-            policy_breaker_reset_s=1.0,
+            policy_breaker_reset_s=30.0,
+            policy_probe_s=0.1,
             synthesis_backend=None,
             outbox_retry_s=3600,
         )
@@ -94,7 +105,7 @@ def test_a_policy_that_keeps_timing_out_is_skipped_for_a_cool_down(tmp_path, zoo
                 return reply.json()["fallback"]
 
             assert answer() is False and policy.decisions_asked == 1
-            policy.slow = True
+            policy.slow, policy.ready = True, False
             assert [answer(), answer()] == [True, True]  # two timeouts in a row: the circuit opens
             assert policy.decisions_asked == 3
             assert _metric(router, "fmprog_policy_circuit_open 1.0")
@@ -104,9 +115,15 @@ def test_a_policy_that_keeps_timing_out_is_skipped_for_a_cool_down(tmp_path, zoo
             assert _metric(router, f'fmprog_fallbacks_total{{program="{pid}",reason="policy_open_circuit"}} 3.0')
             assert _metric(router, f'fmprog_fallbacks_total{{program="{pid}",reason="policy_unavailable"}} 2.0')
 
-            policy.slow = False
-            time.sleep(1.2)  # the cool-down: then one frame tries the policy again
-            assert answer() is False and policy.decisions_asked == 4
+            policy.slow, policy.ready = (
+                False,
+                True,
+            )  # ready again: the probe lets one frame try the policy (half-open), long before 30 s
+            deadline = time.monotonic() + 20
+            while answer() is True:
+                assert time.monotonic() < deadline, "the policy was not asked again after it became ready"
+                time.sleep(0.05)
+            assert policy.decisions_asked == 4
             assert _metric(router, "fmprog_policy_circuit_open 0.0")
             assert answer() is False and policy.decisions_asked == 5
 
@@ -125,11 +142,10 @@ def test_the_breaker_does_not_ask_the_policy_one_frame_at_a_time(tmp_path, zoo):
         with serving(app) as router:
             body = {"source": example("person_on_bike"), "kind": "binary", "lambda": 0.1}
             frame["program_id"] = httpx.post(f"{router}/programs", json=body).json()["id"]
-            started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=3) as pool:
                 replies = list(pool.map(lambda _: httpx.post(f"{router}/answer", json=frame, timeout=30), range(3)))
             assert [r.json()["fallback"] for r in replies] == [False] * 3
-            assert time.perf_counter() - started < 2.5  # in turn: more than 3 s
+            assert policy.most_in_flight == 3  # in turn, it would be 1
 
 
 def _router_app(tmp_path, policy_url: str, zoo):

@@ -67,7 +67,7 @@ def test_a_sqlite_store_uses_wal_and_records_its_revision(db_path: Path):
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
         columns = {row[1]: row[2] for row in db.execute("PRAGMA table_info(decisions)")}
         assert columns["propensity"] == "FLOAT" and columns["policy_decision"] == "TEXT" and columns["reuse"] == "TEXT"
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
