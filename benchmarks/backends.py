@@ -9,7 +9,7 @@ Per backend it measures, through the Serve HTTP proxy:
   engine saw, and the throughput gain of dynamic batching;
 - the peak resident memory of the backend's replica process.
 
-    python -m benchmarks.backends [--config deploy/config/synthetic.yaml] [--items 150]
+    python -m benchmarks.backends [--config fmprog/configs/synthetic.yaml] [--items 150]
         [--out benchmarks/results/backends.json]
 """
 
@@ -191,7 +191,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="deploy/config/synthetic.yaml")
+    parser.add_argument("--config", default="fmprog/configs/synthetic.yaml")
     parser.add_argument("--backends", help="comma-separated subset")
     parser.add_argument("--items", type=int, default=150, help="evaluation items per difficulty (vision)")
     parser.add_argument("--calls", type=int, default=64, help="timed calls per mode (a quarter for LLMs)")

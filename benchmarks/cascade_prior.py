@@ -228,8 +228,8 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Evidence], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("policy/priors/cascade.json"))
-    parser.add_argument("--config", type=Path, default=Path("deploy/config/synthetic.yaml"))
-    parser.add_argument("--costs", type=Path, default=Path("deploy/config/gpu.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("fmprog/configs/synthetic.yaml"))
+    parser.add_argument("--costs", type=Path, default=Path("fmprog/configs/gpu.yaml"))
     parser.add_argument("--cache", type=Path, help="keep backend outputs in this SQLite file for the next run")
     parser.add_argument("--lam", type=float, default=1e-3)
     parser.add_argument("--binary-frames", type=int, default=1000)

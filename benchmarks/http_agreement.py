@@ -27,7 +27,7 @@ from launcher.process import StackProcess
 from launcher.settings import StackSettings
 
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
-CONFIG = Path("deploy/config/synthetic.yaml")
+CONFIG = Path("fmprog/configs/synthetic.yaml")
 LAMBDA = 1e-3
 
 

@@ -54,7 +54,7 @@ from launcher.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
-SYNTHETIC = ROOT / "deploy" / "config" / "synthetic.yaml"  # the zoo the sample program is written for
+SYNTHETIC = ROOT / "fmprog" / "configs" / "synthetic.yaml"  # the zoo the sample program is written for
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
 SAMPLE_EVERY_S = 0.2
 KEEPALIVE_S = 1.0

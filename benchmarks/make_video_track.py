@@ -1,7 +1,7 @@
 """Build the real-video track: each query's reference answer on every frame of ``vtest.avi``, and
 how far the reference is from the hand-verified sample.
 
-    python -m benchmarks.make_video_track [--out benchmarks/tracks/video] [--config deploy/config/real.yaml]
+    python -m benchmarks.make_video_track [--out benchmarks/tracks/video] [--config fmprog/configs/real.yaml]
 
 Runs every query's program with the configuration's dearest backend at each call site (the NoScope
 protocol: the reference is the ground truth) on all 795 frames, in this process, and writes the

@@ -26,7 +26,7 @@ it is swept on the tune split alone and the value with the best "is there" accur
 configured confidence and at the tuned one, and nothing is chosen on it.
 
     python -m benchmarks.photos [--out benchmarks/results/photos.json] [--cache DIR]
-        [--config deploy/config/real.yaml]
+        [--config fmprog/configs/real.yaml]
 
 It writes the settings, the sources, the numbers per detector / split / confidence, the tuned
 confidences, the boxes found per photo and class, the run times and the machine to ``--out`` (JSON),

@@ -1,4 +1,4 @@
-"""The real-image backends' compute and seconds per call on real frames (deploy/config/real.yaml).
+"""The real-image backends' compute and seconds per call on real frames (fmprog/configs/real.yaml).
 
 For each detector and VQA backend of the configuration, loaded in this process as its replica
 loads it (one thread each, as configured):
@@ -10,7 +10,7 @@ loads it (one thread each, as configured):
   the whole frame ("person"), a VQA backend on the people a detector found there ("What color is
   this?" and "What is this?", half each).
 
-    python -m benchmarks.real_backends [--config deploy/config/real.yaml] [--frames 40]
+    python -m benchmarks.real_backends [--config fmprog/configs/real.yaml] [--frames 40]
         [--out benchmarks/results/real_backends.json]
 """
 

@@ -3,7 +3,7 @@
 For each transport named (``--transports http handle``, the default: the Serve HTTP proxy, then
 Ray Serve DeploymentHandles; ``StackSettings.backend_transport``), one after the other in the same
 run, it starts ``fmprog up`` with the synthetic zoo's four vision backends
-(``deploy/config/synthetic.yaml``: detect-small, detect-large, vqa-small, vqa-large) on free
+(``fmprog/configs/synthetic.yaml``: detect-small, detect-large, vqa-small, vqa-large) on free
 ports, checks which transport the router really runs with (its
 ``FMPROG_ROUTER_BACKEND_TRANSPORT``; a mismatch fails that transport's run), registers the sample
 program ("Is there a triangle left of a circle?", ``examples/programs/triangle_left_of_circle.py``)
@@ -45,7 +45,7 @@ the run goes on; the exit status is then 1 (after ``--out`` is written).
 
 **Real images** (once, after the transports, ``--real-transport``: "handle" when its synthetic
 run worked, else "http"): ``fmprog up`` with the default backend configuration
-(``deploy/config/real.yaml``: YOLOv3-tiny at 320 and 608 px, EfficientNet-Lite0 and Lite2 VQA; its
+(``fmprog/configs/real.yaml``: YOLOv3-tiny at 320 and 608 px, EfficientNet-Lite0 and Lite2 VQA; its
 detect and vqa backends only, as ``make demo``: the program calls nothing else), the video track's
 "What color is the leftmost person wearing?" (one detection, one VQA question when it finds
 someone) under the ``static`` policy (``--real-mode``, cheapest by default), ``--real-frames``
@@ -90,7 +90,7 @@ from launcher.process import StackProcess
 from launcher.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHETIC = ROOT / "deploy" / "config" / "synthetic.yaml"
+SYNTHETIC = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = ROOT / "examples" / "programs" / "triangle_left_of_circle.py"
 TRANSPORTS = ("http", "handle")
@@ -529,7 +529,7 @@ def real_backends() -> list[Any]:
     from fmprog.backends import Function, load_catalog
     from fmprog.backends.config import DEFAULT_CONFIG
 
-    catalog = load_catalog(str(ROOT / DEFAULT_CONFIG))
+    catalog = load_catalog(DEFAULT_CONFIG)
     return [s for s in catalog.backends if s.function in (Function.detect, Function.vqa)]
 
 
@@ -544,7 +544,7 @@ def run_real(transport: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[real] {len(frames)} frames of {REAL_VIDEO} ({frames[0][2].shape[1]}x{frames[0][2].shape[0]})", flush=True)
     with tempfile.TemporaryDirectory(prefix="fmprog-bench-real-") as state:
         settings = StackSettings.on_free_ports(
-            config=ROOT / DEFAULT_CONFIG, backends=backends, state_dir=Path(state), backend_transport=transport
+            config=DEFAULT_CONFIG, backends=backends, state_dir=Path(state), backend_transport=transport
         )
         router = settings.router_url
         with running_stack(settings) as (stack, startup_s):

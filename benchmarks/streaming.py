@@ -46,7 +46,7 @@ from router.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACK = ROOT / "benchmarks" / "tracks" / "video"
-CONFIG = ROOT / "deploy" / "config" / "real.yaml"
+CONFIG = ROOT / "fmprog" / "configs" / "real.yaml"
 OUT = ROOT / "benchmarks" / "results" / "streaming.json"
 BACKENDS = ["detect-yolo320", "detect-yolo608", "vqa-lite0", "vqa-lite2"]
 FPS = 10.0

@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary", type=Path, default=Path("benchmarks/tracks/test/binary.json"))
     parser.add_argument("--open", type=Path, default=Path("benchmarks/tracks/test/open"))
-    parser.add_argument("--config", type=Path, default=Path("deploy/config/synthetic.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("fmprog/configs/synthetic.yaml"))
     parser.add_argument("--frames", type=int, default=100, help="held-out frames per query (default: %(default)s)")
     parser.add_argument("--only", help="only the queries whose text contains this")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/vqa/cache.sqlite3"), help="output cache")

@@ -1,6 +1,6 @@
 """Serve the synthetic zoo's backends on localhost and run one program over a stream of frames.
 
-Starts Ray Serve with every backend of deploy/config/synthetic.yaml, then answers "is there a
+Starts Ray Serve with every backend of fmprog/configs/synthetic.yaml, then answers "is there a
 triangle left of a circle?" on generated scene frames four ways: the program with all-small
 backends, with all-large backends, with a mixed configuration, and the monolithic baseline
 (vqa-large on the whole frame with the whole question). It prints accuracy and cost per frame of
@@ -44,7 +44,7 @@ def f1_yes(answers: list[str], truths: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--config", default=str(ROOT / "deploy" / "config" / "synthetic.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "fmprog" / "configs" / "synthetic.yaml"))
     args = parser.parse_args()
 
     port = free_port()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from fmprog.backends.config import DEFAULT_CONFIG, BackendSpec
+from launcher.options import add_config_option, config_help
 
 
 def _version() -> str:
@@ -39,18 +40,12 @@ def _program_check(args: argparse.Namespace) -> int:
     if (problem := program.servable_problem()) is not None:
         print(f"{args.file}: {problem}", file=sys.stderr)
         return 2
-    catalog = None
-    if args.config is not None or Path(DEFAULT_CONFIG).is_file():
-        try:
-            catalog = load_catalog(args.config or DEFAULT_CONFIG)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        catalog = load_catalog(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps([site.model_dump(mode="json") for site in program.call_sites], indent=2))
-    if catalog is None:
-        print(f"{args.file}: note: no {DEFAULT_CONFIG} here; give --config to check what its backends can see",
-              file=sys.stderr)  # fmt: skip
-        return 0
     for warning in warnings(program, catalog):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     return 0
@@ -103,8 +98,15 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from fmprog.backends.config import ConfigError, load_catalog
+    from launcher.supervisor import QuietShutdown
     from services.cluster import ServeSettings, serve_backends
 
+    try:
+        load_catalog(args.config)  # a configuration that cannot be used fails here, before Ray starts
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     settings = ServeSettings(
         config=args.config,
         host=args.host,
@@ -115,13 +117,15 @@ def _serve(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with serve_backends(settings) as cluster:
+    print(f"starting Ray and Serve with the backends of {args.config} ...", file=sys.stderr, flush=True)
+    with QuietShutdown() as quiet, serve_backends(settings) as cluster:
         for name in cluster.handles:
             spec = cluster.catalog.get(name)
             print(f"{name:>14}  {spec.function.value:<6} cost {spec.cost:>10g}  {cluster.base_url}/{name}", flush=True)
         print("serving; Ctrl-C to stop", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+        quiet.start()  # Serve and Ray stop next, without Ray's warning that they did
     return 0
 
 
@@ -166,10 +170,15 @@ def _policy_key() -> dict[str, str]:
 def _serve_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from fmprog.backends import load_catalog
+    from fmprog.backends.config import ConfigError, load_catalog
     from services.app import serve_config
 
-    config = serve_config(load_catalog(args.config), host=args.host, port=args.port)
+    try:
+        catalog = load_catalog(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = serve_config(catalog, host=args.host, port=args.port)
     sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
     return 0
 
@@ -177,7 +186,22 @@ def _serve_config(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks.vqa.cli import run
 
+    print(f"fmprog bench: reading the tracks, then every policy and baseline on them; report under {args.out}",
+          file=sys.stderr, flush=True)  # fmt: skip
     return run(args)
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its one-line help as one, so that
+    ``fmprog COMMAND --help`` says what the command does (plain text, as all help here)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    text = helps[name]
+                    sub.description = text[0].upper() + text[1:] + "."
+                _describe(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="path to the program's Python source")
     check.add_argument(
         "--config",
-        help="warn (on stderr) about each call site that none of this configuration's backends can see "
-        f"(default: {DEFAULT_CONFIG}, when it is there)",
+        default=DEFAULT_CONFIG,
+        metavar="NAME_OR_PATH",
+        help=config_help("warn (on stderr) about each call site that none of this configuration's backends can see"),
     )
     check.set_defaults(handler=_program_check)
 
@@ -216,12 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser(
         "backends", help="list a configuration's backends: name, function, engine, cost and vocabulary"
     )
-    listing.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
+    add_config_option(listing)
     listing.add_argument("--json", action="store_true", help="print a JSON list (name, function, cost, ...)")
     listing.set_defaults(handler=_backends)
 
     serve = commands.add_parser("serve", help="start Ray Serve with every backend of a configuration; block")
-    serve.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
+    add_config_option(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--backends", help="comma-separated subset of backends to serve")
@@ -234,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole cluster on this machine (Ray Serve with the backends, the policy, the router); "
         "block until Ctrl-C or SIGTERM, then stop it all",
     )
-    stack.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML)")
+    add_config_option(stack)
     stack.add_argument("--backends", help="comma-separated subset of backends to serve and offer (default: all)")
     stack.add_argument(
         "--host",
@@ -284,10 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     config = commands.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2) of a configuration")
-    config.add_argument("--config", default="deploy/config/gpu.yaml", help="backend configuration (YAML)")
+    add_config_option(config, default="gpu")
     config.add_argument("--host", default="0.0.0.0")
     config.add_argument("--port", type=int, default=8000)
     config.set_defaults(handler=_serve_config)
+    _describe(parser)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.settings import READY, StackError, StackSettings
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+"""A terminal control sequence (colours): Ray colours some lines it relays even when they go to a pipe."""
 
 # -- fmprog up as a child process -------------------------------------------------------------
 
@@ -42,7 +46,8 @@ class StackProcess:
 
     ``with StackProcess(settings) as stack:`` returns once it printed that it is ready (StackError
     with its output if it exits or times out first); leaving the block sends SIGTERM and waits.
-    Its output is kept in ``lines`` and, with ``echo``, passed on line by line.
+    Its output (stdout and stderr together, terminal colour codes removed) is kept in ``lines`` and,
+    with ``echo``, passed on line by line.
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class StackProcess:
 
         def read(stream: Any) -> None:
             for raw in stream:
-                line = raw.rstrip("\n")
+                line = ANSI_ESCAPE.sub("", raw.rstrip("\n"))
                 self.lines.append(line)
                 if self.echo is not None:
                     self.echo(line)

@@ -7,9 +7,11 @@ program's own policy at another ``lambda``: ``cascade``, ``structured``, ``struc
 ``static:SITE_OR_FUNCTION=BACKEND,...`` (the rest of the call sites their cheapest); without one,
 the two static targets and random. Prints a table: per target the runs it matched of those read
 and what they are worth (effective runs), and for IPS, SNIPS and the doubly robust estimate the
-cost per frame and the accuracy (F1 for binary tasks), after the logging policy's own line; then
-any runs a target makes that the log never shows (``uncovered``). ``--json`` prints the router's
-report as it is.
+cost per frame (to four significant digits: the CPU zoo's costs are fractions) and the accuracy
+(F1 for binary tasks; ``n/a`` when no run read has a positive label and the logging policy never
+answered yes, so F1 is undefined for every target), after the logging policy's own line; then any
+runs a target makes that the log never shows (``uncovered``). ``--json`` prints the router's report
+as it is.
 
 Usage errors exit 2 with one line on stderr; an error from the router (an unknown program, a target
 the log cannot support) prints the router's message and exits 1.
@@ -101,13 +103,31 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def cost_text(value: float | None) -> str:
+    """A cost per frame: four significant digits (0.01465, 12.34), whole units from 1000 on (73400);
+    ``-`` when there is no estimate."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def no_positives(logged: dict[str, Any]) -> bool:
+    """Whether the runs read hold no positive label (and the logging policy never answered yes), from
+    the logging policy's own outcomes: F1 0 means no true positive, and accuracy 1 then leaves no
+    false negative or false positive. F1 is then undefined, for every target alike."""
+    return logged.get("f1") == 0 and logged.get("accuracy") == 1
+
+
 def table(report: dict[str, Any]) -> str:
     """The report as a compact table (see the module's docstring)."""
     evaluations = report["evaluations"]
     binary = any(e["logged"].get("f1") is not None for e in evaluations)
     score = "F1" if binary else "acc"
+    undefined = binary and bool(evaluations) and no_positives(evaluations[0]["logged"])
 
     def quality(estimate: dict[str, Any]) -> str:
+        if undefined and estimate["f1"] is not None:
+            return "n/a"
         return _number(estimate["f1"] if binary else estimate["accuracy"], 3)
 
     lines = [
@@ -122,12 +142,12 @@ def table(report: dict[str, Any]) -> str:
         first = evaluations[0]
         logged = first["logged"]
         runs = f"{first['runs']}/{first['runs']}"
-        cells = f" {_number(logged['cost_per_frame']):>11} {quality(logged):>9}" * 3
+        cells = f" {cost_text(logged['cost_per_frame']):>11} {quality(logged):>9}" * 3
         lines.append(f"{'logged (' + report['algorithm'] + ')':<28} {runs:>12} {first['runs']:>9.1f}{cells}")
     for evaluation in evaluations:
         runs = f"{evaluation['matched']}/{evaluation['runs']}"
         cells = "".join(
-            f" {_number(evaluation[name]['cost_per_frame']):>11} {quality(evaluation[name]):>9}"
+            f" {cost_text(evaluation[name]['cost_per_frame']):>11} {quality(evaluation[name]):>9}"
             for name in ("ips", "snips", "dr")
         )
         lines.append(f"{evaluation['target']:<28} {runs:>12} {evaluation['effective_runs']:>9.1f}{cells}")
@@ -138,6 +158,8 @@ def table(report: dict[str, Any]) -> str:
             notes.append(f"{evaluation['target']}: {evaluation['skipped']} runs skipped (no propensity logged)")
         if evaluation["unresolved"]:
             notes.append(f"{evaluation['target']}: {evaluation['unresolved']} runs no weight sample reproduced")
+    if undefined:
+        notes.append("F1 n/a: no run read has a positive label (and the logging policy never answered yes)")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendSpec, Function
+from fmprog.backends.config import BackendCatalog, BackendSpec, Function
 from fmprog.program import CallSite, Decider, InvocationContext, Program, Trace
 
 
@@ -144,17 +145,20 @@ def run_program(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         return _usage(f"--timeout must be more than 0 seconds, not {args.timeout}")
     try:
-        catalog = load_catalog(Path(args.config))
+        catalog = load_catalog(args.config)
         decision = parse_backends(args.backends, program, catalog)
     except (ConfigError, UsageError) as exc:
         return _usage(str(exc))
 
     names = list(dict.fromkeys(decision.values()))
+    _progress(f"loading {len(names)} backend{'s' if len(names) != 1 else ''} here: {', '.join(names)} ...")
+    started = time.perf_counter()
     try:
         backends = load_backends([catalog.get(name) for name in names])
     except Exception as exc:  # a missing package, weights that do not load: the engine's own error
         print(f"error: cannot load the backends {names}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    _progress(f"loaded in {time.perf_counter() - started:.1f} s; running the program ...")
     executor = Executor(backends, ExecutionLimits(timeout_s=args.timeout))
     trace = executor.run(program, frame, FixedChoice(decision))
     report = _report(args, program, frame.shape, decision, catalog, trace)
@@ -170,6 +174,11 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _progress(line: str) -> None:
+    """What the command is doing, on stderr (stdout carries the report only)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _usage(message: str) -> int:
@@ -272,6 +281,8 @@ def _text(report: dict[str, Any]) -> str:
 
 def add_run_command(commands: Any) -> None:
     """``fmprog program run`` on the ``program`` subcommands."""
+    from launcher.options import add_config_option
+
     run = commands.add_parser(
         "run",
         help="run a program once on one image with the backends built in this process (no cluster); "
@@ -285,7 +296,7 @@ def add_run_command(commands: Any) -> None:
         "a site left out gets the cheapest backend of its function that can see what it asks",
     )
     run.add_argument("--kind", choices=("binary", "open"), default="open", help="binary also prints yes/no as scored")
-    run.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML; default: %(default)s)")
+    add_config_option(run)
     run.add_argument("--timeout", type=float, default=60.0, help="limit of the run in seconds (default: %(default)s)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(handler=run_program)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendName
+from fmprog.backends.config import DEFAULT_CONFIG, BackendCatalog, BackendName, is_config_name
 from fmprog.vision.video import SAMPLE_VIDEOS
 from policy.settings import PolicySettings
 from router.settings import RouterSettings
@@ -49,7 +49,10 @@ class StackSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: Path = Field(default=Path(DEFAULT_CONFIG), description="Backend configuration (YAML).")
+    config: Path = Field(
+        default=Path(DEFAULT_CONFIG),
+        description="Backend configuration: a packaged one's name (real, synthetic, gpu) or a YAML file's path.",
+    )
     backends: list[BackendName] | None = Field(
         default=None, min_length=1, description="Serve and offer only these backends of the configuration."
     )
@@ -135,7 +138,7 @@ class StackSettings(BaseModel):
             backend_transport=self.backend_transport,
             ray_address=ray_address if self.backend_transport == "handle" else None,
             database=self.state_dir.resolve() / "router.sqlite3",
-            backends_config=self.config.resolve(),
+            backends_config=self.config if is_config_name(self.config) else self.config.resolve(),
             backends=self.backends,
             serve_url=self.serve_url,
             policy_url=self.policy_url,

@@ -9,12 +9,17 @@ supervised: one that dies is restarted with exponential backoff and jitter (its 
 deaths (``max_restarts`` within ``restart_window_s``) stop the cluster. Other
 variables with those prefixes pass through to them (rewards, fallback, training interval, ...)
 and are validated before anything starts.
+
+What it is doing goes to stderr as it happens (each part as it becomes ready, each stop); stdout
+gets the services' URLs and the ``ready`` line once everything answers. Ray prints a warning on
+every normal stop of Serve (below, ``RAY_SHUTDOWN_NOISE``): it is left out.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import random
@@ -226,7 +231,7 @@ class _SignalStop:
             os.write(2, f"{name}: already stopping\n".encode())
             return
         self.stopping = True
-        os.write(1, f"{name}: stopping\n".encode())  # print() is not safe in a signal handler
+        os.write(2, f"{name}: stopping\n".encode())  # print() is not safe in a signal handler
         raise Stopped(signum)
 
     def install(self) -> None:
@@ -246,6 +251,10 @@ class _SignalStop:
 
 def _print(line: str) -> None:
     print(line, flush=True)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _error(line: str) -> None:
@@ -268,12 +277,94 @@ ROUTER_FIELDS = {
 }
 POLICY_FIELDS = {"state_dir", "api_key", "host", "port"}
 
+RAY_SHUTDOWN_NOISE = ("ServeController.graceful_shutdown failed",)
+"""What Ray prints on stdout on every normal stop of Serve, left out. ``serve.shutdown()`` asks the
+controller to stop and waits on that call; the controller ends by killing itself, as designed, and
+since its calls are retried forever Ray relays a warning that the call failed and will be retried
+(in colour, as "(raylet) Task ServeController.graceful_shutdown failed. ..."), which the client
+then ignores."""
 
-def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: Callable[[str], None] = _error) -> int:
+
+class _LineFilter(io.TextIOBase):
+    """A text stream that passes whole lines on to ``target``, except those containing one of
+    ``drop``. Each thread's unfinished line is kept apart until its newline comes."""
+
+    def __init__(self, target: Any, drop: tuple[str, ...]):
+        self.target = target
+        self.drop = drop
+        self._unfinished: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        thread = threading.get_ident()
+        with self._lock:
+            *lines, rest = (self._unfinished.pop(thread, "") + text).split("\n")
+            if rest:
+                self._unfinished[thread] = rest
+            for line in lines:
+                if not any(noise in line for noise in self.drop):
+                    self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def finish(self) -> None:
+        """Pass on what is left of unfinished lines."""
+        with self._lock:
+            for rest in self._unfinished.values():
+                self.target.write(rest)
+            self._unfinished.clear()
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.target.encoding
+
+
+class QuietShutdown:
+    """Leaves ``RAY_SHUTDOWN_NOISE`` out of stdout from ``start()`` (when the stop begins) until the
+    context is left (after Serve and Ray have stopped: Ray prints what it relays by then)."""
+
+    def __init__(self) -> None:
+        self._filter: _LineFilter | None = None
+
+    def start(self) -> None:
+        if self._filter is None:
+            self._filter = _LineFilter(sys.stdout, RAY_SHUTDOWN_NOISE)
+            sys.stdout = self._filter
+
+    def __enter__(self) -> QuietShutdown:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._filter is not None:
+            sys.stdout = self._filter.target
+            self._filter.finish()
+            self._filter = None
+
+
+def up(
+    settings: StackSettings,
+    *,
+    echo: Callable[[str], None] = _progress,
+    show: Callable[[str], None] = _print,
+    error: Callable[[str], None] = _error,
+) -> int:
     """Start the cluster and block until SIGINT or SIGTERM (then stop everything and return 0). A
     service that dies is restarted (backoff with jitter) while the rest keep serving; one that dies
     too often, or a part that fails to start, stops the rest (return 1). A port in use: 2, before
-    anything starts."""
+    anything starts. ``echo`` says what it is doing (stderr), ``show`` the URLs and the ready line
+    once everything answers (stdout), ``error`` what went wrong."""
     from services.cluster import serve_backends
 
     try:
@@ -295,12 +386,16 @@ def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: 
             watchdog.daemon = True
             stack.callback(watchdog.cancel)
             echo(f"state in {settings.state_dir}/, logs in {settings.log_dir}/")
-            echo(f"starting Ray and Serve with {len(catalog.backends)} backends ...")
+            echo(f"starting Ray and Serve with {len(catalog.backends)} backends of {settings.config} ...")
+            quiet = stack.enter_context(QuietShutdown())  # left after Serve and Ray stopped
             cluster = stack.enter_context(serve_backends(settings.serve_settings()))
             stack.callback(watchdog.start)
+            stack.callback(quiet.start)  # Serve and Ray stop next
             signals.install()
+            echo(f"Serve ready after {time.monotonic() - started:.1f} s: {len(catalog.backends)} backends")
             for spec in catalog.backends:
                 echo(f"  {spec.name:<14} {spec.function.value:<6} cost {spec.cost:>9g}  {cluster.base_url}/{spec.name}")
+            echo("starting the policy and the router ...")
             options = {"stop_timeout_s": settings.stop_timeout_s, "echo": echo, "deferring": signals.deferred}
             policy_env = child_env("FMPROG_POLICY_", settings.policy_settings().model_dump(include=POLICY_FIELDS))
             policy = stack.enter_context(
@@ -332,14 +427,15 @@ def up(settings: StackSettings, *, echo: Callable[[str], None] = _print, error: 
                 deadline = time.monotonic() + settings.ready_timeout_s
                 for service in (policy, router):
                     service.wait_ready(deadline)
+                    echo(f"{service.name} ready after {time.monotonic() - started:.1f} s")
             except StackError as exc:
                 signals.stopping = True
                 error(str(exc))
                 return 1
             for service in (router, policy):
-                echo(f"{service.name:<7} {service.url}   (log {service.log})")
-            echo(f"{'serve':<7} {cluster.base_url}")
-            echo(f"{READY} after {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops everything")
+                show(f"{service.name:<7} {service.url}   (log {service.log})")
+            show(f"{'serve':<7} {cluster.base_url}")
+            show(f"{READY} after {time.monotonic() - started:.1f} s; Ctrl-C or SIGTERM stops everything")
             return _supervise((policy, router), settings, echo=echo, error=error, signals=signals)
     except Stopped as stop:
         echo(f"{stop}: everything stopped")

@@ -142,11 +142,14 @@ def unreached(
     trace: Trace, made: list[tuple[str, BaseException | None]], backends: BackendRegistry
 ) -> Unreached | None:
     """Why the run stopped, when it stopped with a ``backend_error`` because none of the backends
-    its last call tried could be reached (``unreachable``); None otherwise. ``made`` is the run's
+    its last call tried could be reached (``unreachable``), or ran out of time waiting for them (a
+    ``timeout`` whose last call's attempts all failed so); None otherwise. ``made`` is the run's
     backend calls with what each raised; the last call's attempts are the trace's failed
     invocations after its last successful one, matched with the last calls made (None as well
-    when they do not match: a call the runtime refused before making it)."""
-    if trace.error is None or trace.error.kind != "backend_error":
+    when they do not match: a call the runtime refused before making it). An attempt the run had
+    no time left to send (``called`` False) says nothing either way, but at least one attempt
+    must have been sent."""
+    if trace.error is None or trace.error.kind not in ("backend_error", "timeout"):
         return None
     tail = []
     for invocation in reversed(trace.invocations):
@@ -159,9 +162,10 @@ def unreached(
     last = made[len(made) - len(tail) :]
     if [name for name, _ in last] != [invocation.backend for invocation in tail]:
         return None
-    if any(failure is None or not unreachable(failure, backends[name].model) for name, failure in last):
+    sent = [(name, failure) for name, failure in last if getattr(failure, "called", True)]
+    if not sent or any(failure is None or not unreachable(failure, backends[name].model) for name, failure in sent):
         return None
-    names = list(dict.fromkeys(name for name, _ in last))
+    names = list(dict.fromkeys(name for name, _ in sent))
     waits = [cool_down_left(backends[name].model) for name in names]
     retry_after_s = min(RETRY_AFTER_S if wait is None else wait for wait in waits)
     return Unreached(site=tail[-1].site_id, backends=names, retry_after_s=max(1.0, retry_after_s))

@@ -1,7 +1,8 @@
 """The router's Prometheus metrics, in a registry of its own (one per app, so tests stay apart).
 
-Label counts per program (right, wrong; TP, FP, FN, TN) come from the store at each scrape, so
-they are exact across several routers and restarts. Cost is in the paper's unit (millions of
+Label counts per program (right, wrong; TP, FP, FN, TN) and each program's name and tenant
+(``fmprog_program_info``) come from the store at each scrape, so they are exact across several
+routers and restarts. Cost is in the paper's unit (millions of
 parameters per invocation), labelled by program,
 function and backend, so a dashboard can sum cost per program or per backend over time.
 """
@@ -18,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from router.admission import TenantLoad
 from router.schemas import AnswerResult
-from router.store import QualityCounts
+from router.store import ProgramInfo, QualityCounts
 from router.tenants import DEFAULT_TENANT
 
 logger = logging.getLogger(__name__)
@@ -256,12 +257,19 @@ class RouterMetrics:
 
         self.quality = _QualityCollector(dict)
         r.register(self.quality)
+        self.program_info = _ProgramInfoCollector(list)
+        r.register(self.program_info)
 
     def watch_quality(self, read: Callable[[], dict[str, QualityCounts]]) -> None:
         """Publish the label counts per program that ``read()`` returns at each scrape (the store's,
         shared by every router on the database): ``fmprog_program_labels_total{program, outcome}``
         (right, wrong) and ``fmprog_program_binary_labels_total{program, outcome}`` (tp, fp, fn, tn)."""
         self.quality.read = read
+
+    def watch_programs(self, read: Callable[[], list[ProgramInfo]]) -> None:
+        """Publish ``fmprog_program_info{program, name, tenant} 1`` for each program ``read()``
+        returns at each scrape (the store's: every router's registrations, none once deleted)."""
+        self.program_info.read = read
 
     def watch_outbox(self, pending: Callable[[], int]) -> None:
         """Publish ``fmprog_policy_outbox`` from ``pending()``, read at each scrape: the messages
@@ -351,6 +359,36 @@ class _QualityCollector(Collector):
                     binary.add_metric([program, field.name], getattr(count, field.name))
         yield labels
         yield binary
+
+
+class _ProgramInfoCollector(Collector):
+    """``fmprog_program_info``: 1 for each registered program, labelled with its name (empty when it
+    has none) and tenant, read from the store when scraped; join on ``program`` to show names."""
+
+    def __init__(self, read: Callable[[], list[ProgramInfo]]):
+        self.read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "fmprog_program_info",
+            "1 for each registered program (every router's, from the store), labelled with its name (empty: none) "
+            "and tenant: join on program to show names beside the per-program metrics.",
+            labels=["program", "name", "tenant"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        try:
+            names = self.read()
+        except Exception as exc:  # a scrape must not fail with the database: the names are skipped
+            logger.warning("program names not published, the store cannot be read: %s", exc)
+            names = []
+        for program in names:
+            family.add_metric([program.id, program.name or "", program.tenant], 1)
+        yield family
 
 
 class _AdmissionCollector(Collector):

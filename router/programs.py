@@ -23,7 +23,7 @@ from router.schemas import (
     ProgramCreate,
     ProgramPublic,
     SynthesisPublic,
-    site_warnings,
+    program_warnings,
 )
 from router.settings import DEFAULT_LAMBDA
 from router.store import QueuedMessage, Store, utc_now
@@ -139,6 +139,7 @@ class ProgramRegistry:
         sites = [public_call_site(site, candidates[site.function], self.catalog) for site in program.call_sites]
         public = ProgramPublic(
             id=uuid.uuid4().hex,
+            name=request.name,
             source=program.source,
             kind=request.kind,
             lambda_=self.default_lambda if request.lambda_ is None else request.lambda_,
@@ -146,7 +147,7 @@ class ProgramRegistry:
             algorithm=request.algorithm,
             hyperparameters=request.hyperparameters,
             call_sites=sites,
-            warnings=site_warnings(sites),
+            warnings=program_warnings(sites, synthesis),
             created_at=utc_now(),
             digest=program.digest,
             query=request.query,
@@ -201,7 +202,8 @@ class ProgramRegistry:
         if cached is not None and cached[0].digest == digest:
             return cached
         public = self.store.get_program(program_id)
-        entry = (public, compile_program(public.source))
+        # A stored program passed registration's checks when it was registered: it runs as it did then.
+        entry = (public, compile_program(public.source, check_names=False))
         with self._lock:
             self._compiled[program_id] = entry
         return entry

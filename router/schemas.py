@@ -27,6 +27,10 @@ DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+ProgramName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9 ._-]+$")
+]
+"""A program's name for people: 1 to 100 letters, digits, spaces, dots, underscores and hyphens."""
 
 
 def _is_none(value: object) -> bool:
@@ -113,6 +117,11 @@ class ProgramCreate(BaseModel):
         default=None, description="A task in words; the router synthesises its program (at most 1000 characters)."
     )
     kind: TaskKind = Field(description="binary (yes/no, F1 on rare positives) or open (free-form answers).")
+    name: ProgramName | None = Field(
+        default=None,
+        description="A name for people (1 to 100 letters, digits, spaces and . _ -): in every read of the program "
+        "and in the fmprog_program_info metric.",
+    )
     lambda_: float | None = Field(
         default=None,
         alias="lambda",
@@ -170,8 +179,15 @@ class CallSitePublic(CallSite):
 
 
 def site_warnings(sites: Sequence[CallSitePublic]) -> list[str]:
-    """A program's warnings: a line per call site no candidate can see."""
+    """A line per call site no candidate can see."""
     return [warning for site in sites if (warning := site.warning) is not None]
+
+
+def program_warnings(sites: Sequence[CallSitePublic], synthesis: SynthesisPublic | None) -> list[str]:
+    """A program's warnings: a line per call site no candidate can see, then what its synthesis was
+    unsure of (each line once)."""
+    warnings = site_warnings(sites)
+    return warnings + [w for w in (synthesis.warnings if synthesis else []) if w not in warnings]
 
 
 class SynthesisPublic(BaseModel):
@@ -193,6 +209,12 @@ class SynthesisPublic(BaseModel):
         default_factory=list,
         description="Call sites of the program that no dry-run frame reached: code that has never run.",
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the checks could not settle, a line each: a call site no dry-run frame reached, an answer "
+        "that was the same on every dry-run frame, a noun or question outside every candidate's vocabulary (for a "
+        "cached program: its original dry run's, and the vocabularies of this registration's candidates).",
+    )
     synthesizer: str = Field(description="The model that wrote the program.")
     api_version: str = Field(description="Version (hash) of the synthesis prompt and the API it documents.")
 
@@ -206,6 +228,7 @@ class CachedProgram(BaseModel):
     attempts: int
     latency_s: float
     created_at: datetime
+    warnings: list[str] = Field(default_factory=list, description="What its dry run was unsure of.")
 
 
 class ProgramPublic(BaseModel):
@@ -214,6 +237,7 @@ class ProgramPublic(BaseModel):
     model_config = _WIRE
 
     id: Id
+    name: str | None = Field(default=None, description="Its name for people, if it was registered with one.")
     source: str
     kind: TaskKind
     lambda_: float = Field(alias="lambda")
@@ -239,7 +263,8 @@ class ProgramPublic(BaseModel):
         default_factory=list,
         description="Each call site that none of its backends can see (a noun or question outside every "
         "candidate's vocabulary): it is answered as well as the backends can, and its calls are marked "
-        "out_of_vocabulary in the trace.",
+        "out_of_vocabulary in the trace. Then, for a synthesised program, what its synthesis was unsure of "
+        "(synthesis.warnings).",
     )
     spending: BudgetState | None = Field(
         default=None, description="Where its budget stands in the current window (GET /programs/{id})."

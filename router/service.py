@@ -322,6 +322,7 @@ class RouterService:
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
         self.metrics.watch_quality(store.quality)
+        self.metrics.watch_programs(store.program_info)
         self.metrics.watch_outbox(outbox.pending)
         for name in backends:  # backends skipped after failures in a row (their clients' circuit breakers)
             circuit_open = getattr(backends[name].model, "circuit_open", None)

@@ -25,9 +25,10 @@ that stores each answer. A label records who gave it (``source``: a client or th
 teacher, with the teacher's run); unlabelled decisions past their label window are marked expired
 (``expire_answers``) and refuse labels from then on.
 
-Each program belongs to a tenant (``programs.tenant``); tenants' API keys are kept as digests
-(``api_keys``), and ``tenant_usage`` adds up the bytes each tenant's stored decisions hold, in the
-transactions that store and prune them (the stored-bytes quota).
+A program may have a name for people (``programs.name``). Each program belongs to a tenant
+(``programs.tenant``); tenants' API keys are kept as digests (``api_keys``), and ``tenant_usage``
+adds up the bytes each tenant's stored decisions hold, in the transactions that store and prune
+them (the stored-bytes quota).
 
 A deleted program's row is removed; its decisions stay (each keeps the task kind it needs to be
 rewarded), so feedback for frames answered before the delete is still accepted.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -67,7 +68,7 @@ from router.schemas import (
     SynthesisPublic,
     Teacher,
     TeacherRun,
-    site_warnings,
+    program_warnings,
 )
 from router.tables import (
     api_keys,
@@ -133,6 +134,15 @@ class QualityCounts:
     fp: int = 0
     fn: int = 0
     tn: int = 0
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What the metrics label a program with: its id, its name (None: it has none) and its tenant."""
+
+    id: str
+    name: str | None
+    tenant: str
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,7 @@ class Store:
             "labels": _labels(program),
             "budget": program.budget.model_dump_json() if program.budget else None,
             "tenant": program.tenant,
+            "name": program.name,
         }
         with self.transaction() as db:
             db.execute(programs.insert().values(row))
@@ -308,6 +319,13 @@ class Store:
             rows = db.execute(query).mappings().all()
         return [_program(row) for row in rows]
 
+    def program_info(self) -> list[ProgramInfo]:
+        """Every tenant's programs by id, with their names and tenants, oldest first."""
+        query = sa.select(programs.c.id, programs.c.name, programs.c.tenant)
+        with self.reading() as db:
+            rows = db.execute(query.order_by(programs.c.created_at, programs.c.id)).all()
+        return [ProgramInfo(row.id, row.name, row.tenant) for row in rows]
+
     def delete_program(self, program_id: str, message: QueuedMessage | None = None) -> None:
         """Delete a program, and queue ``message`` (its delete) for the policy with it."""
         with self.transaction() as db:
@@ -331,13 +349,30 @@ class Store:
             attempts=row["attempts"],
             latency_s=row["latency_s"],
             created_at=datetime.fromisoformat(row["created_at"]),
+            warnings=json.loads(row["warnings"]) if row["warnings"] else [],
         )
 
     def put_synthesized(
-        self, query: str, kind: str, api_version: str, synthesizer: str, *, source: str, attempts: int, latency_s: float
+        self,
+        query: str,
+        kind: str,
+        api_version: str,
+        synthesizer: str,
+        *,
+        source: str,
+        attempts: int,
+        latency_s: float,
+        warnings: Sequence[str] = (),
     ) -> None:
-        """Remember a validated synthesised program (replacing an older one for the same key)."""
-        values = {"source": source, "attempts": attempts, "latency_s": latency_s, "created_at": utc_now().isoformat()}
+        """Remember a validated synthesised program, with what its dry run was unsure of (replacing
+        an older one for the same key)."""
+        values = {
+            "source": source,
+            "attempts": attempts,
+            "latency_s": latency_s,
+            "created_at": utc_now().isoformat(),
+            "warnings": json.dumps(list(warnings)),
+        }
         key = {"query": query, "kind": kind, "api_version": api_version, "synthesizer": synthesizer}
         statement = self._insert(synthesized_programs).values(**key, **values)
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
@@ -739,6 +774,7 @@ def _sqlite_engine(url: URL, timeout_s: float, writing: Callable[[], bool]) -> E
 
 def _program(row: Any) -> ProgramPublic:
     sites = [CallSitePublic.model_validate(site) for site in json.loads(row["call_sites"])]
+    synthesis = SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None
     return ProgramPublic(
         id=row["id"],
         source=row["source"],
@@ -748,14 +784,15 @@ def _program(row: Any) -> ProgramPublic:
         algorithm=row["algorithm"],
         hyperparameters=json.loads(row["hyperparameters"]),
         call_sites=sites,
-        warnings=site_warnings(sites),
+        warnings=program_warnings(sites, synthesis),
         created_at=datetime.fromisoformat(row["created_at"]),
         digest=row["digest"],
         query=row["query"],
-        synthesis=SynthesisPublic.model_validate_json(row["synthesis"]) if row["synthesis"] else None,
+        synthesis=synthesis,
         **_labels_of(row["labels"]),
         budget=CostBudget.model_validate_json(row["budget"]) if row["budget"] else None,
         tenant=row["tenant"],
+        name=row["name"],
     )
 
 

@@ -7,7 +7,8 @@ it is given, down to a 0.5B one on a CPU:
 1. ask the model for a program (``router.prompt``: the program API, rules, few-shot examples);
 2. extract the code from the reply (``router.synthesis_reply``: a fenced block, or bare code; a
    body without ``def execute_command`` is wrapped in one, usage lines after it are dropped);
-3. validate it with the runtime (``compile_program``: the sandbox's rules);
+3. validate it with the runtime (``compile_program``: the sandbox's rules, and that every name and
+   patch method it calls exists);
 4. check that this router has a backend for every function it calls;
 5. dry-run it on generated scene frames with the router's backends under the cheapest decision:
    first on scenes that hold every object the program looks for (``router.synthesis_scenes``:
@@ -15,13 +16,18 @@ it is given, down to a 0.5B one on a CPU:
    that handles found objects runs; then on at least ``dry_run_frames`` ordinary scenes, where
    objects are often missing, and more (up to ``DRY_RUN_POOL``) until every call site has run
    once; check each answer's type
-   (``synthesis_reply.answer_problem``; binary: "yes" or "no"; open: text or a number);
+   (``synthesis_reply.answer_problem``; binary: "yes" or "no"; open: text or a number); a program
+   that passes but makes no routed call is refused too, as registration would refuse it;
 6. on any error, show the model its program and the error and ask again, up to ``attempts`` times.
 
+An accepted program comes with warnings of what the checks could not settle: a call site no dry-run
+frame reached (code that has never run), an answer that was the same on every dry-run frame (its
+logic may ignore the image), and a noun or question outside every candidate backend's vocabulary.
+
 The model's program is untrusted source: nothing but the sandbox ever runs it. A program that
-passes every frame of the dry run is remembered in the store under the normalised query, the task
-kind, the prompt's version (``prompt.API_VERSION``) and the model's name, so registering the same
-task again costs no model call.
+passes every frame of the dry run is remembered in the store (with its dry run's warnings) under
+the normalised query, the task kind, the prompt's version (``prompt.API_VERSION``) and the model's
+name, so registering the same task again costs no model call.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from fmprog.engines.base import Engine, EngineError
 from fmprog.engines.chat import Message
 from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
+from fmprog.program.scope import scope_warnings
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
 from router import prompt
 from router.candidates import candidate_backends
@@ -60,6 +67,7 @@ from router.synthesis_scenes import TARGETED_FRAMES, targeted_frames
 
 DRY_RUN_POOL = 16  # frames a dry run may use while some call site has not run yet
 _REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
+_ANSWER_SHOWN = 80  # characters of an answer a warning shows
 
 
 class ChatModel(Protocol):
@@ -166,6 +174,11 @@ class SynthesisResult(BaseModel):
     unreached_sites: list[str] = Field(
         default_factory=list, description="Call sites of the accepted program that no dry-run frame reached."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the checks could not settle: call sites no dry-run frame reached, an answer the same on "
+        "every dry-run frame, nouns or questions outside every candidate's vocabulary.",
+    )
     synthesizer: str
     api_version: str
 
@@ -185,6 +198,7 @@ class SynthesisResult(BaseModel):
             errors=self.errors,
             dry_run_frames=self.dry_run_frames,
             unreached_sites=self.unreached_sites,
+            warnings=self.warnings,
             synthesizer=self.synthesizer,
             api_version=self.api_version,
         )
@@ -261,8 +275,11 @@ class ProgramSynthesizer:
         available = self._available(allowed)
         key = (normalize_query(query), kind, prompt.API_VERSION, self.model.name)
         cached = self.store.get_synthesized(*key) if self.store is not None else None
-        if cached is not None and self._fits(cached.source, available):
-            return self._result(query, kind, cached.source, cached.attempts, started, cached=True)
+        if cached is not None and (program := self._fitting(cached.source, available)) is not None:
+            check = _Check(program=program, warnings=cached.warnings)
+            return self._result(
+                query, kind, cached.source, cached.attempts, started, cached=True, check=check, available=available
+            )
         conversation = prompt.messages(query, kind)
         log: list[SynthesisAttempt] = []
         for attempt in range(1, self.attempts + 1):
@@ -281,9 +298,11 @@ class ProgramSynthesizer:
                 )
             )
             if check.error is None:
-                result = self._result(query, kind, source, attempt, started, log=log, check=check)
+                result = self._result(query, kind, source, attempt, started, log=log, check=check, available=available)
                 if self.store is not None:
-                    self.store.put_synthesized(*key, source=source, attempts=attempt, latency_s=result.latency_s)
+                    self.store.put_synthesized(
+                        *key, source=source, attempts=attempt, latency_s=result.latency_s, warnings=check.warnings
+                    )
                 return result
             shown = prompt.fenced(source) if source.strip() else reply[:_REPLY_SHOWN]
             conversation = [*conversation, *prompt.repair_turns(shown, check.error, query, kind, source)]
@@ -300,9 +319,13 @@ class ProgramSynthesizer:
         cached: bool = False,
         log: list[SynthesisAttempt] | None = None,
         check: _Check | None = None,
+        available: Mapping[Function, list[CandidateBackend]] | None = None,
     ) -> SynthesisResult:
         log = log or []
         check = check or _Check()
+        warnings = list(check.warnings)
+        if check.program is not None and available is not None:
+            warnings += self._vocabulary_warnings(check.program, available)
         return SynthesisResult(
             query=query,
             kind=kind,
@@ -314,6 +337,7 @@ class ProgramSynthesizer:
             log=log,
             dry_run_frames=check.frames,
             unreached_sites=check.unreached,
+            warnings=warnings,
             synthesizer=self.model.name,
             api_version=prompt.API_VERSION,
         )
@@ -330,15 +354,25 @@ class ProgramSynthesizer:
                 continue
         return available
 
-    def _fits(self, source: str, available: Mapping[Function, list[CandidateBackend]]) -> bool:
-        """A cached program is used only if it still compiles and its functions have backends here."""
+    def _fitting(self, source: str, available: Mapping[Function, list[CandidateBackend]]) -> Program | None:
+        """A cached program, compiled, if it still passes validation and its functions have backends
+        here; else None (it is synthesised again)."""
         try:
-            return compile_program(source).functions <= available.keys()
+            program = compile_program(source)
         except ProgramRejected:
-            return False
+            return None
+        if program.servable_problem() is not None or not program.functions <= available.keys():
+            return None
+        return program
+
+    def _vocabulary_warnings(self, program: Program, available: Mapping[Function, list[CandidateBackend]]) -> list[str]:
+        """A line for each call site that none of the backends it may use here can see."""
+        sites = [(site, [self.catalog.get(c.name) for c in available[site.function]]) for site in program.call_sites]
+        return scope_warnings(sites)
 
     def _check(self, source: str, kind: TaskKind, available: Mapping[Function, list[CandidateBackend]]) -> _Check:
-        """Why the program is refused (validation, missing backends, the dry run), if it is."""
+        """Why the program is refused (validation, missing backends, the dry run, no routed call:
+        nothing for registration to route), if it is."""
         try:
             program = compile_program(source)
         except ProgramRejected as exc:
@@ -347,7 +381,10 @@ class ProgramSynthesizer:
         if missing:
             methods = ", ".join(m for f in missing for m in _METHODS_OF[f])
             return _Check(f"this router has no {' or '.join(missing)} backend, so the program cannot call {methods}")
-        return self._dry_run(program, kind, available)
+        check = self._dry_run(program, kind, available)
+        if check.error is None and (problem := program.servable_problem()) is not None:
+            return _Check(str(problem), check.frames)  # it runs, but registration would refuse it
+        return check
 
     def _dry_run(
         self, program: Program, kind: TaskKind, available: Mapping[Function, list[CandidateBackend]]
@@ -360,6 +397,7 @@ class ProgramSynthesizer:
             decision[site.id] = by_cost[0].name
             alternates[site.id] = [c.name for c in by_cost[1:]]
         unreached = [site.id for site in program.call_sites]
+        answers = []
         number = 0
         targeted = targeted_frames(program.source, TARGETED_FRAMES) if self.dry_run_frames else []
         enough = len(targeted) + self.dry_run_frames  # the targeted scenes do not replace the others
@@ -378,14 +416,31 @@ class ProgramSynthesizer:
             problem = answer_problem(kind, trace.answer)
             if problem is not None:
                 return _Check(f"on test image {number}, {problem}", number)
-        return _Check(None, number, unreached)
+            answers.append(trace.answer)
+        warnings = [
+            f"line {site.line}: {site.id} ran on none of the {number} dry-run frames: that code has never run"
+            for site in program.call_sites
+            if site.id in unreached
+        ]
+        if len(answers) > 1 and all(answer == answers[0] for answer in answers):
+            warnings.append(f"its answer was {_shown(answers[0])} on all {number} dry-run frames: check its logic")
+        return _Check(None, number, unreached, program, warnings)
+
+
+def _shown(answer: object) -> str:
+    """An answer as a warning shows it: ``'no'``, ``3``, cut short when long."""
+    shown = repr(answer)
+    return shown if len(shown) <= _ANSWER_SHOWN else shown[: _ANSWER_SHOWN - 3] + "..."
 
 
 @dataclass(frozen=True)
 class _Check:
     """What checking one program found: the error that refuses it (None: accepted), the dry-run
-    frames it ran on, and the call sites none of them reached."""
+    frames it ran on, the call sites none of them reached, and for an accepted program, the program
+    and what its dry run was unsure of."""
 
     error: str | None = None
     frames: int = 0
     unreached: list[str] = field(default_factory=list)
+    program: Program | None = None
+    warnings: list[str] = field(default_factory=list)

@@ -5,8 +5,10 @@ The synthesizer is the router's (``router.synthesis``), configured the same way 
 each function in the configuration, loaded in this process; ``--serve-url`` uses a running
 ``fmprog serve`` instead, and ``--dry-run-frames 0`` skips the dry run (and needs no backend).
 
-Prints the program on stdout and the attempts, time and errors on stderr (or the whole result as
-JSON with ``--json``). Exit 0 with a program, 1 when no attempt passed, 2 for a bad configuration.
+Prints the program on stdout (or the whole result as JSON with ``--json``) and, on stderr, what it
+is doing as it goes (loading the backends and the model, each attempt and its checks), then each
+attempt's outcome and time. Exit 0 with a program, 1 when no attempt passed, 2 for a bad
+configuration.
 
 Importing this module imports nothing heavy: the parser is built by the ``fmprog`` command line.
 """
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
-from fmprog.backends.config import DEFAULT_CONFIG
+from fmprog.backends.config import DEFAULT_CONFIG, config_names
+
+DESCRIPTION = "Synthesise a program for a task in words and print it."
 
 
 def add_synth_command(program_commands: Any) -> argparse.ArgumentParser:
@@ -25,6 +31,7 @@ def add_synth_command(program_commands: Any) -> argparse.ArgumentParser:
     synth = program_commands.add_parser(
         "synth",
         help="synthesise a program for a task in words; print it (exit 0) or the last error (exit 1)",
+        description=DESCRIPTION,
     )
     add_arguments(synth)
     synth.set_defaults(handler=run)
@@ -34,10 +41,16 @@ def add_synth_command(program_commands: Any) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help='the task, e.g. "Is there a red triangle left of a blue circle?"')
     parser.add_argument("--kind", choices=("binary", "open"), default="binary", help="(default: %(default)s)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="backend configuration (YAML) (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="NAME_OR_PATH",
+        help=f"backend configuration: the name of a packaged one ({', '.join(config_names())}) or the path of a "
+        "YAML file (default: %(default)s)",
+    )
     parser.add_argument("--attempts", type=int, help="programs asked of the model at most (default: 3)")
     parser.add_argument("--dry-run-frames", type=int, help="generated frames each program runs on (default: 3)")
-    parser.add_argument("--serve-url", help="dry-run with the backends of a running `fmprog serve` at this URL")
+    parser.add_argument("--serve-url", help="dry-run with the backends of a running fmprog serve at this URL")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
 
@@ -66,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = synthesis_model(spec)
     synthesizer = ProgramSynthesizer(
-        model,
+        _Announced(model, settings.synthesis_attempts, settings.synthesis_dry_run_frames),
         catalog,
         backends,
         attempts=settings.synthesis_attempts,
@@ -74,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         dry_run_frames=settings.synthesis_dry_run_frames,
     )
     try:
+        if callable(load := getattr(model, "load", None)):
+            _progress(f"loading the synthesizer's model ({model.name}) ...")
+            started = perf_counter()
+            load()
+            _progress(f"loaded in {perf_counter() - started:.1f} s")
         result = synthesizer.synthesize(args.query, args.kind)
     except RouterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -86,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
     elif result.source is not None:
         print(result.source, end="")
+    if not args.json:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     for attempt in result.log:
         outcome = "accepted" if attempt.error is None else f"refused: {attempt.error}"
         print(f"attempt {attempt.attempt} ({attempt.llm_s:.1f} s model, {attempt.check_s:.2f} s checks): {outcome}",
@@ -94,6 +115,36 @@ def run(args: argparse.Namespace) -> int:
     verdict = "program" if result.ok else "no program"
     print(f"{verdict} after {tries} in {result.latency_s:.1f} s ({result.synthesizer})", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _progress(line: str) -> None:
+    """What the command is doing, on stderr (stdout carries the program only)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Announced:
+    """The synthesizer's model, saying on stderr which attempt it is writing and that it is then
+    checked (a ChatModel, as ``ProgramSynthesizer`` takes)."""
+
+    def __init__(self, model: Any, attempts: int, dry_run_frames: int):
+        self.model = model
+        self.attempts = attempts
+        self.dry_run_frames = dry_run_frames
+        self.asked = 0
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def chat(self, messages: Sequence[Any], *, max_tokens: int) -> str:
+        self.asked += 1
+        _progress(f"attempt {self.asked} of {self.attempts}: asking the model for a program ...")
+        reply = self.model.chat(messages, max_tokens=max_tokens)
+        checks = "compiling it" + (
+            f", then a dry run on at least {self.dry_run_frames} generated frames" if self.dry_run_frames else ""
+        )
+        _progress(f"attempt {self.asked} of {self.attempts}: {checks} ...")
+        return reply
 
 
 def _dry_run_backends(settings: Any, serve_url: str | None) -> tuple[Any, Any, list[Any]]:
@@ -107,21 +158,27 @@ def _dry_run_backends(settings: Any, serve_url: str | None) -> tuple[Any, Any, l
     if serve_url:
         from services.client import HttpBackend
 
+        _progress(f"dry run with the backends served at {serve_url}")
         timeout = settings.backend_timeout_s
         models = {s.name: HttpBackend(s, serve_url, timeout_s=timeout).model() for s in catalog.backends}
         return catalog, BackendRegistry.from_specs(list(catalog.backends), models), []
     if settings.synthesis_dry_run_frames == 0:
+        _progress("no dry run (--dry-run-frames 0): no backends loaded")
         return catalog, BackendRegistry.from_specs([], {}), []
     cheapest = [min(specs, key=lambda s: s.cost) for f in Function if (specs := catalog.for_function(f))]
+    names = ", ".join(spec.name for spec in cheapest)
+    _progress(f"loading the dry run's backends here (the cheapest of each function): {names} ...")
+    started = perf_counter()
     engines = {spec.name: build_engine(spec) for spec in cheapest}
     for engine in engines.values():
         engine.load()
+    _progress(f"loaded in {perf_counter() - started:.1f} s")
     models = {name: local_model(engine) for name, engine in engines.items()}
     return BackendCatalog(backends=cheapest), BackendRegistry.from_specs(cheapest, models), list(engines.values())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmprog program synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fmprog program synth", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -29,6 +29,7 @@ programs = sa.Table(
     sa.Column("labels", sa.Text),  # {"budget": LabelBudget | null, "teacher": Teacher | null}
     sa.Column("budget", sa.Text),  # CostBudget
     sa.Column("tenant", sa.Text, nullable=False, server_default="default"),  # who registered it: only they see it
+    sa.Column("name", sa.Text),  # a name for people (None: registered without one, or before names)
 )
 
 decisions = sa.Table(
@@ -67,6 +68,7 @@ synthesized_programs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("latency_s", sa.Float, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("warnings", sa.Text),  # JSON list: what its dry run was unsure of (None: cached before warnings)
 )
 
 feedback = sa.Table(

@@ -7,7 +7,7 @@ What it writes (tests/deploy fails while any of them is out of date):
 - ``deploy/grafana/dashboards/fmprog.json``: the Grafana dashboard, from the panels below.
 - ``k8s/base/generated/fmprog-dashboard.json``: the same dashboard, for its ConfigMap.
 - ``k8s/overlays/<overlay>/generated/backends.yaml``: the overlay's backend configuration, a copy
-  of ``deploy/config/<config>.yaml`` (kustomize reads only files inside an overlay).
+  of ``fmprog/configs/<config>.yaml`` (kustomize reads only files inside an overlay).
 - ``k8s/overlays/<overlay>/generated/serve-config.yaml``: a patch setting the RayService's
   ``serveConfigV2`` to the Serve config of that backend configuration
   (``services.app.serve_config``, what ``fmprog serve-config`` prints).
@@ -31,7 +31,7 @@ DASHBOARD = Path("deploy/grafana/dashboards/fmprog.json")
 DASHBOARD_COPY = Path("k8s/base/generated/fmprog-dashboard.json")
 RAYSERVICE_NAME = "fmprog-backends"
 # kustomize overlay -> the backend configuration it serves
-OVERLAYS = {"dev-cpu": Path("deploy/config/synthetic.yaml"), "prod-gpu": Path("deploy/config/gpu.yaml")}
+OVERLAYS = {"dev-cpu": Path("fmprog/configs/synthetic.yaml"), "prod-gpu": Path("fmprog/configs/gpu.yaml")}
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 PROGRAM = 'program=~"$program"'

@@ -17,6 +17,7 @@ then the next call is tried (half-open) and closes it when it is answered, or op
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from pybreaker import STATE_OPEN, CircuitBreaker, CircuitBreakerError
 
 from fmprog.backends.base import FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.deadline import STALL_S, call_timeout
 from fmprog.backends.frames import shared_part
 from fmprog.backends.functions import FUNCTIONS, Served
 from fmprog.coalesce import Coalescer
@@ -41,9 +43,26 @@ class BackendCallError(RuntimeError):
     def __init__(self, message: str, status: int | None = None, *, retryable: bool | None = None):
         super().__init__(message)
         self.status = status
+        self.called = True  # False: the call was never sent (the run had no time left)
         if retryable is None:
             retryable = status is None or status >= 500 or status in (408, 429)
         self.retryable = retryable
+
+
+def _no_time_left(backend: str) -> BackendCallError:
+    """The call a run makes with no time left: not made (``called`` False), and not the backend's failure."""
+    failure = BackendCallError(f"backend {backend!r} not called: the run had no time left", retryable=False)
+    failure.called = False
+    return failure
+
+
+def _cut(backend: str, waited_s: float) -> BackendCallError:
+    """A call cut short by its run's deadline: the backend's failure (counted towards its circuit,
+    retryable) only when it had waited ``STALL_S`` or more without a reply."""
+    return BackendCallError(
+        f"backend {backend!r} did not answer within the {waited_s:.3g} s left of the run",
+        retryable=waited_s >= STALL_S,
+    )
 
 
 def _answered(exc: BaseException) -> bool:
@@ -108,8 +127,16 @@ class HttpBackend(_Guarded):
         return self._guarded(lambda: self._post(function, payload))
 
     def _post(self, function: Function, payload: dict[str, Any]) -> Served:
+        timeout_s, cut = call_timeout(self._client.timeout.read or math.inf)
+        if timeout_s <= 0:
+            raise _no_time_left(self.spec.name)
+        bounded: dict[str, Any] = {"timeout": timeout_s} if cut else {}  # else the client's own timeout
         try:
-            response = self._client.post(f"{self.url}/{function.value}", json=payload)
+            response = self._client.post(f"{self.url}/{function.value}", json=payload, **bounded)
+        except httpx.TimeoutException as exc:
+            if cut:
+                raise _cut(self.spec.name, timeout_s) from exc
+            raise BackendCallError(f"backend {self.spec.name!r} unreachable at {self.url}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise BackendCallError(f"backend {self.spec.name!r} unreachable at {self.url}: {exc}") from exc
         if response.status_code != 200:
@@ -190,18 +217,29 @@ class HandleBackend(_Guarded):
         return self._guarded(lambda: self._coalesced(args))
 
     def _coalesced(self, args: tuple[Any, ...]) -> Served:
+        timeout_s, cut = call_timeout(self.timeout_s)
+        if timeout_s <= 0:
+            raise _no_time_left(self.spec.name)
         try:
-            return self.coalescer.call(args, self.timeout_s)
+            return self.coalescer.call(args, timeout_s)
         except TimeoutError as exc:
+            if cut:
+                raise _cut(self.spec.name, timeout_s) from None
             raise BackendCallError(f"backend {self.spec.name!r}: {exc}") from None
 
     def _send(self, calls: list[tuple[Any, ...]]) -> list[Served | BaseException]:
         """One Serve request with ``calls``: each call's reply, or its BackendCallError."""
         response = self.handle.calls.remote(self.spec.function.value, calls)
+        # Bounded by the run of the call that sends the request, but never under STALL_S: the
+        # request carries other runs' calls too, and a cut after that long is the backend's (retried).
+        timeout_s, cut = call_timeout(self.timeout_s)
+        timeout_s = max(timeout_s, STALL_S) if cut else timeout_s
         try:
-            outcomes = response.result(timeout_s=self.timeout_s)
+            outcomes = response.result(timeout_s=timeout_s)
         except TimeoutError:
             response.cancel()
+            if cut:
+                raise _cut(self.spec.name, timeout_s) from None
             raise BackendCallError(
                 f"backend {self.spec.name!r} did not answer within {self.timeout_s:g} s through its handle"
             ) from None

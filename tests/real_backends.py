@@ -1,4 +1,4 @@
-"""The backends of deploy/config/real.yaml picked by what they are (their engine, cheapest first)
+"""The backends of fmprog/configs/real.yaml picked by what they are (their engine, cheapest first)
 rather than by name, so that tests of the real-image backends outlive a renaming."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fmprog.backends import BackendCatalog, BackendSpec, load_catalog
 
-REAL_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config" / "real.yaml"
+REAL_CONFIG = Path(__file__).resolve().parents[1] / "fmprog" / "configs" / "real.yaml"
 
 
 def real_catalog() -> BackendCatalog:

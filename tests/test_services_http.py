@@ -54,7 +54,7 @@ def _start_policy(state_dir: Path, port: int) -> subprocess.Popen:
 def stack(tmp_path):
     vision = [
         s
-        for s in load_catalog(ROOT / "deploy" / "config" / "synthetic.yaml").backends
+        for s in load_catalog(ROOT / "fmprog" / "configs" / "synthetic.yaml").backends
         if s.function in ("detect", "vqa")
     ]
     catalog = BackendCatalog(backends=vision)

@@ -31,17 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--only", help="run these tracks only: binary, open, video, comma-separated")
     parser.add_argument(
-        "--config", type=Path, help="backends that answer the synthetic tracks (default: deploy/config/synthetic.yaml)"
+        "--config", type=Path, help="backends that answer the synthetic tracks (default: fmprog/configs/synthetic.yaml)"
     )
     parser.add_argument(
-        "--video-config", type=Path, help="backends that answer the video track (default: deploy/config/real.yaml)"
+        "--video-config", type=Path, help="backends that answer the video track (default: fmprog/configs/real.yaml)"
     )
     parser.add_argument(
         "--videos-root", type=Path, help="folder of the video track's videos (default: Debian opencv-doc's samples)"
     )
     parser.add_argument(
         "--costs",
-        help="price backends as the same names in this configuration, or 'own' (default: deploy/config/gpu.yaml)",
+        help="price backends as the same names in this configuration, or 'own' (default: fmprog/configs/gpu.yaml)",
     )
     parser.add_argument("--lambdas", help="comma-separated lambdas to sweep (default: 0.0001,0.001,0.01)")
     parser.add_argument("--policies", help="learned policies on the program (default: structured,fast,cascade)")

@@ -38,7 +38,6 @@ from benchmarks.vqa.queries import FRENCH_COLORS, POLYGON_SIDES
 from benchmarks.vqa.splits import SPLITS, Split, binary_track, open_track, video_split
 from benchmarks.vqa.tracks import ImageResolver, Track, load_binary, load_open
 from benchmarks.vqa.video import TRACK_NAME as VIDEO_TRACK
-from fmprog.backends.config import DEFAULT_CONFIG
 from fmprog.vision.video import SAMPLE_VIDEOS
 
 RunKey = tuple[str, float | None]
@@ -70,15 +69,15 @@ class BenchSettings(BaseModel):
         description="Real-video track (open-form layout, frames in the camera's order; answered by video_config).",
     )
     config: Path = Field(
-        default=Path("deploy/config/synthetic.yaml"), description="The backends that answer the synthetic tracks."
+        default=Path("fmprog/configs/synthetic.yaml"), description="The backends that answer the synthetic tracks."
     )
     costs: Path | None = Field(
-        default=Path("deploy/config/gpu.yaml"),
+        default=Path("fmprog/configs/gpu.yaml"),
         description="Synthetic tracks: price each backend as the backend of the same name in this configuration; "
         "None: its own cost.",
     )
     video_config: Path = Field(
-        default=Path(DEFAULT_CONFIG),
+        default=Path("fmprog/configs/real.yaml"),
         description="The backends that answer the video track, priced by their own costs (multiply-adds).",
     )
     videos_root: Path = Field(default=SAMPLE_VIDEOS, description="The folder the video track's videos are in.")

@@ -5,11 +5,18 @@ the configuration's unit: the paper's, millions of parameters (a 3B VLM costs 37
 73400), or compute, millions of multiply-adds (the real-image configuration's: one set of weights
 at two input sizes costs two amounts). A program's cost on a frame is the sum over the backend
 invocations that actually ran.
+
+The configurations that come with fmprog are package data (``fmprog/configs/*.yaml``, read through
+``importlib.resources``, so they are found from any folder) and are given by name: ``real`` (the
+default), ``synthetic``, ``gpu``. ``load_catalog`` takes such a name or the path of any other YAML
+file (``resolve_config`` says which file that is).
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from fmprog.backends.engine_config import ENGINE_FUNCTIONS, ENGINE_VOCABULARIES, EngineOptions
 from fmprog.vision.vocabulary import VocabularySpec
 
-DEFAULT_CONFIG = "deploy/config/real.yaml"
-"""The backend configuration used when none is named (relative to the repository's root)."""
+DEFAULT_CONFIG = "real"
+"""The backend configuration used when none is named: the packaged real-image configuration."""
+
+CONFIG_DIRECTORY = "configs"
+"""The folder of the ``fmprog`` package that holds the packaged backend configurations (package data)."""
+
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 CostWeight = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 """A lambda: how much one unit of cost weighs against the task reward."""
@@ -174,16 +186,54 @@ class BackendCatalog(BaseModel):
 
 
 class ConfigError(ValueError):
-    """A configuration file that cannot be used, with every problem found in it."""
+    """A backend configuration that cannot be used: a name that is none of the packaged ones, a file
+    that cannot be read, or one with problems (every problem found in it named)."""
 
 
-def load_catalog(path: str | Path) -> BackendCatalog:
-    """Read and validate a backend catalog from YAML; raise ConfigError naming each problem."""
-    path = Path(path)
+def config_directory() -> Path:
+    """The folder of the packaged backend configurations (``fmprog/configs`` where fmprog is installed)."""
+    return Path(str(resources.files("fmprog") / CONFIG_DIRECTORY))
+
+
+def config_names() -> list[str]:
+    """The names of the packaged backend configurations (their YAML files without the suffix), sorted."""
+    directory = config_directory()
+    return sorted(path.stem for path in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def is_config_name(value: str | Path) -> bool:
+    """Whether ``value`` is written as a configuration's name (a bare word: letters, digits, ``-`` and
+    ``_``, with no folder and no suffix) rather than as a path; it may still name none."""
+    return _CONFIG_NAME.fullmatch(str(value)) is not None
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """The YAML file of a backend configuration given by name (``real``, ``synthetic``, ``gpu``: the
+    packaged ones) or by path. A bare word is always a name, even when a file of that name is in the
+    current folder (write ``./NAME`` for that); anything else is a path, returned as given. Raises
+    ConfigError for a name that is none of the packaged configurations, listing them."""
+    if not is_config_name(name_or_path):
+        return Path(name_or_path)
+    path = config_directory() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(config_names()) or "none are installed"
+        raise ConfigError(
+            f"unknown backend configuration {str(name_or_path)!r}: give one of {known}, or the path of a YAML file"
+        )
+    return path
+
+
+def load_catalog(name_or_path: str | Path) -> BackendCatalog:
+    """Read and validate a backend catalog: a packaged configuration by name, or a YAML file by path
+    (see ``resolve_config``); raise ConfigError naming each problem."""
+    path = resolve_config(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read backend configuration: {exc}") from exc
+        hint = ""
+        if isinstance(exc, FileNotFoundError) and config_names():
+            hint = f" (a packaged configuration is given by its name alone: {', '.join(config_names())})"
+        raise ConfigError(f"{path}: cannot read backend configuration: {exc}{hint}") from exc
     try:
         return BackendCatalog.model_validate(data)
     except ValidationError as exc:

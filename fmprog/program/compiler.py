@@ -14,6 +14,7 @@ from fmprog.backends.config import Function
 from fmprog.backends.functions import routed_methods
 from fmprog.program.callsites import CallSite, find_call_sites
 from fmprog.program.errors import Problem, ProgramRejected
+from fmprog.program.names import name_problems
 from fmprog.program.sandbox import PROGRAM_FILENAME, ProgramTransformer
 
 MAX_SOURCE_CHARS = 20_000
@@ -69,8 +70,12 @@ def surrogate_escape(char: str) -> str:
     return f"\\u{ord(char):04x}"
 
 
-def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) -> Program:
-    """Validate ``source`` and compile it; raise ProgramRejected naming each problem's line."""
+def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS, check_names: bool = True) -> Program:
+    """Validate ``source`` and compile it; raise ProgramRejected naming each problem's line.
+
+    ``check_names`` also refuses a call of a name that exists nowhere and a method a patch does not
+    have (``fmprog.program.names``); a program accepted before that check existed is compiled
+    without it, so that it still runs."""
     if not isinstance(source, str):
         raise ProgramRejected([Problem(None, "program source must be text")])
     if len(source) > max_source_chars:
@@ -90,9 +95,18 @@ def compile_program(source: str, *, max_source_chars: int = MAX_SOURCE_CHARS) ->
         raise ProgramRejected([Problem(exc.lineno, f"syntax error: {exc.msg}")]) from None
     except (RecursionError, MemoryError):
         raise ProgramRejected([Problem(None, "program is nested too deeply")]) from None
-    if result.errors or result.code is None:
-        raise ProgramRejected([_problem(e) for e in result.errors] or [Problem(None, "program did not compile")])
+    problems = [_problem(e) for e in result.errors] + (_name_problems(tree) if check_names else [])
+    if problems or result.code is None:
+        problems.sort(key=lambda problem: problem.line or 0)
+        raise ProgramRejected(problems or [Problem(None, "program did not compile")])
     return Program(source=source, call_sites=sites, code=result.code)
+
+
+def _name_problems(tree: ast.Module) -> list[Problem]:
+    try:
+        return name_problems(tree)
+    except RecursionError:  # deeper than the check goes (the sandbox took it): its names are checked as it runs
+        return []
 
 
 def _problem(message: str) -> Problem:

@@ -35,6 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
+from fmprog.backends.deadline import run_deadline
 from fmprog.backends.frames import answering
 from fmprog.backends.functions import FUNCTIONS, Detection, MalformedResult
 from fmprog.program import api
@@ -288,7 +289,7 @@ class Executor:
             run = _Run(self, program, guards, alternates, plans=plans)
         answer: JsonValue = None
         error = None
-        with answering(pixels):  # remote clients may send the frame once, crops as places in it
+        with answering(pixels), run_deadline(guards.deadline):  # the frame sent once; no call outlives the run
             try:
                 namespace = guards.globals(run.routed)
                 exec(program.code, namespace)

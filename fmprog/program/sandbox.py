@@ -109,7 +109,7 @@ class ProgramTransformer(RestrictingNodeTransformer):
     """RestrictedPython's policy, narrowed to the program language and instrumented."""
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
-        self._bound = _bound_names(node)
+        self._bound = bound_names(node)
         entry_points = 0
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef):
@@ -268,7 +268,7 @@ class ProgramTransformer(RestrictingNodeTransformer):
         return super().visit_ExceptHandler(node)
 
 
-def _bound_names(tree: ast.AST) -> set[str]:
+def bound_names(tree: ast.AST) -> set[str]:
     """Every name the program itself binds anywhere (assignments, parameters, definitions, imports)."""
     bound: set[str] = set()
     for node in ast.walk(tree):
@@ -334,7 +334,7 @@ _SET_METHODS = (
     "issubset issuperset pop remove symmetric_difference union update"
 ).split()
 _NUMBER_ATTRIBUTES = "real imag conjugate is_integer".split()
-_PATCH_ATTRIBUTES = (
+PATCH_ATTRIBUTES = (
     "left lower right upper width height horizontal_center vertical_center cropped_image "
     "crop overlaps_with compute_depth"
 ).split()
@@ -361,7 +361,7 @@ _ATTRIBUTES: dict[type, dict[str, str | None]] = {
     int: dict.fromkeys([*_NUMBER_ATTRIBUTES, "bit_length"]),
     bool: dict.fromkeys(_NUMBER_ATTRIBUTES),
     float: dict.fromkeys(_NUMBER_ATTRIBUTES),
-    api.ImagePatch: dict.fromkeys(_PATCH_ATTRIBUTES),
+    api.ImagePatch: dict.fromkeys(PATCH_ATTRIBUTES),
     api.Frame: dict.fromkeys(["width", "height"]),
 }
 _SEQUENCES = (str, list, tuple, bytes)
@@ -770,6 +770,14 @@ class RunGuards:
             "_unpack_sequence_": guarded_unpack_sequence,
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         }
+
+
+def program_names() -> frozenset[str]:
+    """Every name a program may use without binding it: the program API in its global namespace,
+    the builtins the sandbox provides, and ``print`` (with RestrictedPython's ``printed``)."""
+    namespace = RunGuards(ExecutionLimits(max_memory_mb=0), 0.0).globals(_apply)
+    names = [*namespace, *namespace["__builtins__"], "print", "printed"]
+    return frozenset(name for name in names if not name.startswith("_"))
 
 
 def _apply(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

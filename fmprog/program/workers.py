@@ -58,6 +58,7 @@ import numpy as np
 
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import BackendSpec, Function
+from fmprog.backends.deadline import run_deadline
 from fmprog.backends.frames import answering, frame_region
 from fmprog.backends.functions import FUNCTIONS
 from fmprog.program.compiler import Program
@@ -209,7 +210,8 @@ class WorkerPool:
         worker = self._acquire()
         keep = False
         try:
-            with answering(pixels):  # the calls are made here: remote clients may send the frame once
+            # The calls are made here: remote clients may send the frame once, and no call outlives the run.
+            with answering(pixels), run_deadline(perf_counter() + self.limits.timeout_s):
                 trace, keep = worker.run(self, program, pixels, decision, alternates, candidates)
         finally:
             self._release(worker, keep)

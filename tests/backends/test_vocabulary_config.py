@@ -1,5 +1,5 @@
 """Vocabularies and the default lambda in backend configuration: validated when loaded, and
-declared by every detect and vqa backend of deploy/config/real.yaml."""
+declared by every detect and vqa backend of fmprog/configs/real.yaml."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from fmprog.backends import ConfigError, Function, load_catalog
 from fmprog.vision.vocabulary import VocabularySpec
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "fmprog" / "configs"
 FORMS = ("what", "color", "is_a", "property", "choice", "exists", "count")
 
 

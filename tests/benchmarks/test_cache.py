@@ -20,7 +20,7 @@ from fmprog.engines.sources import sha256_file
 from fmprog.scene.generator import generate_scene
 from fmprog.zoo import WEIGHTS_DIR
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml"
 
 
 def test_cached_backends_answer_like_the_models_and_call_each_once(tmp_path):

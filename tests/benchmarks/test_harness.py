@@ -32,7 +32,7 @@ from launcher.cli import main
 from policy.algorithms import build_policy
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG, PRICES = ROOT / "deploy" / "config" / "synthetic.yaml", ROOT / "deploy" / "config" / "gpu.yaml"
+CONFIG, PRICES = ROOT / "fmprog" / "configs" / "synthetic.yaml", ROOT / "fmprog" / "configs" / "gpu.yaml"
 
 
 @pytest.fixture(scope="module")

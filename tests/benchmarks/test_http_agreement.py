@@ -16,7 +16,7 @@ from benchmarks.vqa.tracks import ImageResolver, build_streams
 from launcher.process import StackProcess
 from launcher.settings import StackSettings
 
-CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
+CPU = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 
 

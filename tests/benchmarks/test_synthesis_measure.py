@@ -26,8 +26,8 @@ from fmprog.backends import load_catalog
 from fmprog.program import Executor
 from router.synthesis import ProgramSynthesizer
 
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
-ALWAYS_NO = 'def execute_command(image):\n    return "no"\n'
+CONFIG = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml"
+ALWAYS_NO = 'def execute_command(image):\n    ImagePatch(image).find("person")\n    return "no"\n'  # wrong, but routed
 
 
 class ScriptedModel:

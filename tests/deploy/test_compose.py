@@ -162,7 +162,8 @@ def test_settings_and_urls_are_the_services_own(name: str, model: dict[str, Any]
     assert policy_url.hostname in services and policy_url.port == policy.port
     config = services["serve"]["environment"]["FMPROG_CONFIG"]
     assert router.backends_config.as_posix() == config, "the router offers what Serve serves"
-    assert (ROOT / Path(config).relative_to("/app")).is_file()
+    # the images copy the packaged configurations (fmprog/configs) to /app/deploy/config
+    assert Path(config).parent == Path("/app/deploy/config") and (ROOT / "fmprog/configs" / Path(config).name).is_file()
     expected = "gpu.yaml" if "GPU" in name else "synthetic.yaml"
     assert Path(config).name == expected
     # the router's state is in the postgres service, with the credentials that service is given

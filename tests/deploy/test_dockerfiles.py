@@ -177,7 +177,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "pyproject.toml",
         "launcher/cli.py",
         "router/app.py",
-        "deploy/config/gpu.yaml",
+        "fmprog/configs/gpu.yaml",
         "deploy/docker/serve.sh",
     ):
         assert not ignore.excluded(path), path

@@ -71,5 +71,5 @@ def test_every_backend_of_a_configuration(server: str, config: Path, capsys: pyt
 def test_the_real_configurations_name_their_backends() -> None:
     check = module()
     for name, backends in (("synthetic", 8), ("gpu", 8), ("real", 8)):
-        urls = check.backend_urls(ROOT / f"deploy/config/{name}.yaml", "http://127.0.0.1:8000/")
+        urls = check.backend_urls(ROOT / f"fmprog/configs/{name}.yaml", "http://127.0.0.1:8000/")
         assert "http://127.0.0.1:8000/llm-small/healthz" in urls and len(urls) == backends

@@ -1,6 +1,6 @@
 """The Kubernetes manifests (k8s/): every kustomization renders (kustomize built into kubectl,
 offline), every object validates against its schema, references between objects resolve, and the
-RayService serves exactly deploy/config/<config>.yaml. No cluster runs here: nothing is applied."""
+RayService serves exactly fmprog/configs/<config>.yaml. No cluster runs here: nothing is applied."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from tests.deploy.manifests import (
 )
 
 FOLDERS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
-CONFIGS = {"dev-cpu": ROOT / "deploy/config/synthetic.yaml", "prod-gpu": ROOT / "deploy/config/gpu.yaml"}
+CONFIGS = {"dev-cpu": ROOT / "fmprog/configs/synthetic.yaml", "prod-gpu": ROOT / "fmprog/configs/gpu.yaml"}
 WORKLOADS = ("Deployment", "StatefulSet")
 DEV_DATABASE_URL = "postgresql+psycopg://fmprog:dev-database-password-not-a-secret@fmprog-postgres:5432/fmprog"
 
@@ -145,7 +145,7 @@ def test_generated_files_are_up_to_date() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_rayservice_serves_its_backend_configuration(overlay: str) -> None:
-    """serveConfigV2 is the Serve config of deploy/config/<config>.yaml (gpu.yaml in production):
+    """serveConfigV2 is the Serve config of fmprog/configs/<config>.yaml (gpu.yaml in production):
     the same applications, import path and arguments as ``fmprog serve-config`` prints."""
     service = one(kustomize(f"overlays/{overlay}"), "RayService")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -159,13 +159,13 @@ def test_the_rayservice_serves_its_backend_configuration(overlay: str) -> None:
 
 def test_production_serves_the_gpu_configuration() -> None:
     embedded = yaml.safe_load(one(kustomize("overlays/prod-gpu"), "RayService")["spec"]["serveConfigV2"])
-    assert embedded == serve_config(load_catalog(ROOT / "deploy/config/gpu.yaml"))
+    assert embedded == serve_config(load_catalog(ROOT / "fmprog/configs/gpu.yaml"))
 
 
 def test_gpu_worker_groups_give_one_gpu_to_each_backend_replica() -> None:
     """One GPU per worker pod, and as many pods as the GPU config's replicas can use: the group's
     bounds are the sums of the backends' autoscaling bounds."""
-    catalog = load_catalog(ROOT / "deploy/config/gpu.yaml")
+    catalog = load_catalog(ROOT / "fmprog/configs/gpu.yaml")
     gpu_backends = [spec for spec in catalog.backends if spec.resources.num_gpus > 0]
     assert all(spec.resources.num_gpus == 1 for spec in gpu_backends)
     cluster = one(kustomize("overlays/prod-gpu"), "RayService")["spec"]["rayClusterConfig"]

@@ -1,6 +1,6 @@
 """The classifier VQA engine with real weights (EfficientNet-Lite0 and Lite2 with their ImageNet
 weights, YOLOv3-tiny on the crop, colours from the pixels) as the two VQA backends of
-deploy/config/real.yaml (Lite0 with the detector at 160 px, Lite2 at 224 px), on OpenCV's sample
+fmprog/configs/real.yaml (Lite0 with the detector at 160 px, Lite2 at 224 px), on OpenCV's sample
 images and vtest.avi."""
 
 from __future__ import annotations

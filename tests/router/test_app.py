@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from fmprog.backends import BackendCatalog
 from fmprog.contract import Feedback, FeedbackList, FeedbackListReply, PolicyDecision, PolicySpec
@@ -347,3 +348,39 @@ def test_a_label_is_acknowledged_once_stored_even_when_delivering_it_fails(clien
     wait_until(lambda: policy.received, "the label delivered on the next round", timeout_s=10, poll_s=0.01)
     assert policy.received[-1]["decision_id"] == answer["decision_id"]
     assert client.get("/readyz").json()["policy_outbox"] == 0
+
+
+def _program_info(client: TestClient) -> dict[str, tuple[str, str]]:
+    """``fmprog_program_info`` as scraped: each program's (name, tenant)."""
+    text = client.get("/metrics", headers={"Authorization": ""}).text
+    families = [f for f in text_string_to_metric_families(text) if f.name == "fmprog_program_info"]
+    return {s.labels["program"]: (s.labels["name"], s.labels["tenant"]) for f in families for s in f.samples}
+
+
+def test_a_program_s_name_is_in_every_read_and_in_the_metrics(client):
+    source = example("person_on_bike")
+    response = client.post("/programs", json={"source": source, "kind": "binary", "name": "Bikes at gate 3"})
+    assert response.status_code == 201, response.text
+    program = response.json()
+    assert program["name"] == "Bikes at gate 3"
+    assert client.get(f"/programs/{program['id']}").json()["name"] == "Bikes at gate 3"
+    assert [p["name"] for p in client.get("/programs").json()] == ["Bikes at gate 3"]
+    unnamed = client.post("/programs", json={"source": source, "kind": "binary"}).json()
+    assert unnamed["name"] is None
+    assert _program_info(client) == {program["id"]: ("Bikes at gate 3", "default"), unnamed["id"]: ("", "default")}
+    assert client.delete(f"/programs/{program['id']}").status_code == 204
+    assert _program_info(client) == {unnamed["id"]: ("", "default")}
+    refused = client.post("/programs", json={"source": source, "kind": "binary", "name": "bikes/cars"})
+    assert refused.status_code == 422 and "body.name" in refused.json()["detail"]
+
+
+def test_a_typo_and_a_program_without_a_routed_call_are_422_naming_the_problem(client):
+    typo = 'def execute_command(image):\n    image_patch = ImagePatch(image)\n    return image_patch.fnd("car")\n'
+    response = client.post("/programs", json={"source": typo, "kind": "open"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "program rejected: line 3: ImagePatch has no method 'fnd'; did you mean 'find'?"
+    response = client.post(
+        "/programs", json={"source": 'def execute_command(image):\n    return "no"\n', "kind": "binary"}
+    )
+    assert response.status_code == 422 and "makes no routed call" in response.json()["detail"]
+    assert client.get("/programs").json() == []

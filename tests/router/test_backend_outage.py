@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from fmprog.backends import BackendCatalog, BackendRegistry, Detection
 from fmprog.images import encode_base64_png, encode_png
+from fmprog.program import ExecutionLimits
 from router.answering import RETRY_AFTER_S
 from router.app import create_app
 from router.errors import BackendsUnavailable
@@ -28,6 +29,7 @@ from services.cluster import free_port
 from tests.fakes import Zoo
 from tests.router.conftest import create
 from tests.servers import serving
+from tests.services.test_client_deadline import Stalling
 
 FRAME = np.zeros((80, 100, 3), np.uint8)
 DETECTORS = ("detect-small", "detect-large")
@@ -241,3 +243,24 @@ def test_over_http_the_frame_is_refused_with_503_and_retry_after(tmp_path):
         assert labelled.status_code == 200, labelled.text  # the decision was kept: its label is taken
     for client in clients:
         client.close()
+
+
+def test_backends_that_stall_refuse_the_frame_by_its_time_limit(serve):
+    """Replicas gone behind a handle or a proxy that hangs: no reply at all. The calls end with the
+    run's time (not the client's 60 s), and the frame is refused as unreachable, not answered with
+    its timeout."""
+    stalling = Stalling()
+    zoo = Zoo()
+    with serving(stalling.app()) as url:
+        clients = {name: HttpBackend(zoo.registry()[name].spec, url, timeout_s=60) for name in DETECTORS}
+        detectors = {name: client.model() for name, client in clients.items()}
+        service = serve(_registry(zoo, **detectors), limits=ExecutionLimits(timeout_s=1.5), retries=0)
+        program = service.register(create("person_on_bike"))
+        with pytest.raises(BackendsUnavailable, match="could be reached"):
+            service.answer(program.id, encode_png(FRAME))
+        [stored] = _stored(service, program.id)
+        assert stored.error is not None and stored.error.kind in ("timeout", "backend_error")
+        assert stalling.requests >= 1
+        stalling.released.set()
+        for client in clients.values():
+            client.close()

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.metrics import RouterMetrics
 from router.schemas import AnswerResult, InvocationPublic
-from router.store import QualityCounts
+from router.store import ProgramInfo, QualityCounts
 
 PROGRAM = "a" * 32
 
@@ -75,3 +75,25 @@ def test_a_store_that_cannot_be_read_leaves_the_counts_out_of_the_scrape():
     metrics = RouterMetrics()
     metrics.watch_quality(broken)
     assert not any(name.startswith("fmprog_program_") for name, _ in samples(metrics))
+
+
+def test_program_names_are_published_from_the_store_at_each_scrape():
+    other = "b" * 32
+    metrics, names = RouterMetrics(), [ProgramInfo(PROGRAM, "Gate 3", "acme"), ProgramInfo(other, None, "default")]
+    metrics.watch_programs(lambda: names)
+    got = samples(metrics)
+    assert got[("fmprog_program_info", (("name", "Gate 3"), ("program", PROGRAM), ("tenant", "acme")))] == 1
+    assert got[("fmprog_program_info", (("name", ""), ("program", other), ("tenant", "default")))] == 1
+    names.pop()  # deleted, by this router or another
+    assert [key for key in samples(metrics) if key[0] == "fmprog_program_info"] == [
+        ("fmprog_program_info", (("name", "Gate 3"), ("program", PROGRAM), ("tenant", "acme")))
+    ]
+
+
+def test_a_store_that_cannot_be_read_leaves_the_names_out_of_the_scrape():
+    def broken() -> list[ProgramInfo]:
+        raise OSError("database unreachable")
+
+    metrics = RouterMetrics()
+    metrics.watch_programs(broken)
+    assert not any(name == "fmprog_program_info" for name, _ in samples(metrics))

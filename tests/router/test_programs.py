@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from fmprog.backends import BackendCatalog
 from fmprog.program import compile_program
@@ -104,3 +105,35 @@ def test_compiled_programs_survive_a_new_registry(programs: ProgramRegistry, sto
     again, program = ProgramRegistry(store, catalog).compiled(public.id)
     assert again == public
     assert [s.id for s in program.call_sites] == [s.id for s in public.call_sites]
+
+
+def test_a_program_with_a_typo_is_refused_naming_the_line_and_the_closest_name(programs: ProgramRegistry):
+    source = 'def execute_command(image):\n    image_patch = ImagePatch(image)\n    return image_patch.fnd("car")\n'
+    with pytest.raises(ProgramInvalid) as caught:
+        programs.register(ProgramCreate.model_validate({"source": source, "kind": "open", "lambda": 0}))
+    assert [str(p) for p in caught.value.problems] == ["line 3: ImagePatch has no method 'fnd'; did you mean 'find'?"]
+
+
+def test_a_stored_program_that_the_name_check_would_refuse_still_runs(programs: ProgramRegistry, store: Store):
+    public = programs.register(create("person_on_bike"))
+    typo = public.source + "\n\ndef unused(image):\n    return ImagePatch(image).fnd('x')\n"
+    store.add_program(public.model_copy(update={"id": "f" * 32, "source": typo, "digest": "typo"}))
+    _, program = ProgramRegistry(store, programs.catalog).compiled("f" * 32)
+    assert program.source == typo  # registered before the check: it runs as it did
+
+
+def named(name: object) -> ProgramCreate:
+    return ProgramCreate.model_validate({"source": example("person_on_bike"), "kind": "binary", "name": name})
+
+
+@pytest.mark.parametrize("name", ["Bikes at gate 3", "cam-2.left_door", "x" * 100, "  padded  "])
+def test_a_program_may_have_a_name(programs: ProgramRegistry, name: str):
+    public = programs.register(named(name))
+    assert public.name == name.strip() and programs.get(public.id).name == name.strip()
+    assert programs.register(create("person_on_bike")).name is None
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "bikes/cars", "naïve", "a\nb", 7])
+def test_a_name_is_letters_digits_spaces_and_dots_underscores_hyphens(name: object):
+    with pytest.raises(ValidationError, match="name"):
+        named(name)

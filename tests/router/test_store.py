@@ -23,10 +23,10 @@ from router.feedback import FeedbackHandler
 from router.outbox import BATCH, Outbox
 from router.policy_client import PolicyRejected, PolicyUnavailable
 from router.programs import ProgramRegistry, policy_spec
-from router.schemas import FeedbackIn
-from router.store import SCHEMA_VERSION, QualityCounts, Store, StoreVersionError, utc_now
+from router.schemas import FeedbackIn, ProgramCreate
+from router.store import SCHEMA_VERSION, ProgramInfo, QualityCounts, Store, StoreVersionError, utc_now
 from tests.fakes import Zoo, box
-from tests.router.conftest import create, feedback_each
+from tests.router.conftest import create, example, feedback_each
 
 V4_FILE = Path(__file__).parent / "data" / "router-v4.sqlite3"
 # What data/router-v4.sqlite3 holds (written by the router's store and outbox of schema version 4).
@@ -62,12 +62,29 @@ def test_a_reopened_store_sees_programs_decisions_and_feedback(database, catalog
         assert again.repeat and again.reward == first.reward
 
 
+def test_a_reopened_store_reads_a_program_s_name(database, catalog: BackendCatalog):
+    with Store(database) as store:
+        programs = ProgramRegistry(store, catalog)
+        request = ProgramCreate.model_validate(
+            {"source": example("person_on_bike"), "kind": "binary", "name": "Bikes at gate 3"}
+        )
+        named = programs.register(request)
+        unnamed = programs.register(create("leftmost_color", kind="open"))
+    with Store(database) as store:
+        assert store.get_program(named.id).name == "Bikes at gate 3" and store.get_program(unnamed.id).name is None
+        assert store.list_programs() == [named, unnamed]
+        assert store.program_info() == [
+            ProgramInfo(named.id, "Bikes at gate 3", "default"),
+            ProgramInfo(unnamed.id, None, "default"),
+        ]
+
+
 def test_a_sqlite_store_uses_wal_and_records_its_revision(db_path: Path):
     Store(db_path).close()
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0009",)]
         columns = {row[1]: row[2] for row in db.execute("PRAGMA table_info(decisions)")}
         assert columns["propensity"] == "FLOAT" and columns["policy_decision"] == "TEXT" and columns["reuse"] == "TEXT"
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -79,13 +96,15 @@ def test_a_version_4_file_is_migrated_forward_with_everything_in_it(tmp_path: Pa
     shutil.copy(V4_FILE, path)
     with Store(path) as store:
         assert [p.id for p in store.list_programs()] == [V4_BINARY, V4_OPEN]
+        assert [p.name for p in store.list_programs()] == [None, None]  # registered before names
         assert [a.id for a in store.list_answers(limit=10)] == V4_DECISIONS
         assert [store.get_answer(d).status for d in V4_DECISIONS] == ["resolved"] * 3 + ["answered", "resolved"]
         assert store.get_feedback(V4_DECISIONS[2]).label == "no"
         # decided before propensities were logged: none, and no policy decision to evaluate
         assert all(store.get_answer(d).propensity is None for d in V4_DECISIONS)
         assert store.get_answer(V4_DECISIONS[0]).policy_decision is None
-        assert store.get_synthesized("is there a bike", "binary", "v1", "model").attempts == 2
+        cached = store.get_synthesized("is there a bike", "binary", "v1", "model")
+        assert cached.attempts == 2 and cached.warnings == []  # cached before synthesis warnings
         [letter] = store.list_dead_letters()
         assert (letter.id, letter.kind, letter.program_id, letter.attempts) == (1, "delete", V4_OPEN, 3)
         outbox = Outbox(store)

@@ -20,6 +20,7 @@ from fmprog.backends import BackendCatalog
 from fmprog.backends.config import BackendSpec, ConfigError
 from fmprog.engines.base import Engine, EngineError
 from fmprog.program import ExecutionLimits
+from fmprog.vision.vocabulary import VocabularySpec
 from router import prompt
 from router.app import create_app
 from router.errors import BackendsRejected, SynthesisFailed, Unavailable
@@ -47,7 +48,7 @@ KNOWLEDGE = """def execute_command(image):
     image_patch = ImagePatch(image)
     return image_patch.llm_query("What is the capital of France?")
 """
-CPU = Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml"
+CPU = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml"
 HOSTILE = {
     "import os": ("import os\ndef execute_command(image):\n    return os.listdir('/')", "import of 'os'"),
     "__import__": ("def execute_command(image):\n    return __import__('os').name", "'__import__' is not available"),
@@ -578,3 +579,65 @@ def test_a_bug_that_only_found_objects_reach_is_caught_with_real_backends():
         "Which is wider, the purple hexagon or the orange circle?", "open"
     )
     assert result.ok and result.attempts == 2 and "IndexError" in result.errors[0]
+
+
+# -- what synthesis is unsure of ---------------------------------------------------------------------
+
+
+def test_an_answer_the_same_on_every_dry_run_frame_is_a_warning(synthesizer_for, zoo: Zoo):
+    zoo.set_boxes({"dog": [box(10, 10, 40, 40)]})
+    result = synthesizer_for(ScriptedModel(GOOD)).synthesize("Is there a dog?", "binary")
+    assert result.ok and result.warnings == ["its answer was 'yes' on all 2 dry-run frames: check its logic"]
+    assert result.public().warnings == result.warnings
+
+
+def test_a_call_site_no_dry_run_frame_reached_is_a_warning(synthesizer_for, zoo: Zoo):
+    _found_on_call(zoo, 99)  # the detector never finds a dog: the query is never asked
+    result = synthesizer_for(ScriptedModel(OPEN), dry_run_frames=2).synthesize("What color is the dog?", "open")
+    assert result.ok and result.unreached_sites == ["query@6:19"]
+    assert result.warnings == [
+        "line 6: query@6:19 ran on none of the 16 dry-run frames: that code has never run",
+        "its answer was 'N/A' on all 16 dry-run frames: check its logic",
+    ]
+    _found_on_call(zoo, 5)  # found on the fifth frame: every site ran, and the answers differ
+    result = synthesizer_for(ScriptedModel(OPEN), dry_run_frames=2).synthesize("Which colour is the dog?", "open")
+    assert result.ok and result.dry_run_frames == 5 and result.warnings == []
+
+
+def test_a_noun_no_candidate_can_see_is_a_warning_of_the_synthesis_and_the_program(
+    synthesizer_for, zoo: Zoo, store: Store
+):
+    coco = VocabularySpec(nouns="coco")
+    specs = [s.model_copy(update={"vocabulary": coco}) if s.function.value == "detect" else s for s in zoo.specs]
+    catalog = BackendCatalog(backends=specs)
+    octopus = GOOD.replace('"dog"', '"octopus"')
+    zoo.set_boxes({"octopus": [box(10, 10, 40, 40)]})
+    synthesizer = synthesizer_for(ScriptedModel(octopus), catalog=catalog)
+    seen = "line 3: exists@3:37: 'octopus' names none of the 80 COCO classes (detect-small, detect-large)"
+    same = "its answer was 'yes' on all 2 dry-run frames: check its logic"
+    assert synthesizer.synthesize("Is there an octopus?", "binary").warnings == [same, seen]
+    cached = synthesizer.synthesize("Is there an octopus", "binary")
+    assert cached.cached and cached.warnings == [same, seen]  # the dry run's warnings are kept with the program
+    request = ProgramCreate.model_validate({"query": "Is there an octopus?", "kind": "binary", "lambda": 0.1})
+    public = ProgramRegistry(store, catalog, synthesizer).register(request)
+    assert public.synthesis is not None and public.synthesis.warnings == [same, seen]
+    assert public.warnings == [seen, same]  # the site's, then the synthesis's, each once
+    assert store.get_program(public.id).warnings == public.warnings
+
+
+def test_a_program_that_makes_no_routed_call_goes_back_to_the_model(synthesizer_for):
+    model = ScriptedModel('def execute_command(image):\n    return "no"\n', GOOD)
+    result = synthesizer_for(model).synthesize("Is there a dog?", "binary")
+    assert result.ok and result.attempts == 2 and result.source == GOOD
+    assert result.errors[0].startswith("the program makes no routed call (one of best_text_match, exists, find")
+    assert result.errors[0] in model.conversations[1][-1]["content"]
+
+
+def test_post_programs_with_a_query_returns_what_synthesis_is_unsure_of(client_for):
+    with client_for(ScriptedModel(fenced(GOOD))) as client:
+        response = client.post("/programs", json={"query": "Is there a dog?", "kind": "binary", "lambda": 0.01})
+        assert response.status_code == 201, response.text
+        program = response.json()
+        same = "its answer was 'yes' on all 2 dry-run frames: check its logic"
+        assert program["synthesis"]["warnings"] == [same] and program["warnings"] == [same]
+        assert client.get(f"/programs/{program['id']}").json()["warnings"] == [same]

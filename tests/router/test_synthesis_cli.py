@@ -12,7 +12,7 @@ import pytest
 from router import synthesis, synthesis_cli
 from tests.router.test_synthesis import GOOD, HOSTILE, ScriptedModel, fenced
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "deploy" / "config" / "synthetic.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The default synthesizer for real: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF through llama.cpp,
-the ``llm-large`` backend of deploy/config/synthetic.yaml) writing a program end to end through
+the ``llm-large`` backend of fmprog/configs/synthetic.yaml) writing a program end to end through
 ``POST /programs {query, kind}``, dry-run and then answered by the zoo's vision models in process.
 
 About 15 s on this 2-core machine when it is otherwise idle: loading the model (1 s), evaluating the
@@ -27,7 +27,7 @@ pytest.importorskip("torch", reason="the zoo's vision models need torch")
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "deploy" / "config" / "synthetic.yaml"
+CONFIG = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 QUERY = "Is there a purple hexagon?"
 
 

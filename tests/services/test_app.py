@@ -11,7 +11,7 @@ from fmprog.backends import BackendSpec, ConfigError, load_catalog
 from services.app import REPLICA_ENV, deployment_options, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "deploy" / "config").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "fmprog" / "configs").glob("*.yaml"))
 
 
 def test_deployment_options_follow_the_spec():
@@ -74,7 +74,7 @@ def test_engine_configuration_errors_name_the_field(tmp_path, engine, message):
 
 
 def test_a_vllm_backend_leaves_its_gpus_to_the_llm_server():
-    catalog = load_catalog(ROOT / "deploy" / "config" / "gpu.yaml")
+    catalog = load_catalog(ROOT / "fmprog" / "configs" / "gpu.yaml")
     for spec in catalog.backends:
         gpus = deployment_options(spec)["ray_actor_options"]["num_gpus"]
         assert gpus == (0 if spec.engine.kind == "vllm" else spec.resources.num_gpus), spec.name
@@ -86,7 +86,7 @@ def test_the_serve_config_builds_every_application():
 
     from services.app import backend_app
 
-    config = serve_config(load_catalog(ROOT / "deploy" / "config" / "synthetic.yaml"))
+    config = serve_config(load_catalog(ROOT / "fmprog" / "configs" / "synthetic.yaml"))
     for app in config["applications"]:
         assert isinstance(backend_app(app["args"]), Application), app["name"]
 
@@ -94,6 +94,6 @@ def test_the_serve_config_builds_every_application():
 def test_serving_an_unknown_backend_is_refused_before_anything_starts():
     from services.cluster import ServeSettings, serve_backends
 
-    settings = ServeSettings(config=ROOT / "deploy" / "config" / "synthetic.yaml", backends=["detect-small", "nope"])
+    settings = ServeSettings(config=ROOT / "fmprog" / "configs" / "synthetic.yaml", backends=["detect-small", "nope"])
     with pytest.raises(ValueError, match=r"unknown backends \['nope'\]"), serve_backends(settings):
         pass

@@ -19,7 +19,7 @@ from router.settings import RouterSettings
 from services.cluster import ServeSettings, free_port, serve_backends
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_CONFIG = ROOT / "deploy" / "config" / "synthetic.yaml"
+CPU_CONFIG = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 pytestmark = pytest.mark.timeout(600)
 
 SOURCE = """def execute_command(image):

@@ -1,4 +1,4 @@
-"""Integration: the default configuration (deploy/config/synthetic.yaml) served by a real local Ray Serve,
+"""Integration: the default configuration (fmprog/configs/synthetic.yaml) served by a real local Ray Serve,
 every backend called over HTTP through the Serve proxy and through a DeploymentHandle, with real
 models answering generated frames (the text readers read the signs drawn on objects)."""
 
@@ -22,7 +22,7 @@ from services.cluster import ServeSettings, free_port, serve_backends
 from tests.signs import signs
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_CONFIG = ROOT / "deploy" / "config" / "synthetic.yaml"
+CPU_CONFIG = ROOT / "fmprog" / "configs" / "synthetic.yaml"
 pytestmark = pytest.mark.timeout(900)
 
 
