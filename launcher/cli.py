@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from fmprog.backends.config import DEFAULT_CONFIG, BackendSpec
 from launcher.options import add_config_option, config_help
@@ -183,12 +184,14 @@ def _serve_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from benchmarks.vqa.cli import run
+def _add_plugin_commands(commands: Any) -> None:
+    """The subcommands other installed packages add through the ``fmprog.commands`` entry points
+    (each a function taking the subparsers): ``bench``, from the benchmark package, which sits on
+    top of the launcher and so is found, not imported."""
+    from importlib.metadata import entry_points
 
-    print(f"fmprog bench: reading the tracks, then every policy and baseline on them; report under {args.out}",
-          file=sys.stderr, flush=True)  # fmt: skip
-    return run(args)
+    for entry in sorted(entry_points(group="fmprog.commands"), key=lambda entry: entry.name):
+        entry.load()(commands)
 
 
 def _describe(parser: argparse.ArgumentParser) -> None:
@@ -299,14 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.set_defaults(handler=_up)
 
-    from benchmarks.vqa.cli import add_arguments as bench_arguments
-
-    bench = commands.add_parser(
-        "bench",
-        help="the streaming VQA benchmark: every policy and baseline on both tracks; report under --out",
-    )
-    bench_arguments(bench)
-    bench.set_defaults(handler=_bench)
+    _add_plugin_commands(commands)
 
     config = commands.add_parser("serve-config", help="print the Ray Serve config (serveConfigV2) of a configuration")
     add_config_option(config, default="gpu")

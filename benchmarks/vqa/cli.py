@@ -8,6 +8,22 @@ from pathlib import Path
 from typing import Any
 
 
+def add_command(commands: Any) -> None:
+    """``fmprog bench`` on the command line's subcommands (the ``fmprog.commands`` entry point)."""
+    bench = commands.add_parser(
+        "bench",
+        help="the streaming VQA benchmark: every policy and baseline on both tracks; report under --out",
+    )
+    add_arguments(bench)
+    bench.set_defaults(handler=_started)
+
+
+def _started(args: argparse.Namespace) -> int:
+    print(f"fmprog bench: reading the tracks, then every policy and baseline on them; report under {args.out}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return run(args)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/vqa"), help="report folder (default: %(default)s)"

@@ -297,3 +297,16 @@ def test_program_check_away_from_the_repository_checks_against_the_default_confi
     assert [site["id"] for site in json.loads(result.stdout)] == ["find@3:15", "find@4:15"]
     [warning] = result.stderr.splitlines()  # the packaged real configuration's detectors see COCO's classes
     assert warning.startswith(f"{path}: warning: line 4: find@4:15: 'octopus' names none of the 80 COCO classes")
+
+
+def test_bench_is_a_subcommand_the_benchmark_package_adds():
+    """``fmprog bench`` comes from the ``fmprog.commands`` entry point of the installed package:
+    the launcher finds it without importing the benchmark (the layer test holds it to that)."""
+    from importlib.metadata import entry_points
+
+    from launcher.cli import build_parser
+
+    [entry] = [e for e in entry_points(group="fmprog.commands") if e.name == "bench"]
+    assert entry.value == "benchmarks.vqa.cli:add_command"
+    args = build_parser().parse_args(["bench", "--quick", "--split", "validation"])
+    assert args.handler.__module__ == "benchmarks.vqa.cli" and args.quick and args.split == "validation"
