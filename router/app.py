@@ -322,7 +322,7 @@ def create_app(
     async def program_policy(request: Request, program_id: str, last: Window = DEFAULT_WINDOW) -> PolicyView:
         """Per call site, the share of each backend in the policy's last decisions, by context bucket."""
         service = _service(request)
-        await run_in_threadpool(service.program, program_id, _caller(request))  # NotFound: not the caller's
+        await run_in_threadpool(service.owned, program_id, _caller(request))  # NotFound: not the caller's
         return await run_in_threadpool(program_policy_view, service.store, program_id, last)
 
     @app.post(
@@ -404,7 +404,7 @@ def create_app(
         """Start answering a camera or a video: frames pulled from ``source`` and answered ``fps`` a
         second, the answers kept as the stream's events (``GET /streams/{id}/events``)."""
         caller = _caller(request)
-        await run_in_threadpool(_service(request).program, program_id, caller)  # NotFound: not the caller's
+        await run_in_threadpool(_service(request).owned, program_id, caller)  # NotFound: not the caller's
         quota = request.app.state.admission.quota(caller.tenant).max_streams
         return await run_in_threadpool(
             functools.partial(_streams(request).start, program_id, body, tenant=caller.tenant, max_streams=quota)

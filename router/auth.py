@@ -76,7 +76,8 @@ class KeyRing:
             return known
         now = self.clock()
         self._callers.pop(key, None)
-        found = self.store.find_key(key_id(key) or "") if key_id(key) else None
+        named = key_id(key)
+        found = self.store.find_key(named) if named is not None else None
         if found is None:
             return None
         record, digest = found

@@ -232,6 +232,13 @@ class BreakerProbe(CircuitBreakerListener):
             thread.join(timeout=5.0)
 
 
+def _visible(program: ProgramPublic, caller: Caller) -> ProgramPublic:
+    """``program``, if ``caller`` may see it; another tenant's is NotFound, as an unknown one."""
+    if not caller.sees(program.tenant):
+        raise NotFound(f"no program with id {program.id!r}")
+    return program
+
+
 def backends_unavailable(unreached: Unreached, decision_id: str) -> BackendsUnavailable:
     """The error of a frame none of whose backends could be reached, naming them."""
     names = ", ".join(repr(name) for name in unreached.backends)
@@ -622,16 +629,11 @@ class RouterService:
 
     def owned(self, program_id: str, caller: Caller = OPERATOR) -> ProgramPublic:
         """The stored program, if ``caller`` may see it: another tenant's is NotFound, as an unknown one."""
-        program = self.programs.get(program_id)
-        if not caller.sees(program.tenant):
-            raise NotFound(f"no program with id {program_id!r}")
-        return program
+        return _visible(self.programs.get(program_id), caller)
 
     def _compiled(self, program_id: str, caller: Caller) -> tuple[ProgramPublic, Program]:
         public, program = self.programs.compiled(program_id)
-        if not caller.sees(public.tenant):
-            raise NotFound(f"no program with id {program_id!r}")
-        return public, program
+        return _visible(public, caller), program
 
     def program(self, program_id: str, caller: Caller = OPERATOR) -> ProgramPublic:
         """The stored program, if ``caller`` may see it, with its budget's state when it has one."""

@@ -425,19 +425,16 @@ class Store:
             self._charge(db, program_id, window, cost)
 
     def _charge(self, db: Connection, program_id: str, window: datetime, cost: float) -> None:
-        statement = self._insert(program_spend).values(
-            program_id=program_id, window_start=window.isoformat(), cost=cost
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["program_id", "window_start"], set_={"cost": program_spend.c.cost + cost}
-        )
-        db.execute(statement)
+        self._add(db, program_spend, {"program_id": program_id, "window_start": window.isoformat()}, "cost", cost)
 
     def _use(self, db: Connection, tenant: str, size: int) -> None:
-        statement = self._insert(tenant_usage).values(tenant=tenant, stored_bytes=size)
-        statement = statement.on_conflict_do_update(
-            index_elements=["tenant"], set_={"stored_bytes": tenant_usage.c.stored_bytes + size}
-        )
+        self._add(db, tenant_usage, {"tenant": tenant}, "stored_bytes", size)
+
+    def _add(self, db: Connection, table: sa.Table, key: dict[str, Any], column: str, amount: float) -> None:
+        """Add ``amount`` to ``column`` of the row of ``table`` at ``key`` (its primary key),
+        starting it at ``amount`` when there is none yet: one statement, safe across routers."""
+        statement = self._insert(table).values({**key, column: amount})
+        statement = statement.on_conflict_do_update(index_elements=list(key), set_={column: table.c[column] + amount})
         db.execute(statement)
 
     def stored_bytes(self, tenant: str) -> int:
