@@ -58,8 +58,9 @@ from benchmarks.vqa.queries import (
 from benchmarks.vqa.tracks import ImageResolver, build_streams
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
-from fmprog.contract import PolicySpec, SiteGate, task_reward
+from fmprog.contract import PolicySpec, SiteGate
 from fmprog.program import Decider, Executor, GateDecider, InvocationContext, Program, compile_program, context_vector
+from fmprog.rewards import task_reward
 from fmprog.scene.seeds import CASCADE_PRIOR
 from policy.algorithms import build_policy
 from policy.algorithms.cascade import (

@@ -2,7 +2,7 @@
 
 ``provenance()`` gives ``{"date", "commit", "machine", "command"}``: the UTC time, HEAD's short hash
 (noting uncommitted changes), the machine (CPUs, memory, CPU model, platform, Python) and the command
-line that measured it, so that a figure in the README can be traced to the run that made it.
+line that measured it, so that a figure in the docs can be traced to the run that made it.
 """
 
 from __future__ import annotations

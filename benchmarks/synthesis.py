@@ -25,7 +25,7 @@ from benchmarks.vqa.tracks import ImageResolver, load_binary, load_open
 from fmprog.backends import load_catalog
 from fmprog.program import Executor
 from router.settings import RouterSettings
-from router.synthesis import ProgramSynthesizer, synthesis_model
+from router.synthesis.synthesizer import ProgramSynthesizer, synthesis_model
 
 
 def main() -> None:

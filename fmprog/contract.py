@@ -1,4 +1,4 @@
-"""The contract between the router and the policy: what one sends the other, and how answers are scored.
+"""The contract between the router and the policy: what one sends the other.
 
 Both services import this module and nothing of each other. Names follow the paper: a *program*
 has routed *call sites*; each site's function has candidate *backends* with a *cost* (millions of
@@ -18,33 +18,29 @@ weighs cost against the task term: ``R = -L - lambda * C`` (paper), sub-reward
   :class:`InvocationRecord` per gated invocation; :class:`FeedbackList`: several of them in one
   request, answered per item (:class:`FeedbackListReply`); :class:`ExpiredDecisions`: decisions
   whose label never came, to forget.
+- :class:`FrameInput` and :func:`frame_input`: what of a frame the router sends with a request
+  for a decision, by algorithm, the one place that says which pixels each algorithm reads:
+  nothing (``"none"``: ``cascade``, ``static``, ``random``, ``ucb1``; the request has an empty
+  body), a ``THUMBNAIL_SIDE`` x ``THUMBNAIL_SIDE`` nearest-pixel thumbnail (``"thumbnail"``:
+  ``fast``, ``unstructured``, ``whole_query``, whose fixed features read only those pixels; made
+  by ``fmprog.images.thumbnail`` and sent as PNG), or the frame as received (``"full"``:
+  ``structured`` and ``structured_code``, which resize the whole frame themselves, and any
+  algorithm not in the table). An algorithm that reads no pixels decides the same with or
+  without the frame; one that reads the thumbnail decides the same on it as on the frame.
 - Gate features: ``CONTEXT_FEATURES`` and ``ESCALATION_FEATURES`` name the values of the vectors a
   gate scores (computed by ``fmprog.program.deciders.context_vector`` / ``escalation_vector``).
-- Rewards: :class:`RewardConfig` and the reward functions (``task_reward``, ``task_loss``,
-  ``score_answer``, ``program_reward``, ``sub_rewards``, ``is_yes``, ``open_match``).
-
-Two reward schemes, selectable:
-
-- ``"authors"`` (the paper's research code): binary task TP +1000, FN -100, TN +1, FP -100;
-  open-form task +100 if the lower-cased label is a substring of the lower-cased answer (label
-  "n/a" also matches an answer containing "0"), else -100. Values are configurable.
-- ``"loss"`` (the paper's formulation): the 0/1 loss ``L`` (0 when correct, same matching rules),
-  returned as the task reward ``-L``; the cost term ``-lambda * C`` is added by the policy
-  (:func:`program_reward` gives the full ``R = -L - lambda * C``).
+- Rewards are not part of it: how an answer is scored is :mod:`fmprog.rewards`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from fmprog.backends.config import BackendName, Function
-
-TaskKind = Literal["binary", "open"]
-Scheme = Literal["authors", "loss"]
 
 # -- the policy's specification ---------------------------------------------------------------------
 
@@ -139,6 +135,54 @@ class PolicySpec(BaseModel):
             if site.id == site_id:
                 return site
         raise KeyError(site_id)
+
+
+# -- what the policy reads of a frame ---------------------------------------------------------------
+
+THUMBNAIL_SIDE = 32
+"""The side of the thumbnail sent to the algorithms that read one (``policy.features`` computes
+its features on exactly these pixels)."""
+
+
+class FrameInput(BaseModel):
+    """What of a frame an algorithm reads: no pixels (``"none"``), the nearest-pixel thumbnail of
+    ``side`` x ``side`` pixels (``"thumbnail"``, ``fmprog.images.thumbnail``), or the whole frame
+    (``"full"``). ``side`` is 0 except for a thumbnail."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pixels: Literal["none", "thumbnail", "full"]
+    side: int = Field(default=0, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _side(self) -> FrameInput:
+        if (self.pixels == "thumbnail") != (self.side > 0):
+            raise ValueError("a thumbnail needs its side (at least 1); no other frame input has one")
+        return self
+
+
+_NO_PIXELS = FrameInput(pixels="none")
+_FEATURE_THUMBNAIL = FrameInput(pixels="thumbnail", side=THUMBNAIL_SIDE)
+_FULL_FRAME = FrameInput(pixels="full")
+
+FRAME_INPUTS: dict[str, FrameInput] = {
+    "cascade": _NO_PIXELS,  # gates over the invocation's context, not the frame
+    "static": _NO_PIXELS,
+    "random": _NO_PIXELS,
+    "ucb1": _NO_PIXELS,
+    "fast": _FEATURE_THUMBNAIL,  # policy.features: fixed statistics of the thumbnail
+    "unstructured": _FEATURE_THUMBNAIL,
+    "whole_query": _FEATURE_THUMBNAIL,
+    "structured": _FULL_FRAME,  # area-averaged to its input size, as floats
+    "structured_code": _FULL_FRAME,  # resized (bilinear, antialiased) to its input size
+}
+"""What each algorithm reads of a frame, by name; read through :func:`frame_input`."""
+
+
+def frame_input(spec: PolicySpec) -> FrameInput:
+    """What of each frame the router sends the policy built from ``spec``: what its algorithm
+    reads; the whole frame for an algorithm not in ``FRAME_INPUTS`` (the safe default)."""
+    return FRAME_INPUTS.get(spec.algorithm, _FULL_FRAME)
 
 
 # -- gates: deciding each call when it runs -------------------------------------------------------
@@ -297,7 +341,7 @@ class PolicyDecision(BaseModel):
     (off-policy evaluation). ``gates``, when given, decide the named sites at each
     invocation instead (the ``backends`` stay the decision for the other sites and the fallback
     when the gates do not fit the program; the probability of a gated run is computed from the
-    gates' spreads by :mod:`fmprog.evaluation`)."""
+    gates' spreads by :mod:`fmprog.off_policy`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -481,114 +525,3 @@ class ReuseReply(BaseModel):
     propensity: float = Field(gt=0, le=1)
     p_change: float = Field(ge=0, le=1)
     reason: Literal["first", "max_age", "changed", "explore", "unchanged"]
-
-
-# -- rewards ----------------------------------------------------------------------------------------
-
-
-class BinaryRewards(BaseModel):
-    """The authors' binary rewards: rare positives are worth much more than negatives."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    true_positive: float = 1000.0
-    false_negative: float = -100.0
-    true_negative: float = 1.0
-    false_positive: float = -100.0
-
-
-class OpenRewards(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    correct: float = 100.0
-    wrong: float = -100.0
-
-
-class RewardConfig(BaseModel):
-    """Which scheme, and the values of the authors' scheme."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scheme: Scheme = "authors"
-    binary: BinaryRewards = Field(default_factory=BinaryRewards)
-    open: OpenRewards = Field(default_factory=OpenRewards)
-
-
-class AnswerScore(NamedTuple):
-    """One answer scored against its label: whether it is right (loss 0) and its task reward."""
-
-    correct: bool
-    reward: float
-
-
-def _text(value: object) -> str:
-    return ("" if value is None else str(value)).strip().lower()
-
-
-def is_yes(answer: object) -> bool:
-    """A binary answer is positive when it says yes (``True``, or text containing "yes")."""
-    if isinstance(answer, bool):
-        return answer
-    return "yes" in _text(answer)
-
-
-def open_match(answer: object, label: object) -> bool:
-    """The authors' open-form rule: the lower-cased label is a substring of the lower-cased answer;
-    the label "n/a" also matches an answer containing "0"."""
-    text, gold = _text(answer), _text(label)
-    if gold in text:
-        return True
-    return gold == "n/a" and "0" in text
-
-
-def score_answer(
-    kind: TaskKind, answer: object, label: object, scheme: Scheme | RewardConfig = "authors"
-) -> AnswerScore:
-    """Whether the answer is right and its task reward (without the cost term), matching once.
-
-    ``scheme`` is ``"authors"``, ``"loss"`` (the reward is ``-L``) or a :class:`RewardConfig`."""
-    config = scheme if isinstance(scheme, RewardConfig) else RewardConfig(scheme=scheme)
-    if kind == "binary":
-        predicted, actual = is_yes(answer), is_yes(label)
-        correct = predicted == actual
-        values = config.binary
-        if actual:
-            reward = values.true_positive if predicted else values.false_negative
-        else:
-            reward = values.false_positive if predicted else values.true_negative
-    elif kind == "open":
-        correct = open_match(answer, label)
-        reward = config.open.correct if correct else config.open.wrong
-    else:
-        raise ValueError(f"unknown task kind {kind!r} (expected 'binary' or 'open')")
-    if config.scheme == "loss":
-        reward = -0.0 if correct else -1.0
-    return AnswerScore(correct, float(reward))
-
-
-def task_loss(kind: TaskKind, answer: object, label: object) -> float:
-    """The paper's 0/1 loss ``L``: 0 when the answer is right, else 1."""
-    return 0.0 if score_answer(kind, answer, label).correct else 1.0
-
-
-def task_reward(kind: TaskKind, answer: object, label: object, scheme: Scheme | RewardConfig = "authors") -> float:
-    """The task reward of one answer (without the cost term).
-
-    ``scheme`` is ``"authors"``, ``"loss"`` (returns ``-L``) or a :class:`RewardConfig`."""
-    return score_answer(kind, answer, label, scheme).reward
-
-
-def program_reward(task: float, cost: float, lam: float) -> float:
-    """The paper's program reward ``R = task - lambda * C`` (``task = -L`` under the loss scheme)."""
-    return float(task) - float(lam) * float(cost)
-
-
-def sub_rewards(
-    task: float, costs: dict[str, float], executed_sites: list[str], n_sites: int, lam: float
-) -> dict[str, float]:
-    """The paper's structured sub-rewards ``r_i = -lambda * C_i + task / N`` for the executed sites,
-    with ``N`` the program's number of routed call sites (``task = -L`` gives ``-L/N``)."""
-    if n_sites < 1:
-        raise ValueError("a program has at least one call site")
-    share = float(task) / n_sites
-    return {site: share - float(lam) * float(costs.get(site, 0.0)) for site in executed_sites}

@@ -1,4 +1,5 @@
-"""Frames on the wire: PNG or JPEG bytes to ``H x W x 3`` uint8 RGB arrays and back."""
+"""Frames on the wire: PNG or JPEG bytes to ``H x W x 3`` uint8 RGB arrays and back, and a frame's
+nearest-pixel thumbnail (what the feature-based policy algorithms read)."""
 
 from __future__ import annotations
 
@@ -136,6 +137,21 @@ def decode_base64_image(text: str, **limits: int) -> np.ndarray:
 
 def encode_base64_png(image: np.ndarray) -> str:
     return base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def thumbnail(frame: np.ndarray, side: int) -> np.ndarray:
+    """The ``side x side x 3`` uint8 nearest-pixel subsample of an ``H x W x 3`` uint8 frame: row
+    ``(i * H) // side`` and column ``(j * W) // side`` for ``i, j`` in ``0..side-1`` (rows and
+    columns repeat in a frame smaller than ``side``). A thumbnail's thumbnail of the same side is
+    itself, so features computed on the thumbnail of a frame equal those of the frame.
+    ImageError (a ValueError) names a frame that is not one (``check_frame``)."""
+    check_frame(frame)
+    if side < 1:
+        raise ValueError(f"a thumbnail's side must be at least 1, got {side}")
+    h, w = frame.shape[:2]
+    rows = (np.arange(side) * h) // side
+    cols = (np.arange(side) * w) // side
+    return frame[rows[:, None], cols[None, :]]
 
 
 def check_frame(image: object) -> np.ndarray:

@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from launcher.program_evaluate import add_evaluate_command
     from launcher.program_run import add_run_command
-    from router.synthesis_cli import add_synth_command
+    from launcher.program_synth import add_synth_command
 
     add_run_command(program_commands)
     add_evaluate_command(program_commands)

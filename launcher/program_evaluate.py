@@ -1,6 +1,6 @@
 """``fmprog program evaluate PROGRAM_ID --router URL``: what other policies would have cost and
 scored on a registered program's labelled decisions, estimated by the router from its log
-(``POST /programs/{id}/evaluate``; ``fmprog.evaluation``), without running a backend again.
+(``POST /programs/{id}/evaluate``; ``fmprog.off_policy``), without running a backend again.
 
 Each ``--target`` is ``static-largest``, ``static-cheapest``, ``random``, ``lambda=X`` (the
 program's own policy at another ``lambda``: ``cascade``, ``structured``, ``structured_code``) or
@@ -33,7 +33,7 @@ class UsageError(Exception):
 
 
 def parse_target(text: str) -> dict[str, Any]:
-    """One ``--target`` as the router's wire form of ``fmprog.evaluation.Target``."""
+    """One ``--target`` as the router's wire form of ``fmprog.off_policy.Target``."""
     text = text.strip()
     if text in ("static-largest", "static-cheapest"):
         return {"kind": "static", "backends": text.removeprefix("static-")}

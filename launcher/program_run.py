@@ -209,7 +209,7 @@ def _report(
     catalog: BackendCatalog,
     trace: Trace,
 ) -> dict[str, Any]:
-    from fmprog.contract import is_yes
+    from fmprog.rewards import is_yes
 
     answer = trace.answer
     report: dict[str, Any] = {
@@ -229,9 +229,9 @@ def _report(
     sites = {site.id: site for site in program.call_sites}
     report["calls"] = [
         {
-            "site": i.site_id,
+            "site": i.site,
             "function": i.function.value,
-            "line": sites[i.site_id].line,
+            "line": sites[i.site].line,
             "backend": i.backend,
             "cost": i.cost,
             "latency_s": i.latency_s,

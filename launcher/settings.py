@@ -61,9 +61,9 @@ class StackSettings(BaseModel):
         description="The router's address. The policy (with a bearer key of its own) and the Serve proxy (no "
         "authentication) always listen on 127.0.0.1.",
     )
-    router_port: Port = 8080
-    policy_port: Port = 8081
-    serve_port: Port = 8000
+    router_port: Port = Field(default=8080, description="The router's port.")
+    policy_port: Port = Field(default=8081, description="The policy's port, on 127.0.0.1.")
+    serve_port: Port = Field(default=8000, description="Ray Serve's HTTP proxy's port, on 127.0.0.1.")
     state_dir: Path = Field(default=Path("state"), description="Router database, policy state and logs.")
     num_cpus: float | None = Field(default=None, gt=0, description="Logical CPUs of the local Ray (default: all).")
     backend_transport: Literal["handle", "http"] = Field(

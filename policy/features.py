@@ -6,7 +6,8 @@ simple image statistics. Computed in numpy on the frame subsampled to 32 x 32 (n
 per-pixel noise survives) they cost about 0.2 ms, well under the cheapest backend call
 (detect-small, ~1.4 ms), where even the zoo network's first convolutions in torch would cost
 about as much as that call. Being fixed, they never drift, so a Bayesian linear model on top
-stays exact.
+stays exact. Those 32 x 32 pixels are all they read, so the router sends the policy that
+thumbnail (``fmprog.contract.frame_input``) instead of the frame.
 
 The vector (``FEATURE_DIM`` values, each roughly in 0..1, last one a constant 1 for the bias):
 per-channel mean and standard deviation (6); mean absolute horizontal and vertical gradients and
@@ -19,16 +20,18 @@ from __future__ import annotations
 
 import numpy as np
 
-SUBSAMPLE = 32
+from fmprog.contract import THUMBNAIL_SIDE
+from fmprog.images import thumbnail
+
+SUBSAMPLE = THUMBNAIL_SIDE
 FEATURE_DIM = 6 + 3 + 2 + 12 + 2 + 16 + 1
 
 
 def frame_features(frame: np.ndarray) -> np.ndarray:
-    """The feature vector (float64, ``FEATURE_DIM``) of an ``H x W x 3`` uint8 frame."""
-    h, w = frame.shape[:2]
-    rows = (np.arange(SUBSAMPLE) * h) // SUBSAMPLE
-    cols = (np.arange(SUBSAMPLE) * w) // SUBSAMPLE
-    x = frame[rows[:, None], cols[None, :]].transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)  # [3, 32, 32]
+    """The feature vector (float64, ``FEATURE_DIM``) of an ``H x W x 3`` uint8 frame, read from its
+    ``SUBSAMPLE`` x ``SUBSAMPLE`` thumbnail alone (``fmprog.images.thumbnail``): the thumbnail
+    itself gives the same vector, bit for bit."""
+    x = thumbnail(frame, SUBSAMPLE).transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)  # [3, 32, 32]
     out = np.empty(FEATURE_DIM, np.float64)
     channels = x.reshape(3, -1)
     out[0:3] = channels.mean(axis=1)

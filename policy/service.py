@@ -1,6 +1,7 @@
 """The policy service's domain: one policy per program, decisions, feedback, training, persistence.
 
-No HTTP here. Deciding runs the program's policy on the frame and records the decision as
+No HTTP here. Deciding runs the program's policy on the frame (or on what the router sends of
+it: nothing, or a thumbnail, as ``fmprog.contract.frame_input`` says) and records the decision as
 pending; feedback is logged durably, then observed by the policy; a background trainer calls each
 policy's ``train()`` and snapshots it. Deciding never waits for training: algorithms train on
 copies and swap parameters in under a short lock.
@@ -208,7 +209,11 @@ class PolicyService:
 
     # -- decisions and feedback -------------------------------------------------------------------
 
-    def decide(self, program_id: str, decision_id: str, frame: np.ndarray) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, frame: np.ndarray | None) -> PolicyDecision:
+        """The program's policy decides on ``frame`` (what ``fmprog.contract.frame_input`` says the
+        router sends: ``None`` for an algorithm that reads no pixels, else the thumbnail or the
+        frame) and the decision is kept pending under ``decision_id``. ValueError when the algorithm
+        reads the frame and none was sent; DuplicateDecision when the id was used before."""
         slot = self._slot(program_id)
         start = time.perf_counter()
         decision = slot.policy.decide(frame)

@@ -12,6 +12,8 @@ from fmprog.web import is_loopback
 
 
 class PolicySettings(BaseSettings):
+    """Where the policies' state lives, how often they train and snapshot, and the limits of the API."""
+
     model_config = SettingsConfigDict(env_prefix="FMPROG_POLICY_", extra="forbid", frozen=True)
 
     state_dir: Path = Field(default=Path("state/policy"), description="SQLite log and parameter snapshots.")
@@ -27,14 +29,21 @@ class PolicySettings(BaseSettings):
         default_factory=ReuseSettings,
         description="How the reuse gates of cameras' frames decide: tolerance, exploration (JSON).",
     )
-    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body, in bytes; a larger one is refused with 413.",
+    )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Bearer key every route but /healthz, /readyz and /metrics requires; None: no key, and then "
-        "only requests that arrive on a loopback address are answered (403 otherwise).",
+        description="Bearer key every route but /healthz, /readyz and /metrics requires, at least 16 characters, "
+        "compared in constant time; required to listen beyond loopback. None: no key, and then only requests that "
+        "arrive on a loopback address are answered (403 otherwise).",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8081, ge=1, le=65535)
+    host: str = Field(
+        default="127.0.0.1", description="The address the policy listens on; beyond loopback it needs api_key."
+    )
+    port: int = Field(default=8081, ge=1, le=65535, description="The port the policy listens on.")
     restarts: int = Field(
         default=0, ge=0, description="Times a supervisor (fmprog up) restarted this policy; published as a metric."
     )

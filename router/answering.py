@@ -1,17 +1,16 @@
-"""Answering a frame: run the program under a decision, record the answer with its trace.
+"""Answering a frame: run the program under what ``router.deciding`` decided, record the answer
+with its trace.
 
-The decision (a backend for every call site) comes from the policy (the ``backends`` of its
-``PolicyDecision``) as a plain mapping, checked once, by the executor, against the program's
-candidates and the backends. When none is available the configured fallback decision is used
-instead, and the result says so. When the policy's decision carries gates (per call site, linear
-scores evaluated at each invocation, ``router.gating``), the program runs under a ``GateDecider``
-instead, the ``backends`` deciding the sites without a gate; the gates are checked against the
-candidates once, as the mapping is. A backend call that fails is retried (``retries`` times),
-then tried on the site's other candidates, nearest in cost first; the trace records every attempt.
-This is synchronous on purpose: the service runs it in a thread pool, since backend calls block.
-With ``workers`` the program runs in a pool of worker processes (``fmprog.program.workers``) that
-kills a run at its deadline; the backend calls are still made here, in the answering thread, and a
-killed run's answer is charged for them and credits the sites it executed (memo hits included).
+The executor gets the decision's runner (``FrameDecision.runner``: a mapping of a backend per call
+site, checked once, by the executor, against the program's candidates and the backends; or a
+``GateDecider`` over the policy's gates) and, per call site, the alternates: a backend call that
+fails is retried (``retries`` times), then tried on the site's other candidates, nearest in cost
+first; the trace records every attempt. The trace is the runtime's own
+(``fmprog.program.Invocation``), stored and returned as it is. This is synchronous on purpose: the
+service runs it in a thread pool, since backend calls block. With ``workers`` the program runs in
+a pool of worker processes (``fmprog.program.workers``) that kills a run at its deadline; the
+backend calls are still made here, in the answering thread, and a killed run's answer is charged
+for them and credits the sites it executed (memo hits included).
 
 A run that stops with a ``backend_error`` because no backend its last call tried could be reached
 (``unreachable``: no connection, a timeout, no replica, an open circuit; not a refusal of the call
@@ -25,27 +24,24 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pybreaker import STATE_OPEN, CircuitBreaker
 
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.functions import FUNCTIONS
-from fmprog.contract import SiteGate
-from fmprog.program import ExecutionLimits, Executor, GateDecider, InvalidDecision, Program, Trace
+from fmprog.program import ExecutionLimits, Executor, InvalidDecision, Program, Trace
 from fmprog.program.workers import WorkerPool
+from router.deciding import FrameDecision, fallback_decision, frame_decision
 from router.errors import DecisionRejected, FrameRejected
-from router.gating import gate_problem
 from router.programs import ProgramRegistry
-from router.schemas import AnswerRecord, AnswerResult, InvocationPublic, ProgramPublic, ProgramStopped
+from router.schemas import FrameRecord, FrameResult, ProgramPublic, ProgramStopped
 from router.store import utc_now
 from router.tenants import DEFAULT_TENANT
-
-FallbackRule = Literal["cheapest", "largest"]
 
 RETRY_AFTER_S = 5.0
 """When to try a frame again whose backends could not be reached, when none of their clients says
@@ -168,34 +164,7 @@ def unreached(
     names = list(dict.fromkeys(name for name, _ in sent))
     waits = [cool_down_left(backends[name].model) for name in names]
     retry_after_s = min(RETRY_AFTER_S if wait is None else wait for wait in waits)
-    return Unreached(site=tail[-1].site_id, backends=names, retry_after_s=max(1.0, retry_after_s))
-
-
-def fallback_decision(program: ProgramPublic, rule: FallbackRule = "cheapest") -> dict[str, str]:
-    """A static decision over the program's candidates: the cheapest (or the most expensive,
-    ``"largest"``) backend at every call site; ties go to the first candidate."""
-    pick = min if rule == "cheapest" else max
-    return {site.id: pick(site.candidates, key=lambda c: c.cost).name for site in program.call_sites}
-
-
-def alternates(program: ProgramPublic, decision: Mapping[str, str], available: Collection[str]) -> dict[str, list[str]]:
-    """Per call site, the other candidates that are available, nearest in cost to the decided
-    backend first (a failed large model is best replaced by the next largest, a small one by the
-    next smallest)."""
-    order = {}
-    for site in program.call_sites:
-        costs = {c.name: c.cost for c in site.candidates}
-        if decision.get(site.id) not in costs:
-            continue  # not a candidate: the executor's check of the decision says so
-        decided = math.log(costs[decision[site.id]])
-        others = [name for name in costs if name != decision[site.id] and name in available]
-        order[site.id] = sorted(others, key=lambda name: abs(math.log(costs[name]) - decided))
-    return order
-
-
-def candidates(program: ProgramPublic) -> dict[str, list[str]]:
-    """The backends each call site of a registered program may use."""
-    return {site.id: [c.name for c in site.candidates] for site in program.call_sites}
+    return Unreached(site=tail[-1].site, backends=names, retry_after_s=max(1.0, retry_after_s))
 
 
 class Answerer:
@@ -209,7 +178,6 @@ class Answerer:
         backends: BackendRegistry,
         *,
         limits: ExecutionLimits | None = None,
-        fallback: FallbackRule = "cheapest",
         retries: int = 1,
         retry_backoff_s: tuple[float, float] = (0.0, 0.0),
         workers: int = 0,
@@ -232,12 +200,18 @@ class Answerer:
             if workers > 0
             else Executor(watched, limits, retries=retries, retry_backoff_s=retry_backoff_s)
         )
-        self.fallback = fallback
 
     def close(self) -> None:
         """Stop the worker processes, if programs run in them."""
         if isinstance(self.executor, WorkerPool):
             self.executor.close()
+
+    def fixed_decision(self, program: ProgramPublic, backends: Mapping[str, str] | None) -> FrameDecision:
+        """A decision of ``backends`` for a frame of ``program``, or, when None, the cheapest
+        fallback (the router's decisions are ``router.deciding``'s; this is for tools and tests)."""
+        if backends is None:
+            return frame_decision(program, fallback_decision(program), self.backends, fallback=True)
+        return frame_decision(program, backends, self.backends)
 
     def answer(
         self,
@@ -247,11 +221,13 @@ class Answerer:
         *,
         frame_id: str | None = None,
         decision_id: str | None = None,
-    ) -> AnswerResult:
-        """Run the program on ``frame`` under ``decision`` and record the answer: :meth:`run`, then
-        :meth:`record`. Raises NotFound for an unknown program, and what :meth:`run` raises."""
+    ) -> FrameResult:
+        """Run the program on ``frame`` under ``decision`` (:meth:`fixed_decision`) and record the
+        answer: :meth:`run`, then :meth:`record`. Raises NotFound for an unknown program, and what
+        :meth:`run` raises."""
         public, program = self.programs.compiled(program_id)
-        record = self.run(public, program, frame, decision, frame_id=frame_id, decision_id=decision_id)
+        decided = self.fixed_decision(public, decision)
+        record = self.run(public, program, frame, decided, frame_id=frame_id, decision_id=decision_id)
         return self.record(record, tenant=public.tenant)
 
     def run(
@@ -259,24 +235,13 @@ class Answerer:
         public: ProgramPublic,
         program: Program,
         frame: np.ndarray,
-        decision: Mapping[str, str] | None,
+        decision: FrameDecision,
         *,
         frame_id: str | None = None,
         decision_id: str | None = None,
-        gates: Mapping[str, SiteGate] | None = None,
-        fallback: FallbackRule | None = None,
-    ) -> AnswerRecord:
+    ) -> FrameRecord:
         """:meth:`attempt`'s answer."""
-        record, _ = self.attempt(
-            public,
-            program,
-            frame,
-            decision,
-            frame_id=frame_id,
-            decision_id=decision_id,
-            gates=gates,
-            fallback=fallback,
-        )
+        record, _ = self.attempt(public, program, frame, decision, frame_id=frame_id, decision_id=decision_id)
         return record
 
     def attempt(
@@ -284,39 +249,25 @@ class Answerer:
         public: ProgramPublic,
         program: Program,
         frame: np.ndarray,
-        decision: Mapping[str, str] | None,
+        decision: FrameDecision,
         *,
         frame_id: str | None = None,
         decision_id: str | None = None,
-        gates: Mapping[str, SiteGate] | None = None,
-        fallback: FallbackRule | None = None,
-    ) -> tuple[AnswerRecord, Unreached | None]:
-        """Run the program on ``frame`` under ``decision`` (the fallback decision when None: by
-        ``fallback``, else the configured rule), or,
-        with ``gates``, under a ``GateDecider`` over them and ``decision``; the
-        answer as ``decision_id`` (a new id when None; the router mints it first when it asks the
-        policy, so both know the decision by the same id), not stored yet.
+    ) -> tuple[FrameRecord, Unreached | None]:
+        """Run the program on ``frame`` under ``decision`` (its runner, ``FrameDecision.runner``,
+        with its alternates); the answer as ``decision_id`` (a new id when None; the router mints
+        it first when it asks the policy, so both know the decision by the same id), not stored yet.
 
-        The decision is checked here, once: DecisionRejected for one that does not fit the
-        program's candidates or the backends; FrameRejected for a frame that is not an RGB uint8
-        image. A program that stops while running is an answer too: ``error`` says why; with it,
-        when it stopped because no backend its last call tried could be reached, which those were
-        (``Unreached``; None otherwise).
+        The executor checks the decision's backends, once: DecisionRejected for a decision that
+        does not fit the program's candidates or the backends; FrameRejected for a frame that is
+        not an RGB uint8 image. A program that stops while running is an answer too: ``error``
+        says why; with it, when it stopped because no backend its last call tried could be
+        reached, which those were (``Unreached``; None otherwise).
         """
-        is_fallback = decision is None
-        chosen = dict(fallback_decision(public, fallback or self.fallback) if decision is None else decision)
-        allowed = candidates(public)
         try:
-            runner: Mapping[str, str] | GateDecider = chosen
-            if gates and not is_fallback:
-                self.executor.check_decision(program, chosen, allowed)
-                problem = gate_problem(gates, public)
-                if problem is not None:
-                    raise InvalidDecision(problem)
-                runner = GateDecider(gates, chosen)
             self._calls.made = []
             trace = self.executor.run(
-                program, frame, runner, alternates(public, chosen, self.executor.backends), candidates=allowed
+                program, frame, decision.runner(), decision.alternates, candidates=decision.candidates
             )
         except InvalidDecision as exc:  # not a candidate, or a candidate these backends do not serve
             raise DecisionRejected(str(exc)) from None
@@ -324,16 +275,16 @@ class Answerer:
             raise FrameRejected(str(exc)) from None
         finally:
             made, self._calls.made = self._calls.made or [], None
-        record = _record(public, chosen, is_fallback, trace, frame_id, decision_id or uuid.uuid4().hex)
+        record = _record(public, decision, trace, frame_id, decision_id or uuid.uuid4().hex)
         return record, unreached(trace, made, self.backends)
 
     def record(
-        self, record: AnswerRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
-    ) -> AnswerResult:
+        self, record: FrameRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> FrameResult:
         """Store the answer of ``tenant``'s program (with ``charge_window``, its cost charged to its
         program's budget in that window); what the client gets back."""
-        self.store.add_answer(record, charge_window, tenant=tenant)
-        return AnswerResult(
+        self.store.add_frame(record, charge_window, tenant=tenant)
+        return FrameResult(
             decision_id=record.id,
             program_id=record.program_id,
             frame_id=record.frame_id,
@@ -351,31 +302,26 @@ class Answerer:
 
 
 def _record(
-    program: ProgramPublic,
-    decision: dict[str, str],
-    fallback: bool,
-    trace: Trace,
-    frame_id: str | None,
-    decision_id: str,
-) -> AnswerRecord:
+    program: ProgramPublic, decision: FrameDecision, trace: Trace, frame_id: str | None, decision_id: str
+) -> FrameRecord:
     site_costs: dict[str, list[float]] = {}
     for invocation in trace.invocations:
-        site_costs.setdefault(invocation.site_id, []).append(invocation.cost)
-    return AnswerRecord(
+        site_costs.setdefault(invocation.site, []).append(invocation.cost)
+    return FrameRecord(
         id=decision_id,
         program_id=program.id,
         kind=program.kind,
         frame_id=frame_id,
-        decision=decision,
-        fallback=fallback,
+        decision=decision.backends,
+        fallback=decision.fallback,
         answer=trace.answer,
         error=ProgramStopped(**trace.error.model_dump()) if trace.error else None,
-        trace=[InvocationPublic(site=i.site_id, **i.model_dump(exclude={"site_id"})) for i in trace.invocations],
+        trace=trace.invocations,
         executed_sites=trace.executed_sites,
         site_costs={site: math.fsum(costs) for site, costs in site_costs.items()},
         cost=trace.cost,
         latency_s=trace.latency_s,
         status="answered",
         created_at=utc_now(),
-        propensity=1.0 if fallback else None,  # the fallback's, without chance; the policy's: router.evaluation
+        propensity=1.0 if decision.fallback else None,  # the fallback's, without chance; the policy's: off_policy
     )

@@ -29,7 +29,7 @@ import numpy as np
 from fmprog.contract import ReuseObservation, ReuseOutcome, ReuseReply, ReuseRequest
 from fmprog.streams.gates import observation
 from fmprog.streams.reuse import reuse_features, signature
-from router.schemas import AnswerRecord, ProgramPublic, ReuseRecord
+from router.schemas import FrameRecord, ProgramPublic, ReuseRecord
 from router.store import utc_now
 
 Decide = Callable[[str, ReuseRequest], ReuseReply | None]  # None: the gate cannot be asked (run the program)
@@ -39,7 +39,7 @@ Decide = Callable[[str, ReuseRequest], ReuseReply | None]  # None: the gate cann
 class _Camera:
     digest: str  # the program's source digest: a program replaced under the same id starts over
     signature: np.ndarray
-    record: AnswerRecord  # the last run's answer
+    record: FrameRecord  # the last run's answer
     age: int = 0  # frames since the last run
     outcome: ReuseOutcome | None = None  # the last run's outcome, for the gate with the next request
 
@@ -55,7 +55,7 @@ class CameraView:
     signature: np.ndarray
     features: ReuseObservation | None  # None: the camera's first frame (nothing to reuse or learn)
     reuse: ReuseRecord | None  # the gate's decision, when it gave one
-    reused: AnswerRecord | None
+    reused: FrameRecord | None
 
 
 class Cameras:
@@ -126,7 +126,7 @@ class Cameras:
         )
         return CameraView(program.id, camera, program.digest, current, features, reuse, reused)
 
-    def ran(self, view: CameraView, record: AnswerRecord) -> AnswerRecord:
+    def ran(self, view: CameraView, record: FrameRecord) -> FrameRecord:
         """Take the answer of a frame that ran: it becomes the camera's last run, and, compared with
         the answer the gate would have reused, the outcome the gate learns with the camera's next
         frame. The record, with the gate's decision attached (the off-policy log)."""
@@ -144,7 +144,7 @@ class Cameras:
         return record if view.reuse is None else record.model_copy(update={"reuse": view.reuse})
 
     @staticmethod
-    def outcome_of(record: AnswerRecord, correct: bool) -> ReuseOutcome | None:
+    def outcome_of(record: FrameRecord, correct: bool) -> ReuseOutcome | None:
         """What a label teaches the camera's gate: for a reused answer, whether reusing it was
         right (None for any other answer)."""
         if record.reuse is None or not record.reuse.reused:

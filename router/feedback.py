@@ -1,6 +1,6 @@
 """Feedback: the label for an answered frame becomes the task reward, once per decision.
 
-The reward is ``fmprog.contract.score_answer`` (the paper's binary and open-form schemes, or the
+The reward is ``fmprog.rewards.score_answer`` (the paper's binary and open-form schemes, or the
 0/1-loss formulation, chosen by a ``RewardConfig``), so the router and the policy score answers the
 same way; the answer is matched against the label once, giving both the reward and whether the
 answer was right. The task reward excludes the cost term of ``R = -L - lambda * C``; the policy
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fmprog.contract import RewardConfig, TaskKind, is_yes, score_answer
+from fmprog.rewards import RewardConfig, TaskKind, is_yes, score_answer
 from router.errors import LabelRejected
-from router.schemas import AnswerRecord, FeedbackIn, FeedbackResult, TeacherRun
+from router.schemas import FeedbackIn, FeedbackResult, FrameRecord, TeacherRun
 from router.store import LabelOutcome, QueuedMessage, Store, utc_now
 
 BINARY_LABELS = frozenset({"yes", "no"})
@@ -27,7 +27,7 @@ def check_label(kind: TaskKind, label: str) -> None:
         raise LabelRejected(f"a binary task's label must be yes or no, got {label!r}")
 
 
-def label_outcome(answer: AnswerRecord, label: str, correct: bool) -> LabelOutcome:
+def label_outcome(answer: FrameRecord, label: str, correct: bool) -> LabelOutcome:
     """Right or wrong, and for a binary task which of TP, FP, FN, TN (positive: yes)."""
     if answer.kind != "binary":
         return LabelOutcome(right=correct)
@@ -41,7 +41,7 @@ class Labelled:
     that answer was right."""
 
     result: FeedbackResult
-    answer: AnswerRecord
+    answer: FrameRecord
     correct: bool
     queued: bool = False  # a message for the policy was queued with the label
 
@@ -58,7 +58,7 @@ class FeedbackHandler:
     def feedback(
         self,
         request: FeedbackIn,
-        message: Callable[[AnswerRecord, str, float], QueuedMessage | None] | None = None,
+        message: Callable[[FrameRecord, str, float], QueuedMessage | None] | None = None,
         *,
         teacher: TeacherRun | None = None,
     ) -> Labelled:
@@ -72,7 +72,7 @@ class FeedbackHandler:
         ``teacher`` (its run given) is learned like any other but not counted as ground truth in
         the program's right and wrong answers.
         """
-        answer = self.store.get_answer(request.decision_id)
+        answer = self.store.get_frame(request.decision_id)
         check_label(answer.kind, request.label)
         score = score_answer(answer.kind, answer.answer, request.label, self.rewards)
         outcome = None if teacher is not None else label_outcome(answer, request.label, score.correct)

@@ -1,6 +1,6 @@
-"""The policy's gates on the router's side: whether a decision's gates fit the program (the
-``fmprog.program.GateDecider`` evaluates them while the program runs) and the per-invocation
-records the feedback for a gated answer carries.
+"""The policy's gates on the router's side, after the run: the per-invocation records the feedback
+for a gated answer carries (whether a decision's gates fit the program is ``router.deciding``'s
+check; the ``fmprog.program.GateDecider`` evaluates them while the program runs).
 
 A gated decision still comes from one policy round trip per frame; the gates (weights of linear
 scores over the numbers of each invocation's context, ``fmprog.contract.SiteGate``) are evaluated
@@ -13,43 +13,19 @@ the one it re-asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from fmprog.backends.config import Function
-from fmprog.contract import MAX_RECORDS, InvocationRecord, RewardConfig, SiteGate, TaskKind, score_answer
+from fmprog.contract import MAX_RECORDS, InvocationRecord
 from fmprog.program import Invocation, gate_vectors
-from router.schemas import AnswerRecord, InvocationPublic, ProgramPublic
+from fmprog.rewards import RewardConfig, TaskKind, score_answer
+from router.schemas import FrameRecord
 
 
-def gate_problem(gates: Mapping[str, SiteGate], program: ProgramPublic) -> str | None:
-    """Why these gates do not fit the program (None when they do): every gated site must be one of
-    its call sites, every backend a gate can pick one of the site's candidates, and only VQA, LLM
-    and OCR sites may escalate."""
-    sites = {site.id: site for site in program.call_sites}
-    for site_id, gate in gates.items():
-        site = sites.get(site_id)
-        if site is None:
-            return f"gates name call site {site_id!r}, which the program does not have"
-        names = {c.name for c in site.candidates}
-        strays = sorted(gate.backends - names)
-        if strays:
-            return f"gate of call site {site_id} can pick {strays[0]!r}, which is not one of its candidates"
-        if gate.escalate_to is not None and site.function == Function.detect:
-            return f"gate of call site {site_id} escalates, but detections cannot be re-asked"
-    return None
-
-
-def invocation_records(answer: AnswerRecord, label: str, rewards: RewardConfig) -> list[InvocationRecord] | None:
+def invocation_records(answer: FrameRecord, label: str, rewards: RewardConfig) -> list[InvocationRecord] | None:
     """One record per invocation a gate decided in this answer's run (None when no gate decided
     it): see :func:`gate_records`."""
-    if not any(i.features is not None for i in answer.trace):
-        return None
-    return gate_records(runtime_trace(answer.trace), answer.kind, label, rewards)
-
-
-def runtime_trace(trace: Sequence[InvocationPublic]) -> list[Invocation]:
-    """A stored trace as the runtime's invocations."""
-    return [Invocation(site_id=i.site, **i.model_dump(exclude={"site"})) for i in trace]
+    return gate_records(answer.trace, answer.kind, label, rewards)
 
 
 def gate_records(
@@ -69,7 +45,7 @@ def gate_records(
             reward = score_answer(kind, invocation.features.answer, label, rewards).reward
         records.append(
             InvocationRecord(
-                site=invocation.site_id,
+                site=invocation.site,
                 backend=invocation.backend,
                 call=invocation.features.call,
                 escalated_from=invocation.escalated_from,

@@ -80,7 +80,7 @@ def label_value(
     if gates:
         total = 0.0
         for invocation, x in zip(invocations, gate_vectors(invocations), strict=True):
-            gate = gates.get(invocation.site_id)
+            gate = gates.get(invocation.site)
             if x is None or gate is None:
                 continue
             if invocation.escalated_from is None:
@@ -89,7 +89,7 @@ def label_value(
                 total += escalation_doubt(gate, x)
         return total
     if propensities:
-        ran = {i.site_id for i in invocations}
+        ran = {i.site for i in invocations}
         return math.fsum(1.0 - max(p.values(), default=1.0) for site, p in propensities.items() if site in ran)
     return 0.0
 

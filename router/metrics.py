@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.admission import TenantLoad
-from router.schemas import AnswerResult
+from router.schemas import FrameResult
 from router.store import ProgramInfo, QualityCounts
 from router.tenants import DEFAULT_TENANT
 
@@ -285,7 +285,7 @@ class RouterMetrics:
         """Publish ``fmprog_backend_circuit_open{backend}`` from ``circuit_open()``, read at each scrape."""
         self.backend_circuit_open.labels(backend).set_function(lambda: 1.0 if circuit_open() else 0.0)
 
-    def answered(self, result: AnswerResult, latency_s: float, tenant: str = DEFAULT_TENANT) -> None:
+    def answered(self, result: FrameResult, latency_s: float, tenant: str = DEFAULT_TENANT) -> None:
         """Count one answer of ``tenant``'s program that took ``latency_s`` end to end, and every
         backend call it made."""
         program = result.program_id

@@ -43,7 +43,7 @@ class PolicyRejected(PolicyUnavailable):
 class PolicyPort(Protocol):
     def check(self, spec: PolicySpec) -> None: ...
     def register(self, program_id: str, spec: PolicySpec) -> None: ...
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision: ...
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision: ...
     def feedback(self, program_id: str, feedback: Feedback) -> None: ...
     def feedback_batch(self, program_id: str, batch: FeedbackList) -> FeedbackListReply: ...
     def expire(self, program_id: str, expired: ExpiredDecisions) -> None: ...
@@ -56,18 +56,22 @@ class PolicyPort(Protocol):
 class HttpPolicyClient:
     """Calls the policy service at ``base_url`` (``/policies/...`` routes).
 
-    A frame goes to the policy as the bytes the router received (PNG or JPEG, ``octet-stream``),
-    neither re-encoded nor base64-wrapped."""
+    A request for a decision carries what the program's algorithm reads of the frame
+    (``fmprog.contract.frame_input``) as a raw ``octet-stream`` body, neither base64-wrapped nor
+    JSON: the bytes the router received (PNG or JPEG), the PNG of the frame's thumbnail, or
+    nothing (an empty body) for an algorithm that reads no pixels."""
 
     def __init__(
         self,
         base_url: str,
         *,
         timeout_s: float = 2.0,
+        register_timeout_s: float = 30.0,
         api_key: str | None = None,
         client: httpx.Client | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        self.register_timeout_s = register_timeout_s
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=timeout_s, headers=headers)
 
@@ -88,17 +92,26 @@ class HttpPolicyClient:
         return response.json() if response.content else None
 
     def check(self, spec: PolicySpec) -> None:
-        self._call("POST", "/policies/check", content=spec.model_dump_json(by_alias=True), headers=_JSON)
+        """Whether the policy can build ``spec`` (PolicyRejected when not). Building a policy may
+        load its algorithm's libraries the first time (torch), so this waits ``register_timeout_s``,
+        not a decision's timeout."""
+        body = spec.model_dump_json(by_alias=True)
+        self._call("POST", "/policies/check", content=body, headers=_JSON, timeout=self.register_timeout_s)
 
     def register(self, program_id: str, spec: PolicySpec) -> None:
-        self._call("PUT", f"/policies/{program_id}", content=spec.model_dump_json(by_alias=True), headers=_JSON)
+        """Build and keep the program's policy (waiting ``register_timeout_s``, as :meth:`check`)."""
+        body = spec.model_dump_json(by_alias=True)
+        self._call("PUT", f"/policies/{program_id}", content=body, headers=_JSON, timeout=self.register_timeout_s)
 
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision:
+        """The policy's decision ``decision_id`` for one frame: ``image`` is the PNG or JPEG the
+        algorithm reads (the frame or its thumbnail), or ``None`` for an algorithm that reads no
+        pixels (the request then has an empty body)."""
         reply = self._call(
             "POST",
             f"/policies/{program_id}/decisions",
             params={"decision_id": decision_id},
-            content=image,
+            content=image if image is not None else b"",
             headers={"content-type": "application/octet-stream"},
         )
         try:

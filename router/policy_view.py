@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fmprog.backends.config import Function
-from fmprog.program import InvocationFeatures
-from router.schemas import InvocationPublic, ProgramPublic, ReuseRecord
+from fmprog.program import Invocation, InvocationFeatures
+from router.schemas import ProgramPublic, ReuseRecord
 from router.store import Store
 from router.tables import decisions
 
@@ -38,7 +38,7 @@ MEDIUM_AREA = 0.25
 Patch = Literal["detected", "other", "none"]
 Area = Literal["small", "medium", "large"]
 
-_TRACE = TypeAdapter(list[InvocationPublic])
+_TRACE = TypeAdapter(list[Invocation])
 _VIEW = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -120,7 +120,7 @@ def patch_bucket(features: InvocationFeatures | None) -> tuple[str, Patch | None
 
 class RecentDecision(NamedTuple):
     fallback: bool
-    trace: list[InvocationPublic]
+    trace: list[Invocation]
     reuse: ReuseRecord | None
 
 

@@ -1,6 +1,6 @@
 """Registering programs: synthesise one when a task comes in words, validate with the runtime,
 resolve each call site's candidate backends from the catalog, have the policy's spec checked,
-store, and keep the compiled program for answering."""
+store, and keep the compiled program for answering, with what of a frame its policy reads."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from fmprog.backends.config import BackendCatalog
-from fmprog.contract import PolicySpec
+from fmprog.contract import FrameInput, PolicySpec, frame_input
 from fmprog.program import CallSite, Program, ProgramRejected, compile_program
 from fmprog.program.scope import site_reach
 from router.candidates import candidate_backends
-from router.errors import BackendsRejected, PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
+from router.deciding import teacher_decision
+from router.errors import PolicyInvalid, ProgramInvalid, SynthesisFailed, SynthesisUnavailable
 from router.schemas import (
     CallSitePublic,
     CandidateBackend,
@@ -30,7 +31,7 @@ from router.store import QueuedMessage, Store, utc_now
 from router.tenants import DEFAULT_TENANT
 
 if TYPE_CHECKING:
-    from router.synthesis import ProgramSynthesizer
+    from router.synthesis.synthesizer import ProgramSynthesizer
 
 PolicyCheck = Callable[[PolicySpec], None]
 """Refuses (PolicyInvalid) a spec the policy cannot build a policy from."""
@@ -61,22 +62,13 @@ def policy_spec(program: ProgramPublic) -> PolicySpec:
         raise PolicyInvalid(f"policy rejected: {problems}") from None
 
 
-def teacher_decision(program: ProgramPublic) -> dict[str, str]:
-    """The decision the program's teacher runs under: per call site, the backend its teacher names
-    for the site's function, else the site's dearest candidate. BackendsRejected for a named
-    backend that is not a candidate of every call site of its function."""
-    named = program.teacher.backends if program.teacher is not None else "largest"
-    decision = {}
-    for site in program.call_sites:
-        choice = named.get(site.function) if isinstance(named, dict) else None
-        names = [c.name for c in site.candidates]
-        if choice is not None and choice not in names:
-            raise BackendsRejected(
-                f"the teacher names {choice!r} for {site.function.value}, which is not a candidate of call site "
-                f"{site.id} (its candidates: {', '.join(names)})"
-            )
-        decision[site.id] = choice or max(site.candidates, key=lambda c: c.cost).name
-    return decision
+def policy_frame_input(program: ProgramPublic) -> FrameInput:
+    """What of a frame the program's policy reads (``fmprog.contract.frame_input`` of its spec);
+    the whole frame (the safe default) for a stored program whose spec no longer passes its check."""
+    try:
+        return frame_input(policy_spec(program))
+    except PolicyInvalid:
+        return FrameInput(pixels="full")
 
 
 def public_call_site(site: CallSite, candidates: list[CandidateBackend], catalog: BackendCatalog) -> CallSitePublic:
@@ -111,6 +103,7 @@ class ProgramRegistry:
         self.synthesizer = synthesizer
         self.synthesis_off = synthesis_off
         self._compiled: dict[str, tuple[ProgramPublic, Program]] = {}
+        self._inputs: dict[str, tuple[ProgramPublic, FrameInput]] = {}  # with the program they were read from
         self._lock = threading.Lock()
 
     def register(
@@ -165,6 +158,7 @@ class ProgramRegistry:
         self.store.add_program(public, message)
         with self._lock:
             self._compiled[public.id] = (public, program)
+            self._inputs[public.id] = (public, frame_input(spec))
         return public
 
     def _synthesize(self, request: ProgramCreate) -> tuple[str, SynthesisPublic]:
@@ -191,6 +185,7 @@ class ProgramRegistry:
         self.store.delete_program(program_id, QueuedMessage("delete", program_id, "{}") if tell_policy else None)
         with self._lock:
             self._compiled.pop(program_id, None)
+            self._inputs.pop(program_id, None)
 
     def compiled(self, program_id: str) -> tuple[ProgramPublic, Program]:
         """The stored program with its compiled form, kept in this process after first use; each
@@ -207,3 +202,15 @@ class ProgramRegistry:
         with self._lock:
             self._compiled[program_id] = entry
         return entry
+
+    def frame_input(self, program: ProgramPublic) -> FrameInput:
+        """What of a frame ``program``'s policy reads (``policy_frame_input``), kept with it in this
+        process: worked out again only for another version of the program (another object)."""
+        with self._lock:
+            cached = self._inputs.get(program.id)
+        if cached is not None and cached[0] is program:
+            return cached[1]
+        reads = policy_frame_input(program)
+        with self._lock:
+            self._inputs[program.id] = (program, reads)
+        return reads

@@ -2,7 +2,7 @@
 
 Families follow the usual split: ``ProgramCreate`` in (a program's source, or a task in words to
 synthesise one from), ``ProgramPublic`` out (with ``SynthesisPublic`` when it was synthesised);
-``AnswerResult`` for one answered frame (stored as ``AnswerRecord``); ``FeedbackIn`` and
+``FrameResult`` for one answered frame (stored as ``FrameRecord``); ``FeedbackIn`` and
 ``FeedbackResult`` for a label and the reward it earned (stored as ``FeedbackRecord``). What the
 router and the policy send each other is :mod:`fmprog.contract`.
 The cost weight is called ``lambda`` on the wire (the paper's name) and ``lambda_`` in Python.
@@ -17,10 +17,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue, StringConstraints, model_validator
 
 from fmprog.backends.config import BackendName, Function
-from fmprog.contract import PolicyDecision, TaskKind
-from fmprog.evaluation import DRAWS, MAX_RUNS, Evaluation, Target
-from fmprog.program import CallSite, InvocationFeatures
+from fmprog.contract import PolicyDecision
+from fmprog.off_policy import DRAWS, MAX_RUNS, Evaluation, Target
+from fmprog.program import CallSite, Invocation
 from fmprog.program.scope import warning_line
+from fmprog.rewards import TaskKind
 from router.tenants import DEFAULT_TENANT
 
 DecisionStatus = Literal["pending", "answered", "resolved", "expired"]
@@ -271,36 +272,6 @@ class ProgramPublic(BaseModel):
     )
 
 
-class InvocationPublic(BaseModel):
-    """One backend invocation of a run: the site it was charged to, what ran, its cost and latency.
-
-    A failed call is retried, then handed to another backend of the same function: each try is an
-    invocation, ``attempt`` counts the tries of one backend, and ``fallback_from`` names the
-    decided backend when this one ran in its place. When the policy's gates decided the run,
-    ``features`` holds what the gate saw and what the invocation answered, and ``escalated_from``
-    the backend whose answer this one re-asked (both left out otherwise). ``out_of_vocabulary``
-    says why a call was outside the backend's declared vocabulary (left out when it was inside)."""
-
-    model_config = _WIRE
-
-    site: str
-    function: Function
-    backend: str
-    cost: float
-    latency_s: float
-    ok: bool
-    attempt: int = 1
-    fallback_from: str | None = None
-    error: str | None = None
-    escalated_from: str | None = Field(default=None, exclude_if=_is_none)
-    features: InvocationFeatures | None = Field(default=None, exclude_if=_is_none)
-    out_of_vocabulary: str | None = Field(
-        default=None,
-        exclude_if=_is_none,
-        description="Why the call was outside the backend's vocabulary (it answered anyway, as well as it could).",
-    )
-
-
 class ProgramStopped(BaseModel):
     """Why a run stopped before answering (the runtime's error kind, message and program line)."""
 
@@ -311,8 +282,10 @@ class ProgramStopped(BaseModel):
     line: int | None = None
 
 
-class AnswerResult(BaseModel):
-    """The answer to one frame, the decision that produced it and what it cost."""
+class FrameResult(BaseModel):
+    """What one frame got (the reply to ``POST /answer``): the program's answer, the decision it ran
+    under (a backend per call site; ``decision_id`` names it, and the frame's record with it), the
+    trace and what it cost."""
 
     model_config = _WIRE
 
@@ -322,7 +295,7 @@ class AnswerResult(BaseModel):
     answer: JsonValue = None
     decision: dict[str, str] = Field(description="The backend chosen for every call site.")
     fallback: bool = Field(description="True when the decision was the configured fallback, not the policy's.")
-    trace: list[InvocationPublic]
+    trace: list[Invocation]
     cost: float
     latency_s: float
     error: ProgramStopped | None = None
@@ -352,13 +325,13 @@ class AnswerItem(BaseModel):
     model_config = _WIRE
 
     frame_id: str | None = None
-    result: AnswerResult | None = None
+    result: FrameResult | None = None
     status: int = Field(default=200, description="200, or the HTTP status this frame alone would have got.")
     detail: str | None = None
 
 
-class AnswerBatch(BaseModel):
-    """The answers to a batch of frames (a multipart upload of several images), in their order."""
+class FrameBatch(BaseModel):
+    """What each frame of a batch (a multipart upload of several images) got, in their order."""
 
     model_config = _WIRE
 
@@ -432,10 +405,10 @@ class ReuseRecord(BaseModel):
     reason: str = Field(description="unchanged (reused), changed, explore, max_age or first.")
 
 
-class AnswerRecord(BaseModel):
-    """A stored answer to one frame: the decision (``id`` is the decision id), whether it was the
-    fallback, what ran, what it cost and what was answered (storage, not wire; the ``decisions``
-    table)."""
+class FrameRecord(BaseModel):
+    """The stored record of one frame: its decision (``id`` is the decision id; a backend per call
+    site, and whether it was the fallback), what ran, what it cost and the program's answer
+    (storage, not wire; the ``decisions`` table, one row per frame's decision)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -447,7 +420,7 @@ class AnswerRecord(BaseModel):
     fallback: bool
     answer: JsonValue
     error: ProgramStopped | None
-    trace: list[InvocationPublic]
+    trace: list[Invocation]
     executed_sites: list[str]
     site_costs: dict[str, float]
     cost: float
@@ -468,7 +441,7 @@ class TeacherRun(BaseModel):
     decision: dict[str, str]
     answer: JsonValue
     cost: float
-    trace: list[InvocationPublic]
+    trace: list[Invocation]
 
 
 class FeedbackRecord(BaseModel):
@@ -504,7 +477,7 @@ MAX_TARGETS = 16
 
 
 class EvaluationRequest(BaseModel):
-    """Policies to estimate on a program's logged decisions (off-policy evaluation, ``fmprog.evaluation``)."""
+    """Policies to estimate on a program's logged decisions (off-policy evaluation, ``fmprog.off_policy``)."""
 
     model_config = _WIRE
 

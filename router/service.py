@@ -1,11 +1,11 @@
 """The router's domain service: everything behind its HTTP routes, with no HTTP in it.
 
 It registers programs (and their policies, checked by the policy service first), answers frames
-(a decision from the policy, or the fallback when the policy cannot be reached or its decision
-does not fit; the program run against the backends, under the decision's gates when it has them),
-takes feedback (the task reward, for the policy with the executed sites and their costs, and for a
-gated answer a record per invocation; queued in the outbox, which a background thread delivers,
-batched, and keeps while the policy is down) and keeps the metrics.
+(read the program, decide while decoding the frame: ``router.deciding``, the policy's decision or
+the fallback; run the program under it: ``router.answering``; record, label), takes feedback (the
+task reward, for the policy with the executed sites and their costs, and for a gated answer a
+record per invocation; queued in the outbox, which a background thread delivers, batched, and
+keeps while the policy is down) and keeps the metrics.
 
 A program may have a label budget and a teacher (``router.labels``): each answer says whether its
 label is wanted, and on the frames its teacher labels the router runs the teacher's configuration
@@ -19,46 +19,28 @@ import logging
 import random
 import threading
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import numpy as np
-from pybreaker import (
-    STATE_CLOSED,
-    STATE_OPEN,
-    CircuitBreaker,
-    CircuitBreakerError,
-    CircuitBreakerListener,
-    CircuitBreakerState,
-)
 from pydantic import ValidationError
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import BackendCatalog
-from fmprog.contract import (
-    ExpiredDecisions,
-    Feedback,
-    PolicyDecision,
-    PolicySpec,
-    ReuseReply,
-    ReuseRequest,
-    RewardConfig,
-    score_answer,
-)
-from fmprog.images import ImageError, check_image, decode_image, encode_jpeg
+from fmprog.contract import ExpiredDecisions, Feedback, PolicySpec
+from fmprog.images import ImageError, check_image, decode_image
 from fmprog.program import ExecutionLimits, Program
 from fmprog.program import workers as program_pool
-from fmprog.streams.gates import CameraGates
+from fmprog.rewards import RewardConfig, score_answer
 from fmprog.streams.reuse import ReuseParams
-from router.answering import Answerer, FallbackRule, Unreached
+from router.answering import Answerer, Unreached
 from router.budgets import budget_state, window_start
 from router.cameras import Cameras, CameraView
+from router.deciding import Deciding, FallbackRule, FrameDecision, PendingDecision
 from router.errors import (
     BackendsUnavailable,
     BudgetExhausted,
     Conflict,
-    DecisionRejected,
     Expired,
     FrameRejected,
     LabelRejected,
@@ -67,17 +49,15 @@ from router.errors import (
     SynthesisFailed,
     Unavailable,
 )
-from router.evaluation import evaluate_program, logged_decision
 from router.feedback import FeedbackHandler
-from router.gating import invocation_records, runtime_trace
+from router.gating import invocation_records
 from router.labels import LabelRequests, label_value
 from router.metrics import RouterMetrics
+from router.off_policy import evaluate_program, logged_decision
 from router.outbox import Courier, Outbox
 from router.policy_client import PolicyPort, PolicyRejected, PolicyUnavailable
-from router.programs import ProgramRegistry, teacher_decision
+from router.programs import ProgramRegistry
 from router.schemas import (
-    AnswerRecord,
-    AnswerResult,
     BudgetState,
     DeadLetter,
     EvaluationReport,
@@ -86,6 +66,8 @@ from router.schemas import (
     FeedbackIn,
     FeedbackItem,
     FeedbackResult,
+    FrameRecord,
+    FrameResult,
     LabelBudget,
     ProgramCreate,
     ProgramPublic,
@@ -93,143 +75,10 @@ from router.schemas import (
 )
 from router.settings import DEFAULT_LAMBDA
 from router.store import Pruned, QueuedMessage, Store, utc_now
-from router.synthesis import ProgramSynthesizer
+from router.synthesis.synthesizer import ProgramSynthesizer
 from router.tenants import OPERATOR, Caller
 
 logger = logging.getLogger(__name__)
-
-
-def policy_breaker(failures: int, reset_s: float, metrics: RouterMetrics) -> PolicyBreaker:
-    """A circuit breaker around the policy's decisions (pybreaker): after ``failures`` decisions in a
-    row that the policy did not give (PolicyUnavailable: a timeout, no connection, a 5xx) it opens,
-    and for at most ``reset_s`` frames get the fallback decision without asking; then one frame
-    tries the policy again (half-open), which closes it or opens it for another ``reset_s``. A
-    ``BreakerProbe`` half-opens it sooner, as soon as the policy says it is ready. A refusal
-    (PolicyRejected, a 4xx) is an answer, so it counts as a success."""
-    return PolicyBreaker(
-        fail_max=failures,
-        reset_timeout=reset_s,
-        exclude=[PolicyRejected],
-        listeners=[_BreakerWatch(metrics)],
-        throw_new_error_on_trip=False,  # the call that trips it fails as itself (policy_unavailable)
-        name="policy",
-    )
-
-
-class PolicyBreaker(CircuitBreaker):
-    """The policy's circuit breaker, which can be half-opened early, only while it is still open."""
-
-    def try_again(self) -> bool:
-        """Half-open the circuit if it is open (the next frame asks the policy); whether it was."""
-        with self._lock:  # the check and the change as one: a frame may close it meanwhile
-            if self.current_state != STATE_OPEN:
-                return False
-            self.half_open()
-            return True
-
-
-class _BreakerWatch(CircuitBreakerListener):
-    """Logs the breaker's state changes and keeps ``fmprog_policy_circuit_open`` current."""
-
-    def __init__(self, metrics: RouterMetrics):
-        self.metrics = metrics
-
-    def state_change(
-        self, cb: CircuitBreaker, old_state: CircuitBreakerState | None, new_state: CircuitBreakerState
-    ) -> None:
-        opened = new_state.name == STATE_OPEN
-        self.metrics.policy_circuit_open.set(1 if opened else 0)
-        if opened:
-            logger.warning(
-                "the policy failed %d decisions in a row: frames get the fallback decision for at most %g s",
-                cb.fail_max,
-                cb.reset_timeout,
-            )
-        else:
-            logger.info("policy circuit %s", new_state.name)
-
-
-class BreakerProbe(CircuitBreakerListener):
-    """While the policy's circuit is open, asks the policy whether it is ready every
-    ``interval_s``, from a daemon thread started the first time the circuit opens; once it is, the
-    circuit is half-opened, so the next frame asks the policy (and, answered, closes it) instead of
-    waiting out the breaker's reset timeout, which stays the upper bound. A restarted policy so
-    decides frames again within about ``interval_s`` of being ready.
-
-    A policy that says it is ready but then fails the frame that tries it costs that frame its
-    timeout; each such failure in a row doubles the interval (up to the reset timeout), so a policy
-    whose readiness is wrong is tried no more often than without probes, in the end. The policy's
-    ``ready()`` failing or raising (a port that cannot tell) is "not ready"."""
-
-    def __init__(self, breaker: PolicyBreaker, policy: PolicyPort, interval_s: float):
-        if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
-        self.breaker = breaker
-        self.policy = policy
-        self.interval_s = interval_s
-        self.wait_s = interval_s  # the interval now: longer after trials that failed
-        self.probes = 0  # readiness asked, for tests and logs
-        self._trial = False  # whether the circuit is half-open because a probe found the policy ready
-        self._lock = threading.Lock()
-        self._opened = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        breaker.add_listener(self)
-
-    def state_change(
-        self, cb: CircuitBreaker, old_state: CircuitBreakerState | None, new_state: CircuitBreakerState
-    ) -> None:
-        """Called by the breaker (under its lock): start probing when it opens."""
-        with self._lock:
-            if new_state.name == STATE_OPEN:
-                if self._trial:  # the policy said it was ready, but failed the frame that tried it
-                    self.wait_s = min(2 * self.wait_s, max(self.interval_s, cb.reset_timeout))
-                self._trial = False
-                if self._stopped.is_set():
-                    return
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._probe, name="policy-probe", daemon=True)
-                    self._thread.start()
-                self._opened.set()
-            elif new_state.name == STATE_CLOSED:
-                self._trial = False
-                self.wait_s = self.interval_s
-
-    def _probe(self) -> None:
-        while True:
-            self._opened.wait()
-            if self._stopped.is_set():
-                return
-            self._opened.clear()
-            while self.breaker.current_state == STATE_OPEN:
-                if self._stopped.wait(self.wait_s):
-                    return
-                if self.breaker.current_state != STATE_OPEN or not self._ask():
-                    continue
-                with self._lock:
-                    self._trial = True
-                if self.breaker.try_again():
-                    logger.info("the policy is ready again: the next frame asks it (circuit half-open)")
-                else:
-                    with self._lock:
-                        self._trial = False
-
-    def _ask(self) -> bool:
-        self.probes += 1
-        try:
-            return bool(self.policy.ready())
-        except Exception as exc:  # a port without readiness, or one that breaks: not ready
-            logger.debug("the policy's readiness could not be asked: %s", exc)
-            return False
-
-    def close(self) -> None:
-        """Stop probing (waiting for a probe in flight, briefly)."""
-        with self._lock:
-            self._stopped.set()
-            self._opened.set()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout=5.0)
 
 
 def _visible(program: ProgramPublic, caller: Caller) -> ProgramPublic:
@@ -309,15 +158,12 @@ class RouterService:
             self.programs,
             backends,
             limits=limits,
-            fallback=fallback,
             retries=retries,
             retry_backoff_s=retry_backoff_s,
             workers=workers,
             worker_memory_mb=program_worker_memory_mb,
         )
         self.feedback_handler = FeedbackHandler(store, rewards, label_window_s)
-        self.local_gates = CameraGates(reuse_params)  # a router without a policy decides reuse itself
-        self.cameras = Cameras(self._reuse_decide)
         self.label_window_s = label_window_s
         self.expiry_reward = expiry_reward
         self.label_requests = LabelRequests()  # per program: the frames whose label is asked for
@@ -328,6 +174,20 @@ class RouterService:
         self.policy = policy
         self.outbox = outbox
         self.metrics = metrics or RouterMetrics()
+        self.deciding = Deciding(
+            policy,
+            self.metrics,
+            available=backends,
+            check=self.answerer.executor.check_decision,
+            frame_inputs=self.programs.frame_input,
+            fallback=fallback,
+            threads=decide_threads,
+            breaker_failures=breaker_failures,
+            breaker_reset_s=breaker_reset_s,
+            breaker_probe_s=breaker_probe_s,
+            reuse_params=reuse_params,
+        )
+        self.cameras = Cameras(self.deciding.reuse)
         self.metrics.watch_quality(store.quality)
         self.metrics.watch_programs(store.program_info)
         self.metrics.watch_outbox(outbox.pending)
@@ -335,13 +195,7 @@ class RouterService:
             circuit_open = getattr(backends[name].model, "circuit_open", None)
             if circuit_open is not None:
                 self.metrics.watch_backend_circuit(name, circuit_open)
-        self.breaker = policy_breaker(breaker_failures, breaker_reset_s, self.metrics)
-        # while the circuit is open, the policy's readiness half-opens it as soon as it is back
-        self.breaker_probe = None
-        if policy is not None and breaker_probe_s > 0:
-            self.breaker_probe = BreakerProbe(self.breaker, policy, breaker_probe_s)
         self._delivery = threading.Lock()
-        self._deciders = ThreadPoolExecutor(max_workers=decide_threads, thread_name_prefix="decide")
         # labels and expiries reach the policy from this thread, woken when they are queued
         self._courier = None if policy is None else Courier(self.deliver, retry_s=outbox_retry_s)
 
@@ -385,16 +239,14 @@ class RouterService:
         self.owned(program_id, caller)
         self.programs.delete(program_id, tell_policy=self.policy is not None)
         self.cameras.forget(program_id)
-        self.local_gates.forget(program_id)
+        self.deciding.local_gates.forget(program_id)
         self._deliver_now()
 
     def close(self) -> None:
         """Stop the threads that ask the policy and run teachers (waiting for those in flight), the
         probe of the policy's readiness, the program workers, and the outbox's delivery thread
         (after its last round, which offers the policy what the teachers labelled too)."""
-        if self.breaker_probe is not None:
-            self.breaker_probe.close()
-        self._deciders.shutdown(wait=True, cancel_futures=True)
+        self.deciding.close()
         self._teachers.shutdown(wait=True, cancel_futures=True)
         self.answerer.close()
         if self._courier is not None:
@@ -410,16 +262,16 @@ class RouterService:
         frame_id: str | None = None,
         camera: str | None = None,
         caller: Caller = OPERATOR,
-    ) -> AnswerResult:
-        """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: the program
-        read (and compiled) once, the frame decoded once, the decision checked once, one record.
+    ) -> FrameResult:
+        """Answer one frame (PNG or JPEG bytes) of a registered program, in one pass: read the
+        program (compiled once), decide while decoding the frame, run, record, label.
 
         The frame's header is checked first: a frame the router refuses (not a PNG or JPEG, more
         pixels than the limit) never reaches the policy, whose refusal would cost a round trip. Then
-        the policy decides on the same bytes while this thread decodes the frame: the two are
-        independent, and the policy's round trip is most of what the router adds to the backends'
-        time. A frame of a named ``camera`` goes to its reuse gate first (:meth:`answer_frame`).
-        Another tenant's program is NotFound to ``caller``."""
+        the policy decides (``router.deciding``: on the same bytes, or on nothing, while this thread
+        decodes the frame; on its thumbnail once decoded): the policy's round trip is most of what
+        the router adds to the backends' time. A frame of a named ``camera`` goes to its reuse gate
+        first (:meth:`answer_frame`). Another tenant's program is NotFound to ``caller``."""
         if camera is not None:
             try:
                 frame = decode_image(image)
@@ -429,24 +281,22 @@ class RouterService:
         started = time.perf_counter()
         public, program = self._compiled(program_id, caller)  # NotFound before any work
         budget = self._budget(public)  # BudgetExhausted for a program that refuses frames past it
-        decision_id = uuid.uuid4().hex
-        exhausted = budget is not None and budget.remaining <= 0  # the cheapest backends, without the policy
         read = time.perf_counter()
         try:
             check_image(image)  # its header alone, before the policy is asked
         except ImageError as exc:
             raise FrameRejected(f"image: {exc}") from None
-        deciding = None if exhausted else self._deciders.submit(self._decide, public.id, decision_id, image)
+        pending = self.deciding.ask(public, budget, image)  # the policy asked while the frame is decoded
         try:
             frame = decode_image(image)
         except ImageError as exc:
-            if deciding is not None:
-                deciding.cancel()  # or, already asked, the policy refuses the same bytes: nothing is left pending
+            pending.cancel()
             raise FrameRejected(f"image: {exc}") from None
+        pending.decoded(frame)
         decoded = time.perf_counter()
         self.metrics.answer_stage.labels("program").observe(read - started)
         self.metrics.answer_stage.labels("decode").observe(decoded - read)
-        return self._run(public, program, frame, budget, deciding, decision_id, frame_id, started, None)
+        return self._run(public, program, frame, budget, pending, frame_id, started, None)
 
     def answer_frame(
         self,
@@ -458,13 +308,14 @@ class RouterService:
         encoded: bytes | None = None,
         max_age: int = 10,
         caller: Caller = OPERATOR,
-    ) -> AnswerResult:
+    ) -> FrameResult:
         """Answer a decoded frame (an RGB uint8 array): a stream's, or one of a named ``camera``.
 
         With a ``camera``, the reuse gate first compares the frame with the camera's last frame
         that ran the program: when it reuses that answer the frame is answered at once, cost 0,
         under its own decision id (a label for it teaches the gate). Otherwise the program runs as
-        for any frame, the policy deciding on ``encoded`` (the frame's bytes; JPEG when None)."""
+        for any frame, the policy deciding on what it reads of the frame (``encoded``, the frame's
+        bytes, when it reads them whole; JPEG when None)."""
         started = time.perf_counter()
         public, program = self._compiled(program_id, caller)
         self.metrics.answer_stage.labels("program").observe(time.perf_counter() - started)
@@ -477,13 +328,9 @@ class RouterService:
                 self.metrics.reused.labels(public.id).inc()
                 return result
         budget = self._budget(public)
-        decision_id = uuid.uuid4().hex
-        exhausted = budget is not None and budget.remaining <= 0
-        deciding = None
-        if not exhausted:
-            image = encoded if encoded is not None else encode_jpeg(frame)
-            deciding = self._deciders.submit(self._decide, public.id, decision_id, image)
-        return self._run(public, program, frame, budget, deciding, decision_id, frame_id, started, view)
+        pending = self.deciding.ask(public, budget, encoded)
+        pending.decoded(frame)
+        return self._run(public, program, frame, budget, pending, frame_id, started, view)
 
     def _run(
         self,
@@ -491,53 +338,34 @@ class RouterService:
         program: Program,
         frame: np.ndarray,
         budget: BudgetState | None,
-        deciding: Future[PolicyDecision | None] | None,
-        decision_id: str,
+        pending: PendingDecision,
         frame_id: str | None,
         started: float,
         view: CameraView | None,
-    ) -> AnswerResult:
-        """Run the program on a decoded frame under the policy's decision (being made by
-        ``deciding``; the fallback's when None) and record the answer. A run that stopped because
-        none of the backends its last call tried could be reached is recorded all the same (a
-        ``backend_error``, its label window open as any decision's), then BackendsUnavailable is
-        raised instead of answering it."""
+    ) -> FrameResult:
+        """Run the program on a decoded frame under its decision (being made: ``pending``) and
+        record the answer. A run that stopped because none of the backends its last call tried
+        could be reached is recorded all the same (a ``backend_error``, its label window open as
+        any decision's), then BackendsUnavailable is raised instead of answering it."""
         stage = self.metrics.answer_stage
         waiting = time.perf_counter()
-        if deciding is None:
-            self.metrics.fallbacks.labels(public.id, "budget_exhausted").inc()
-        decision = None if deciding is None else deciding.result()
+        decision = pending.decision()
         decided = time.perf_counter()
-        exhausted = deciding is None
-        backends = None if decision is None else decision.backends
-        gates = None if decision is None else decision.gates
-        try:
+
+        def attempt(chosen: FrameDecision) -> tuple[FrameRecord, Unreached | None]:
             record, unreached = self.answerer.attempt(
-                public,
-                program,
-                frame,
-                backends,
-                frame_id=frame_id,
-                decision_id=decision_id,
-                gates=gates,
-                fallback="cheapest" if exhausted else None,
+                public, program, frame, chosen, frame_id=frame_id, decision_id=pending.decision_id
             )
-        except DecisionRejected:
-            if backends is None:
-                raise
-            self.metrics.fallbacks.labels(public.id, "policy_decision_rejected").inc()
-            record, unreached = self.answerer.attempt(
-                public, program, frame, None, frame_id=frame_id, decision_id=decision_id
-            )
+            return logged_decision(record, chosen.policy), unreached
+
+        record, unreached = self.deciding.run(public, program, decision, attempt)
         ran = time.perf_counter()
-        if not record.fallback:
-            record = logged_decision(record, decision)
         if view is not None:
             record = self.cameras.ran(view, record)
         result = self.answerer.record(record, None if budget is None else budget.window_start, tenant=public.tenant)
         if budget is not None:  # what was left before this frame, less what it cost
             self.metrics.budget_remaining.labels(public.id).set(max(0.0, budget.remaining - record.cost))
-        requested, taught = self._labelling(public, None if record.fallback else decision, record)
+        requested, taught = self._labelling(public, record)
         if taught:
             self._teach(public, program, frame, record.id)
         result = result.model_copy(update={"label_requested": requested, "teacher": taught})
@@ -550,51 +378,12 @@ class RouterService:
             raise backends_unavailable(unreached, result.decision_id)
         return result
 
-    def _decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision | None:
-        """The policy's decision, or None (the fallback) when the policy is absent, unreachable,
-        refuses (e.g. its registration of the program is still in the outbox) or is being skipped
-        after failing decisions in a row (its circuit is open). Whether the decision fits the
-        program is checked when it is run."""
-        if self.policy is None:
-            self.metrics.fallbacks.labels(program_id, "no_policy").inc()
-            return None
-        start = time.perf_counter()
-        decision = None
-        try:
-            # ``calling()`` holds the breaker's lock only around its state, not the policy's round
-            # trip (``CircuitBreaker.call`` would hold it and ask the policy one frame at a time).
-            with self.breaker.calling():
-                decision = self.policy.decide(program_id, decision_id, image)
-        except CircuitBreakerError:
-            self.metrics.fallbacks.labels(program_id, "policy_open_circuit").inc()
-            return None  # the policy was not asked: no latency to observe
-        except PolicyRejected:
-            self.metrics.fallbacks.labels(program_id, "policy_rejected").inc()
-        except PolicyUnavailable:
-            self.metrics.fallbacks.labels(program_id, "policy_unavailable").inc()
-        self.metrics.policy_latency.observe(time.perf_counter() - start)
-        return decision
-
-    def _reuse_decide(self, program_id: str, request: ReuseRequest) -> ReuseReply | None:
-        """The reuse gate's decision on a camera's frame: the policy's (None, and the frame runs,
-        when it cannot be asked), or this router's own gates' without a policy."""
-        if self.policy is None:
-            return self.local_gates.decide(program_id, request)
-        try:
-            with self.breaker.calling():
-                return self.policy.reuse(program_id, request)
-        except CircuitBreakerError:
-            return None
-        except PolicyUnavailable:  # refused too: e.g. the program's registration still in the outbox
-            self.metrics.fallbacks.labels(program_id, "reuse_unavailable").inc()
-            return None
-
     # -- off-policy evaluation ---------------------------------------------------------------------
 
     def evaluate(self, program_id: str, request: EvaluationRequest, caller: Caller = OPERATOR) -> EvaluationReport:
         """Estimate each target of ``request`` on the program's last labelled decisions (NotFound
         for an unknown program, EvaluationRejected for a target the logged decisions cannot
-        support): see ``router.evaluation``."""
+        support): see ``router.off_policy``."""
         return evaluate_program(self.store, self.owned(program_id, caller), request)
 
     # -- cost budgets ------------------------------------------------------------------------------
@@ -644,19 +433,18 @@ class RouterService:
 
     # -- labels: which frames, and the teacher -----------------------------------------------------
 
-    def _labelling(
-        self, program: ProgramPublic, decision: PolicyDecision | None, record: AnswerRecord
-    ) -> tuple[bool, bool]:
+    def _labelling(self, program: ProgramPublic, record: FrameRecord) -> tuple[bool, bool]:
         """Whether this answer's label is asked for, and whether the program's teacher labels it:
         the frames the policy doubts most, within the program's label budget and teacher share (a
         program with no budget asks for every label; a fallback answer, which the policy did not
         decide, is not worth a budgeted label)."""
         if program.labels is None and program.teacher is None:
             return True, False
+        decision = record.policy_decision  # the policy's, logged with its answer; None for the fallback
         if decision is None:
             return program.labels is None, False
         by_doubt = program.labels is not None or (program.teacher is not None and program.teacher.pick == "doubt")
-        value = label_value(decision.gates, decision.propensities, runtime_trace(record.trace)) if by_doubt else 0.0
+        value = label_value(decision.gates, decision.propensities, record.trace) if by_doubt else 0.0
         if self._taught(program, value):
             return False, True
         if program.labels is None:
@@ -702,7 +490,7 @@ class RouterService:
         with the label), the label learned like a client's. Returns the outcome: ``labelled``,
         ``failed`` (the run stopped, or answered nothing the task can take as a label) or
         ``refused`` (the decision was labelled otherwise meanwhile, or expired)."""
-        run = self.answerer.run(program, compiled, frame, teacher_decision(program))
+        run = self.answerer.run(program, compiled, frame, self.deciding.teacher(program))
         for call in run.trace:
             self.metrics.teacher_cost.labels(program.id, call.function, call.backend).inc(call.cost)
         if program.budget is not None:  # the teacher spends the program's budget too
@@ -754,7 +542,7 @@ class RouterService:
         if self.policy is None and not result.repeat:
             outcome = self.cameras.outcome_of(labelled.answer, labelled.correct)
             if outcome is not None:
-                self.local_gates.learn(result.program_id, outcome)
+                self.deciding.local_gates.learn(result.program_id, outcome)
         return result, labelled.queued
 
     def feedback_batch(self, requests: list[FeedbackIn], caller: Caller = OPERATOR) -> FeedbackBatch:
@@ -780,7 +568,7 @@ class RouterService:
             self.deliver_soon()
         return FeedbackBatch(results=items)
 
-    def _feedback_message(self, answer: AnswerRecord, label: str, reward: float) -> QueuedMessage | None:
+    def _feedback_message(self, answer: FrameRecord, label: str, reward: float) -> QueuedMessage | None:
         """The policy's message for a new label, or None: no policy, or a fallback decision (the
         policy did not make it, so it has nothing to learn from it). For a reused answer, the
         outcome its camera's reuse gate learns."""
@@ -809,7 +597,7 @@ class RouterService:
         from each as if labelled with that task reward, charged its real costs. How many expired."""
         if self.label_window_s is None:
             return 0
-        expired = self.store.expire_answers(utc_now() - timedelta(seconds=self.label_window_s), self._expiry_messages)
+        expired = self.store.expire_frames(utc_now() - timedelta(seconds=self.label_window_s), self._expiry_messages)
         for answer in expired:
             self.metrics.expired.labels(answer.program_id).inc()
         if expired:
@@ -817,7 +605,7 @@ class RouterService:
             self.deliver_soon()
         return len(expired)
 
-    def _expiry_messages(self, expired: list[AnswerRecord]) -> list[QueuedMessage]:
+    def _expiry_messages(self, expired: list[FrameRecord]) -> list[QueuedMessage]:
         if self.policy is None:
             return []
         decided = [answer for answer in expired if not answer.fallback]  # fallbacks were never the policy's

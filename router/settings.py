@@ -19,8 +19,8 @@ from fmprog.backends.config import (
     load_catalog,
 )
 from fmprog.backends.engine_config import LlamaCppEngineOptions, OpenAIEngineOptions
-from fmprog.contract import RewardConfig
 from fmprog.program import ExecutionLimits
+from fmprog.rewards import RewardConfig
 from fmprog.streams.gates import ReuseSettings
 from fmprog.web import is_loopback
 from router.admission import TenantQuota
@@ -87,7 +87,9 @@ class RouterSettings(BaseSettings):
         description="How backends are called: 'http' through the Serve proxy at serve_url (any backend that "
         "speaks the backend routes, inside Ray or not); 'handle' through Ray Serve DeploymentHandles, the router "
         "joining the Ray cluster at ray_address as a driver (the frame goes once per answer through Ray's object "
-        "store, crops as coordinates). A backend without a Serve application there is still called over HTTP.",
+        "store, crops as coordinates). A backend without a Serve application there is still called over HTTP. "
+        "'http' is the default of a router started alone; fmprog up uses 'handle'. A driver needs a Ray node on "
+        "its machine: on Kubernetes the router would run in a Ray pod to use handles, so the manifests keep 'http'.",
     )
     ray_address: str | None = Field(
         default=None,
@@ -113,7 +115,19 @@ class RouterSettings(BaseSettings):
         default=30.0, gt=0, le=3600, description="How long a failing backend is skipped before it is tried again."
     )
     policy_url: str | None = Field(default=None, description="Policy service; None answers with the fallback.")
-    policy_timeout_s: float = Field(default=2.0, gt=0)
+    policy_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long the router waits for the policy's decision on a frame (and its other replies but "
+        "registrations) before it goes on without it: the frame then gets the fallback decision.",
+    )
+    policy_register_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the router waits for the policy to check or build a program's policy (the first one "
+        "of an algorithm may load its libraries, torch, for seconds) before the registration waits in the outbox "
+        "for the delivery thread; its program's frames get the fallback decision until it is delivered.",
+    )
     policy_breaker_failures: int = Field(
         default=5,
         ge=1,
@@ -134,26 +148,42 @@ class RouterSettings(BaseSettings):
     policy_api_key: SecretStr | None = Field(
         default=None, description="The policy service's bearer key (its FMPROG_POLICY_API_KEY); None: sent without."
     )
-    fallback: Literal["cheapest", "largest"] = "cheapest"
+    fallback: Literal["cheapest", "largest"] = Field(
+        default="cheapest",
+        description="The fallback decision, for a frame the policy does not decide (none configured, unreachable, "
+        "refusing, its circuit open, or its decision not fitting the program): every call site's cheapest "
+        "candidate, or its dearest (largest).",
+    )
     default_lambda: CostWeight | None = Field(
         default=None,
         description="The cost weight (lambda) of a program registered without one; its reply says "
         'lambda_source "default". None: the backend configuration\'s default_lambda (0.001 for real.yaml, whose '
-        "costs are millions of multiply-adds; 100 for synthetic.yaml, millions of parameters), else 100.",
+        "costs are millions of multiply-adds, and for gpu.yaml; 100 for synthetic.yaml, millions of parameters of "
+        "tiny models), else 100.",
     )
     outbox_retry_s: float = Field(default=5.0, gt=0, description="How often undelivered policy messages are retried.")
-    rewards: RewardConfig = RewardConfig()
+    rewards: RewardConfig = Field(
+        default=RewardConfig(),
+        description="How a label scores an answer (JSON, fmprog.rewards.RewardConfig): the authors' binary and "
+        'open-form values (scheme "authors", the default; its values can be set) or the paper\'s 0/1 loss '
+        '(scheme "loss").',
+    )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Bearer key for the public endpoints; None: open, and then only requests that arrive on a "
-        "loopback address are answered (403 otherwise), whatever address the server was bound to.",
+        description="The shared bearer key for the public endpoints, at least 16 characters: the default "
+        "tenant's key. Required to listen beyond loopback unless require_keys. None: open, and then only requests "
+        "that arrive on a loopback address are answered (403 otherwise), whatever address the server was bound to.",
     )
     require_keys: bool = Field(
         default=False,
         description="Every request needs a key, the shared api_key or a tenant's (fmprog keys create), even while "
         "no tenant key exists; lets the router listen beyond loopback with tenant keys only.",
     )
-    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body, in bytes; a larger one is refused with 413.",
+    )
     answer_threads: int = Field(
         default=32, ge=1, le=256, description="Frames answered at once; more wait (backend calls block a thread)."
     )
@@ -171,8 +201,9 @@ class RouterSettings(BaseSettings):
         default=0.5,
         gt=0,
         le=1,
-        description="Share of the machine's memory the program workers' address spaces may add up to: the pool "
-        "holds at most this share divided by program_worker_memory_mb workers (and at most program_workers).",
+        description="Share of the machine's memory (or of its cgroup's limit, when smaller) the program workers' "
+        "address spaces may add up to: the pool holds at most this share divided by program_worker_memory_mb "
+        "workers (and at most program_workers); the router logs it when that is fewer than program_workers.",
     )
     answer_queue: int = Field(
         default=64,
@@ -202,8 +233,9 @@ class RouterSettings(BaseSettings):
         default=65_536,
         ge=16,
         le=16 * 2**20,
-        description="Largest answer a program may return, in bytes of its JSON encoding (compact, UTF-8); a larger "
-        "one ends the run with resource_limit and is neither returned nor stored.",
+        description="Largest answer a program may return, in bytes of its JSON encoding (compact, UTF-8; at most "
+        "16 MiB); a larger one ends the run with resource_limit (POST /answer replies with that error and a null "
+        "answer) and is neither returned nor stored.",
     )
     stream_file_roots: list[Path] = Field(
         default_factory=list,
@@ -230,8 +262,11 @@ class RouterSettings(BaseSettings):
         description="Without a policy service, how this router's own reuse gates decide: tolerance, exploration "
         "(JSON). With one, the policy's settings decide.",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="The address the router listens on; beyond loopback it needs api_key or require_keys.",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="The port the router listens on.")
     restarts: int = Field(
         default=0, ge=0, description="Times a supervisor (fmprog up) restarted this router; published as a metric."
     )
@@ -245,7 +280,8 @@ class RouterSettings(BaseSettings):
     synthesis_engine: LlamaCppEngineOptions | OpenAIEngineOptions | None = Field(
         default=None,
         description="The synthesizer's engine given in full (JSON), instead of synthesis_backend's: e.g. "
-        '{"kind": "openai", "base_url": "http://vllm:8000/v1", "model": "Qwen/Qwen2.5-Coder-32B-Instruct"}.',
+        '{"kind": "openai", "base_url": "http://vllm:8000/v1", "model": "Qwen/Qwen2.5-Coder-32B-Instruct"}, or the '
+        "1.5B model that make synthesizer-1.5b installs, $(cat fmprog/configs/synthesizer-qwen1.5b.json).",
     )
     synthesis_attempts: int = Field(
         default=3, ge=1, le=10, description="Programs asked of the model per query before the query is refused."

@@ -23,7 +23,7 @@ label: exact across routers, and kept when old decisions and feedback are pruned
 ``program_spend`` adds up what each program with a cost budget spent per window, in the transaction
 that stores each answer. A label records who gave it (``source``: a client or the program's
 teacher, with the teacher's run); unlabelled decisions past their label window are marked expired
-(``expire_answers``) and refuse labels from then on.
+(``expire_frames``) and refuse labels from then on.
 
 A program may have a name for people (``programs.name``). Each program belongs to a tenant
 (``programs.tenant``); tenants' API keys are kept as digests (``api_keys``), and ``tenant_usage``
@@ -55,12 +55,12 @@ from sqlalchemy.pool import StaticPool
 from fmprog.contract import PolicyDecision
 from router.errors import Conflict, Expired, NotFound, RouterError
 from router.schemas import (
-    AnswerRecord,
     CachedProgram,
     CallSitePublic,
     CostBudget,
     DeadLetter,
     FeedbackRecord,
+    FrameRecord,
     LabelBudget,
     LabelSource,
     ProgramPublic,
@@ -385,8 +385,8 @@ class Store:
 
     # Answers: one row per decision (the ``decisions`` table), keyed by the decision id
 
-    def add_answer(
-        self, decision: AnswerRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
+    def add_frame(
+        self, decision: FrameRecord, charge_window: datetime | None = None, *, tenant: str = DEFAULT_TENANT
     ) -> None:
         """Store an answer of ``tenant``'s program, adding its size to the tenant's stored bytes;
         with ``charge_window``, add its cost to its program's spend in that window (the program has
@@ -465,23 +465,23 @@ class Store:
         with self.reading() as db:
             return float(db.execute(query).scalar() or 0.0)
 
-    def get_answer(self, decision_id: str) -> AnswerRecord:
+    def get_frame(self, decision_id: str) -> FrameRecord:
         with self.reading() as db:
             row = db.execute(_ANSWER, {"id": decision_id}).mappings().first()
         if row is None:
             raise NotFound(f"no decision with id {decision_id!r}")
-        return _answer(row)
+        return _frame_record(row)
 
-    def list_answers(self, program_id: str | None = None, *, limit: int = 100, offset: int = 0) -> list[AnswerRecord]:
+    def list_frames(self, program_id: str | None = None, *, limit: int = 100, offset: int = 0) -> list[FrameRecord]:
         """Answers, oldest first; those of one program when ``program_id`` is given."""
         query = sa.select(decisions).order_by(decisions.c.created_at, decisions.c.id).limit(limit).offset(offset)
         if program_id:
             query = query.where(decisions.c.program_id == program_id)
         with self.reading() as db:
             rows = db.execute(query).mappings().all()
-        return [_answer(row) for row in rows]
+        return [_frame_record(row) for row in rows]
 
-    def labelled_answers(self, program_id: str, last: int) -> list[tuple[AnswerRecord, FeedbackRecord]]:
+    def labelled_frames(self, program_id: str, last: int) -> list[tuple[FrameRecord, FeedbackRecord]]:
         """The program's last ``last`` labelled decisions with their labels, newest first."""
         query = (
             sa.select(decisions, *(c.label(f"feedback_{c.name}") for c in feedback.c))
@@ -495,30 +495,30 @@ class Store:
         labelled = []
         for row in rows:
             label = {c.name: row[f"feedback_{c.name}"] for c in feedback.c}
-            labelled.append((_answer(row), _feedback(label)))
+            labelled.append((_frame_record(row), _feedback(label)))
         return labelled
 
-    def count_answers(self) -> int:
+    def count_frames(self) -> int:
         with self.reading() as db:
             return db.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one()
 
-    def expire_answers(
+    def expire_frames(
         self,
         answered_before: datetime,
-        messages: Callable[[list[AnswerRecord]], list[QueuedMessage]] | None = None,
+        messages: Callable[[list[FrameRecord]], list[QueuedMessage]] | None = None,
         *,
         batch: int = 1000,
-    ) -> list[AnswerRecord]:
+    ) -> list[FrameRecord]:
         """Mark the answers given before ``answered_before`` and never labelled as expired (their
         labels are refused from then on) and queue ``messages(expired)`` for the policy with them,
         ``batch`` answers per transaction; the answers expired. A label being stored for one of
         them at the same moment wins (its row is locked, then no longer unlabelled)."""
         unlabelled = decisions.c.status.in_(("pending", "answered"))
-        expired: list[AnswerRecord] = []
+        expired: list[FrameRecord] = []
         while True:
             with self.transaction() as db:
                 query = self._oldest(sa.select(decisions), answered_before, batch, unlabelled)
-                found = [_answer(row) for row in db.execute(query).mappings().all()]
+                found = [_frame_record(row) for row in db.execute(query).mappings().all()]
                 if not found:
                     return expired
                 ids = [answer.id for answer in found]
@@ -814,8 +814,8 @@ def _labels_of(column: str | None) -> dict[str, Any]:
     }
 
 
-def _answer(row: Any) -> AnswerRecord:
-    return AnswerRecord(
+def _frame_record(row: Any) -> FrameRecord:
+    return FrameRecord(
         id=row["id"],
         program_id=row["program_id"],
         kind=row["kind"],

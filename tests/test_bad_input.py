@@ -51,7 +51,7 @@ class AskedPolicy:
     def register(self, program_id: str, spec: PolicySpec) -> None:
         self.specs[program_id] = spec
 
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision:
         self.decisions.append(decision_id)
         spec = self.specs[program_id]
         return PolicyDecision(algorithm=spec.algorithm, backends={s.id: s.largest for s in spec.sites})

@@ -1,4 +1,4 @@
-"""Frames on the wire: lossless PNG round trip, clear errors for bad bytes."""
+"""Frames on the wire: lossless PNG round trip, clear errors for bad bytes; a frame's thumbnail."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from fmprog.images import (
     encode_jpeg,
     encode_png,
     png_bytes_limit,
+    thumbnail,
 )
 from tests.bad_frames import BOMBS
 
@@ -112,3 +113,23 @@ def test_check_image_reads_the_header_alone():
         check_image(b"[not an image]")
     with pytest.raises(ImageError, match="cannot be decoded"):
         decode_image(png[:60])  # the header holds, the pixels are cut off
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (33, 31), (32, 32), (7, 5), (1, 1)])
+def test_a_thumbnail_is_the_nearest_pixels_and_its_own_thumbnail(shape):
+    frame = np.random.default_rng(shape[0]).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    small = thumbnail(frame, 32)
+    assert small.shape == (32, 32, 3) and small.dtype == np.uint8
+    h, w = shape
+    for i, j in [(0, 0), (31, 31), (5, 17), (20, 3)]:
+        assert (small[i, j] == frame[(i * h) // 32, (j * w) // 32]).all()
+    assert np.array_equal(thumbnail(small, 32), small)
+    assert np.array_equal(decode_image(encode_png(small)), small)  # as the router sends it
+    assert thumbnail(frame, 4).shape == (4, 4, 3)
+
+
+def test_a_thumbnail_refuses_what_is_not_a_frame_or_a_side():
+    with pytest.raises(ImageError, match="H x W x 3"):
+        thumbnail(np.zeros((4, 4)), 32)
+    with pytest.raises(ValueError, match="at least 1"):
+        thumbnail(np.zeros((4, 4, 3), np.uint8), 0)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         choices=("validation", "test"),
-        help="validation: tune here; test: what the README reports (default: test)",
+        help="validation: tune here; test: what docs/benchmarks.md reports (default: test)",
     )
     parser.add_argument(
         "--binary", type=Path, help="binary track, authors' JSON (default: benchmarks/tracks/<split>/binary.json)"

@@ -38,20 +38,8 @@ from benchmarks.vqa.queries import monolithic_program
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.backends.base import Backend, BackendRegistry, FunctionModel
 from fmprog.backends.config import Function
-from fmprog.contract import (
-    CallSiteSpec,
-    Feedback,
-    PolicyDecision,
-    PolicySpec,
-    RewardConfig,
-    SiteGate,
-    TaskKind,
-    is_yes,
-    score_answer,
-    task_loss,
-    task_reward,
-)
-from fmprog.evaluation import Evaluation, LoggedRun, Target, evaluate
+from fmprog.contract import CallSiteSpec, Feedback, PolicyDecision, PolicySpec, SiteGate
+from fmprog.off_policy import Evaluation, LoggedRun, Target, evaluate
 from fmprog.program import (
     CascadeDecider,
     Decider,
@@ -64,6 +52,7 @@ from fmprog.program import (
 )
 from fmprog.program.scope import usable_backends
 from fmprog.program.workers import exit_with_parent
+from fmprog.rewards import RewardConfig, TaskKind, is_yes, score_answer, task_loss, task_reward
 from policy.algorithms import algorithm_class, build_policy
 from policy.algorithms.base import Policy
 from router.gating import gate_records
@@ -252,7 +241,7 @@ class ReplaySetup:
     label_lambda: float | None = None
     off_policy: bool = True
     """Learned policies at ``label_lambda``: estimate from their logged decisions the static, random
-    and other lambdas' runs (``fmprog.evaluation``), each beside its live run."""
+    and other lambdas' runs (``fmprog.off_policy``), each beside its live run."""
 
 
 def site_backends(program: Program, backends: BackendRegistry) -> dict[str, list[Backend]]:
@@ -300,7 +289,7 @@ def outcome(trace: Trace, kind: TaskKind, label: str) -> Outcome:
     answer = "" if trace.answer is None else str(trace.answer)
     site_costs: dict[str, float] = {}
     for invocation in trace.invocations:
-        site_costs[invocation.site_id] = site_costs.get(invocation.site_id, 0.0) + invocation.cost
+        site_costs[invocation.site] = site_costs.get(invocation.site, 0.0) + invocation.cost
     return Outcome(
         answer=answer,
         correct=task_loss(kind, answer, label) == 0,
@@ -352,9 +341,7 @@ def replay(
         outcome = row[index[tuple(sorted(decision.backends.items()))]]
         if log is not None:  # one invocation per site that ran: what an up-front decision's run depended on
             trace = [
-                Invocation(
-                    site_id=site, function=functions[site], backend=decision.backends[site], cost=cost, latency_s=0
-                )
+                Invocation(site=site, function=functions[site], backend=decision.backends[site], cost=cost, latency_s=0)
                 for site, cost in outcome.site_costs
             ]
             task = task_reward(kind, outcome.answer, label)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
 
-from fmprog.contract import TaskKind
+from fmprog.rewards import TaskKind
 from fmprog.scene.generator import SceneObject
 from fmprog.scene.vocabulary import COLOR_LOOK_ALIKES, SHAPE_LOOK_ALIKES, plural
 

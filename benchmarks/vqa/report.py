@@ -156,7 +156,7 @@ def _off_policy_table(track: dict[str, Any], metric: str) -> list[str]:
         return []
     lines = [
         "",
-        "Off-policy estimates from each learned run's logged decisions at the middle lambda (`fmprog.evaluation`), "
+        "Off-policy estimates from each learned run's logged decisions at the middle lambda (`fmprog.off_policy`), "
         "beside each policy's live run on the same frames. A `lambda=` target is the logged run's own posteriors "
         "or networks at that lambda, frame by frame; its live run learned from its own choices. Mean weight: 1 "
         "where the logged run "

@@ -1,5 +1,5 @@
 """The benchmark's two splits: validation, where every policy change and hand rule is tuned, and
-test, which the README reports.
+test, which docs/benchmarks.md reports.
 
 - The synthetic tracks: the same queries (types, templates, programs) on other frames. Each split's
   scenes come from its own seed range (``fmprog.scene.seeds``), disjoint from the zoo's training and

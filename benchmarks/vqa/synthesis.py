@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict
 from benchmarks.vqa.runner import f1_score
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery
 from fmprog.backends.base import BackendRegistry
-from fmprog.contract import TaskKind, is_yes, task_loss
 from fmprog.program import Executor, Program, compile_program
-from router.prompt import EXAMPLES
-from router.synthesis import ProgramSynthesizer, normalize_query
+from fmprog.rewards import TaskKind, is_yes, task_loss
+from router.synthesis.prompt import EXAMPLES
+from router.synthesis.synthesizer import ProgramSynthesizer, normalize_query
 
 WITHIN = 0.02  # the target: the synthesized program's accuracy within 2 points of the reference's
 
@@ -170,7 +170,7 @@ def measure_query(
 
 
 def summarize(measures: Sequence[QueryMeasure]) -> dict[str, float | int]:
-    """The numbers the README reports for a set of queries (empty dict for none)."""
+    """The numbers docs/benchmarks.md reports for a set of queries (empty dict for none)."""
     if not measures:
         return {}
     ok = [m for m in measures if m.ok]

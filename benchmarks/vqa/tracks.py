@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.vqa.queries import NOT_APPLICABLE, OPEN_TYPES, QuerySpec
-from fmprog.contract import TaskKind
+from fmprog.rewards import TaskKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
 from fmprog.scene.seeds import VALIDATION_TRACKS, SeedRange
 from fmprog.vision.video import SAMPLE_VIDEOS, VideoError, VideoFrames

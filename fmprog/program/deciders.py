@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from fmprog.backends.base import BackendRegistry
 from fmprog.backends.config import Function
-from fmprog.contract import SiteGate, is_yes
+from fmprog.contract import SiteGate
+from fmprog.rewards import is_yes
 
 MAX_ANSWER_CHARS = 200
 """Model answers longer than this are cut in contexts and traces."""

@@ -101,11 +101,19 @@ class InvocationFeatures(BaseModel):
 
 
 class Invocation(BaseModel):
-    """One backend invocation: where it came from, what ran, what it cost."""
+    """One backend invocation of a run: the call site it was charged to (``site``), what ran, its
+    cost and latency. The same type from the run to the router's store and replies.
+
+    A failed call is retried, then handed to another backend of the same function: each try is an
+    invocation, ``attempt`` counts the tries of one backend, and ``fallback_from`` names the
+    decided backend when this one ran in its place. When a ``Decider`` ran the program,
+    ``features`` holds what it saw and what the invocation answered, and ``escalated_from`` the
+    backend whose answer this one re-asked (both left out otherwise). ``out_of_vocabulary`` says
+    why a call was outside the backend's declared vocabulary (left out when it was inside)."""
 
     model_config = ConfigDict(frozen=True)
 
-    site_id: str
+    site: str = Field(description="The call site the invocation was charged to.")
     function: Function
     backend: str
     cost: float
@@ -179,7 +187,7 @@ class Trace(BaseModel):
     @property
     def fallback_sites(self) -> list[str]:
         """Sites where a backend other than the decided one answered."""
-        return list(dict.fromkeys(i.site_id for i in self.invocations if i.ok and i.fallback_from is not None))
+        return list(dict.fromkeys(i.site for i in self.invocations if i.ok and i.fallback_from is not None))
 
 
 Observer = Callable[[Invocation | MemoHit, int, str], None]
@@ -545,7 +553,7 @@ class _Run:
                     self._earlier.append(output)
                 decided = {"escalated_from": escalated_from, "features": _features(context, output)}
             invocation = Invocation(
-                site_id=site.id,
+                site=site.id,
                 function=function,
                 backend=name,
                 cost=backend.cost,
@@ -616,7 +624,7 @@ def gate_vectors(invocations: Sequence[Invocation]) -> list[Vector | None]:
         output = None
         if invocation.ok:
             output = EarlierOutput(
-                site_id=invocation.site_id,
+                site_id=invocation.site,
                 function=invocation.function,
                 backend=invocation.backend,
                 boxes=features.boxes,
@@ -630,7 +638,7 @@ def gate_vectors(invocations: Sequence[Invocation]) -> list[Vector | None]:
                 first_answers.setdefault(features.call, features.answer)
             continue
         context = InvocationContext(
-            site_id=invocation.site_id,
+            site_id=invocation.site,
             function=invocation.function,
             method="",
             index=features.call,

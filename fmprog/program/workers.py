@@ -520,7 +520,7 @@ class _Progress:
             try:
                 if what == "invocation":
                     invocations.append(Invocation.model_validate_json(report))
-                    executed[invocations[-1].site_id] = None
+                    executed[invocations[-1].site] = None
                 else:
                     memo_hits.append(MemoHit.model_validate_json(report))
                     executed[memo_hits[-1].site_id] = None

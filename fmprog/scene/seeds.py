@@ -4,7 +4,7 @@ A generated frame is its seed (and difficulty), so keeping uses apart is keeping
 consumer draws from its range here: the zoo's training; held-out scenes, which only measure or check
 (the zoo's evaluation sets, and the scenes the router dry-runs a synthesized program on); the
 shipped cascade prior; and the benchmark's two splits (validation: what policies and hand rules are
-tuned on; test: what the README reports). ``tests/scene/test_seeds.py`` checks that no two overlap.
+tuned on; test: what docs/benchmarks.md reports). ``tests/scene/test_seeds.py`` checks that no two overlap.
 """
 
 from __future__ import annotations

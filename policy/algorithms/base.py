@@ -1,7 +1,11 @@
 """The one interface every policy algorithm implements.
 
 - ``decide(frame)``: a backend per call site for one frame. Fast, thread-safe, never waits for
-  training (training works on copies and swaps them in under a short lock).
+  training (training works on copies and swaps them in under a short lock). ``frame`` is what the
+  router sends for the algorithm (``fmprog.contract.frame_input``): ``None`` for an algorithm that
+  reads no pixels (it accepts a frame too, and decides the same), the thumbnail for one that reads
+  only a thumbnail (deciding on it as on the frame), or the frame. An algorithm that reads pixels
+  refuses ``None`` (:meth:`Policy.read_frame`).
 - ``observe(decision, feedback)``: records one sample (cheap; closed-form updates at most).
 - ``train()``: does pending training work, if any; called from a background thread by the service.
 - ``state_dict()`` / ``load_state_dict()``: everything needed to resume after a restart
@@ -23,8 +27,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from fmprog.contract import Feedback, PolicySpec, program_reward, sub_rewards
+from fmprog.contract import Feedback, PolicySpec
 from fmprog.images import check_frame
+from fmprog.rewards import program_reward, sub_rewards
 from policy.decisions import PendingDecision
 
 
@@ -70,8 +75,9 @@ class Policy(ABC):
     # -- the interface --------------------------------------------------------------------------
 
     @abstractmethod
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        """A backend per call site for ``frame`` (``H x W x 3`` uint8)."""
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        """A backend per call site for ``frame`` (``H x W x 3`` uint8; ``None`` where the algorithm
+        reads no pixels)."""
 
     @abstractmethod
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
@@ -113,6 +119,13 @@ class Policy(ABC):
 
     # -- helpers for subclasses -----------------------------------------------------------------
 
+    def read_frame(self, frame: np.ndarray | None) -> np.ndarray:
+        """The frame an algorithm that reads pixels decides on, checked (:func:`as_frame`);
+        ValueError when there is none."""
+        if frame is None:
+            raise ValueError(f"algorithm {self.name} reads the frame: send one")
+        return as_frame(frame)
+
     def check_feedback(self, decision: PendingDecision, feedback: Feedback) -> None:
         if decision.algorithm != self.name:
             raise ValueError(f"decision was made by {decision.algorithm!r}, not {self.name!r}")
@@ -144,6 +157,13 @@ def training_copies(
         fresh[site] = make_optimizer(net)
         fresh[site].load_state_dict(copy.deepcopy(optimizers[site].state_dict()))
     return copies, fresh
+
+
+def check_unread_frame(frame: np.ndarray | None) -> None:
+    """For an algorithm that reads no pixels: ``None``, or a frame that passes the frame check
+    (:func:`as_frame`), which is then ignored."""
+    if frame is not None:
+        as_frame(frame)
 
 
 def as_frame(frame: np.ndarray) -> np.ndarray:

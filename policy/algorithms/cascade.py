@@ -91,11 +91,10 @@ from fmprog.contract import (
     Feedback,
     GateSpread,
     PolicySpec,
-    RewardConfig,
     SiteGate,
-    TaskKind,
 )
-from policy.algorithms.base import Policy, as_frame
+from fmprog.rewards import RewardConfig, TaskKind
+from policy.algorithms.base import Policy, check_unread_frame
 from policy.algorithms.bayes import LinearArms
 from policy.algorithms.evidence import Evidence, pooled, shipped_prior
 from policy.decisions import PendingDecision
@@ -223,8 +222,8 @@ class CascadePolicy(Policy):
 
     # -- deciding -----------------------------------------------------------------------------------
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        as_frame(frame)
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        check_unread_frame(frame)
         gates: dict[str, SiteGate] = {}
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback
 from fmprog.thompson import argmax_probabilities
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy
 from policy.algorithms.bayes import LinearArms
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
@@ -64,8 +64,8 @@ class FastPolicy(Policy):
         squares, count = self.noise[site_id]
         return float(np.sqrt(squares / count))
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        x = frame_features(as_frame(frame))
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        x = frame_features(self.read_frame(frame))
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
         draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy, check_unread_frame
 from policy.decisions import PendingDecision
 
 
@@ -43,8 +43,8 @@ class StaticPolicy(Policy):
             s.id: s.largest if mode == "largest" else self.params.backends.get(s.id, s.cheapest) for s in spec.sites
         }
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        as_frame(frame)
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        check_unread_frame(frame)
         propensities = {
             s: {b: float(b == chosen) for b in self.spec.site(s).backend_names} for s, chosen in self.choice.items()
         }

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
 from fmprog.thompson import argmax_probabilities, score_spreads
-from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.algorithms.base import Policy, TrainReport, training_copies
 from policy.decisions import PendingDecision
 
 
@@ -145,10 +145,10 @@ class StructuredPolicy(Policy):
         scores = out[:, :-1] - torch.from_numpy(self.cost_terms[site_id]).to(out.dtype)
         return scores, out[:, -1], hidden
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
         import torch
 
-        x = downsample(as_frame(frame), self.params.input_size)
+        x = downsample(self.read_frame(frame), self.params.input_size)
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
         draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec, ScoreSpread
 from fmprog.thompson import argmax_probabilities, score_spreads
-from policy.algorithms.base import Policy, TrainReport, as_frame, training_copies
+from policy.algorithms.base import Policy, TrainReport, training_copies
 from policy.decisions import PendingDecision
 
 Sample = tuple[np.ndarray, int, float]  # uint8 input, chosen backend index, task reward
@@ -146,8 +146,8 @@ class StructuredCodePolicy(Policy):
             sigma2[a] = self.params.reg * sum(float((g * g / d).sum()) for g, d in zip(grads, u, strict=True))
         return logits.detach().numpy().astype(np.float64), np.sqrt(np.maximum(sigma2, MIN_SIGMA2))
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        pixels = network_input(as_frame(frame), self.params.input_size)
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        pixels = network_input(self.read_frame(frame), self.params.input_size)
         x = as_batch([pixels])
         with self.lock:
             nets, u = dict(self.nets), dict(self.u)

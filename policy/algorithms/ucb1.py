@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy, check_unread_frame
 from policy.decisions import PendingDecision
 
 
@@ -44,8 +44,8 @@ class UCB1Policy(Policy):
         spread = max(self.high[site_id] - self.low[site_id], 1e-9)
         return sums / counts + self.params.c * spread * np.sqrt(2 * np.log(counts.sum()) / counts)
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        as_frame(frame)
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        check_unread_frame(frame)
         backends: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
         propensities: dict[str, dict[str, float]] = {}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from fmprog.contract import Feedback
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy, check_unread_frame
 from policy.decisions import PendingDecision
 
 
 class RandomPolicy(Policy):
     name = "random"
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        as_frame(frame)
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        check_unread_frame(frame)
         backends: dict[str, str] = {}
         propensities: dict[str, dict[str, float]] = {}
         with self.lock:

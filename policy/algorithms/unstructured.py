@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
 
@@ -57,8 +57,8 @@ class UnstructuredPolicy(Policy):
         self.weights = np.zeros((len(self.configurations), FEATURE_DIM))
         self.stats = [0, 0.0, 0.0]  # count, mean, M2 of program rewards
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        x = frame_features(as_frame(frame))
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        x = frame_features(self.read_frame(frame))
         with self.lock:
             logits = self.weights @ x
             probs = np.exp(logits - logits.max())

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmprog.contract import Feedback, PolicySpec
 from fmprog.thompson import argmax_probabilities
-from policy.algorithms.base import Policy, as_frame
+from policy.algorithms.base import Policy
 from policy.algorithms.bayes import LinearArms
 from policy.decisions import PendingDecision
 from policy.features import FEATURE_DIM, frame_features
@@ -45,8 +45,8 @@ class WholeQueryPolicy(Policy):
             {s.id: s.largest for s in spec.sites},
         )
 
-    def decide(self, frame: np.ndarray) -> PendingDecision:
-        x = frame_features(as_frame(frame))
+    def decide(self, frame: np.ndarray | None) -> PendingDecision:
+        x = frame_features(self.read_frame(frame))
         with self.lock:
             mean, sigma = self.model.mean_and_sigma(x)
             spread = self.params.nu * sigma

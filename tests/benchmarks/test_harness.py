@@ -26,7 +26,7 @@ from benchmarks.vqa.harness import (
 from benchmarks.vqa.queries import binary_queries
 from benchmarks.vqa.runner import drift_recovery, summaries
 from benchmarks.vqa.tracks import ImageResolver, Track, build_streams, save_binary
-from fmprog.evaluation import LoggedRun, Target, evaluate
+from fmprog.off_policy import LoggedRun, Target, evaluate
 from fmprog.program import Executor, compile_program
 from launcher.cli import main
 from policy.algorithms import build_policy

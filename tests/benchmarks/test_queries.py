@@ -25,8 +25,8 @@ from benchmarks.vqa.queries import (
 from benchmarks.vqa.splits import SCENE_SEEDS, SPLITS, binary_track, open_track
 from benchmarks.vqa.tracks import ImageResolver, build_streams, load_binary, load_open
 from fmprog.backends import BackendRegistry, BackendSpec, Detection
-from fmprog.contract import task_loss
 from fmprog.program import Executor, compile_program
+from fmprog.rewards import task_loss
 from fmprog.scene.generator import Scene, generate_scene
 from fmprog.zoo.language import answer_question, certain, matching, parse_noun
 

@@ -24,7 +24,7 @@ from benchmarks.vqa.synthesis import (
 from benchmarks.vqa.tracks import ImageResolver, TrackQuery, build_streams
 from fmprog.backends import load_catalog
 from fmprog.program import Executor
-from router.synthesis import ProgramSynthesizer
+from router.synthesis.synthesizer import ProgramSynthesizer
 
 CONFIG = Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml"
 ALWAYS_NO = 'def execute_command(image):\n    ImagePatch(image).find("person")\n    return "no"\n'  # wrong, but routed

@@ -223,7 +223,7 @@ def test_help_of_config_options_names_the_packaged_configurations(tmp_path):
 
 
 def test_synth_module_description(capsys):
-    from router import synthesis_cli
+    from launcher import program_synth as synthesis_cli
 
     with pytest.raises(SystemExit):
         synthesis_cli.main(["--help"])

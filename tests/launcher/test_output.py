@@ -117,7 +117,8 @@ def test_open_tasks_print_accuracy_not_f1():
 
 
 def test_synth_says_what_it_is_doing_on_stderr(monkeypatch, capsys):
-    from router import synthesis, synthesis_cli
+    from launcher import program_synth as synthesis_cli
+    from router.synthesis import synthesizer as synthesis
     from tests.router.test_synthesis import ScriptedModel
 
     model = ScriptedModel("I would rather not.")

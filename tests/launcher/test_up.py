@@ -221,7 +221,7 @@ def test_the_policy_needs_its_key_and_everything_listens_on_loopback(cluster):
     listening = {(line.split()[3], line.split()[5]) for line in ss if any(f"pid={pid}," in line for pid in pids)}
     assert len(listening) > 5  # the router, the policy, the proxy, Ray's GCS, raylet, agents ...
     # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0 in its code (replica.py),
-    # whatever the node's address: the one exception, named in the README.
+    # whatever the node's address: the one exception, named in docs/operations.md.
     outside = [(a, who) for a, who in listening if not is_loopback(a.rsplit(":", 1)[0].strip("[]"))]
     assert outside and all("ray::ServeRepli" in who for _, who in outside), sorted(outside)
 

@@ -178,6 +178,26 @@ def test_decide_takes_the_raw_image_bytes_over_http(served):
     assert httpx.get(f"{served}/policies/{PROGRAM}").json()["pending"] == 1  # the first raw decision
 
 
+def test_an_empty_raw_body_is_a_decision_without_the_frame(client):
+    """A raw body with no bytes asks for a decision on no frame: a policy that reads no pixels makes
+    it, one that reads them refuses it (422); a raw body that is not an image is still a 422."""
+    raw = {"content-type": "application/octet-stream"}
+    blind, seeing = "b" * 32, PROGRAM
+    assert client.put(f"/policies/{blind}", json={**SPEC, "algorithm": "ucb1"}).status_code == 200
+    assert client.put(f"/policies/{seeing}", json=SPEC).status_code == 200
+    decided = client.post(f"/policies/{blind}/decisions", params={"decision_id": "d1"}, content=b"", headers=raw)
+    assert decided.status_code == 200, decided.text
+    assert set(decided.json()["backends"]) == {"find@3:4", "query@4:8"}
+    assert client.get(f"/policies/{blind}").json()["pending"] == 1
+    refused = client.post(f"/policies/{seeing}/decisions", params={"decision_id": "d2"}, content=b"", headers=raw)
+    assert refused.status_code == 422 and "reads the frame" in refused.json()["detail"]
+    not_image = client.post(f"/policies/{blind}/decisions", params={"decision_id": "d3"}, content=b"\0", headers=raw)
+    assert not_image.status_code == 422 and "PNG or JPEG" in not_image.json()["detail"]
+    too_long = client.post(f"/policies/{blind}/decisions", params={"decision_id": "x" * 65}, content=b"", headers=raw)
+    assert too_long.status_code == 422 and "decision_id" in too_long.json()["detail"]
+    assert client.get(f"/policies/{blind}").json()["pending"] == 1
+
+
 def test_the_router_client_speaks_the_contract_over_http(served):
     """The router's client of the policy: check, register, decide on raw bytes, feedback (one, and
     a list answered per item), delete."""

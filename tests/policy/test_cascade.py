@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmprog.contract import CONTEXT_FEATURES, Feedback, InvocationRecord, PolicySpec, score_answer
+from fmprog.contract import CONTEXT_FEATURES, Feedback, InvocationRecord, PolicySpec
 from fmprog.program import EarlierOutput, GateDecider, InvocationContext, context_vector, escalation_vector
+from fmprog.rewards import score_answer
 from policy.algorithms import build_policy, check_spec
 from policy.algorithms.cascade import CascadePolicy, reward_sigma
 from policy.service import PolicyService

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmprog.contract import RewardConfig, program_reward, sub_rewards, task_loss, task_reward
+from fmprog.rewards import RewardConfig, program_reward, sub_rewards, task_loss, task_reward
 
 
 @pytest.mark.parametrize(

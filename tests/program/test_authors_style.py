@@ -23,7 +23,7 @@ def test_early_return_filter_short_circuits(executor, zoo, frame):
     zoo.set_boxes({"motorcycle": [box(1, 1, 20, 20)]})
     trace = run(executor, MOTORCYCLE_DOG, frame)
     assert trace.answer is False
-    assert [i.site_id for i in trace.invocations] == ["exists@5:23", "exists@7:23"]
+    assert [i.site for i in trace.invocations] == ["exists@5:23", "exists@7:23"]
     assert trace.cost == 2 * 172.0
 
 

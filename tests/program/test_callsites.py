@@ -79,7 +79,7 @@ def execute_command(image):
     return p.exists("cat") and p.verify_property("cat", "black")
 """
     trace = run(executor, source, frame)
-    assert [(i.site_id, i.function.value) for i in trace.invocations] == [
+    assert [(i.site, i.function.value) for i in trace.invocations] == [
         ("exists@4:13", "detect"),
         ("verify_property@4:33", "vqa"),
     ]

@@ -17,7 +17,7 @@ from fmprog.program import (
 )
 from tests.fakes import CANDIDATE, COSTS, RecordingDecider, all_of, box
 
-LEGACY_FIELDS = {"site_id", "function", "backend", "cost", "latency_s", "ok", "attempt", "fallback_from", "error"}
+LEGACY_FIELDS = {"site", "function", "backend", "cost", "latency_s", "ok", "attempt", "fallback_from", "error"}
 
 
 @pytest.fixture
@@ -317,7 +317,7 @@ def test_the_same_detection_twice_runs_once(executor, zoo, frame):
     trace = executor.run(program, frame, all_of(program, "small"))
     assert trace.answer == 2
     assert len(zoo.models["detect-small"].calls) == 1
-    assert [i.site_id for i in trace.invocations] == ["exists@4:13"]
+    assert [i.site for i in trace.invocations] == ["exists@4:13"]
     assert trace.memo_hits == [MemoHit(site_id="find@6:17", backend="detect-small", call=1)]
     assert trace.executed_sites == ["exists@4:13", "find@6:17"]  # the second site ran, at no cost
     assert trace.cost == COSTS["detect-small"]

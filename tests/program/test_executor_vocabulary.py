@@ -107,7 +107,7 @@ def execute_command(image):
 """
     trace = execute(source)
     assert trace.error is None
-    assert [(call.site_id, call.out_of_vocabulary) for call in trace.invocations] == [
+    assert [(call.site, call.out_of_vocabulary) for call in trace.invocations] == [
         ("query@4:10", f"'What is this person doing?' is none of the question forms answered {FORMS}"),
         ("query@5:10", None),
         ("verify_property@6:10", None),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fmprog.program import ProgramRejected, compile_program
-from router.prompt import EXAMPLES
+from router.synthesis.prompt import EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -70,7 +70,7 @@ def test_each_read_text_site_runs_its_decided_backend_on_its_patch_and_is_charge
     assert trace.answer == "STOP 42|"
     assert models["ocr-large"].shapes == [(20, 30, 3)]  # the sign's pixels only
     assert models["ocr-small"].shapes == [(80, 100, 3)]
-    assert [(i.site_id, i.function, i.backend, i.cost) for i in trace.invocations] == [
+    assert [(i.site, i.function, i.backend, i.cost) for i in trace.invocations] == [
         ("find@4:18", Function.detect, "detect-small", COSTS["detect-small"]),
         ("read_text@7:20", Function.ocr, "ocr-large", 4.0),
         ("read_text@8:18", Function.ocr, "ocr-small", 0.4),

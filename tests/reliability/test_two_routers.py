@@ -187,6 +187,6 @@ def test_two_routers_one_killed_mid_stream_lose_nothing_and_count_everything_onc
 
     with Store(database) as store:  # what the database holds: every answer, every label once
         assert store.count_feedback() == FRAMES
-        kept = {answer.id for answer in store.list_answers(program_id, limit=1000)}
+        kept = {answer.id for answer in store.list_frames(program_id, limit=1000)}
         assert set(stream.answers) <= kept
         assert len(kept) - FRAMES <= stream.refused_on_dead_router  # frames lost with the killed router's replies

@@ -76,14 +76,14 @@ def test_an_answer_over_the_limit_is_an_error_and_is_not_stored(client: TestClie
     assert result["error"]["kind"] == "resource_limit"
     assert "(limit 2,000 bytes)" in result["error"]["message"]
     assert result["trace"] and result["cost"] > 0  # the detection it made is still charged
-    stored = client.app.state.service.store.get_answer(result["decision_id"])  # type: ignore[attr-defined]
+    stored = client.app.state.service.store.get_frame(result["decision_id"])  # type: ignore[attr-defined]
     assert stored.answer is None and stored.error is not None and stored.error.kind == "resource_limit"
 
 
 def test_an_answer_under_the_limit_is_answered_and_stored(client: TestClient):
     result = _answer(client, PROGRAM.format(width=100, rows=10))  # about 1,100 bytes of JSON
     assert result["error"] is None and result["answer"][1] == "1"
-    stored = client.app.state.service.store.get_answer(result["decision_id"])  # type: ignore[attr-defined]
+    stored = client.app.state.service.store.get_frame(result["decision_id"])  # type: ignore[attr-defined]
     assert stored.answer == result["answer"]
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fmprog.program import ExecutionLimits
-from router.answering import Answerer, alternates, fallback_decision
+from router.answering import Answerer
+from router.deciding import alternates, fallback_decision, frame_decision
 from router.errors import DecisionRejected, FrameRejected, NotFound
 from router.programs import ProgramRegistry
 from router.store import Store
@@ -38,7 +39,7 @@ def test_an_answer_records_its_decision_and_trace(
     assert result.latency_s >= sum(i.latency_s for i in result.trace)
     assert len(zoo.models["vqa-large"].calls) == 1 and zoo.models["vqa-small"].calls == []
 
-    stored = store.get_answer(result.decision_id)
+    stored = store.get_frame(result.decision_id)
     assert stored.status == "answered" and stored.frame_id == "frame-7" and stored.kind == "binary"
     assert stored.decision == decision and stored.answer == "yes" and stored.trace == result.trace
     assert stored.executed_sites == [EXISTS, FIND, VERIFY]
@@ -51,7 +52,7 @@ def test_short_circuited_sites_are_not_executed_or_charged(
     decision = {EXISTS: "detect-large", FIND: "detect-large", VERIFY: "vqa-large"}
     result = answerer.answer(person_on_bike, frame, decision)
     assert result.answer == "no"
-    assert store.get_answer(result.decision_id).site_costs == {EXISTS: COSTS["detect-large"]}
+    assert store.get_frame(result.decision_id).site_costs == {EXISTS: COSTS["detect-large"]}
 
 
 def test_every_answer_gets_its_own_decision_id(answerer: Answerer, frame: np.ndarray, person_on_bike: str):
@@ -60,16 +61,23 @@ def test_every_answer_gets_its_own_decision_id(answerer: Answerer, frame: np.nda
 
 
 @pytest.mark.parametrize(("rule", "size"), [("cheapest", "small"), ("largest", "large")])
-def test_without_a_policy_decision_the_fallback_is_used_and_marked(
-    programs: ProgramRegistry, zoo: Zoo, frame: np.ndarray, person_on_bike: str, rule: str, size: str
+def test_a_fallback_decision_is_run_and_marked(
+    programs: ProgramRegistry,
+    answerer: Answerer,
+    zoo: Zoo,
+    frame: np.ndarray,
+    person_on_bike: str,
+    rule: str,
+    size: str,
 ):
-    answerer = Answerer(programs, zoo.registry(), fallback=rule)  # type: ignore[arg-type]
     zoo.set_boxes({"bicycle": [box(10, 10, 50, 50)], "person": [box(20, 5, 40, 45)]})
-    result = answerer.answer(person_on_bike, frame, None)
+    public, program = programs.compiled(person_on_bike)
+    decision = frame_decision(public, fallback_decision(public, rule), zoo.registry(), fallback=True)  # type: ignore[arg-type]
+    result = answerer.record(answerer.run(public, program, frame, decision))
     assert result.fallback
     assert result.decision == {EXISTS: f"detect-{size}", FIND: f"detect-{size}", VERIFY: f"vqa-{size}"}
     assert {i.backend for i in result.trace} == {f"detect-{size}", f"vqa-{size}"}
-    assert programs.store.get_answer(result.decision_id).fallback
+    assert programs.store.get_frame(result.decision_id).fallback
 
 
 def test_the_fallback_keeps_to_the_allowed_backends(programs: ProgramRegistry):
@@ -91,7 +99,7 @@ def test_a_decision_that_does_not_fit_is_rejected_and_not_recorded(
     public = programs.register(create("person_on_bike", backends={"vqa": ["vqa-large"]}))
     with pytest.raises(DecisionRejected, match=message):
         answerer.answer(public.id, frame, decision)
-    assert store.list_answers() == []
+    assert store.list_frames() == []
 
 
 def test_a_candidate_the_backends_do_not_serve_is_rejected(
@@ -132,7 +140,7 @@ def test_a_program_that_stops_is_answered_with_its_error_and_recorded(
     ]
     assert [i.ok for i in result.trace[:2]] == [True, True]
     assert "after 3 attempts" in result.error.message
-    assert store.get_answer(result.decision_id).error == result.error
+    assert store.get_frame(result.decision_id).error == result.error
 
 
 def test_a_failing_backend_is_retried_then_replaced_by_the_nearest_in_cost(
@@ -155,7 +163,7 @@ def test_a_failing_backend_is_retried_then_replaced_by_the_nearest_in_cost(
     ]
     assert "read timed out" in result.trace[2].error
     assert result.cost == 2 * COSTS["detect-small"] + 2 * COSTS["vqa-large"] + COSTS["vqa-small"]
-    assert store.get_answer(result.decision_id).trace == result.trace
+    assert store.get_frame(result.decision_id).trace == result.trace
 
 
 def test_alternates_are_the_available_candidates_nearest_in_cost_first(programs: ProgramRegistry, person_on_bike: str):

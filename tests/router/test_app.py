@@ -51,7 +51,7 @@ class RecordingPolicy:
         self._check()
         self.programs[program_id] = spec
 
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision:
         self._check()
         self.decisions.append(decision_id)
         spec = self.programs[program_id]

@@ -91,7 +91,7 @@ def serve(tmp_path) -> Iterator[Any]:
 
 
 def _stored(service: RouterService, program_id: str) -> list[Any]:
-    return service.store.list_answers(program_id)
+    return service.store.list_frames(program_id)
 
 
 def test_unreachable_backends_refuse_the_frame_and_keep_its_decision(serve):

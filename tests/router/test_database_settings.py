@@ -85,7 +85,7 @@ def test_the_router_serves_from_its_database_and_prunes_old_decisions_in_the_bac
         pruned = 'fmprog_pruned_total{table="decisions"} 1.0'
         while pruned not in client.get("/metrics").text and time.monotonic() < deadline:
             time.sleep(0.05)  # counted once the pass's transactions have committed
-        assert store.count_answers() == 0 and store.count_feedback() == 0
+        assert store.count_frames() == 0 and store.count_feedback() == 0
         metrics = client.get("/metrics").text
         assert pruned in metrics
         if label.status_code == 200:  # the count outlives the decision

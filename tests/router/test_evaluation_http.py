@@ -41,7 +41,7 @@ def test_a_cascade_logs_propensities_and_its_own_lambda_reweights_to_its_log(tmp
         results = labelled(client, program_id, 60)
         assert all(0 < r["propensity"] <= 1 for r in results), [r["propensity"] for r in results]
         with Store(tmp_path / "router.db") as store:
-            stored = store.get_answer(results[-1]["decision_id"])
+            stored = store.get_frame(results[-1]["decision_id"])
         assert stored.propensity == results[-1]["propensity"]
         assert stored.policy_decision is not None and stored.policy_decision.gates
 
@@ -138,7 +138,7 @@ def test_structured_logs_its_score_spreads_and_its_own_lambda_reweights_to_its_l
         results = labelled(client, program_id, 24)
         assert all(0 < r["propensity"] <= 1 for r in results)
         with Store(tmp_path / "router.db") as store:
-            stored = store.get_answer(results[-1]["decision_id"]).policy_decision
+            stored = store.get_frame(results[-1]["decision_id"]).policy_decision
         assert stored is not None and stored.score_spreads and stored.propensities
         own, cheaper = evaluate(
             client, program_id, {"kind": "lambda", "lambda": 0.001}, {"kind": "lambda", "lambda": 10.0}

@@ -6,7 +6,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from fmprog.contract import RewardConfig
+from fmprog.rewards import RewardConfig
 from router.answering import Answerer
 from router.errors import Conflict, Expired, LabelRejected, NotFound
 from router.feedback import FeedbackHandler
@@ -35,7 +35,7 @@ def test_binary_rewards(programs, answerer, zoo, frame, feedback: FeedbackHandle
     decision_id = answer_binary(programs, answerer, zoo, frame, says_yes)
     result = feedback.feedback(FeedbackIn(decision_id=decision_id, label=label)).result
     assert result.reward == reward and not result.repeat
-    stored = feedback.store.get_answer(decision_id)
+    stored = feedback.store.get_frame(decision_id)
     assert stored.status == "resolved"
     assert result.executed_sites == stored.executed_sites and result.site_costs == stored.site_costs
     assert result.cost == sum(result.site_costs.values())
@@ -97,7 +97,7 @@ def test_an_unreadable_binary_label_is_rejected_and_not_stored(
     with pytest.raises(LabelRejected, match="maybe"):
         feedback.feedback(FeedbackIn(decision_id=decision_id, label="maybe"))
     assert feedback.store.get_feedback(decision_id) is None
-    assert feedback.store.get_answer(decision_id).status == "answered"
+    assert feedback.store.get_frame(decision_id).status == "answered"
 
 
 def test_an_expired_decision_refuses_feedback(programs, answerer, zoo, frame, feedback: FeedbackHandler):
@@ -105,10 +105,10 @@ def test_an_expired_decision_refuses_feedback(programs, answerer, zoo, frame, fe
     labelled = answer_binary(programs, answerer, zoo, frame, yes=True)
     feedback.feedback(FeedbackIn(decision_id=labelled, label="yes"))
     cutoff = utc_now() + timedelta(seconds=1)
-    expired = feedback.store.expire_answers(cutoff, batch=1)  # one per transaction: the loop goes on
+    expired = feedback.store.expire_frames(cutoff, batch=1)  # one per transaction: the loop goes on
     assert [(a.id, a.status) for a in expired] == [(old, "expired")]  # the labelled one stays resolved
-    assert feedback.store.get_answer(old).status == "expired"
-    assert feedback.store.expire_answers(cutoff) == []
+    assert feedback.store.get_frame(old).status == "expired"
+    assert feedback.store.expire_frames(cutoff) == []
     with pytest.raises(Expired, match="label window has closed"):
         feedback.feedback(FeedbackIn(decision_id=old, label="yes"))
     assert feedback.store.get_feedback(old) is None
@@ -127,7 +127,7 @@ def test_a_label_after_the_window_is_refused_before_the_background_expiry(
 
 def test_feedback_is_accepted_after_the_program_is_deleted(programs, answerer, zoo, frame, feedback: FeedbackHandler):
     decision_id = answer_binary(programs, answerer, zoo, frame, yes=True)
-    programs.delete(feedback.store.get_answer(decision_id).program_id)
+    programs.delete(feedback.store.get_frame(decision_id).program_id)
     assert feedback.feedback(FeedbackIn(decision_id=decision_id, label="yes")).result.reward == 1000.0
 
 

@@ -92,7 +92,7 @@ def test_a_cascade_policy_gates_each_invocation_and_learns_from_the_records(tmp_
                 else:
                     assert result["answer"] == "no"
                 with Store(tmp_path / "router.db") as store:  # the features are stored with the trace
-                    assert [i.model_dump(mode="json") for i in store.get_answer(result["decision_id"]).trace] == trace
+                    assert [i.model_dump(mode="json") for i in store.get_frame(result["decision_id"]).trace] == trace
                 label = {"decision_id": result["decision_id"], "label": "yes"}
                 assert client.post("/feedback", json=label).status_code == 200
                 # delivered in the background: the next frame is decided once the policy learned it
@@ -128,7 +128,7 @@ class GatingPolicy:
     def register(self, program_id: str, spec: PolicySpec) -> None:
         self.programs[program_id] = spec
 
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision:
         spec = self.programs[program_id]
         gates = {s.id: SiteGate.model_validate(self.gates[s.function.value]) for s in spec.sites}
         return PolicyDecision(algorithm="fake", backends={s.id: s.cheapest for s in spec.sites}, gates=gates)

@@ -110,7 +110,7 @@ def test_an_up_front_decision_is_worth_its_propensities_doubt_at_the_sites_that_
     from fmprog.backends.config import Function
     from fmprog.program import Invocation
 
-    ran = [Invocation(site_id="find", function=Function.detect, backend="d", cost=1.0, latency_s=0.0, ok=True)]
+    ran = [Invocation(site="find", function=Function.detect, backend="d", cost=1.0, latency_s=0.0, ok=True)]
     propensities = {"find": {"d": 0.7, "D": 0.3}, "ask": {"v": 0.5, "V": 0.5}}  # "ask" did not run
     assert label_value(None, propensities, ran) == pytest.approx(0.3)
     assert label_value(None, None, ran) == 0.0

@@ -177,7 +177,7 @@ def test_decisions_left_unlabelled_expire_and_their_late_labels_get_410(tmp_path
         # forgotten, or learned from with the default reward and the answers' real costs
         assert state["observed"] == (1 if expiry_reward is None else 3)
         with Store(tmp_path / "router.db") as store:
-            assert store.get_answer(never["decision_id"]).status == "expired"
+            assert store.get_frame(never["decision_id"]).status == "expired"
             assert store.get_feedback(never["decision_id"]) is None
 
 

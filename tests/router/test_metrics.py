@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fmprog.program import Invocation
 from router.metrics import RouterMetrics
-from router.schemas import AnswerResult, InvocationPublic
+from router.schemas import FrameResult
 from router.store import ProgramInfo, QualityCounts
 
 PROGRAM = "a" * 32
@@ -21,10 +22,8 @@ def samples(metrics: RouterMetrics) -> dict[tuple[str, tuple], float]:
     }
 
 
-def call(backend: str, cost: float, latency_s: float, ok: bool = True, **extra) -> InvocationPublic:
-    return InvocationPublic(
-        site="query@1:1", function="vqa", backend=backend, cost=cost, latency_s=latency_s, ok=ok, **extra
-    )
+def call(backend: str, cost: float, latency_s: float, ok: bool = True, **extra) -> Invocation:
+    return Invocation(site="query@1:1", function="vqa", backend=backend, cost=cost, latency_s=latency_s, ok=ok, **extra)
 
 
 def test_an_answer_counts_cost_seconds_retries_and_replacements():
@@ -34,7 +33,7 @@ def test_an_answer_counts_cost_seconds_retries_and_replacements():
         call("vqa-large", 10.0, 0.25, ok=False, attempt=2, error="timeout"),
         call("vqa-small", 1.0, 0.125, fallback_from="vqa-large"),
     ]
-    result = AnswerResult(
+    result = FrameResult(
         decision_id="b" * 32,
         program_id=PROGRAM,
         answer="yes",

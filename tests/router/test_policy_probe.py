@@ -49,7 +49,7 @@ class RestartingPolicy:
         self._check()
         self.specs[program_id] = spec
 
-    def decide(self, program_id: str, decision_id: str, image: bytes) -> PolicyDecision:
+    def decide(self, program_id: str, decision_id: str, image: bytes | None) -> PolicyDecision:
         self.asked += 1
         self._check()
         spec = self.specs[program_id]
@@ -104,7 +104,7 @@ def _open_circuit(service: RouterService, policy: RestartingPolicy, program_id: 
     policy.down = True
     asked = policy.asked
     assert [service.answer(program_id, FRAME).fallback for _ in range(2)] == [True, True]
-    assert policy.asked == asked + 2 and service.breaker.current_state == STATE_OPEN
+    assert policy.asked == asked + 2 and service.deciding.breaker.current_state == STATE_OPEN
 
 
 def test_a_restarted_policy_decides_frames_again_once_it_is_ready(service, policy):
@@ -113,16 +113,16 @@ def test_a_restarted_policy_decides_frames_again_once_it_is_ready(service, polic
     _open_circuit(service, policy, program.id)
 
     # down and not ready: the probes find it so, the circuit stays open and frames do not ask it
-    probe = service.breaker_probe
+    probe = service.deciding.breaker_probe
     _eventually(lambda: probe.probes >= 3, "three probes of the policy's readiness")
-    assert service.breaker.current_state == STATE_OPEN
+    assert service.deciding.breaker.current_state == STATE_OPEN
     assert [service.answer(program.id, FRAME).fallback for _ in range(3)] == [True] * 3
     assert policy.asked == 3  # skipped: not asked
 
     policy.down = False  # restarted, and ready
-    _eventually(lambda: service.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe")
+    _eventually(lambda: service.deciding.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe")
     assert service.answer(program.id, FRAME).fallback is False  # the trial frame: the policy decides it
-    assert policy.asked == 4 and service.breaker.current_state == STATE_CLOSED
+    assert policy.asked == 4 and service.deciding.breaker.current_state == STATE_CLOSED
     assert [service.answer(program.id, FRAME).fallback for _ in range(3)] == [False] * 3
     assert policy.asked == 7
 
@@ -132,17 +132,19 @@ def test_a_policy_ready_but_failing_is_tried_less_often(service, policy):
     assert service.answer(program.id, FRAME).fallback is False and policy.asked == 1
     _open_circuit(service, policy, program.id)
     policy.says_ready = True  # ready by its word, failing its decisions
-    probe = service.breaker_probe
+    probe = service.deciding.breaker_probe
     for trials in range(1, 3):
-        _eventually(lambda: service.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe")
+        _eventually(
+            lambda: service.deciding.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe"
+        )
         assert service.answer(program.id, FRAME).fallback is True  # the trial frame asked, and failed
-        assert policy.asked == 3 + trials and service.breaker.current_state == STATE_OPEN
+        assert policy.asked == 3 + trials and service.deciding.breaker.current_state == STATE_OPEN
         assert probe.wait_s == pytest.approx(PROBE_S * 2**trials)  # each failed trial doubles the interval
 
     policy.down = False
-    _eventually(lambda: service.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe")
+    _eventually(lambda: service.deciding.breaker.current_state == STATE_HALF_OPEN, "the circuit half-opened by a probe")
     assert service.answer(program.id, FRAME).fallback is False
-    assert service.breaker.current_state == STATE_CLOSED and probe.wait_s == PROBE_S
+    assert service.deciding.breaker.current_state == STATE_CLOSED and probe.wait_s == PROBE_S
 
 
 def test_a_port_without_readiness_waits_for_the_reset_timeout(tmp_path, policy):
@@ -167,8 +169,8 @@ def test_a_port_without_readiness_waits_for_the_reset_timeout(tmp_path, policy):
         assert service.answer(program.id, FRAME).fallback is False and silent.asked == 1
         _open_circuit(service, silent, program.id)
         silent.down = False
-        _eventually(lambda: service.breaker_probe.probes >= 3, "three probes of the policy's readiness")
-        assert service.breaker.current_state == STATE_OPEN
+        _eventually(lambda: service.deciding.breaker_probe.probes >= 3, "three probes of the policy's readiness")
+        assert service.deciding.breaker.current_state == STATE_OPEN
         assert service.answer(program.id, FRAME).fallback is True and silent.asked == 3
     finally:
         service.close()

@@ -91,7 +91,7 @@ def test_a_run_killed_at_its_deadline_is_answered_and_recorded_while_others_answ
         thread.join()
         stopped = results["hostile"]
         assert stopped.error is not None and stopped.error.kind == "timeout"
-        assert programs.store.get_answer(stopped.decision_id).error.kind == "timeout"  # type: ignore[union-attr]
+        assert programs.store.get_frame(stopped.decision_id).error.kind == "timeout"  # type: ignore[union-attr]
         assert answered_meanwhile >= 1  # not queued behind the hostile run
     finally:
         answerer.close()
@@ -110,7 +110,7 @@ def test_a_killed_run_s_answer_keeps_what_it_invoked_and_what_it_remembered(prog
         program = programs.register(create("person_on_bike").model_copy(update={"source": remembered}))
         stopped = answerer.answer(program.id, np.zeros((80, 100, 3), np.uint8), None)
         assert stopped.error is not None and stopped.error.kind == "timeout"
-        record = programs.store.get_answer(stopped.decision_id)
+        record = programs.store.get_frame(stopped.decision_id)
         find, exists = (site.id for site in program.call_sites)
         assert [(call.site, call.backend) for call in record.trace] == [(find, "detect-small")]
         assert record.executed_sites == [find, exists]

@@ -9,7 +9,7 @@ import pytest
 from fmprog.program import ExecutionLimits, api, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
 from fmprog.program.sandbox import _ATTRIBUTES, SAFE_BUILTINS, RunGuards
-from router import prompt
+from router.synthesis import prompt
 
 PATCH = "patch."
 

@@ -5,7 +5,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from router.schemas import FeedbackIn, ProgramCreate
+from fmprog.program import Invocation
+from router.schemas import FeedbackIn, FrameRecord, FrameResult, ProgramCreate
 
 SOURCE = "def execute_command(image):\n    return 'yes'\n"
 
@@ -63,3 +64,59 @@ def test_feedback_needs_a_decision_id_and_a_non_empty_label():
         FeedbackIn(decision_id="a" * 32, label="   ")
     with pytest.raises(ValidationError, match="decision_id"):
         FeedbackIn(decision_id="../etc", label="yes")
+
+
+STORED_CALL = {  # one item of a stored trace, as routers have always written it
+    "site": "query@1:1",
+    "function": "vqa",
+    "backend": "vqa-small",
+    "cost": 1.0,
+    "latency_s": 0.5,
+    "ok": False,
+    "attempt": 2,
+    "fallback_from": "vqa-large",
+    "error": "TimeoutError: read timed out",
+}
+
+
+def test_a_trace_is_the_runtimes_invocations_read_and_written_with_site_as_the_key():
+    gated = {
+        **STORED_CALL,
+        "ok": True,
+        "escalated_from": "vqa-tiny",
+        "features": {"call": 0, "site_calls": 0, "sites_left": 1},
+    }
+    record = FrameRecord.model_validate(
+        {
+            "id": "a" * 32,
+            "program_id": "b" * 32,
+            "kind": "binary",
+            "frame_id": None,
+            "decision": {"query@1:1": "vqa-large"},
+            "fallback": False,
+            "answer": "yes",
+            "error": None,
+            "trace": [STORED_CALL, gated],
+            "executed_sites": ["query@1:1"],
+            "site_costs": {"query@1:1": 2.0},
+            "cost": 2.0,
+            "latency_s": 1.0,
+            "status": "answered",
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+    )
+    assert all(type(call) is Invocation for call in record.trace)
+    assert [call.site for call in record.trace] == ["query@1:1", "query@1:1"]
+    result = FrameResult(
+        decision_id=record.id,
+        program_id=record.program_id,
+        decision=record.decision,
+        fallback=record.fallback,
+        trace=record.trace,
+        cost=record.cost,
+        latency_s=record.latency_s,
+    )
+    sent = result.model_dump(mode="json")["trace"]
+    assert sent[0] == STORED_CALL  # unset gate fields left out, as before
+    assert sent[1] == {**gated, "features": record.trace[1].features.model_dump(mode="json")}
+    assert FrameRecord.model_validate_json(record.model_dump_json()).trace == record.trace

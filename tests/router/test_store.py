@@ -55,7 +55,7 @@ def test_a_reopened_store_sees_programs_decisions_and_feedback(database, catalog
 
     with Store(database) as store:
         assert store.list_programs() == [public]
-        decision = store.get_answer(answered.decision_id)
+        decision = store.get_frame(answered.decision_id)
         assert decision.status == "resolved" and decision.frame_id == "f1" and decision.trace == answered.trace
         assert store.get_feedback(answered.decision_id).reward == first.reward
         again = FeedbackHandler(store).feedback(FeedbackIn(decision_id=answered.decision_id, label="no")).result
@@ -97,12 +97,12 @@ def test_a_version_4_file_is_migrated_forward_with_everything_in_it(tmp_path: Pa
     with Store(path) as store:
         assert [p.id for p in store.list_programs()] == [V4_BINARY, V4_OPEN]
         assert [p.name for p in store.list_programs()] == [None, None]  # registered before names
-        assert [a.id for a in store.list_answers(limit=10)] == V4_DECISIONS
-        assert [store.get_answer(d).status for d in V4_DECISIONS] == ["resolved"] * 3 + ["answered", "resolved"]
+        assert [a.id for a in store.list_frames(limit=10)] == V4_DECISIONS
+        assert [store.get_frame(d).status for d in V4_DECISIONS] == ["resolved"] * 3 + ["answered", "resolved"]
         assert store.get_feedback(V4_DECISIONS[2]).label == "no"
         # decided before propensities were logged: none, and no policy decision to evaluate
-        assert all(store.get_answer(d).propensity is None for d in V4_DECISIONS)
-        assert store.get_answer(V4_DECISIONS[0]).policy_decision is None
+        assert all(store.get_frame(d).propensity is None for d in V4_DECISIONS)
+        assert store.get_frame(V4_DECISIONS[0]).policy_decision is None
         cached = store.get_synthesized("is there a bike", "binary", "v1", "model")
         assert cached.attempts == 2 and cached.warnings == []  # cached before synthesis warnings
         [letter] = store.list_dead_letters()
@@ -205,16 +205,18 @@ def test_labelled_answers_come_newest_first_with_their_labels_propensities_and_d
     decision = PolicyDecision(
         algorithm="random", backends=answers[0].decision, propensities={"exists@3:23": {"detect-small": 0.5}}
     )
-    run = answerer.run(program, programs.compiled(program.id)[1], frame, answers[0].decision)
+    run = answerer.run(
+        program, programs.compiled(program.id)[1], frame, answerer.fixed_decision(program, answers[0].decision)
+    )
     run = run.model_copy(update={"propensity": 0.125, "policy_decision": decision})
     answerer.record(run)
     answerer.answer(other.id, frame, None)  # another program's, labelled: not read
     labels = {answers[1].decision_id: "yes", answers[3].decision_id: "no", run.id: "yes"}
     for decision_id, label in labels.items():
         FeedbackHandler(store).feedback(FeedbackIn(decision_id=decision_id, label=label))
-    FeedbackHandler(store).feedback(FeedbackIn(decision_id=store.list_answers(other.id)[0].id, label="no"))
+    FeedbackHandler(store).feedback(FeedbackIn(decision_id=store.list_frames(other.id)[0].id, label="no"))
 
-    read = store.labelled_answers(program.id, 10)
+    read = store.labelled_frames(program.id, 10)
     assert [(a.id, f.label) for a, f in read] == [
         (run.id, "yes"),
         (answers[3].decision_id, "no"),
@@ -223,7 +225,7 @@ def test_labelled_answers_come_newest_first_with_their_labels_propensities_and_d
     assert read[0][0].propensity == 0.125 and read[0][0].policy_decision == decision
     assert read[1][0].propensity == 1.0 and read[1][0].policy_decision is None and read[1][0].fallback
     assert read[0][1].reward == store.get_feedback(run.id).reward
-    assert [a.id for a, _ in store.labelled_answers(program.id, 2)] == [run.id, answers[3].decision_id]
+    assert [a.id for a, _ in store.labelled_frames(program.id, 2)] == [run.id, answers[3].decision_id]
 
 
 def test_retention_prunes_old_decisions_and_their_feedback_and_keeps_the_counts(programs, answerer, store, frame):
@@ -237,7 +239,7 @@ def test_retention_prunes_old_decisions_and_their_feedback_and_keeps_the_counts(
 
     pruned = store.prune(cutoff, batch=2)  # in two batches
     assert (pruned.decisions, pruned.feedback) == (3, 1)
-    assert [a.id for a in store.list_answers()] == [kept] and store.count_feedback() == 1
+    assert [a.id for a in store.list_frames()] == [kept] and store.count_feedback() == 1
     assert store.quality() == counts and store.list_programs() == [programs.get(public.id)]
     assert store.prune(cutoff).decisions == 0
     assert store.prune(utc_now() + timedelta(seconds=1)).decisions == 1

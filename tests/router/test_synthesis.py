@@ -21,16 +21,15 @@ from fmprog.backends.config import BackendSpec, ConfigError
 from fmprog.engines.base import Engine, EngineError
 from fmprog.program import ExecutionLimits
 from fmprog.vision.vocabulary import VocabularySpec
-from router import prompt
 from router.app import create_app
 from router.errors import BackendsRejected, SynthesisFailed, Unavailable
 from router.programs import ProgramRegistry
 from router.schemas import ProgramCreate
 from router.settings import RouterSettings
 from router.store import Store
-from router.synthesis import EngineChatModel, ProgramSynthesizer, normalize_query
-from router.synthesis_reply import answer_problem, extract_program
-from router.synthesis_scenes import looked_for, targeted_frames
+from router.synthesis import EngineChatModel, ProgramSynthesizer, normalize_query, prompt
+from router.synthesis.reply import answer_problem, extract_program
+from router.synthesis.scenes import looked_for, targeted_frames
 from tests.fakes import Zoo, box
 
 GOOD = """def execute_command(image):
@@ -540,7 +539,7 @@ def test_looked_for_reads_the_scene_words_of_literal_nouns():
 def test_targeted_frames_hold_every_object_the_program_looks_for():
     from fmprog.scene import generate_scene
     from fmprog.scene.seeds import ZOO_EVALUATION
-    from router.synthesis_scenes import TARGET_KNOBS, TARGET_POOL
+    from router.synthesis.scenes import TARGET_KNOBS, TARGET_POOL
 
     frames = targeted_frames(LIST_BUG, 2)
     assert len(frames) == 2

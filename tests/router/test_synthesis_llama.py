@@ -20,7 +20,7 @@ from fmprog.images import encode_png
 from fmprog.scene import generate_scene
 from router.app import create_app
 from router.settings import RouterSettings
-from router.synthesis_scenes import TARGETED_FRAMES
+from router.synthesis.scenes import TARGETED_FRAMES
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 pytest.importorskip("torch", reason="the zoo's vision models need torch")

@@ -15,7 +15,7 @@ from benchmarks.vqa.tracks import load_binary, load_open
 from fmprog.scene.seeds import CASCADE_PRIOR, SEED_RANGES, ZOO_EVALUATION, ZOO_TRAINING, SeedRange
 from fmprog.zoo import training
 from fmprog.zoo.evaluate import evaluation_set
-from router.synthesis_scenes import TARGET_POOL, _scene_pool
+from router.synthesis.scenes import TARGET_POOL, _scene_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 

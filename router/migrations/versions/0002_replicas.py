@@ -2,7 +2,7 @@
 claim and for retention, and schema_version 5 (routers from before Alembic refuse the file).
 
 ``program_quality`` starts from the labels already stored: each feedback row's decision is scored
-again under the default rewards (``fmprog.contract.score_answer``) to count it right or wrong.
+again under the default rewards (``fmprog.rewards.score_answer``) to count it right or wrong.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,7 +16,7 @@ from collections import defaultdict
 import sqlalchemy as sa
 from alembic import op
 
-from fmprog.contract import RewardConfig, is_yes, score_answer
+from fmprog.rewards import RewardConfig, is_yes, score_answer
 
 revision = "0002"
 down_revision = "0001"

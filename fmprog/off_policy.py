@@ -65,9 +65,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fmprog.contract import CallSiteSpec, GateSpread, PolicyDecision, SiteGate, TaskKind
+from fmprog.contract import CallSiteSpec, GateSpread, PolicyDecision, SiteGate
 from fmprog.program import Invocation, gate_vectors
 from fmprog.program.deciders import escalation_vector
+from fmprog.rewards import TaskKind
 from fmprog.thompson import argmax_probabilities, normal_cdf
 
 DRAWS = 4096
@@ -185,8 +186,8 @@ def run_events(decision: PolicyDecision, trace: Sequence[Invocation]) -> RunEven
     reasked: set[int] = set()
     for invocation, vector in zip(trace, vectors, strict=True):
         decided = invocation.fallback_from or invocation.backend
-        if invocation.site_id not in gates:
-            events.decided.setdefault(invocation.site_id, decision.backends.get(invocation.site_id, decided))
+        if invocation.site not in gates:
+            events.decided.setdefault(invocation.site, decision.backends.get(invocation.site, decided))
             continue
         call = invocation.features.call if invocation.features is not None else None
         if call is None:
@@ -200,15 +201,15 @@ def run_events(decision: PolicyDecision, trace: Sequence[Invocation]) -> RunEven
             continue
         firsts[call] = (invocation, tuple(vector) if vector is not None else None)
     for call, (invocation, vector) in firsts.items():
-        gate = gates[invocation.site_id]
+        gate = gates[invocation.site]
         chosen = invocation.fallback_from or invocation.backend
         if vector is None:  # the call failed or fell back: the numbers its gate saw are not rebuilt
             events.complete = False
             continue
-        events.choices.setdefault(invocation.site_id, []).append((vector, chosen))
+        events.choices.setdefault(invocation.site, []).append((vector, chosen))
         answer = invocation.features.answer if invocation.features is not None else None
         if gate.escalate_to is not None and chosen != gate.escalate_to and invocation.ok and answer is not None:
-            events.escalations.setdefault(invocation.site_id, []).append(
+            events.escalations.setdefault(invocation.site, []).append(
                 (tuple(escalation_vector(vector, answer)), call in reasked)
             )
     return events

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from fmprog.contract import TaskKind
+from fmprog.rewards import TaskKind
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 

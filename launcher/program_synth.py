@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from fmprog.engines.base import EngineError
     from router.errors import RouterError
     from router.settings import RouterSettings
-    from router.synthesis import ProgramSynthesizer, synthesis_model
+    from router.synthesis.synthesizer import ProgramSynthesizer, synthesis_model
 
     overrides: dict[str, Any] = {"backends_config": args.config}
     if args.attempts is not None:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmprog.backends.functions import FUNCTIONS, PromptLine
-from fmprog.contract import TaskKind
 from fmprog.engines.chat import Message
 from fmprog.program import api
+from fmprog.rewards import TaskKind
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,23 @@
-"""Pieces every fmprog HTTP service shares: one error shape, readable validation errors, bearer
-authentication, a request size limit and a check of JSON bodies (pure ASGI middlewares; only the
-last one buffers a body, a JSON one, which the routes read whole anyway)."""
+"""The middlewares every fmprog service runs behind (pure ASGI; only the JSON guard buffers a body,
+a JSON one, which the routes read whole anyway): bearer authentication, loopback only for a service
+with no key, a request size limit and a check of JSON bodies; and ``add_security``, which puts an
+app behind them as its settings say."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
 import re
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from fastapi import FastAPI
+from pydantic import SecretStr
+from starlette.middleware import Middleware
+
+from fmprog.web.operations import OPEN_PATHS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,90 +26,36 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-@contextlib.contextmanager
-def every(interval_s: float, work: Callable[[], object], *, name: str, join_timeout_s: float = 30) -> Iterator[None]:
-    """Run ``work`` every ``interval_s`` in a daemon thread while the block runs (an app's
-    background trainer or courier); stop it and wait for the round in progress on exit."""
-    stop = threading.Event()
+class ServiceSettings(Protocol):
+    """What ``add_security`` reads of a service's settings (a pydantic-settings class)."""
 
-    def loop() -> None:
-        while not stop.wait(interval_s):
-            work()
+    model_config: Mapping[str, Any]
 
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=join_timeout_s)
+    @property
+    def max_request_bytes(self) -> int: ...
+
+    @property
+    def api_key(self) -> SecretStr | None: ...
 
 
-def add_operations_routes(app: FastAPI, readiness: Callable[[Any], dict[str, Any]]) -> None:
-    """``GET /metrics`` (the registry at ``app.state.service.metrics.registry``), ``GET /healthz``
-    (the process answers) and ``GET /readyz`` (503 until ``app.state.service`` exists, then
-    ``readiness(service)``)."""
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        registry = request.app.state.service.metrics.registry
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses=error_responses(503))
-    async def readyz(request: Request) -> Any:
-        service = getattr(request.app.state, "service", None)
-        if service is None:
-            return JSONResponse({"detail": "starting"}, status_code=503)
-        return {"status": "ready", **readiness(service)}
+def api_key_setting(settings: ServiceSettings) -> str:
+    """The environment variable that sets a service's API key (``FMPROG_ROUTER_API_KEY``)."""
+    return f"{settings.model_config.get('env_prefix', '')}API_KEY"
 
 
-class ErrorResponse(BaseModel):
-    """Every error reply: one line that names the problem."""
-
-    detail: str
-
-
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for a route's error codes, all with the shared ErrorResponse shape."""
-    return {code: {"model": ErrorResponse} for code in codes}
-
-
-def declare_error_shape(app: FastAPI) -> None:
-    """Make the OpenAPI document say what every error reply is: the ``ErrorResponse`` shape (a
-    ``detail`` string), including the 422 FastAPI adds by itself to routes with parameters (its
-    ``HTTPValidationError``, a list, which ``validation_error_handler`` never returns)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        ours = "#/components/schemas/ErrorResponse"
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                for code, response in operation.get("responses", {}).items():
-                    if str(code)[0] in "45":
-                        response["content"] = {"application/json": {"schema": {"$ref": ours}}}
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
-        components["ErrorResponse"] = ErrorResponse.model_json_schema()
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
-    """422 with one readable line per problem, each naming its field: ``body.label: Field required``."""
-    if not isinstance(exc, RequestValidationError):
-        raise exc
-    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-    return JSONResponse({"detail": problems}, status_code=422)
+def add_security(app: FastAPI, settings: ServiceSettings, *, auth: Middleware | None = None) -> None:
+    """Put ``app`` behind the middlewares of every fmprog service, outermost first: authentication,
+    the body limit (413 past ``settings.max_request_bytes``) and the JSON guard (inside the limit:
+    it reads no more than that). Authentication is ``auth`` when given (the router's tenant keys);
+    else ``Authorization: Bearer`` with ``settings.api_key`` (the operations routes open), or, with
+    no key, loopback only."""
+    if auth is None and settings.api_key is not None:
+        auth = Middleware(BearerAuth, key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS)
+    elif auth is None:
+        auth = Middleware(LoopbackOnly, setting=api_key_setting(settings))
+    app.add_middleware(JsonGuard)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(auth.cls, *auth.args, **auth.kwargs)
 
 
 async def reply_problem(send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:

@@ -1,4 +1,4 @@
-"""Off-policy evaluation (``fmprog.evaluation``) against the real cascade policy and executor: a
+"""Off-policy evaluation (``fmprog.off_policy``) against the real cascade policy and executor: a
 run's probability against how often the policy actually makes that run, and the estimates of a
 policy at another lambda and of static policies against live runs of those policies on the same
 frames."""
@@ -10,17 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fmprog.contract import (
-    CONTEXT_FEATURES,
-    Feedback,
-    GateSpread,
-    PolicySpec,
-    RewardConfig,
-    SiteGate,
-    is_yes,
-    score_answer,
-)
-from fmprog.evaluation import (
+from fmprog.contract import CONTEXT_FEATURES, Feedback, GateSpread, PolicySpec, SiteGate
+from fmprog.off_policy import (
     LoggedRun,
     RunEvents,
     Target,
@@ -30,6 +21,7 @@ from fmprog.evaluation import (
     run_probability,
 )
 from fmprog.program import Executor, GateDecider, compile_program
+from fmprog.rewards import RewardConfig, is_yes, score_answer
 from policy.algorithms import build_policy
 from router.gating import gate_records
 from tests.fakes import CANDIDATE, COSTS, Zoo, box
@@ -101,8 +93,8 @@ def learned_cascade(lam: float, frames: int = 150):
         run = world.run(decision, state, label)
         feedback = Feedback(
             reward=run.task,
-            executed_sites=sorted({i.site_id for i in run.trace}),
-            costs=dict(Counter({i.site_id: 0.0 for i in run.trace}) | _site_costs(run)),
+            executed_sites=sorted({i.site for i in run.trace}),
+            costs=dict(Counter({i.site: 0.0 for i in run.trace}) | _site_costs(run)),
             invocations=gate_records(run.trace, "binary", label, RewardConfig()),
         )
         policy.observe(decision, feedback)
@@ -112,7 +104,7 @@ def learned_cascade(lam: float, frames: int = 150):
 def _site_costs(run: LoggedRun) -> dict[str, float]:
     costs: dict[str, float] = {}
     for invocation in run.trace:
-        costs[invocation.site_id] = costs.get(invocation.site_id, 0.0) + invocation.cost
+        costs[invocation.site] = costs.get(invocation.site, 0.0) + invocation.cost
     return costs
 
 
@@ -206,7 +198,7 @@ def test_another_lambda_of_structured_is_estimated_from_its_score_spreads(target
         label, state = world.frame()
         decision = logging.decide(FRAME)
         run = world.run(decision, state, label)
-        executed = sorted({i.site_id for i in run.trace})
+        executed = sorted({i.site for i in run.trace})
         logging.observe(decision, Feedback(reward=run.task, executed_sites=executed, costs=_site_costs(run)))
         logging.train()
     frames = [world.frame() for _ in range(1500)]

@@ -1,4 +1,4 @@
-"""``fmprog program synth`` (router.synthesis_cli) with a scripted model: the program on stdout, the
+"""``fmprog program synth`` (launcher.program_synth) with a scripted model: the program on stdout, the
 attempts on stderr, exit 0 / 1 / 2; the dry run with the configuration's cheapest backends loaded
 in process."""
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from router import synthesis, synthesis_cli
+from launcher import program_synth as synthesis_cli
+from router.synthesis import synthesizer as synthesis
 from tests.router.test_synthesis import GOOD, HOSTILE, ScriptedModel, fenced
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "fmprog" / "configs" / "synthetic.yaml")

@@ -4,14 +4,14 @@ The paper compiles each task into a program with an LLM once, offline. The route
 task is registered (``POST /programs {query, kind}``), and must do it reliably with whatever model
 it is given, down to a 0.5B one on a CPU:
 
-1. ask the model for a program (``router.prompt``: the program API, rules, few-shot examples);
-2. extract the code from the reply (``router.synthesis_reply``: a fenced block, or bare code; a
+1. ask the model for a program (``router.synthesis.prompt``: the program API, rules, few-shot examples);
+2. extract the code from the reply (``router.synthesis.reply``: a fenced block, or bare code; a
    body without ``def execute_command`` is wrapped in one, usage lines after it are dropped);
 3. validate it with the runtime (``compile_program``: the sandbox's rules, and that every name and
    patch method it calls exists);
 4. check that this router has a backend for every function it calls;
 5. dry-run it on generated scene frames with the router's backends under the cheapest decision:
-   first on scenes that hold every object the program looks for (``router.synthesis_scenes``:
+   first on scenes that hold every object the program looks for (``router.synthesis.scenes``:
    ``find("purple hexagon")`` and ``find("orange circle")``: a scene with both), so that the code
    that handles found objects runs; then on at least ``dry_run_frames`` ordinary scenes, where
    objects are often missing, and more (up to ``DRY_RUN_POOL``) until every call site has run
@@ -50,20 +50,20 @@ from fmprog.backends.engine_config import (
     PackageFileSource,
     PackagePartsSource,
 )
-from fmprog.contract import TaskKind
 from fmprog.engines.base import Engine, EngineError
 from fmprog.engines.chat import Message
 from fmprog.program import ExecutionLimits, Executor, Program, ProgramRejected, compile_program
 from fmprog.program.callsites import ROUTED_METHODS
 from fmprog.program.scope import scope_warnings
+from fmprog.rewards import TaskKind
 from fmprog.scene.generator import DIFFICULTIES, generate_scene
-from router import prompt
 from router.candidates import candidate_backends
 from router.errors import BackendsRejected, Unavailable
 from router.schemas import CandidateBackend, SynthesisPublic
 from router.store import Store
-from router.synthesis_reply import answer_problem, extract_program
-from router.synthesis_scenes import TARGETED_FRAMES, targeted_frames
+from router.synthesis import prompt
+from router.synthesis.reply import answer_problem, extract_program
+from router.synthesis.scenes import TARGETED_FRAMES, targeted_frames
 
 DRY_RUN_POOL = 16  # frames a dry run may use while some call site has not run yet
 _REPLY_SHOWN = 2000  # characters of a reply without code that are shown back to the model
