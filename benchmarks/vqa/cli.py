@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-off-policy", action="store_true", help="leave out the off-policy estimates from the gated run's logs"
     )
+    parser.add_argument("--seed", type=int, help="every learned policy's seed (default 42)")
+    parser.add_argument(
+        "--hyperparameters",
+        help="JSON, per algorithm, hyper-parameters over the benchmark's, e.g. "
+        '\'{"cascade": {"drift_window": 200}}\' (tune on --split validation)',
+    )
     parser.add_argument("--queries-per-type", type=int)
     parser.add_argument("--queries", type=int, help="at most this many queries per track (after --queries-per-type)")
     parser.add_argument("--frames", type=int, help="cut every stream to its first N frames")
@@ -109,6 +116,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         "cache",
         "coco_root",
         "images_root",
+        "seed",
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -120,6 +128,8 @@ def settings_from(args: argparse.Namespace) -> Any:
         for track in ("binary", "open", "video"):
             if track not in only:
                 values[track] = None
+    if args.hyperparameters is not None:
+        values["hyperparameters"] = json.loads(args.hyperparameters)
     if args.costs is not None:
         values["costs"] = None if args.costs == "own" else Path(args.costs)
     if args.lambdas:

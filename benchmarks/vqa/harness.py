@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,6 +234,8 @@ class ReplaySetup:
     whole_query: bool = True
     random: bool = True
     seed: int = 42
+    hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per algorithm, hyper-parameters over the benchmark's own (``policy_spec``)."""
     drift: Drift | None = None
     """Binary track, gated policies at each lambda: a run whose backend degrades mid-stream, beside
     the hand-fixed cascade under the same drift."""
@@ -302,8 +305,16 @@ def outcome(trace: Trace, kind: TaskKind, label: str) -> Outcome:
 
 
 def policy_spec(
-    program: Program, backends: BackendRegistry, lam: float, algorithm: str, seed: int, kind: TaskKind = "binary"
+    program: Program,
+    backends: BackendRegistry,
+    lam: float,
+    algorithm: str,
+    seed: int,
+    kind: TaskKind = "binary",
+    extra: Mapping[str, Any] | None = None,
 ) -> PolicySpec:
+    """The spec of ``algorithm`` on the program's call sites; ``extra`` hyper-parameters over the
+    benchmark's own."""
     candidates = site_backends(program, backends)
     sites = [
         CallSiteSpec(
@@ -318,6 +329,7 @@ def policy_spec(
     else:  # the authors' own variant (structured_code) takes the raw task reward, as their code does
         scaled = "reward_scale" in algorithm_class(algorithm).Params.model_fields
         hyperparameters = {"reward_scale": REWARD_SCALE} if scaled else {}
+    hyperparameters = {**hyperparameters, **(extra or {})}
     return PolicySpec(sites=sites, lam=lam, algorithm=algorithm, hyperparameters=hyperparameters, seed=seed)
 
 
@@ -545,7 +557,9 @@ def query_outcomes(
             )
     for lam in setup.lambdas:
         for algorithm in setup.policies:
-            spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
+            spec = policy_spec(
+                program, backends, lam, algorithm, setup.seed, kind, setup.hyperparameters.get(algorithm)
+            )
             if algorithm in GATED:
                 log = [] if setup.off_policy and lam == setup.label_lambda else None
                 runs[(algorithm, lam)] = replay_gated(spec, executor, program, frames, labels, kind, log=log)
@@ -564,7 +578,9 @@ def query_outcomes(
         if setup.drift is not None and kind == "binary":
             for algorithm in sorted(GATED & set(setup.policies)):
                 drifting, switch = degrading(backends, setup.drift, len(frames), setup.seed)
-                spec = policy_spec(program, backends, lam, algorithm, setup.seed, kind)
+                spec = policy_spec(
+                    program, backends, lam, algorithm, setup.seed, kind, setup.hyperparameters.get(algorithm)
+                )
                 runs[(f"{algorithm}-drift", lam)] = replay_gated(
                     spec, Executor(drifting), program, frames, labels, kind, drift=switch
                 )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from benchmarks.provenance import provenance
 from benchmarks.vqa.harness import (
@@ -93,7 +93,11 @@ class BenchSettings(BaseModel):
     cache: Path | None = Field(default=None, description="Output cache (SQLite); default <out>/cache.sqlite3.")
     coco_root: Path | None = None
     images_root: Path | None = None
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, description="Every learned policy's seed (and the drift's corruption).")
+    hyperparameters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per algorithm, hyper-parameters over the benchmark's own (tune them on the validation split).",
+    )
     drift_backend: str | None = Field(
         default="vqa-small",
         description="Binary track, gated policies: this backend degrades halfway (None: no drift run).",
@@ -134,11 +138,19 @@ class BenchSettings(BaseModel):
         for fraction in self.label_fractions:
             if not 0 < fraction < 1:
                 raise ValueError(f"a label fraction is a share of frames in (0, 1), got {fraction}")
-        from policy.algorithms import ALGORITHMS
+        from policy.algorithms import ALGORITHMS, algorithm_class
 
         unknown = sorted(set(self.policies) - set(ALGORITHMS))
         if unknown:
             raise ValueError(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(ALGORITHMS))})")
+        for algorithm, hyperparameters in self.hyperparameters.items():
+            if algorithm not in ALGORITHMS:
+                raise ValueError(f"hyper-parameters for unknown policy {algorithm!r}")
+            try:  # before any worker starts: a bad name or value fails here, not in every replay
+                algorithm_class(algorithm).Params.model_validate(hyperparameters)
+            except ValidationError as exc:
+                raise ValueError(f"hyper-parameters of {algorithm}: {exc.errors()[0]['msg']} "
+                                 f"({'.'.join(map(str, exc.errors()[0]['loc']))})") from None  # fmt: skip
         for path in (self.binary, self.open, self.video, self.config, self.costs, self.video_config):
             if path is not None and not path.exists():
                 raise ValueError(f"{path} does not exist")
@@ -215,6 +227,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str, int], None] 
         "policies": settings.policies,
         "whole_query": settings.whole_query,
         "seed": settings.seed,
+        "hyperparameters": settings.hyperparameters,
         "drift": None if settings.drift_backend is None else Drift(settings.drift_backend, settings.drift_rate),
         "label_plans": settings.label_plans(),
         "label_lambda": settings.label_lambda(),

@@ -307,6 +307,29 @@ def test_fmprog_bench_refuses_bad_settings(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--drift-backend", "nope"]) == 2
     assert "not a backend" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--hyperparameters", '{"cascade": {"nu": -1}}']) == 2
+    assert "hyper-parameters of cascade" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--hyperparameters", '{"cascade": {"bogus": 1}}']) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path), "--hyperparameters", '{"oracle": {}}']) == 2
+    assert "unknown policy 'oracle'" in capsys.readouterr().err
+
+
+def test_a_run_takes_a_seed_and_an_algorithms_hyperparameters_over_the_benchmarks(vision_config, stream):
+    import argparse
+
+    from benchmarks.vqa.cli import add_arguments, settings_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--seed", "7", "--hyperparameters", '{"cascade": {"nu": 0.5}}'])
+    settings = settings_from(args)
+    assert settings.seed == 7 and settings.hyperparameters == {"cascade": {"nu": 0.5}}
+    backends = cached_registry(load_backends(vision_config, PRICES), OutputCache())
+    extra = settings.hyperparameters["cascade"]
+    spec = policy_spec(compile_program(stream.program), backends, 1e-3, "cascade", settings.seed, "binary", extra)
+    assert spec.seed == 7 and spec.hyperparameters == {"kind": "binary", "nu": 0.5}
+    assert build_policy(spec).params.nu == 0.5
 
 
 POOL_SCRIPT = """
