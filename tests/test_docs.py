@@ -4,9 +4,7 @@ index lists every page, and every setting has a description for docs/settings.md
 
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -14,22 +12,13 @@ from types import ModuleType
 import pytest
 
 from benchmarks.figures import without_code
+from tests.deploy.manifests import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README_LINES = 300
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
-
-
-@functools.cache
-def load_script(name: str) -> ModuleType:
-    """A module from scripts/ (not a package), imported by path."""
-    spec = importlib.util.spec_from_file_location(f"_docs_{name}", ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
