@@ -82,11 +82,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load import SYNTHETIC, VISION, descendants, service_pid
+from benchmarks.load import SYNTHETIC, VISION, RssSampler, command_line, descendants, rss_kb, service_pid
 from benchmarks.provenance import provenance
 
 PROBES = ("isolation", "noisy_neighbour", "bad_inputs", "overload", "memory", "policy_restart", "serve_gone")
-SAMPLE_EVERY_S = 0.2
 JSON = {"content-type": "application/json"}
 NESTED_DEPTH = 5_000
 SAMPLE_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -592,23 +591,6 @@ def fmprog_keys_create(state_dir: Path, tenant: str, *, admin: bool = False) -> 
     command = [*fmprog_command(), "keys", "create", tenant, "--state-dir", str(state_dir)]
     done = subprocess.run(command + (["--admin"] if admin else []), capture_output=True, text=True, check=True)
     return done.stdout.strip()
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def alive(pid: int) -> bool:
@@ -1285,44 +1267,6 @@ def probe_overload(ctx: Context, callers: int = 128, seconds: float = 20.0) -> d
 
 
 # -- 5. memory --------------------------------------------------------------------------------
-
-
-@dataclass
-class RssSampler:
-    """Samples the resident memory of a process and all its descendants every ``every_s``."""
-
-    pid: int
-    every_s: float = SAMPLE_EVERY_S
-    peak_total_kb: int = 0
-    peak_process_kb: int = 0
-    peak_descendants: int = 0
-    samples: int = 0
-    kinds: Counter[str] = field(default_factory=Counter)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        seen: set[int] = set()
-        while not self._stop.wait(self.every_s):
-            children = descendants(self.pid)
-            for pid in set(children) - seen:
-                self.kinds[command_line(pid)[:80]] += 1
-            seen.update(children)
-            sizes = [rss_kb(pid) for pid in [self.pid, *children]]
-            self.peak_total_kb = max(self.peak_total_kb, sum(sizes))
-            self.peak_process_kb = max([self.peak_process_kb, *sizes[1:]])
-            self.peak_descendants = max(self.peak_descendants, len(children))
-            self.samples += 1
 
 
 async def _memory_load(

@@ -118,18 +118,37 @@ def service_pid(stack: StackProcess, app: str) -> int:
     raise RuntimeError(f"no process serves {app}")
 
 
-@dataclass
-class MemorySampler:
-    """Samples the resident memory of the router with its program workers while the run goes."""
+def rss_kb(pid: int) -> int:
+    """A process's resident memory in kB (0 once it is gone)."""
+    return _status_kb(pid, "VmRSS") or 0
 
-    router: int
-    peak_router_with_workers_kb: int = 0
-    peak_workers: int = 0
+
+def command_line(pid: int) -> str:
+    """A process's command line, its arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class RssSampler:
+    """Samples the resident memory of a process and all its descendants every ``every_s`` while
+    the block runs: the peak of their sum, of a single descendant, how many there were, and the
+    command lines of the descendants seen."""
+
+    pid: int
+    every_s: float = SAMPLE_EVERY_S
+    peak_total_kb: int = 0
+    peak_process_kb: int = 0
+    peak_descendants: int = 0
+    samples: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> MemorySampler:
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
         self._thread.start()
         return self
 
@@ -139,11 +158,17 @@ class MemorySampler:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_EVERY_S):
-            workers = descendants(self.router)
-            total = sum(_status_kb(pid, "VmRSS") or 0 for pid in [self.router, *workers])
-            self.peak_router_with_workers_kb = max(self.peak_router_with_workers_kb, total)
-            self.peak_workers = max(self.peak_workers, len(workers))
+        seen: set[int] = set()
+        while not self._stop.wait(self.every_s):
+            children = descendants(self.pid)
+            for pid in set(children) - seen:
+                self.kinds[command_line(pid)[:80]] += 1
+            seen.update(children)
+            sizes = [rss_kb(pid) for pid in [self.pid, *children]]
+            self.peak_total_kb = max(self.peak_total_kb, sum(sizes))
+            self.peak_process_kb = max([self.peak_process_kb, *sizes[1:]])
+            self.peak_descendants = max(self.peak_descendants, len(children))
+            self.samples += 1
 
 
 # -- the load ---------------------------------------------------------------------------------
@@ -269,7 +294,7 @@ def main() -> None:
             program.raise_for_status()
             program_id = program.json()["id"]
             load_before = os.getloadavg()[0]
-            with MemorySampler(router_pid) as memory:
+            with RssSampler(router_pid) as memory:
                 # The router starts its program workers on demand (about 0.3 s of CPU each): a
                 # burst at full concurrency first, not counted, so that the run sees the pool warm.
                 asyncio.run(
@@ -311,8 +336,8 @@ def main() -> None:
         "labels_learned_by_the_policy": policy_learned,
         "peak_rss_mb": {
             "router": round((router_hwm or 0) / 1024, 1),
-            "router_with_program_workers": round(memory.peak_router_with_workers_kb / 1024, 1),
-            "program_workers": memory.peak_workers,
+            "router_with_program_workers": round(memory.peak_total_kb / 1024, 1),
+            "program_workers": memory.peak_descendants,
             "policy": round((policy_hwm or 0) / 1024, 1),
         },
         "service_restarts": len(restarts),
