@@ -47,7 +47,8 @@ class StackProcess:
     ``with StackProcess(settings) as stack:`` returns once it printed that it is ready (StackError
     with its output if it exits or times out first); leaving the block sends SIGTERM and waits.
     Its output (stdout and stderr together, terminal colour codes removed) is kept in ``lines`` and,
-    with ``echo``, passed on line by line.
+    with ``echo``, passed on line by line. With ``command``, that command line runs as given (a
+    README's, say) in the environment ``env``, and the keys of ``settings`` are not set for it.
     """
 
     def __init__(
@@ -57,8 +58,10 @@ class StackProcess:
         echo: Callable[[str], None] | None = None,
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 300.0,
+        command: list[str] | None = None,
     ):
         self.settings = settings
+        self.command = command
         self.echo = echo
         self.env = env
         self.ready_timeout_s = ready_timeout_s
@@ -68,13 +71,14 @@ class StackProcess:
 
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
-        env.pop("FMPROG_ROUTER_API_KEY", None)
-        if self.settings.api_key is not None:
-            env["FMPROG_ROUTER_API_KEY"] = self.settings.api_key.get_secret_value()
-        env["FMPROG_POLICY_API_KEY"] = self.settings.policy_api_key.get_secret_value()
+        if self.command is None:
+            env.pop("FMPROG_ROUTER_API_KEY", None)
+            if self.settings.api_key is not None:
+                env["FMPROG_ROUTER_API_KEY"] = self.settings.api_key.get_secret_value()
+            env["FMPROG_POLICY_API_KEY"] = self.settings.policy_api_key.get_secret_value()
         env["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
-            [*fmprog_command(), "up", *up_arguments(self.settings)],
+            self.command or [*fmprog_command(), "up", *up_arguments(self.settings)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -21,8 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from launcher.process import ANSI_ESCAPE
-from launcher.settings import READY
+from launcher.process import StackProcess
+from launcher.settings import StackSettings
 from services.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,51 +109,16 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     steps = quickstart()
     command = shlex.split(steps.up.code, comments=True)
     assert command[1:2] == ["up"] and Path(command[0]).name == "fmprog", steps.up.code
+    command[0] = str(ROOT / command[0])  # the README runs it from the repository root
     router_port, policy_port, serve_port = _free_ports(3)
     state = tmp_path_factory.mktemp("quickstart") / "state"
     command += ["--state-dir", str(state), "--router-port", str(router_port)]
     command += ["--policy-port", str(policy_port), "--serve-port", str(serve_port)]
     env = {name: value for name, value in os.environ.items() if not name.startswith("FMPROG_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = ANSI_ESCAPE.sub("", raw.rstrip("\n"))
-            lines.append(line)
-            if line.startswith(READY):
-                ready.set()
-
-    reader = threading.Thread(target=read, name="quickstart-fmprog-up", daemon=True)
-    reader.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    try:
-        while not ready.wait(0.5):
-            assert process.poll() is None, "fmprog up exited:\n" + "\n".join(lines[-40:])
-            assert time.monotonic() < deadline, "fmprog up was not ready:\n" + "\n".join(lines[-40:])
-        yield Cluster(f"127.0.0.1:{router_port}", env, process, lines)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        reader.join(timeout=5)
+    stack = StackProcess(StackSettings(), env=env, ready_timeout_s=READY_TIMEOUT_S, command=command)
+    with stack:  # its state and ports this test's; SIGTERM when the module is done, unless a test stopped it
+        assert stack.process is not None
+        yield Cluster(f"127.0.0.1:{router_port}", env, stack.process, stack.lines)
 
 
 def _counted(cluster: Cluster, name: str, program: str, **labels: str) -> float:
