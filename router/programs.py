@@ -102,8 +102,8 @@ class ProgramRegistry:
         self.catalog = catalog
         self.synthesizer = synthesizer
         self.synthesis_off = synthesis_off
-        self._compiled: dict[str, tuple[ProgramPublic, Program]] = {}
-        self._inputs: dict[str, tuple[ProgramPublic, FrameInput]] = {}  # with the program they were read from
+        # per program: the stored version, compiled, and what of a frame its policy reads
+        self._compiled: dict[str, tuple[ProgramPublic, Program, FrameInput]] = {}
         self._lock = threading.Lock()
 
     def register(
@@ -157,8 +157,7 @@ class ProgramRegistry:
         message = QueuedMessage("register", public.id, spec.model_dump_json(by_alias=True)) if tell_policy else None
         self.store.add_program(public, message)
         with self._lock:
-            self._compiled[public.id] = (public, program)
-            self._inputs[public.id] = (public, frame_input(spec))
+            self._compiled[public.id] = (public, program, frame_input(spec))
         return public
 
     def _synthesize(self, request: ProgramCreate) -> tuple[str, SynthesisPublic]:
@@ -185,7 +184,6 @@ class ProgramRegistry:
         self.store.delete_program(program_id, QueuedMessage("delete", program_id, "{}") if tell_policy else None)
         with self._lock:
             self._compiled.pop(program_id, None)
-            self._inputs.pop(program_id, None)
 
     def compiled(self, program_id: str) -> tuple[ProgramPublic, Program]:
         """The stored program with its compiled form, kept in this process after first use; each
@@ -195,22 +193,19 @@ class ProgramRegistry:
         with self._lock:
             cached = self._compiled.get(program_id)
         if cached is not None and cached[0].digest == digest:
-            return cached
+            return cached[0], cached[1]
         public = self.store.get_program(program_id)
         # A stored program passed registration's checks when it was registered: it runs as it did then.
-        entry = (public, compile_program(public.source, check_names=False))
+        compiled, reads = compile_program(public.source, check_names=False), policy_frame_input(public)
         with self._lock:
-            self._compiled[program_id] = entry
-        return entry
+            self._compiled[program_id] = (public, compiled, reads)
+        return public, compiled
 
     def frame_input(self, program: ProgramPublic) -> FrameInput:
-        """What of a frame ``program``'s policy reads (``policy_frame_input``), kept with it in this
-        process: worked out again only for another version of the program (another object)."""
+        """What of a frame ``program``'s policy reads (``policy_frame_input``): kept with the version
+        :meth:`compiled` returned (the same object), worked out again for any other."""
         with self._lock:
-            cached = self._inputs.get(program.id)
+            cached = self._compiled.get(program.id)
         if cached is not None and cached[0] is program:
-            return cached[1]
-        reads = policy_frame_input(program)
-        with self._lock:
-            self._inputs[program.id] = (program, reads)
-        return reads
+            return cached[2]
+        return policy_frame_input(program)
