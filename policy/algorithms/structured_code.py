@@ -1,50 +1,105 @@
 """``structured_code``: the structured policy as the authors' research code runs it.
 
 Where the paper and the authors' code differ, ``structured`` follows the paper and this module
-the code (see PAPER.md, "What the authors' code does"):
+the code (see PAPER.md, "What the authors' code does"). File and line references are to that
+code (github.com/Flitternie/FMProgramming, commit 3e4c464); its per-site policy is ``Reinforce``
+in routing/algorithms.py, driven by ``StructuredRouter`` in routing/__init__.py.
 
-- **Sub-policy**: per call site a randomly initialised ResNet-18 (:mod:`.resnet`) on the raw
-  frame resized to ``input_size`` x ``input_size`` (default 256; bilinear, antialiased) in
-  [0, 1], one logit per backend. ``width`` (default 64, ResNet-18 proper) and ``input_size`` can
+- **Sub-policy**: per call site the network their ``CNN(num_classes)`` builds (routing/networks.py
+  56-63): torchvision's ResNet-18, not pretrained, built with its 1000-way head, which is then
+  replaced by a new linear head with one logit per backend
+  (:func:`.resnet.resnet18_with_new_head`: the same initial weights for the same torch seed). The
+  networks are drawn one after another in the spec's site order from torch's generator seeded
+  with the spec's seed (default 42: they call ``set_seed(42)`` before building each query's
+  router, main_verification.py 46, main_vqa.py 51). The input is the raw frame resized to
+  ``input_size`` x ``input_size`` (default 256) by PIL's bilinear resize, which is what their
+  ``transforms.Resize((256, 256))`` does to a PIL image, in [0, 1] (their ``ToTensor``;
+  utils_verification.py 52-55). ``width`` (default 64, ResNet-18 proper) and ``input_size`` can
   be lowered for tests and CPUs.
-- **Deciding**: per backend ``a`` the score ``logit_a + Normal(0, nu * sigma_a) - lambda * cost_a``
-  (cost in the spec's unit, millions of parameters), argmax. ``sigma_a^2 = reg * sum(g_a^2 / U)``
-  with ``g_a`` the gradient of ``logit_a`` with respect to **all** the sub-policy's parameters
-  and ``U`` **diagonal**, one entry per parameter, initialised to ``reg`` (default 1e-4; ``nu``
-  0.1). ``sigma_a^2`` is clamped below at 1e-6 as in that code. Cost enters only here. The
-  decision's propensities are each backend's probability of winning that draw
-  (:func:`fmprog.thompson.argmax_probabilities`), sites drawn independently; its ``score_spreads``
-  each draw's mean and spread (the cost term moving the mean by ``-cost_a`` per unit of lambda).
-- **Feedback**: only sites that executed get the sample ``(input, chosen backend, task reward)``
-  and the update ``U += g_chosen^2``. The task reward is the raw one (``Feedback.task_term``: the
+- **Batch norm**: their networks are never put in eval mode (``train()`` calls
+  ``self.model.train()``, nothing calls ``eval()``), so batch norm always normalises by the
+  statistics of the batch at hand: the one frame when deciding (the logits and the gradients
+  ``g`` for sigma), the training batch when training. The same here, and also for the gradient of
+  the ``U`` update. Train mode never reads the running statistics (``running_mean``,
+  ``running_var``, ``num_batches_tracked``), so they change no logit, gradient or decision. Their
+  code updates them on every forward; here only training's forwards update them, on the copies
+  that training swaps in. Deciding and ``observe`` run :meth:`.resnet.ResNet18.forward` with
+  ``update_running_stats=False``, which writes nothing to the network: concurrent decisions then
+  neither race on the buffers (unlocked in-place updates from several threads) nor change a
+  network while training copies it or a snapshot holds its tensors (both rely on a network being
+  changed only by swapping in another). ``input_size >= 64`` keeps the last stage at least
+  2 x 2, so the batch statistics of one frame are defined. Normalising a frame by its own
+  statistics drops each channel's level and scale in that frame, which training's batch
+  statistics over up to 16 frames keep, so what training learns carries over to deciding only in
+  part: on the project's synthetic scenes the policy learns to leave a backend that is always
+  wrong, but not to tell easy frames from hard ones.
+- **Deciding** (``Reinforce.select``, routing/algorithms.py 470-506): per backend ``a`` the score
+  ``logit_a + Normal(0, nu * sigma_a) - lambda * cost_a`` (cost in the spec's unit, millions of
+  parameters), argmax. ``sigma_a^2 = reg * sum(g_a^2 / U)`` with ``g_a`` the gradient of
+  ``logit_a`` with respect to **all** the sub-policy's parameters and ``U`` **diagonal**, one entry
+  per parameter, initialised to ``reg`` (default 1e-4; ``nu`` 0.1). ``sigma_a^2`` is clamped below
+  at 1e-6 as in that code. Cost enters only here. The noise is drawn as theirs: one
+  ``torch.normal`` of one element per backend (their ``Normal(0, nu * sigma_a).sample()``), site
+  after site, backend after backend, from a generator that continues the one that drew the
+  networks (theirs continues torch's global generator after ``set_seed(42)`` and the networks), so
+  the same seed gives the same draws. The decision's propensities are each backend's probability
+  of winning that draw (:func:`fmprog.thompson.argmax_probabilities`), sites drawn independently;
+  its ``score_spreads`` each draw's mean and spread (the cost term moving the mean by ``-cost_a``
+  per unit of lambda).
+- **Feedback** (``ParallizedStructuredReinforce.update`` and ``Reinforce.update``, lines 745-759 and
+  508-523): only sites that executed get the sample ``(input, chosen backend, task reward)`` and
+  the update ``U += g_chosen^2``. The task reward is the raw one (``Feedback.task_term``: the
   authors' +100 / -100, or ``-L``): no cost term, no ``1/N`` split, no baseline.
-- **Training**: every ``train_every`` (64) feedback events, executed or not, each site's buffer
-  of the samples since the last round is closed; ``train()`` then runs, per site and per closed
-  round, ``epochs`` (5) passes of REINFORCE in order (no shuffling, as the authors' loop) at
-  ``batch_size`` (16, the last batch partial), loss ``-mean(r * log(softmax(logits)[a] + 1e-6))``,
-  with one AdamW (``lr`` 1e-3, ``weight_decay`` 0.01, kept across rounds) per site. Rounds are
-  closed in ``observe``, so how often ``train()`` is called does not change what is learned.
-  The authors train synchronously; here a round of full ResNet-18s on a CPU can take longer than
-  64 feedback events take to arrive, so at most ``max_pending_rounds`` closed rounds wait for
-  training and the oldest is dropped beyond that (counted in ``dropped_rounds``).
+- **Training** (``Reinforce.train``, lines 525-568): every ``train_every`` (64) feedback events,
+  executed or not, each site's buffer of the samples since the last round is closed; ``train()``
+  then runs, per site and per closed round, ``epochs`` (5) passes of REINFORCE in order (no
+  shuffling) at ``batch_size`` (16, the last batch partial), loss
+  ``-mean(r * log(softmax(logits)[a] + 1e-6))``, with one AdamW (``lr`` 1e-3, ``weight_decay``
+  0.01, kept across rounds) per site.
 
-Choices this project makes where the code is silent or cannot serve as is:
+Where this module still differs from their code, and why:
 
-- The gradient ``g_chosen`` for the ``U`` update is recomputed in ``observe`` from the stored
-  input with the current network (the authors keep it from deciding, a 45 MB vector per site for
-  ResNet-18, and nothing trains between their select and update; here a training round may swap
-  the network in between). ``observe`` therefore costs a forward and a backward pass per executed
-  site.
-- The decision's context is the network input itself, ``3 x input_size x input_size`` **uint8**
-  (192 KiB at 256; base64 in the pending and feedback logs). The frame is resized and rounded to
-  uint8 before deciding, the same as resizing a PIL image, so deciding, the ``U`` update and
-  training see exactly the same input and nothing is lost by storing it.
-- Batch norm uses running statistics (eval mode) to decide and for ``g``, batch statistics
-  (train mode) while training, the usual split; ``input_size >= 64`` keeps the last stage at
-  least 2 x 2 so a partial batch of one still trains.
-- Deciding computes outside the policy's lock on the current network and ``U`` (neither is ever
-  changed in place: training swaps in new networks, ``observe`` replaces ``U``), so concurrent
-  decisions, feedback and training do not wait for one another; only the noise draw is locked.
+- **The gradient of the ``U`` update** is recomputed in ``observe`` from the stored input with the
+  network current then. Theirs keeps ``g_chosen`` from deciding (``self.g_list``, lines 503 and
+  522): a 45 MB vector per site for ResNet-18 that would have to wait in every pending decision.
+  The two are equal unless a training round swaps in a new network between the decision and its
+  feedback, which cannot happen in their synchronous loop. ``observe`` therefore costs a forward
+  and a backward pass per executed site.
+- **Training runs apart from feedback.** Theirs trains inside the 64th ``update`` call, before the
+  next frame is decided (routing/__init__.py 275-280); here ``observe`` closes the round and the
+  service's background thread calls ``train()``, so decisions made meanwhile use the previous
+  networks. A round of full ResNet-18s on a CPU can take longer than 64 feedback events take to
+  arrive, so at most ``max_pending_rounds`` closed rounds wait for training and the oldest is
+  dropped beyond that (counted in ``dropped_rounds``); theirs never drops one. Rounds are closed
+  in ``observe``, so how often ``train()`` is called does not change what is learned.
+- **The schedule is honoured.** Their ``StructuredRouter`` trains at 64 / 5 / 16 whatever it is
+  given (lines 279-280 ignore ``update_freq``, ``num_epochs`` and ``batch_size``; the open-form
+  runner passes 16 and 8, main_vqa.py 72-73); here ``train_every``, ``epochs`` and ``batch_size``
+  apply, and their defaults are what their code runs.
+- **Running statistics** are updated by training's forwards only (see Batch norm): what a snapshot
+  holds in those buffers differs, no decision or update does.
+- **Rounding.** ``sigma^2`` sums ``g^2 / U`` per parameter tensor in float32 and adds the sums in
+  float64; theirs sums one concatenated float32 vector (line 495). Scores are float64; theirs are
+  stored in a float32 tensor (lines 486 and 499). Their networks run on CUDA (one GPU per site,
+  lines 697-702), these on the CPU. All of these change results only at float32 rounding.
+- **Call sites** are the spec's: one sub-policy per call in the program's source, in source order.
+  Theirs keys a site by method name and literal string arguments (execution/backend.py 311-338),
+  so identical calls share one network and the networks are built in the order of a pre-order
+  walk of the syntax tree; the two agree for programs whose routed calls are distinct and one to
+  a line. At most ``max_sites`` (8) sites are served; theirs has no limit.
+- **The noise generator** is the policy's own. Theirs is torch's global generator, which anything
+  else in the process could also draw from between two decisions; nothing in their loop does
+  (their datasets shuffle with Python's ``random``, training draws nothing). A snapshot restores
+  it; one taken before it was kept restarts it from its state after the networks were drawn.
+- **The context** of a decision is the network input itself, ``3 x input_size x input_size``
+  **uint8** (192 KiB at 256; base64 in the pending and feedback logs), not their float tensor:
+  the same values, a quarter of the size. Deciding, the ``U`` update and training see exactly the
+  same input.
+
+Deciding computes outside the policy's lock on the current network and ``U`` (neither is ever
+changed in place: training swaps in new networks, ``observe`` replaces ``U``, and deciding
+writes nothing to a network), so concurrent decisions, feedback and training do not wait for one
+another; only the noise draw is locked.
 """
 
 from __future__ import annotations
@@ -82,14 +137,14 @@ class StructuredCodeParams(BaseModel):
 
 
 def network_input(frame: np.ndarray, size: int) -> np.ndarray:
-    """The frame resized to ``3 x size x size`` uint8 (bilinear, antialiased when shrinking)."""
-    import torch
-    from torch.nn import functional
+    """The frame resized to ``3 x size x size`` uint8 by PIL's bilinear resize (antialiased when
+    shrinking), as torchvision's ``Resize`` resizes a PIL image."""
+    from PIL import Image
 
-    pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
-    if pixels.shape[-2:] != (size, size):
-        pixels = functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return pixels[0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image).transpose(2, 0, 1).copy()
 
 
 def as_batch(inputs: list[np.ndarray]):
@@ -109,13 +164,16 @@ class StructuredCodePolicy(Policy):
     def __init__(self, spec: PolicySpec):
         import torch
 
-        from policy.algorithms.resnet import ResNet18
+        from policy.algorithms.resnet import resnet18_with_new_head
 
         super().__init__(spec)
         p = self.params
         with torch.random.fork_rng():
             torch.manual_seed(spec.seed)
-            self.nets = {s.id: ResNet18(len(s.backends), p.width).eval() for s in spec.sites}
+            # in train mode, as built, for good (see the module's docstring)
+            self.nets = {s.id: resnet18_with_new_head(len(s.backends), p.width) for s in spec.sites}
+            self.noise = torch.Generator()  # the Thompson noise: the generator goes on from here
+            self.noise.set_state(torch.get_rng_state())
         self.optimizers = {s: self._optimizer(net) for s, net in self.nets.items()}
         self.u = {s: [torch.full_like(w, p.reg) for w in net.parameters()] for s, net in self.nets.items()}
         self.cost_terms = {s.id: spec.lam * np.asarray(s.costs, dtype=np.float64) for s in spec.sites}
@@ -138,7 +196,7 @@ class StructuredCodePolicy(Policy):
 
         weights = list(net.parameters())
         with torch.enable_grad():
-            logits = net(x)[0]
+            logits = net(x, update_running_stats=False)[0]
         n = logits.shape[0]
         sigma2 = np.empty(n)
         for a in range(n):
@@ -157,11 +215,11 @@ class StructuredCodePolicy(Policy):
         propensities: dict[str, dict[str, float]] = {}
         spreads: dict[str, dict[str, ScoreSpread]] = {}
         with self.lock:
-            noise = {s.id: self.rng.standard_normal(len(s.backends)) for s in self.spec.sites}
+            noise = {s.id: self._noise(self.params.nu * estimates[s.id][1]) for s in self.spec.sites}
         for site in self.spec.sites:
             logits, sigma = estimates[site.id]
             mean, spread = logits - self.cost_terms[site.id], self.params.nu * sigma
-            sample = logits + spread * noise[site.id] - self.cost_terms[site.id]
+            sample = logits + noise[site.id] - self.cost_terms[site.id]
             names = site.backend_names
             backends[site.id] = names[int(np.argmax(sample))]
             scores[site.id] = dict(zip(names, sample.tolist(), strict=True))
@@ -172,6 +230,17 @@ class StructuredCodePolicy(Policy):
             score_spreads=spreads,
         )  # fmt: skip
 
+    def _noise(self, spreads: np.ndarray) -> np.ndarray:
+        """A draw of ``Normal(0, spread)`` per backend, each as the authors' ``Normal(0,
+        spread).sample()`` draws it: ``torch.normal`` of one float32 element (called with the lock
+        held, so the draws keep their order)."""
+        import torch
+
+        zero = torch.zeros(())
+        return np.array(
+            [float(torch.normal(zero, torch.tensor(float(s)), generator=self.noise)) for s in spreads], dtype=np.float64
+        )
+
     # -- feedback -------------------------------------------------------------------------------
 
     def _squared_gradient(self, net, x, arm: int) -> list:
@@ -179,7 +248,7 @@ class StructuredCodePolicy(Policy):
 
         weights = list(net.parameters())
         with torch.enable_grad():
-            logit = net(x)[0, arm]
+            logit = net(x, update_running_stats=False)[0, arm]
         return [g * g for g in torch.autograd.grad(logit, weights)]
 
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
@@ -221,9 +290,8 @@ class StructuredCodePolicy(Policy):
                 rounds = list(self.rounds)
                 current = dict(self.nets), dict(self.optimizers)
             start = time.perf_counter()
+            # in train mode, as the originals: each forward updates the copies' running statistics
             nets, optimizers = training_copies(*current, self._optimizer)
-            for net in nets.values():
-                net.train()
             p = self.params
             steps, losses, samples = 0, [], 0
             for _, closed in rounds:
@@ -244,7 +312,6 @@ class StructuredCodePolicy(Policy):
                             steps += 1
                             losses.append(float(loss.detach()))
             for net in nets.values():
-                net.eval()
                 net.zero_grad(set_to_none=True)
             with self.lock:
                 self.nets, self.optimizers = nets, optimizers
@@ -265,6 +332,7 @@ class StructuredCodePolicy(Policy):
             "nets": {s: net.state_dict() for s, net in self.nets.items()},
             "optimizers": {s: opt.state_dict() for s, opt in self.optimizers.items()},
             "u": {s: list(u) for s, u in self.u.items()},
+            "noise": self.noise.get_state(),
             "buffers": _pack_round(self.buffers),
             "rounds": [_pack_round(r) for _, r in self.rounds],
             "round_numbers": [n for n, _ in self.rounds],
@@ -275,7 +343,6 @@ class StructuredCodePolicy(Policy):
     def _load_state(self, state: dict[str, Any]) -> None:
         for s, net in self.nets.items():
             net.load_state_dict(state["nets"][s])
-            net.eval()
             self.optimizers[s] = self._optimizer(net)
             self.optimizers[s].load_state_dict(state["optimizers"][s])
             u = [t.clone() for t in state["u"][s]]
@@ -286,6 +353,8 @@ class StructuredCodePolicy(Policy):
         self.rounds = [
             (int(n), _unpack_round(r, self.nets)) for n, r in zip(state["round_numbers"], state["rounds"], strict=True)
         ]
+        if "noise" in state:  # a snapshot from before the noise came from this generator lacks it
+            self.noise.set_state(state["noise"].clone())
         self.dropped_rounds = int(state["dropped_rounds"])
         self.trained_steps = int(state["trained_steps"])
 

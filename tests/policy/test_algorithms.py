@@ -152,8 +152,8 @@ def test_unknown_algorithm_class():
         ("structured", 300, 0.5, {}, 3),
         ("whole_query", 200, 0.5, {}, 3),
         ("unstructured", 300, 0.4, {}, 3),
-        # a narrow ResNet-18 on 64 x 64 inputs, a round every 32 events: about 4 s for one seed
-        ("structured_code", 160, 0.5, {"input_size": 64, "width": 8, "train_every": 32}, 1),
+        # not structured_code: deciding with batch norm over the frame alone, as the authors' code
+        # does, it picks large on every frame here (tests/policy/test_structured_code.py)
     ],
 )
 def test_learns_large_on_hard_frames(algorithm, events, margin, hyper, seeds):
