@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policy.algorithms.evidence import PriorUse
+
 
 class DecideRequest(BaseModel):
     """A frame to decide, as JSON (the raw bytes with ``?decision_id=`` are the cheaper way)."""
@@ -42,3 +44,7 @@ class PolicyInfo(BaseModel):
     trained_steps: int
     train_seconds: float
     last_feedback_seq: int
+    prior: list[PriorUse] = Field(
+        default_factory=list,
+        description="Where each of its models started (algorithms that start from a shipped prior: cascade).",
+    )

@@ -202,6 +202,7 @@ class PolicyService:
             trained_steps=slot.trained_steps,
             train_seconds=slot.train_seconds,
             last_feedback_seq=slot.seq,
+            prior=slot.policy.prior_uses(),
         )
 
     def programs(self) -> list[str]:

@@ -51,21 +51,23 @@ _PEOPLE = """def execute_command(image):
 """
 
 
-def _q(type_: str, query: str, body: str, **values: object) -> VideoQuery:
+def people_query(type_: str, query: str, body: str, **values: object) -> VideoQuery:
+    """A query over the people found in the frame: its program finds them, then runs ``body``
+    (``$name`` placeholders filled from ``values``)."""
     text = Template(body).substitute({k: str(v) for k, v in values.items()})
     return VideoQuery(type_, query, _PEOPLE + text)
 
 
 VIDEO_QUERIES: tuple[VideoQuery, ...] = (
-    _q("numerical", "Are there more than 5 people?", "    return bool_to_yesno(len(people) > $n)\n", n=5),
-    _q("numerical", "Are there more than 7 people?", "    return bool_to_yesno(len(people) > $n)\n", n=7),
-    _q("numerical", "How many people are there?", "    return str(len(people))\n"),
-    _q(
+    people_query("numerical", "Are there more than 5 people?", "    return bool_to_yesno(len(people) > $n)\n", n=5),
+    people_query("numerical", "Are there more than 7 people?", "    return bool_to_yesno(len(people) > $n)\n", n=7),
+    people_query("numerical", "How many people are there?", "    return str(len(people))\n"),
+    people_query(
         "numerical",
         "How many people are in the left half of the frame?",
         "    return str(len([p for p in people if p.horizontal_center < image_patch.width / 2]))\n",
     ),
-    _q(
+    people_query(
         "spatial",
         "Is anyone in the left third of the frame?",
         "    for person in people:\n"
@@ -73,13 +75,13 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '            return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "spatial",
         "Are there at least 2 people in the left third of the frame?",
         "    left = [p for p in people if p.horizontal_center < image_patch.width / 3]\n"
         "    return bool_to_yesno(len(left) >= 2)\n",
     ),
-    _q(
+    people_query(
         "spatial",
         "Is anyone in the bottom half of the frame?",
         "    for person in people:\n"
@@ -87,7 +89,7 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '            return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "spatial",
         "Is anyone in the top third of the frame?",
         "    for person in people:\n"
@@ -95,14 +97,14 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '            return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "spatial",
         "Is there a person in the left third and another in the right third of the frame?",
         "    left = [p for p in people if p.horizontal_center < image_patch.width / 3]\n"
         "    right = [p for p in people if p.horizontal_center > image_patch.width * 2 / 3]\n"
         "    return bool_to_yesno(len(left) > 0 and len(right) > 0)\n",
     ),
-    _q(
+    people_query(
         "relation",
         "Are two people within 10 pixels of each other?",
         "    for i in range(len(people)):\n"
@@ -111,7 +113,7 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '                return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "relation",
         "Is someone walking beside another person?",
         "    for a in people:\n"
@@ -121,7 +123,7 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '                return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "relation",
         "Is anyone within 40 pixels of a parked vehicle?",
         '    vehicles = image_patch.find("vehicle")\n'
@@ -131,7 +133,7 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '                return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "color",
         "Is anyone wearing red?",
         "    for person in people:\n"
@@ -139,7 +141,7 @@ VIDEO_QUERIES: tuple[VideoQuery, ...] = (
         '            return "yes"\n'
         '    return "no"\n',
     ),
-    _q(
+    people_query(
         "color",
         "What color is the leftmost person wearing?",
         "    if len(people) == 0:\n"

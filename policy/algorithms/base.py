@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from fmprog.contract import Feedback, PolicySpec
 from fmprog.images import check_frame
 from fmprog.rewards import program_reward, sub_rewards
+from policy.algorithms.evidence import PriorUse
 from policy.decisions import PendingDecision
 
 
@@ -87,6 +88,11 @@ class Policy(ABC):
         """The evidence of this policy's own observations per model key, for other programs'
         policies to start from (algorithms that pool evidence)."""
         return {}
+
+    def prior_uses(self) -> list[PriorUse]:
+        """Where each of the policy's models started, for algorithms that start from a shipped
+        prior (:mod:`policy.algorithms.evidence`); empty for the others."""
+        return []
 
     def train(self) -> TrainReport | None:
         """Do pending training work; ``None`` when there was none."""

@@ -141,10 +141,12 @@ def test_the_gated_runs_logs_estimate_the_other_runs_beside_them(vision_config, 
     assert any("vqa-large" in gap for gap in largest.uncovered)
     assert largest.matched < largest.runs
     # the warm-started cascade never runs the cheap detector first, so its log cannot say what
-    # all-cheapest costs; a cold one (the base prior alone) flips coins between the detectors and
-    # logs all-cheapest runs (deterministically: seeded), whose cost is all-cheapest's
+    # all-cheapest costs; a cold one (the base prior alone, plain Thompson draws) flips coins
+    # between the detectors and logs all-cheapest runs (deterministically: seeded), whose cost is
+    # all-cheapest's
     program, frames = compile_program(stream.program), [ImageResolver()(ref) for ref in stream.frames]
-    cold = LabelPlan(warm=False).spec(policy_spec(program, backends, 1e-3, "cascade", setup.seed, "binary"))
+    plain = policy_spec(program, backends, 1e-3, "cascade", setup.seed, "binary", extra={"nu": 1.0})
+    cold = LabelPlan(warm=False).spec(plain)
     log: list[LoggedRun] = []
     replay_gated(cold, Executor(backends), program, frames, stream.labels, "binary", log=log)
     [cheapest] = evaluate([Target(kind="static", backends="cheapest")], log, cold.sites, "binary", 1e-3)
@@ -391,9 +393,7 @@ def test_the_prior_learns_the_detectors_from_every_configuration_of_each_frame(v
     spec = policy_spec(program, backends, 1e-3, "cascade", seed=0, kind="binary")
     frames = [ImageResolver()(ref) for ref in stream.frames]
     evidence = detector_evidence(spec, program, Executor(backends), backends, frames, stream.labels)
-    large, small = (
-        next(e for k, e in evidence.items() if k.endswith(f"/choice/{n}")) for n in ("detect-large", "detect-small")
-    )
+    large, small = (evidence[f"binary:authors/detect/2/choice/{role}"] for role in ("dearest", "cheapest"))
     assert large.n == small.n == len(frames)
     np.testing.assert_allclose(large.xty + small.xty, 0, atol=1e-9)
     assert large.xty[0] > 0

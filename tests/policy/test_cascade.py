@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmprog.contract import CONTEXT_FEATURES, Feedback, InvocationRecord, PolicySpec
+from fmprog.contract import CONTEXT_FEATURES, CallSiteSpec, Feedback, InvocationRecord, PolicySpec
 from fmprog.program import EarlierOutput, GateDecider, InvocationContext, context_vector, escalation_vector
 from fmprog.rewards import score_answer
 from policy.algorithms import build_policy, check_spec
@@ -139,11 +139,12 @@ def test_the_reply_carries_a_gate_per_site_that_fits_the_contract():
 
 def test_the_prior_explores_both_ways_before_any_data():
     """A fresh gate (no shipped prior, nothing shared) re-asks where a draw from the base prior
-    beats the known cost of the dearer call: ``2 sigma w.z ~ N(0, 4 sigma^2 |z|^2 / (reg d))``
-    against ``lambda * cost``, at odds between 1/2 (lambda 0) and 0."""
+    beats the known cost of the dearer call: ``2 sigma w.z ~ N(0, 4 nu^2 sigma^2 |z|^2 / (reg d))``
+    against ``lambda * cost``, at odds between 1/2 (lambda 0) and 0 (plain Thompson, ``nu`` 1,
+    here; the default's narrower draws re-ask less)."""
     from statistics import NormalDist
 
-    policy = build_policy(spec(seed=1))
+    policy = build_policy(spec(seed=1, nu=1.0))
     rates = escalation_rates(policy, draws=400)
     sigma, d = policy.sigma, len(escalation_cases()["no_on_found"])
     for name, z in escalation_cases().items():
@@ -235,10 +236,99 @@ def test_a_prior_built_over_other_features_is_refused():
     from policy.algorithms.evidence import Evidence, dump_prior, load_prior
 
     models = {"k": Evidence(np.eye(2), np.ones(2), 3)}
-    text = dump_prior(models, {"choice": ["bias", "x"]}, "test")
-    assert load_prior(text, {"choice": ["bias", "x"]})["k"].n == 3
+    text = dump_prior(models, {"choice": ["bias", "x"]}, "test", {"vqa": ["a", "b"]})
+    prior = load_prior(text, {"choice": ["bias", "x"]}, "p")
+    assert prior.models["k"].n == 3 and prior.backends == {"vqa": ("a", "b")} and prior.about == "test"
+    assert prior.built_for("vqa", ["b", "a"]) and not prior.built_for("vqa", ["a", "c"])
     with pytest.raises(ValueError, match="rebuild"):
         load_prior(text, dict(PRIOR_FEATURES))
+
+
+def test_a_backend_role_is_its_rank_by_cost():
+    from policy.algorithms.cascade import CascadeParams, backend_role, role_key
+
+    backends = [{"name": n, "cost": c} for n, c in (("z", 5), ("a", 1), ("m", 5))]
+    site = CallSiteSpec.model_validate({"id": FIND, "function": "detect", "backends": backends})
+    assert [backend_role(site, name) for name in ("a", "m", "z")] == ["cheapest", "rank-2", "dearest"]
+    params = CascadeParams(kind="open")
+    assert role_key(params, site, "choice", "m") == "open:authors/detect/3/choice/rank-2"
+
+
+def shipped_prior_site(names: dict[str, float]) -> PolicySpec:
+    """A binary program with one detect site over backends of these names and costs, warm."""
+    sites = [{"id": FIND, "function": "detect", "backends": [{"name": n, "cost": c} for n, c in names.items()]}]
+    return PolicySpec.model_validate(
+        {"sites": sites, "lambda": 0.001, "algorithm": "cascade", "seed": 2, "hyperparameters": {"kind": "binary"}}
+    )
+
+
+def test_backends_of_other_names_start_from_the_prior_by_role(caplog):
+    """The shipped prior is keyed by role: the zoo's detectors find the prior built with them,
+    other detectors (a production configuration) the same evidence by cost rank, a site of three
+    detectors none, which the policy says at start, as it reports where each model started."""
+    zoo = build_policy(shipped_prior_site({"detect-small": 172.0, "detect-large": 232.0}))
+    other = build_policy(shipped_prior_site({"yolo-n": 8.7, "yolo-x": 194.0}))
+    assert {use.matched for use in zoo.prior_uses()} == {"backends"}
+    assert {use.matched for use in other.prior_uses()} == {"role"}
+    for name, renamed in (("detect-small", "yolo-n"), ("detect-large", "yolo-x")):
+        np.testing.assert_allclose(
+            other.choice[FIND].theta[other.spec.sites[0].backend_names.index(renamed)],
+            zoo.choice[FIND].theta[zoo.spec.sites[0].backend_names.index(name)],
+        )
+    assert "no shipped prior" not in caplog.text
+    three = build_policy(shipped_prior_site({"a": 1.0, "b": 2.0, "c": 3.0}))
+    uses = {use.model: use for use in three.prior_uses()}
+    assert uses["choice:b"].matched == "none" and uses["choice:b"].key == "binary:authors/detect/3/choice/rank-2"
+    assert "no shipped prior holds 3 of the 3 models" in caplog.text
+    np.testing.assert_allclose(three.choice[FIND].theta, 0.0)
+    cold = build_policy(
+        shipped_prior_site({"a": 1.0, "b": 2.0}).model_copy(update={"hyperparameters": {"warm_start": False}})
+    )
+    assert cold.prior_uses() == []
+
+
+def test_each_default_configuration_starts_warm(caplog):
+    """The zoo's backends find the prior built with them; the real-image configuration's, of
+    other names, the same prior by role: every model of a detect-then-ask program is warm."""
+    zoo = {"detect": {"detect-small": 172.0, "detect-large": 232.0}, "vqa": {"vqa-small": 3750.0, "vqa-large": 73400.0}}
+    real = {
+        "detect": {"detect-yolo320": 1646.0, "detect-yolo608": 7590.0},
+        "vqa": {"vqa-lite0": 797.0, "vqa-lite2": 1667.0},
+    }
+    for backends, matched in ((zoo, "backends"), (real, "role")):
+        sites = [
+            {
+                "id": site,
+                "function": function,
+                "backends": [{"name": n, "cost": c} for n, c in backends[function].items()],
+            }
+            for site, function in ((FIND, "detect"), (ASK, "vqa"))
+        ]
+        policy = build_policy(
+            PolicySpec.model_validate(
+                {"sites": sites, "lambda": 0.001, "algorithm": "cascade", "hyperparameters": {"kind": "open"}}
+            )
+        )
+        detectors, (cheap_vqa, _) = list(backends["detect"]), list(backends["vqa"])
+        uses = policy.prior_uses()
+        assert [use.model for use in uses] == [
+            f"choice:{detectors[0]}",
+            f"choice:{detectors[1]}",
+            f"choice:{cheap_vqa}",
+            "escalation",
+        ]
+        assert {(use.matched, tuple(use.priors)) for use in uses} == {(matched, ("cascade",))}
+    assert "no shipped prior" not in caplog.text
+
+
+def test_the_service_reports_where_a_policy_started(tmp_path):
+    service = PolicyService(PolicySettings(state_dir=tmp_path / "state"))
+    service.restore()
+    info = service.put("p", shipped_prior_site({"yolo-n": 8.7, "yolo-x": 194.0}))
+    assert [(use.model, use.matched, use.priors) for use in info.prior] == [
+        ("choice:yolo-n", "role", ["cascade"]),
+        ("choice:yolo-x", "role", ["cascade"]),
+    ]
 
 
 def feed(service: PolicyService, program_id: str, events: int, seed: int) -> None:
@@ -277,10 +367,11 @@ def test_the_shipped_prior_starts_a_binary_detector_on_the_dear_detector():
     features, and a fresh binary program with the zoo's detectors draws detect-large first on most
     frames at lambda 0.001 (the prior saw it find the positives detect-small misses)."""
     from policy.algorithms.cascade import PRIOR_FEATURES
-    from policy.algorithms.evidence import shipped_prior
+    from policy.algorithms.evidence import shipped_priors
 
-    prior = shipped_prior("cascade", PRIOR_FEATURES)
-    assert any(key.startswith("binary:authors/detect/") for key in prior)
+    zoo = next(prior for prior in shipped_priors("cascade", PRIOR_FEATURES) if prior.name == "cascade")
+    assert "binary:authors/detect/2/choice/dearest" in zoo.models
+    assert zoo.backends["detect"] == ("detect-small", "detect-large")
     sites = [
         {"id": FIND, "function": "detect", "backends": [{"name": n, "cost": COST[n]} for n in COST if "detect" in n]}
     ]
