@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hyperparameters",
         help="JSON, per algorithm, hyper-parameters over the benchmark's, e.g. "
-        '\'{"cascade": {"drift_window": 200}}\' (tune on --split validation)',
+        '\'{"cascade": {"nu": 0.5}}\' (tune on --split validation)',
     )
     parser.add_argument("--queries-per-type", type=int)
     parser.add_argument("--queries", type=int, help="at most this many queries per track (after --queries-per-type)")

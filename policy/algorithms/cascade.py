@@ -54,14 +54,18 @@ swing between a right and a wrong answer. Each of a gate's ``d`` weights has the
 Shared across programs: every model is keyed by what it means, not by the program it serves
 (``model_key``: the task kind and reward scheme, the function, the site's candidate backends, the
 role and the backend), and keeps the *evidence* of its own observations (:mod:`.evidence`). A new
-policy starts from the evidence pooled under its models' keys: the prior the project ships
+policy starts from the evidence pooled under its models' keys from every other program in the
+policy service (``share``) and from a prior the project ships (``warm_start``). A shipped prior
 (``policy/priors/cascade.json``, built by ``python -m benchmarks.cascade_prior`` from the zoo's
-held-out scenes and queries of its own, never from the benchmark's tracks; ``warm_start``) and,
-in the policy service, every other program's (``share``). The posterior that evidence gives is the
-new policy's prior, with a per-program intercept: an escalation gate's bias gets the base prior's
-variance back (how often re-asking pays differs from program to program), and a first choice is
-scored against the program's own running baseline (the level is the program's; what differs
-between candidates is shared).
+held-out scenes and queries of its own, never from the benchmark's tracks) is keyed by role
+(``role_key``: the backend's rank by cost among the site's candidates in place of its name), so a
+configuration of other backends starts from it too; a model finds the priors built with its very
+backends first, then any by role, and the policy says at start which models none holds
+(``prior_uses``, and a warning). The posterior that evidence gives is the new policy's prior,
+with a per-program intercept: an escalation gate's bias gets ``program_intercept`` times the base
+prior's variance back (how often re-asking pays may differ from program to program; 0 by default,
+chosen on the benchmark's validation split), and a first choice is scored against the program's
+own running baseline (the level is the program's; what differs between candidates is shared).
 
 Why it cannot lock in: a gate's prior mean is 0 (or the pooled evidence's), so a fresh policy
 without evidence escalates every answer with probability 1/2 and flips a coin between candidates
