@@ -39,7 +39,8 @@ def spec(algorithm: str, lam: float, seed: int = 3) -> PolicySpec:
         }
         for site in PROGRAM.call_sites
     ]
-    hyper = {"base_rate": 0.3, "warm_start": False} if algorithm == "cascade" else {}
+    # plain Thompson draws (nu 1, not the default's narrower ones): a logger that explores
+    hyper = {"base_rate": 0.3, "warm_start": False, "nu": 1.0} if algorithm == "cascade" else {}
     return PolicySpec.model_validate(
         {"sites": sites, "lambda": lam, "algorithm": algorithm, "hyperparameters": hyper, "seed": seed}
     )
