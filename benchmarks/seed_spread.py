@@ -30,7 +30,7 @@ def main_rows(results: Mapping[str, Any]) -> Iterable[tuple[str, str, float | No
     for track, data in results["tracks"].items():
         for entry in data["entries"]:
             learned = entry.get("regret_per_frame") is not None
-            if learned and entry["label_fraction"] is None and not entry["teacher"]:
+            if learned and entry["label_fraction"] in (None, 1.0) and not entry["teacher"]:
                 yield track, entry["policy"], entry["lambda"], entry
 
 

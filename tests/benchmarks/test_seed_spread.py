@@ -9,7 +9,7 @@ from benchmarks.seed_spread import markdown, summarise
 
 def entry(policy: str, lam: float | None, metric: float, cost: float, regret: float | None, **extra) -> dict:
     return {
-        "policy": policy, "lambda": lam, "label_fraction": None, "teacher": False, "metric": metric,
+        "policy": policy, "lambda": lam, "label_fraction": 1.0, "teacher": False, "metric": metric,
         "cost_per_frame": cost, "regret_per_frame": regret, **extra,
     }  # fmt: skip
 
