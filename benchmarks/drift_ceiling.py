@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.provenance import provenance
 from benchmarks.vqa.cache import OutputCache, cached_registry
 from benchmarks.vqa.harness import Drift, degrading, load_backends, run_decider
-from benchmarks.vqa.runner import DRIFT_WINDOW, f1_score
+from benchmarks.vqa.runner import DRIFT_WINDOW, pooled_f1
 from benchmarks.vqa.splits import SPLITS, binary_track
 from benchmarks.vqa.tracks import ImageResolver, load_binary
 from fmprog.program import CascadeDecider, Executor, compile_program
@@ -62,17 +62,12 @@ def main() -> None:
             outcomes = run_decider(Executor(registry), program, frames, query.labels, "binary", decider, drift)
             runs[name].append(np.array([o.positive for o in outcomes]))
     middle = min(len(y) for y in labels) // 2
-
-    def pooled(name: str, begin: int, end: int) -> float:
-        predicted = np.concatenate([p[begin:end] for p in runs[name]])
-        return f1_score(predicted, np.concatenate([y[begin:end] for y in labels]))
-
     windows = {
         "before": (middle - DRIFT_WINDOW, middle),
         "after": (middle, middle + DRIFT_WINDOW),
         "second_half": (middle, 2 * middle),
     }
-    f1 = {name: {window: pooled(name, *span) for window, span in windows.items()} for name in runs}
+    f1 = {name: {window: pooled_f1(runs[name], labels, *span) for window, span in windows.items()} for name in runs}
     result = {
         "provenance": provenance(),
         "split": args.split,

@@ -287,22 +287,17 @@ def drift_recovery(
     (the ``window`` frames before it), right after it, and the first window after it that is back
     within ``DRIFT_TOLERANCE`` of the frames before, as frames after the drift (``None``: never
     within the stream)."""
-    runs = [(q.runs[key], np.array([y == "yes" for y in q.labels])) for q in results]
-    length = min(len(r.cost) for r, _ in runs)
+    predicted = [q.runs[key].predicted_positive for q in results]
+    actual = [np.array([y == "yes" for y in q.labels]) for q in results]
+    length = min(len(q.runs[key].cost) for q in results)
     start = int(length * at)
-
-    def pooled_f1(begin: int, end: int) -> float:
-        predicted = np.concatenate([r.predicted_positive[begin:end] for r, _ in runs])
-        actual = np.concatenate([y[begin:end] for _, y in runs])
-        return f1_score(predicted, actual)
-
-    before = pooled_f1(max(0, start - window), start)
-    after = pooled_f1(start, start + window)
+    before = pooled_f1(predicted, actual, max(0, start - window), start)
+    after = pooled_f1(predicted, actual, start, start + window)
     recovered = next(
         (
             k
             for k in range(0, length - start - window + 1, step)
-            if pooled_f1(start + k, start + k + window) >= before - DRIFT_TOLERANCE
+            if pooled_f1(predicted, actual, start + k, start + k + window) >= before - DRIFT_TOLERANCE
         ),
         None,
     )
@@ -355,6 +350,12 @@ def _init(initargs: tuple, setup: dict[str, Any]) -> None:
 
 
 # -- numbers -------------------------------------------------------------------------------------------
+
+
+def pooled_f1(predicted: Sequence[np.ndarray], actual: Sequence[np.ndarray], begin: int, end: int) -> float:
+    """F1 over frames ``begin:end`` of every stream together (a window holds too few positives of
+    one stream for its own F1): ``predicted`` and ``actual`` hold a boolean array per stream."""
+    return f1_score(np.concatenate([p[begin:end] for p in predicted]), np.concatenate([y[begin:end] for y in actual]))
 
 
 def f1_score(predicted: np.ndarray, actual: np.ndarray) -> float:
