@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policy.algorithms.drift import ModelDrift
 from policy.algorithms.evidence import PriorUse
 
 
@@ -47,4 +48,9 @@ class PolicyInfo(BaseModel):
     prior: list[PriorUse] = Field(
         default_factory=list,
         description="Where each of its models started (algorithms that start from a shipped prior: cascade).",
+    )
+    drifts: list[ModelDrift] = Field(
+        default_factory=list,
+        description="What each model's drift watch has seen (algorithms that watch for drift: cascade, "
+        "drift_window above 0).",
     )

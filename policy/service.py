@@ -203,6 +203,7 @@ class PolicyService:
             train_seconds=slot.train_seconds,
             last_feedback_seq=slot.seq,
             prior=slot.policy.prior_uses(),
+            drifts=slot.policy.drifts(),
         )
 
     def programs(self) -> list[str]:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from fmprog.contract import Feedback, PolicySpec
 from fmprog.images import check_frame
 from fmprog.rewards import program_reward, sub_rewards
+from policy.algorithms.drift import ModelDrift
 from policy.algorithms.evidence import PriorUse
 from policy.decisions import PendingDecision
 
@@ -92,6 +93,11 @@ class Policy(ABC):
     def prior_uses(self) -> list[PriorUse]:
         """Where each of the policy's models started, for algorithms that start from a shipped
         prior (:mod:`policy.algorithms.evidence`); empty for the others."""
+        return []
+
+    def drifts(self) -> list[ModelDrift]:
+        """What each model's drift watch has seen, for algorithms that watch for drift
+        (:mod:`policy.algorithms.drift`); empty for the others."""
         return []
 
     def train(self) -> TrainReport | None:

@@ -37,6 +37,28 @@ class LinearArms:
         self.b[arm] = np.linalg.solve(cov, mean)
         self.theta[arm] = mean
 
+    def residual(self, arm: int, x: np.ndarray, reward: float) -> float:
+        """The reward's distance from the arm's posterior mean prediction at ``x``, in units of the
+        predictive spread under unit noise (``sqrt(1 + x^T A^-1 x)``)."""
+        spread = 1.0 + float(x @ self.a_inv[arm] @ x)
+        return (reward - float(self.theta[arm] @ x)) / np.sqrt(max(spread, 1e-12))
+
+    def weight(self, arm: int) -> float:
+        """How many observations one arm's posterior holds (its prior's included): the precision on
+        the first feature above the base prior's, which is that sum when the first feature is a
+        bias of 1."""
+        return float(np.linalg.inv(self.a_inv[arm])[0, 0]) - self.reg
+
+    def widen(self, arm: int, keep: float) -> None:
+        """Count what one arm learned (its precision above the base prior's ``reg * I``, and its
+        ``b``) ``keep`` times (in (0, 1]) against what comes next: its posterior widens back toward
+        the base prior, its mean drawn toward it only where the base prior then weighs more."""
+        precision = np.linalg.inv(self.a_inv[arm])
+        base = self.reg * np.eye(len(precision))
+        self.a_inv[arm] = np.linalg.inv(base + keep * (precision - base))
+        self.b[arm] *= keep
+        self.theta[arm] = self.a_inv[arm] @ self.b[arm]
+
     def update(self, arm: int, x: np.ndarray, reward: float) -> None:
         a_inv = self.a_inv[arm]
         ax = a_inv @ x

@@ -67,6 +67,13 @@ prior's variance back (how often re-asking pays may differ from program to progr
 chosen on the benchmark's validation split), and a first choice is scored against the program's
 own running baseline (the level is the program's; what differs between candidates is shared).
 
+Forgetting (:mod:`.drift`): ``drift_window`` (200 by default; 0 turns it off) watches each
+model's standardized residuals and, when their recent mean leaves ``drift_threshold`` times the
+spread it has where nothing changes, widens that model's posterior so that what it learned, the
+prior included, counts as ``drift_window`` observations: the next window's evidence weighs as
+much, however heavy the shipped prior was. ``prior_weight`` (off by default) caps what the prior
+counts as from the start.
+
 Why it cannot lock in: a gate's prior mean is 0 (or the pooled evidence's), so a fresh policy
 without evidence escalates every answer with probability 1/2 and flips a coin between candidates
 (shifted by the known cost); a candidate or an escalation the data has not seen keeps its prior
@@ -101,6 +108,7 @@ from fmprog.contract import (
 from fmprog.rewards import RewardConfig, TaskKind
 from policy.algorithms.base import Policy, check_unread_frame
 from policy.algorithms.bayes import LinearArms
+from policy.algorithms.drift import DriftWatch, ModelDrift, capped
 from policy.algorithms.evidence import Evidence, PriorUse, pooled, prior_for, shipped_priors
 from policy.decisions import PendingDecision
 
@@ -145,6 +153,23 @@ class CascadeParams(BaseModel):
     )
     warm_start: bool = Field(default=True, description="Start from the prior the project ships (policy/priors).")
     share: bool = Field(default=True, description="Start from the evidence of the service's other programs.")
+    prior_weight: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="The prior (shipped and shared evidence) counts as at most this many observations per model "
+        "(None: as much as it holds).",
+    )
+    drift_window: int = Field(
+        default=200,
+        ge=0,
+        description="Watch each model's residuals over about this many recent observations; when they drift, "
+        "what the model learned (its prior included) counts as this many observations (0: never; 200 and the "
+        "threshold 6 never fired on the benchmark's validation split).",
+    )
+    drift_threshold: float = Field(
+        default=6.0, gt=0, allow_inf_nan=False, description="How many spreads the recent residuals may drift."
+    )
 
 
 def reward_sigma(params: CascadeParams) -> float:
@@ -255,7 +280,7 @@ class CascadePolicy(Policy):
                 self.uses.append(use)
             total = pooled(*({key: e} for e in (found, shared.get(key)) if e is not None)).get(key)
             if total is not None and total.dim == dim:
-                _start_from(arms, arm, total, intercept_variance=widen)
+                _start_from(arms, arm, capped(total, params.prior_weight), intercept_variance=widen)
 
         for site in spec.sites:
             for arm, option in enumerate(site.backends):
@@ -273,11 +298,27 @@ class CascadePolicy(Policy):
                 len(self.uses),
                 ", ".join(f"{use.site} {use.model} as {use.key}" for use in cold),
             )
+        # per model (site and backend, or site and "escalation"): whether its residuals drifted
+        self.watches: dict[tuple[str, str], DriftWatch] = {}
+        if params.drift_window:
+            self.watches = {pair: DriftWatch(params.drift_window, params.drift_threshold) for pair in self.keys}
         self.baseline = 0.0
         self.rewards_seen = 0
 
     def prior_uses(self) -> list[PriorUse]:
         return list(self.uses)
+
+    def drifts(self) -> list[ModelDrift]:
+        with self.lock:
+            return [
+                ModelDrift(
+                    site=site,
+                    model="escalation" if name == "escalation" else f"choice:{name}",
+                    observed=watch.seen,
+                    alarms=watch.alarms,
+                )
+                for (site, name), watch in self.watches.items()
+            ]
 
     def evidence(self) -> dict[str, Evidence]:
         """The evidence of this policy's own observations, per model key (the prior left out)."""
@@ -340,9 +381,20 @@ class CascadePolicy(Policy):
             if record.backend not in site.backend_names:
                 raise ValueError(f"invocation record names {record.backend!r}, not a candidate of {record.site!r}")
 
-    def _learn(self, models: LinearArms, arm: int, key: str, x: np.ndarray, y: float) -> None:
+    def _learn(self, models: LinearArms, arm: int, model: tuple[str, str], x: np.ndarray, y: float) -> None:
+        watch = self.watches.get(model)
+        if watch is not None and watch.observe(models.residual(arm, x, y)):
+            weight = models.weight(arm)
+            window = self.params.drift_window
+            models.widen(arm, min(1.0, window / max(weight, 1e-9)))
+            logger.warning(
+                "cascade: %s %s drifted; what it learned (%.0f observations' weight) now counts as %d",
+                *model,
+                weight,
+                window,
+            )
         models.update(arm, x, y)
-        self.own[key].add(x, y)
+        self.own[self.keys[model]].add(x, y)
 
     def observe(self, decision: PendingDecision, feedback: Feedback) -> None:
         self.check_feedback(decision, feedback)
@@ -367,14 +419,12 @@ class CascadePolicy(Policy):
                 gain = record.reward - first.reward
                 lost[key] = lost.get(key, 0.0) + max(0.0, -gain)
                 x = np.asarray(record.features)
-                self._learn(
-                    self.escalation[record.site], 0, self.keys[record.site, "escalation"], x, gain / (2 * sigma)
-                )
+                self._learn(self.escalation[record.site], 0, (record.site, "escalation"), x, gain / (2 * sigma))
             for key, record in firsts.items():
                 arm = self.spec.site(key[0]).backend_names.index(record.backend)
                 target = (advantage + lost.get(key, 0.0)) / sigma
                 x = np.asarray(record.features)[CHOICE_INDEX]
-                self._learn(self.choice[key[0]], arm, self.keys[key[0], record.backend], x, target)
+                self._learn(self.choice[key[0]], arm, (key[0], record.backend), x, target)
             self.rewards_seen += 1
             self.baseline += (task - self.baseline) / min(self.rewards_seen, self.params.baseline_window)
             self.observed += 1
@@ -389,6 +439,7 @@ class CascadePolicy(Policy):
             "escalation": {site: model.state() for site, model in self.escalation.items()},
             "baseline": float(self.baseline),
             "rewards_seen": int(self.rewards_seen),
+            "watches": {f"{site}\x00{model}": watch.state() for (site, model), watch in self.watches.items()},
             "evidence": {
                 key: {"xtx": torch.from_numpy(e.xtx.copy()), "xty": torch.from_numpy(e.xty.copy()), "n": e.n}
                 for key, e in self.own.items()
@@ -402,6 +453,10 @@ class CascadePolicy(Policy):
             model.load(state["escalation"][site])
         self.baseline = float(state["baseline"])
         self.rewards_seen = int(state["rewards_seen"])
+        for name, watched in state.get("watches", {}).items():  # snapshots before watches have none
+            site, _, model = name.partition("\x00")
+            if (site, model) in self.watches:
+                self.watches[site, model].load(watched)
         for key, e in state.get("evidence", {}).items():  # snapshots before evidence was kept have none
             if key in self.own:
                 self.own[key] = Evidence(e["xtx"].numpy().copy(), e["xty"].numpy().copy(), int(e["n"]))
