@@ -82,6 +82,20 @@ def markdown(summary: Mapping[str, Any]) -> str:
             f"| {cost['mean']:.0f} ± {cost['sd']:.0f} [{cost['min']:.0f}, {cost['max']:.0f}] "
             f"| {regret['mean']:.1f} ± {regret['sd']:.1f} [{regret['min']:.1f}, {regret['max']:.1f}] |"
         )
+    lines += [
+        "",
+        "Each seed:",
+        "",
+        "| Track | Policy | λ | Seed | Metric | Cost/frame | Regret/frame |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["rows"]:
+        metric, cost, regret = (row[m]["values"] for m in MEASURES)
+        for i, seed in enumerate(summary["seeds"]):
+            lines.append(
+                f"| {row['track']} | {row['policy']} | {row['lambda']:g} | {seed} "
+                f"| {metric[i]:.3f} | {cost[i]:.0f} | {regret[i]:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -67,10 +67,11 @@ prior's variance back (how often re-asking pays may differ from program to progr
 chosen on the benchmark's validation split), and a first choice is scored against the program's
 own running baseline (the level is the program's; what differs between candidates is shared).
 
-Forgetting (:mod:`.drift`): ``drift_window`` (200 by default; 0 turns it off) watches each
-model's standardized residuals and, when their recent mean leaves ``drift_threshold`` times the
-spread it has where nothing changes, widens that model's posterior so that what it learned, the
-prior included, counts as ``drift_window`` observations: the next window's evidence weighs as
+Forgetting (:mod:`.drift`): ``drift_window`` (200 by default; 0 turns it off) watches the
+standardized residuals of each model that decides something (every escalation gate, the first
+choices of a site with two or more) and, when their recent mean leaves ``drift_threshold`` times
+the spread it has where nothing changes, widens that model's posterior so that what it learned,
+the prior included, counts as ``drift_window`` observations: the next window's evidence weighs as
 much, however heavy the shipped prior was. ``prior_weight`` (off by default) caps what the prior
 counts as from the start.
 
@@ -298,10 +299,17 @@ class CascadePolicy(Policy):
                 len(self.uses),
                 ", ".join(f"{use.site} {use.model} as {use.key}" for use in cold),
             )
-        # per model (site and backend, or site and "escalation"): whether its residuals drifted
+        # per model that decides something (site and backend, or site and "escalation"): whether its
+        # residuals drifted; a site's only first choice (the cheaper of two at a site that escalates)
+        # decides nothing, and its target moves with the program's running baseline
         self.watches: dict[tuple[str, str], DriftWatch] = {}
         if params.drift_window:
-            self.watches = {pair: DriftWatch(params.drift_window, params.drift_threshold) for pair in self.keys}
+            for site in spec.sites:
+                escalates = site.id in self.escalation
+                firsts = [name for name in site.backend_names if not (escalates and name == site.largest)]
+                watched = (firsts if len(firsts) > 1 else []) + (["escalation"] if escalates else [])
+                for name in watched:
+                    self.watches[site.id, name] = DriftWatch(params.drift_window, params.drift_threshold)
         self.baseline = 0.0
         self.rewards_seen = 0
 

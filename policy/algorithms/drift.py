@@ -2,7 +2,7 @@
 
 A model that never forgets answers a change in its backends (a detector that starts missing
 boxes, a VQA model whose answers degrade) only as fast as new observations outweigh everything
-it saw before. Two remedies, each optional:
+it saw before. Two remedies, each a hyper-parameter of ``cascade``:
 
 - :func:`capped`: prior evidence (the shipped prior, other programs' evidence) counts as at most
   ``weight`` observations (its ``X'X`` and ``X'y`` scaled down alike, so its mean is kept and only

@@ -35,6 +35,7 @@ def test_each_learned_row_gets_its_spread_over_the_seeds():
     assert (row["cost_per_frame"]["min"], row["cost_per_frame"]["max"]) == (601.0, 642.0)
     assert summary["missing"] == [["binary", "fast", 0.001]]
     assert "| binary | cascade | 0.001 | 0.600 ± 0.020 [0.580, 0.620] |" in markdown(summary)
+    assert "| binary | cascade | 0.001 | 2 | 0.600 | 602 | 1.5 |" in markdown(summary)  # each seed's row
 
 
 def test_runs_of_one_seed_are_refused():
