@@ -209,6 +209,12 @@ def role_key(params: CascadeParams, site: CallSiteSpec, role: str, backend: str)
     return f"{head}/{role}/{backend_role(site, backend)}"
 
 
+def model_label(name: str) -> str:
+    """How a model is named to users (``PriorUse``, ``ModelDrift``): ``escalation`` or
+    ``choice:<backend>``."""
+    return "escalation" if name == "escalation" else f"choice:{name}"
+
+
 def _draw(arms: LinearArms, arm: int, nu: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A draw of one arm's weights from its posterior ``N(theta, nu^2 A^-1)`` (exploration
     ``nu``), and a lower-triangular root of that covariance."""
@@ -275,7 +281,7 @@ class CascadePolicy(Policy):
             key = self.keys[site.id, name]
             found, used, matched = prior_for(priors, site.function.value, site.backend_names, self.roles[key])
             if params.warm_start:
-                model = "escalation" if name == "escalation" else f"choice:{name}"
+                model = model_label(name)
                 names = [prior.name for prior in used]
                 use = PriorUse(site=site.id, model=model, key=self.roles[key], matched=matched, priors=names)
                 self.uses.append(use)
@@ -285,7 +291,7 @@ class CascadePolicy(Policy):
 
         for site in spec.sites:
             for arm, option in enumerate(site.backends):
-                if site.id not in self.escalation or option.name != site.largest:  # else asked only as an escalation
+                if self._asked_first(site, option.name):
                     start(site, option.name, self.choice[site.id], arm, n)
             if site.id in self.escalation:
                 widen = params.program_intercept / (params.reg * m)
@@ -305,13 +311,17 @@ class CascadePolicy(Policy):
         self.watches: dict[tuple[str, str], DriftWatch] = {}
         if params.drift_window:
             for site in spec.sites:
-                escalates = site.id in self.escalation
-                firsts = [name for name in site.backend_names if not (escalates and name == site.largest)]
-                watched = (firsts if len(firsts) > 1 else []) + (["escalation"] if escalates else [])
+                firsts = [name for name in site.backend_names if self._asked_first(site, name)]
+                watched = (firsts if len(firsts) > 1 else []) + (["escalation"] if site.id in self.escalation else [])
                 for name in watched:
                     self.watches[site.id, name] = DriftWatch(params.drift_window, params.drift_threshold)
         self.baseline = 0.0
         self.rewards_seen = 0
+
+    def _asked_first(self, site: CallSiteSpec, backend: str) -> bool:
+        """Whether ``backend`` can be a first choice at ``site``: the dearest candidate of a site
+        that escalates is asked only as an escalation."""
+        return site.id not in self.escalation or backend != site.largest
 
     def prior_uses(self) -> list[PriorUse]:
         return list(self.uses)
@@ -321,7 +331,7 @@ class CascadePolicy(Policy):
             return [
                 ModelDrift(
                     site=site,
-                    model="escalation" if name == "escalation" else f"choice:{name}",
+                    model=model_label(name),
                     observed=watch.seen,
                     alarms=watch.alarms,
                 )
@@ -347,8 +357,8 @@ class CascadePolicy(Policy):
                 choice_spread: dict[str, GateSpread] = {}
                 escalates = site.id in self.escalation
                 for arm, option in enumerate(site.backends):
-                    if escalates and option.name == site.largest:
-                        continue  # asked only as an escalation
+                    if not self._asked_first(site, option.name):
+                        continue
                     draw, root = _draw(self.choice[site.id], arm, nu, self.rng)
                     weights, mean = np.zeros(len(CONTEXT_FEATURES)), np.zeros(len(CONTEXT_FEATURES))
                     weights[CHOICE_INDEX] = sigma * draw
